@@ -1,0 +1,527 @@
+//! OP_MSG: flag bits, one kind-0 body, kind-1 document sequences, optional CRC-32C.
+//!
+//! A parsed [`OpMsg`] holds `Bytes` slices of the frame it came from; nothing is copied or decoded beyond the
+//! validation walk. Encoding writes length placeholders and back-fills them with checked conversions.
+
+use std::fmt;
+
+use bson::{RawDocument, RawDocumentBuf};
+use bytes::{BufMut, Bytes, BytesMut};
+use nom::bytes::complete::take_till;
+use nom::number::complete::le_u32;
+
+use crate::header::backfill_len;
+use crate::validate::{document_len, validate_document};
+use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
+
+/// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
+pub const MAX_SEQUENCES: usize = 2;
+
+/// OP_MSG flag bits.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct MsgFlags(pub u32);
+
+impl MsgFlags {
+    pub const CHECKSUM_PRESENT: u32 = 1 << 0;
+    pub const MORE_TO_COME: u32 = 1 << 1;
+    pub const EXHAUST_ALLOWED: u32 = 1 << 16;
+    /// The low 16 bits are "required": a receiver must reject any it does not know.
+    const REQUIRED_MASK: u32 = 0xffff;
+    const KNOWN_REQUIRED: u32 = Self::CHECKSUM_PRESENT | Self::MORE_TO_COME;
+
+    pub fn checksum_present(self) -> bool {
+        self.0 & Self::CHECKSUM_PRESENT != 0
+    }
+    pub fn more_to_come(self) -> bool {
+        self.0 & Self::MORE_TO_COME != 0
+    }
+    pub fn exhaust_allowed(self) -> bool {
+        self.0 & Self::EXHAUST_ALLOWED != 0
+    }
+    /// These flags with `bits` cleared.
+    #[must_use]
+    pub fn without(self, bits: u32) -> Self {
+        Self(self.0 & !bits)
+    }
+    /// These flags with `bits` set.
+    #[must_use]
+    pub fn with(self, bits: u32) -> Self {
+        Self(self.0 | bits)
+    }
+}
+
+impl fmt::Debug for MsgFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MsgFlags({:#x})", self.0)
+    }
+}
+
+/// A kind-1 section: a named run of documents that stands for an array field of the command.
+#[derive(Clone, PartialEq)]
+pub struct Sequence {
+    identifier: String,
+    documents: Vec<Bytes>,
+}
+
+impl Sequence {
+    /// Builds a sequence from already validated documents.
+    pub fn new(identifier: impl Into<String>, documents: Vec<RawDocumentBuf>) -> Self {
+        Self {
+            identifier: identifier.into(),
+            documents: documents
+                .into_iter()
+                .map(|d| Bytes::from(d.into_bytes()))
+                .collect(),
+        }
+    }
+
+    /// The field name this sequence stands for (`documents`, `updates`, `deletes`, `ops`, `nsInfo`).
+    pub fn identifier(&self) -> &str {
+        &self.identifier
+    }
+
+    /// The documents, in order.
+    pub fn documents(&self) -> impl ExactSizeIterator<Item = &RawDocument> + '_ {
+        self.documents.iter().map(|d| raw_view(d))
+    }
+
+    pub fn len(&self) -> usize {
+        self.documents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.documents.is_empty()
+    }
+}
+
+impl fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sequence")
+            .field("identifier", &self.identifier)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A parsed OP_MSG.
+#[derive(Clone, PartialEq)]
+pub struct OpMsg {
+    pub flags: MsgFlags,
+    body: Bytes,
+    sequences: Vec<Sequence>,
+}
+
+/// Views validated bytes as a document.
+///
+/// Every `Bytes` this module stores went through [`validate_document`], which already succeeded on exactly these
+/// bytes, and `RawDocument::from_bytes` re-checks only the length prefix and trailing NUL; failure is therefore
+/// impossible and the `expect` documents an invariant, not an input condition.
+fn raw_view(bytes: &Bytes) -> &RawDocument {
+    RawDocument::from_bytes(bytes.as_ref())
+        .expect("stored OP_MSG documents are validated when stored")
+}
+
+impl OpMsg {
+    /// A message with a body and no sequences.
+    pub fn new(flags: MsgFlags, body: RawDocumentBuf) -> Self {
+        Self {
+            flags,
+            body: Bytes::from(body.into_bytes()),
+            sequences: Vec::new(),
+        }
+    }
+
+    /// A message with a body and document sequences.
+    pub fn with_sequences(flags: MsgFlags, body: RawDocumentBuf, sequences: Vec<Sequence>) -> Self {
+        Self {
+            flags,
+            body: Bytes::from(body.into_bytes()),
+            sequences,
+        }
+    }
+
+    /// The command (or reply) document.
+    pub fn body(&self) -> &RawDocument {
+        raw_view(&self.body)
+    }
+
+    /// The body's bytes, for byte-for-byte forwarding.
+    pub fn body_bytes(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The command name: the body's first key.
+    pub fn command_name(&self) -> Option<&str> {
+        self.body()
+            .iter_elements()
+            .next()
+            .and_then(Result::ok)
+            .map(|e| e.key().as_str())
+    }
+
+    /// The document sequences, in wire order.
+    pub fn sequences(&self) -> &[Sequence] {
+        &self.sequences
+    }
+
+    /// The sequence standing for field `identifier`, if any.
+    pub fn sequence(&self, identifier: &str) -> Option<&Sequence> {
+        self.sequences.iter().find(|s| s.identifier == identifier)
+    }
+
+    /// Parses the OP_MSG whose whole frame (header included) is `frame`.
+    pub fn parse(header: &MsgHeader, frame: &Bytes) -> Result<OpMsg, ProtocolError> {
+        if header.op_code != OpCode::MSG {
+            return Err(ProtocolError::UnsupportedOpCode(header.op_code.0));
+        }
+        let rest = frame
+            .get(HEADER_LEN..)
+            .ok_or(ProtocolError::Truncated("OP_MSG header"))?;
+        let (_, flag_bits) = le_u32::<_, nom::error::Error<&[u8]>>(rest)
+            .map_err(|_| ProtocolError::Truncated("OP_MSG flags"))?;
+        let flags = MsgFlags(flag_bits);
+        let unknown_required = flag_bits & MsgFlags::REQUIRED_MASK & !MsgFlags::KNOWN_REQUIRED;
+        if unknown_required != 0 {
+            return Err(ProtocolError::IllegalFlags(unknown_required));
+        }
+
+        let mut end = frame.len();
+        if flags.checksum_present() {
+            end = end
+                .checked_sub(4)
+                .filter(|e| *e >= HEADER_LEN + 4)
+                .ok_or(ProtocolError::Truncated("OP_MSG checksum"))?;
+            let trailer = &frame[end..];
+            let expected = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+            if crc32c::crc32c(&frame[..end]) != expected {
+                return Err(ProtocolError::ChecksumMismatch);
+            }
+        }
+
+        let mut body: Option<Bytes> = None;
+        let mut sequences: Vec<Sequence> = Vec::new();
+        let mut pos = HEADER_LEN + 4;
+        let sections = &frame[..end];
+        while pos < end {
+            let kind = sections[pos];
+            pos += 1;
+            match kind {
+                0 => {
+                    let len = document_len(sections, pos, MAX_COMMAND_SIZE, "OP_MSG body")?;
+                    let doc = frame.slice(pos..pos + len);
+                    validate_document(&doc)?;
+                    if body.replace(doc).is_some() {
+                        return Err(ProtocolError::MultipleBodies);
+                    }
+                    pos += len;
+                }
+                1 => {
+                    let (sequence, next) = parse_sequence(frame, sections, pos)?;
+                    if sequences
+                        .iter()
+                        .any(|s| s.identifier == sequence.identifier)
+                    {
+                        return Err(ProtocolError::DuplicateSequence(sequence.identifier));
+                    }
+                    if sequences.len() == MAX_SEQUENCES {
+                        return Err(ProtocolError::TooManySequences(MAX_SEQUENCES));
+                    }
+                    sequences.push(sequence);
+                    pos = next;
+                }
+                other => return Err(ProtocolError::UnknownSectionKind(other)),
+            }
+        }
+        let body = body.ok_or(ProtocolError::NoBody)?;
+        let msg = OpMsg {
+            flags,
+            body,
+            sequences,
+        };
+        for sequence in &msg.sequences {
+            if msg
+                .body()
+                .get(&sequence.identifier)
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Err(ProtocolError::SequenceConflictsWithBody(
+                    sequence.identifier.clone(),
+                ));
+            }
+        }
+        Ok(msg)
+    }
+
+    /// Encodes a whole frame. The CRC-32C trailer is recomputed when `flags` has checksumPresent.
+    pub fn encode(&self, request_id: i32, response_to: i32) -> Result<BytesMut, ProtocolError> {
+        let payload: usize = self.body.len()
+            + self
+                .sequences
+                .iter()
+                .map(|s| {
+                    1 + 4
+                        + s.identifier.len()
+                        + 1
+                        + s.documents.iter().map(Bytes::len).sum::<usize>()
+                })
+                .sum::<usize>();
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + payload + 4);
+        MsgHeader {
+            message_length: 0,
+            request_id,
+            response_to,
+            op_code: OpCode::MSG,
+        }
+        .write(&mut out);
+        out.put_u32_le(self.flags.0);
+        out.put_u8(0);
+        out.put_slice(&self.body);
+        for sequence in &self.sequences {
+            out.put_u8(1);
+            let size_at = out.len();
+            out.put_i32_le(0);
+            out.put_slice(sequence.identifier.as_bytes());
+            out.put_u8(0);
+            for doc in &sequence.documents {
+                out.put_slice(doc);
+            }
+            let size = out.len() - size_at;
+            backfill_len(&mut out, size_at, size)?;
+        }
+        let total = out.len() + if self.flags.checksum_present() { 4 } else { 0 };
+        backfill_len(&mut out, 0, total)?;
+        if self.flags.checksum_present() {
+            let crc = crc32c::crc32c(&out);
+            out.put_u32_le(crc);
+        }
+        Ok(out)
+    }
+}
+
+/// Parses one kind-1 section starting at `pos` (just after the kind byte). Returns it and the offset after it.
+fn parse_sequence(
+    frame: &Bytes,
+    sections: &[u8],
+    pos: usize,
+) -> Result<(Sequence, usize), ProtocolError> {
+    let size_bytes = sections
+        .get(pos..pos + 4)
+        .ok_or(ProtocolError::Truncated("document sequence size"))?;
+    let size = i32::from_le_bytes([size_bytes[0], size_bytes[1], size_bytes[2], size_bytes[3]]);
+    // The size counts itself and at least the identifier's NUL.
+    if size < 5 {
+        return Err(ProtocolError::Malformed(
+            "document sequence size below minimum",
+        ));
+    }
+    let end = pos
+        .checked_add(size as usize)
+        .filter(|e| *e <= sections.len())
+        .ok_or(ProtocolError::Truncated("document sequence"))?;
+    let region = &sections[pos + 4..end];
+    let (after_name, name) = take_till::<_, _, nom::error::Error<&[u8]>>(|b| b == 0)(region)
+        .map_err(|_| ProtocolError::Truncated("document sequence identifier"))?;
+    if after_name.is_empty() {
+        return Err(ProtocolError::Truncated("document sequence identifier"));
+    }
+    let identifier = std::str::from_utf8(name)
+        .map_err(|_| ProtocolError::Malformed("document sequence identifier is not UTF-8"))?
+        .to_owned();
+    let mut doc_pos = pos + 4 + name.len() + 1;
+    let mut documents = Vec::new();
+    while doc_pos < end {
+        let len = document_len(
+            &sections[..end],
+            doc_pos,
+            MAX_BSON_OBJECT_SIZE + 16 * 1024,
+            "sequence document",
+        )?;
+        let doc = frame.slice(doc_pos..doc_pos + len);
+        validate_document(&doc)?;
+        documents.push(doc);
+        doc_pos += len;
+    }
+    Ok((
+        Sequence {
+            identifier,
+            documents,
+        },
+        end,
+    ))
+}
+
+impl fmt::Debug for OpMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpMsg")
+            .field("flags", &self.flags)
+            .field("command", &self.command_name())
+            .field("sequences", &self.sequences)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    fn frame_of(msg: &OpMsg) -> (MsgHeader, Bytes) {
+        let bytes = msg.encode(11, 0).unwrap().freeze();
+        (MsgHeader::read(&bytes).unwrap(), bytes)
+    }
+
+    fn insert_msg(flags: u32) -> OpMsg {
+        OpMsg::with_sequences(
+            MsgFlags(flags),
+            rawdoc! { "insert": "c", "$db": "app" },
+            vec![Sequence::new(
+                "documents",
+                vec![rawdoc! { "_id": 1 }, rawdoc! { "_id": 2, "x": "y" }],
+            )],
+        )
+    }
+
+    #[test]
+    fn round_trips_body_and_sequence() {
+        let msg = insert_msg(0);
+        let (header, bytes) = frame_of(&msg);
+        assert_eq!(header.message_length as usize, bytes.len());
+        let parsed = OpMsg::parse(&header, &bytes).unwrap();
+        assert_eq!(parsed, msg);
+        assert_eq!(parsed.command_name(), Some("insert"));
+        assert_eq!(parsed.sequence("documents").unwrap().len(), 2);
+        assert_eq!(parsed.encode(11, 0).unwrap().freeze(), bytes);
+    }
+
+    #[test]
+    fn checksum_is_written_and_verified() {
+        let msg = insert_msg(MsgFlags::CHECKSUM_PRESENT);
+        let (header, bytes) = frame_of(&msg);
+        assert!(OpMsg::parse(&header, &bytes).is_ok());
+        let mut corrupt = bytes.to_vec();
+        let last_doc_byte = corrupt.len() - 6;
+        corrupt[last_doc_byte] ^= 0x01;
+        assert_eq!(
+            OpMsg::parse(&header, &Bytes::from(corrupt)),
+            Err(ProtocolError::ChecksumMismatch)
+        );
+    }
+
+    #[test]
+    fn unknown_required_flag_is_rejected_but_high_bits_pass() {
+        let (header, bytes) = frame_of(&OpMsg::new(MsgFlags(1 << 3), rawdoc! { "ping": 1 }));
+        assert_eq!(
+            OpMsg::parse(&header, &bytes),
+            Err(ProtocolError::IllegalFlags(1 << 3))
+        );
+        let (header, bytes) = frame_of(&OpMsg::new(
+            MsgFlags(1 << 20 | MsgFlags::EXHAUST_ALLOWED),
+            rawdoc! { "ping": 1 },
+        ));
+        assert!(OpMsg::parse(&header, &bytes)
+            .unwrap()
+            .flags
+            .exhaust_allowed());
+    }
+
+    fn raw_frame(sections: &[u8]) -> (MsgHeader, Bytes) {
+        let mut v = Vec::new();
+        let header = MsgHeader {
+            message_length: (HEADER_LEN + 4 + sections.len()) as i32,
+            request_id: 1,
+            response_to: 0,
+            op_code: OpCode::MSG,
+        };
+        header.write(&mut v);
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(sections);
+        (header, Bytes::from(v))
+    }
+
+    fn body_section(doc: &RawDocumentBuf) -> Vec<u8> {
+        let mut v = vec![0];
+        v.extend_from_slice(doc.as_bytes());
+        v
+    }
+
+    fn seq_section(name: &str, docs: &[RawDocumentBuf]) -> Vec<u8> {
+        let mut inner = Vec::new();
+        inner.extend_from_slice(name.as_bytes());
+        inner.push(0);
+        for d in docs {
+            inner.extend_from_slice(d.as_bytes());
+        }
+        let mut v = vec![1];
+        v.extend_from_slice(&((inner.len() + 4) as i32).to_le_bytes());
+        v.extend_from_slice(&inner);
+        v
+    }
+
+    #[test]
+    fn structural_faults_get_server_codes() {
+        let body = rawdoc! { "insert": "c", "$db": "a" };
+        let two_bodies = [body_section(&body), body_section(&body)].concat();
+        let (h, b) = raw_frame(&two_bodies);
+        assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::MultipleBodies));
+
+        let (h, b) = raw_frame(&seq_section("documents", &[rawdoc! {"a": 1}]));
+        assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::NoBody));
+
+        let (h, b) = raw_frame(&[body_section(&body), vec![2, 5, 0, 0, 0, 0]].concat());
+        assert_eq!(
+            OpMsg::parse(&h, &b),
+            Err(ProtocolError::UnknownSectionKind(2))
+        );
+
+        let dup = [
+            body_section(&body),
+            seq_section("documents", &[]),
+            seq_section("documents", &[]),
+        ]
+        .concat();
+        let (h, b) = raw_frame(&dup);
+        assert_eq!(
+            OpMsg::parse(&h, &b),
+            Err(ProtocolError::DuplicateSequence("documents".into()))
+        );
+
+        let three = [
+            body_section(&body),
+            seq_section("a", &[]),
+            seq_section("b", &[]),
+            seq_section("c", &[]),
+        ]
+        .concat();
+        let (h, b) = raw_frame(&three);
+        assert_eq!(
+            OpMsg::parse(&h, &b),
+            Err(ProtocolError::TooManySequences(2))
+        );
+
+        let clash = [body_section(&body), seq_section("insert", &[])].concat();
+        let (h, b) = raw_frame(&clash);
+        assert_eq!(
+            OpMsg::parse(&h, &b),
+            Err(ProtocolError::SequenceConflictsWithBody("insert".into()))
+        );
+    }
+
+    #[test]
+    fn truncated_sections_are_errors() {
+        let body = rawdoc! { "ping": 1, "$db": "a" };
+        let full = [
+            body_section(&body),
+            seq_section("documents", &[rawdoc! {"a": 1}]),
+        ]
+        .concat();
+        let body_only = body_section(&body).len();
+        for cut in (0..full.len()).filter(|c| *c != body_only) {
+            let (h, b) = raw_frame(&full[..cut]);
+            assert!(OpMsg::parse(&h, &b).is_err(), "cut at {cut} parsed");
+        }
+        let (h, b) = raw_frame(&full);
+        assert!(OpMsg::parse(&h, &b).is_ok());
+    }
+}
