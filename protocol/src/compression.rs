@@ -75,14 +75,11 @@ impl Compressor {
         let failed = |e: std::io::Error| ProtocolError::Compression(e.to_string());
         match self {
             Self::Noop => Ok(data.to_vec()),
-            Self::Snappy => snap::raw::Encoder::new()
-                .compress_vec(data)
-                .map_err(|e| ProtocolError::Compression(e.to_string())),
+            Self::Snappy => {
+                snap::raw::Encoder::new().compress_vec(data).map_err(|e| ProtocolError::Compression(e.to_string()))
+            }
             Self::Zlib => {
-                let mut encoder = flate2::write::ZlibEncoder::new(
-                    Vec::new(),
-                    flate2::Compression::new(ZLIB_LEVEL),
-                );
+                let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(ZLIB_LEVEL));
                 encoder.write_all(data).map_err(failed)?;
                 encoder.finish().map_err(failed)
             }
@@ -96,16 +93,11 @@ impl Compressor {
         let out = match self {
             Self::Noop => data.to_vec(),
             Self::Snappy => {
-                let announced =
-                    snap::raw::decompress_len(data).map_err(|e| failed(e.to_string()))?;
+                let announced = snap::raw::decompress_len(data).map_err(|e| failed(e.to_string()))?;
                 if announced != expected {
-                    return Err(failed(format!(
-                        "snappy announces {announced} bytes, header {expected}"
-                    )));
+                    return Err(failed(format!("snappy announces {announced} bytes, header {expected}")));
                 }
-                snap::raw::Decoder::new()
-                    .decompress_vec(data)
-                    .map_err(|e| failed(e.to_string()))?
+                snap::raw::Decoder::new().decompress_vec(data).map_err(|e| failed(e.to_string()))?
             }
             Self::Zlib => {
                 let mut out = Vec::with_capacity(expected);
@@ -116,15 +108,10 @@ impl Compressor {
                     .map_err(|e| failed(e.to_string()))?;
                 out
             }
-            Self::Zstd => {
-                zstd::bulk::decompress(data, expected).map_err(|e| failed(e.to_string()))?
-            }
+            Self::Zstd => zstd::bulk::decompress(data, expected).map_err(|e| failed(e.to_string()))?,
         };
         if out.len() != expected {
-            return Err(failed(format!(
-                "inflated to {} bytes, header announced {expected}",
-                out.len()
-            )));
+            return Err(failed(format!("inflated to {} bytes, header announced {expected}", out.len())));
         }
         Ok(out)
     }
@@ -132,25 +119,17 @@ impl Compressor {
 
 /// Unwraps an OP_COMPRESSED frame into the complete uncompressed frame it carries (a header with the original
 /// opcode, then the decompressed body) and the compressor that was used.
-pub fn decompress_frame(
-    header: &MsgHeader,
-    frame: &[u8],
-) -> Result<(Bytes, Compressor), ProtocolError> {
-    let prefix = frame
-        .get(HEADER_LEN..HEADER_LEN + PREFIX_LEN)
-        .ok_or(ProtocolError::Truncated("OP_COMPRESSED prefix"))?;
-    let original = OpCode(i32::from_le_bytes([
-        prefix[0], prefix[1], prefix[2], prefix[3],
-    ]));
+pub fn decompress_frame(header: &MsgHeader, frame: &[u8]) -> Result<(Bytes, Compressor), ProtocolError> {
+    let prefix =
+        frame.get(HEADER_LEN..HEADER_LEN + PREFIX_LEN).ok_or(ProtocolError::Truncated("OP_COMPRESSED prefix"))?;
+    let original = OpCode(i32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]));
     let announced = i32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
-    let compressor =
-        Compressor::from_id(prefix[8]).ok_or(ProtocolError::UnknownCompressor(prefix[8]))?;
+    let compressor = Compressor::from_id(prefix[8]).ok_or(ProtocolError::UnknownCompressor(prefix[8]))?;
     if original == OpCode::COMPRESSED {
         return Err(ProtocolError::NestedCompression);
     }
-    let size = usize::try_from(announced).map_err(|_| {
-        ProtocolError::Decompression(format!("negative uncompressedSize {announced}"))
-    })?;
+    let size = usize::try_from(announced)
+        .map_err(|_| ProtocolError::Decompression(format!("negative uncompressedSize {announced}")))?;
     if size > MAX_MESSAGE_SIZE - HEADER_LEN {
         return Err(ProtocolError::MessageTooLarge {
             len: i64::from(announced) + HEADER_LEN as i64,
@@ -159,13 +138,8 @@ pub fn decompress_frame(
     }
     let body = compressor.decompress(&frame[HEADER_LEN + PREFIX_LEN..], size)?;
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-    MsgHeader {
-        message_length: 0,
-        request_id: header.request_id,
-        response_to: header.response_to,
-        op_code: original,
-    }
-    .write(&mut out);
+    MsgHeader { message_length: 0, request_id: header.request_id, response_to: header.response_to, op_code: original }
+        .write(&mut out);
     out.put_slice(&body);
     let len = out.len();
     backfill_len(&mut out, 0, len)?;
@@ -175,22 +149,13 @@ pub fn decompress_frame(
 /// Wraps a complete uncompressed frame in OP_COMPRESSED, keeping its request id, responseTo and opcode.
 pub fn compress_frame(frame: &[u8], compressor: Compressor) -> Result<BytesMut, ProtocolError> {
     let header = MsgHeader::read(frame)?;
-    let body = frame
-        .get(HEADER_LEN..)
-        .ok_or(ProtocolError::Truncated("frame to compress"))?;
+    let body = frame.get(HEADER_LEN..).ok_or(ProtocolError::Truncated("frame to compress"))?;
     let compressed = compressor.compress(body)?;
     let mut out = BytesMut::with_capacity(HEADER_LEN + PREFIX_LEN + compressed.len());
-    MsgHeader {
-        message_length: 0,
-        op_code: OpCode::COMPRESSED,
-        ..header
-    }
-    .write(&mut out);
+    MsgHeader { message_length: 0, op_code: OpCode::COMPRESSED, ..header }.write(&mut out);
     out.put_i32_le(header.op_code.0);
-    let size = i32::try_from(body.len()).map_err(|_| ProtocolError::MessageTooLarge {
-        len: body.len() as i64,
-        max: MAX_MESSAGE_SIZE,
-    })?;
+    let size = i32::try_from(body.len())
+        .map_err(|_| ProtocolError::MessageTooLarge { len: body.len() as i64, max: MAX_MESSAGE_SIZE })?;
     out.put_i32_le(size);
     out.put_u8(compressor.id());
     out.put_slice(&compressed);
@@ -207,10 +172,7 @@ mod tests {
 
     fn sample_frame() -> Bytes {
         let body = rawdoc! { "find": "orders", "filter": { "status": "open", "note": "x".repeat(500) }, "$db": "app" };
-        OpMsg::new(MsgFlags::default(), body)
-            .encode(5, 0)
-            .unwrap()
-            .freeze()
+        OpMsg::new(MsgFlags::default(), body).encode(5, 0).unwrap().freeze()
     }
 
     #[test]
@@ -225,10 +187,7 @@ mod tests {
             assert_eq!(used, compressor);
             assert_eq!(inner, frame, "{compressor:?}");
             if compressor != Compressor::Noop {
-                assert!(
-                    wrapped.len() < frame.len(),
-                    "{compressor:?} did not compress"
-                );
+                assert!(wrapped.len() < frame.len(), "{compressor:?} did not compress");
             }
         }
     }
@@ -243,10 +202,7 @@ mod tests {
             wrapped[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&small.to_le_bytes());
             let header = MsgHeader::read(&wrapped).unwrap();
             assert!(
-                matches!(
-                    decompress_frame(&header, &wrapped),
-                    Err(ProtocolError::Decompression(_))
-                ),
+                matches!(decompress_frame(&header, &wrapped), Err(ProtocolError::Decompression(_))),
                 "{compressor:?}"
             );
         }
@@ -258,16 +214,10 @@ mod tests {
         let mut wrapped = compress_frame(&frame, Compressor::Zlib).unwrap();
         wrapped[HEADER_LEN + 8] = 9;
         let header = MsgHeader::read(&wrapped).unwrap();
-        assert_eq!(
-            decompress_frame(&header, &wrapped),
-            Err(ProtocolError::UnknownCompressor(9))
-        );
+        assert_eq!(decompress_frame(&header, &wrapped), Err(ProtocolError::UnknownCompressor(9)));
         wrapped[HEADER_LEN + 8] = 2;
         wrapped[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&OpCode::COMPRESSED.0.to_le_bytes());
-        assert_eq!(
-            decompress_frame(&header, &wrapped),
-            Err(ProtocolError::NestedCompression)
-        );
+        assert_eq!(decompress_frame(&header, &wrapped), Err(ProtocolError::NestedCompression));
     }
 
     #[test]
@@ -276,9 +226,6 @@ mod tests {
         let mut wrapped = compress_frame(&frame, Compressor::Zstd).unwrap();
         wrapped[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&i32::MAX.to_le_bytes());
         let header = MsgHeader::read(&wrapped).unwrap();
-        assert!(matches!(
-            decompress_frame(&header, &wrapped),
-            Err(ProtocolError::MessageTooLarge { .. })
-        ));
+        assert!(matches!(decompress_frame(&header, &wrapped), Err(ProtocolError::MessageTooLarge { .. })));
     }
 }

@@ -69,12 +69,8 @@ impl ProtocolError {
     /// The MongoDB error code and code name a server would reply with.
     pub fn code(&self) -> (i32, &'static str) {
         match self {
-            Self::MessageTooShort(_) | Self::Truncated(_) | Self::Malformed(_) => {
-                (17, "ProtocolError")
-            }
-            Self::MessageTooLarge { .. } | Self::DocumentTooLarge { .. } => {
-                (10334, "BSONObjectTooLarge")
-            }
+            Self::MessageTooShort(_) | Self::Truncated(_) | Self::Malformed(_) => (17, "ProtocolError"),
+            Self::MessageTooLarge { .. } | Self::DocumentTooLarge { .. } => (10334, "BSONObjectTooLarge"),
             Self::UnsupportedOpCode(_) => (352, "UnsupportedOpQueryCommand"),
             Self::IllegalFlags(_) => (223, "IllegalOpMsgFlag"),
             Self::ChecksumMismatch => (288, "ChecksumMismatch"),
@@ -85,9 +81,7 @@ impl ProtocolError {
             Self::DuplicateSequence(_) => (40431, "Location40431"),
             Self::SequenceConflictsWithBody(_) => (40433, "Location40433"),
             Self::InvalidBson(_) => (22, "InvalidBSON"),
-            Self::UnknownCompressor(_) | Self::NestedCompression | Self::Decompression(_) => {
-                (17, "ProtocolError")
-            }
+            Self::UnknownCompressor(_) | Self::NestedCompression | Self::Decompression(_) => (17, "ProtocolError"),
             Self::Compression(_) => (1, "InternalError"),
         }
     }

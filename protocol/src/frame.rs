@@ -30,9 +30,7 @@ pub struct Decoded {
 pub fn decode(frame: Bytes) -> Result<Decoded, ProtocolError> {
     let header = MsgHeader::read(&frame)?;
     if usize::try_from(header.message_length).ok() != Some(frame.len()) {
-        return Err(ProtocolError::Malformed(
-            "messageLength does not match the frame",
-        ));
+        return Err(ProtocolError::Malformed("messageLength does not match the frame"));
     }
     let (frame, header, compressor) = if header.op_code == OpCode::COMPRESSED {
         let (inner, compressor) = decompress_frame(&header, &frame)?;
@@ -47,11 +45,7 @@ pub fn decode(frame: Bytes) -> Result<Decoded, ProtocolError> {
         OpCode::REPLY => Message::Reply(OpReply::parse(&header, &frame)?),
         other => return Err(ProtocolError::UnsupportedOpCode(other.0)),
     };
-    Ok(Decoded {
-        header,
-        message,
-        compressor,
-    })
+    Ok(Decoded { header, message, compressor })
 }
 
 #[cfg(test)]
@@ -63,9 +57,7 @@ mod tests {
 
     #[test]
     fn decodes_compressed_msg_and_reports_compressor() {
-        let frame = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "$db": "admin" })
-            .encode(4, 0)
-            .unwrap();
+        let frame = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "$db": "admin" }).encode(4, 0).unwrap();
         let wrapped = compress_frame(&frame, Compressor::Snappy).unwrap().freeze();
         let decoded = decode(wrapped).unwrap();
         assert_eq!(decoded.compressor, Some(Compressor::Snappy));
@@ -76,30 +68,15 @@ mod tests {
     #[test]
     fn legacy_write_opcodes_are_refused() {
         let mut frame = Vec::new();
-        MsgHeader {
-            message_length: 20,
-            request_id: 1,
-            response_to: 0,
-            op_code: OpCode::INSERT,
-        }
-        .write(&mut frame);
+        MsgHeader { message_length: 20, request_id: 1, response_to: 0, op_code: OpCode::INSERT }.write(&mut frame);
         frame.extend_from_slice(&[0; 4]);
-        assert_eq!(
-            decode(Bytes::from(frame)),
-            Err(ProtocolError::UnsupportedOpCode(2002))
-        );
+        assert_eq!(decode(Bytes::from(frame)), Err(ProtocolError::UnsupportedOpCode(2002)));
     }
 
     #[test]
     fn length_mismatch_is_refused() {
-        let mut frame = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1 })
-            .encode(4, 0)
-            .unwrap()
-            .to_vec();
+        let mut frame = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1 }).encode(4, 0).unwrap().to_vec();
         frame.push(0);
-        assert!(matches!(
-            decode(Bytes::from(frame)),
-            Err(ProtocolError::Malformed(_))
-        ));
+        assert!(matches!(decode(Bytes::from(frame)), Err(ProtocolError::Malformed(_))));
     }
 }

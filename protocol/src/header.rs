@@ -82,22 +82,12 @@ impl MsgHeader {
         let (input, request_id) = le_i32(input)?;
         let (input, response_to) = le_i32(input)?;
         let (input, op_code) = le_i32(input)?;
-        Ok((
-            input,
-            MsgHeader {
-                message_length,
-                request_id,
-                response_to,
-                op_code: OpCode(op_code),
-            },
-        ))
+        Ok((input, MsgHeader { message_length, request_id, response_to, op_code: OpCode(op_code) }))
     }
 
     /// Parses a header from the start of `buf`, or `Truncated` if fewer than 16 bytes are there.
     pub fn read(buf: &[u8]) -> Result<MsgHeader, ProtocolError> {
-        Self::parse(buf)
-            .map(|(_, h)| h)
-            .map_err(|_| ProtocolError::Truncated("message header"))
+        Self::parse(buf).map(|(_, h)| h).map_err(|_| ProtocolError::Truncated("message header"))
     }
 
     /// Appends the header. Callers that do not know the length yet write 0 and back-fill it.
@@ -135,13 +125,9 @@ pub fn check_frame(buf: &[u8], max_len: usize) -> Result<Option<usize>, Protocol
 /// Writes `len` as the little-endian int32 at `at`, failing if it does not fit. Used to back-fill length
 /// placeholders once the content is written.
 pub(crate) fn backfill_len(buf: &mut [u8], at: usize, len: usize) -> Result<(), ProtocolError> {
-    let value = i32::try_from(len).map_err(|_| ProtocolError::MessageTooLarge {
-        len: len as i64,
-        max: i32::MAX as usize,
-    })?;
-    let slot = buf
-        .get_mut(at..at + 4)
-        .ok_or(ProtocolError::Malformed("length placeholder out of range"))?;
+    let value =
+        i32::try_from(len).map_err(|_| ProtocolError::MessageTooLarge { len: len as i64, max: i32::MAX as usize })?;
+    let slot = buf.get_mut(at..at + 4).ok_or(ProtocolError::Malformed("length placeholder out of range"))?;
     slot.copy_from_slice(&value.to_le_bytes());
     Ok(())
 }
@@ -152,13 +138,7 @@ mod tests {
 
     fn header(len: i32) -> Vec<u8> {
         let mut v = Vec::new();
-        MsgHeader {
-            message_length: len,
-            request_id: 7,
-            response_to: 0,
-            op_code: OpCode::MSG,
-        }
-        .write(&mut v);
+        MsgHeader { message_length: len, request_id: 7, response_to: 0, op_code: OpCode::MSG }.write(&mut v);
         v
     }
 
@@ -183,21 +163,12 @@ mod tests {
 
     #[test]
     fn check_frame_rejects_impossible_lengths_before_reading_more() {
-        assert_eq!(
-            check_frame(&header(5), MAX_MESSAGE_SIZE),
-            Err(ProtocolError::MessageTooShort(5))
-        );
-        assert_eq!(
-            check_frame(&header(-1), MAX_MESSAGE_SIZE),
-            Err(ProtocolError::MessageTooShort(-1))
-        );
+        assert_eq!(check_frame(&header(5), MAX_MESSAGE_SIZE), Err(ProtocolError::MessageTooShort(5)));
+        assert_eq!(check_frame(&header(-1), MAX_MESSAGE_SIZE), Err(ProtocolError::MessageTooShort(-1)));
         assert!(matches!(
             check_frame(&header(48_000_001), MAX_MESSAGE_SIZE),
             Err(ProtocolError::MessageTooLarge { .. })
         ));
-        assert!(matches!(
-            check_frame(&header(1000), 999),
-            Err(ProtocolError::MessageTooLarge { max: 999, .. })
-        ));
+        assert!(matches!(check_frame(&header(1000), 999), Err(ProtocolError::MessageTooLarge { max: 999, .. })));
     }
 }

@@ -38,9 +38,7 @@ impl OpQuery {
         if header.op_code != OpCode::QUERY {
             return Err(ProtocolError::UnsupportedOpCode(header.op_code.0));
         }
-        let rest = frame
-            .get(HEADER_LEN..)
-            .ok_or(ProtocolError::Truncated("OP_QUERY"))?;
+        let rest = frame.get(HEADER_LEN..).ok_or(ProtocolError::Truncated("OP_QUERY"))?;
         let truncated = |_| ProtocolError::Truncated("OP_QUERY");
         let (input, flags) = le_u32::<_, NomErr>(rest).map_err(truncated)?;
         let (input, name) = take_till::<_, _, NomErr>(|b| b == 0)(input).map_err(truncated)?;
@@ -48,9 +46,7 @@ impl OpQuery {
             return Err(ProtocolError::Truncated("OP_QUERY collection name"));
         }
         if name.len() > MAX_NAMESPACE_LEN {
-            return Err(ProtocolError::Malformed(
-                "OP_QUERY collection name too long",
-            ));
+            return Err(ProtocolError::Malformed("OP_QUERY collection name too long"));
         }
         let full_collection_name = std::str::from_utf8(name)
             .map_err(|_| ProtocolError::Malformed("OP_QUERY collection name is not UTF-8"))?
@@ -64,12 +60,7 @@ impl OpQuery {
         validate_document(&query)?;
         let fields_at = query_at + query_len;
         let return_fields = if fields_at < frame.len() {
-            let len = document_len(
-                frame,
-                fields_at,
-                MAX_COMMAND_SIZE,
-                "OP_QUERY returnFieldsSelector",
-            )?;
+            let len = document_len(frame, fields_at, MAX_COMMAND_SIZE, "OP_QUERY returnFieldsSelector")?;
             if fields_at + len != frame.len() {
                 return Err(ProtocolError::Malformed("trailing bytes after OP_QUERY"));
             }
@@ -79,14 +70,7 @@ impl OpQuery {
         } else {
             None
         };
-        Ok(OpQuery {
-            flags,
-            full_collection_name,
-            number_to_skip,
-            number_to_return,
-            query,
-            return_fields,
-        })
+        Ok(OpQuery { flags, full_collection_name, number_to_skip, number_to_return, query, return_fields })
     }
 
     /// The query document (for a command, the command itself, possibly wrapped as `{$query: cmd, ...}`).
@@ -103,11 +87,7 @@ impl OpQuery {
     /// read preference.
     pub fn command(&self) -> &RawDocument {
         let query = self.query();
-        let first = query
-            .iter_elements()
-            .next()
-            .and_then(Result::ok)
-            .map(|e| e.key().as_str());
+        let first = query.iter_elements().next().and_then(Result::ok).map(|e| e.key().as_str());
         match first {
             Some(wrapper @ ("$query" | "query")) => query.get_document(wrapper).unwrap_or(query),
             _ => query,
@@ -117,13 +97,7 @@ impl OpQuery {
     /// Encodes a frame (used by tests and by tools that speak to the proxy).
     pub fn encode(&self, request_id: i32) -> Result<BytesMut, ProtocolError> {
         let mut out = BytesMut::new();
-        MsgHeader {
-            message_length: 0,
-            request_id,
-            response_to: 0,
-            op_code: OpCode::QUERY,
-        }
-        .write(&mut out);
+        MsgHeader { message_length: 0, request_id, response_to: 0, op_code: OpCode::QUERY }.write(&mut out);
         out.put_u32_le(self.flags);
         out.put_slice(self.full_collection_name.as_bytes());
         out.put_u8(0);
@@ -153,17 +127,13 @@ impl OpQuery {
 
 impl fmt::Debug for OpQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpQuery")
-            .field("ns", &self.full_collection_name)
-            .field("flags", &self.flags)
-            .finish()
+        f.debug_struct("OpQuery").field("ns", &self.full_collection_name).field("flags", &self.flags).finish()
     }
 }
 
 /// Views validated bytes as a document (see `msg::raw_view` for why this cannot fail).
 fn view(bytes: &Bytes) -> &RawDocument {
-    RawDocument::from_bytes(bytes.as_ref())
-        .expect("stored OP_QUERY documents are validated when stored")
+    RawDocument::from_bytes(bytes.as_ref()).expect("stored OP_QUERY documents are validated when stored")
 }
 
 /// An OP_REPLY.
@@ -181,12 +151,7 @@ impl OpReply {
 
     /// A reply carrying one document, as a handshake or a command error needs.
     pub fn single(document: RawDocumentBuf) -> Self {
-        Self {
-            response_flags: 0,
-            cursor_id: 0,
-            starting_from: 0,
-            documents: vec![Bytes::from(document.into_bytes())],
-        }
+        Self { response_flags: 0, cursor_id: 0, starting_from: 0, documents: vec![Bytes::from(document.into_bytes())] }
     }
 
     /// The returned documents.
@@ -197,18 +162,11 @@ impl OpReply {
     /// Encodes a whole frame answering `response_to`.
     pub fn encode(&self, request_id: i32, response_to: i32) -> Result<BytesMut, ProtocolError> {
         let mut out = BytesMut::new();
-        MsgHeader {
-            message_length: 0,
-            request_id,
-            response_to,
-            op_code: OpCode::REPLY,
-        }
-        .write(&mut out);
+        MsgHeader { message_length: 0, request_id, response_to, op_code: OpCode::REPLY }.write(&mut out);
         out.put_u32_le(self.response_flags);
         out.put_i64_le(self.cursor_id);
         out.put_i32_le(self.starting_from);
-        let count = i32::try_from(self.documents.len())
-            .map_err(|_| ProtocolError::Malformed("too many documents"))?;
+        let count = i32::try_from(self.documents.len()).map_err(|_| ProtocolError::Malformed("too many documents"))?;
         out.put_i32_le(count);
         for doc in &self.documents {
             out.put_slice(doc);
@@ -223,9 +181,7 @@ impl OpReply {
         if header.op_code != OpCode::REPLY {
             return Err(ProtocolError::UnsupportedOpCode(header.op_code.0));
         }
-        let rest = frame
-            .get(HEADER_LEN..)
-            .ok_or(ProtocolError::Truncated("OP_REPLY"))?;
+        let rest = frame.get(HEADER_LEN..).ok_or(ProtocolError::Truncated("OP_REPLY"))?;
         let truncated = |_| ProtocolError::Truncated("OP_REPLY");
         let (input, response_flags) = le_u32::<_, NomErr>(rest).map_err(truncated)?;
         let (input, cursor_id) = le_i64::<_, NomErr>(input).map_err(truncated)?;
@@ -241,16 +197,9 @@ impl OpReply {
             pos += len;
         }
         if usize::try_from(number_returned).ok() != Some(documents.len()) {
-            return Err(ProtocolError::Malformed(
-                "OP_REPLY numberReturned does not match its documents",
-            ));
+            return Err(ProtocolError::Malformed("OP_REPLY numberReturned does not match its documents"));
         }
-        Ok(OpReply {
-            response_flags,
-            cursor_id,
-            starting_from,
-            documents,
-        })
+        Ok(OpReply { response_flags, cursor_id, starting_from, documents })
     }
 }
 
@@ -270,24 +219,15 @@ mod tests {
 
     #[test]
     fn legacy_hello_round_trips_and_unwraps_query() {
-        let wrapped = rawdoc! { "$query": { "isMaster": 1, "helloOk": true }, "$readPreference": { "mode": "primaryPreferred" } };
+        let wrapped =
+            rawdoc! { "$query": { "isMaster": 1, "helloOk": true }, "$readPreference": { "mode": "primaryPreferred" } };
         let q = OpQuery::command_on("admin", wrapped);
         let bytes = q.encode(3).unwrap().freeze();
         let header = MsgHeader::read(&bytes).unwrap();
         let parsed = OpQuery::parse(&header, &bytes).unwrap();
         assert_eq!(parsed, q);
         assert_eq!(parsed.full_collection_name, "admin.$cmd");
-        assert_eq!(
-            parsed
-                .command()
-                .iter_elements()
-                .next()
-                .unwrap()
-                .unwrap()
-                .key()
-                .as_str(),
-            "isMaster"
-        );
+        assert_eq!(parsed.command().iter_elements().next().unwrap().unwrap().key().as_str(), "isMaster");
     }
 
     #[test]
@@ -298,10 +238,7 @@ mod tests {
         assert_eq!(header.response_to, 3);
         let parsed = OpReply::parse(&header, &bytes).unwrap();
         assert_eq!(parsed, reply);
-        assert_eq!(
-            parsed.documents().next().unwrap().get_str("msg").unwrap(),
-            "isdbgrid"
-        );
+        assert_eq!(parsed.documents().next().unwrap().get_str("msg").unwrap(), "isdbgrid");
     }
 
     #[test]
@@ -311,10 +248,7 @@ mod tests {
         for cut in HEADER_LEN..bytes.len() {
             let frame = bytes.slice(..cut);
             let header = MsgHeader::read(&frame).unwrap();
-            assert!(
-                OpQuery::parse(&header, &frame).is_err(),
-                "cut at {cut} parsed"
-            );
+            assert!(OpQuery::parse(&header, &frame).is_err(), "cut at {cut} parsed");
         }
     }
 }

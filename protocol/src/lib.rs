@@ -25,8 +25,7 @@ pub use compression::Compressor;
 pub use error::ProtocolError;
 pub use frame::{decode, Decoded, Message};
 pub use header::{
-    check_frame, MsgHeader, OpCode, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE,
-    MAX_MESSAGE_SIZE,
+    check_frame, MsgHeader, OpCode, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE, MAX_MESSAGE_SIZE,
 };
 pub use legacy::{OpQuery, OpReply};
 pub use msg::{MsgFlags, OpMsg, Sequence};

@@ -68,10 +68,7 @@ impl Sequence {
     pub fn new(identifier: impl Into<String>, documents: Vec<RawDocumentBuf>) -> Self {
         Self {
             identifier: identifier.into(),
-            documents: documents
-                .into_iter()
-                .map(|d| Bytes::from(d.into_bytes()))
-                .collect(),
+            documents: documents.into_iter().map(|d| Bytes::from(d.into_bytes())).collect(),
         }
     }
 
@@ -96,10 +93,7 @@ impl Sequence {
 
 impl fmt::Debug for Sequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sequence")
-            .field("identifier", &self.identifier)
-            .field("len", &self.len())
-            .finish()
+        f.debug_struct("Sequence").field("identifier", &self.identifier).field("len", &self.len()).finish()
     }
 }
 
@@ -117,27 +111,18 @@ pub struct OpMsg {
 /// bytes, and `RawDocument::from_bytes` re-checks only the length prefix and trailing NUL; failure is therefore
 /// impossible and the `expect` documents an invariant, not an input condition.
 fn raw_view(bytes: &Bytes) -> &RawDocument {
-    RawDocument::from_bytes(bytes.as_ref())
-        .expect("stored OP_MSG documents are validated when stored")
+    RawDocument::from_bytes(bytes.as_ref()).expect("stored OP_MSG documents are validated when stored")
 }
 
 impl OpMsg {
     /// A message with a body and no sequences.
     pub fn new(flags: MsgFlags, body: RawDocumentBuf) -> Self {
-        Self {
-            flags,
-            body: Bytes::from(body.into_bytes()),
-            sequences: Vec::new(),
-        }
+        Self { flags, body: Bytes::from(body.into_bytes()), sequences: Vec::new() }
     }
 
     /// A message with a body and document sequences.
     pub fn with_sequences(flags: MsgFlags, body: RawDocumentBuf, sequences: Vec<Sequence>) -> Self {
-        Self {
-            flags,
-            body: Bytes::from(body.into_bytes()),
-            sequences,
-        }
+        Self { flags, body: Bytes::from(body.into_bytes()), sequences }
     }
 
     /// The command (or reply) document.
@@ -152,11 +137,7 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        self.body()
-            .iter_elements()
-            .next()
-            .and_then(Result::ok)
-            .map(|e| e.key().as_str())
+        self.body().iter_elements().next().and_then(Result::ok).map(|e| e.key().as_str())
     }
 
     /// The document sequences, in wire order.
@@ -174,11 +155,9 @@ impl OpMsg {
         if header.op_code != OpCode::MSG {
             return Err(ProtocolError::UnsupportedOpCode(header.op_code.0));
         }
-        let rest = frame
-            .get(HEADER_LEN..)
-            .ok_or(ProtocolError::Truncated("OP_MSG header"))?;
-        let (_, flag_bits) = le_u32::<_, nom::error::Error<&[u8]>>(rest)
-            .map_err(|_| ProtocolError::Truncated("OP_MSG flags"))?;
+        let rest = frame.get(HEADER_LEN..).ok_or(ProtocolError::Truncated("OP_MSG header"))?;
+        let (_, flag_bits) =
+            le_u32::<_, nom::error::Error<&[u8]>>(rest).map_err(|_| ProtocolError::Truncated("OP_MSG flags"))?;
         let flags = MsgFlags(flag_bits);
         let unknown_required = flag_bits & MsgFlags::REQUIRED_MASK & !MsgFlags::KNOWN_REQUIRED;
         if unknown_required != 0 {
@@ -217,10 +196,7 @@ impl OpMsg {
                 }
                 1 => {
                     let (sequence, next) = parse_sequence(frame, sections, pos)?;
-                    if sequences
-                        .iter()
-                        .any(|s| s.identifier == sequence.identifier)
-                    {
+                    if sequences.iter().any(|s| s.identifier == sequence.identifier) {
                         return Err(ProtocolError::DuplicateSequence(sequence.identifier));
                     }
                     if sequences.len() == MAX_SEQUENCES {
@@ -233,22 +209,10 @@ impl OpMsg {
             }
         }
         let body = body.ok_or(ProtocolError::NoBody)?;
-        let msg = OpMsg {
-            flags,
-            body,
-            sequences,
-        };
+        let msg = OpMsg { flags, body, sequences };
         for sequence in &msg.sequences {
-            if msg
-                .body()
-                .get(&sequence.identifier)
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                return Err(ProtocolError::SequenceConflictsWithBody(
-                    sequence.identifier.clone(),
-                ));
+            if msg.body().get(&sequence.identifier).ok().flatten().is_some() {
+                return Err(ProtocolError::SequenceConflictsWithBody(sequence.identifier.clone()));
             }
         }
         Ok(msg)
@@ -260,21 +224,10 @@ impl OpMsg {
             + self
                 .sequences
                 .iter()
-                .map(|s| {
-                    1 + 4
-                        + s.identifier.len()
-                        + 1
-                        + s.documents.iter().map(Bytes::len).sum::<usize>()
-                })
+                .map(|s| 1 + 4 + s.identifier.len() + 1 + s.documents.iter().map(Bytes::len).sum::<usize>())
                 .sum::<usize>();
         let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + payload + 4);
-        MsgHeader {
-            message_length: 0,
-            request_id,
-            response_to,
-            op_code: OpCode::MSG,
-        }
-        .write(&mut out);
+        MsgHeader { message_length: 0, request_id, response_to, op_code: OpCode::MSG }.write(&mut out);
         out.put_u32_le(self.flags.0);
         out.put_u8(0);
         out.put_slice(&self.body);
@@ -301,20 +254,12 @@ impl OpMsg {
 }
 
 /// Parses one kind-1 section starting at `pos` (just after the kind byte). Returns it and the offset after it.
-fn parse_sequence(
-    frame: &Bytes,
-    sections: &[u8],
-    pos: usize,
-) -> Result<(Sequence, usize), ProtocolError> {
-    let size_bytes = sections
-        .get(pos..pos + 4)
-        .ok_or(ProtocolError::Truncated("document sequence size"))?;
+fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequence, usize), ProtocolError> {
+    let size_bytes = sections.get(pos..pos + 4).ok_or(ProtocolError::Truncated("document sequence size"))?;
     let size = i32::from_le_bytes([size_bytes[0], size_bytes[1], size_bytes[2], size_bytes[3]]);
     // The size counts itself and at least the identifier's NUL.
     if size < 5 {
-        return Err(ProtocolError::Malformed(
-            "document sequence size below minimum",
-        ));
+        return Err(ProtocolError::Malformed("document sequence size below minimum"));
     }
     let end = pos
         .checked_add(size as usize)
@@ -332,24 +277,13 @@ fn parse_sequence(
     let mut doc_pos = pos + 4 + name.len() + 1;
     let mut documents = Vec::new();
     while doc_pos < end {
-        let len = document_len(
-            &sections[..end],
-            doc_pos,
-            MAX_BSON_OBJECT_SIZE + 16 * 1024,
-            "sequence document",
-        )?;
+        let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
         let doc = frame.slice(doc_pos..doc_pos + len);
         validate_document(&doc)?;
         documents.push(doc);
         doc_pos += len;
     }
-    Ok((
-        Sequence {
-            identifier,
-            documents,
-        },
-        end,
-    ))
+    Ok((Sequence { identifier, documents }, end))
 }
 
 impl fmt::Debug for OpMsg {
@@ -376,10 +310,7 @@ mod tests {
         OpMsg::with_sequences(
             MsgFlags(flags),
             rawdoc! { "insert": "c", "$db": "app" },
-            vec![Sequence::new(
-                "documents",
-                vec![rawdoc! { "_id": 1 }, rawdoc! { "_id": 2, "x": "y" }],
-            )],
+            vec![Sequence::new("documents", vec![rawdoc! { "_id": 1 }, rawdoc! { "_id": 2, "x": "y" }])],
         )
     }
 
@@ -403,27 +334,16 @@ mod tests {
         let mut corrupt = bytes.to_vec();
         let last_doc_byte = corrupt.len() - 6;
         corrupt[last_doc_byte] ^= 0x01;
-        assert_eq!(
-            OpMsg::parse(&header, &Bytes::from(corrupt)),
-            Err(ProtocolError::ChecksumMismatch)
-        );
+        assert_eq!(OpMsg::parse(&header, &Bytes::from(corrupt)), Err(ProtocolError::ChecksumMismatch));
     }
 
     #[test]
     fn unknown_required_flag_is_rejected_but_high_bits_pass() {
         let (header, bytes) = frame_of(&OpMsg::new(MsgFlags(1 << 3), rawdoc! { "ping": 1 }));
-        assert_eq!(
-            OpMsg::parse(&header, &bytes),
-            Err(ProtocolError::IllegalFlags(1 << 3))
-        );
-        let (header, bytes) = frame_of(&OpMsg::new(
-            MsgFlags(1 << 20 | MsgFlags::EXHAUST_ALLOWED),
-            rawdoc! { "ping": 1 },
-        ));
-        assert!(OpMsg::parse(&header, &bytes)
-            .unwrap()
-            .flags
-            .exhaust_allowed());
+        assert_eq!(OpMsg::parse(&header, &bytes), Err(ProtocolError::IllegalFlags(1 << 3)));
+        let (header, bytes) =
+            frame_of(&OpMsg::new(MsgFlags(1 << 20 | MsgFlags::EXHAUST_ALLOWED), rawdoc! { "ping": 1 }));
+        assert!(OpMsg::parse(&header, &bytes).unwrap().flags.exhaust_allowed());
     }
 
     fn raw_frame(sections: &[u8]) -> (MsgHeader, Bytes) {
@@ -470,52 +390,25 @@ mod tests {
         assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::NoBody));
 
         let (h, b) = raw_frame(&[body_section(&body), vec![2, 5, 0, 0, 0, 0]].concat());
-        assert_eq!(
-            OpMsg::parse(&h, &b),
-            Err(ProtocolError::UnknownSectionKind(2))
-        );
+        assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::UnknownSectionKind(2)));
 
-        let dup = [
-            body_section(&body),
-            seq_section("documents", &[]),
-            seq_section("documents", &[]),
-        ]
-        .concat();
+        let dup = [body_section(&body), seq_section("documents", &[]), seq_section("documents", &[])].concat();
         let (h, b) = raw_frame(&dup);
-        assert_eq!(
-            OpMsg::parse(&h, &b),
-            Err(ProtocolError::DuplicateSequence("documents".into()))
-        );
+        assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::DuplicateSequence("documents".into())));
 
-        let three = [
-            body_section(&body),
-            seq_section("a", &[]),
-            seq_section("b", &[]),
-            seq_section("c", &[]),
-        ]
-        .concat();
+        let three = [body_section(&body), seq_section("a", &[]), seq_section("b", &[]), seq_section("c", &[])].concat();
         let (h, b) = raw_frame(&three);
-        assert_eq!(
-            OpMsg::parse(&h, &b),
-            Err(ProtocolError::TooManySequences(2))
-        );
+        assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::TooManySequences(2)));
 
         let clash = [body_section(&body), seq_section("insert", &[])].concat();
         let (h, b) = raw_frame(&clash);
-        assert_eq!(
-            OpMsg::parse(&h, &b),
-            Err(ProtocolError::SequenceConflictsWithBody("insert".into()))
-        );
+        assert_eq!(OpMsg::parse(&h, &b), Err(ProtocolError::SequenceConflictsWithBody("insert".into())));
     }
 
     #[test]
     fn truncated_sections_are_errors() {
         let body = rawdoc! { "ping": 1, "$db": "a" };
-        let full = [
-            body_section(&body),
-            seq_section("documents", &[rawdoc! {"a": 1}]),
-        ]
-        .concat();
+        let full = [body_section(&body), seq_section("documents", &[rawdoc! {"a": 1}])].concat();
         let body_only = body_section(&body).len();
         for cut in (0..full.len()).filter(|c| *c != body_only) {
             let (h, b) = raw_frame(&full[..cut]);

@@ -14,18 +14,11 @@ pub const MAX_DEPTH: usize = 200;
 
 /// Reads the int32 length prefix of a document starting at `at` and checks it against the bytes available and
 /// `max`. Returns the document's length. Nothing is allocated.
-pub fn document_len(
-    buf: &[u8],
-    at: usize,
-    max: usize,
-    what: &'static str,
-) -> Result<usize, ProtocolError> {
+pub fn document_len(buf: &[u8], at: usize, max: usize, what: &'static str) -> Result<usize, ProtocolError> {
     let prefix = buf.get(at..at + 4).ok_or(ProtocolError::Truncated(what))?;
     let len = i32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     if len < 5 {
-        return Err(ProtocolError::InvalidBson(format!(
-            "{what} length {len} is below the minimum of 5"
-        )));
+        return Err(ProtocolError::InvalidBson(format!("{what} length {len} is below the minimum of 5")));
     }
     // Non-negative after the check above.
     let len = len as usize;
@@ -40,25 +33,22 @@ pub fn document_len(
 
 /// Walks a whole document; on success it is safe to view as `&RawDocument` anywhere.
 pub fn validate_document(bytes: &[u8]) -> Result<&RawDocument, ProtocolError> {
-    let doc =
-        RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     walk(doc, 1)?;
     Ok(doc)
 }
 
 fn walk(doc: &RawDocument, depth: usize) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
-        return Err(ProtocolError::InvalidBson(format!(
-            "nesting deeper than {MAX_DEPTH} levels"
-        )));
+        return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
     for element in doc.iter() {
         let (_, value) = element.map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
         match value {
             RawBsonRef::Document(inner) => walk(inner, depth + 1)?,
             RawBsonRef::Array(inner) => {
-                let as_doc = RawDocument::from_bytes(inner.as_bytes())
-                    .map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+                let as_doc =
+                    RawDocument::from_bytes(inner.as_bytes()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
                 walk(as_doc, depth + 1)?
             }
             RawBsonRef::JavaScriptCodeWithScope(code) => walk(code.scope, depth + 1)?,
@@ -99,10 +89,7 @@ mod tests {
         let mut bytes = rawdoc! { "a": { "s": "xy" } }.into_bytes();
         let pos = bytes.windows(2).position(|w| w == b"xy").unwrap();
         bytes[pos] = 0xff;
-        assert!(matches!(
-            validate_document(&bytes),
-            Err(ProtocolError::InvalidBson(_))
-        ));
+        assert!(matches!(validate_document(&bytes), Err(ProtocolError::InvalidBson(_))));
     }
 
     #[test]
@@ -128,9 +115,7 @@ mod tests {
             outer.push(0);
             bytes = outer;
         }
-        assert!(
-            matches!(validate_document(&bytes), Err(ProtocolError::InvalidBson(m)) if m.contains("nesting"))
-        );
+        assert!(matches!(validate_document(&bytes), Err(ProtocolError::InvalidBson(m)) if m.contains("nesting")));
     }
 
     #[test]
@@ -138,18 +123,9 @@ mod tests {
         let doc = rawdoc! { "a": 1 };
         let bytes = doc.as_bytes();
         assert_eq!(document_len(bytes, 0, 100, "body"), Ok(bytes.len()));
-        assert_eq!(
-            document_len(&bytes[..bytes.len() - 1], 0, 100, "body"),
-            Err(ProtocolError::Truncated("body"))
-        );
-        assert!(matches!(
-            document_len(bytes, 0, 5, "body"),
-            Err(ProtocolError::DocumentTooLarge { .. })
-        ));
-        assert!(matches!(
-            document_len(&[1, 0, 0, 0, 0], 0, 100, "body"),
-            Err(ProtocolError::InvalidBson(_))
-        ));
+        assert_eq!(document_len(&bytes[..bytes.len() - 1], 0, 100, "body"), Err(ProtocolError::Truncated("body")));
+        assert!(matches!(document_len(bytes, 0, 5, "body"), Err(ProtocolError::DocumentTooLarge { .. })));
+        assert!(matches!(document_len(&[1, 0, 0, 0, 0], 0, 100, "body"), Err(ProtocolError::InvalidBson(_))));
     }
 
     #[test]

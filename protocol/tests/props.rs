@@ -4,9 +4,7 @@ use bson::{RawBson, RawDocumentBuf};
 use bytes::Bytes;
 use proptest::prelude::*;
 use tenantwall_protocol::compression::compress_frame;
-use tenantwall_protocol::{
-    check_frame, decode, Compressor, Message, MsgFlags, OpMsg, Sequence, MAX_MESSAGE_SIZE,
-};
+use tenantwall_protocol::{check_frame, decode, Compressor, Message, MsgFlags, OpMsg, Sequence, MAX_MESSAGE_SIZE};
 
 fn value() -> impl Strategy<Value = RawBson> {
     let leaf = prop_oneof![
@@ -44,27 +42,19 @@ fn op_msg() -> impl Strategy<Value = OpMsg> {
         Just(MsgFlags::MORE_TO_COME),
         Just(MsgFlags::EXHAUST_ALLOWED)
     ];
-    (
-        flags,
-        document(),
-        prop::collection::vec(document(), 0..5),
-        any::<bool>(),
-    )
-        .prop_map(|(flags, body, docs, with_seq)| {
+    (flags, document(), prop::collection::vec(document(), 0..5), any::<bool>()).prop_map(
+        |(flags, body, docs, with_seq)| {
             // Sequence identifiers must not collide with body fields, so the command gets its own first key.
             let mut command = RawDocumentBuf::new();
             command.append(bson::cstr!("insert"), "c");
             command.append(bson::cstr!("nested"), body);
             if with_seq {
-                OpMsg::with_sequences(
-                    MsgFlags(flags),
-                    command,
-                    vec![Sequence::new("documents", docs)],
-                )
+                OpMsg::with_sequences(MsgFlags(flags), command, vec![Sequence::new("documents", docs)])
             } else {
                 OpMsg::new(MsgFlags(flags), command)
             }
-        })
+        },
+    )
 }
 
 proptest! {
