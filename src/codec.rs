@@ -1,0 +1,126 @@
+//! Buffered frame I/O over any async byte stream.
+//!
+//! [`FrameReader`] owns the read buffer: it runs the cheap "is a whole frame here?" check before every read,
+//! reserves memory only for a length that passed the size cap, and splits complete frames off the buffer as
+//! `Bytes` without copying. A peer that starts a frame must finish it within the frame timeout, so a slow or
+//! stalled client holds one small buffer and then its connection is closed.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tenantwall_protocol::{check_frame, ProtocolError};
+
+/// Initial read buffer: enough for typical commands without growing.
+const INITIAL_BUFFER: usize = 8 * 1024;
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    #[error("message not completed within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads whole frames from `R`.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_len: usize,
+    frame_timeout: Option<Duration>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// `max_len` caps the announced message length; `frame_timeout` bounds how long a started frame may take.
+    pub fn new(inner: R, max_len: usize, frame_timeout: Option<Duration>) -> Self {
+        Self { inner, buf: BytesMut::with_capacity(INITIAL_BUFFER), max_len, frame_timeout }
+    }
+
+    /// The next complete frame, `Ok(None)` on a clean end of stream between frames.
+    pub async fn next_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
+        loop {
+            if let Some(len) = check_frame(&self.buf, self.max_len)? {
+                return Ok(Some(self.buf.split_to(len).freeze()));
+            }
+            if self.buf.len() >= 4 {
+                // check_frame validated the announced length, so this reservation is bounded by max_len.
+                let announced = i32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                self.buf.reserve(announced.saturating_sub(self.buf.len()));
+            } else if self.buf.capacity() - self.buf.len() < INITIAL_BUFFER / 2 {
+                self.buf.reserve(INITIAL_BUFFER);
+            }
+            let read = match (self.buf.is_empty(), self.frame_timeout) {
+                // Between frames a connection may idle as long as it likes (drivers keep pools).
+                (true, _) | (false, None) => self.inner.read_buf(&mut self.buf).await?,
+                (false, Some(limit)) => tokio::time::timeout(limit, self.inner.read_buf(&mut self.buf))
+                    .await
+                    .map_err(|_| ReadError::Timeout(limit))??,
+            };
+            if read == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
+            }
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+    use tenantwall_protocol::{MsgFlags, OpMsg, MAX_MESSAGE_SIZE};
+    use tokio::io::AsyncWriteExt;
+
+    fn ping() -> Vec<u8> {
+        OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "$db": "admin" }).encode(1, 0).unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn reads_frames_split_across_writes() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, Some(Duration::from_secs(5)));
+        let frame = ping();
+        let two = [frame.clone(), frame.clone()].concat();
+        tokio::spawn(async move {
+            for chunk in two.chunks(3) {
+                tx.write_all(chunk).await.unwrap();
+            }
+        });
+        assert_eq!(reader.next_frame().await.unwrap().unwrap().as_ref(), frame.as_slice());
+        assert_eq!(reader.next_frame().await.unwrap().unwrap().as_ref(), frame.as_slice());
+        assert!(reader.next_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_length_fails_before_buffering() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, 1024, None);
+        tx.write_all(&100_000_000i32.to_le_bytes()).await.unwrap();
+        assert!(matches!(reader.next_frame().await, Err(ReadError::Protocol(ProtocolError::MessageTooLarge { .. }))));
+        assert!(reader.buf.capacity() < 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn truncated_stream_and_stalled_client_are_errors() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
+        tx.write_all(&ping()[..10]).await.unwrap();
+        drop(tx);
+        assert!(matches!(reader.next_frame().await, Err(ReadError::Truncated)));
+
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, Some(Duration::from_millis(50)));
+        tx.write_all(&ping()[..10]).await.unwrap();
+        assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
+        drop(tx);
+    }
+}

@@ -1,0 +1,115 @@
+//! The proxy's own `hello` / `isMaster`: it presents itself as a mongos.
+//!
+//! Drivers that see `msg: "isdbgrid"` treat the proxy as a router and never try to discover the deployment
+//! behind it, so the reply must not carry anything that names the backend (`hosts`, `setName`, `me`,
+//! `primary`) and no `topologyVersion` (without it drivers poll instead of holding an awaitable hello open).
+//! This module is pure: it turns a request document into a reply document and a compression choice.
+
+use bson::{cstr, DateTime, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use tenantwall_protocol::{Compressor, MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE};
+
+use crate::command::Command;
+
+/// `maxWriteBatchSize` a mongos advertises.
+pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
+/// Session timeout advertised; its presence tells drivers sessions are supported.
+pub const LOGICAL_SESSION_TIMEOUT_MINUTES: i32 = 30;
+/// Wire version advertised before any backend has been seen (MongoDB 6.0).
+pub const FALLBACK_MAX_WIRE_VERSION: i32 = 17;
+
+/// What the connection knows when it answers a hello.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloContext {
+    pub connection_id: i64,
+    pub max_wire_version: i32,
+}
+
+/// The compressors a client offered that the proxy also implements, in the client's order of preference.
+pub fn negotiate_compression(request: &RawDocument) -> Vec<Compressor> {
+    let Ok(Some(RawBsonRef::Array(offered))) = request.get("compression") else {
+        return Vec::new();
+    };
+    let mut chosen = Vec::new();
+    for name in offered.into_iter().filter_map(Result::ok) {
+        if let Some(c) = name.as_str().and_then(Compressor::from_name) {
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+    }
+    chosen
+}
+
+/// Builds the hello reply for `request` (already classified as `command`).
+pub fn hello_reply(request: &RawDocument, command: Command, compression: &[Compressor], ctx: HelloContext) -> RawDocumentBuf {
+    let mut reply = RawDocumentBuf::new();
+    if matches!(request.get("helloOk"), Ok(Some(RawBsonRef::Boolean(true)))) {
+        reply.append(cstr!("helloOk"), true);
+    }
+    if command == Command::LegacyHello {
+        reply.append(cstr!("ismaster"), true);
+    } else {
+        reply.append(cstr!("isWritablePrimary"), true);
+    }
+    reply.append(cstr!("msg"), "isdbgrid");
+    reply.append(cstr!("maxBsonObjectSize"), MAX_BSON_OBJECT_SIZE as i32);
+    reply.append(cstr!("maxMessageSizeBytes"), MAX_MESSAGE_SIZE as i32);
+    reply.append(cstr!("maxWriteBatchSize"), MAX_WRITE_BATCH_SIZE);
+    reply.append(cstr!("localTime"), DateTime::now());
+    reply.append(cstr!("logicalSessionTimeoutMinutes"), LOGICAL_SESSION_TIMEOUT_MINUTES);
+    reply.append(cstr!("connectionId"), ctx.connection_id);
+    reply.append(cstr!("minWireVersion"), 0);
+    reply.append(cstr!("maxWireVersion"), ctx.max_wire_version);
+    if request.get("compression").ok().flatten().is_some() {
+        let mut names = RawArrayBuf::new();
+        for c in compression {
+            names.push(c.name());
+        }
+        reply.append(cstr!("compression"), names);
+    }
+    reply.append(cstr!("readOnly"), false);
+    reply.append(cstr!("ok"), 1.0);
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    const CTX: HelloContext = HelloContext { connection_id: 7, max_wire_version: 25 };
+
+    #[test]
+    fn presents_as_mongos_without_backend_details() {
+        let request = rawdoc! { "hello": 1, "helloOk": true, "$db": "admin" };
+        let reply = hello_reply(&request, Command::Hello, &[], CTX);
+        assert_eq!(reply.get_str("msg").unwrap(), "isdbgrid");
+        assert!(reply.get_bool("isWritablePrimary").unwrap());
+        assert!(reply.get_bool("helloOk").unwrap());
+        assert_eq!(reply.get_i32("maxBsonObjectSize").unwrap(), 16 * 1024 * 1024);
+        assert_eq!(reply.get_i32("maxMessageSizeBytes").unwrap(), 48_000_000);
+        assert_eq!(reply.get_i32("maxWireVersion").unwrap(), 25);
+        for absent in ["hosts", "setName", "me", "primary", "topologyVersion", "compression", "ismaster"] {
+            assert!(reply.get(absent).unwrap().is_none(), "{absent} present");
+        }
+    }
+
+    #[test]
+    fn legacy_hello_uses_ismaster() {
+        let reply = hello_reply(&rawdoc! { "isMaster": 1 }, Command::LegacyHello, &[], CTX);
+        assert!(reply.get_bool("ismaster").unwrap());
+        assert!(reply.get("isWritablePrimary").unwrap().is_none());
+        assert!(reply.get("helloOk").unwrap().is_none());
+    }
+
+    #[test]
+    fn negotiates_in_client_order_and_drops_unknown() {
+        let request = rawdoc! { "hello": 1, "compression": ["lz4", "zlib", "zstd", "zlib"] };
+        let chosen = negotiate_compression(&request);
+        assert_eq!(chosen, vec![Compressor::Zlib, Compressor::Zstd]);
+        let reply = hello_reply(&request, Command::Hello, &chosen, CTX);
+        let names: Vec<_> = reply.get_array("compression").unwrap().into_iter().map(|v| v.unwrap().as_str().unwrap().to_owned()).collect();
+        assert_eq!(names, ["zlib", "zstd"]);
+        assert!(negotiate_compression(&rawdoc! { "hello": 1 }).is_empty());
+    }
+}
