@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use bson::{rawdoc, RawBsonRef};
+use tenantwall_protocol::{decode, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tenantwall_protocol::{decode, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSAGE_SIZE};
 
 use crate::codec::FrameReader;
 use crate::config::{BackendConfig, BackendUri};
@@ -139,7 +139,10 @@ impl BackendConn {
             decode(frame).map_err(|e| ProxyError::BackendProtocol { detail: format!("backend reply: {e}") })?;
         if decoded.header.response_to != response_to {
             return Err(ProxyError::BackendProtocol {
-                detail: format!("backend answered request {} while {response_to} was pending", decoded.header.response_to),
+                detail: format!(
+                    "backend answered request {} while {response_to} was pending",
+                    decoded.header.response_to
+                ),
             });
         }
         match decoded.message {

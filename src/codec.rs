@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tenantwall_protocol::{check_frame, ProtocolError};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Initial read buffer: enough for typical commands without growing.
 const INITIAL_BUFFER: usize = 8 * 1024;

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use bson::rawdoc;
 use bytes::Bytes;
+use tenantwall_protocol::compression::compress_frame;
+use tenantwall_protocol::{
+    decode, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
-use tenantwall_protocol::compression::compress_frame;
-use tenantwall_protocol::{decode, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError};
 
 use crate::backend::BackendConn;
 use crate::codec::{FrameReader, ReadError};
@@ -117,7 +119,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         }
     }
 
-    async fn handle_msg(&mut self, header: MsgHeader, msg: OpMsg, compressor: Option<Compressor>) -> std::io::Result<Flow> {
+    async fn handle_msg(
+        &mut self,
+        header: MsgHeader,
+        msg: OpMsg,
+        compressor: Option<Compressor>,
+    ) -> std::io::Result<Flow> {
         Stats::incr(&self.shared.stats.commands);
         let name = msg.command_name().unwrap_or_default().to_owned();
         let command = Command::from_name(&name);
@@ -138,8 +145,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
                 let error = deny.into_error().unwrap_or(ProxyError::Internal { detail: "denial without error".into() });
                 info!(command = %name, reason = %error, "denied");
                 if !msg.flags.more_to_come() {
-                    self.write_msg(&OpMsg::new(MsgFlags::default(), error.reply_document()), header.request_id, compressor)
-                        .await?;
+                    self.write_msg(
+                        &OpMsg::new(MsgFlags::default(), error.reply_document()),
+                        header.request_id,
+                        compressor,
+                    )
+                    .await?;
                 }
                 Ok(Flow::Continue)
             }
@@ -159,7 +170,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
 
     /// Forwards `msg` and relays its replies. Returns an error only for backend failures; failures writing to the
     /// client surface as `ProxyError::Internal` and end the connection through the next read.
-    async fn relay(&mut self, client_request_id: i32, msg: &OpMsg, compressor: Option<Compressor>) -> Result<(), ProxyError> {
+    async fn relay(
+        &mut self,
+        client_request_id: i32,
+        msg: &OpMsg,
+        compressor: Option<Compressor>,
+    ) -> Result<(), ProxyError> {
         if self.backend.is_none() {
             let timeout = self.shared.policy.limits.backend_connect_timeout();
             self.backend = Some(self.shared.backend.connect(timeout).await?);
@@ -169,9 +185,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         };
         // The checksum was verified on the way in and the backend link is the proxy's own. exhaustAllowed is
         // dropped so every reply is solicited: the proxy inspects each batch, and a server may always ignore it.
-        let forward = msg.with_flags(msg.flags.without(MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED));
+        // moreToCome is dropped too, as mongos does for w:0 writes: the backend answers, the proxy reads and
+        // discards that answer, so the link stays in lock-step and failed unacknowledged writes are logged.
+        let strip = MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME;
+        let forward = msg.with_flags(msg.flags.without(strip));
         let backend_request_id = backend.send(&forward).await?;
         if msg.flags.more_to_come() {
+            let (_, reply) = backend.read_reply(backend_request_id).await?;
+            if let Ok(errmsg) = reply.body().get_str("errmsg") {
+                info!(errmsg, "unacknowledged command failed on the backend");
+            }
             return Ok(());
         }
         let mut expect = backend_request_id;
@@ -202,7 +225,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
             return Ok(Flow::Continue);
         }
         let command_doc = query.command();
-        let name = command_doc.iter_elements().next().and_then(Result::ok).map(|e| e.key().as_str()).unwrap_or_default();
+        let name =
+            command_doc.iter_elements().next().and_then(Result::ok).map(|e| e.key().as_str()).unwrap_or_default();
         let command = Command::from_name(name);
         debug!(command = %name, "legacy command");
         let reply = if command.is_hello() {
@@ -254,7 +278,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
     }
 
     /// Writes an OP_MSG answering `response_to`, compressed when the request was. Returns the id it was sent with.
-    async fn write_msg(&mut self, msg: &OpMsg, response_to: i32, compressor: Option<Compressor>) -> std::io::Result<i32> {
+    async fn write_msg(
+        &mut self,
+        msg: &OpMsg,
+        response_to: i32,
+        compressor: Option<Compressor>,
+    ) -> std::io::Result<i32> {
         let id = self.reply_id();
         let frame = msg.encode(id, response_to).map_err(std::io::Error::other)?;
         match compressor {
@@ -273,4 +302,3 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         self.writer.write_all(&frame).await
     }
 }
-

@@ -41,7 +41,12 @@ pub fn negotiate_compression(request: &RawDocument) -> Vec<Compressor> {
 }
 
 /// Builds the hello reply for `request` (already classified as `command`).
-pub fn hello_reply(request: &RawDocument, command: Command, compression: &[Compressor], ctx: HelloContext) -> RawDocumentBuf {
+pub fn hello_reply(
+    request: &RawDocument,
+    command: Command,
+    compression: &[Compressor],
+    ctx: HelloContext,
+) -> RawDocumentBuf {
     let mut reply = RawDocumentBuf::new();
     if matches!(request.get("helloOk"), Ok(Some(RawBsonRef::Boolean(true)))) {
         reply.append(cstr!("helloOk"), true);
@@ -108,7 +113,12 @@ mod tests {
         let chosen = negotiate_compression(&request);
         assert_eq!(chosen, vec![Compressor::Zlib, Compressor::Zstd]);
         let reply = hello_reply(&request, Command::Hello, &chosen, CTX);
-        let names: Vec<_> = reply.get_array("compression").unwrap().into_iter().map(|v| v.unwrap().as_str().unwrap().to_owned()).collect();
+        let names: Vec<_> = reply
+            .get_array("compression")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.unwrap().as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(names, ["zlib", "zstd"]);
         assert!(negotiate_compression(&rawdoc! { "hello": 1 }).is_empty());
     }

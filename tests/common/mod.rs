@@ -1,0 +1,154 @@
+//! Test rig: real nx-27017 backends and in-process proxies on free ports, always cleaned up.
+//!
+//! Backends come from the project virtualenv (`scripts/backend setup`). Each instance gets its own port, pid
+//! file, log file and in-memory database, and is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tenantwall::{Policy, Server, ServerHandle};
+use tenantwall_protocol::{check_frame, decode, Decoded, MAX_MESSAGE_SIZE};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running nx-27017 instance.
+pub struct Backend {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Backend {
+    pub fn start() -> Backend {
+        let exe = repo_root().join(".venv/bin/nx-27017");
+        assert!(exe.exists(), "{} missing: run scripts/backend setup", exe.display());
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("tenantwall-nx-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("backend dir");
+            let child = Command::new(&exe)
+                .args(["--db", "memory", "--host", "127.0.0.1", "-p", &port.to_string()])
+                .arg("--pid-file")
+                .arg(dir.join("nx.pid"))
+                .arg("--log-file")
+                .arg(dir.join("nx.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nx-27017");
+            let mut backend = Backend { child, port, dir };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return backend;
+                }
+                if let Ok(Some(_)) = backend.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            last_log = std::fs::read_to_string(backend.dir.join("nx.log")).unwrap_or_default();
+        }
+        panic!("nx-27017 did not start; log tail:\n{}", last_log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the instance now (for backend-failure tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A policy with one listener on a free port and one backend.
+pub fn policy_for(backend_uri: &str, extra: &str) -> Policy {
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"{backend_uri}\"\n{extra}"
+    );
+    Policy::from_toml(&text, std::path::Path::new("test-policy.toml")).expect("test policy")
+}
+
+/// Starts an in-process proxy in front of `backend_uri`.
+pub async fn start_proxy(backend_uri: &str) -> ServerHandle {
+    start_proxy_with(backend_uri, "").await
+}
+
+/// Starts an in-process proxy with extra policy TOML appended (e.g. a `[limits]` table).
+pub async fn start_proxy_with(backend_uri: &str, extra: &str) -> ServerHandle {
+    Server::bind(policy_for(backend_uri, extra), None).await.expect("bind proxy").spawn()
+}
+
+/// Rust driver client for `addr`, optionally with compressors.
+pub async fn client(addr: SocketAddr, compressors: Option<Vec<mongodb::options::Compressor>>) -> mongodb::Client {
+    let mut options = mongodb::options::ClientOptions::parse(format!("mongodb://{addr}/")).await.expect("options");
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    options.compressors = compressors;
+    mongodb::Client::with_options(options).expect("client")
+}
+
+/// A blocking raw-socket client for frame-level tests.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        RawClient { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        // The proxy may already have closed; a failed write shows up as a closed connection on read.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// The next frame, or `None` when the proxy closed the connection.
+    pub fn recv(&mut self) -> Option<Decoded> {
+        loop {
+            if let Ok(Some(len)) = check_frame(&self.buf, MAX_MESSAGE_SIZE) {
+                let frame: Vec<u8> = self.buf.drain(..len).collect();
+                return Some(decode(Bytes::from(frame)).expect("proxy sent a frame that does not parse"));
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Whether the proxy closed the connection (reads EOF or reset within the read timeout).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
