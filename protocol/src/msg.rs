@@ -125,6 +125,12 @@ impl OpMsg {
         Self { flags, body: Bytes::from(body.into_bytes()), sequences }
     }
 
+    /// The same sections with other flags (bodies and sequences are shared, not copied).
+    #[must_use]
+    pub fn with_flags(&self, flags: MsgFlags) -> Self {
+        Self { flags, body: self.body.clone(), sequences: self.sequences.clone() }
+    }
+
     /// The command (or reply) document.
     pub fn body(&self) -> &RawDocument {
         raw_view(&self.body)
