@@ -58,7 +58,10 @@ fn insert_frame(n: usize) -> Bytes {
         })
         .collect();
     let body = rawdoc! { "insert": "items", "ordered": true, "$db": "shop" };
-    OpMsg::with_sequences(MsgFlags::default(), body, vec![Sequence::new("documents", docs)]).encode(1, 0).unwrap().freeze()
+    OpMsg::with_sequences(MsgFlags::default(), body, vec![Sequence::new("documents", docs)])
+        .encode(1, 0)
+        .unwrap()
+        .freeze()
 }
 
 /// tenantwall's path: parse and validate, then re-frame the same bytes.

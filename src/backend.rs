@@ -1,45 +1,55 @@
-//! Backend connections: connect, handshake, send one request, read its replies.
+//! Backend connections: connect (TLS when the URI asks), handshake, authenticate, send, read replies.
 //!
-//! A [`BackendTarget`] is a configured deployment and what the proxy has learnt about it (its wire version);
-//! a [`BackendConn`] is one TCP connection to it, owned by exactly one client connection at a time. Replies are
-//! parsed and validated like client messages before anything is relayed; a backend that sends garbage or
-//! vanishes costs the client that was using it one error reply, nothing more. Error text sent to clients never
-//! names a backend host.
+//! A [`BackendTarget`] is a configured deployment plus what the proxy has learnt about it (its wire version);
+//! a [`BackendConn`] is one connection to it, owned by exactly one client connection at a time and only ever
+//! opened once that client's tenant is known. Replies are parsed and validated like client messages before
+//! anything is relayed; a backend that sends garbage or vanishes costs the client using it one error reply.
+//! Error text sent to clients never names a backend host; service passwords never leave this module.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use bson::{rawdoc, RawBsonRef};
+use bson::spec::BinarySubtype;
+use bson::{rawdoc, Binary, RawBsonRef, RawDocument, RawDocumentBuf};
 use tenantwall_protocol::{decode, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSAGE_SIZE};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
+use crate::auth::ScramClient;
 use crate::codec::FrameReader;
-use crate::config::{BackendConfig, BackendUri};
 use crate::error::ProxyError;
 use crate::handshake::FALLBACK_MAX_WIRE_VERSION;
+use crate::policy::{BackendSpec, Credentials};
+
+/// Any byte stream a connection can run over (plain TCP or TLS).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A boxed stream.
+pub type BoxStream = Box<dyn Stream>;
 
 /// A configured backend deployment.
 #[derive(Debug)]
 pub struct BackendTarget {
-    pub name: String,
-    hosts: Vec<String>,
-    max_wire_override: Option<i32>,
+    pub spec: BackendSpec,
     /// Last `maxWireVersion` the backend reported; 0 until one handshake succeeded.
     observed_wire: AtomicI32,
 }
 
+fn unavailable(detail: String) -> ProxyError {
+    ProxyError::BackendUnavailable { detail }
+}
+
 impl BackendTarget {
-    /// Builds a target from validated configuration.
-    pub fn from_config(config: &BackendConfig) -> Result<Self, String> {
-        let uri = BackendUri::parse(&config.uri)?;
-        Ok(Self {
-            name: config.name.clone(),
-            hosts: uri.hosts,
-            max_wire_override: config.max_wire_version,
-            observed_wire: AtomicI32::new(0),
-        })
+    pub fn new(spec: BackendSpec) -> Self {
+        Self { spec, observed_wire: AtomicI32::new(0) }
+    }
+
+    /// Keeps what an earlier generation learnt about the same deployment (after a policy reload).
+    pub fn inherit(&self, previous: &BackendTarget) {
+        if previous.spec.hosts == self.spec.hosts {
+            self.observed_wire.store(previous.observed_wire.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     /// The wire version to advertise: what the backend reported (or a conservative fallback before it has been
@@ -49,46 +59,76 @@ impl BackendTarget {
             0 => FALLBACK_MAX_WIRE_VERSION,
             v => v,
         };
-        self.max_wire_override.map_or(observed, |cap| observed.min(cap))
+        self.spec.max_wire_version.map_or(observed, |cap| observed.min(cap))
     }
 
-    /// Opens a connection and performs the handshake, trying the seed hosts in order.
+    /// Opens, handshakes and authenticates a connection, trying the seed hosts in order.
     pub async fn connect(&self, timeout: Duration) -> Result<BackendConn, ProxyError> {
+        let name = &self.spec.name;
         let mut last = String::from("no hosts");
-        for host in &self.hosts {
-            match tokio::time::timeout(timeout, TcpStream::connect(host.as_str())).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let mut conn = BackendConn::new(stream);
-                    let wire = tokio::time::timeout(timeout, conn.handshake())
-                        .await
-                        .map_err(|_| unavailable(&self.name, host, "handshake timed out"))??;
-                    self.observed_wire.store(wire, Ordering::Relaxed);
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => last = format!("{host}: {e}"),
-                Err(_) => last = format!("{host}: connect timed out"),
+        for host in &self.spec.hosts {
+            match tokio::time::timeout(timeout, self.connect_host(host)).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last = format!("{host}: {}", e.log_detail()),
+                Err(_) => last = format!("{host}: timed out"),
             }
         }
-        Err(ProxyError::BackendUnavailable { detail: format!("backend {}: {last}", self.name) })
+        Err(unavailable(format!("backend {name}: {last}")))
     }
-}
 
-fn unavailable(backend: &str, host: &str, what: &str) -> ProxyError {
-    ProxyError::BackendUnavailable { detail: format!("backend {backend} ({host}): {what}") }
+    async fn connect_host(&self, host: &str) -> Result<BackendConn, ProxyError> {
+        let tcp = TcpStream::connect(host).await.map_err(|e| unavailable(format!("connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: BoxStream = match &self.spec.tls {
+            Some(config) => {
+                let server = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']).to_owned();
+                let name = rustls::pki_types::ServerName::try_from(server)
+                    .map_err(|e| unavailable(format!("tls name: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| unavailable(format!("tls: {e}")))?;
+                Box::new(tls)
+            }
+            None => Box::new(tcp),
+        };
+        let mut conn = BackendConn::new(stream);
+        let wire = conn.handshake().await?;
+        self.observed_wire.store(wire, Ordering::Relaxed);
+        if let Some(credentials) = &self.spec.credentials {
+            conn.authenticate(credentials).await?;
+        }
+        Ok(conn)
+    }
 }
 
 /// One connection to a backend.
 pub struct BackendConn {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<ReadHalf<BoxStream>>,
+    writer: WriteHalf<BoxStream>,
     next_request_id: i32,
 }
 
+fn ok_of(body: &RawDocument) -> bool {
+    match body.get("ok") {
+        Ok(Some(RawBsonRef::Double(v))) => v == 1.0,
+        Ok(Some(RawBsonRef::Int32(v))) => v == 1,
+        Ok(Some(RawBsonRef::Int64(v))) => v == 1,
+        _ => false,
+    }
+}
+
 impl BackendConn {
-    fn new(stream: TcpStream) -> Self {
-        let (read, write) = stream.into_split();
+    fn new(stream: BoxStream) -> Self {
+        let (read, write) = tokio::io::split(stream);
         Self { reader: FrameReader::new(read, MAX_MESSAGE_SIZE, None), writer: write, next_request_id: 1 }
+    }
+
+    /// Sends one command and returns its reply body.
+    async fn call(&mut self, body: RawDocumentBuf) -> Result<RawDocumentBuf, ProxyError> {
+        let request_id = self.send(&OpMsg::new(MsgFlags::default(), body)).await?;
+        let (_, reply) = self.read_reply(request_id).await?;
+        Ok(reply.body().to_owned())
     }
 
     /// Sends the proxy's own hello and returns the backend's `maxWireVersion`.
@@ -101,12 +141,8 @@ impl BackendConn {
                 "os": { "type": std::env::consts::OS },
             },
         };
-        let request_id = self.send(&OpMsg::new(MsgFlags::default(), hello)).await?;
-        let (_, reply) = self.read_reply(request_id).await?;
-        let body = reply.body();
-        if !matches!(body.get("ok"), Ok(Some(RawBsonRef::Double(v))) if v == 1.0)
-            && !matches!(body.get("ok"), Ok(Some(RawBsonRef::Int32(1))))
-        {
+        let body = self.call(hello).await?;
+        if !ok_of(&body) {
             return Err(ProxyError::BackendProtocol { detail: "backend refused hello".into() });
         }
         match body.get("maxWireVersion") {
@@ -116,15 +152,58 @@ impl BackendConn {
         }
     }
 
+    /// SCRAM-SHA-256 with the backend's service credentials.
+    async fn authenticate(&mut self, credentials: &Credentials) -> Result<(), ProxyError> {
+        let failed = |what: &str| unavailable(format!("authentication as {} failed: {what}", credentials.username));
+        let (mut client, first) = ScramClient::new(&credentials.username, credentials.password.expose())
+            .map_err(|e| failed(&e.to_string()))?;
+        let start = rawdoc! {
+            "saslStart": 1,
+            "mechanism": "SCRAM-SHA-256",
+            "payload": Binary { subtype: BinarySubtype::Generic, bytes: first },
+            "options": { "skipEmptyExchange": true },
+            "$db": credentials.auth_source.as_str(),
+        };
+        let reply = self.call(start).await?;
+        if !ok_of(&reply) {
+            return Err(failed(reply.get_str("errmsg").unwrap_or("saslStart refused")));
+        }
+        let conversation: bson::RawBson =
+            reply.get("conversationId").ok().flatten().map_or(bson::RawBson::Int32(1), bson::RawBson::from);
+        let server_first = reply.get_binary("payload").map_err(|_| failed("no payload"))?.bytes.to_vec();
+        let client_final = client.handle_server_first(&server_first).map_err(|e| failed(&e.to_string()))?;
+        let mut next = RawDocumentBuf::new();
+        next.append(bson::cstr!("saslContinue"), 1);
+        next.append(bson::cstr!("conversationId"), conversation.clone());
+        next.append(bson::cstr!("payload"), Binary { subtype: BinarySubtype::Generic, bytes: client_final });
+        next.append(bson::cstr!("$db"), credentials.auth_source.as_str());
+        let reply = self.call(next).await?;
+        if !ok_of(&reply) {
+            return Err(failed(reply.get_str("errmsg").unwrap_or("saslContinue refused")));
+        }
+        let server_final = reply.get_binary("payload").map_err(|_| failed("no payload"))?.bytes.to_vec();
+        client.verify_server_final(&server_final).map_err(|e| failed(&e.to_string()))?;
+        if !reply.get_bool("done").unwrap_or(false) {
+            // A server without skipEmptyExchange support wants one empty round.
+            let mut empty = RawDocumentBuf::new();
+            empty.append(bson::cstr!("saslContinue"), 1);
+            empty.append(bson::cstr!("conversationId"), conversation);
+            empty.append(bson::cstr!("payload"), Binary { subtype: BinarySubtype::Generic, bytes: Vec::new() });
+            empty.append(bson::cstr!("$db"), credentials.auth_source.as_str());
+            let reply = self.call(empty).await?;
+            if !ok_of(&reply) || !reply.get_bool("done").unwrap_or(false) {
+                return Err(failed("conversation did not finish"));
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `msg` with a fresh request id and returns that id.
     pub async fn send(&mut self, msg: &OpMsg) -> Result<i32, ProxyError> {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         let frame = msg.encode(request_id, 0)?;
-        self.writer
-            .write_all(&frame)
-            .await
-            .map_err(|e| ProxyError::BackendUnavailable { detail: format!("write to backend: {e}") })?;
+        self.writer.write_all(&frame).await.map_err(|e| unavailable(format!("write to backend: {e}")))?;
         Ok(request_id)
     }
 
@@ -132,8 +211,8 @@ impl BackendConn {
     pub async fn read_reply(&mut self, response_to: i32) -> Result<(MsgHeader, OpMsg), ProxyError> {
         let frame = match self.reader.next_frame().await {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Err(ProxyError::BackendUnavailable { detail: "backend closed the connection".into() }),
-            Err(e) => return Err(ProxyError::BackendUnavailable { detail: format!("read from backend: {e}") }),
+            Ok(None) => return Err(unavailable("backend closed the connection".into())),
+            Err(e) => return Err(unavailable(format!("read from backend: {e}"))),
         };
         let decoded =
             decode(frame).map_err(|e| ProxyError::BackendProtocol { detail: format!("backend reply: {e}") })?;

@@ -1,28 +1,31 @@
 //! One client connection: read a frame, decide, answer locally or relay, reply in the client's framing.
 //!
-//! This module owns the per-connection state (its backend connection and reply ids) and the mapping of request
-//! ids between the two sides. It must never forward a frame it has not parsed, never reveal backend details in a
-//! reply, and never let one client's failure reach another: every error ends in a MongoDB-shaped reply to this
-//! client or in closing this connection.
+//! Owns the per-connection state: the tenant (once known), the SASL conversation, the backend connection of
+//! that tenant, and reply ids. It must never forward a frame it has not parsed, never open a backend
+//! connection before the tenant is known, never reveal backend details in a reply, and never let one client's
+//! failure reach another: every error ends in a MongoDB-shaped reply to this client or in closing it.
 
 use std::sync::Arc;
 
-use bson::rawdoc;
+use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use tenantwall_protocol::compression::compress_frame;
 use tenantwall_protocol::{
     decode, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::backend::BackendConn;
+use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
 use crate::error::{error_document, ErrorCode, ProxyError, Side};
-use crate::gate::{decide, Decision};
-use crate::handshake::{hello_reply, negotiate_compression, HelloContext};
-use crate::server::Shared;
+use crate::handshake::{build_info_reply, hello_reply, negotiate_compression, HelloContext};
+use crate::policy::decide::{decide, Decision, Local};
+use crate::policy::Tenant;
+use crate::sasl::{self, Outcome, SaslState};
+use crate::server::{Generation, Shared};
 use crate::stats::Stats;
 
 /// Whether the connection goes on after a frame.
@@ -33,26 +36,70 @@ enum Flow {
 }
 
 /// A client connection and its state.
-pub struct ClientConnection<R, W> {
+pub struct ClientConnection {
     id: u64,
     shared: Arc<Shared>,
-    reader: FrameReader<R>,
-    writer: W,
-    backend: Option<BackendConn>,
+    reader: FrameReader<ReadHalf<BoxStream>>,
+    writer: WriteHalf<BoxStream>,
+    /// Tenant named by the listener, SNI or certificate; SCRAM must agree with it.
+    claimed: Option<String>,
+    /// The tenant, once identified (by claim or SCRAM).
+    tenant: Option<Arc<Tenant>>,
+    sasl: SaslState,
+    authenticated_user: Option<String>,
+    /// The backend connection and the backend name it belongs to.
+    backend: Option<(String, BackendConn)>,
     next_reply_id: i32,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
-    pub(crate) fn new(id: u64, shared: Arc<Shared>, reader: R, writer: W) -> Self {
-        let limits = &shared.policy.limits;
-        let reader = FrameReader::new(reader, limits.max_message_bytes, Some(limits.frame_timeout()));
-        Self { id, shared, reader, writer, backend: None, next_reply_id: 1 }
+impl ClientConnection {
+    pub(crate) fn new(id: u64, shared: Arc<Shared>, stream: BoxStream, claimed: Option<String>) -> Self {
+        let generation = shared.current();
+        let limits = &generation.policy.limits;
+        let (read, write) = tokio::io::split(stream);
+        let reader = FrameReader::new(read, limits.max_message_bytes, Some(limits.frame_timeout()));
+        let tenant = claimed.as_deref().and_then(|t| generation.policy.tenant(t)).cloned();
+        if let Some(t) = &tenant {
+            tracing::Span::current().record("tenant", t.id.as_str());
+        }
+        Self {
+            id,
+            shared,
+            reader,
+            writer: write,
+            claimed,
+            tenant,
+            sasl: SaslState::default(),
+            authenticated_user: None,
+            backend: None,
+            next_reply_id: 1,
+        }
     }
 
-    /// Serves the connection until the client leaves, breaks the protocol, or a write fails.
+    /// Serves the connection until the client leaves, breaks the protocol, fails to identify in time, its
+    /// tenant is removed from the policy, or a write fails.
     pub async fn serve(mut self) {
+        if self.claimed.is_some() && self.tenant.is_none() {
+            info!("claimed tenant is not in the policy; closing");
+            return;
+        }
+        let mut generations = self.shared.subscribe();
+        let auth_deadline = Instant::now() + self.shared.current().policy.limits.auth_timeout();
         loop {
-            let frame = match self.reader.next_frame().await {
+            let next = tokio::select! {
+                next = self.reader.next_frame() => next,
+                changed = generations.changed() => {
+                    if changed.is_err() || !self.refresh_tenant(&self.shared.current()) {
+                        break;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(auth_deadline), if self.tenant.is_none() => {
+                    info!("no tenant identified in time; closing");
+                    break;
+                }
+            };
+            let frame = match next {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -72,7 +119,27 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
                 }
             }
         }
+        let _ = self.writer.shutdown().await;
         debug!("connection closed");
+    }
+
+    /// Re-reads the tenant from `generation`. False when the tenant was removed: the connection must end.
+    fn refresh_tenant(&mut self, generation: &Generation) -> bool {
+        let Some(current) = &self.tenant else { return true };
+        match generation.policy.tenant(&current.id) {
+            None => {
+                info!(tenant = %current.id, "tenant removed from the policy; closing");
+                false
+            }
+            Some(fresh) => {
+                if fresh.backend != current.backend {
+                    // Moved to another backend: reconnect there on the next command.
+                    self.backend = None;
+                }
+                self.tenant = Some(fresh.clone());
+                true
+            }
+        }
     }
 
     async fn handle_frame(&mut self, frame: Bytes) -> std::io::Result<Flow> {
@@ -85,9 +152,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         if let Some(compressor) = decoded.compressor {
             self.shared.stats.count_compressed(compressor);
         }
+        let generation = self.shared.current();
+        if !self.refresh_tenant(&generation) {
+            return Ok(Flow::Close);
+        }
         match decoded.message {
-            Message::Msg(msg) => self.handle_msg(decoded.header, msg, decoded.compressor).await,
-            Message::Query(query) => self.handle_query(decoded.header, query).await,
+            Message::Msg(msg) => self.handle_msg(&generation, decoded.header, msg, decoded.compressor).await,
+            Message::Query(query) => self.handle_query(&generation, decoded.header, query).await,
             Message::Reply(_) => {
                 warn!("client sent OP_REPLY");
                 Ok(Flow::Close)
@@ -112,7 +183,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
                 if header.op_code == OpCode::QUERY {
                     self.write_reply(header.request_id, OpReply::single(doc)).await?;
                 } else {
-                    self.write_msg(&OpMsg::new(MsgFlags::default(), doc), header.request_id, None).await?;
+                    self.write_doc(doc, header.request_id, None).await?;
                 }
                 Ok(Flow::Continue)
             }
@@ -121,6 +192,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
 
     async fn handle_msg(
         &mut self,
+        generation: &Generation,
         header: MsgHeader,
         msg: OpMsg,
         compressor: Option<Compressor>,
@@ -129,38 +201,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         let name = msg.command_name().unwrap_or_default().to_owned();
         let command = Command::from_name(&name);
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
-        match decide(&msg, command) {
-            Decision::Local => {
-                let compression = negotiate_compression(msg.body());
-                let ctx = HelloContext {
-                    connection_id: i64::try_from(self.id).unwrap_or(i64::MAX),
-                    max_wire_version: self.shared.backend.advertised_max_wire_version(),
-                };
-                let reply = hello_reply(msg.body(), command, &compression, ctx);
-                self.write_msg(&OpMsg::new(MsgFlags::default(), reply), header.request_id, compressor).await?;
-                Ok(Flow::Continue)
+        let respond = !msg.flags.more_to_come();
+        match decide(&msg, command, self.tenant.as_deref(), &generation.policy) {
+            Decision::Local(local) => {
+                let (reply, flow) = self.local(generation, local, msg.body(), command);
+                if respond {
+                    self.write_doc(reply, header.request_id, compressor).await?;
+                }
+                Ok(flow)
             }
             deny @ Decision::Deny { .. } => {
                 Stats::incr(&self.shared.stats.denied);
                 let error = deny.into_error().unwrap_or(ProxyError::Internal { detail: "denial without error".into() });
                 info!(command = %name, reason = %error, "denied");
-                if !msg.flags.more_to_come() {
-                    self.write_msg(
-                        &OpMsg::new(MsgFlags::default(), error.reply_document()),
-                        header.request_id,
-                        compressor,
-                    )
-                    .await?;
+                if respond {
+                    self.write_doc(error.reply_document(), header.request_id, compressor).await?;
                 }
                 Ok(Flow::Continue)
             }
             Decision::Allow => {
-                if let Err(error) = self.relay(header.request_id, &msg, compressor).await {
+                if let Err(error) = self.relay(generation, header.request_id, &msg, compressor).await {
                     self.report(&error);
                     self.backend = None;
-                    if !msg.flags.more_to_come() {
-                        let reply = OpMsg::new(MsgFlags::default(), error.reply_document());
-                        self.write_msg(&reply, header.request_id, compressor).await?;
+                    if respond {
+                        self.write_doc(error.reply_document(), header.request_id, compressor).await?;
                     }
                 }
                 Ok(Flow::Continue)
@@ -168,19 +232,104 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         }
     }
 
-    /// Forwards `msg` and relays its replies. Returns an error only for backend failures; failures writing to the
-    /// client surface as `ProxyError::Internal` and end the connection through the next read.
+    /// Answers a command the proxy serves itself.
+    fn local(
+        &mut self,
+        generation: &Generation,
+        local: Local,
+        body: &RawDocument,
+        command: Command,
+    ) -> (RawDocumentBuf, Flow) {
+        match local {
+            Local::Hello => (self.hello(generation, body, command), Flow::Continue),
+            Local::Ping | Local::EndSessions => (rawdoc! { "ok": 1.0 }, Flow::Continue),
+            Local::BuildInfo => (build_info_reply(generation.max_wire_version(None)), Flow::Continue),
+            Local::SaslStart if self.authenticated_user.is_some() => {
+                let reply = error_document(ErrorCode::UNAUTHORIZED, "this connection is already authenticated");
+                (reply, Flow::Continue)
+            }
+            Local::SaslStart => {
+                let outcome = self.sasl.start(body, &generation.policy);
+                self.sasl_outcome(generation, outcome)
+            }
+            Local::SaslContinue => {
+                let outcome = self.sasl.next(body);
+                self.sasl_outcome(generation, outcome)
+            }
+        }
+    }
+
+    fn sasl_outcome(&mut self, generation: &Generation, outcome: Outcome) -> (RawDocumentBuf, Flow) {
+        match outcome {
+            Outcome::Continue(reply) => (reply, Flow::Continue),
+            Outcome::Failed { reply, close } => {
+                info!("authentication failed");
+                (reply, if close { Flow::Close } else { Flow::Continue })
+            }
+            Outcome::Authenticated { reply, user, tenant } => {
+                let agrees = self.claimed.as_ref().is_none_or(|claimed| *claimed == tenant);
+                match generation.policy.tenant(&tenant) {
+                    Some(t) if agrees => {
+                        info!(user = %user, tenant = %tenant, "authenticated");
+                        tracing::Span::current().record("tenant", tenant.as_str());
+                        self.tenant = Some(t.clone());
+                        self.authenticated_user = Some(user);
+                        (reply, Flow::Continue)
+                    }
+                    _ => {
+                        warn!(user = %user, tenant = %tenant, claimed = ?self.claimed, "credentials name another tenant than the connection; closing");
+                        (error_document(ErrorCode::AUTHENTICATION_FAILED, "Authentication failed."), Flow::Close)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The proxy's hello, with speculative authentication and mechanism negotiation.
+    fn hello(&mut self, generation: &Generation, request: &RawDocument, command: Command) -> RawDocumentBuf {
+        let compression = negotiate_compression(request);
+        let ctx = HelloContext {
+            connection_id: i64::try_from(self.id).unwrap_or(i64::MAX),
+            max_wire_version: generation.max_wire_version(self.tenant.as_ref().map(|t| t.backend.as_str())),
+        };
+        let mut reply = hello_reply(request, command, &compression, ctx);
+        if request.get("saslSupportedMechs").ok().flatten().is_some() {
+            // The same answer for every user name, so hello cannot be used to find out which users exist.
+            let mut mechs = bson::RawArrayBuf::new();
+            mechs.push(sasl::MECHANISM);
+            reply.append(bson::cstr!("saslSupportedMechs"), mechs);
+        }
+        if let Ok(speculative) = request.get_document("speculativeAuthenticate") {
+            if self.authenticated_user.is_none() {
+                let outcome = self.sasl.start(speculative, &generation.policy);
+                if let Some(doc) = sasl::speculative_reply(&outcome) {
+                    reply.append(bson::cstr!("speculativeAuthenticate"), doc);
+                }
+            }
+        }
+        reply
+    }
+
+    /// Forwards `msg` to the tenant's backend and relays its replies.
     async fn relay(
         &mut self,
+        generation: &Generation,
         client_request_id: i32,
         msg: &OpMsg,
         compressor: Option<Compressor>,
     ) -> Result<(), ProxyError> {
-        if self.backend.is_none() {
-            let timeout = self.shared.policy.limits.backend_connect_timeout();
-            self.backend = Some(self.shared.backend.connect(timeout).await?);
+        let Some(tenant) = self.tenant.clone() else {
+            return Err(ProxyError::Internal { detail: "relay without a tenant".into() });
+        };
+        if self.backend.as_ref().is_none_or(|(name, _)| *name != tenant.backend) {
+            let target = generation
+                .backends
+                .get(&tenant.backend)
+                .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
+            let conn = target.connect(generation.policy.limits.backend_connect_timeout()).await?;
+            self.backend = Some((tenant.backend.clone(), conn));
         }
-        let Some(backend) = self.backend.as_mut() else {
+        let Some((_, backend)) = self.backend.as_mut() else {
             return Err(ProxyError::Internal { detail: "backend connection missing".into() });
         };
         // The checksum was verified on the way in and the backend link is the proxy's own. exhaustAllowed is
@@ -200,7 +349,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         let mut expect = backend_request_id;
         let mut answer_to = client_request_id;
         loop {
-            let Some(backend) = self.backend.as_mut() else {
+            let Some((_, backend)) = self.backend.as_mut() else {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
             let (reply_header, reply) = backend.read_reply(expect).await?;
@@ -219,7 +368,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
     }
 
     /// Legacy OP_QUERY: only the handshake on `<db>.$cmd` is served, as servers since 5.1 do.
-    async fn handle_query(&mut self, header: MsgHeader, query: OpQuery) -> std::io::Result<Flow> {
+    async fn handle_query(
+        &mut self,
+        generation: &Generation,
+        header: MsgHeader,
+        query: OpQuery,
+    ) -> std::io::Result<Flow> {
         if !query.full_collection_name.ends_with(".$cmd") {
             self.legacy_failure(header.request_id).await?;
             return Ok(Flow::Continue);
@@ -230,12 +384,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         let command = Command::from_name(name);
         debug!(command = %name, "legacy command");
         let reply = if command.is_hello() {
-            let compression = negotiate_compression(command_doc);
-            let ctx = HelloContext {
-                connection_id: i64::try_from(self.id).unwrap_or(i64::MAX),
-                max_wire_version: self.shared.backend.advertised_max_wire_version(),
-            };
-            hello_reply(command_doc, command, &compression, ctx)
+            self.hello(generation, command_doc, command)
         } else {
             Stats::incr(&self.shared.stats.denied);
             error_document(
@@ -275,6 +424,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientConnection<R, W> {
         let id = self.next_reply_id;
         self.next_reply_id = self.next_reply_id.wrapping_add(1).max(1);
         id
+    }
+
+    async fn write_doc(
+        &mut self,
+        doc: RawDocumentBuf,
+        response_to: i32,
+        compressor: Option<Compressor>,
+    ) -> std::io::Result<i32> {
+        self.write_msg(&OpMsg::new(MsgFlags::default(), doc), response_to, compressor).await
     }
 
     /// Writes an OP_MSG answering `response_to`, compressed when the request was. Returns the id it was sent with.

@@ -20,7 +20,9 @@ impl ErrorCode {
     pub const FAILED_TO_PARSE: Self = Self { code: 9, name: "FailedToParse" };
     pub const UNAUTHORIZED: Self = Self { code: 13, name: "Unauthorized" };
     pub const PROTOCOL_ERROR: Self = Self { code: 17, name: "ProtocolError" };
+    pub const AUTHENTICATION_FAILED: Self = Self { code: 18, name: "AuthenticationFailed" };
     pub const COMMAND_NOT_FOUND: Self = Self { code: 59, name: "CommandNotFound" };
+    pub const COMMAND_NOT_SUPPORTED: Self = Self { code: 115, name: "CommandNotSupported" };
     pub const INVALID_NAMESPACE: Self = Self { code: 73, name: "InvalidNamespace" };
     pub const UNSUPPORTED_OP_QUERY_COMMAND: Self = Self { code: 352, name: "UnsupportedOpQueryCommand" };
     /// "OP_MSG requests require a $db argument".

@@ -77,6 +77,32 @@ pub fn hello_reply(
     reply
 }
 
+/// MongoDB release matching a wire version, for the pre-authentication `buildInfo` answer.
+fn version_for_wire(wire: i32) -> &'static str {
+    match wire {
+        ..=17 => "6.0.0",
+        18..=20 => "6.1.0",
+        21..=24 => "7.0.0",
+        _ => "8.0.0",
+    }
+}
+
+/// `buildInfo` before authentication: only what drivers need to pick features, nothing about the backend.
+pub fn build_info_reply(max_wire_version: i32) -> RawDocumentBuf {
+    let version = version_for_wire(max_wire_version);
+    let mut parts = RawArrayBuf::new();
+    for part in version.split('.') {
+        parts.push(part.parse::<i32>().unwrap_or(0));
+    }
+    parts.push(0);
+    let mut reply = RawDocumentBuf::new();
+    reply.append(cstr!("version"), version);
+    reply.append(cstr!("versionArray"), parts);
+    reply.append(cstr!("maxBsonObjectSize"), MAX_BSON_OBJECT_SIZE as i32);
+    reply.append(cstr!("ok"), 1.0);
+    reply
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,24 +1,29 @@
 //! tenantwall: a MongoDB wire-protocol proxy that enforces multi-tenant isolation.
 //!
 //! Request path, one module per stage:
-//! [`codec`] reads whole frames (size-checked before buffering) and hands them to the sans-IO
-//! `tenantwall-protocol` crate → [`handshake`] answers `hello`/`isMaster` locally as a mongos →
-//! [`command`] classifies the command into a typed enum → [`gate`] decides (a pure function) →
-//! [`backend`] relays to the backend and reads its replies → [`connection`] maps ids back and answers in the
-//! client's framing and compression. [`server`] owns listeners and connection tasks; [`config`] the policy file;
-//! [`error`] the one error type that turns into MongoDB's `{ok: 0, errmsg, code, codeName}`.
+//! [`server`] accepts connections, completes TLS and resolves the tenant the listener, SNI name and client
+//! certificate claim → [`codec`] reads whole frames (size-checked before buffering) and hands them to the sans-IO
+//! `tenantwall-protocol` crate → [`handshake`] answers `hello`/`isMaster` locally as a mongos, and [`sasl`] (over
+//! [`auth`]) authenticates SCRAM users → [`command`] classifies the command into a typed enum →
+//! [`policy::decide`] decides (a pure function over the compiled [`policy`]) → [`backend`] relays to the
+//! tenant's backend → [`connection`] maps ids back and answers in the client's framing and compression.
+//! [`config`] is the policy file format; [`tls`] loads certificates; [`error`] is the one error type that turns
+//! into MongoDB's `{ok: 0, errmsg, code, codeName}`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backend;
 pub mod codec;
 pub mod command;
 pub mod config;
 pub mod connection;
 pub mod error;
-pub mod gate;
 pub mod handshake;
+pub mod policy;
+pub mod sasl;
 pub mod server;
 pub mod stats;
+pub mod tls;
 
-pub use config::Policy;
-pub use server::{Server, ServerHandle};
+pub use policy::Policy;
+pub use server::{Reloader, Server, ServerHandle};

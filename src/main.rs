@@ -1,12 +1,15 @@
-//! The `tenantwall` command line.
+//! The `tenantwall` command line: `run`, `check`, `passwd`.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use tenantwall::{Policy, Server};
+use tenantwall::auth::ScramVerifier;
+use tenantwall::config;
+use tenantwall::{Policy, Reloader, Server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -18,14 +21,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve: listen for MongoDB clients and relay them to the policy's backend.
+    /// Serve: authenticate clients to tenants and relay what the policy allows to their backends.
+    /// SIGHUP (or a change of the file) reloads the policy.
     Run {
         /// Policy file (TOML).
         #[arg(long)]
         policy: PathBuf,
-        /// Listen on this address instead of the policy's listeners (port 0 picks a free port).
+        /// Listen on this address instead of the first listener's (port 0 picks a free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Validate a policy file: exit 0, or list every problem with its line and exit 1.
+    Check {
+        /// Policy file (TOML).
+        file: PathBuf,
+    },
+    /// Read a password (stdin, or a prompt on a terminal) and print its SCRAM-SHA-256 entry for a policy.
+    Passwd {
+        /// PBKDF2 iterations (at least 4096).
+        #[arg(long, default_value_t = 15_000)]
+        iterations: u32,
     },
 }
 
@@ -38,6 +53,68 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Cmd::Run { policy, listen } => run(policy, listen),
+        Cmd::Check { file } => check(&file),
+        Cmd::Passwd { iterations } => passwd(iterations),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let (file, text) = match config::read(path) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = config::validate(&file, &text, path.parent().unwrap_or(Path::new(".")));
+    for warning in &report.warnings {
+        println!("{}:{warning} (warning)", path.display());
+    }
+    for error in &report.errors {
+        println!("{}:{error}", path.display());
+    }
+    if report.errors.is_empty() {
+        println!("{}: ok ({} warning(s))", path.display(), report.warnings.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("{}: {} problem(s)", path.display(), report.errors.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn passwd(iterations: u32) -> ExitCode {
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprint!("password: ");
+        let _ = std::io::stderr().flush();
+        // Best effort: hide the typed password where stty exists.
+        let _ = std::process::Command::new("stty").arg("-echo").stdin(std::process::Stdio::inherit()).status();
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if interactive {
+        let _ = std::process::Command::new("stty").arg("echo").stdin(std::process::Stdio::inherit()).status();
+        eprintln!();
+    }
+    if read.is_err() {
+        eprintln!("tenantwall: cannot read the password");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("tenantwall: empty password");
+        return ExitCode::FAILURE;
+    }
+    match ScramVerifier::generate(password, iterations) {
+        Ok(verifier) => {
+            println!("{verifier}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tenantwall: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -72,9 +149,44 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             }
             let _ = out.flush();
         }
+        tokio::spawn(watch_policy(path, server.reloader()));
         server.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads on SIGHUP and when the file's modification time changes (polled: cheap and portable).
+async fn watch_policy(path: PathBuf, reloader: Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last: Option<SystemTime> = modified(&path);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signalled => tracing::info!("SIGHUP: reloading policy"),
+            _ = poll.tick() => {
+                let now = modified(&path);
+                if now == last {
+                    continue;
+                }
+                tracing::info!("policy file changed: reloading");
+            }
+        }
+        last = modified(&path);
+        match Policy::load(&path) {
+            Ok(policy) => reloader.apply(policy),
+            Err(e) => {
+                tracing::error!(error = %e, "new policy rejected; keeping the one in force");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,31 +1,92 @@
-//! Listeners and connection tasks.
+//! Listeners, connection tasks, identity at accept, and policy generations.
 //!
-//! The server binds every listener of the policy, accepts connections up to `limits.max_connections`, and runs
-//! each in its own task under a tracing span carrying `client.addr` and `conn.id`. It owns no per-connection
-//! state; a connection that fails ends alone.
+//! The server binds every listener of the policy, accepts connections up to `limits.max_connections`, completes
+//! TLS, resolves what the listener, the SNI name and the client certificate say about the tenant (they must
+//! agree), and runs each connection in its own task under a tracing span with `client.addr` and `conn.id`.
+//! A reload builds a new [`Generation`] and swaps it in whole; connections read the current generation for each
+//! command, and are told about swaps so that connections of removed tenants end.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::backend::BackendTarget;
-use crate::config::Policy;
+use crate::backend::{BackendTarget, BoxStream};
 use crate::connection::ClientConnection;
+use crate::policy::{Listener, Policy};
 use crate::stats::Stats;
+use crate::tls::subject_string;
+
+/// One policy and the backend targets built from it.
+pub(crate) struct Generation {
+    pub number: u64,
+    pub policy: Arc<Policy>,
+    pub backends: HashMap<String, Arc<BackendTarget>>,
+}
+
+impl Generation {
+    fn new(number: u64, policy: Policy, previous: Option<&Generation>) -> Self {
+        let mut backends = HashMap::new();
+        for spec in &policy.backends {
+            let target = BackendTarget::new(spec.clone());
+            if let Some(old) = previous.and_then(|p| p.backends.get(&spec.name)) {
+                target.inherit(old);
+            }
+            backends.insert(spec.name.clone(), Arc::new(target));
+        }
+        Self { number, policy: Arc::new(policy), backends }
+    }
+
+    /// The wire version to advertise: the given tenant's backend, or the lowest among all backends when the
+    /// tenant is not known yet (a client must not be promised commands some backend lacks).
+    pub fn max_wire_version(&self, tenant_backend: Option<&str>) -> i32 {
+        let chosen = tenant_backend.and_then(|b| self.backends.get(b));
+        match chosen {
+            Some(target) => target.advertised_max_wire_version(),
+            None => self
+                .backends
+                .values()
+                .map(|b| b.advertised_max_wire_version())
+                .min()
+                .unwrap_or(crate::handshake::FALLBACK_MAX_WIRE_VERSION),
+        }
+    }
+}
 
 /// State shared by all connections of a server.
 pub(crate) struct Shared {
-    pub policy: Arc<Policy>,
-    pub backend: BackendTarget,
+    current: RwLock<Arc<Generation>>,
     pub stats: Arc<Stats>,
     next_conn_id: AtomicU64,
+    generations: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// The policy generation in force now.
+    pub fn current(&self) -> Arc<Generation> {
+        // A poisoned lock only means a panic elsewhere while swapping; the Arc inside is still whole.
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generations.subscribe()
+    }
+
+    fn swap(&self, policy: Policy) {
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let next = Generation::new(slot.number + 1, policy, Some(&slot));
+        let number = next.number;
+        *slot = Arc::new(next);
+        drop(slot);
+        self.generations.send_replace(number);
+    }
 }
 
 /// Why a server could not start.
@@ -33,61 +94,95 @@ pub(crate) struct Shared {
 pub enum StartError {
     #[error("cannot listen on {address}: {source}")]
     Bind { address: String, source: std::io::Error },
-    #[error("policy: {0}")]
-    Policy(String),
 }
 
 /// A bound, not yet running server.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Listener)>,
     shared: Arc<Shared>,
 }
 
+/// Swaps policies into a running server.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Swaps `policy` in for new commands and new connections. Connections whose tenant it no longer has end.
+    pub fn apply(&self, policy: Policy) {
+        for warning in &policy.warnings {
+            warn!(%warning, "policy warning");
+        }
+        self.shared.swap(policy);
+        info!(generation = self.shared.current().number, "policy swapped in");
+    }
+
+    /// The generation number in force (starts at 1).
+    pub fn generation(&self) -> u64 {
+        self.shared.current().number
+    }
+}
+
 impl Server {
-    /// Binds the policy's listeners, or `listen` instead when given.
+    /// Binds the policy's listeners; `listen` replaces the first listener's address.
     pub async fn bind(policy: Policy, listen: Option<SocketAddr>) -> Result<Server, StartError> {
-        let backend_config = policy.default_backend().ok_or_else(|| StartError::Policy("no backend".into()))?;
-        let backend = BackendTarget::from_config(backend_config).map_err(StartError::Policy)?;
-        let addresses: Vec<String> = match listen {
-            Some(addr) => vec![addr.to_string()],
-            None => policy.listeners.iter().map(|l| l.address.clone()).collect(),
-        };
+        let mut configured = policy.listeners.clone();
+        if let (Some(addr), Some(first)) = (listen, configured.first_mut()) {
+            first.address = addr.to_string();
+        }
         let mut listeners = Vec::new();
-        for address in addresses {
-            let listener = TcpListener::bind(address.as_str())
+        for config in configured {
+            let listener = TcpListener::bind(config.address.as_str())
                 .await
-                .map_err(|source| StartError::Bind { address: address.clone(), source })?;
-            listeners.push(listener);
+                .map_err(|source| StartError::Bind { address: config.address.clone(), source })?;
+            listeners.push((listener, config));
         }
-        // Learn the backend's wire version before the first client asks, so every hello advertises the same.
-        if let Err(e) = backend.connect(policy.limits.backend_connect_timeout()).await {
-            warn!(detail = e.log_detail(), "backend not reachable at startup; connections will retry");
+        for warning in &policy.warnings {
+            warn!(%warning, "policy warning");
         }
+        let generation = Generation::new(1, policy, None);
+        // Learn every backend's wire version before the first client asks, so hellos are consistent.
+        let timeout = generation.policy.limits.backend_connect_timeout();
+        let mut probes = JoinSet::new();
+        for target in generation.backends.values() {
+            let target = target.clone();
+            probes.spawn(async move {
+                if let Err(e) = target.connect(timeout).await {
+                    warn!(detail = e.log_detail(), "backend not reachable at startup; connections will retry");
+                }
+            });
+        }
+        while probes.join_next().await.is_some() {}
         let shared = Arc::new(Shared {
-            policy: Arc::new(policy),
-            backend,
+            current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
             next_conn_id: AtomicU64::new(1),
+            generations: watch::channel(1).0,
         });
         Ok(Server { listeners, shared })
     }
 
     /// The bound addresses (with the real port when the policy asked for port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
     }
 
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
     }
 
+    pub fn reloader(&self) -> Reloader {
+        Reloader { shared: self.shared.clone() }
+    }
+
     /// Serves until `shutdown` completes; then stops accepting and ends open connections.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        let limit = Arc::new(Semaphore::new(self.shared.policy.limits.max_connections));
+        let limit = Arc::new(Semaphore::new(self.shared.current().policy.limits.max_connections));
         let mut tasks = JoinSet::new();
         let (stop_tx, stop_rx) = watch::channel(false);
-        for listener in self.listeners {
-            tasks.spawn(accept_loop(listener, self.shared.clone(), limit.clone(), stop_rx.clone()));
+        for (listener, config) in self.listeners {
+            tasks.spawn(accept_loop(listener, Arc::new(config), self.shared.clone(), limit.clone(), stop_rx.clone()));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -98,16 +193,18 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let addrs = self.local_addrs();
         let stats = self.stats();
+        let reloader = self.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async move {
             let _ = rx.await;
         }));
-        ServerHandle { addrs, stats, stop: Some(tx), task }
+        ServerHandle { addrs, stats, reloader, stop: Some(tx), task }
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
+    config: Arc<Listener>,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -136,14 +233,15 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("conn", client.addr = %peer, conn.id = id);
+        let span = info_span!("conn", client.addr = %peer, conn.id = id, tenant = tracing::field::Empty);
         let shared = shared.clone();
+        let config = config.clone();
         connections.spawn(
             async move {
                 Stats::incr(&shared.stats.connections_open);
-                info!("accepted");
-                let (read, write) = stream.into_split();
-                ClientConnection::new(id, shared.clone(), read, write).serve().await;
+                if let Some((stream, claim)) = establish(stream, &config, &shared).await {
+                    ClientConnection::new(id, shared.clone(), stream, claim).serve().await;
+                }
                 shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             }
@@ -153,10 +251,63 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
+/// Completes TLS and resolves the tenant claimed by the listener, SNI and client certificate. `None` closes the
+/// connection (handshake failure, or claims naming different tenants).
+async fn establish(tcp: TcpStream, listener: &Listener, shared: &Shared) -> Option<(BoxStream, Option<String>)> {
+    let generation = shared.current();
+    let policy = &generation.policy;
+    let mut claims: Vec<(&str, String)> = Vec::new();
+    if let Some(tenant) = &listener.tenant {
+        claims.push(("listener", tenant.clone()));
+    }
+    let stream: BoxStream = match &listener.tls {
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let tls = match tokio::time::timeout(policy.limits.auth_timeout(), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    info!(error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    info!("TLS handshake timed out");
+                    return None;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            if let Some(tenant) = session.server_name().and_then(|h| policy.tenant_for_sni(h)) {
+                claims.push(("sni", tenant.to_owned()));
+            }
+            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+                match subject_string(leaf.as_ref()) {
+                    Ok(subject) => match policy.tenant_for_subject(&subject) {
+                        Some(tenant) => claims.push(("certificate", tenant.to_owned())),
+                        None => info!(%subject, "client certificate names no tenant"),
+                    },
+                    Err(e) => {
+                        info!(error = %e, "client certificate unreadable");
+                        return None;
+                    }
+                }
+            }
+            Box::new(tls)
+        }
+        None => Box::new(tcp),
+    };
+    let claim = claims.first().map(|(_, t)| t.clone());
+    if let Some((source, other)) = claims.iter().find(|(_, t)| Some(t) != claim.as_ref()) {
+        warn!(first = ?claims.first(), conflicting = source, tenant = %other, "identity sources disagree; closing");
+        return None;
+    }
+    info!(tenant = claim.as_deref().unwrap_or("-"), "accepted");
+    Some((stream, claim))
+}
+
 /// A running server. Dropping it stops the server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
+    reloader: Reloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -173,6 +324,10 @@ impl ServerHandle {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// Stops accepting, closes connections, and waits for the server task.

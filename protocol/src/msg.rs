@@ -79,7 +79,7 @@ impl Sequence {
 
     /// The documents, in order.
     pub fn documents(&self) -> impl ExactSizeIterator<Item = &RawDocument> + '_ {
-        self.documents.iter().map(|d| raw_view(d))
+        self.documents.iter().map(raw_view)
     }
 
     pub fn len(&self) -> usize {

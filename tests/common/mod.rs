@@ -83,12 +83,23 @@ impl Drop for Backend {
     }
 }
 
-/// A policy with one listener on a free port and one backend.
-pub fn policy_for(backend_uri: &str, extra: &str) -> Policy {
-    let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"{backend_uri}\"\n{extra}"
-    );
-    Policy::from_toml(&text, std::path::Path::new("test-policy.toml")).expect("test policy")
+/// Policy text: one listener on a free port bound to tenant `t1`, one backend, and a rule giving `t1` every
+/// database of that backend (its own cluster). `extra` is appended (e.g. a `[limits]` table).
+pub fn policy_text(backend_uri: &str, extra: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"t1\"\n\n[[backends]]\nname = \"main\"\nuri = \"{backend_uri}\"\n\n\
+         [[tenants]]\nid = \"t1\"\nbackend = \"main\"\n\n[[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{db}}\"\n{extra}"
+    )
+}
+
+/// Compiles policy text (panics with the problems when it does not validate).
+pub fn policy(text: &str) -> Policy {
+    Policy::from_toml(text, std::path::Path::new("test-policy.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Starts an in-process proxy for a whole policy text.
+pub async fn start_proxy_text(text: &str) -> ServerHandle {
+    Server::bind(policy(text), None).await.expect("bind proxy").spawn()
 }
 
 /// Starts an in-process proxy in front of `backend_uri`.
@@ -98,7 +109,7 @@ pub async fn start_proxy(backend_uri: &str) -> ServerHandle {
 
 /// Starts an in-process proxy with extra policy TOML appended (e.g. a `[limits]` table).
 pub async fn start_proxy_with(backend_uri: &str, extra: &str) -> ServerHandle {
-    Server::bind(policy_for(backend_uri, extra), None).await.expect("bind proxy").spawn()
+    start_proxy_text(&policy_text(backend_uri, extra)).await
 }
 
 /// Rust driver client for `addr`, optionally with compressors.
@@ -150,5 +161,85 @@ impl RawClient {
             Ok(_) => false,
             Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
         }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tenantwall-{label}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A SCRAM-SHA-256 policy entry for `password` (low iteration count keeps tests fast).
+pub fn scram_entry(password: &str) -> String {
+    tenantwall::auth::ScramVerifier::generate(password, 4096).expect("verifier").to_string()
+}
+
+/// Test PKI generated at run time: a CA, a server certificate for localhost / 127.0.0.1 and the given SNI
+/// names, and client certificates by common name.
+pub struct Pki {
+    pub dir: TempDir,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(server_names: &[&str]) -> Pki {
+        let dir = TempDir::new("pki");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "tenantwall test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        dir.write("ca.pem", &ca_cert.pem());
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut names: Vec<String> = vec!["localhost".into()];
+        names.extend(server_names.iter().map(|s| s.to_string()));
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(rcgen::DnType::CommonName, "tenantwall");
+        let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        dir.write("server.pem", &cert.pem());
+        dir.write("server.key", &key.serialize_pem());
+        Pki { dir, ca_cert, ca_key }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).display().to_string()
+    }
+
+    /// Writes `<cn>.pem` (certificate then key, as drivers want it) and returns its path.
+    pub fn client(&self, cn: &str, org: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Issuer order (O, then CN), so the RFC 4514 form reads "CN=...,O=...".
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        let path = self.dir.write(&format!("{cn}.pem"), &format!("{}{}", cert.pem(), key.serialize_pem()));
+        path.display().to_string()
     }
 }

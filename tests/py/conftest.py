@@ -143,13 +143,25 @@ class Proxy:
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     def write_policy(self) -> None:
+        # One tenant bound to the listener, owning the whole backend (a cluster per tenant), so the wire-level
+        # tests below run without credentials. Identity tests write their own policies.
         self.policy.write_text(
             "[[listeners]]\n"
             'address = "127.0.0.1:0"\n'
+            'tenant = "t1"\n'
             "\n"
             "[[backends]]\n"
             'name = "main"\n'
             f'uri = "{self.backend.uri}"\n'
+            "\n"
+            "[[tenants]]\n"
+            'id = "t1"\n'
+            'backend = "main"\n'
+            "\n"
+            "[[rules]]\n"
+            'database = "*"\n'
+            'mode = "database"\n'
+            'template = "{db}"\n'
         )
 
     def _read_stdout(self) -> None:

@@ -1,0 +1,364 @@
+//! Semantic validation of a parsed policy file: every problem, each with its line, plus warnings.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use toml::Spanned;
+
+use super::{line_of, BackendUri, Mode, PolicyFile, Problem};
+use crate::auth::ScramVerifier;
+use crate::policy::rules::{Pattern, Template};
+use crate::policy::tenant_value;
+
+/// Databases no rule may open: the handshake, auth and session commands that need them are served by the proxy.
+pub const RESERVED_DATABASES: &[&str] = &["admin", "config", "local"];
+
+/// The outcome of validation.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Problems that make the policy unusable.
+    pub errors: Vec<Problem>,
+    /// Things a reviewer should look at; the policy still loads.
+    pub warnings: Vec<Problem>,
+}
+
+struct Collector<'a> {
+    text: &'a str,
+    report: Report,
+}
+
+impl Collector<'_> {
+    fn line<T>(&self, spanned: &Spanned<T>) -> Option<usize> {
+        let span = spanned.span();
+        (span.end > 0).then(|| line_of(self.text, span.start))
+    }
+    fn error<T>(&mut self, at: Option<&Spanned<T>>, key: String, message: impl Into<String>) {
+        let line = at.and_then(|s| self.line(s));
+        self.report.errors.push(Problem { line, key, message: message.into() });
+    }
+    fn warn<T>(&mut self, at: Option<&Spanned<T>>, key: String, message: impl Into<String>) {
+        let line = at.and_then(|s| self.line(s));
+        self.report.warnings.push(Problem { line, key, message: message.into() });
+    }
+}
+
+/// Tenant ids: ASCII letters, digits and `-`, 1 to 64 characters. No delimiter a name template could use.
+pub fn valid_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+const NONE: Option<&Spanned<String>> = None;
+
+/// Validates `file` (whose source is `text`); relative paths are resolved against `base`.
+pub fn validate(file: &PolicyFile, text: &str, base: &Path) -> Report {
+    let mut c = Collector { text, report: Report::default() };
+    let tenant_ids: Vec<&str> = file.tenants.iter().map(|t| t.id.get_ref().as_str()).collect();
+
+    if file.listeners.is_empty() {
+        c.error(NONE, "listeners".into(), "at least one listener is required");
+    }
+    for (i, listener) in file.listeners.iter().enumerate() {
+        if listener.address.get_ref().parse::<SocketAddr>().is_err() {
+            let msg = format!("{:?} is not an ip:port address", listener.address.get_ref());
+            c.error(Some(&listener.address), format!("listeners[{i}].address"), msg);
+        }
+        if let Some(tenant) = &listener.tenant {
+            if !tenant_ids.contains(&tenant.get_ref().as_str()) {
+                c.error(Some(tenant), format!("listeners[{i}].tenant"), format!("no tenant {:?}", tenant.get_ref()));
+            }
+        }
+        if let Some(tls) = &listener.tls {
+            for (what, path) in
+                [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())]
+            {
+                if let Some(path) = path {
+                    if !base.join(path).is_file() {
+                        c.error(
+                            Some(&listener.address),
+                            format!("listeners[{i}].tls.{what}"),
+                            format!("{} is not a readable file", path.display()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    if file.backends.is_empty() {
+        c.error(NONE, "backends".into(), "at least one backend is required");
+    }
+    let mut backend_names: HashMap<&str, usize> = HashMap::new();
+    for (i, backend) in file.backends.iter().enumerate() {
+        let name = backend.name.get_ref();
+        if name.is_empty() {
+            c.error(Some(&backend.name), format!("backends[{i}].name"), "must not be empty");
+        }
+        if backend_names.insert(name, i).is_some() {
+            c.error(Some(&backend.name), format!("backends[{i}].name"), format!("duplicate backend name {name:?}"));
+        }
+        match BackendUri::parse(backend.uri.get_ref()) {
+            // The URI may hold a secret by mistake: never echo it.
+            Err(message) => c.error(Some(&backend.uri), format!("backends[{i}].uri"), message),
+            Ok(uri) if uri.tls && backend.tls_ca_file.is_none() => {
+                c.error(Some(&backend.uri), format!("backends[{i}].tls_ca_file"), "tls=true needs tls_ca_file")
+            }
+            Ok(_) => {}
+        }
+        if let Some(ca) = &backend.tls_ca_file {
+            if !base.join(ca).is_file() {
+                c.error(
+                    Some(&backend.name),
+                    format!("backends[{i}].tls_ca_file"),
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+        match (&backend.username, &backend.password_env, &backend.password_file) {
+            (None, None, None) => {}
+            (None, _, _) => {
+                c.error(Some(&backend.name), format!("backends[{i}]"), "password_env/password_file without username")
+            }
+            (Some(_), Some(_), Some(_)) | (Some(_), None, None) => c.error(
+                Some(&backend.name),
+                format!("backends[{i}]"),
+                "username needs exactly one of password_env or password_file",
+            ),
+            (Some(_), Some(var), None) => {
+                if std::env::var_os(var).is_none() {
+                    c.warn(
+                        Some(&backend.name),
+                        format!("backends[{i}].password_env"),
+                        format!("environment variable {var} is not set here"),
+                    );
+                }
+            }
+            (Some(_), None, Some(path)) => {
+                if !base.join(path).is_file() {
+                    c.warn(
+                        Some(&backend.name),
+                        format!("backends[{i}].password_file"),
+                        format!("{} is not readable here", path.display()),
+                    );
+                }
+            }
+        }
+        if let Some(v) = backend.max_wire_version {
+            if !(6..=99).contains(&v) {
+                c.error(Some(&backend.name), format!("backends[{i}].max_wire_version"), format!("{v} is out of range"));
+            }
+        }
+    }
+
+    validate_tenants(&mut c, file, &backend_names);
+    validate_rules(&mut c, file);
+    validate_limits(&mut c, file);
+    c.report
+}
+
+fn validate_tenants(c: &mut Collector<'_>, file: &PolicyFile, backend_names: &HashMap<&str, usize>) {
+    if file.tenants.is_empty() {
+        c.warn(NONE, "tenants".into(), "no tenants: only the handshake will be served");
+    }
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut values: HashMap<String, usize> = HashMap::new();
+    let mut users: HashMap<&str, usize> = HashMap::new();
+    let mut subjects: HashMap<&str, usize> = HashMap::new();
+    let mut snis: HashMap<String, usize> = HashMap::new();
+    for (i, tenant) in file.tenants.iter().enumerate() {
+        let id = tenant.id.get_ref();
+        if !valid_tenant_id(id) {
+            c.error(
+                Some(&tenant.id),
+                format!("tenants[{i}].id"),
+                format!("{id:?} must be 1-64 ASCII letters, digits or '-'"),
+            );
+        }
+        if let Some(first) = ids.insert(id, i) {
+            c.error(
+                Some(&tenant.id),
+                format!("tenants[{i}].id"),
+                format!("duplicate tenant id {id:?} (also tenants[{first}])"),
+            );
+        }
+        if !backend_names.contains_key(tenant.backend.get_ref().as_str()) {
+            c.error(
+                Some(&tenant.backend),
+                format!("tenants[{i}].backend"),
+                format!("no backend {:?}", tenant.backend.get_ref()),
+            );
+        }
+        let value = match &tenant.value {
+            Some(v) => tenant_value(v.get_ref()).map_err(|e| (Some(v.span()), e)),
+            None => Ok(bson::Bson::String(id.clone())),
+        };
+        match value {
+            Ok(value) => {
+                // Two tenants with equal values would read each other's rows in every shared collection.
+                let key = format!("{value:?}");
+                if let Some(first) = values.insert(key, i) {
+                    c.error(
+                        Some(&tenant.id),
+                        format!("tenants[{i}].value"),
+                        format!("same tenant value as tenants[{first}]"),
+                    );
+                }
+            }
+            Err((_, message)) => {
+                let at = tenant.value.as_ref();
+                let line = at.map(|v| line_of(c.text, v.span().start));
+                c.report.errors.push(Problem { line, key: format!("tenants[{i}].value"), message });
+            }
+        }
+        for (j, user) in tenant.users.iter().enumerate() {
+            let name = user.name.get_ref();
+            if name.is_empty() {
+                c.error(Some(&user.name), format!("tenants[{i}].users[{j}].name"), "must not be empty");
+            }
+            if let Some(first) = users.insert(name, i) {
+                c.error(
+                    Some(&user.name),
+                    format!("tenants[{i}].users[{j}].name"),
+                    format!("user {name:?} already identifies tenants[{first}]"),
+                );
+            }
+            if let Err(e) = ScramVerifier::from_str(user.scram.get_ref()) {
+                c.error(Some(&user.scram), format!("tenants[{i}].users[{j}].scram"), e.to_string());
+            }
+        }
+        for (j, subject) in tenant.cert_subjects.iter().enumerate() {
+            if let Some(first) = subjects.insert(subject.get_ref(), i) {
+                c.error(
+                    Some(subject),
+                    format!("tenants[{i}].cert_subjects[{j}]"),
+                    format!("subject already identifies tenants[{first}]"),
+                );
+            }
+        }
+        for (j, host) in tenant.sni.iter().enumerate() {
+            if let Some(first) = snis.insert(host.get_ref().to_ascii_lowercase(), i) {
+                c.error(
+                    Some(host),
+                    format!("tenants[{i}].sni[{j}]"),
+                    format!("host name already identifies tenants[{first}]"),
+                );
+            }
+        }
+        let bound = file.listeners.iter().any(|l| l.tenant.as_ref().is_some_and(|t| t.get_ref() == id));
+        if tenant.users.is_empty() && tenant.cert_subjects.is_empty() && tenant.sni.is_empty() && !bound {
+            c.warn(
+                Some(&tenant.id),
+                format!("tenants[{i}]"),
+                format!("tenant {id:?} has no identity and no listener: nobody can connect as it"),
+            );
+        }
+    }
+}
+
+fn validate_rules(c: &mut Collector<'_>, file: &PolicyFile) {
+    if !file.tenants.is_empty() && file.rules.is_empty() {
+        c.warn(NONE, "rules".into(), "no rules: every data command will be denied");
+    }
+    let mut seen: Vec<(Pattern, Pattern, usize)> = Vec::new();
+    for (i, rule) in file.rules.iter().enumerate() {
+        let mode = *rule.mode.get_ref();
+        let db = match Pattern::parse(rule.database.get_ref(), false) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.error(Some(&rule.database), format!("rules[{i}].database"), e);
+                None
+            }
+        };
+        // Globs may cover them harmlessly (reserved databases are refused before rules are consulted); naming
+        // one outright is a mistake worth stopping.
+        if let Some(reserved) = RESERVED_DATABASES.iter().find(|r| *r == rule.database.get_ref()) {
+            c.error(
+                Some(&rule.database),
+                format!("rules[{i}].database"),
+                format!("the {reserved} database is never reachable through a rule"),
+            );
+        }
+        let coll = match Pattern::parse(rule.collection.get_ref(), true) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.error(Some(&rule.collection), format!("rules[{i}].collection"), e);
+                None
+            }
+        };
+        if let Some(field) = &rule.field {
+            if mode != Mode::Field {
+                c.error(Some(field), format!("rules[{i}].field"), "field applies only to mode \"field\"");
+            }
+            let name = field.get_ref();
+            if name.is_empty() || name.starts_with('$') || name.contains('.') || name.contains('\0') {
+                c.error(
+                    Some(field),
+                    format!("rules[{i}].field"),
+                    format!("{name:?} is not a plain top-level field name"),
+                );
+            }
+        }
+        if let Some(style) = &rule.style {
+            if mode != Mode::Field {
+                c.error(Some(style), format!("rules[{i}].style"), "style applies only to mode \"field\"");
+            }
+        }
+        match (&rule.template, mode) {
+            (Some(t), Mode::Collection | Mode::Database) => {
+                if let Err(e) = Template::parse(t.get_ref(), mode) {
+                    c.error(Some(t), format!("rules[{i}].template"), e);
+                } else if mode == Mode::Database && !t.get_ref().contains("{tenant}") {
+                    // Same database names for every tenant are only isolated if no two tenants share a backend.
+                    let mut per_backend: HashMap<&str, usize> = HashMap::new();
+                    for tenant in &file.tenants {
+                        *per_backend.entry(tenant.backend.get_ref()).or_default() += 1;
+                    }
+                    if per_backend.values().any(|n| *n > 1) {
+                        c.error(
+                            Some(t),
+                            format!("rules[{i}].template"),
+                            "a template without {tenant} needs every tenant on a backend of its own",
+                        );
+                    }
+                }
+            }
+            (Some(t), _) => c.error(
+                Some(t),
+                format!("rules[{i}].template"),
+                "template applies only to modes \"collection\" and \"database\"",
+            ),
+            (None, _) => {}
+        }
+        if let (Some(db), Some(coll)) = (db, coll) {
+            if let Some((_, _, first)) = seen.iter().find(|(d, k, _)| d.overlaps(&db) && k.overlaps(&coll)) {
+                c.warn(
+                    Some(&rule.database),
+                    format!("rules[{i}]"),
+                    format!("overlaps rules[{first}]; the first matching rule wins"),
+                );
+            }
+            seen.push((db, coll, i));
+        }
+    }
+}
+
+fn validate_limits(c: &mut Collector<'_>, file: &PolicyFile) {
+    let limits = &file.limits;
+    if limits.max_connections == 0 {
+        c.error(NONE, "limits.max_connections".into(), "must be at least 1");
+    }
+    if !(1024..=tenantwall_protocol::MAX_MESSAGE_SIZE).contains(&limits.max_message_bytes) {
+        let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
+        c.error(NONE, "limits.max_message_bytes".into(), msg);
+    }
+    for (key, value) in [
+        ("frame_timeout_secs", limits.frame_timeout_secs),
+        ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
+        ("auth_timeout_secs", limits.auth_timeout_secs),
+    ] {
+        if value == 0 {
+            c.error(NONE, format!("limits.{key}"), "must be at least 1");
+        }
+    }
+}

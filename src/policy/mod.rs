@@ -1,0 +1,328 @@
+//! The compiled policy: tenants, identities, backends and rules, ready for lookups on the request path.
+//!
+//! A [`Policy`] is built only from a file that validated; it is immutable and shared behind an `Arc`, and a
+//! reload builds a new one and swaps it in whole. It owns identity resolution (which tenant a SCRAM user,
+//! certificate subject or SNI name belongs to) and rule lookup. It resolves backend secrets at build time and
+//! keeps them out of `Debug` output.
+
+pub mod decide;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bson::Bson;
+
+use crate::auth::ScramVerifier;
+use crate::config::{self, BackendUri, ConfigError, Limits, Mode, PolicyFile, Problem, Style};
+use crate::tls;
+use rules::{Pattern, Template};
+
+/// Default tenant field of `field` rules.
+pub const DEFAULT_TENANT_FIELD: &str = "tenantId";
+/// Default name template of `collection` rules.
+pub const DEFAULT_COLLECTION_TEMPLATE: &str = "{tenant}__{collection}";
+/// Default name template of `database` rules.
+pub const DEFAULT_DATABASE_TEMPLATE: &str = "{tenant}_{db}";
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    /// Value of the tenant field in shared collections.
+    pub value: Bson,
+    /// Name of the backend holding the tenant's data.
+    pub backend: String,
+}
+
+/// A password that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Service credentials for a backend.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+    pub auth_source: String,
+}
+
+/// A backend as configured.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub credentials: Option<Credentials>,
+    pub max_wire_version: Option<i32>,
+}
+
+/// A listener as configured.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: String,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Tenant every connection on this listener belongs to.
+    pub tenant: Option<String>,
+}
+
+/// A namespace rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Position in the file (for messages: "rules[3]").
+    pub index: usize,
+    pub database: Pattern,
+    pub collection: Pattern,
+    pub mode: Mode,
+    /// Tenant field (`field` mode).
+    pub field: String,
+    pub style: Style,
+    /// Name template (`collection` and `database` modes).
+    pub template: Option<Template>,
+}
+
+impl Rule {
+    /// `rules[N] (db.collection, mode)` for error messages.
+    pub fn describe(&self) -> String {
+        format!("rules[{}] ({}.{}, {:?})", self.index, self.database.as_str(), self.collection.as_str(), self.mode)
+    }
+}
+
+/// A compiled, validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub backends: Vec<BackendSpec>,
+    tenants: HashMap<String, Arc<Tenant>>,
+    users: HashMap<String, (String, ScramVerifier)>,
+    subjects: HashMap<String, String>,
+    sni: HashMap<String, String>,
+    pub rules: Vec<Rule>,
+    pub limits: Limits,
+    /// Warnings from validation, for logging at load.
+    pub warnings: Vec<Problem>,
+}
+
+/// Converts a policy's tenant value (TOML) into the BSON scalar stored in tenant fields.
+pub fn tenant_value(value: &toml::Value) -> Result<Bson, String> {
+    match value {
+        toml::Value::String(s) if !s.is_empty() => Ok(Bson::String(s.clone())),
+        toml::Value::Integer(i) => Ok(i32::try_from(*i).map(Bson::Int32).unwrap_or(Bson::Int64(*i))),
+        toml::Value::Table(_) => {
+            let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+            let bson = Bson::try_from(json).map_err(|e| format!("not valid extended JSON: {e}"))?;
+            match bson {
+                Bson::Document(_) | Bson::Array(_) => {
+                    Err("must be a scalar (string, integer, $oid, $uuid, ...)".into())
+                }
+                other => Ok(other),
+            }
+        }
+        _ => {
+            Err("must be a non-empty string, an integer, or an extended JSON table such as { \"$oid\" = \"...\" }"
+                .into())
+        }
+    }
+}
+
+impl Policy {
+    /// Reads, validates and compiles a policy file.
+    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+        let (file, text) = config::read(path)?;
+        Self::compile(&file, &text, path)
+    }
+
+    /// Parses, validates and compiles policy text; `path` labels errors and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Policy, ConfigError> {
+        let file = config::parse(text, path)?;
+        Self::compile(&file, text, path)
+    }
+
+    fn compile(file: &PolicyFile, text: &str, path: &Path) -> Result<Policy, ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let report = config::validate(file, text, base);
+        if !report.errors.is_empty() {
+            return Err(ConfigError::Invalid { path: path.to_owned(), problems: report.errors });
+        }
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![Problem { line: None, key, message }],
+        };
+
+        let mut listeners = Vec::new();
+        for (i, l) in file.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => Some(
+                    tls::server_config(
+                        &base.join(&t.cert),
+                        &base.join(&t.key),
+                        t.client_ca.as_ref().map(|p| base.join(p)).as_deref(),
+                    )
+                    .map_err(|e| invalid(format!("listeners[{i}].tls"), e.to_string()))?,
+                ),
+                None => None,
+            };
+            listeners.push(Listener {
+                address: l.address.get_ref().clone(),
+                tls,
+                tenant: l.tenant.as_ref().map(|t| t.get_ref().clone()),
+            });
+        }
+
+        let mut backends = Vec::new();
+        for (i, b) in file.backends.iter().enumerate() {
+            let uri = BackendUri::parse(b.uri.get_ref()).map_err(|e| invalid(format!("backends[{i}].uri"), e))?;
+            let tls = match (&b.tls_ca_file, uri.tls) {
+                (Some(ca), true) => Some(
+                    tls::client_config(&base.join(ca))
+                        .map_err(|e| invalid(format!("backends[{i}].tls_ca_file"), e.to_string()))?,
+                ),
+                _ => None,
+            };
+            let credentials = match &b.username {
+                Some(username) => {
+                    let password = match (&b.password_env, &b.password_file) {
+                        (Some(var), _) => std::env::var(var).map_err(|_| {
+                            invalid(
+                                format!("backends[{i}].password_env"),
+                                format!("environment variable {var} is not set"),
+                            )
+                        })?,
+                        (None, Some(file)) => std::fs::read_to_string(base.join(file))
+                            .map_err(|e| {
+                                invalid(format!("backends[{i}].password_file"), format!("{}: {e}", file.display()))
+                            })?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned(),
+                        (None, None) => return Err(invalid(format!("backends[{i}]"), "no password source".into())),
+                    };
+                    Some(Credentials {
+                        username: username.clone(),
+                        password: Secret(password),
+                        auth_source: b.auth_source.clone(),
+                    })
+                }
+                None => None,
+            };
+            backends.push(BackendSpec {
+                name: b.name.get_ref().clone(),
+                hosts: uri.hosts,
+                tls,
+                credentials,
+                max_wire_version: b.max_wire_version,
+            });
+        }
+
+        let mut tenants = HashMap::new();
+        let mut users = HashMap::new();
+        let mut subjects = HashMap::new();
+        let mut sni = HashMap::new();
+        for (i, t) in file.tenants.iter().enumerate() {
+            let id = t.id.get_ref().clone();
+            let value = match &t.value {
+                Some(v) => tenant_value(v.get_ref()).map_err(|e| invalid(format!("tenants[{i}].value"), e))?,
+                None => Bson::String(id.clone()),
+            };
+            for u in &t.users {
+                let verifier = ScramVerifier::from_str(u.scram.get_ref())
+                    .map_err(|e| invalid(format!("tenants[{i}].users"), e.to_string()))?;
+                users.insert(u.name.get_ref().clone(), (id.clone(), verifier));
+            }
+            for s in &t.cert_subjects {
+                subjects.insert(s.get_ref().clone(), id.clone());
+            }
+            for h in &t.sni {
+                sni.insert(h.get_ref().to_ascii_lowercase(), id.clone());
+            }
+            tenants.insert(id.clone(), Arc::new(Tenant { id, value, backend: t.backend.get_ref().clone() }));
+        }
+
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.iter().enumerate() {
+            let mode = *r.mode.get_ref();
+            let template = match (mode, &r.template) {
+                (Mode::Collection, t) => Some(t.as_ref().map_or(DEFAULT_COLLECTION_TEMPLATE, |t| t.get_ref().as_str())),
+                (Mode::Database, t) => Some(t.as_ref().map_or(DEFAULT_DATABASE_TEMPLATE, |t| t.get_ref().as_str())),
+                _ => None,
+            }
+            .map(|t| Template::parse(t, mode))
+            .transpose()
+            .map_err(|e| invalid(format!("rules[{i}].template"), e))?;
+            rules.push(Rule {
+                index: i,
+                database: Pattern::parse(r.database.get_ref(), false)
+                    .map_err(|e| invalid(format!("rules[{i}].database"), e))?,
+                collection: Pattern::parse(r.collection.get_ref(), true)
+                    .map_err(|e| invalid(format!("rules[{i}].collection"), e))?,
+                mode,
+                field: r.field.as_ref().map_or(DEFAULT_TENANT_FIELD.to_owned(), |f| f.get_ref().clone()),
+                style: r.style.as_ref().map_or(Style::default(), |s| *s.get_ref()),
+                template,
+            });
+        }
+
+        Ok(Policy {
+            path: path.to_owned(),
+            listeners,
+            backends,
+            tenants,
+            users,
+            subjects,
+            sni,
+            rules,
+            limits: file.limits.clone(),
+            warnings: report.warnings,
+        })
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    pub fn tenant_ids(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
+    /// The tenant and verifier of a SCRAM user.
+    pub fn scram_user(&self, name: &str) -> Option<(&str, &ScramVerifier)> {
+        self.users.get(name).map(|(t, v)| (t.as_str(), v))
+    }
+
+    pub fn tenant_for_subject(&self, subject: &str) -> Option<&str> {
+        self.subjects.get(subject).map(String::as_str)
+    }
+
+    pub fn tenant_for_sni(&self, host: &str) -> Option<&str> {
+        self.sni.get(&host.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&BackendSpec> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// The first rule whose patterns match `db` and `collection` (names as the tenant sees them).
+    pub fn rule_for(&self, db: &str, collection: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.database.matches(db) && r.collection.matches(collection))
+    }
+
+    /// The first rule covering a whole database (collection pattern `*`), for database-level commands.
+    pub fn database_rule(&self, db: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.database.matches(db) && r.collection.as_str() == "*")
+    }
+}

@@ -1,0 +1,209 @@
+//! Namespace patterns, name templates, and the rule table lookup.
+//!
+//! Names are compared byte for byte: no case folding, no Unicode normalisation, so a look-alike name is simply
+//! another name and falls to the default deny.
+
+use crate::config::Mode;
+
+/// A database or collection name pattern: exact, or a glob where `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+}
+
+/// Characters MongoDB forbids in database names (besides NUL), minus `*` which is our glob.
+const BAD_DB_CHARS: &[char] = &['/', '\\', '.', ' ', '"', '$', '<', '>', ':', '|', '?'];
+
+impl Pattern {
+    /// Parses a pattern; `collection` selects collection-name rules instead of database-name rules.
+    pub fn parse(text: &str, collection: bool) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if text.contains('\0') {
+            return Err("must not contain NUL".into());
+        }
+        if collection {
+            if text.contains('$') {
+                return Err(format!("{text:?}: collection names cannot contain '$'"));
+            }
+            if text.starts_with("system.") {
+                return Err(format!("{text:?}: system collections are never reachable"));
+            }
+        } else {
+            if let Some(bad) = text.chars().find(|c| BAD_DB_CHARS.contains(c)) {
+                return Err(format!("{text:?}: database names cannot contain {bad:?}"));
+            }
+            if text.len() > 63 {
+                return Err(format!("{text:?}: database names are at most 63 bytes"));
+            }
+        }
+        Ok(Self { text: text.to_owned() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `name` matches, byte for byte.
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.text.as_bytes(), name.as_bytes())
+    }
+
+    /// Whether some name could match both patterns (exact for patterns with at most one `*` each, conservative
+    /// otherwise). Used to warn about rules that shadow each other.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (a, b) = (self.text.as_str(), other.text.as_str());
+        match (a.contains('*'), b.contains('*')) {
+            (false, false) => a == b,
+            (true, false) => self.matches(b),
+            (false, true) => other.matches(a),
+            (true, true) => {
+                let prefix = |s: &str| s.split('*').next().unwrap_or_default().to_owned();
+                let suffix = |s: &str| s.rsplit('*').next().unwrap_or_default().to_owned();
+                let (pa, pb, sa, sb) = (prefix(a), prefix(b), suffix(a), suffix(b));
+                (pa.starts_with(&pb) || pb.starts_with(&pa)) && (sa.ends_with(&sb) || sb.ends_with(&sa))
+            }
+        }
+    }
+}
+
+/// Iterative glob match with `*` only (no backtracking blow-up).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while n < name.len() {
+        if p < pattern.len() && pattern[p] != b'*' && pattern[p] == name[n] {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+/// A name template such as `{tenant}__{collection}` or `{tenant}_{db}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    text: String,
+}
+
+impl Template {
+    /// Parses and checks a template for `mode`. `{tenant}` must be followed by a character tenant ids cannot
+    /// contain, so one tenant's names can never be read as another's (`acme` vs `acme-corp`).
+    pub fn parse(text: &str, mode: Mode) -> Result<Self, String> {
+        let name = match mode {
+            Mode::Collection => "{collection}",
+            Mode::Database => "{db}",
+            _ => return Err("templates apply only to collection and database modes".into()),
+        };
+        if text.matches(name).count() != 1 {
+            return Err(format!("must contain {name} exactly once"));
+        }
+        let tenants = text.matches("{tenant}").count();
+        if mode == Mode::Collection && tenants != 1 {
+            return Err("must contain {tenant} exactly once".into());
+        }
+        if tenants > 1 {
+            return Err("must contain {tenant} at most once".into());
+        }
+        let stripped = text.replacen(name, "", 1).replacen("{tenant}", "", 1);
+        if stripped.contains(['{', '}']) {
+            return Err(format!("only {{tenant}} and {name} are placeholders"));
+        }
+        if let Some(at) = text.find("{tenant}") {
+            let before_ok = at == 0 || !is_tenant_char(text.as_bytes()[at - 1]);
+            let after = text.as_bytes().get(at + "{tenant}".len()).copied();
+            let after_ok = after.is_none_or(|b| !is_tenant_char(b) && b != b'{');
+            if !before_ok || !after_ok {
+                return Err(
+                    "{tenant} must be separated from the name by a character tenant ids cannot contain, e.g. '_'"
+                        .into(),
+                );
+            }
+        }
+        if mode == Mode::Database && stripped.chars().any(|c| BAD_DB_CHARS.contains(&c)) {
+            return Err("database templates cannot contain characters invalid in database names".into());
+        }
+        Ok(Self { text: text.to_owned() })
+    }
+
+    /// The real name for `name` as tenant `tenant` sees it.
+    pub fn render(&self, tenant: &str, name: &str) -> String {
+        self.text.replace("{tenant}", tenant).replace("{collection}", name).replace("{db}", name)
+    }
+
+    /// Whether the template keeps names unchanged (a tenant's own backend, same names).
+    pub fn is_identity(&self) -> bool {
+        self.text == "{db}" || self.text == "{collection}"
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+fn is_tenant_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_byte_for_byte() {
+        let p = Pattern::parse("orders_*", true).unwrap();
+        assert!(p.matches("orders_2024"));
+        assert!(p.matches("orders_"));
+        assert!(!p.matches("Orders_2024"));
+        assert!(!p.matches("orders"));
+        let any = Pattern::parse("*", true).unwrap();
+        assert!(any.matches("x") && any.matches(""));
+        assert!(Pattern::parse("a*b*c", true).unwrap().matches("aXbYbZc"));
+        assert!(!Pattern::parse("a*b*c", true).unwrap().matches("aXbYbZ"));
+        // Cyrillic І is not Latin I.
+        assert!(!Pattern::parse("tenantId", true).unwrap().matches("tenant\u{0406}d"));
+    }
+
+    #[test]
+    fn rejects_unsafe_names() {
+        assert!(Pattern::parse("system.views", true).is_err());
+        assert!(Pattern::parse("a$b", true).is_err());
+        assert!(Pattern::parse("a.b", false).is_err());
+        assert!(Pattern::parse("", false).is_err());
+        assert!(Pattern::parse("fs.files", true).is_ok());
+    }
+
+    #[test]
+    fn overlap_detection() {
+        let p = |s| Pattern::parse(s, true).unwrap();
+        assert!(p("*").overlaps(&p("orders")));
+        assert!(p("ord*").overlaps(&p("or*")));
+        assert!(!p("a*").overlaps(&p("b*")));
+        assert!(!p("orders").overlaps(&p("invoices")));
+    }
+
+    #[test]
+    fn templates_keep_tenants_apart() {
+        let t = Template::parse("{tenant}__{collection}", Mode::Collection).unwrap();
+        assert_eq!(t.render("acme", "orders"), "acme__orders");
+        assert!(Template::parse("{tenant}-{collection}", Mode::Collection).is_err());
+        assert!(Template::parse("{tenant}{collection}", Mode::Collection).is_err());
+        assert!(Template::parse("x{tenant}_{collection}", Mode::Collection).is_err());
+        assert!(Template::parse("{collection}", Mode::Collection).is_err());
+        assert!(Template::parse("{tenant}_{db}", Mode::Database).is_ok());
+        assert!(Template::parse("{db}", Mode::Database).unwrap().is_identity());
+        assert!(Template::parse("{tenant}_{db}_{x}", Mode::Database).is_err());
+        assert!(Template::parse("{tenant}.{db}", Mode::Database).is_err());
+    }
+}

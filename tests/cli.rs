@@ -1,0 +1,162 @@
+//! The command line: `check` on broken and example policies, `passwd`, and `run` reloading on SIGHUP.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{policy_text, repo_root, Backend, RawClient, TempDir};
+
+fn tenantwall() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tenantwall"))
+}
+
+fn check(path: &Path) -> (bool, String) {
+    let out = tenantwall().arg("check").arg(path).output().expect("run check");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn check_reports_every_problem_with_line_and_key() {
+    let broken = repo_root().join("tests/policies/broken");
+    let expectations: &[(&str, &[&str])] = &[
+        ("unknown-key.toml", &["line 7", "unknown field `pasword_env`"]),
+        ("wrong-type.toml", &["line 7", "invalid type"]),
+        ("bad-mode.toml", &["line 10", "unknown variant `tenant`"]),
+        ("duplicate-tenant.toml", &["line 14: tenants[1].id: duplicate tenant id \"acme\""]),
+        (
+            "many-problems.toml",
+            &[
+                "line 2: listeners[0].address: \"localhost\" is not an ip:port address",
+                "line 3: listeners[0].tenant: no tenant \"ghost\"",
+                "line 7: backends[0].uri: must not contain credentials",
+                "line 10: tenants[0].id: \"acme_corp\" must be 1-64 ASCII letters, digits or '-'",
+                "line 11: tenants[0].backend: no backend \"nowhere\"",
+                "tenants[0].users[0].scram:",
+                "line 16: tenants[1].value: must be a non-empty string",
+                "tenants[1].users[0].name: user \"app\" already identifies tenants[0]",
+                "line 21: rules[0].database: the admin database is never reachable through a rule",
+                "rules[0].template: template applies only to modes",
+                "rules[1].template: {tenant} must be separated",
+            ],
+        ),
+    ];
+    for (file, wanted) in expectations {
+        let (ok, out) = check(&broken.join(file));
+        assert!(!ok, "{file} passed check:\n{out}");
+        assert!(out.contains(file), "{file}: output does not name the file:\n{out}");
+        for want in *wanted {
+            assert!(out.contains(want), "{file}: missing {want:?} in:\n{out}");
+        }
+        assert!(!out.contains("hunter2"), "{file}: check echoed a secret:\n{out}");
+    }
+}
+
+#[test]
+fn example_policies_pass_check() {
+    let dir = repo_root().join("policies");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, out) = check(&path);
+            assert!(ok, "{}:\n{out}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "expected example policies in {}", dir.display());
+}
+
+#[test]
+fn passwd_prints_a_verifier_the_policy_accepts() {
+    let mut child = tenantwall()
+        .args(["passwd", "--iterations", "4096"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let entry = line.trim();
+    assert!(entry.starts_with("SCRAM-SHA-256$4096:"), "{entry}");
+    assert!(!entry.contains("correct horse"));
+    let verifier: tenantwall::auth::ScramVerifier = entry.parse().unwrap();
+    // A full conversation with the right password succeeds, with the wrong one fails.
+    for (password, expect_ok) in [("correct horse", true), ("wrong horse", false)] {
+        let (mut client, first) = tenantwall::auth::ScramClient::new("u", password).unwrap();
+        let parsed = tenantwall::auth::ScramServer::parse_client_first(&first).unwrap();
+        let (server, server_first) = tenantwall::auth::ScramServer::new(parsed, Some(&verifier));
+        let last = client.handle_server_first(&server_first).unwrap();
+        assert_eq!(server.finish(&last).is_ok(), expect_ok, "{password}");
+    }
+}
+
+fn wait_for(path: &Path, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn run_reloads_on_sighup_and_keeps_the_old_policy_when_the_new_one_is_broken() {
+    let backend = Backend::start();
+    let dir = TempDir::new("reload");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), ""));
+    let log = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
+    let mut child = tenantwall()
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "tenantwall=info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let stderr = dir.0.join("stderr.log");
+    let pid = child.id().to_string();
+
+    let find = |client: &mut RawClient| {
+        let frame = tenantwall_protocol::OpMsg::new(Default::default(), bson::rawdoc! { "find": "c", "$db": "app" })
+            .encode(1, 0)
+            .unwrap();
+        client.send(&frame);
+        match client.recv().map(|d| d.message) {
+            Some(tenantwall_protocol::Message::Msg(m)) => {
+                m.body().get_f64("ok").unwrap_or(0.0) == 1.0 || m.body().get_i32("ok").unwrap_or(0) == 1
+            }
+            _ => false,
+        }
+    };
+    let mut client = RawClient::connect(addr);
+    assert!(find(&mut client));
+
+    std::fs::write(&policy, "[[listeners]]\naddress = 5\n").unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(wait_for(&stderr, "new policy rejected"), "no rejection logged");
+    assert!(find(&mut client), "broken reload disturbed a live client");
+    assert!(find(&mut RawClient::connect(addr)), "broken reload disturbed new clients");
+
+    // A valid change is swapped in; the bound tenant t1 is replaced by t2, so t1's connections end.
+    std::fs::write(&policy, policy_text(&backend.uri(), "").replace("t1", "t2")).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(wait_for(&stderr, "policy swapped in"), "valid policy not applied");
+    assert!(client.is_closed(), "connection of a removed tenant stayed open");
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!text.contains("panicked"), "{text}");
+}
