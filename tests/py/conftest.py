@@ -131,7 +131,9 @@ class Proxy:
     """A running `tenantwall run`. stdout is read by a thread (the ready line, then anything
     else it prints, which the contract says is nothing); stderr goes to a file the tests grep."""
 
-    def __init__(self, workdir: Path, backend: Backend, env: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, backend: Backend, env: dict[str, str] | None = None,
+                 policy_text: str | None = None):
+        self.policy_text = policy_text
         self.workdir = workdir
         self.backend = backend
         self.policy = workdir / "policy.toml"
@@ -143,6 +145,9 @@ class Proxy:
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     def write_policy(self) -> None:
+        if self.policy_text is not None:
+            self.policy.write_text(self.policy_text)
+            return
         # One tenant bound to the listener, owning the whole backend (a cluster per tenant), so the wire-level
         # tests below run without credentials. Identity tests write their own policies.
         self.policy.write_text(
