@@ -24,9 +24,20 @@ use crate::error::{error_document, ErrorCode, ProxyError, Side};
 use crate::handshake::{build_info_reply, hello_reply, negotiate_compression, HelloContext};
 use crate::policy::decide::{decide, Decision, Local};
 use crate::policy::Tenant;
+use crate::reply;
+use crate::rewrite::ReplyPlan;
 use crate::sasl::{self, Outcome, SaslState};
 use crate::server::{Generation, Shared};
+use crate::session;
 use crate::stats::Stats;
+
+/// What to do with the replies of one forwarded command.
+struct ReplyPost {
+    plan: ReplyPlan,
+    /// The cursor a getMore continued (released when the reply says it is exhausted).
+    get_more: Option<i64>,
+    tenant: Arc<Tenant>,
+}
 
 /// Whether the connection goes on after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,18 +224,68 @@ impl ClientConnection {
             deny @ Decision::Deny { .. } => {
                 Stats::incr(&self.shared.stats.denied);
                 let error = deny.into_error().unwrap_or(ProxyError::Internal { detail: "denial without error".into() });
-                info!(command = %name, reason = %error, "denied");
+                let tenant = self.tenant.as_ref().map_or("-", |t| t.id.as_str());
+                info!(target: "tenantwall::audit", tenant, command = %name, reason = %error, "denied");
                 if respond {
                     self.write_doc(error.reply_document(), header.request_id, compressor).await?;
                 }
                 Ok(Flow::Continue)
             }
-            Decision::Allow => {
-                if let Err(error) = self.relay(generation, header.request_id, &msg, compressor).await {
-                    self.report(&error);
-                    self.backend = None;
-                    if respond {
-                        self.write_doc(error.reply_document(), header.request_id, compressor).await?;
+            Decision::Forward(plan) => {
+                let Some(tenant) = self.tenant.clone() else { return Ok(Flow::Close) };
+                for note in &plan.audit {
+                    info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name, note = %note, "audit");
+                }
+                let rewritten = plan.forward.unwrap_or(msg);
+                let mut forward = session::virtualize(&rewritten, &tenant.id).unwrap_or(rewritten);
+                let mut get_more = None;
+                let mut killed = Vec::new();
+                match command {
+                    Command::GetMore => {
+                        let id = forward.body().get_i64("getMore").unwrap_or(0);
+                        if !self.shared.cursors.owned(&tenant.backend, id, &tenant.id) {
+                            info!(target: "tenantwall::audit", tenant = %tenant.id, cursor = id, "getMore on a cursor the tenant does not own");
+                            if respond {
+                                let error =
+                                    error_document(ErrorCode::CURSOR_NOT_FOUND, &format!("cursor id {id} not found"));
+                                self.write_doc(error, header.request_id, compressor).await?;
+                            }
+                            return Ok(Flow::Continue);
+                        }
+                        get_more = Some(id);
+                    }
+                    Command::KillCursors => {
+                        let ids = session::kill_cursor_ids(forward.body());
+                        let (owned, foreign): (Vec<i64>, Vec<i64>) =
+                            ids.iter().partition(|id| self.shared.cursors.owned(&tenant.backend, **id, &tenant.id));
+                        if owned.is_empty() {
+                            if respond {
+                                self.write_doc(session::cursors_not_found(&foreign), header.request_id, compressor)
+                                    .await?;
+                            }
+                            return Ok(Flow::Continue);
+                        }
+                        if !foreign.is_empty() {
+                            let body = session::kill_cursors_with(forward.body(), &owned);
+                            forward = OpMsg::with_sequences(forward.flags, body, forward.sequences().to_vec());
+                        }
+                        killed = owned;
+                    }
+                    _ => {}
+                }
+                let post = ReplyPost { plan: plan.reply, get_more, tenant: tenant.clone() };
+                match self.relay(generation, header.request_id, &forward, compressor, &post).await {
+                    Ok(()) => {
+                        for id in killed {
+                            self.shared.cursors.release(&tenant.backend, id);
+                        }
+                    }
+                    Err(error) => {
+                        self.report(&error);
+                        self.backend = None;
+                        if respond {
+                            self.write_doc(error.reply_document(), header.request_id, compressor).await?;
+                        }
                     }
                 }
                 Ok(Flow::Continue)
@@ -310,13 +371,14 @@ impl ClientConnection {
         reply
     }
 
-    /// Forwards `msg` to the tenant's backend and relays its replies.
+    /// Forwards `msg` to the tenant's backend and relays its replies, applying `post` to each.
     async fn relay(
         &mut self,
         generation: &Generation,
         client_request_id: i32,
         msg: &OpMsg,
         compressor: Option<Compressor>,
+        post: &ReplyPost,
     ) -> Result<(), ProxyError> {
         let Some(tenant) = self.tenant.clone() else {
             return Err(ProxyError::Internal { detail: "relay without a tenant".into() });
@@ -354,7 +416,7 @@ impl ClientConnection {
             };
             let (reply_header, reply) = backend.read_reply(expect).await?;
             let more = reply.flags.more_to_come();
-            let reply = reply.with_flags(reply.flags.without(MsgFlags::CHECKSUM_PRESENT));
+            let reply = self.post_process(reply, post);
             let sent_id = self
                 .write_msg(&reply, answer_to, compressor)
                 .await
@@ -365,6 +427,26 @@ impl ClientConnection {
             expect = reply_header.request_id;
             answer_to = sent_id;
         }
+    }
+
+    /// Applies what the plan asked of the reply: cursor ownership, and withholding other tenants' values.
+    fn post_process(&self, reply: OpMsg, post: &ReplyPost) -> OpMsg {
+        let flags = reply.flags.without(MsgFlags::CHECKSUM_PRESENT);
+        let body = reply.body();
+        if post.plan.record_cursor {
+            let tenant = &post.tenant;
+            match (session::reply_cursor_id(body), post.get_more) {
+                (Some(0), Some(requested)) => self.shared.cursors.release(&tenant.backend, requested),
+                (Some(id), _) => self.shared.cursors.record(&tenant.backend, id, &tenant.id),
+                (None, _) => {}
+            }
+        }
+        if post.plan.redact_duplicate_keys {
+            if let Some(redacted) = reply::redact_duplicate_keys(body) {
+                return OpMsg::with_sequences(flags, redacted, reply.sequences().to_vec());
+            }
+        }
+        reply.with_flags(flags)
     }
 
     /// Legacy OP_QUERY: only the handshake on `<db>.$cmd` is served, as servers since 5.1 do.

@@ -24,6 +24,7 @@ impl ErrorCode {
     pub const COMMAND_NOT_FOUND: Self = Self { code: 59, name: "CommandNotFound" };
     pub const COMMAND_NOT_SUPPORTED: Self = Self { code: 115, name: "CommandNotSupported" };
     pub const INVALID_NAMESPACE: Self = Self { code: 73, name: "InvalidNamespace" };
+    pub const CURSOR_NOT_FOUND: Self = Self { code: 43, name: "CursorNotFound" };
     pub const UNSUPPORTED_OP_QUERY_COMMAND: Self = Self { code: 352, name: "UnsupportedOpQueryCommand" };
     /// "OP_MSG requests require a $db argument".
     pub const MISSING_DB: Self = Self { code: 40571, name: "Location40571" };

@@ -18,10 +18,14 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod explain;
 pub mod handshake;
 pub mod policy;
+pub mod reply;
+pub mod rewrite;
 pub mod sasl;
 pub mod server;
+pub mod session;
 pub mod stats;
 pub mod tls;
 

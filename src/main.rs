@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use tenantwall::auth::ScramVerifier;
-use tenantwall::config;
+use tenantwall::{config, explain};
 use tenantwall::{Policy, Reloader, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -36,6 +36,26 @@ enum Cmd {
         /// Policy file (TOML).
         file: PathBuf,
     },
+    /// Show what the proxy would forward for a command (extended JSON), or why it would refuse it.
+    Explain {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Tenant id the command runs as.
+        #[arg(long)]
+        tenant: String,
+        /// Database for a command without `$db`.
+        #[arg(long, default_value = "app")]
+        db: String,
+        /// The command, as extended JSON, e.g. '{"find": "orders", "filter": {"status": "open"}}'.
+        command: String,
+    },
+    /// Run policy test cases (TOML files of tenant, command, expected outcome).
+    Test {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Read a password (stdin, or a prompt on a terminal) and print its SCRAM-SHA-256 entry for a policy.
     Passwd {
         /// PBKDF2 iterations (at least 4096).
@@ -55,6 +75,8 @@ fn main() -> ExitCode {
         Cmd::Run { policy, listen } => run(policy, listen),
         Cmd::Check { file } => check(&file),
         Cmd::Passwd { iterations } => passwd(iterations),
+        Cmd::Explain { policy, tenant, db, command } => explain(&policy, &tenant, &db, &command),
+        Cmd::Test { files } => test(&files),
     }
 }
 
@@ -78,6 +100,55 @@ fn check(path: &Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         println!("{}: {} problem(s)", path.display(), report.errors.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn explain(path: &Path, tenant: &str, db: &str, command: &str) -> ExitCode {
+    let policy = match Policy::load(path) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("tenantwall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = explain::parse_command(command).and_then(|doc| explain::explain(&policy, tenant, doc, db));
+    match outcome {
+        Ok(outcome) => {
+            println!("{}", explain::render(&outcome));
+            match outcome {
+                explain::Outcome::Denied { .. } => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            eprintln!("tenantwall: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn test(files: &[PathBuf]) -> ExitCode {
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        match explain::run_test_file(file) {
+            Ok((ok, failures)) => {
+                passed += ok;
+                failed += failures.len();
+                for failure in failures {
+                    println!("FAIL {failure}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     }
 }

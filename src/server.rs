@@ -21,6 +21,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::backend::{BackendTarget, BoxStream};
 use crate::connection::ClientConnection;
 use crate::policy::{Listener, Policy};
+use crate::session::Cursors;
 use crate::stats::Stats;
 use crate::tls::subject_string;
 
@@ -64,6 +65,8 @@ impl Generation {
 pub(crate) struct Shared {
     current: RwLock<Arc<Generation>>,
     pub stats: Arc<Stats>,
+    /// Which tenant owns each open cursor.
+    pub cursors: Cursors,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
 }
@@ -157,6 +160,7 @@ impl Server {
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
+            cursors: Cursors::default(),
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
         });

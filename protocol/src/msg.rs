@@ -72,6 +72,21 @@ impl Sequence {
         }
     }
 
+    /// Builds a sequence from document bytes that were validated when parsed or built with bson's builders, so
+    /// that untouched documents can be forwarded without copying. Only the O(1) shape (length prefix and
+    /// trailing NUL) is re-checked here; that is the invariant the borrowed views rely on.
+    pub fn from_bytes(identifier: impl Into<String>, documents: Vec<Bytes>) -> Result<Self, ProtocolError> {
+        for doc in &documents {
+            RawDocument::from_bytes(doc.as_ref()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+        }
+        Ok(Self { identifier: identifier.into(), documents })
+    }
+
+    /// The documents' bytes (slices of the frame they arrived in).
+    pub fn document_bytes(&self) -> &[Bytes] {
+        &self.documents
+    }
+
     /// The field name this sequence stands for (`documents`, `updates`, `deletes`, `ops`, `nsInfo`).
     pub fn identifier(&self) -> &str {
         &self.identifier

@@ -99,7 +99,13 @@ pub struct Rule {
 impl Rule {
     /// `rules[N] (db.collection, mode)` for error messages.
     pub fn describe(&self) -> String {
-        format!("rules[{}] ({}.{}, {:?})", self.index, self.database.as_str(), self.collection.as_str(), self.mode)
+        let mode = match self.mode {
+            Mode::Field => "field",
+            Mode::Collection => "collection",
+            Mode::Database => "database",
+            Mode::Shared => "shared",
+        };
+        format!("rules[{}] ({}.{}, {mode})", self.index, self.database.as_str(), self.collection.as_str())
     }
 }
 

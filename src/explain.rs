@@ -1,0 +1,165 @@
+//! `tenantwall explain` and `tenantwall test`: what the proxy would do with one command, without sockets.
+//!
+//! Security teams use these in reviews and CI: a command written as extended JSON goes through exactly the
+//! decision and rewrite path a live connection uses (`policy::decide`, then session virtualisation), and the
+//! result is the command that would be forwarded (canonical extended JSON) or the denial with its code, rule and
+//! reason.
+
+use std::path::{Path, PathBuf};
+
+use bson::{Bson, Document, RawDocumentBuf};
+use serde::Deserialize;
+use tenantwall_protocol::{MsgFlags, OpMsg};
+
+use crate::command::Command;
+use crate::policy::decide::{decide, Decision};
+use crate::policy::Policy;
+use crate::session;
+
+/// What the proxy would do with a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Forwarded to the tenant's backend as this document, with these audit notes.
+    Forwarded { command: Document, audit: Vec<String> },
+    /// Answered by the proxy itself.
+    Local,
+    /// Refused.
+    Denied { code: i32, code_name: &'static str, reason: String },
+}
+
+/// Parses an extended JSON command document.
+pub fn parse_command(json: &str) -> Result<Document, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    match Bson::try_from(value).map_err(|e| format!("not extended JSON: {e}"))? {
+        Bson::Document(doc) => Ok(doc),
+        _ => Err("the command must be a JSON object".into()),
+    }
+}
+
+/// Runs `command` (with `$db` defaulting to `db`) for `tenant` through the decision path.
+pub fn explain(policy: &Policy, tenant: &str, mut command: Document, db: &str) -> Result<Outcome, String> {
+    let tenant = policy.tenant(tenant).ok_or_else(|| format!("the policy has no tenant {tenant:?}"))?.clone();
+    if !command.contains_key("$db") {
+        command.insert("$db", db);
+    }
+    let raw = RawDocumentBuf::try_from(&command).map_err(|e| format!("cannot encode the command: {e}"))?;
+    let msg = OpMsg::new(MsgFlags::default(), raw);
+    let name = msg.command_name().unwrap_or_default().to_owned();
+    Ok(match decide(&msg, Command::from_name(&name), Some(&tenant), policy) {
+        Decision::Local(_) => Outcome::Local,
+        Decision::Deny { code, reason } => Outcome::Denied { code: code.code, code_name: code.name, reason },
+        Decision::Forward(plan) => {
+            let forwarded = plan.forward.unwrap_or(msg);
+            let forwarded = session::virtualize(&forwarded, &tenant.id).unwrap_or(forwarded);
+            let mut command = Document::try_from(forwarded.body()).map_err(|e| e.to_string())?;
+            // Document sequences are logical array fields: show them where the command would have them.
+            for seq in forwarded.sequences() {
+                let docs: Result<Vec<Bson>, _> =
+                    seq.documents().map(|d| Document::try_from(d).map(Bson::Document)).collect();
+                command.insert(seq.identifier(), docs.map_err(|e| e.to_string())?);
+            }
+            Outcome::Forwarded { command, audit: plan.audit }
+        }
+    })
+}
+
+/// Renders an outcome for humans (and for `explain`'s stdout).
+pub fn render(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Forwarded { command, audit } => {
+            let mut out = Bson::Document(command.clone()).into_canonical_extjson().to_string();
+            for note in audit {
+                out.push_str(&format!("\naudit: {note}"));
+            }
+            out
+        }
+        Outcome::Local => "answered by the proxy itself".into(),
+        Outcome::Denied { code, code_name, reason } => format!("denied: {code} ({code_name}): {reason}"),
+    }
+}
+
+/// A policy test file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// The policy under test, relative to the test file.
+    pub policy: PathBuf,
+    /// Database for cases that do not set `$db` or `db`.
+    #[serde(default = "default_db")]
+    pub db: String,
+    #[serde(rename = "case", default)]
+    pub cases: Vec<TestCase>,
+}
+
+fn default_db() -> String {
+    "app".into()
+}
+
+/// One case: a tenant, a command, and the expected outcome.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub db: Option<String>,
+    /// The command, extended JSON.
+    pub command: String,
+    /// Expected forwarded command, extended JSON (exact, field order included).
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Expected denial code.
+    #[serde(default)]
+    pub deny: Option<i32>,
+    /// Text the denial reason must contain.
+    #[serde(default)]
+    pub reason_contains: Option<String>,
+}
+
+/// Runs every case of a test file; returns (passed, failures as messages).
+pub fn run_test_file(path: &Path) -> Result<(usize, Vec<String>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: TestFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let policy_path = path.parent().unwrap_or(Path::new(".")).join(&file.policy);
+    let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
+    let mut passed = 0;
+    let mut failures = Vec::new();
+    for case in &file.cases {
+        match run_case(&policy, case, &file.db) {
+            Ok(()) => passed += 1,
+            Err(why) => failures.push(format!("{}: {}: {why}", path.display(), case.name)),
+        }
+    }
+    Ok((passed, failures))
+}
+
+fn run_case(policy: &Policy, case: &TestCase, default_db: &str) -> Result<(), String> {
+    let command = parse_command(&case.command)?;
+    let outcome = explain(policy, &case.tenant, command, case.db.as_deref().unwrap_or(default_db))?;
+    match (&case.expect, case.deny, &outcome) {
+        (Some(expect), None, Outcome::Forwarded { command, .. }) => {
+            let expected = parse_command(expect)?;
+            if &expected == command {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected {}\n     got {}",
+                    Bson::Document(expected).into_canonical_extjson(),
+                    Bson::Document(command.clone()).into_canonical_extjson()
+                ))
+            }
+        }
+        (None, Some(code), Outcome::Denied { code: got, reason, .. }) => {
+            if *got != code {
+                return Err(format!("expected denial {code}, got {}", render(&outcome)));
+            }
+            match &case.reason_contains {
+                Some(text) if !reason.contains(text.as_str()) => Err(format!("reason {reason:?} lacks {text:?}")),
+                _ => Ok(()),
+            }
+        }
+        (None, None, _) => Err("a case needs expect or deny".into()),
+        (Some(_), Some(_), _) => Err("a case has either expect or deny, not both".into()),
+        _ => Err(format!("got {}", render(&outcome))),
+    }
+}

@@ -1,0 +1,89 @@
+//! `bulkWrite` (MongoDB 8, on `admin`): every `nsInfo` namespace resolved, every op scoped by the rule of the
+//! namespace it refers to; one namespace out of scope refuses the whole batch.
+
+use bson::{RawBson, RawBsonRef};
+use bytes::Bytes;
+use tenantwall_protocol::OpMsg;
+
+use super::filter::{check_collation, scope_filter};
+use super::raw::{logical_array, replace_fields, with_logical_array};
+use super::read::optional_document;
+use super::write::{stamp, update_statement};
+use super::{first_key, resolve, Denial, ReplyPlan, Result, Scope, Target};
+use crate::error::ErrorCode;
+
+fn malformed(what: impl Into<String>) -> Denial {
+    Denial::new(ErrorCode::FAILED_TO_PARSE, what)
+}
+
+pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    if scope.db != "admin" {
+        return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "bulkWrite runs on admin"));
+    }
+    let policy = scope.policy;
+    let mut targets = Vec::new();
+    for (i, info) in logical_array(msg, "nsInfo")?.iter().enumerate() {
+        let ns = info.get_str("ns").map_err(|_| malformed(format!("nsInfo[{i}] needs ns")))?;
+        let (db, coll) = ns
+            .split_once('.')
+            .ok_or_else(|| Denial::new(ErrorCode::INVALID_NAMESPACE, format!("nsInfo[{i}].ns is not db.collection")))?;
+        let target = resolve(policy, db, Some(coll))?;
+        if matches!(target, Target::Field(_)) {
+            scope.touched_field = true;
+        }
+        targets.push(target);
+    }
+    let ops = logical_array(msg, "ops")?;
+    let mut out = Vec::with_capacity(ops.len());
+    let mut changed = false;
+    for (i, op) in ops.iter().enumerate() {
+        let kind = first_key(op);
+        let place = format!("ops[{i}]");
+        let index = match op.get(kind) {
+            Ok(Some(RawBsonRef::Int32(n))) => usize::try_from(n).ok(),
+            Ok(Some(RawBsonRef::Int64(n))) => usize::try_from(n).ok(),
+            _ => None,
+        };
+        let target = index
+            .and_then(|n| targets.get(n))
+            .ok_or_else(|| malformed(format!("{place} refers to no nsInfo entry")))?;
+        let rule = match target {
+            Target::Dedicated(_) => {
+                out.push(Bytes::copy_from_slice(op.as_bytes()));
+                continue;
+            }
+            Target::Shared(rule) => {
+                return Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe())))
+            }
+            Target::Field(rule) => *rule,
+        };
+        let edited = match kind {
+            "insert" => {
+                let doc =
+                    optional_document(op, "document")?.ok_or_else(|| malformed(format!("{place} needs document")))?;
+                stamp(scope, rule, doc, &format!("{place}.document"))?
+                    .map(|stamped| replace_fields(op, &[("document", Some(RawBson::Document(stamped)))]))
+            }
+            "update" => update_statement(scope, rule, op, &place, "filter", "updateMods")?,
+            "delete" => {
+                check_collation(scope, rule, op, &place)?;
+                let filter = optional_document(op, "filter")?;
+                scope_filter(scope, rule, filter, &format!("{place}.filter"))?
+                    .map(|scoped| replace_fields(op, &[("filter", Some(RawBson::Document(scoped)))]))
+            }
+            other => return Err(Denial::unauthorized(format!("{place}: bulkWrite operation {other} is not allowed"))),
+        };
+        match edited {
+            Some(new) => {
+                changed = true;
+                out.push(Bytes::from(new.into_bytes()));
+            }
+            None => out.push(Bytes::copy_from_slice(op.as_bytes())),
+        }
+    }
+    let plan = ReplyPlan { record_cursor: true, redact_duplicate_keys: true };
+    if !changed {
+        return Ok((None, plan));
+    }
+    Ok((Some(with_logical_array(msg, "ops", out, &[])?), plan))
+}

@@ -1,0 +1,165 @@
+//! Filters: the tenant condition, wrapping, the verify-style "is it pinned?" check, and collation.
+//!
+//! A client filter is never trusted or edited: it is wrapped as `{$and: [<client filter>, {<field>: {$eq:
+//! <value>}}]}`, so `$or` with an always-true branch, `$expr`, `$nor`, `$ne`, regexes or `$exists` on the tenant
+//! field can only narrow the result further.
+
+use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use tenantwall_protocol::validate::first_duplicate_key;
+
+use super::{Result, Scope};
+use crate::config::Style;
+use crate::policy::Rule;
+
+/// `{<field>: {$eq: <value>}}`.
+pub fn tenant_condition(field: &str, value: &RawBson) -> RawDocumentBuf {
+    let mut eq = RawDocumentBuf::new();
+    eq.append(cstr!("$eq"), value.clone());
+    let mut cond = RawDocumentBuf::new();
+    if let Ok(key) = <&bson::raw::CStr>::try_from(field) {
+        cond.append(key, eq);
+    }
+    cond
+}
+
+/// The client filter wrapped with the tenant condition (just the condition for an empty or absent filter).
+pub fn wrap(filter: Option<&RawDocument>, field: &str, value: &RawBson) -> RawDocumentBuf {
+    let condition = tenant_condition(field, value);
+    match filter {
+        Some(f) if !f.is_empty() => {
+            let mut clauses = RawArrayBuf::new();
+            clauses.push(f);
+            clauses.push(condition);
+            let mut out = RawDocumentBuf::new();
+            out.append(cstr!("$and"), clauses);
+            out
+        }
+        _ => condition,
+    }
+}
+
+/// Whether a filter pins `field` to exactly `value` (verify style): `{field: v}`, `{field: {$eq: v}}`,
+/// `{field: {$in: [v]}}`, at the top level or in a top-level `$and`. Duplicate keys never count as pinned.
+pub fn pins(filter: &RawDocument, field: &str, value: RawBsonRef<'_>) -> bool {
+    if first_duplicate_key(filter).is_some() {
+        return false;
+    }
+    filter.iter_elements().filter_map(|e| e.ok()).any(|element| {
+        let key = element.key().as_str();
+        match element.value() {
+            Ok(v) if key == field => value_pins(v, value),
+            Ok(RawBsonRef::Array(clauses)) if key == "$and" => {
+                clauses.into_iter().any(|c| matches!(c, Ok(RawBsonRef::Document(d)) if pins(d, field, value)))
+            }
+            _ => false,
+        }
+    })
+}
+
+fn value_pins(given: RawBsonRef<'_>, value: RawBsonRef<'_>) -> bool {
+    match given {
+        RawBsonRef::Document(ops) => {
+            if first_duplicate_key(ops).is_some() {
+                return false;
+            }
+            let mut elements = ops.iter_elements().filter_map(|e| e.ok());
+            match (elements.next(), elements.next()) {
+                (Some(op), None) => match (op.key().as_str(), op.value()) {
+                    ("$eq", Ok(v)) => v == value,
+                    ("$in", Ok(RawBsonRef::Array(items))) => {
+                        let items: Vec<_> = items.into_iter().collect();
+                        items.len() == 1 && matches!(items[0], Ok(v) if v == value)
+                    }
+                    _ => false,
+                },
+                _ => false,
+            }
+        }
+        other => other == value,
+    }
+}
+
+/// Scopes one filter at `place` (e.g. "filter", "updates[2].q") under `rule`. Returns the filter to send, or
+/// `None` to leave the client's as it is (verify passed, or audit).
+pub fn scope_filter(
+    scope: &mut Scope<'_>,
+    rule: &Rule,
+    filter: Option<&RawDocument>,
+    place: &str,
+) -> Result<Option<RawDocumentBuf>> {
+    let value = scope.value.clone();
+    let pinned = filter.is_some_and(|f| pins(f, &rule.field, value.as_raw_bson_ref()));
+    match rule.style {
+        Style::Enforce => Ok(Some(wrap(filter, &rule.field, &value))),
+        Style::Verify if pinned => Ok(None),
+        Style::Verify => {
+            scope
+                .violation(rule, format!("{place} does not pin {} to the tenant's value (verify style)", rule.field))?;
+            Ok(None)
+        }
+        Style::Audit => {
+            if !pinned {
+                scope.audit.push(format!("{}: would add the tenant condition to {place}", rule.describe()));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Refuses a non-simple collation: with one, `"acme"` can equal `"ACME"` and the tenant condition loosens.
+pub fn check_collation(scope: &mut Scope<'_>, rule: &Rule, holder: &RawDocument, place: &str) -> Result<()> {
+    match holder.get("collation") {
+        Ok(None) => Ok(()),
+        Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
+        _ => scope
+            .violation(rule, format!("{place} has a non-simple collation, which could loosen the tenant condition")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    fn acme() -> RawBson {
+        RawBson::String("acme".into())
+    }
+
+    #[test]
+    fn wrap_never_edits_the_client_filter() {
+        let client = rawdoc! { "$or": [{ "x": 1 }, { "tenantId": { "$ne": "acme" } }] };
+        let wrapped = wrap(Some(&client), "tenantId", &acme());
+        assert_eq!(wrapped, rawdoc! { "$and": [client.clone(), { "tenantId": { "$eq": "acme" } }] });
+        assert_eq!(wrap(None, "tenantId", &acme()), rawdoc! { "tenantId": { "$eq": "acme" } });
+        assert_eq!(wrap(Some(&rawdoc! {}), "tenantId", &acme()), rawdoc! { "tenantId": { "$eq": "acme" } });
+    }
+
+    #[test]
+    fn pinned_only_by_exact_equality() {
+        let v = acme();
+        let v = v.as_raw_bson_ref();
+        assert!(pins(&rawdoc! { "tenantId": "acme", "x": 1 }, "tenantId", v));
+        assert!(pins(&rawdoc! { "tenantId": { "$eq": "acme" } }, "tenantId", v));
+        assert!(pins(&rawdoc! { "tenantId": { "$in": ["acme"] } }, "tenantId", v));
+        assert!(pins(&rawdoc! { "$and": [{ "x": 1 }, { "tenantId": "acme" }] }, "tenantId", v));
+        for unpinned in [
+            rawdoc! { "tenantId": { "$ne": "globex" } },
+            rawdoc! { "tenantId": { "$in": ["acme", "globex"] } },
+            rawdoc! { "tenantId": { "$regex": "^acme" } },
+            rawdoc! { "tenantId": { "$exists": true } },
+            rawdoc! { "tenantId": { "$eq": "acme", "$ne": "x" } },
+            rawdoc! { "$or": [{ "tenantId": "acme" }, { "x": 1 }] },
+            rawdoc! { "tenantId": "ACME" },
+            rawdoc! { "tenantId": ["acme"] },
+            rawdoc! { "tenant\u{0406}d": "acme" },
+        ] {
+            assert!(!pins(&unpinned, "tenantId", v), "{unpinned:?}");
+        }
+        let mut dup = RawDocumentBuf::new();
+        dup.append(cstr!("tenantId"), "acme");
+        dup.append(cstr!("tenantId"), "globex");
+        assert!(!pins(&dup, "tenantId", v));
+        // Exact type: Int32 5 does not pin an Int64 5 tenant.
+        assert!(!pins(&rawdoc! { "t": 5 }, "t", RawBsonRef::Int64(5)));
+    }
+}

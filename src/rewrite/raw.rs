@@ -1,0 +1,126 @@
+//! Editing raw BSON without decoding it: copy untouched elements byte for byte, build only what changes.
+
+use bson::raw::CStr;
+use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use bytes::Bytes;
+use tenantwall_protocol::{OpMsg, Sequence};
+
+use super::{Denial, Result};
+use crate::error::ErrorCode;
+
+fn malformed(what: impl Into<String>) -> Denial {
+    Denial::new(ErrorCode::FAILED_TO_PARSE, what)
+}
+
+/// `doc` with top-level fields replaced (`Some`) or dropped (`None`); fields named in `edits` but absent from
+/// `doc` are appended. Order is preserved, so the command name stays first.
+pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    let mut used = vec![false; edits.len()];
+    for element in doc.iter_elements().filter_map(|e| e.ok()) {
+        let key = element.key();
+        match edits.iter().position(|(k, _)| *k == key.as_str()) {
+            Some(i) => {
+                used[i] = true;
+                if let Some(value) = &edits[i].1 {
+                    out.append(key, value.clone());
+                }
+            }
+            None => {
+                if let Ok(value) = element.value() {
+                    out.append(key, value);
+                }
+            }
+        }
+    }
+    for (i, (key, value)) in edits.iter().enumerate() {
+        if let (false, Some(value), Ok(key)) = (used[i], value, <&CStr>::try_from(*key)) {
+            out.append(key, value.clone());
+        }
+    }
+    out
+}
+
+/// `doc` with one more top-level field at the end.
+pub fn append_field(doc: &RawDocument, key: &str, value: RawBsonRef<'_>) -> Result<RawDocumentBuf> {
+    let key = <&CStr>::try_from(key).map_err(|_| malformed("field name contains NUL"))?;
+    let mut out = doc.to_owned();
+    out.append(key, value);
+    Ok(out)
+}
+
+/// The documents of an array value.
+pub fn array_documents<'a>(value: RawBsonRef<'a>, what: &str) -> Result<Vec<&'a RawDocument>> {
+    let RawBsonRef::Array(array) = value else { return Err(malformed(format!("{what} must be an array"))) };
+    array
+        .into_iter()
+        .map(|v| match v {
+            Ok(RawBsonRef::Document(d)) => Ok(d),
+            _ => Err(malformed(format!("{what} must hold documents"))),
+        })
+        .collect()
+}
+
+/// The documents of a command's array field, wherever it travels (body array or kind-1 sequence). Having it in
+/// both places is refused.
+pub fn logical_array<'m>(msg: &'m OpMsg, field: &str) -> Result<Vec<&'m RawDocument>> {
+    let in_body = msg.body().get(field).ok().flatten();
+    match (msg.sequence(field), in_body) {
+        (Some(_), Some(_)) => Err(malformed(format!("{field} given both in the body and as a document sequence"))),
+        (Some(seq), None) => Ok(seq.documents().collect()),
+        (None, Some(value)) => array_documents(value, field),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// `msg` with its array `field` replaced by `docs`, in the place the client used (sequence or body), and body
+/// fields edited by `body_edits`.
+pub fn with_logical_array(
+    msg: &OpMsg,
+    field: &str,
+    docs: Vec<Bytes>,
+    body_edits: &[(&str, Option<RawBson>)],
+) -> Result<OpMsg> {
+    let invalid = |e: tenantwall_protocol::ProtocolError| malformed(e.to_string());
+    if msg.sequence(field).is_some() {
+        let body = replace_fields(msg.body(), body_edits);
+        let mut sequences = Vec::with_capacity(msg.sequences().len());
+        for seq in msg.sequences() {
+            if seq.identifier() == field {
+                sequences.push(Sequence::from_bytes(field, docs.clone()).map_err(invalid)?);
+            } else {
+                sequences.push(seq.clone());
+            }
+        }
+        return Ok(OpMsg::with_sequences(msg.flags, body, sequences));
+    }
+    let mut array = RawArrayBuf::new();
+    for doc in &docs {
+        let doc = RawDocument::from_bytes(doc.as_ref()).map_err(|e| malformed(e.to_string()))?;
+        array.push(doc);
+    }
+    let mut edits: Vec<(&str, Option<RawBson>)> = body_edits.to_vec();
+    edits.push((field, Some(RawBson::Array(array))));
+    Ok(OpMsg::with_sequences(msg.flags, replace_fields(msg.body(), &edits), msg.sequences().to_vec()))
+}
+
+/// The bytes of a document for a sequence: the original slice when the document is unchanged.
+pub fn document_bytes(doc: RawDocumentBuf) -> Bytes {
+    Bytes::from(doc.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn replace_keeps_order_and_appends_missing() {
+        let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "$db": "app" };
+        let out = replace_fields(
+            &doc,
+            &[("filter", Some(RawBson::Int32(5))), ("$db", None), ("limit", Some(RawBson::Int32(1)))],
+        );
+        assert_eq!(out, rawdoc! { "find": "c", "filter": 5, "limit": 1 });
+    }
+}

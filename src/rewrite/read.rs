@@ -1,0 +1,47 @@
+//! `find`, `count` and `distinct`: one filter each, scoped for field-mode collections.
+
+use bson::{RawBson, RawBsonRef, RawDocument};
+use tenantwall_protocol::OpMsg;
+
+use super::filter::{check_collation, scope_filter};
+use super::raw::replace_fields;
+use super::{first_key, Denial, ReplyPlan, Result, Scope, Target};
+use crate::command::Command;
+use crate::error::ErrorCode;
+
+/// The collection a command names in its first field.
+pub fn command_collection(body: &RawDocument) -> Result<&str> {
+    match body.iter_elements().next().and_then(|e| e.ok()).map(|e| e.value()) {
+        Some(Ok(RawBsonRef::String(c))) if !c.is_empty() => Ok(c),
+        _ => Err(Denial::new(ErrorCode::INVALID_NAMESPACE, format!("{} needs a collection name", first_key(body)))),
+    }
+}
+
+/// An optional document field.
+pub fn optional_document<'a>(body: &'a RawDocument, field: &str) -> Result<Option<&'a RawDocument>> {
+    match body.get(field) {
+        Ok(None) => Ok(None),
+        Ok(Some(RawBsonRef::Document(d))) => Ok(Some(d)),
+        _ => Err(Denial::new(ErrorCode::FAILED_TO_PARSE, format!("{field} must be a document"))),
+    }
+}
+
+pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    let body = msg.body();
+    let coll = command_collection(body)?;
+    let filter_field = if command == Command::Find { "filter" } else { "query" };
+    let reply = ReplyPlan { record_cursor: command == Command::Find, ..ReplyPlan::default() };
+    let rule = match scope.resolve(coll)? {
+        Target::Field(rule) => rule,
+        Target::Shared(_) | Target::Dedicated(_) => return Ok((None, reply)),
+    };
+    check_collation(scope, rule, body, "the command")?;
+    let filter = optional_document(body, filter_field)?;
+    match scope_filter(scope, rule, filter, filter_field)? {
+        Some(scoped) => {
+            let body = replace_fields(body, &[(filter_field, Some(RawBson::Document(scoped)))]);
+            Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply))
+        }
+        None => Ok((None, reply)),
+    }
+}

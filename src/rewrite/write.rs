@@ -1,0 +1,302 @@
+//! `insert`, `update`, `delete` and `findAndModify` on field-mode collections: filters scoped, inserts and
+//! replacements stamped, anything that could change or remove the tenant value refused.
+
+use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use bytes::Bytes;
+use tenantwall_protocol::OpMsg;
+
+use super::filter::{check_collation, scope_filter};
+use super::raw::{append_field, logical_array, replace_fields, with_logical_array};
+use super::read::{command_collection, optional_document};
+use super::{Denial, ReplyPlan, Result, Scope, Target};
+use crate::command::Command;
+use crate::config::Style;
+use crate::error::ErrorCode;
+use crate::policy::Rule;
+
+/// Update operators understood; any other is refused.
+const UPDATE_OPERATORS: &[&str] = &[
+    "$set",
+    "$unset",
+    "$inc",
+    "$mul",
+    "$rename",
+    "$min",
+    "$max",
+    "$currentDate",
+    "$push",
+    "$pull",
+    "$pullAll",
+    "$addToSet",
+    "$pop",
+    "$bit",
+    "$setOnInsert",
+];
+
+/// Stages allowed in pipeline-style updates.
+const UPDATE_PIPELINE_STAGES: &[&str] = &["$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith"];
+
+fn malformed(what: impl Into<String>) -> Denial {
+    Denial::new(ErrorCode::FAILED_TO_PARSE, what)
+}
+
+pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    let body = msg.body();
+    let coll = command_collection(body)?;
+    let rule = match scope.resolve(coll)? {
+        Target::Field(rule) => rule,
+        Target::Dedicated(_) => return Ok((None, ReplyPlan::default())),
+        Target::Shared(rule) => {
+            return Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe())))
+        }
+    };
+    let forward = match command {
+        Command::Insert => insert(msg, scope, rule)?,
+        Command::Update => each_statement(msg, scope, rule, "updates", |scope, rule, stmt, place| {
+            update_statement(scope, rule, stmt, place, "q", "u")
+        })?,
+        Command::Delete => each_statement(msg, scope, rule, "deletes", |scope, rule, stmt, place| {
+            check_collation(scope, rule, stmt, place)?;
+            let q = optional_document(stmt, "q")?;
+            Ok(scope_filter(scope, rule, q, &format!("{place}.q"))?
+                .map(|scoped| replace_fields(stmt, &[("q", Some(RawBson::Document(scoped)))])))
+        })?,
+        Command::FindAndModify => find_and_modify(msg, scope, rule)?,
+        _ => return Err(Denial::unauthorized("not a write command")),
+    };
+    Ok((forward, ReplyPlan { redact_duplicate_keys: true, ..ReplyPlan::default() }))
+}
+
+/// Checks the top-level keys of a document being written: no duplicates, no `$` keys, nothing dotted under the
+/// tenant field.
+fn check_keys(scope: &mut Scope<'_>, rule: &Rule, doc: &RawDocument, place: &str) -> Result<()> {
+    if let Some(key) = tenantwall_protocol::validate::first_duplicate_key(doc) {
+        return Err(Denial::new(ErrorCode::BAD_VALUE, format!("{place} has duplicate field {key:?}")));
+    }
+    let dotted = format!("{}.", rule.field);
+    for element in doc.iter_elements().filter_map(|e| e.ok()) {
+        let key = element.key().as_str();
+        if key.starts_with('$') || key.starts_with(&dotted) {
+            scope.violation(rule, format!("{place} has field {key:?}, which is not allowed in shared collections"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A document to be stored (insert or replacement): carries exactly the tenant value, or is stamped with it.
+/// Returns the stamped document when one was made.
+pub fn stamp(scope: &mut Scope<'_>, rule: &Rule, doc: &RawDocument, place: &str) -> Result<Option<RawDocumentBuf>> {
+    check_keys(scope, rule, doc, place)?;
+    let value = scope.value.clone();
+    match doc.get(&rule.field) {
+        Ok(Some(given)) if given == value.as_raw_bson_ref() => Ok(None),
+        Ok(Some(_)) => {
+            scope.violation(rule, format!("{place} sets {} to a value that is not the tenant's", rule.field))?;
+            Ok(None)
+        }
+        Ok(None) => match rule.style {
+            Style::Enforce => Ok(Some(append_field(doc, &rule.field, value.as_raw_bson_ref())?)),
+            Style::Verify => {
+                scope.violation(rule, format!("{place} does not carry {} (verify style)", rule.field))?;
+                Ok(None)
+            }
+            Style::Audit => {
+                scope.audit.push(format!("{}: would stamp {place} with {}", rule.describe(), rule.field));
+                Ok(None)
+            }
+        },
+        Err(e) => Err(malformed(e.to_string())),
+    }
+}
+
+fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMsg>> {
+    let docs = logical_array(msg, "documents")?;
+    let originals: Vec<Bytes> = match msg.sequence("documents") {
+        Some(seq) => seq.document_bytes().to_vec(),
+        None => docs.iter().map(|d| Bytes::copy_from_slice(d.as_bytes())).collect(),
+    };
+    let mut out = Vec::with_capacity(docs.len());
+    let mut changed = false;
+    for (i, (doc, original)) in docs.iter().zip(originals).enumerate() {
+        match stamp(scope, rule, doc, &format!("documents[{i}]"))? {
+            Some(stamped) => {
+                changed = true;
+                out.push(Bytes::from(stamped.into_bytes()));
+            }
+            None => out.push(original),
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    Ok(Some(with_logical_array(msg, "documents", out, &[])?))
+}
+
+/// Applies `edit` to every statement of an `updates`/`deletes` array.
+fn each_statement(
+    msg: &OpMsg,
+    scope: &mut Scope<'_>,
+    rule: &Rule,
+    field: &str,
+    mut edit: impl FnMut(&mut Scope<'_>, &Rule, &RawDocument, &str) -> Result<Option<RawDocumentBuf>>,
+) -> Result<Option<OpMsg>> {
+    let statements = logical_array(msg, field)?;
+    let mut out = Vec::with_capacity(statements.len());
+    let mut changed = false;
+    for (i, stmt) in statements.iter().enumerate() {
+        match edit(scope, rule, stmt, &format!("{field}[{i}]"))? {
+            Some(new) => {
+                changed = true;
+                out.push(Bytes::from(new.into_bytes()));
+            }
+            None => out.push(Bytes::copy_from_slice(stmt.as_bytes())),
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    Ok(Some(with_logical_array(msg, field, out, &[])?))
+}
+
+/// One update statement (`updates[i]`, a bulkWrite update op, or findAndModify): scope its filter field
+/// `filter_key` and check its modification field `update_key`.
+pub fn update_statement(
+    scope: &mut Scope<'_>,
+    rule: &Rule,
+    stmt: &RawDocument,
+    place: &str,
+    filter_key: &str,
+    update_key: &str,
+) -> Result<Option<RawDocumentBuf>> {
+    check_collation(scope, rule, stmt, place)?;
+    let upsert = stmt.get_bool("upsert").unwrap_or(false);
+    let q = optional_document(stmt, filter_key)?;
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Some(scoped) = scope_filter(scope, rule, q, &format!("{place}.{filter_key}"))? {
+        edits.push((filter_key, Some(RawBson::Document(scoped))));
+    }
+    let u = stmt
+        .get(update_key)
+        .map_err(|e| malformed(e.to_string()))?
+        .ok_or_else(|| malformed(format!("{place} needs {update_key}")))?;
+    if let Some(new_u) = check_update(scope, rule, u, &format!("{place}.{update_key}"), upsert)? {
+        edits.push((update_key, Some(new_u)));
+    }
+    Ok((!edits.is_empty()).then(|| replace_fields(stmt, &edits)))
+}
+
+/// Whether an update path reaches the tenant field.
+fn touches(path: &str, field: &str) -> bool {
+    path == field || path.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Checks an update's modification (operators, replacement, or pipeline). Returns a replacement value when
+/// it must change (stamping).
+pub fn check_update(
+    scope: &mut Scope<'_>,
+    rule: &Rule,
+    u: RawBsonRef<'_>,
+    place: &str,
+    upsert: bool,
+) -> Result<Option<RawBson>> {
+    match u {
+        RawBsonRef::Document(doc) => {
+            let first = super::first_key(doc);
+            if !first.starts_with('$') {
+                return Ok(stamp(scope, rule, doc, place)?.map(RawBson::Document));
+            }
+            let mut set_on_insert: Option<&RawDocument> = None;
+            for element in doc.iter_elements() {
+                let element = element.map_err(|e| malformed(e.to_string()))?;
+                let op = element.key().as_str();
+                if !UPDATE_OPERATORS.contains(&op) {
+                    return Err(Denial::unauthorized(format!("{place}: update operator {op} is not allowed")));
+                }
+                let RawBsonRef::Document(paths) = element.value().map_err(|e| malformed(e.to_string()))? else {
+                    return Err(malformed(format!("{place}.{op} must be a document")));
+                };
+                for path in paths.iter_elements().filter_map(|e| e.ok()) {
+                    let key = path.key().as_str();
+                    let renamed_to = match (op, path.value()) {
+                        ("$rename", Ok(RawBsonRef::String(to))) => Some(to),
+                        _ => None,
+                    };
+                    if touches(key, &rule.field) || renamed_to.is_some_and(|to| touches(to, &rule.field)) {
+                        scope.violation(rule, format!("{place}: {op} may not change {}", rule.field))?;
+                    }
+                }
+                if op == "$setOnInsert" {
+                    set_on_insert = Some(paths);
+                }
+            }
+            if !(upsert && rule.style == Style::Enforce) {
+                return Ok(None);
+            }
+            // An upsert inserts the equality fields of its (scoped) filter; stamping on insert as well makes the
+            // new document carry the tenant value whatever the filter's shape.
+            let mut on_insert = set_on_insert.map(|d| d.to_owned()).unwrap_or_default();
+            if let Ok(key) = <&bson::raw::CStr>::try_from(rule.field.as_str()) {
+                on_insert.append(key, scope.value.clone());
+            }
+            let new = replace_fields(doc, &[("$setOnInsert", Some(RawBson::Document(on_insert)))]);
+            Ok(Some(RawBson::Document(new)))
+        }
+        RawBsonRef::Array(stages) => {
+            for stage in stages.into_iter() {
+                let Ok(RawBsonRef::Document(stage)) = stage else {
+                    return Err(malformed(format!("{place} stages must be documents")));
+                };
+                let name = super::first_key(stage);
+                if !UPDATE_PIPELINE_STAGES.contains(&name) {
+                    return Err(Denial::unauthorized(format!(
+                        "{place}: stage {name} is not allowed in an update pipeline"
+                    )));
+                }
+            }
+            match rule.style {
+                Style::Enforce => {
+                    // Whatever the stages do to the tenant field, the last one puts the tenant value back.
+                    let mut literal = RawDocumentBuf::new();
+                    literal.append(cstr!("$literal"), scope.value.clone());
+                    let mut set = RawDocumentBuf::new();
+                    if let Ok(key) = <&bson::raw::CStr>::try_from(rule.field.as_str()) {
+                        set.append(key, literal);
+                    }
+                    let mut stage = RawDocumentBuf::new();
+                    stage.append(cstr!("$set"), set);
+                    let mut out = RawArrayBuf::new();
+                    for existing in stages.into_iter().filter_map(|s| s.ok()) {
+                        out.push(existing);
+                    }
+                    out.push(stage);
+                    Ok(Some(RawBson::Array(out)))
+                }
+                _ => {
+                    scope.violation(rule, format!("{place}: pipeline updates can only be enforced, not verified"))?;
+                    Ok(None)
+                }
+            }
+        }
+        _ => Err(malformed(format!("{place} must be a document or a pipeline"))),
+    }
+}
+
+fn find_and_modify(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMsg>> {
+    let body = msg.body();
+    check_collation(scope, rule, body, "findAndModify")?;
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    let query = optional_document(body, "query")?;
+    if let Some(scoped) = scope_filter(scope, rule, query, "query")? {
+        edits.push(("query", Some(RawBson::Document(scoped))));
+    }
+    if let Ok(Some(update)) = body.get("update") {
+        let upsert = body.get_bool("upsert").unwrap_or(false);
+        if let Some(new) = check_update(scope, rule, update, "update", upsert)? {
+            edits.push(("update", Some(new)));
+        }
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(OpMsg::with_sequences(msg.flags, replace_fields(body, &edits), msg.sequences().to_vec())))
+}
