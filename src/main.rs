@@ -105,7 +105,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn explain(path: &Path, tenant: &str, db: &str, command: &str) -> ExitCode {
-    let policy = match Policy::load(path) {
+    let policy = match Policy::load_for_analysis(path) {
         Ok(policy) => policy,
         Err(e) => {
             eprintln!("tenantwall: {e}");

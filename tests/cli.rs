@@ -160,3 +160,52 @@ fn run_reloads_on_sighup_and_keeps_the_old_policy_when_the_new_one_is_broken() {
     let text = std::fs::read_to_string(&stderr).unwrap();
     assert!(!text.contains("panicked"), "{text}");
 }
+
+#[test]
+fn shipped_policy_test_cases_pass_and_wrong_ones_fail() {
+    let dir = repo_root().join("policies/tests");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    assert!(!files.is_empty());
+    let out = tenantwall().arg("test").args(&files).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let passed: usize = text.lines().last().unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 10, "{text}");
+    assert!(text.trim_end().ends_with(", 0 failed"), "{text}");
+
+    let out =
+        tenantwall().arg("test").arg(repo_root().join("tests/policies/wrong-expectations.test.toml")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("0 passed, 2 failed"), "{text}");
+    assert!(text.contains("denied: 13"), "{text}");
+}
+
+#[test]
+fn explain_prints_the_rewrite_or_the_denial() {
+    let policy = repo_root().join("policies/field.toml");
+    let out = tenantwall()
+        .args(["explain", "--policy"])
+        .arg(&policy)
+        .args(["--tenant", "acme", r#"{"delete": "orders", "deletes": [{"q": {}, "limit": 0}]}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"delete":"orders","deletes":[{"q":{"tenantId":{"$eq":"acme"}},"limit":{"$numberInt":"0"}}],"$db":"app"}"#
+    );
+    let out = tenantwall()
+        .args(["explain", "--policy"])
+        .arg(&policy)
+        .args(["--tenant", "acme", r#"{"drop": "orders"}"#])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("denied: 13 (Unauthorized): rules[0] (app.orders, field)"), "{text}");
+}

@@ -151,16 +151,23 @@ impl Policy {
     /// Reads, validates and compiles a policy file.
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         let (file, text) = config::read(path)?;
-        Self::compile(&file, &text, path)
+        Self::compile(&file, &text, path, true)
+    }
+
+    /// Like [`Policy::load`], without reading backend secrets: for `explain` and `test`, which open no backend
+    /// connection and run where the secrets are not.
+    pub fn load_for_analysis(path: &Path) -> Result<Policy, ConfigError> {
+        let (file, text) = config::read(path)?;
+        Self::compile(&file, &text, path, false)
     }
 
     /// Parses, validates and compiles policy text; `path` labels errors and anchors relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         let file = config::parse(text, path)?;
-        Self::compile(&file, text, path)
+        Self::compile(&file, text, path, true)
     }
 
-    fn compile(file: &PolicyFile, text: &str, path: &Path) -> Result<Policy, ConfigError> {
+    fn compile(file: &PolicyFile, text: &str, path: &Path, resolve_secrets: bool) -> Result<Policy, ConfigError> {
         let base = path.parent().unwrap_or(Path::new("."));
         let report = config::validate(file, text, base);
         if !report.errors.is_empty() {
@@ -202,6 +209,11 @@ impl Policy {
                 _ => None,
             };
             let credentials = match &b.username {
+                Some(username) if !resolve_secrets => Some(Credentials {
+                    username: username.clone(),
+                    password: Secret(String::new()),
+                    auth_source: b.auth_source.clone(),
+                }),
                 Some(username) => {
                     let password = match (&b.password_env, &b.password_file) {
                         (Some(var), _) => std::env::var(var).map_err(|_| {
