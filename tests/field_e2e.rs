@@ -73,14 +73,26 @@ async fn two_tenants_share_a_collection_and_see_only_their_own() {
     let backend = Backend::start();
     // Reference data, written directly (tenants cannot write it).
     let direct = mongodb::Client::with_uri_str(backend.uri()).await.unwrap();
-    direct.database("app").collection::<Document>("countries").insert_many(vec![doc! { "code": "FR", "name": "France" }, doc! { "code": "DE", "name": "Germany" }]).await.unwrap();
+    direct
+        .database("app")
+        .collection::<Document>("countries")
+        .insert_many(vec![doc! { "code": "FR", "name": "France" }, doc! { "code": "DE", "name": "Germany" }])
+        .await
+        .unwrap();
 
     let proxy = start_proxy_text(&policy_text(&backend)).await;
     let acme = client(proxy.addr(), "acme-app", "acme-pw").await.database("app").collection::<Document>("orders");
     let globex = client(proxy.addr(), "globex-app", "globex-pw").await.database("app").collection::<Document>("orders");
 
-    acme.insert_many((0..30).map(|i| doc! { "n": i, "who": "acme", "status": if i % 2 == 0 { "open" } else { "closed" }, "country": "FR" })).await.unwrap();
-    globex.insert_many((0..20).map(|i| doc! { "n": i, "who": "globex", "status": "open", "country": "DE" })).await.unwrap();
+    acme.insert_many((0..30).map(
+        |i| doc! { "n": i, "who": "acme", "status": if i % 2 == 0 { "open" } else { "closed" }, "country": "FR" },
+    ))
+    .await
+    .unwrap();
+    globex
+        .insert_many((0..20).map(|i| doc! { "n": i, "who": "globex", "status": "open", "country": "DE" }))
+        .await
+        .unwrap();
 
     // Reads: find (many batches), count, distinct, aggregate with a join into reference data.
     let mine: Vec<Document> = acme.find(doc! {}).batch_size(4).await.unwrap().try_collect().await.unwrap();
@@ -105,7 +117,10 @@ async fn two_tenants_share_a_collection_and_see_only_their_own() {
     // Attempts to read across tenants find nothing.
     assert!(all(&acme, doc! { "who": "globex" }).await.is_empty());
     assert!(all(&acme, doc! { "tenantId": "globex" }).await.is_empty());
-    assert!(all(&acme, doc! { "$or": [{ "tenantId": { "$ne": "acme" } }, { "n": { "$gte": 0 } }] }).await.iter().all(|d| d.get_str("who").unwrap() == "acme"));
+    assert!(all(&acme, doc! { "$or": [{ "tenantId": { "$ne": "acme" } }, { "n": { "$gte": 0 } }] })
+        .await
+        .iter()
+        .all(|d| d.get_str("who").unwrap() == "acme"));
 
     // Writes only reach the writer's documents.
     let updated = acme.update_many(doc! {}, doc! { "$set": { "touched": true } }).await.unwrap();
@@ -114,7 +129,8 @@ async fn two_tenants_share_a_collection_and_see_only_their_own() {
     assert_eq!(deleted.deleted_count, 10);
     assert_eq!(acme.count_documents(doc! { "n": { "$gte": 10 } }).await.unwrap(), 20, "globex deleted acme's");
     assert!(all(&globex, doc! { "touched": true }).await.is_empty());
-    let replaced = globex.find_one_and_replace(doc! { "n": 0 }, doc! { "n": 0, "who": "globex", "replaced": true }).await.unwrap();
+    let replaced =
+        globex.find_one_and_replace(doc! { "n": 0 }, doc! { "n": 0, "who": "globex", "replaced": true }).await.unwrap();
     assert!(replaced.is_some());
 
     // Attacks.
@@ -126,7 +142,8 @@ async fn two_tenants_share_a_collection_and_see_only_their_own() {
     assert_eq!(code_of(&err), Some(13), "{err}");
     let err = acme.drop().await.unwrap_err();
     assert_eq!(code_of(&err), Some(13), "{err}");
-    let countries = client(proxy.addr(), "acme-app", "acme-pw").await.database("app").collection::<Document>("countries");
+    let countries =
+        client(proxy.addr(), "acme-app", "acme-pw").await.database("app").collection::<Document>("countries");
     assert_eq!(countries.count_documents(doc! {}).await.unwrap(), 2);
     assert_eq!(code_of(&countries.insert_one(doc! { "code": "XX" }).await.unwrap_err()), Some(13));
 
@@ -155,7 +172,11 @@ async fn cursors_belong_to_the_tenant_that_opened_them() {
     let killed = globex.database("app").run_command(doc! { "killCursors": "orders", "cursors": [id] }).await.unwrap();
     assert_eq!(killed.get_array("cursorsNotFound").unwrap(), &vec![Bson::Int64(id)]);
     // The owner can still use it, to the end.
-    let next = acme.database("app").run_command(doc! { "getMore": id, "collection": "orders", "batchSize": 100 }).await.unwrap();
+    let next = acme
+        .database("app")
+        .run_command(doc! { "getMore": id, "collection": "orders", "batchSize": 100 })
+        .await
+        .unwrap();
     assert_eq!(next.get_document("cursor").unwrap().get_array("nextBatch").unwrap().len(), 8);
     // An exhausted cursor id is forgotten.
     let err = acme.database("app").run_command(doc! { "getMore": id, "collection": "orders" }).await.unwrap_err();
@@ -170,7 +191,12 @@ async fn duplicate_key_errors_do_not_reveal_other_tenants_values() {
     direct
         .database("app")
         .collection::<Document>("orders")
-        .create_index(mongodb::IndexModel::builder().keys(doc! { "email": 1 }).options(mongodb::options::IndexOptions::builder().unique(true).build()).build())
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { "email": 1 })
+                .options(mongodb::options::IndexOptions::builder().unique(true).build())
+                .build(),
+        )
         .await
         .unwrap();
     let proxy = start_proxy_text(&policy_text(&backend)).await;
@@ -188,7 +214,10 @@ async fn raw_frames_with_document_sequences_are_scoped() {
     // pymongo and the Rust driver put insert documents in a kind-1 sequence; check the stamping on that path
     // directly too, and that a sequence cannot smuggle the tenant field.
     let backend = Backend::start();
-    let text = policy_text(&backend).replace("[[listeners]]\naddress = \"127.0.0.1:0\"", "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"acme\"");
+    let text = policy_text(&backend).replace(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"acme\"",
+    );
     let proxy = start_proxy_text(&text).await;
     let addr = proxy.addr();
     tokio::task::spawn_blocking(move || {
@@ -196,7 +225,10 @@ async fn raw_frames_with_document_sequences_are_scoped() {
         let insert = OpMsg::with_sequences(
             MsgFlags::default(),
             rawdoc! { "insert": "orders", "$db": "app" },
-            vec![tenantwall_protocol::Sequence::new("documents", vec![rawdoc! { "_id": 1 }, rawdoc! { "_id": 2, "tenantId": "globex" }])],
+            vec![tenantwall_protocol::Sequence::new(
+                "documents",
+                vec![rawdoc! { "_id": 1 }, rawdoc! { "_id": 2, "tenantId": "globex" }],
+            )],
         );
         raw.send(&insert.encode(1, 0).unwrap());
         let Some(Message::Msg(reply)) = raw.recv().map(|d| d.message) else { panic!("no reply") };

@@ -18,7 +18,10 @@ const TIME_BUDGET: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_tenants_never_see_each_other() {
     let backend = Backend::start();
-    let mut policy = format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"shared\"\nuri = \"{}\"\n\n", backend.uri());
+    let mut policy = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"shared\"\nuri = \"{}\"\n\n",
+        backend.uri()
+    );
     // One verifier for every user keeps set-up fast; the user name decides the tenant.
     let scram = common::scram_entry("load-test-password");
     for t in 0..TENANTS {
@@ -53,7 +56,8 @@ async fn one_hundred_tenants_never_see_each_other() {
                     expected.remove(&(round - 1));
                 }
                 if round % 4 == 3 {
-                    let seen: Vec<Document> = items.find(doc! {}).batch_size(3).await.unwrap().try_collect().await.unwrap();
+                    let seen: Vec<Document> =
+                        items.find(doc! {}).batch_size(3).await.unwrap().try_collect().await.unwrap();
                     let foreign: Vec<_> = seen.iter().filter(|d| d.get_str("who").ok() != Some(me.as_str())).collect();
                     assert!(foreign.is_empty(), "{me} saw foreign documents: {foreign:?}");
                 }
@@ -78,10 +82,21 @@ async fn one_hundred_tenants_never_see_each_other() {
 
     // The backend, scanned directly: every document stamped with its writer's tenant, none unstamped.
     let direct = mongodb::Client::with_uri_str(backend.uri()).await.unwrap();
-    let all: Vec<Document> = direct.database("app").collection::<Document>("items").find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    let all: Vec<Document> = direct
+        .database("app")
+        .collection::<Document>("items")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(all.len(), total);
     let unstamped = all.iter().filter(|d| d.get_str("tenantId").is_err()).count();
     let foreign = all.iter().filter(|d| d.get_str("tenantId").ok() != d.get_str("who").ok()).count();
     assert_eq!((unstamped, foreign), (0, 0));
-    eprintln!("isolation under load: {TENANTS} tenants, {total} documents, {} commands", proxy.stats().commands.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!(
+        "isolation under load: {TENANTS} tenants, {total} documents, {} commands",
+        proxy.stats().commands.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }

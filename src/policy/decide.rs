@@ -112,8 +112,11 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     let Some(tenant) = tenant else {
         return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication"));
     };
-    if contains_javascript(body, 0) || msg.sequences().iter().any(|s| s.documents().any(|d| contains_javascript(d, 0)))
-    {
+    // Documents being inserted are data, not code: a "$where" key or a JavaScript value stored in them never
+    // runs. Everything else (filters, pipelines, updates, bulkWrite ops) is scanned.
+    let mut code_sequences =
+        msg.sequences().iter().filter(|s| !(command == Command::Insert && s.identifier() == "documents"));
+    if contains_javascript(body, 0) || code_sequences.any(|s| s.documents().any(|d| contains_javascript(d, 0))) {
         return deny(
             ErrorCode::UNAUTHORIZED,
             "server-side JavaScript ($where, $function, $accumulator) is not allowed",

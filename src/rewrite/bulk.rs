@@ -61,7 +61,7 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
             "insert" => {
                 let doc =
                     optional_document(op, "document")?.ok_or_else(|| malformed(format!("{place} needs document")))?;
-                stamp(scope, rule, doc, &format!("{place}.document"))?
+                stamp(scope, rule, doc, &|| format!("{place}.document"))?
                     .map(|stamped| replace_fields(op, &[("document", Some(RawBson::Document(stamped)))]))
             }
             "update" => update_statement(scope, rule, op, &place, "filter", "updateMods")?,

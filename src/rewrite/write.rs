@@ -69,39 +69,51 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
 
 /// Checks the top-level keys of a document being written: no duplicates, no `$` keys, nothing dotted under the
 /// tenant field.
-fn check_keys(scope: &mut Scope<'_>, rule: &Rule, doc: &RawDocument, place: &str) -> Result<()> {
+fn check_keys(scope: &mut Scope<'_>, rule: &Rule, doc: &RawDocument, place: &dyn Fn() -> String) -> Result<()> {
     if let Some(key) = tenantwall_protocol::validate::first_duplicate_key(doc) {
-        return Err(Denial::new(ErrorCode::BAD_VALUE, format!("{place} has duplicate field {key:?}")));
+        return Err(Denial::new(ErrorCode::BAD_VALUE, format!("{} has duplicate field {key:?}", place())));
     }
-    let dotted = format!("{}.", rule.field);
     for element in doc.iter_elements().filter_map(|e| e.ok()) {
         let key = element.key().as_str();
-        if key.starts_with('$') || key.starts_with(&dotted) {
-            scope.violation(rule, format!("{place} has field {key:?}, which is not allowed in shared collections"))?;
+        if key.starts_with('$') || touches_below(key, &rule.field) {
+            scope.violation(
+                rule,
+                format!("{} has field {key:?}, which is not allowed in shared collections", place()),
+            )?;
         }
     }
     Ok(())
 }
 
+/// Whether `key` is a dotted path strictly below `field` (`tenantId.x`).
+fn touches_below(key: &str, field: &str) -> bool {
+    key.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// A document to be stored (insert or replacement): carries exactly the tenant value, or is stamped with it.
 /// Returns the stamped document when one was made.
-pub fn stamp(scope: &mut Scope<'_>, rule: &Rule, doc: &RawDocument, place: &str) -> Result<Option<RawDocumentBuf>> {
+pub fn stamp(
+    scope: &mut Scope<'_>,
+    rule: &Rule,
+    doc: &RawDocument,
+    place: &dyn Fn() -> String,
+) -> Result<Option<RawDocumentBuf>> {
     check_keys(scope, rule, doc, place)?;
     let value = scope.value.clone();
     match doc.get(&rule.field) {
         Ok(Some(given)) if given == value.as_raw_bson_ref() => Ok(None),
         Ok(Some(_)) => {
-            scope.violation(rule, format!("{place} sets {} to a value that is not the tenant's", rule.field))?;
+            scope.violation(rule, format!("{} sets {} to a value that is not the tenant's", place(), rule.field))?;
             Ok(None)
         }
         Ok(None) => match rule.style {
             Style::Enforce => Ok(Some(append_field(doc, &rule.field, value.as_raw_bson_ref())?)),
             Style::Verify => {
-                scope.violation(rule, format!("{place} does not carry {} (verify style)", rule.field))?;
+                scope.violation(rule, format!("{} does not carry {} (verify style)", place(), rule.field))?;
                 Ok(None)
             }
             Style::Audit => {
-                scope.audit.push(format!("{}: would stamp {place} with {}", rule.describe(), rule.field));
+                scope.audit.push(format!("{}: would stamp {} with {}", rule.describe(), place(), rule.field));
                 Ok(None)
             }
         },
@@ -118,7 +130,7 @@ fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMs
     let mut out = Vec::with_capacity(docs.len());
     let mut changed = false;
     for (i, (doc, original)) in docs.iter().zip(originals).enumerate() {
-        match stamp(scope, rule, doc, &format!("documents[{i}]"))? {
+        match stamp(scope, rule, doc, &|| format!("documents[{i}]"))? {
             Some(stamped) => {
                 changed = true;
                 out.push(Bytes::from(stamped.into_bytes()));
@@ -187,7 +199,7 @@ pub fn update_statement(
 
 /// Whether an update path reaches the tenant field.
 fn touches(path: &str, field: &str) -> bool {
-    path == field || path.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))
+    path == field || touches_below(path, field)
 }
 
 /// Checks an update's modification (operators, replacement, or pipeline). Returns a replacement value when
@@ -203,7 +215,7 @@ pub fn check_update(
         RawBsonRef::Document(doc) => {
             let first = super::first_key(doc);
             if !first.starts_with('$') {
-                return Ok(stamp(scope, rule, doc, place)?.map(RawBson::Document));
+                return Ok(stamp(scope, rule, doc, &|| place.to_owned())?.map(RawBson::Document));
             }
             let mut set_on_insert: Option<&RawDocument> = None;
             for element in doc.iter_elements() {
