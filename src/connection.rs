@@ -23,7 +23,7 @@ use crate::command::Command;
 use crate::error::{error_document, ErrorCode, ProxyError, Side};
 use crate::handshake::{build_info_reply, hello_reply, negotiate_compression, HelloContext};
 use crate::policy::decide::{decide, Decision, Local};
-use crate::policy::Tenant;
+use crate::policy::{Policy, Tenant};
 use crate::reply;
 use crate::rewrite::ReplyPlan;
 use crate::sasl::{self, Outcome, SaslState};
@@ -37,6 +37,7 @@ struct ReplyPost {
     /// The cursor a getMore continued (released when the reply says it is exhausted).
     get_more: Option<i64>,
     tenant: Arc<Tenant>,
+    policy: Arc<Policy>,
 }
 
 /// Whether the connection goes on after a frame.
@@ -273,7 +274,8 @@ impl ClientConnection {
                     }
                     _ => {}
                 }
-                let post = ReplyPost { plan: plan.reply, get_more, tenant: tenant.clone() };
+                let post =
+                    ReplyPost { plan: plan.reply, get_more, tenant: tenant.clone(), policy: generation.policy.clone() };
                 match self.relay(generation, header.request_id, &forward, compressor, &post).await {
                     Ok(()) => {
                         for id in killed {
@@ -441,10 +443,8 @@ impl ClientConnection {
                 (None, _) => {}
             }
         }
-        if post.plan.redact_duplicate_keys {
-            if let Some(redacted) = reply::redact_duplicate_keys(body) {
-                return OpMsg::with_sequences(flags, redacted, reply.sequences().to_vec());
-            }
+        if let Some(rewritten) = reply::rewrite_reply(body, &post.plan, &post.policy, &post.tenant) {
+            return OpMsg::with_sequences(flags, rewritten, reply.sequences().to_vec());
         }
         reply.with_flags(flags)
     }

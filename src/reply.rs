@@ -1,23 +1,56 @@
-//! Rewriting replies before they reach the client.
+//! Rewriting replies before they reach the client: the reverse of the request rewrite.
 //!
-//! Today: duplicate-key errors on shared collections. `E11000 ... dup key: { tenantId: "globex", email: ... }`
-//! and `keyValue` would tell one tenant another tenant's values, so on field-mode namespaces the details are
-//! withheld (the code, `keyPattern` and the index name stay, so drivers and apps still see a duplicate-key
-//! error).
+//! - Names: a command sent under real names (`acme__orders`, `acme_app`) gets its reply mapped back to the names
+//!   the tenant used — `cursor.ns`, error messages, explain output.
+//! - Listings: `listCollections` and `listDatabases` keep only what the tenant's rules reach, under visible names;
+//!   other tenants' collections and databases never appear.
+//! - Duplicate keys: on shared collections `E11000 ... dup key: { email: "ceo@globex.test" }` and `keyValue`
+//!   would tell one tenant another's values, so the details are withheld (code, `keyPattern` and index stay).
+//!
+//! Pure functions of (reply, plan, policy, tenant); unit tests assert exact outputs.
 
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
+use crate::config::Mode;
+use crate::policy::{Policy, Tenant};
 use crate::rewrite::raw::replace_fields;
+use crate::rewrite::{resolve, Names, ReplyKind, ReplyPlan, Target, RESERVED_DATABASES};
 
 const DUPLICATE_KEY: i32 = 11000;
 const REDACTED: &str = "E11000 duplicate key error (the conflicting value is withheld by tenantwall)";
+/// Explain output nests deeply but not without bound.
+const MAX_DEPTH: usize = 64;
 
 fn is_duplicate_key(doc: &RawDocument) -> bool {
     matches!(doc.get("code"), Ok(Some(RawBsonRef::Int32(DUPLICATE_KEY))))
 }
 
-fn redact_error(doc: &RawDocument) -> RawDocumentBuf {
-    replace_fields(doc, &[("errmsg", Some(RawBson::String(REDACTED.into()))), ("keyValue", None)])
+/// Everything the plan asks of a reply; `None` when the reply goes back as it came.
+pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tenant: &Tenant) -> Option<RawDocumentBuf> {
+    let mut current: Option<RawDocumentBuf> = None;
+    if plan.redact_duplicate_keys {
+        if let Some(redacted) = redact_duplicate_keys(body) {
+            current = Some(redacted);
+        }
+    }
+    let view = |c: &Option<RawDocumentBuf>| -> RawDocumentBuf { c.clone().unwrap_or_else(|| body.to_owned()) };
+    match plan.kind {
+        ReplyKind::ListCollections => {
+            let names = plan.names.clone().unwrap_or_default();
+            current = list_collections(&view(&current), policy, tenant, &names).or(current);
+        }
+        ReplyKind::ListDatabases => current = list_databases(&view(&current), policy, tenant).or(current),
+        ReplyKind::Explain => {
+            if let Some(names) = &plan.names {
+                current = Some(map_strings(&view(&current), names, 0));
+            }
+        }
+        ReplyKind::Plain => {}
+    }
+    if let (Some(names), false) = (&plan.names, plan.kind == ReplyKind::Explain) {
+        current = map_names(&view(&current), names).or(current);
+    }
+    current
 }
 
 /// The reply with duplicate-key details removed, or `None` when there are none.
@@ -33,7 +66,10 @@ pub fn redact_duplicate_keys(body: &RawDocument) -> Option<RawDocumentBuf> {
             let mut out = RawArrayBuf::new();
             for doc in docs {
                 if is_duplicate_key(doc) {
-                    out.push(redact_error(doc));
+                    out.push(replace_fields(
+                        doc,
+                        &[("errmsg", Some(RawBson::String(REDACTED.into()))), ("keyValue", None)],
+                    ));
                 } else {
                     out.push(doc);
                 }
@@ -42,6 +78,201 @@ pub fn redact_duplicate_keys(body: &RawDocument) -> Option<RawDocumentBuf> {
         }
     }
     (!edits.is_empty()).then(|| replace_fields(body, &edits))
+}
+
+/// A real namespace or name back to the tenant's: `acme_app.acme__orders` → `app.orders`.
+pub fn visible_ns(ns: &str, names: &Names) -> String {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let db = if db == names.real_db { names.visible_db.as_str() } else { db };
+    let coll = names.colls.iter().find(|(real, _)| real == coll).map_or(coll, |(_, visible)| visible.as_str());
+    if coll.is_empty() && !ns.contains('.') {
+        db.to_owned()
+    } else {
+        format!("{db}.{coll}")
+    }
+}
+
+/// Replaces real names in free text (error messages): namespaces first, then bare collection names.
+fn visible_text(text: &str, names: &Names) -> String {
+    let mut out = text.to_owned();
+    for (real, visible) in &names.colls {
+        out = out.replace(&format!("{}.{real}", names.real_db), &format!("{}.{visible}", names.visible_db));
+    }
+    if names.real_db != names.visible_db {
+        out = out.replace(&format!("{}.", names.real_db), &format!("{}.", names.visible_db));
+    }
+    let mut colls = names.colls.clone();
+    colls.sort_by_key(|(real, _)| std::cmp::Reverse(real.len()));
+    for (real, visible) in colls {
+        if real != visible {
+            out = out.replace(&real, &visible);
+        }
+    }
+    out
+}
+
+/// `cursor.ns`, `errmsg`, `writeErrors[].errmsg` and `writeConcernError.errmsg` under visible names.
+fn map_names(body: &RawDocument, names: &Names) -> Option<RawDocumentBuf> {
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Ok(cursor) = body.get_document("cursor") {
+        if let Ok(ns) = cursor.get_str("ns") {
+            let visible = visible_ns(ns, names);
+            if visible != ns {
+                edits.push((
+                    "cursor",
+                    Some(RawBson::Document(replace_fields(cursor, &[("ns", Some(RawBson::String(visible)))]))),
+                ));
+            }
+        }
+    }
+    if let Ok(errmsg) = body.get_str("errmsg") {
+        edits.push(("errmsg", Some(RawBson::String(visible_text(errmsg, names)))));
+    }
+    if let Ok(errors) = body.get_array("writeErrors") {
+        let mut out = RawArrayBuf::new();
+        for error in errors.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
+            match error.get_str("errmsg") {
+                Ok(msg) => {
+                    out.push(replace_fields(error, &[("errmsg", Some(RawBson::String(visible_text(msg, names))))]))
+                }
+                Err(_) => out.push(error),
+            }
+        }
+        edits.push(("writeErrors", Some(RawBson::Array(out))));
+    }
+    if let Ok(wce) = body.get_document("writeConcernError") {
+        if let Ok(msg) = wce.get_str("errmsg") {
+            let mapped = replace_fields(wce, &[("errmsg", Some(RawBson::String(visible_text(msg, names))))]);
+            edits.push(("writeConcernError", Some(RawBson::Document(mapped))));
+        }
+    }
+    (!edits.is_empty()).then(|| replace_fields(body, &edits))
+}
+
+/// Every string in a document that names a real namespace, under visible names (explain output).
+fn map_strings(doc: &RawDocument, names: &Names, depth: usize) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for element in doc.iter_elements().filter_map(|e| e.ok()) {
+        match element.value() {
+            Ok(RawBsonRef::String(s)) if depth < MAX_DEPTH => out.append(element.key(), visible_text(s, names)),
+            Ok(RawBsonRef::Document(d)) if depth < MAX_DEPTH => {
+                out.append(element.key(), map_strings(d, names, depth + 1))
+            }
+            Ok(RawBsonRef::Array(a)) if depth < MAX_DEPTH => {
+                let mut array = RawArrayBuf::new();
+                for item in a.into_iter().filter_map(|v| v.ok()) {
+                    match item {
+                        RawBsonRef::Document(d) => array.push(map_strings(d, names, depth + 1)),
+                        RawBsonRef::String(s) => array.push(visible_text(s, names).as_str()),
+                        other => array.push(other),
+                    }
+                }
+                out.append(element.key(), array);
+            }
+            Ok(value) => out.append(element.key(), value),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// The visible name of a real collection in the tenant's listing of database `visible_db`, or `None` when the
+/// collection is not the tenant's to see.
+fn visible_collection(policy: &Policy, tenant: &Tenant, visible_db: &str, real: &str) -> Option<String> {
+    if real.starts_with("system.") {
+        return None;
+    }
+    let mut candidates = vec![real.to_owned()];
+    for rule in policy.rules.iter().filter(|r| r.mode == Mode::Collection && r.database.matches(visible_db)) {
+        if let Some(visible) = rule.template.as_ref().and_then(|t| t.unrender(&tenant.id, real)) {
+            candidates.push(visible);
+        }
+    }
+    candidates.into_iter().find(|visible| {
+        resolve(policy, &tenant.id, visible_db, Some(visible)).is_ok_and(|target| target.real_coll(visible) == real)
+    })
+}
+
+fn list_collections(body: &RawDocument, policy: &Policy, tenant: &Tenant, names: &Names) -> Option<RawDocumentBuf> {
+    let cursor = body.get_document("cursor").ok()?;
+    let (batch_key, batch) = match cursor.get_array("firstBatch") {
+        Ok(b) => ("firstBatch", b),
+        Err(_) => ("nextBatch", cursor.get_array("nextBatch").ok()?),
+    };
+    let mut out = RawArrayBuf::new();
+    for entry in batch.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
+        let Ok(real) = entry.get_str("name") else { continue };
+        let Some(visible) = visible_collection(policy, tenant, &names.visible_db, real) else { continue };
+        let mut edits: Vec<(&str, Option<RawBson>)> = vec![("name", Some(RawBson::String(visible)))];
+        if let Ok(options) = entry.get_document("options") {
+            let mut option_edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+            if let Ok(view_on) = options.get_str("viewOn") {
+                match visible_collection(policy, tenant, &names.visible_db, view_on) {
+                    Some(v) => option_edits.push(("viewOn", Some(RawBson::String(v)))),
+                    None => continue,
+                }
+            }
+            // View pipelines carry real names of joined collections; they are not shown.
+            option_edits.push(("pipeline", None));
+            edits.push(("options", Some(RawBson::Document(replace_fields(options, &option_edits)))));
+        }
+        if let Ok(id_index) = entry.get_document("idIndex") {
+            edits.push(("idIndex", Some(RawBson::Document(replace_fields(id_index, &[("ns", None)])))));
+        }
+        out.push(replace_fields(entry, &edits));
+    }
+    let mut cursor_edits: Vec<(&str, Option<RawBson>)> = vec![(batch_key, Some(RawBson::Array(out)))];
+    if let Ok(ns) = cursor.get_str("ns") {
+        cursor_edits.push(("ns", Some(RawBson::String(visible_ns(ns, names)))));
+    }
+    Some(replace_fields(body, &[("cursor", Some(RawBson::Document(replace_fields(cursor, &cursor_edits))))]))
+}
+
+/// The visible name of a real database for the tenant, if it is one of the tenant's.
+fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<String> {
+    if RESERVED_DATABASES.contains(&real) {
+        return None;
+    }
+    let mut candidates = vec![real.to_owned()];
+    for rule in policy.rules.iter().filter(|r| r.mode == Mode::Database) {
+        if let Some(visible) = rule.template.as_ref().and_then(|t| t.unrender(&tenant.id, real)) {
+            candidates.push(visible);
+        }
+    }
+    candidates.into_iter().find(|visible| {
+        if RESERVED_DATABASES.contains(&visible.as_str()) {
+            return false;
+        }
+        match resolve(policy, &tenant.id, visible, None) {
+            Ok(Target::Mapped { db, .. }) => db == real,
+            Ok(_) => visible == real,
+            // Databases reached only through collection rules are shown under their own name.
+            Err(_) => visible == real && policy.any_rule_for_db(visible).is_some_and(|r| r.mode != Mode::Database),
+        }
+    })
+}
+
+fn list_databases(body: &RawDocument, policy: &Policy, tenant: &Tenant) -> Option<RawDocumentBuf> {
+    let databases = body.get_array("databases").ok()?;
+    let mut out = RawArrayBuf::new();
+    let mut total: i64 = 0;
+    for entry in databases.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
+        let Ok(real) = entry.get_str("name") else { continue };
+        let Some(visible) = visible_database(policy, tenant, real) else { continue };
+        total += match entry.get("sizeOnDisk") {
+            Ok(Some(RawBsonRef::Int64(n))) => n,
+            Ok(Some(RawBsonRef::Int32(n))) => i64::from(n),
+            Ok(Some(RawBsonRef::Double(n))) => n as i64,
+            _ => 0,
+        };
+        out.push(replace_fields(entry, &[("name", Some(RawBson::String(visible)))]));
+    }
+    let mut edits: Vec<(&str, Option<RawBson>)> = vec![("databases", Some(RawBson::Array(out)))];
+    if body.get("totalSize").ok().flatten().is_some() {
+        edits.push(("totalSize", Some(RawBson::Int64(total))));
+        edits.push(("totalSizeMb", Some(RawBson::Int64(total / (1024 * 1024)))));
+    }
+    Some(replace_fields(body, &edits))
 }
 
 #[cfg(test)]
@@ -68,5 +299,20 @@ mod tests {
         assert!(first.get_document("keyPattern").is_ok());
         assert_eq!(errors.get_document(1).unwrap().get_str("errmsg").unwrap(), "Document failed validation");
         assert!(redact_duplicate_keys(&rawdoc! { "n": 1, "ok": 1.0 }).is_none());
+    }
+
+    #[test]
+    fn names_map_back() {
+        let names = Names {
+            visible_db: "app".into(),
+            real_db: "acme_app".into(),
+            colls: vec![("acme__orders".into(), "orders".into())],
+        };
+        assert_eq!(visible_ns("acme_app.acme__orders", &names), "app.orders");
+        assert_eq!(visible_ns("acme_app.$cmd.listCollections", &names), "app.$cmd.listCollections");
+        assert_eq!(
+            visible_text("ns acme_app.acme__orders not found; acme__orders", &names),
+            "ns app.orders not found; orders"
+        );
     }
 }

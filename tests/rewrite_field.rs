@@ -142,8 +142,11 @@ fn unmatched_and_unsupported_namespaces_are_denied() {
     assert!(reason.contains("no rule allows app.secrets"), "{reason}");
     // 16: system namespaces.
     assert_eq!(denied(doc! { "find": "system.profile" }).0, 73);
-    // Modes whose rewriter is not in this version fail closed.
-    assert_eq!(denied(doc! { "find": "invoices" }).0, 115);
+    // Collection-mode names are the tenant's own, under their real name.
+    assert_eq!(
+        forwarded(doc! { "find": "invoices", "filter": { "a": 1 } }),
+        doc! { "find": "acme__invoices", "filter": { "a": 1 } }
+    );
     // 4: admin, config and local.
     for db in ["admin", "config", "local"] {
         match explain(&policy(), "acme", doc! { "find": "orders" }, db).unwrap() {
@@ -249,7 +252,6 @@ fn dangerous_stages_and_writes_are_refused() {
         doc! { "$documents": [] },
         doc! { "$frobnicate": {} },
         doc! { "$lookup": { "from": { "db": "other", "coll": "x" }, "as": "x", "pipeline": [] } },
-        doc! { "$lookup": { "from": "invoices", "as": "x", "pipeline": [] } },
         doc! { "$unionWith": { "pipeline": [{ "$documents": [] }] } },
     ] {
         let (code, reason) = denied(doc! { "aggregate": "orders", "pipeline": [stage.clone()], "cursor": {} });
@@ -266,6 +268,33 @@ fn dangerous_stages_and_writes_are_refused() {
     ] {
         assert_eq!(denied(js).0, 13);
     }
+}
+
+#[test]
+fn joins_across_modes_use_each_sides_rule() {
+    // A field-mode pipeline joining a collection-mode collection: renamed, not scoped; and the other way round.
+    let out = forwarded(
+        doc! { "aggregate": "orders", "pipeline": [{ "$lookup": { "from": "invoices", "localField": "i", "foreignField": "_id", "as": "inv" } }], "cursor": {} },
+    );
+    assert_eq!(
+        out.get_array("pipeline").unwrap(),
+        &vec![
+            Bson::Document(doc! { "$match": acme() }),
+            Bson::Document(
+                doc! { "$lookup": { "from": "acme__invoices", "localField": "i", "foreignField": "_id", "as": "inv" } }
+            )
+        ]
+    );
+    let out = forwarded(
+        doc! { "aggregate": "invoices", "pipeline": [{ "$lookup": { "from": "orders", "localField": "o", "foreignField": "_id", "as": "order" } }, { "$out": "invoices" }], "cursor": {} },
+    );
+    assert_eq!(
+        out,
+        doc! { "aggregate": "acme__invoices", "pipeline": [
+            { "$lookup": { "from": "orders", "localField": "o", "foreignField": "_id", "as": "order", "pipeline": [{ "$match": acme() }] } },
+            { "$out": { "db": "app", "coll": "acme__invoices" } },
+        ], "cursor": {} }
+    );
 }
 
 #[test]

@@ -330,7 +330,30 @@ fn validate_rules(c: &mut Collector<'_>, file: &PolicyFile) {
             ),
             (None, _) => {}
         }
+        let renames_database = mode == Mode::Database && rule.template.as_ref().is_none_or(|t| t.get_ref() != "{db}");
+        if renames_database && rule.collection.get_ref() != "*" {
+            c.error(
+                Some(&rule.collection),
+                format!("rules[{i}].collection"),
+                "database rules that rename the database cover every collection: use \"*\"",
+            );
+        }
         if let (Some(db), Some(coll)) = (db, coll) {
+            // A renamed database cannot share a database name with another rule: one command would need two
+            // real databases.
+            let clash = file.rules.iter().enumerate().take(i).find(|(_, other)| {
+                let other_renames = *other.mode.get_ref() == Mode::Database
+                    && other.template.as_ref().is_none_or(|t| t.get_ref() != "{db}");
+                (renames_database || other_renames)
+                    && Pattern::parse(other.database.get_ref(), false).is_ok_and(|p| p.overlaps(&db))
+            });
+            if let Some((j, _)) = clash {
+                c.error(
+                    Some(&rule.database),
+                    format!("rules[{i}].database"),
+                    format!("shares databases with rules[{j}], but one of them renames the database"),
+                );
+            }
             if let Some((_, _, first)) = seen.iter().find(|(d, k, _)| d.overlaps(&db) && k.overlaps(&coll)) {
                 c.warn(
                     Some(&rule.database),

@@ -339,6 +339,11 @@ impl Policy {
         self.rules.iter().find(|r| r.database.matches(db) && r.collection.matches(collection))
     }
 
+    /// The first rule whose database pattern matches `db`, whatever its collection pattern.
+    pub fn any_rule_for_db(&self, db: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.database.matches(db))
+    }
+
     /// The first rule covering a whole database (collection pattern `*`), for database-level commands.
     pub fn database_rule(&self, db: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.database.matches(db) && r.collection.as_str() == "*")

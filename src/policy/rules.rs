@@ -142,6 +142,16 @@ impl Template {
         self.text.replace("{tenant}", tenant).replace("{collection}", name).replace("{db}", name)
     }
 
+    /// The visible name whose real name under tenant `tenant` is `real`, if `real` is one of the tenant's.
+    pub fn unrender(&self, tenant: &str, real: &str) -> Option<String> {
+        let placeholder = if self.text.contains("{collection}") { "{collection}" } else { "{db}" };
+        let (before, after) = self.text.split_once(placeholder)?;
+        let prefix = before.replace("{tenant}", tenant);
+        let suffix = after.replace("{tenant}", tenant);
+        let middle = real.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+        (!middle.is_empty()).then(|| middle.to_owned())
+    }
+
     /// Whether the template keeps names unchanged (a tenant's own backend, same names).
     pub fn is_identity(&self) -> bool {
         self.text == "{db}" || self.text == "{collection}"
@@ -205,5 +215,12 @@ mod tests {
         assert!(Template::parse("{db}", Mode::Database).unwrap().is_identity());
         assert!(Template::parse("{tenant}_{db}_{x}", Mode::Database).is_err());
         assert!(Template::parse("{tenant}.{db}", Mode::Database).is_err());
+        assert_eq!(t.unrender("acme", "acme__orders").as_deref(), Some("orders"));
+        assert_eq!(t.unrender("acme", "acme-corp__orders"), None);
+        assert_eq!(t.unrender("acme-corp", "acme__orders"), None);
+        assert_eq!(t.unrender("acme", "orders"), None);
+        let d = Template::parse("{tenant}_{db}", Mode::Database).unwrap();
+        assert_eq!(d.unrender("acme", "acme_app").as_deref(), Some("app"));
+        assert_eq!(d.unrender("acme", "acme-corp_app"), None);
     }
 }

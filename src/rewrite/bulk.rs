@@ -22,15 +22,28 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
     }
     let policy = scope.policy;
     let mut targets = Vec::new();
+    let mut ns_info = Vec::new();
+    let mut renamed = false;
     for (i, info) in logical_array(msg, "nsInfo")?.iter().enumerate() {
         let ns = info.get_str("ns").map_err(|_| malformed(format!("nsInfo[{i}] needs ns")))?;
         let (db, coll) = ns
             .split_once('.')
             .ok_or_else(|| Denial::new(ErrorCode::INVALID_NAMESPACE, format!("nsInfo[{i}].ns is not db.collection")))?;
-        let target = resolve(policy, db, Some(coll))?;
-        if matches!(target, Target::Field(_)) {
-            scope.touched_field = true;
+        let target = resolve(policy, &scope.tenant.id, db, Some(coll))?;
+        let mut entry = Bytes::copy_from_slice(info.as_bytes());
+        match &target {
+            Target::Field(_) => scope.touched_field = true,
+            Target::Mapped { db: real_db, coll: Some(real_coll), .. }
+                if (real_db.as_str(), real_coll.as_str()) != (db, coll) =>
+            {
+                renamed = true;
+                let real_ns = RawBson::String(format!("{real_db}.{real_coll}"));
+                entry = Bytes::from(replace_fields(info, &[("ns", Some(real_ns))]).into_bytes());
+                scope.names.colls.push((real_coll.clone(), coll.to_owned()));
+            }
+            _ => {}
         }
+        ns_info.push(entry);
         targets.push(target);
     }
     let ops = logical_array(msg, "ops")?;
@@ -48,7 +61,7 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
             .and_then(|n| targets.get(n))
             .ok_or_else(|| malformed(format!("{place} refers to no nsInfo entry")))?;
         let rule = match target {
-            Target::Dedicated(_) => {
+            Target::Mapped { .. } => {
                 out.push(Bytes::copy_from_slice(op.as_bytes()));
                 continue;
             }
@@ -81,9 +94,11 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
             None => out.push(Bytes::copy_from_slice(op.as_bytes())),
         }
     }
-    let plan = ReplyPlan { record_cursor: true, redact_duplicate_keys: true };
-    if !changed {
-        return Ok((None, plan));
+    let plan = ReplyPlan { record_cursor: true, redact_duplicate_keys: true, ..ReplyPlan::default() };
+    let mut forward = changed.then(|| with_logical_array(msg, "ops", out, &[])).transpose()?;
+    if renamed {
+        let base = forward.as_ref().unwrap_or(msg);
+        forward = Some(with_logical_array(base, "nsInfo", ns_info, &[])?);
     }
-    Ok((Some(with_logical_array(msg, "ops", out, &[])?), plan))
+    Ok((forward, plan))
 }

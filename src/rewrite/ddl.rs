@@ -1,30 +1,36 @@
-//! Catalog and DDL commands: free on a tenant's own backend; on shared data only what cannot reach another
-//! tenant's rows (collection creation, non-unique or tenant-prefixed unique indexes, listing indexes).
+//! Catalog and DDL commands. On the tenant's own namespaces (collection and database modes, or its own backend)
+//! they run under the real names; on shared data only what cannot reach another tenant's rows is allowed
+//! (collection creation, non-unique or tenant-prefixed unique indexes, listing indexes). Catalog listings
+//! (`listCollections`, `listDatabases`) are filtered on the way back, see [`crate::reply`].
 
-use bson::RawBsonRef;
+use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument};
 use tenantwall_protocol::OpMsg;
 
-use super::raw::array_documents;
+use super::pipeline::rewrite_view_pipeline;
+use super::raw::{array_documents, rename_collection, replace_fields};
 use super::read::command_collection;
-use super::{resolve, Denial, ReplyPlan, Result, Scope, Target};
+use super::{first_key, resolve, Denial, ReplyKind, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
+use crate::config::Mode;
 use crate::error::ErrorCode;
 use crate::policy::Rule;
+
+fn malformed(what: impl Into<String>) -> Denial {
+    Denial::new(ErrorCode::FAILED_TO_PARSE, what)
+}
 
 pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     let body = msg.body();
     let cursor = ReplyPlan { record_cursor: true, ..ReplyPlan::default() };
     match command {
-        Command::ListCollections | Command::DropDatabase => {
-            return match resolve(scope.policy, scope.db, None)? {
-                Target::Dedicated(_) => Ok((None, cursor)),
-                Target::Field(rule) | Target::Shared(rule) if command == Command::ListCollections => {
-                    // Collection names of shared data are the same for every tenant.
-                    let _ = rule;
-                    Ok((None, cursor))
-                }
+        Command::ListCollections => return list_collections(msg, scope),
+        Command::ListDatabases => return list_databases(msg, scope),
+        Command::RenameCollection => return rename(msg, scope),
+        Command::DropDatabase => {
+            return match scope.resolve_db()? {
+                Target::Mapped { rule, .. } if rule.mode == Mode::Database => Ok((None, ReplyPlan::default())),
                 target => Err(Denial::unauthorized(format!(
-                    "{}: dropDatabase is not allowed on shared data",
+                    "{}: dropDatabase would drop other tenants' data",
                     target.rule().describe()
                 ))),
             };
@@ -34,7 +40,11 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     let coll = command_collection(body)?;
     let target = scope.resolve(coll)?;
     let rule = match target {
-        Target::Dedicated(_) => return Ok((None, cursor)),
+        Target::Mapped { .. } => {
+            let real = target.real_coll(coll).to_owned();
+            let plan = if command == Command::ListIndexes { cursor } else { ReplyPlan::default() };
+            return Ok((owned_ddl(msg, command, scope, coll, &real)?, plan));
+        }
         Target::Field(rule) | Target::Shared(rule) => rule,
     };
     match command {
@@ -55,18 +65,171 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         _ => Err(Denial::unauthorized(format!(
             "{}: {} changes the whole collection, which other tenants share",
             rule.describe(),
-            super::first_key(body)
+            first_key(body)
         ))),
     }
+}
+
+/// DDL on the tenant's own collection: renamed, and a view's source and pipeline resolved like any other.
+fn owned_ddl(msg: &OpMsg, command: Command, scope: &mut Scope<'_>, coll: &str, real: &str) -> Result<Option<OpMsg>> {
+    let body = msg.body();
+    if !matches!(command, Command::Create | Command::CollMod) {
+        return Ok(rename_collection(msg, coll, real));
+    }
+    let name = first_key(body).to_owned();
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if real != coll {
+        edits.push((name.as_str(), Some(RawBson::String(real.to_owned()))));
+    }
+    if let Ok(Some(view_on)) = body.get("viewOn") {
+        let RawBsonRef::String(source) = view_on else { return Err(malformed("viewOn must be a string")) };
+        // A view reads without the proxy seeing the reads: its source must be the tenant's own.
+        let target = scope.resolve(source)?;
+        if !target.is_mapped() {
+            return Err(Denial::unauthorized(format!(
+                "{}: a view's source must be the tenant's own collection",
+                target.rule().describe()
+            )));
+        }
+        let real_source = target.real_coll(source).to_owned();
+        if real_source != source {
+            edits.push(("viewOn", Some(RawBson::String(real_source))));
+        }
+    }
+    if let Ok(Some(pipeline)) = body.get("pipeline") {
+        let stages = array_documents(pipeline, "pipeline")?;
+        if let Some(new) = rewrite_view_pipeline(scope, &stages)? {
+            edits.push(("pipeline", Some(RawBson::Array(new))));
+        }
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(OpMsg::with_sequences(msg.flags, replace_fields(body, &edits), msg.sequences().to_vec())))
+}
+
+/// Maps a `{name: ...}` condition of a listing filter to real names: equality, `$eq` and `$in` of strings.
+fn map_name_filter(filter: &RawDocument, map: &mut dyn FnMut(&str) -> Result<Option<String>>) -> Result<RawBson> {
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    let unmappable = || Denial::unauthorized("a listing filter may only match name by equality or $in");
+    if let Some(name) = filter.get("name").map_err(|e| malformed(e.to_string()))? {
+        let mapped = match name {
+            RawBsonRef::String(visible) => match map(visible)? {
+                Some(real) => RawBson::String(real),
+                // A name the tenant cannot reach matches nothing.
+                None => RawBson::String(String::from("\u{0}tenantwall-none")),
+            },
+            RawBsonRef::Document(ops) => {
+                let mut out = bson::RawDocumentBuf::new();
+                for op in ops.iter_elements() {
+                    let op = op.map_err(|e| malformed(e.to_string()))?;
+                    match (op.key().as_str(), op.value().map_err(|e| malformed(e.to_string()))?) {
+                        ("$eq", RawBsonRef::String(v)) => out.append(op.key(), map(v)?.unwrap_or_default()),
+                        ("$in", RawBsonRef::Array(items)) => {
+                            let mut array = RawArrayBuf::new();
+                            for item in items.into_iter() {
+                                let Ok(RawBsonRef::String(v)) = item else { return Err(unmappable()) };
+                                if let Some(real) = map(v)? {
+                                    array.push(real.as_str());
+                                }
+                            }
+                            out.append(op.key(), array);
+                        }
+                        _ => return Err(unmappable()),
+                    }
+                }
+                RawBson::Document(out)
+            }
+            _ => return Err(unmappable()),
+        };
+        edits.push(("name", Some(mapped)));
+    }
+    Ok(RawBson::Document(replace_fields(filter, &edits)))
+}
+
+/// `listCollections`: the real database, the name filter mapped, and the whole listing in the first batch (the
+/// reply is filtered and renamed on the way back, so it must not continue in batches the proxy cannot see
+/// together).
+fn list_collections(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    let body = msg.body();
+    let policy = scope.policy;
+    let rule =
+        policy.any_rule_for_db(scope.db).ok_or_else(|| Denial::unauthorized(format!("no rule allows {}", scope.db)))?;
+    if rule.mode == Mode::Database {
+        scope.resolve_db()?;
+    } else if super::RESERVED_DATABASES.contains(&scope.db) {
+        return Err(Denial::unauthorized(format!("database {} is not reachable through tenantwall", scope.db)));
+    }
+    let tenant = scope.tenant.id.clone();
+    let db = scope.db.to_owned();
+    let mut edits: Vec<(&str, Option<RawBson>)> =
+        vec![("cursor", Some(RawBson::Document(bson::RawDocumentBuf::new())))];
+    if let Ok(filter) = body.get_document("filter") {
+        let mapped = map_name_filter(filter, &mut |visible| {
+            Ok(resolve(policy, &tenant, &db, Some(visible)).ok().map(|t| t.real_coll(visible).to_owned()))
+        })?;
+        edits.push(("filter", Some(mapped)));
+    }
+    let body = replace_fields(body, &edits);
+    let plan = ReplyPlan { record_cursor: true, kind: ReplyKind::ListCollections, ..ReplyPlan::default() };
+    Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), plan))
+}
+
+/// `listDatabases` (on admin): forwarded with the name filter mapped; filtered and renamed on the way back.
+fn list_databases(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    if scope.db != "admin" {
+        return Err(Denial::new(ErrorCode::UNAUTHORIZED, "listDatabases runs on admin"));
+    }
+    let body = msg.body();
+    let plan = ReplyPlan { kind: ReplyKind::ListDatabases, ..ReplyPlan::default() };
+    let Ok(filter) = body.get_document("filter") else { return Ok((None, plan)) };
+    let (policy, tenant) = (scope.policy, scope.tenant.id.clone());
+    let mapped = map_name_filter(filter, &mut |visible| {
+        Ok(match resolve(policy, &tenant, visible, None) {
+            Ok(Target::Mapped { db, .. }) => Some(db),
+            Ok(_) => Some(visible.to_owned()),
+            Err(_) => policy.any_rule_for_db(visible).is_some().then(|| visible.to_owned()),
+        })
+    })?;
+    let body = replace_fields(body, &[("filter", Some(mapped))]);
+    Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), plan))
+}
+
+/// `renameCollection` (on admin, full namespaces): both sides must be the tenant's own.
+fn rename(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    if scope.db != "admin" {
+        return Err(Denial::new(ErrorCode::UNAUTHORIZED, "renameCollection runs on admin"));
+    }
+    let body = msg.body();
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    for field in ["renameCollection", "to"] {
+        let ns = body.get_str(field).map_err(|_| malformed(format!("{field} must be a namespace")))?;
+        let (db, coll) = ns
+            .split_once('.')
+            .ok_or_else(|| Denial::new(ErrorCode::INVALID_NAMESPACE, format!("{field} is not db.collection")))?;
+        match resolve(scope.policy, &scope.tenant.id, db, Some(coll))? {
+            Target::Mapped { db: real_db, coll: Some(real_coll), .. } => {
+                scope.names.colls.push((real_coll.clone(), coll.to_owned()));
+                edits.push((field, Some(RawBson::String(format!("{real_db}.{real_coll}")))));
+            }
+            target => {
+                return Err(Denial::unauthorized(format!(
+                    "{}: renameCollection needs both sides to be the tenant's own",
+                    target.rule().describe()
+                )))
+            }
+        }
+    }
+    Ok((
+        Some(OpMsg::with_sequences(msg.flags, replace_fields(body, &edits), msg.sequences().to_vec())),
+        ReplyPlan::default(),
+    ))
 }
 
 /// Indexes on a shared collection: no TTL (it would delete other tenants' documents), and unique only when the
 /// key starts with the tenant field (otherwise uniqueness and its errors span tenants).
 fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: &Rule) -> Result<()> {
-    let indexes = array_documents(
-        indexes.ok_or_else(|| Denial::new(ErrorCode::FAILED_TO_PARSE, "createIndexes needs indexes"))?,
-        "indexes",
-    )?;
+    let indexes = array_documents(indexes.ok_or_else(|| malformed("createIndexes needs indexes"))?, "indexes")?;
     for (i, index) in indexes.iter().enumerate() {
         if index.get("expireAfterSeconds").ok().flatten().is_some() {
             return Err(Denial::unauthorized(format!(
@@ -75,9 +238,8 @@ fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: &Rule) -> Result<()> {
             )));
         }
         if index.get_bool("unique").unwrap_or(false) {
-            let key =
-                index.get_document("key").map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "index needs key"))?;
-            if super::first_key(key) != rule.field {
+            let key = index.get_document("key").map_err(|_| malformed("index needs key"))?;
+            if first_key(key) != rule.field {
                 return Err(Denial::unauthorized(format!(
                     "{}: indexes[{i}] is unique but does not start with {}",
                     rule.describe(),

@@ -25,7 +25,7 @@ use bson::{RawBson, RawDocument};
 use tenantwall_protocol::OpMsg;
 
 use crate::command::Command;
-use crate::config::validate::RESERVED_DATABASES;
+pub use crate::config::validate::RESERVED_DATABASES;
 use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
 use crate::policy::{Policy, Rule, Tenant};
@@ -49,31 +49,45 @@ impl Denial {
 pub type Result<T> = std::result::Result<T, Denial>;
 
 /// How one namespace is governed for the connection's tenant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Target<'p> {
     /// Shared collection scoped by the tenant field.
     Field(&'p Rule),
     /// Reference data: reads pass, writes are refused.
     Shared(&'p Rule),
-    /// The tenant's own backend, same names: forwarded as is.
-    Dedicated(&'p Rule),
+    /// The tenant's own namespace, under its real name: collection mode (`acme__orders`), database mode
+    /// (`acme_app`), or the tenant's own backend (same names).
+    Mapped { rule: &'p Rule, db: String, coll: Option<String> },
 }
 
 impl<'p> Target<'p> {
     pub fn rule(&self) -> &'p Rule {
         match self {
-            Self::Field(r) | Self::Shared(r) | Self::Dedicated(r) => r,
+            Self::Field(r) | Self::Shared(r) | Self::Mapped { rule: r, .. } => r,
         }
+    }
+
+    /// The real collection name for `visible`.
+    pub fn real_coll<'a>(&'a self, visible: &'a str) -> &'a str {
+        match self {
+            Self::Mapped { coll: Some(c), .. } => c,
+            _ => visible,
+        }
+    }
+
+    /// Whether the namespace is the tenant's own (writable, no scoping needed).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Self::Mapped { .. })
     }
 }
 
-/// Resolves `db.collection` (as the tenant names it). `collection` is `None` for database-level commands.
-pub fn resolve<'p>(policy: &'p Policy, db: &str, collection: Option<&str>) -> Result<Target<'p>> {
+/// Resolves `db.collection` (as tenant `tenant` names it). `collection` is `None` for database-level commands.
+pub fn resolve<'p>(policy: &'p Policy, tenant: &str, db: &str, collection: Option<&str>) -> Result<Target<'p>> {
     if RESERVED_DATABASES.contains(&db) {
         return Err(Denial::unauthorized(format!("database {db} is not reachable through tenantwall")));
     }
     if let Some(coll) = collection {
-        if coll.starts_with("system.") || coll.contains('$') || coll.is_empty() {
+        if coll.starts_with("system.") || coll.contains('$') || coll.is_empty() || coll.contains('\0') {
             return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, format!("collection {coll:?} is not reachable")));
         }
     }
@@ -83,27 +97,57 @@ pub fn resolve<'p>(policy: &'p Policy, db: &str, collection: Option<&str>) -> Re
     };
     let shown = collection.map_or_else(|| db.to_owned(), |c| format!("{db}.{c}"));
     let rule = rule.ok_or_else(|| Denial::unauthorized(format!("no rule allows {shown}")))?;
-    match rule.mode {
-        Mode::Field => Ok(Target::Field(rule)),
-        Mode::Shared => Ok(Target::Shared(rule)),
-        Mode::Database if rule.template.as_ref().is_some_and(|t| t.is_identity()) => Ok(Target::Dedicated(rule)),
-        _ => Err(Denial::new(
-            ErrorCode::COMMAND_NOT_SUPPORTED,
-            format!(
-                "{shown} falls under {}, whose isolation mode this tenantwall version does not enforce yet",
-                rule.describe()
-            ),
-        )),
+    match (rule.mode, &rule.template) {
+        (Mode::Field, _) => Ok(Target::Field(rule)),
+        (Mode::Shared, _) => Ok(Target::Shared(rule)),
+        (Mode::Collection, Some(template)) => {
+            Ok(Target::Mapped { rule, db: db.to_owned(), coll: collection.map(|c| template.render(tenant, c)) })
+        }
+        (Mode::Database, Some(template)) => {
+            Ok(Target::Mapped { rule, db: template.render(tenant, db), coll: collection.map(str::to_owned) })
+        }
+        _ => Err(Denial::new(ErrorCode::COMMAND_NOT_SUPPORTED, format!("{} has no name template", rule.describe()))),
+    }
+}
+
+/// What kind of reply needs names filtered, not just mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyKind {
+    #[default]
+    Plain,
+    /// Keep only the tenant's collections, under their visible names.
+    ListCollections,
+    /// Keep only the tenant's databases, under their visible names.
+    ListDatabases,
+    /// Map every namespace string in the reply (explain output).
+    Explain,
+}
+
+/// Real names the command was sent with, to be mapped back in its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Names {
+    pub visible_db: String,
+    pub real_db: String,
+    /// `(real, visible)` collection names.
+    pub colls: Vec<(String, String)>,
+}
+
+impl Names {
+    pub fn is_identity(&self) -> bool {
+        self.visible_db == self.real_db && self.colls.iter().all(|(r, v)| r == v)
     }
 }
 
 /// What the reply to a forwarded command needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReplyPlan {
     /// Record a cursor id in the reply as the tenant's.
     pub record_cursor: bool,
     /// Redact duplicate-key details (they can carry other tenants' values).
     pub redact_duplicate_keys: bool,
+    /// Names to map back, when any were renamed.
+    pub names: Option<Names>,
+    pub kind: ReplyKind,
 }
 
 /// The outcome of rewriting one command.
@@ -127,20 +171,23 @@ impl Plan {
 pub struct Scope<'a> {
     pub tenant: &'a Tenant,
     pub policy: &'a Policy,
-    /// The command's database (every namespace it names lives there unless it says otherwise).
+    /// The command's database as the tenant names it.
     pub db: &'a str,
     /// The tenant value as raw BSON, for building conditions and stamps.
     pub value: RawBson,
     pub audit: Vec<String>,
     /// Whether any namespace touched is a field-mode one (duplicate-key details are then redacted).
     pub touched_field: bool,
+    /// Names renamed so far, to map back in the reply.
+    pub names: Names,
 }
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
         let value = RawBson::try_from(tenant.value.clone())
             .map_err(|_| Denial::new(ErrorCode::BAD_VALUE, "tenant value cannot be encoded"))?;
-        Ok(Self { tenant, policy, db, value, audit: Vec::new(), touched_field: false })
+        let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
+        Ok(Self { tenant, policy, db, value, audit: Vec::new(), touched_field: false, names })
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.
@@ -155,13 +202,42 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// Resolves a namespace in the command's database.
+    /// Resolves a namespace in the command's database, noting renamed names for the reply.
     pub fn resolve(&mut self, collection: &str) -> Result<Target<'a>> {
-        let target = resolve(self.policy, self.db, Some(collection))?;
-        if matches!(target, Target::Field(_)) {
-            self.touched_field = true;
-        }
+        let target = resolve(self.policy, &self.tenant.id, self.db, Some(collection))?;
+        self.note(&target, Some(collection))?;
         Ok(target)
+    }
+
+    /// Resolves the command's database itself (database-level commands).
+    pub fn resolve_db(&mut self) -> Result<Target<'a>> {
+        let target = resolve(self.policy, &self.tenant.id, self.db, None)?;
+        self.note(&target, None)?;
+        Ok(target)
+    }
+
+    fn note(&mut self, target: &Target<'_>, collection: Option<&str>) -> Result<()> {
+        match target {
+            Target::Field(_) => self.touched_field = true,
+            Target::Shared(_) => {}
+            Target::Mapped { db, coll, .. } => {
+                if *db != self.names.real_db {
+                    if self.names.real_db != self.db {
+                        return Err(Denial::new(
+                            ErrorCode::INVALID_NAMESPACE,
+                            "one command cannot span two tenant databases",
+                        ));
+                    }
+                    self.names.real_db = db.clone();
+                }
+                if let (Some(real), Some(visible)) = (coll, collection) {
+                    if !self.names.colls.iter().any(|(r, _)| r == real) {
+                        self.names.colls.push((real.clone(), visible.to_owned()));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -181,29 +257,47 @@ pub fn plan(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy: &P
         }
         Command::BulkWrite => bulk::rewrite(msg, &mut scope)?,
         Command::Explain => explain(msg, &mut scope)?,
-        Command::GetMore => {
-            let coll = msg
-                .body()
-                .get_str("collection")
-                .map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "getMore needs a collection"))?;
-            let target = scope.resolve(coll)?;
-            (None, ReplyPlan { record_cursor: true, redact_duplicate_keys: matches!(target, Target::Field(_)) })
-        }
-        Command::KillCursors => {
-            let coll = msg
-                .body()
-                .get_str("killCursors")
-                .map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "killCursors needs a collection"))?;
-            scope.resolve(coll)?;
-            (None, ReplyPlan::default())
-        }
+        Command::GetMore | Command::KillCursors => cursor_command(msg, command, &mut scope)?,
         _ => ddl::rewrite(msg, command, &mut scope)?,
     };
-    Ok(Plan {
-        forward,
-        reply: ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, ..reply },
-        audit: scope.audit,
-    })
+    let forward = with_real_db(forward, msg, &scope.names);
+    let names = (!scope.names.is_identity()).then(|| scope.names.clone());
+    let reply = ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, names, ..reply };
+    Ok(Plan { forward, reply, audit: scope.audit })
+}
+
+/// The forwarded command with `$db` set to the real database, when it differs.
+fn with_real_db(forward: Option<OpMsg>, original: &OpMsg, names: &Names) -> Option<OpMsg> {
+    if names.real_db == names.visible_db {
+        return forward;
+    }
+    let base = forward.unwrap_or_else(|| original.clone());
+    let body = raw::replace_fields(base.body(), &[("$db", Some(RawBson::String(names.real_db.clone())))]);
+    Some(OpMsg::with_sequences(base.flags, body, base.sequences().to_vec()))
+}
+
+/// `getMore` and `killCursors`: the collection resolved (and renamed); ownership is checked by the session layer.
+fn cursor_command(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    let body = msg.body();
+    let field = if command == Command::GetMore { "collection" } else { "killCursors" };
+    let coll = body
+        .get_str(field)
+        .map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, format!("{} needs a collection", first_key(body))))?;
+    let reply = ReplyPlan { record_cursor: command == Command::GetMore, ..ReplyPlan::default() };
+    // Command cursors (listCollections, collection-less aggregate) continue on `$cmd.<name>`.
+    let target = match coll.strip_prefix("$cmd.") {
+        Some("aggregate" | "listCollections" | "listIndexes") => scope.resolve_db()?,
+        Some(_) => {
+            return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, format!("collection {coll:?} is not reachable")))
+        }
+        None => scope.resolve(coll)?,
+    };
+    let real = target.real_coll(coll);
+    if coll.starts_with("$cmd.") || real == coll {
+        return Ok((None, reply));
+    }
+    let body = raw::replace_fields(body, &[(field, Some(RawBson::String(real.to_owned())))]);
+    Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply))
 }
 
 /// `explain` of a command: the inner command gets exactly the rewrite it would get on its own.
@@ -230,12 +324,21 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own"));
     }
     let inner_msg = OpMsg::new(msg.flags, inner.to_owned());
-    let (rewritten, _) = match inner_command {
+    let (rewritten, inner_reply) = match inner_command {
         Command::Aggregate => pipeline::rewrite_aggregate(&inner_msg, scope)?,
         Command::Find | Command::Count | Command::Distinct => read::rewrite(&inner_msg, inner_command, scope)?,
         _ => write::rewrite(&inner_msg, inner_command, scope)?,
     };
-    let Some(rewritten) = rewritten else { return Ok((None, ReplyPlan::default())) };
-    let new_body = raw::replace_fields(body, &[("explain", Some(RawBson::Document(rewritten.body().to_owned())))]);
-    Ok((Some(OpMsg::new(msg.flags, new_body)), ReplyPlan::default()))
+    let reply = ReplyPlan {
+        kind: ReplyKind::Explain,
+        redact_duplicate_keys: inner_reply.redact_duplicate_keys,
+        ..ReplyPlan::default()
+    };
+    let Some(rewritten) = rewritten else { return Ok((None, reply)) };
+    let mut inner = rewritten.body().to_owned();
+    if scope.names.real_db != scope.names.visible_db && inner.get("$db").ok().flatten().is_some() {
+        inner = raw::replace_fields(&inner, &[("$db", Some(RawBson::String(scope.names.real_db.clone())))]);
+    }
+    let new_body = raw::replace_fields(body, &[("explain", Some(RawBson::Document(inner)))]);
+    Ok((Some(OpMsg::new(msg.flags, new_body)), reply))
 }

@@ -10,7 +10,7 @@ use super::raw::{array_documents, replace_fields};
 use super::read::optional_document;
 use super::{Denial, ReplyPlan, Result, Scope, Target};
 use crate::config::validate::RESERVED_DATABASES;
-use crate::config::Style;
+use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
 use crate::policy::Rule;
 
@@ -51,16 +51,26 @@ fn malformed(what: impl Into<String>) -> Denial {
 enum Source<'p> {
     /// Reads a field-mode collection: the tenant condition goes first.
     Field(&'p Rule),
-    /// Already scoped (a `$facet` branch) or needs no scoping (shared, dedicated).
+    /// Already scoped (a `$facet` branch) or needs no scoping (shared data, the tenant's own namespaces).
     Scoped,
 }
 
-/// Whether the pipeline's namespace may be written by `$merge`/`$out` at all.
+/// Whose data the pipeline's own namespace is: decides which writes and stages are possible.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Context {
+    /// A shared collection scoped by the tenant field.
     Field,
-    Shared,
+    /// Reference data, or a join's sub-pipeline: read-only.
+    ReadOnly,
+    /// The tenant's own namespace (collection or database mode, or its own backend).
+    Owned,
 }
+
+/// Stages that only make sense, and are only safe, on the tenant's own namespaces.
+const OWNED_STAGES: &[&str] = &["$collStats", "$indexStats", "$listSearchIndexes"];
+/// Stages that must come first; allowed there on the tenant's own namespaces.
+const OWNED_FIRST_STAGES: &[&str] =
+    &["$geoNear", "$search", "$searchMeta", "$vectorSearch", "$changeStream", "$documents"];
 
 pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     let body = msg.body();
@@ -69,40 +79,55 @@ pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<O
         Ok(Some(value)) => array_documents(value, "pipeline")?,
         _ => return Err(malformed("aggregate needs a pipeline")),
     };
-    let (source, context) = match body.get("aggregate") {
+    let mut renamed: Option<String> = None;
+    let (source, context, collection_less) = match body.get("aggregate") {
         Ok(Some(RawBsonRef::String(coll))) => match scope.resolve(coll)? {
             Target::Field(rule) => {
                 check_collation(scope, rule, body, "the aggregate")?;
-                (Source::Field(rule), Context::Field)
+                (Source::Field(rule), Context::Field, false)
             }
-            Target::Shared(_) => (Source::Scoped, Context::Shared),
-            Target::Dedicated(_) => {
-                dedicated_pipeline(scope, &pipeline, 0)?;
-                return Ok((None, reply));
+            Target::Shared(_) => (Source::Scoped, Context::ReadOnly, false),
+            target @ Target::Mapped { .. } => {
+                let real = target.real_coll(coll);
+                if real != coll {
+                    renamed = Some(real.to_owned());
+                }
+                (Source::Scoped, Context::Owned, false)
             }
         },
-        Ok(Some(RawBsonRef::Int32(1) | RawBsonRef::Int64(1) | RawBsonRef::Double(1.0))) => {
-            match super::resolve(scope.policy, scope.db, None)? {
-                Target::Dedicated(_) => {
-                    dedicated_pipeline(scope, &pipeline, 0)?;
-                    return Ok((None, reply));
-                }
-                _ => {
-                    return Err(Denial::unauthorized(
-                        "collection-less aggregation is only allowed on a tenant's own backend",
-                    ))
-                }
+        Ok(Some(RawBsonRef::Int32(1) | RawBsonRef::Int64(1) | RawBsonRef::Double(1.0))) => match scope.resolve_db()? {
+            // A whole database is the tenant's only in database mode (or on its own backend).
+            Target::Mapped { rule, .. } if rule.mode == Mode::Database => (Source::Scoped, Context::Owned, true),
+            _ => {
+                return Err(Denial::unauthorized(
+                    "collection-less aggregation is only allowed on a tenant's own database",
+                ))
             }
-        }
+        },
         _ => return Err(malformed("aggregate needs a collection name or 1")),
     };
-    match rewrite_pipeline(scope, &pipeline, source, context, 0)? {
-        Some(rewritten) => {
-            let body = replace_fields(body, &[("pipeline", Some(RawBson::Array(rewritten)))]);
-            Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply))
-        }
-        None => Ok((None, reply)),
+    if collection_less
+        && stage_parts(pipeline.first().copied().ok_or_else(|| malformed("empty pipeline"))?)?.0 == "$changeStream"
+    {
+        return Err(Denial::unauthorized("database-wide change streams are not allowed"));
     }
+    let rewritten = rewrite_pipeline(scope, &pipeline, source, context, 0)?;
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Some(real) = renamed {
+        edits.push(("aggregate", Some(RawBson::String(real))));
+    }
+    if let Some(new) = rewritten {
+        edits.push(("pipeline", Some(RawBson::Array(new))));
+    }
+    if edits.is_empty() {
+        return Ok((None, reply));
+    }
+    Ok((Some(OpMsg::with_sequences(msg.flags, replace_fields(body, &edits), msg.sequences().to_vec())), reply))
+}
+
+/// Rewrites a view definition's pipeline (create / collMod on the tenant's own namespaces).
+pub fn rewrite_view_pipeline(scope: &mut Scope<'_>, stages: &[&RawDocument]) -> Result<Option<RawArrayBuf>> {
+    rewrite_pipeline(scope, stages, Source::Scoped, Context::ReadOnly, 0)
 }
 
 fn stage_parts(stage: &RawDocument) -> Result<(&str, RawBsonRef<'_>)> {
@@ -187,8 +212,8 @@ fn rewrite_pipeline(
     }
     for (i, raw_stage) in rest.iter().enumerate() {
         let (name, value) = stage_parts(raw_stage)?;
-        let replacement = rewrite_stage(scope, name, value, context, depth, i == rest.len() - 1)?;
-        match replacement {
+        let position = Position { first: i == 0 && rest.len() == stages.len(), last: i == rest.len() - 1, depth };
+        match rewrite_stage(scope, name, value, context, position)? {
             StageOut::Same => out.push(*raw_stage),
             StageOut::Replace(docs) => {
                 changed = true;
@@ -206,19 +231,43 @@ enum StageOut {
     Replace(Vec<RawDocumentBuf>),
 }
 
+#[derive(Clone, Copy)]
+struct Position {
+    first: bool,
+    last: bool,
+    depth: usize,
+}
+
+/// A collection named by a stage, resolved and renamed.
+fn stage_target<'a>(scope: &mut Scope<'a>, coll: &str) -> Result<(Target<'a>, Option<String>)> {
+    let target = scope.resolve(coll)?;
+    let real = target.real_coll(coll);
+    let renamed = (real != coll).then(|| real.to_owned());
+    Ok((target, renamed))
+}
+
 fn rewrite_stage(
     scope: &mut Scope<'_>,
     name: &str,
     value: RawBsonRef<'_>,
     context: Context,
-    depth: usize,
-    last: bool,
+    at: Position,
 ) -> Result<StageOut> {
     if STREAM_STAGES.contains(&name) {
         if name == "$match" {
             if let RawBsonRef::Document(m) = value {
-                if m.get("$text").ok().flatten().is_some() {
+                if m.get("$text").ok().flatten().is_some() && !(at.first && context == Context::Owned) {
                     return Err(Denial::unauthorized("$text is only allowed in the first stage"));
+                }
+            }
+        }
+        return Ok(StageOut::Same);
+    }
+    if context == Context::Owned && (OWNED_STAGES.contains(&name) || (at.first && OWNED_FIRST_STAGES.contains(&name))) {
+        if name == "$changeStream" {
+            if let RawBsonRef::Document(d) = value {
+                if d.get_bool("allChangesForCluster").unwrap_or(false) {
+                    return Err(Denial::unauthorized("cluster-wide change streams are not allowed"));
                 }
             }
         }
@@ -231,7 +280,8 @@ fn rewrite_stage(
             for element in facets.iter_elements() {
                 let element = element.map_err(|e| malformed(e.to_string()))?;
                 let branch = array_documents(element.value().map_err(|e| malformed(e.to_string()))?, "$facet branch")?;
-                match rewrite_pipeline(scope, &branch, Source::Scoped, context, depth + 1)? {
+                let branch_context = if context == Context::Owned { Context::ReadOnly } else { context };
+                match rewrite_pipeline(scope, &branch, Source::Scoped, branch_context, at.depth + 1)? {
                     Some(new) => {
                         changed = true;
                         rebuilt.append(element.key(), new);
@@ -253,35 +303,44 @@ fn rewrite_stage(
                 Ok(Some(v)) => array_documents(v, "$lookup.pipeline")?,
                 _ => Vec::new(),
             };
-            let source = match scope.resolve(from)? {
+            let (target, renamed) = stage_target(scope, from)?;
+            let source = match target {
                 Target::Field(rule) => Source::Field(rule),
-                Target::Shared(_) | Target::Dedicated(_) => Source::Scoped,
+                _ => Source::Scoped,
             };
-            // A join reads; the sub-pipeline's own writes are refused by the stage rules below.
-            match rewrite_pipeline(scope, &sub, source, Context::Shared, depth + 1)? {
-                Some(new) => {
-                    let lookup = replace_fields(lookup, &[("pipeline", Some(RawBson::Array(new)))]);
-                    Ok(StageOut::Replace(vec![stage(cstr!("$lookup"), lookup)]))
-                }
-                None => Ok(StageOut::Same),
+            // A join reads; the sub-pipeline's own writes are refused by the stage rules.
+            let new_sub = rewrite_pipeline(scope, &sub, source, Context::ReadOnly, at.depth + 1)?;
+            let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+            if let Some(real) = renamed {
+                edits.push(("from", Some(RawBson::String(real))));
             }
+            if let Some(new) = new_sub {
+                edits.push(("pipeline", Some(RawBson::Array(new))));
+            }
+            Ok(if edits.is_empty() {
+                StageOut::Same
+            } else {
+                StageOut::Replace(vec![stage(cstr!("$lookup"), replace_fields(lookup, &edits))])
+            })
         }
         ("$graphLookup", RawBsonRef::Document(graph)) => {
             let from = graph.get_str("from").map_err(|_| malformed("$graphLookup needs from"))?;
-            match scope.resolve(from)? {
-                Target::Field(rule) => {
-                    let restrict = optional_document(graph, "restrictSearchWithMatch")?;
-                    match scope_filter(scope, rule, restrict, "$graphLookup.restrictSearchWithMatch")? {
-                        Some(scoped) => {
-                            let graph =
-                                replace_fields(graph, &[("restrictSearchWithMatch", Some(RawBson::Document(scoped)))]);
-                            Ok(StageOut::Replace(vec![stage(cstr!("$graphLookup"), graph)]))
-                        }
-                        None => Ok(StageOut::Same),
-                    }
-                }
-                _ => Ok(StageOut::Same),
+            let (target, renamed) = stage_target(scope, from)?;
+            let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+            if let Some(real) = renamed {
+                edits.push(("from", Some(RawBson::String(real))));
             }
+            if let Target::Field(rule) = target {
+                let restrict = optional_document(graph, "restrictSearchWithMatch")?;
+                if let Some(scoped) = scope_filter(scope, rule, restrict, "$graphLookup.restrictSearchWithMatch")? {
+                    edits.push(("restrictSearchWithMatch", Some(RawBson::Document(scoped))));
+                }
+            }
+            Ok(if edits.is_empty() {
+                StageOut::Same
+            } else {
+                StageOut::Replace(vec![stage(cstr!("$graphLookup"), replace_fields(graph, &edits))])
+            })
         }
         ("$unionWith", value) => {
             let (coll, sub) = match value {
@@ -296,26 +355,100 @@ fn rewrite_stage(
                 }
                 _ => return Err(malformed("$unionWith needs a collection")),
             };
-            let source = match scope.resolve(coll)? {
+            let (target, renamed) = stage_target(scope, coll)?;
+            let source = match target {
                 Target::Field(rule) => Source::Field(rule),
                 _ => Source::Scoped,
             };
-            match rewrite_pipeline(scope, &sub, source, Context::Shared, depth + 1)? {
-                Some(new) => {
-                    let mut union = RawDocumentBuf::new();
-                    union.append(cstr!("coll"), coll);
-                    union.append(cstr!("pipeline"), new);
-                    Ok(StageOut::Replace(vec![stage(cstr!("$unionWith"), union)]))
-                }
-                None => Ok(StageOut::Same),
+            let new_sub = rewrite_pipeline(scope, &sub, source, Context::ReadOnly, at.depth + 1)?;
+            if renamed.is_none() && new_sub.is_none() {
+                return Ok(StageOut::Same);
             }
+            let mut union = RawDocumentBuf::new();
+            union.append(cstr!("coll"), renamed.as_deref().unwrap_or(coll));
+            match new_sub {
+                Some(new) => union.append(cstr!("pipeline"), new),
+                None if !sub.is_empty() => {
+                    let mut same = RawArrayBuf::new();
+                    for s in &sub {
+                        same.push(*s);
+                    }
+                    union.append(cstr!("pipeline"), same);
+                }
+                None => {}
+            }
+            Ok(StageOut::Replace(vec![stage(cstr!("$unionWith"), union)]))
         }
-        ("$merge", value) if last && context == Context::Field && depth == 0 => merge(scope, value),
+        ("$merge", value) if at.last && at.depth == 0 && context == Context::Field => merge(scope, value),
+        ("$out" | "$merge", value) if at.last && at.depth == 0 && context == Context::Owned => {
+            owned_write(scope, name, value)
+        }
         ("$out" | "$merge", _) => Err(Denial::unauthorized(format!(
             "{name} is not allowed here: it could replace or change other tenants' data"
         ))),
-        (name, _) => Err(Denial::unauthorized(format!("aggregation stage {name} is not allowed"))),
+        (
+            "$currentOp"
+            | "$listSessions"
+            | "$listLocalSessions"
+            | "$planCacheStats"
+            | "$queryStats"
+            | "$listSampledQueries",
+            _,
+        ) => Err(Denial::unauthorized(format!("stage {name} shows other clients' activity and is not allowed"))),
+        (name, _) => Err(Denial::unauthorized(format!("aggregation stage {name} is not allowed here"))),
     }
+}
+
+/// `$out` / `$merge` from the tenant's own namespace: only into the tenant's own namespaces, renamed.
+fn owned_write(scope: &mut Scope<'_>, name: &str, value: RawBsonRef<'_>) -> Result<StageOut> {
+    let (db, coll, spec) = match value {
+        RawBsonRef::String(coll) => (None, coll, None),
+        RawBsonRef::Document(d) => {
+            let into = if name == "$merge" { d.get("into").ok().flatten() } else { Some(RawBsonRef::Document(d)) };
+            match into {
+                Some(RawBsonRef::String(coll)) => (None, coll, Some(d)),
+                Some(RawBsonRef::Document(into)) => (
+                    into.get_str("db").ok(),
+                    into.get_str("coll").map_err(|_| malformed(format!("{name} needs coll")))?,
+                    Some(d),
+                ),
+                _ => return Err(malformed(format!("{name} needs a target"))),
+            }
+        }
+        _ => return Err(malformed(format!("{name} needs a target"))),
+    };
+    let visible_db = db.unwrap_or(scope.db).to_owned();
+    let target = if visible_db == scope.db {
+        scope.resolve(coll)?
+    } else {
+        super::resolve(scope.policy, &scope.tenant.id, &visible_db, Some(coll))?
+    };
+    let Target::Mapped { db: real_db, coll: Some(real_coll), .. } = target else {
+        return Err(Denial::unauthorized(format!("{name} may only write into the tenant's own collections")));
+    };
+    if db.is_none() && real_coll == coll && real_db == scope.names.real_db {
+        return Ok(StageOut::Same);
+    }
+    let mut ns = RawDocumentBuf::new();
+    ns.append(cstr!("db"), real_db.as_str());
+    ns.append(cstr!("coll"), real_coll.as_str());
+    let rebuilt = match (name, spec) {
+        ("$merge", Some(d)) => stage(cstr!("$merge"), replace_fields(d, &[("into", Some(RawBson::Document(ns)))])),
+        ("$merge", None) => {
+            let mut merge = RawDocumentBuf::new();
+            merge.append(cstr!("into"), ns);
+            stage(cstr!("$merge"), merge)
+        }
+        (_, Some(d)) => stage(
+            cstr!("$out"),
+            replace_fields(
+                d,
+                &[("db", Some(RawBson::String(real_db.clone()))), ("coll", Some(RawBson::String(real_coll.clone())))],
+            ),
+        ),
+        (_, None) => stage(cstr!("$out"), ns),
+    };
+    Ok(StageOut::Replace(vec![rebuilt]))
 }
 
 /// `$merge` from a field-mode pipeline: only into a field-mode collection of the same database, matching on
@@ -337,7 +470,9 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         _ => return Err(malformed("$merge needs into")),
     };
     let Target::Field(rule) = scope.resolve(coll)? else {
-        return Err(Denial::unauthorized("$merge is only allowed into a field-mode collection"));
+        return Err(Denial::unauthorized(
+            "$merge from a shared collection is only allowed into a field-mode collection",
+        ));
     };
     let on_tenant = match spec.map(|d| d.get("on")) {
         Some(Ok(Some(RawBsonRef::String(on)))) => on == rule.field,
@@ -365,67 +500,4 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         _ => return Err(malformed("$merge needs into")),
     };
     Ok(StageOut::Replace(vec![stage(cstr!("$set"), set), original]))
-}
-
-/// Pipelines on a tenant's own backend are forwarded as is, minus diagnostics and writes to databases no rule
-/// opens.
-fn dedicated_pipeline(scope: &mut Scope<'_>, stages: &[&RawDocument], depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(malformed("sub-pipelines nest too deeply"));
-    }
-    for raw_stage in stages {
-        let (name, value) = stage_parts(raw_stage)?;
-        match (name, value) {
-            (
-                "$currentOp"
-                | "$listSessions"
-                | "$listLocalSessions"
-                | "$planCacheStats"
-                | "$queryStats"
-                | "$listSampledQueries",
-                _,
-            ) => return Err(Denial::unauthorized(format!("stage {name} is not allowed"))),
-            ("$changeStream", RawBsonRef::Document(d)) if d.get_bool("allChangesForCluster").unwrap_or(false) => {
-                return Err(Denial::unauthorized("cluster-wide change streams are not allowed"))
-            }
-            ("$out", RawBsonRef::Document(d)) => allowed_database(scope, d.get_str("db").ok(), d.get_str("coll").ok())?,
-            ("$merge", RawBsonRef::Document(d)) => {
-                if let Ok(into) = d.get_document("into") {
-                    allowed_database(scope, into.get_str("db").ok(), into.get_str("coll").ok())?;
-                }
-            }
-            ("$lookup", RawBsonRef::Document(d)) => {
-                if d.get_document("from").is_ok() {
-                    return Err(Denial::unauthorized("$lookup from another database is not allowed"));
-                }
-                if let Ok(sub) = d.get_array("pipeline") {
-                    let sub = array_documents(RawBsonRef::Array(sub), "$lookup.pipeline")?;
-                    dedicated_pipeline(scope, &sub, depth + 1)?;
-                }
-            }
-            ("$facet", RawBsonRef::Document(facets)) => {
-                for element in facets.iter_elements().filter_map(|e| e.ok()) {
-                    let branch =
-                        array_documents(element.value().map_err(|e| malformed(e.to_string()))?, "$facet branch")?;
-                    dedicated_pipeline(scope, &branch, depth + 1)?;
-                }
-            }
-            ("$unionWith", RawBsonRef::Document(d)) => {
-                if let Ok(sub) = d.get_array("pipeline") {
-                    let sub = array_documents(RawBsonRef::Array(sub), "$unionWith.pipeline")?;
-                    dedicated_pipeline(scope, &sub, depth + 1)?;
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn allowed_database(scope: &Scope<'_>, db: Option<&str>, coll: Option<&str>) -> Result<()> {
-    let Some(db) = db.filter(|d| *d != scope.db) else { return Ok(()) };
-    match super::resolve(scope.policy, db, coll) {
-        Ok(Target::Dedicated(_)) => Ok(()),
-        _ => Err(Denial::unauthorized(format!("writing into database {db} is not allowed"))),
-    }
 }

@@ -104,6 +104,17 @@ pub fn with_logical_array(
     Ok(OpMsg::with_sequences(msg.flags, replace_fields(msg.body(), &edits), msg.sequences().to_vec()))
 }
 
+/// `msg` with the collection in its first field renamed to `real` (`None` when it already is).
+pub fn rename_collection(msg: &OpMsg, visible: &str, real: &str) -> Option<OpMsg> {
+    if visible == real {
+        return None;
+    }
+    let body = msg.body();
+    let name = super::first_key(body).to_owned();
+    let body = replace_fields(body, &[(name.as_str(), Some(RawBson::String(real.to_owned())))]);
+    Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec()))
+}
+
 /// The bytes of a document for a sequence: the original slice when the document is unchanged.
 pub fn document_bytes(doc: RawDocumentBuf) -> Bytes {
     Bytes::from(doc.into_bytes())

@@ -4,7 +4,7 @@ use bson::{RawBson, RawBsonRef, RawDocument};
 use tenantwall_protocol::OpMsg;
 
 use super::filter::{check_collation, scope_filter};
-use super::raw::replace_fields;
+use super::raw::{rename_collection, replace_fields};
 use super::{first_key, Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
 use crate::error::ErrorCode;
@@ -33,7 +33,8 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     let reply = ReplyPlan { record_cursor: command == Command::Find, ..ReplyPlan::default() };
     let rule = match scope.resolve(coll)? {
         Target::Field(rule) => rule,
-        Target::Shared(_) | Target::Dedicated(_) => return Ok((None, reply)),
+        Target::Shared(_) => return Ok((None, reply)),
+        target @ Target::Mapped { .. } => return Ok((rename_collection(msg, coll, target.real_coll(coll)), reply)),
     };
     check_collation(scope, rule, body, "the command")?;
     let filter = optional_document(body, filter_field)?;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tenantwall_protocol::OpMsg;
 
 use super::filter::{check_collation, scope_filter};
-use super::raw::{append_field, logical_array, replace_fields, with_logical_array};
+use super::raw::{append_field, logical_array, rename_collection, replace_fields, with_logical_array};
 use super::read::{command_collection, optional_document};
 use super::{Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
@@ -45,7 +45,9 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     let coll = command_collection(body)?;
     let rule = match scope.resolve(coll)? {
         Target::Field(rule) => rule,
-        Target::Dedicated(_) => return Ok((None, ReplyPlan::default())),
+        target @ Target::Mapped { .. } => {
+            return Ok((rename_collection(msg, coll, target.real_coll(coll)), ReplyPlan::default()))
+        }
         Target::Shared(rule) => {
             return Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe())))
         }
