@@ -137,16 +137,10 @@ fn decide_data(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy:
             };
         }
         Command::BuildInfo | Command::Logout => return Decision::Forward(Plan::unchanged()),
-        Command::ListDatabases | Command::RenameCollection => {
-            let name = msg.command_name().unwrap_or_default();
-            return deny(
-                ErrorCode::COMMAND_NOT_SUPPORTED,
-                format!("{name} is not supported by this tenantwall version"),
-            );
-        }
         _ => {}
     }
-    if command != Command::BulkWrite && RESERVED_DATABASES.contains(&db) {
+    let on_admin = matches!(command, Command::BulkWrite | Command::ListDatabases | Command::RenameCollection);
+    if !on_admin && RESERVED_DATABASES.contains(&db) {
         return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));
     }
     match rewrite::plan(msg, command, db, tenant, policy) {

@@ -261,7 +261,8 @@ pub fn plan(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy: &P
         _ => ddl::rewrite(msg, command, &mut scope)?,
     };
     let forward = with_real_db(forward, msg, &scope.names);
-    let names = (!scope.names.is_identity()).then(|| scope.names.clone());
+    // Listings are filtered against the visible database even when nothing was renamed.
+    let names = (!scope.names.is_identity() || reply.kind == ReplyKind::ListCollections).then(|| scope.names.clone());
     let reply = ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
