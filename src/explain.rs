@@ -14,13 +14,14 @@ use tenantwall_protocol::{MsgFlags, OpMsg};
 use crate::command::Command;
 use crate::policy::decide::{decide, Decision};
 use crate::policy::Policy;
-use crate::session;
+use crate::{reply, session};
 
 /// What the proxy would do with a command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Forwarded to the tenant's backend as this document, with these audit notes.
-    Forwarded { command: Document, audit: Vec<String> },
+    /// Forwarded to the tenant's backend as this document, with these audit notes; `reply` is how a given
+    /// backend reply would reach the client.
+    Forwarded { command: Document, audit: Vec<String>, reply: Option<Document> },
     /// Answered by the proxy itself.
     Local,
     /// Refused.
@@ -37,7 +38,18 @@ pub fn parse_command(json: &str) -> Result<Document, String> {
 }
 
 /// Runs `command` (with `$db` defaulting to `db`) for `tenant` through the decision path.
-pub fn explain(policy: &Policy, tenant: &str, mut command: Document, db: &str) -> Result<Outcome, String> {
+pub fn explain(policy: &Policy, tenant: &str, command: Document, db: &str) -> Result<Outcome, String> {
+    explain_with_reply(policy, tenant, command, db, None)
+}
+
+/// Like [`explain`], and shows how `backend_reply` would be rewritten on its way back to the client.
+pub fn explain_with_reply(
+    policy: &Policy,
+    tenant: &str,
+    mut command: Document,
+    db: &str,
+    backend_reply: Option<Document>,
+) -> Result<Outcome, String> {
     let tenant = policy.tenant(tenant).ok_or_else(|| format!("the policy has no tenant {tenant:?}"))?.clone();
     if !command.contains_key("$db") {
         command.insert("$db", db);
@@ -58,7 +70,15 @@ pub fn explain(policy: &Policy, tenant: &str, mut command: Document, db: &str) -
                     seq.documents().map(|d| Document::try_from(d).map(Bson::Document)).collect();
                 command.insert(seq.identifier(), docs.map_err(|e| e.to_string())?);
             }
-            Outcome::Forwarded { command, audit: plan.audit }
+            let reply = match backend_reply {
+                Some(reply) => {
+                    let raw = RawDocumentBuf::try_from(&reply).map_err(|e| format!("cannot encode the reply: {e}"))?;
+                    let rewritten = reply::rewrite_reply(&raw, &plan.reply, policy, &tenant).unwrap_or(raw);
+                    Some(Document::try_from(rewritten.as_ref()).map_err(|e| e.to_string())?)
+                }
+                None => None,
+            };
+            Outcome::Forwarded { command, audit: plan.audit, reply }
         }
     })
 }
@@ -66,10 +86,13 @@ pub fn explain(policy: &Policy, tenant: &str, mut command: Document, db: &str) -
 /// Renders an outcome for humans (and for `explain`'s stdout).
 pub fn render(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Forwarded { command, audit } => {
+        Outcome::Forwarded { command, audit, reply } => {
             let mut out = Bson::Document(command.clone()).into_canonical_extjson().to_string();
             for note in audit {
                 out.push_str(&format!("\naudit: {note}"));
+            }
+            if let Some(reply) = reply {
+                out.push_str(&format!("\nreply: {}", Bson::Document(reply.clone()).into_canonical_extjson()));
             }
             out
         }
@@ -114,6 +137,12 @@ pub struct TestCase {
     /// Text the denial reason must contain.
     #[serde(default)]
     pub reason_contains: Option<String>,
+    /// A backend reply to the forwarded command, extended JSON.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// What the client must receive for `reply`, extended JSON (exact).
+    #[serde(default)]
+    pub expect_reply: Option<String>,
 }
 
 /// Runs every case of a test file; returns (passed, failures as messages).
@@ -135,7 +164,21 @@ pub fn run_test_file(path: &Path) -> Result<(usize, Vec<String>), String> {
 
 fn run_case(policy: &Policy, case: &TestCase, default_db: &str) -> Result<(), String> {
     let command = parse_command(&case.command)?;
-    let outcome = explain(policy, &case.tenant, command, case.db.as_deref().unwrap_or(default_db))?;
+    let backend_reply = case.reply.as_deref().map(parse_command).transpose()?;
+    let outcome =
+        explain_with_reply(policy, &case.tenant, command, case.db.as_deref().unwrap_or(default_db), backend_reply)?;
+    if let (Some(expect_reply), Outcome::Forwarded { reply: Some(got), .. }) = (&case.expect_reply, &outcome) {
+        let expected = parse_command(expect_reply)?;
+        if &expected != got {
+            return Err(format!(
+                "expected reply {}\n     got reply {}",
+                Bson::Document(expected).into_canonical_extjson(),
+                Bson::Document(got.clone()).into_canonical_extjson()
+            ));
+        }
+    } else if case.expect_reply.is_some() != case.reply.is_some() {
+        return Err("reply and expect_reply go together, on a forwarded command".into());
+    }
     match (&case.expect, case.deny, &outcome) {
         (Some(expect), None, Outcome::Forwarded { command, .. }) => {
             let expected = parse_command(expect)?;

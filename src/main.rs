@@ -49,6 +49,9 @@ enum Cmd {
         db: String,
         /// The command, as extended JSON, e.g. '{"find": "orders", "filter": {"status": "open"}}'.
         command: String,
+        /// A backend reply (extended JSON) to show as the client would receive it.
+        #[arg(long)]
+        reply: Option<String>,
     },
     /// Run policy test cases (TOML files of tenant, command, expected outcome).
     Test {
@@ -75,7 +78,9 @@ fn main() -> ExitCode {
         Cmd::Run { policy, listen } => run(policy, listen),
         Cmd::Check { file } => check(&file),
         Cmd::Passwd { iterations } => passwd(iterations),
-        Cmd::Explain { policy, tenant, db, command } => explain(&policy, &tenant, &db, &command),
+        Cmd::Explain { policy, tenant, db, command, reply } => {
+            explain(&policy, &tenant, &db, &command, reply.as_deref())
+        }
         Cmd::Test { files } => test(&files),
     }
 }
@@ -104,7 +109,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn explain(path: &Path, tenant: &str, db: &str, command: &str) -> ExitCode {
+fn explain(path: &Path, tenant: &str, db: &str, command: &str, reply: Option<&str>) -> ExitCode {
     let policy = match Policy::load_for_analysis(path) {
         Ok(policy) => policy,
         Err(e) => {
@@ -112,7 +117,10 @@ fn explain(path: &Path, tenant: &str, db: &str, command: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = explain::parse_command(command).and_then(|doc| explain::explain(&policy, tenant, doc, db));
+    let outcome = explain::parse_command(command).and_then(|doc| {
+        let reply = reply.map(explain::parse_command).transpose()?;
+        explain::explain_with_reply(&policy, tenant, doc, db, reply)
+    });
     match outcome {
         Ok(outcome) => {
             println!("{}", explain::render(&outcome));

@@ -540,7 +540,7 @@ fn audit_style_forwards_unchanged_and_records_what_enforce_would_do() {
         doc! { "update": "observed", "updates": [{ "q": {}, "u": { "$set": { "tenantId": "globex" } } }] },
     ] {
         match run_as("acme", command.clone()) {
-            Outcome::Forwarded { command: mut sent, audit } => {
+            Outcome::Forwarded { command: mut sent, audit, .. } => {
                 sent.remove("$db");
                 assert_eq!(sent, command);
                 assert!(!audit.is_empty(), "{command}: nothing recorded");
