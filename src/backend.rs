@@ -62,13 +62,27 @@ impl BackendTarget {
         self.spec.max_wire_version.map_or(observed, |cap| observed.min(cap))
     }
 
-    /// Opens, handshakes and authenticates a connection, trying the seed hosts in order.
+    /// Opens, handshakes and authenticates a connection to the writable member: the seed hosts in order, and
+    /// the primary a replica-set member names (a mongos or a standalone is always writable).
     pub async fn connect(&self, timeout: Duration) -> Result<BackendConn, ProxyError> {
         let name = &self.spec.name;
         let mut last = String::from("no hosts");
-        for host in &self.spec.hosts {
-            match tokio::time::timeout(timeout, self.connect_host(host)).await {
-                Ok(Ok(conn)) => return Ok(conn),
+        let mut candidates: Vec<String> = self.spec.hosts.clone();
+        let mut tried: Vec<String> = Vec::new();
+        while let Some(host) = candidates.first().cloned() {
+            candidates.remove(0);
+            if tried.contains(&host) || tried.len() > self.spec.hosts.len() + 2 {
+                continue;
+            }
+            tried.push(host.clone());
+            match tokio::time::timeout(timeout, self.connect_host(&host)).await {
+                Ok(Ok((conn, None))) => return Ok(conn),
+                Ok(Ok((_, Some(primary)))) => {
+                    last = format!("{host}: not the primary");
+                    if let Some(primary) = primary {
+                        candidates.insert(0, primary);
+                    }
+                }
                 Ok(Err(e)) => last = format!("{host}: {}", e.log_detail()),
                 Err(_) => last = format!("{host}: timed out"),
             }
@@ -76,7 +90,9 @@ impl BackendTarget {
         Err(unavailable(format!("backend {name}: {last}")))
     }
 
-    async fn connect_host(&self, host: &str) -> Result<BackendConn, ProxyError> {
+    /// Connects to one host. `Ok((conn, Some(primary)))` when the host is a replica-set member that is not
+    /// writable (with the primary it names, if any); the connection is then dropped by the caller.
+    async fn connect_host(&self, host: &str) -> Result<(BackendConn, Option<Option<String>>), ProxyError> {
         let tcp = TcpStream::connect(host).await.map_err(|e| unavailable(format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let stream: BoxStream = match &self.spec.tls {
@@ -93,13 +109,25 @@ impl BackendTarget {
             None => Box::new(tcp),
         };
         let mut conn = BackendConn::new(stream);
-        let wire = conn.handshake().await?;
-        self.observed_wire.store(wire, Ordering::Relaxed);
+        let hello = conn.handshake().await?;
+        self.observed_wire.store(hello.max_wire_version, Ordering::Relaxed);
+        if !hello.writable {
+            return Ok((conn, Some(hello.primary)));
+        }
         if let Some(credentials) = &self.spec.credentials {
             conn.authenticate(credentials).await?;
         }
-        Ok(conn)
+        Ok((conn, None))
     }
+}
+
+/// What the proxy keeps of a backend's hello.
+struct BackendHello {
+    max_wire_version: i32,
+    /// A standalone, a mongos, or a replica-set primary.
+    writable: bool,
+    /// The primary a replica-set member names.
+    primary: Option<String>,
 }
 
 /// One connection to a backend.
@@ -131,8 +159,8 @@ impl BackendConn {
         Ok(reply.body().to_owned())
     }
 
-    /// Sends the proxy's own hello and returns the backend's `maxWireVersion`.
-    async fn handshake(&mut self) -> Result<i32, ProxyError> {
+    /// Sends the proxy's own hello and returns what the proxy needs of the answer.
+    async fn handshake(&mut self) -> Result<BackendHello, ProxyError> {
         let hello = rawdoc! {
             "hello": 1,
             "$db": "admin",
@@ -145,11 +173,16 @@ impl BackendConn {
         if !ok_of(&body) {
             return Err(ProxyError::BackendProtocol { detail: "backend refused hello".into() });
         }
-        match body.get("maxWireVersion") {
-            Ok(Some(RawBsonRef::Int32(v))) if v > 0 => Ok(v),
-            Ok(Some(RawBsonRef::Int64(v))) if v > 0 && v < 1000 => Ok(v as i32),
-            _ => Err(ProxyError::BackendProtocol { detail: "backend hello lacks maxWireVersion".into() }),
-        }
+        let max_wire_version = match body.get("maxWireVersion") {
+            Ok(Some(RawBsonRef::Int32(v))) if v > 0 => v,
+            Ok(Some(RawBsonRef::Int64(v))) if v > 0 && v < 1000 => v as i32,
+            _ => return Err(ProxyError::BackendProtocol { detail: "backend hello lacks maxWireVersion".into() }),
+        };
+        let flag = |key: &str| body.get_bool(key).unwrap_or(false);
+        let writable =
+            flag("isWritablePrimary") || flag("ismaster") || body.get_str("msg").is_ok_and(|m| m == "isdbgrid");
+        let primary = body.get_str("primary").ok().map(str::to_owned);
+        Ok(BackendHello { max_wire_version, writable, primary })
     }
 
     /// SCRAM-SHA-256 with the backend's service credentials.
