@@ -82,15 +82,7 @@ async fn one_hundred_tenants_never_see_each_other() {
 
     // The backend, scanned directly: every document stamped with its writer's tenant, none unstamped.
     let direct = mongodb::Client::with_uri_str(backend.uri()).await.unwrap();
-    let all: Vec<Document> = direct
-        .database("app")
-        .collection::<Document>("items")
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let all: Vec<Document> = common::all_docs(&direct, "app", "items").await;
     assert_eq!(all.len(), total);
     let unstamped = all.iter().filter(|d| d.get_str("tenantId").is_err()).count();
     let foreign = all.iter().filter(|d| d.get_str("tenantId").ok() != d.get_str("who").ok()).count();

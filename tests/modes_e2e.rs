@@ -66,8 +66,7 @@ async fn identical_names_never_meet() {
             .unwrap();
         assert_eq!(contacts.len(), 25, "{t}");
         assert!(contacts.iter().all(|d| d.get_str("who").unwrap() == *t), "{t} saw another tenant's contacts");
-        let notes: Vec<Document> =
-            c.database("app").collection::<Document>("notes").find(doc! {}).await.unwrap().try_collect().await.unwrap();
+        let notes: Vec<Document> = common::all_docs(&c, "app", "notes").await;
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].get_str("who").unwrap(), *t);
         // Catalog: exactly their own names.
@@ -131,15 +130,7 @@ async fn prefix_collisions_and_look_alikes_are_attacks_that_fail() {
     let lookalike = client(proxy.addr(), "acme\u{0441}orp").await;
     assert!(lookalike.database("crm").collection::<Document>("secrets").find_one(doc! {}).await.is_err());
     let stored = mongodb::Client::with_uri_str(backend.uri()).await.unwrap();
-    let secrets: Vec<Document> = stored
-        .database("crm")
-        .collection::<Document>("acmecorp__secrets")
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let secrets: Vec<Document> = common::all_docs(&stored, "crm", "acmecorp__secrets").await;
     assert_eq!(secrets.len(), 1);
     // (nx-27017 creates a collection on first read, so acme's attempts leave empty acme__* collections behind;
     // what matters is that nothing appeared under acmecorp's prefix.)

@@ -64,6 +64,12 @@ fn received(db: &str, command: Document, reply: Document) -> Document {
     }
 }
 
+/// The names in a listing reply's first batch.
+fn batch_names(reply: &Document) -> Vec<&str> {
+    let batch = reply.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+    batch.iter().map(|d| d.as_document().unwrap().get_str("name").unwrap()).collect()
+}
+
 fn denied(tenant: &str, db: &str, command: Document) -> i32 {
     match run(tenant, db, command.clone(), None) {
         Outcome::Denied { code, .. } => code,
@@ -236,14 +242,7 @@ fn listings_show_only_the_tenants_own_under_visible_names() {
         { "name": "acme__acme-corp__contacts", "type": "collection", "options": {} },
     ] }, "ok": 1.0 };
     let reply = received("crm", doc! { "listCollections": 1, "nameOnly": false }, listing.clone());
-    let names: Vec<&str> = reply
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap()
-        .iter()
-        .map(|d| d.as_document().unwrap().get_str("name").unwrap())
-        .collect();
+    let names = batch_names(&reply);
     assert_eq!(names, vec!["contacts", "recent", "events", "countries", "acme-corp__contacts"]);
     let batch = reply.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
     assert_eq!(batch[1].as_document().unwrap().get_document("options").unwrap(), &doc! { "viewOn": "contacts" });
@@ -254,14 +253,7 @@ fn listings_show_only_the_tenants_own_under_visible_names() {
     // acme-corp sees its own, and none of acme's.
     match run("acme-corp", "crm", doc! { "listCollections": 1 }, Some(listing)) {
         Outcome::Forwarded { reply: Some(reply), .. } => {
-            let names: Vec<&str> = reply
-                .get_document("cursor")
-                .unwrap()
-                .get_array("firstBatch")
-                .unwrap()
-                .iter()
-                .map(|d| d.as_document().unwrap().get_str("name").unwrap())
-                .collect();
+            let names = batch_names(&reply);
             assert_eq!(names, vec!["contacts", "events", "countries"]);
         }
         other => panic!("{other:?}"),

@@ -120,6 +120,13 @@ pub async fn client(addr: SocketAddr, compressors: Option<Vec<mongodb::options::
     mongodb::Client::with_options(options).expect("client")
 }
 
+/// Every document of `db.coll`, read with `client` (directly from a backend, or through a proxy).
+pub async fn all_docs(client: &mongodb::Client, db: &str, coll: &str) -> Vec<mongodb::bson::Document> {
+    use futures_util::TryStreamExt;
+    let coll = client.database(db).collection::<mongodb::bson::Document>(coll);
+    coll.find(mongodb::bson::doc! {}).await.expect("find").try_collect().await.expect("read cursor")
+}
+
 /// A blocking raw-socket client for frame-level tests.
 pub struct RawClient {
     pub stream: TcpStream,
