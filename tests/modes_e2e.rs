@@ -66,7 +66,7 @@ async fn identical_names_never_meet() {
             .unwrap();
         assert_eq!(contacts.len(), 25, "{t}");
         assert!(contacts.iter().all(|d| d.get_str("who").unwrap() == *t), "{t} saw another tenant's contacts");
-        let notes: Vec<Document> = common::all_docs(&c, "app", "notes").await;
+        let notes: Vec<Document> = common::all_docs(c, "app", "notes").await;
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].get_str("who").unwrap(), *t);
         // Catalog: exactly their own names.
