@@ -55,6 +55,18 @@ fn check_reports_every_problem_with_line_and_key() {
 }
 
 #[test]
+fn check_warns_about_what_a_reviewer_should_see() {
+    let (ok, out) = check(&repo_root().join("tests/policies/warnings.toml"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("tenants[0]: tenant \"orphan\" has no identity and no listener") && out.contains("(warning)"),
+        "{out}"
+    );
+    assert!(out.contains("rules[1]: overlaps rules[0]; the first matching rule wins"), "{out}");
+    assert!(out.contains("ok (2 warning(s))"), "{out}");
+}
+
+#[test]
 fn example_policies_pass_check() {
     let dir = repo_root().join("policies");
     let mut checked = 0;
@@ -154,6 +166,16 @@ fn run_reloads_on_sighup_and_keeps_the_old_policy_when_the_new_one_is_broken() {
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(wait_for(&stderr, "policy swapped in"), "valid policy not applied");
     assert!(client.is_closed(), "connection of a removed tenant stayed open");
+
+    // A change of the file alone (no signal) is picked up too.
+    let before = std::fs::read_to_string(&stderr).unwrap().matches("policy swapped in").count();
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&policy, policy_text(&backend.uri(), "").replace("t1", "t3")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_to_string(&stderr).unwrap().matches("policy swapped in").count() == before {
+        assert!(Instant::now() < deadline, "file change not picked up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let _ = child.kill();
     let _ = child.wait();
