@@ -45,6 +45,7 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
                 current = Some(map_strings(&view(&current), names, 0));
             }
         }
+        ReplyKind::SharedIndexes => current = strip_partial_filters(&view(&current)).or(current),
         ReplyKind::Plain => {}
     }
     if let (Some(names), false) = (&plan.names, plan.kind == ReplyKind::Explain) {
@@ -174,6 +175,19 @@ fn map_strings(doc: &RawDocument, names: &Names, depth: usize) -> RawDocumentBuf
         }
     }
     out
+}
+
+/// A `listIndexes` reply without `partialFilterExpression`s.
+fn strip_partial_filters(body: &RawDocument) -> Option<RawDocumentBuf> {
+    let cursor = body.get_document("cursor").ok()?;
+    let key = if cursor.get_array("firstBatch").is_ok() { "firstBatch" } else { "nextBatch" };
+    let batch = cursor.get_array(key).ok()?;
+    let mut out = RawArrayBuf::new();
+    for index in batch.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
+        out.push(replace_fields(index, &[("partialFilterExpression", None)]));
+    }
+    let cursor = replace_fields(cursor, &[(key, Some(RawBson::Array(out)))]);
+    Some(replace_fields(body, &[("cursor", Some(RawBson::Document(cursor)))]))
 }
 
 /// The visible name of a real collection in the tenant's listing of database `visible_db`, or `None` when the

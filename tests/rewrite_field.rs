@@ -490,6 +490,7 @@ fn ddl_on_shared_collections_is_limited() {
     for command in [
         doc! { "createIndexes": "orders", "indexes": [{ "key": { "email": 1 }, "name": "u", "unique": true }] },
         doc! { "createIndexes": "orders", "indexes": [{ "key": { "at": 1 }, "name": "ttl", "expireAfterSeconds": 1 }] },
+        doc! { "createIndexes": "orders", "indexes": [{ "key": { "a": 1 }, "name": "p", "partialFilterExpression": { "tenantId": "acme", "vip": true } }] },
         doc! { "drop": "orders" },
         doc! { "dropIndexes": "orders", "index": "*" },
         doc! { "collMod": "orders", "validator": {} },
@@ -507,6 +508,31 @@ fn ddl_on_shared_collections_is_limited() {
     ] {
         let (code, reason) = denied(command.clone());
         assert!([13, 73, 115].contains(&code), "{command}: {code} {reason}");
+    }
+}
+
+#[test]
+fn index_listings_of_shared_collections_hide_partial_filters() {
+    // 39
+    let reply = doc! { "cursor": { "id": 0i64, "ns": "app.orders", "firstBatch": [
+        { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+        { "v": 2, "key": { "vip": 1 }, "name": "vip", "partialFilterExpression": { "tenantId": "globex", "vip": true } },
+    ] }, "ok": 1.0 };
+    match tenantwall::explain::explain_with_reply(
+        &policy(),
+        "acme",
+        doc! { "listIndexes": "orders" },
+        "app",
+        Some(reply),
+    )
+    .unwrap()
+    {
+        Outcome::Forwarded { reply: Some(reply), .. } => {
+            let text = reply.to_string();
+            assert!(!text.contains("globex"), "{text}");
+            assert_eq!(reply.get_document("cursor").unwrap().get_array("firstBatch").unwrap().len(), 2);
+        }
+        other => panic!("{other:?}"),
     }
 }
 

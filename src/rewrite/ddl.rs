@@ -48,7 +48,7 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         Target::Field(rule) | Target::Shared(rule) => rule,
     };
     match command {
-        Command::ListIndexes => Ok((None, cursor)),
+        Command::ListIndexes => Ok((None, ReplyPlan { kind: ReplyKind::SharedIndexes, ..cursor })),
         Command::Create => {
             if body.get("viewOn").ok().flatten().is_some() || body.get("pipeline").ok().flatten().is_some() {
                 return Err(Denial::unauthorized(format!(
@@ -231,6 +231,13 @@ fn rename(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPla
 fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: &Rule) -> Result<()> {
     let indexes = array_documents(indexes.ok_or_else(|| malformed("createIndexes needs indexes"))?, "indexes")?;
     for (i, index) in indexes.iter().enumerate() {
+        if index.get("partialFilterExpression").ok().flatten().is_some() {
+            // Its values are shown to every tenant by listIndexes.
+            return Err(Denial::unauthorized(format!(
+                "{}: indexes[{i}] has a partialFilterExpression on a shared collection",
+                rule.describe()
+            )));
+        }
         if index.get("expireAfterSeconds").ok().flatten().is_some() {
             return Err(Denial::unauthorized(format!(
                 "{}: indexes[{i}] is a TTL index on a shared collection",

@@ -121,6 +121,9 @@ pub enum ReplyKind {
     ListDatabases,
     /// Map every namespace string in the reply (explain output).
     Explain,
+    /// Indexes of a collection other tenants share: partial filter expressions (which can hold tenant values)
+    /// are not shown.
+    SharedIndexes,
 }
 
 /// Real names the command was sent with, to be mapped back in its reply.
