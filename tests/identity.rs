@@ -381,3 +381,44 @@ async fn hot_reload_adds_and_removes_tenants() {
     let mut late = Raw::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     assert_eq!(code(&late.scram("globex-app", "globex-secret").await.unwrap()), 18);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_behind_tls_are_reached_over_tls_with_the_configured_ca() {
+    // The backend is a second tenantwall serving TLS (nx-27017 speaks only plaintext) in front of nx-27017.
+    let nx = Backend::start();
+    let pki = Pki::new(&[]);
+    let inner_text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"svc\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\
+         [[backends]]\nname = \"nx\"\nuri = \"{}\"\n[[tenants]]\nid = \"svc\"\nbackend = \"nx\"\n\
+         [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{db}}\"\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        nx.uri()
+    );
+    let inner = start_proxy_text(&inner_text).await;
+    let outer_text = |ca: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"acme\"\n[[backends]]\nname = \"inner\"\n\
+             uri = \"mongodb://localhost:{}/?tls=true\"\ntls_ca_file = \"{ca}\"\n[[tenants]]\nid = \"acme\"\nbackend = \"inner\"\n\
+             [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{db}}\"\n",
+            inner.addr().port()
+        )
+    };
+    let outer = start_proxy_text(&outer_text(&pki.path("ca.pem"))).await;
+    let client = driver(&format!("mongodb://{}/", outer.addr())).await;
+    client.database("app").collection::<Document>("orders").insert_one(doc! { "who": "acme" }).await.unwrap();
+    assert_eq!(names_in(&nx, "app", "orders").await, vec!["acme"]);
+
+    // A CA that did not sign the backend's certificate: the proxy refuses to talk to it.
+    let other = Pki::new(&[]);
+    let distrustful = start_proxy_text(&outer_text(&other.path("ca.pem"))).await;
+    let err = driver(&format!("mongodb://{}/", distrustful.addr()))
+        .await
+        .database("app")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "who": "mitm" })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), Some(6), "{err}");
+    assert_eq!(names_in(&nx, "app", "orders").await, vec!["acme"]);
+}

@@ -81,6 +81,7 @@ def test_reads_and_writes_stay_within_the_tenant(field_proxy, shared_backend):
     assert acme.count_documents({}) == 12
     assert acme.find_one_and_update({"n": 0}, {"$set": {"first": True}})["who"] == "acme"
 
+    assert acme.list_database_names() == ["app"]
     stored = list(MongoClient(shared_backend.uri).app.orders.find())
     assert len(stored) == 12
     assert all(d["tenantId"] == d["who"] for d in stored)
@@ -98,10 +99,25 @@ def test_reads_and_writes_stay_within_the_tenant(field_proxy, shared_backend):
     lambda c: c.app.orders.drop(),
     lambda c: c.app.countries.insert_one({"code": "XX"}),
     lambda c: c.app.secrets.find_one(),
-    lambda c: c.admin.command("listDatabases"),
+    lambda c: c.config.system.sessions.find_one(),
+    lambda c: c.admin.command("serverStatus"),
 ])
 def test_attacks_are_refused(field_proxy, attack):
     acme = client(field_proxy.port, "acme-app", "acme-pw")
     with pytest.raises(OperationFailure) as info:
         attack(acme)
     assert info.value.code in (13, 115), info.value.details
+
+
+def test_transactions_are_scoped_like_everything_else(field_proxy, shared_backend):
+    acme = client(field_proxy.port, "acme-app", "acme-pw")
+    globex = client(field_proxy.port, "globex-app", "globex-pw")
+    with acme.start_session() as session:
+        with session.start_transaction():
+            acme.app.orders.insert_one({"who": "acme", "tx": True}, session=session)
+            seen = list(acme.app.orders.find({"tx": True}, session=session))
+            assert [d["who"] for d in seen] == ["acme"]
+    assert acme.app.orders.count_documents({"tx": True}) == 1
+    assert globex.app.orders.count_documents({"tx": True}) == 0
+    stored = MongoClient(shared_backend.uri).app.orders.find_one({"tx": True})
+    assert stored["tenantId"] == "acme"
