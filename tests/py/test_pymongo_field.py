@@ -81,7 +81,7 @@ def test_reads_and_writes_stay_within_the_tenant(field_proxy, shared_backend):
     assert acme.count_documents({}) == 12
     assert acme.find_one_and_update({"n": 0}, {"$set": {"first": True}})["who"] == "acme"
 
-    assert acme.list_database_names() == ["app"]
+    assert acme.database.client.list_database_names() == ["app"]
     stored = list(MongoClient(shared_backend.uri).app.orders.find())
     assert len(stored) == 12
     assert all(d["tenantId"] == d["who"] for d in stored)
