@@ -36,6 +36,8 @@ struct ReplyPost {
     plan: ReplyPlan,
     /// The cursor a getMore continued (released when the reply says it is exhausted).
     get_more: Option<i64>,
+    /// killCursors ids the tenant does not own: reported as not found, like ids that do not exist.
+    not_found: Vec<i64>,
     tenant: Arc<Tenant>,
     policy: Arc<Policy>,
 }
@@ -241,6 +243,7 @@ impl ClientConnection {
                 let mut forward = session::virtualize(&rewritten, &tenant.id).unwrap_or(rewritten);
                 let mut get_more = None;
                 let mut killed = Vec::new();
+                let mut not_found = Vec::new();
                 match command {
                     Command::GetMore => {
                         let id = forward.body().get_i64("getMore").unwrap_or(0);
@@ -271,11 +274,17 @@ impl ClientConnection {
                             forward = OpMsg::with_sequences(forward.flags, body, forward.sequences().to_vec());
                         }
                         killed = owned;
+                        not_found = foreign;
                     }
                     _ => {}
                 }
-                let post =
-                    ReplyPost { plan: plan.reply, get_more, tenant: tenant.clone(), policy: generation.policy.clone() };
+                let post = ReplyPost {
+                    plan: plan.reply,
+                    get_more,
+                    not_found,
+                    tenant: tenant.clone(),
+                    policy: generation.policy.clone(),
+                };
                 match self.relay(generation, header.request_id, &forward, compressor, &post).await {
                     Ok(()) => {
                         for id in killed {
@@ -441,6 +450,11 @@ impl ClientConnection {
                 (Some(0), Some(requested)) => self.shared.cursors.release(&tenant.backend, requested),
                 (Some(id), _) => self.shared.cursors.record(&tenant.backend, id, &tenant.id),
                 (None, _) => {}
+            }
+        }
+        if !post.not_found.is_empty() {
+            if let Some(merged) = session::add_not_found(body, &post.not_found) {
+                return OpMsg::with_sequences(flags, merged, reply.sequences().to_vec());
             }
         }
         if let Some(rewritten) = reply::rewrite_reply(body, &post.plan, &post.policy, &post.tenant) {

@@ -150,6 +150,19 @@ pub fn kill_cursors_with(body: &RawDocument, ids: &[i64]) -> RawDocumentBuf {
     replace_fields(body, &[("cursors", Some(RawBson::Array(array)))])
 }
 
+/// A `killCursors` reply with `ids` added to `cursorsNotFound`.
+pub fn add_not_found(body: &RawDocument, ids: &[i64]) -> Option<RawDocumentBuf> {
+    let existing = body.get_array("cursorsNotFound").ok()?;
+    let mut all = RawArrayBuf::new();
+    for id in existing.into_iter().filter_map(|v| v.ok()) {
+        all.push(id);
+    }
+    for id in ids {
+        all.push(*id);
+    }
+    Some(replace_fields(body, &[("cursorsNotFound", Some(RawBson::Array(all)))]))
+}
+
 /// The reply a server gives to `killCursors` for ids it does not know.
 pub fn cursors_not_found(ids: &[i64]) -> RawDocumentBuf {
     let mut not_found = RawArrayBuf::new();

@@ -171,6 +171,20 @@ async fn cursors_belong_to_the_tenant_that_opened_them() {
     assert_eq!(code_of(&err), Some(43), "{err}");
     let killed = globex.database("app").run_command(doc! { "killCursors": "orders", "cursors": [id] }).await.unwrap();
     assert_eq!(killed.get_array("cursorsNotFound").unwrap(), &vec![Bson::Int64(id)]);
+    // Mixed with one of globex's own: globex's is killed, acme's is reported as not found and lives on.
+    globex
+        .database("app")
+        .collection::<Document>("orders")
+        .insert_many(vec![doc! { "g": 1 }, doc! { "g": 2 }])
+        .await
+        .unwrap();
+    let own = globex.database("app").run_command(doc! { "find": "orders", "batchSize": 1 }).await.unwrap();
+    let own_id = own.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let mixed =
+        globex.database("app").run_command(doc! { "killCursors": "orders", "cursors": [own_id, id] }).await.unwrap();
+    assert_ne!(own_id, 0);
+    assert_eq!(mixed.get_array("cursorsNotFound").unwrap(), &vec![Bson::Int64(id)], "{mixed}");
+    assert_eq!(mixed.get_array("cursorsKilled").unwrap(), &vec![Bson::Int64(own_id)], "{mixed}");
     // The owner can still use it, to the end.
     let next = acme
         .database("app")
