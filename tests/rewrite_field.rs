@@ -23,6 +23,8 @@ id = "globex"
 value = 42
 backend = "b"
 sni = ["globex"]
+max_time_ms = 5000
+allow_disk_use = false
 
 [[rules]]
 database = "app"
@@ -534,6 +536,25 @@ fn index_listings_of_shared_collections_hide_partial_filters() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn resource_limits_are_applied_per_tenant() {
+    // 42: globex's commands run at most 5 s and never spill to disk; acme has no limits.
+    let limited = |command: Document| match run_as("globex", command) {
+        Outcome::Forwarded { command, .. } => command,
+        other => panic!("{other:?}"),
+    };
+    let find = limited(doc! { "find": "events", "maxTimeMS": 60_000, "allowDiskUse": true });
+    assert_eq!(find.get_i64("maxTimeMS").unwrap(), 5000);
+    assert!(!find.get_bool("allowDiskUse").unwrap());
+    assert_eq!(limited(doc! { "count": "events" }).get_i64("maxTimeMS").unwrap(), 5000);
+    assert_eq!(limited(doc! { "count": "events", "maxTimeMS": 0 }).get_i64("maxTimeMS").unwrap(), 5000);
+    assert_eq!(limited(doc! { "count": "events", "maxTimeMS": 100 }).get_i32("maxTimeMS").unwrap(), 100);
+    let agg = limited(doc! { "aggregate": "events", "pipeline": [], "cursor": {} });
+    assert_eq!(agg.get_i64("maxTimeMS").unwrap(), 5000);
+    assert!(!agg.get_bool("allowDiskUse").unwrap());
+    assert!(!forwarded(doc! { "find": "orders" }).contains_key("maxTimeMS"));
 }
 
 #[test]

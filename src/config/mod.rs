@@ -119,6 +119,12 @@ pub struct TenantConfig {
     /// TLS SNI host names that identify this tenant.
     #[serde(default)]
     pub sni: Vec<Spanned<String>>,
+    /// Cap on `maxTimeMS` for this tenant's commands, in milliseconds (overrides `limits.max_time_ms`).
+    #[serde(default)]
+    pub max_time_ms: Option<u64>,
+    /// `false` forbids spilling to disk (`allowDiskUse: false` is forced on find and aggregate).
+    #[serde(default)]
+    pub allow_disk_use: Option<bool>,
 }
 
 /// A SCRAM user.
@@ -199,6 +205,8 @@ pub struct Limits {
     pub backend_connect_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
+    /// Default cap on `maxTimeMS` for every tenant's commands, in milliseconds (none by default).
+    pub max_time_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -209,6 +217,7 @@ impl Default for Limits {
             frame_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
             auth_timeout_secs: 60,
+            max_time_ms: None,
         }
     }
 }

@@ -36,6 +36,10 @@ pub struct Tenant {
     pub value: Bson,
     /// Name of the backend holding the tenant's data.
     pub backend: String,
+    /// Longest a command may run on the backend (`maxTimeMS` is capped to it); `None` leaves it to the client.
+    pub max_time_ms: Option<u64>,
+    /// `Some(false)` forces `allowDiskUse: false` on find and aggregate.
+    pub allow_disk_use: Option<bool>,
 }
 
 /// A password that never prints.
@@ -268,7 +272,10 @@ impl Policy {
             for h in &t.sni {
                 sni.insert(h.get_ref().to_ascii_lowercase(), id.clone());
             }
-            tenants.insert(id.clone(), Arc::new(Tenant { id, value, backend: t.backend.get_ref().clone() }));
+            let max_time_ms = t.max_time_ms.or(file.limits.max_time_ms).filter(|ms| *ms > 0);
+            let allow_disk_use = t.allow_disk_use;
+            let backend = t.backend.get_ref().clone();
+            tenants.insert(id.clone(), Arc::new(Tenant { id, value, backend, max_time_ms, allow_disk_use }));
         }
 
         let mut rules = Vec::new();

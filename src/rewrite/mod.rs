@@ -264,10 +264,56 @@ pub fn plan(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy: &P
         _ => ddl::rewrite(msg, command, &mut scope)?,
     };
     let forward = with_real_db(forward, msg, &scope.names);
+    let forward = with_resource_limits(forward, msg, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (!scope.names.is_identity() || reply.kind == ReplyKind::ListCollections).then(|| scope.names.clone());
     let reply = ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
+}
+
+/// Commands whose running time and memory a tenant's limits bound.
+fn limited(command: Command) -> bool {
+    matches!(
+        command,
+        Command::Find
+            | Command::Aggregate
+            | Command::Count
+            | Command::Distinct
+            | Command::FindAndModify
+            | Command::Insert
+            | Command::Update
+            | Command::Delete
+            | Command::BulkWrite
+    )
+}
+
+/// The forwarded command with the tenant's resource limits applied: `maxTimeMS` capped (absent or 0 means no
+/// limit to the server, so both become the cap), and `allowDiskUse` forced off where the policy says so.
+fn with_resource_limits(forward: Option<OpMsg>, original: &OpMsg, command: Command, tenant: &Tenant) -> Option<OpMsg> {
+    if !limited(command) {
+        return forward;
+    }
+    let base = forward.as_ref().unwrap_or(original);
+    let body = base.body();
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Some(cap) = tenant.max_time_ms {
+        let asked = match body.get("maxTimeMS") {
+            Ok(Some(bson::RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
+            Ok(Some(bson::RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
+            Ok(Some(bson::RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),
+            _ => None,
+        };
+        if asked.is_none_or(|ms| ms == 0 || ms > cap) {
+            edits.push(("maxTimeMS", Some(RawBson::Int64(i64::try_from(cap).unwrap_or(i64::MAX)))));
+        }
+    }
+    if tenant.allow_disk_use == Some(false) && matches!(command, Command::Find | Command::Aggregate) {
+        edits.push(("allowDiskUse", Some(RawBson::Boolean(false))));
+    }
+    if edits.is_empty() {
+        return forward;
+    }
+    Some(OpMsg::with_sequences(base.flags, raw::replace_fields(body, &edits), base.sequences().to_vec()))
 }
 
 /// The forwarded command with `$db` set to the real database, when it differs.
