@@ -24,6 +24,12 @@ pub struct HelloContext {
     pub max_wire_version: i32,
 }
 
+/// This process's service id for load-balanced clients.
+fn service_id() -> bson::oid::ObjectId {
+    static ID: std::sync::OnceLock<bson::oid::ObjectId> = std::sync::OnceLock::new();
+    *ID.get_or_init(bson::oid::ObjectId::new)
+}
+
 /// The compressors a client offered that the proxy also implements, in the client's order of preference.
 pub fn negotiate_compression(request: &RawDocument) -> Vec<Compressor> {
     let Ok(Some(RawBsonRef::Array(offered))) = request.get("compression") else {
@@ -71,6 +77,10 @@ pub fn hello_reply(
             names.push(c.name());
         }
         reply.append(cstr!("compression"), names);
+    }
+    if matches!(request.get("loadBalanced"), Ok(Some(RawBsonRef::Boolean(true)))) {
+        // Drivers in load-balanced mode require a serviceId; one per proxy process identifies this instance.
+        reply.append(cstr!("serviceId"), service_id());
     }
     reply.append(cstr!("readOnly"), false);
     reply.append(cstr!("ok"), 1.0);
@@ -123,6 +133,15 @@ mod tests {
         for absent in ["hosts", "setName", "me", "primary", "topologyVersion", "compression", "ismaster"] {
             assert!(reply.get(absent).unwrap().is_none(), "{absent} present");
         }
+    }
+
+    #[test]
+    fn load_balanced_clients_get_a_stable_service_id() {
+        let request = rawdoc! { "hello": 1, "loadBalanced": true };
+        let first = hello_reply(&request, Command::Hello, &[], CTX);
+        let second = hello_reply(&request, Command::Hello, &[], CTX);
+        assert_eq!(first.get_object_id("serviceId").unwrap(), second.get_object_id("serviceId").unwrap());
+        assert!(hello_reply(&rawdoc! { "hello": 1 }, Command::Hello, &[], CTX).get("serviceId").unwrap().is_none());
     }
 
     #[test]

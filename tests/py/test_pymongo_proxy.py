@@ -664,3 +664,16 @@ def test_debug_log_names_each_command(proxy, fresh_db):
     text = proxy.wait_for_stderr(offset, re.compile(r"\bfind\b"))
     assert re.search(r"\binsert\b", text) and re.search(r"\bfind\b", text), \
         f"RUST_LOG=tenantwall=debug should log each command by name; got:\n{text[-2000:]}"
+
+
+def test_load_balanced_mode_works_through_the_proxy(proxy):
+    """Drivers in load-balanced mode (behind an L4 balancer) require a serviceId in hello."""
+    from pymongo import MongoClient
+
+    client = MongoClient(f"mongodb://127.0.0.1:{proxy.port}/?loadBalanced=true", serverSelectionTimeoutMS=5000)
+    try:
+        coll = client.lbtest.items
+        coll.insert_many([{"i": i} for i in range(12)])
+        assert [d["i"] for d in coll.find({}, batch_size=5).sort("i", 1)] == list(range(12))
+    finally:
+        client.close()
