@@ -5,8 +5,10 @@
 //! certificate claim → [`codec`] reads whole frames (size-checked before buffering) and hands them to the sans-IO
 //! `tenantwall-protocol` crate → [`handshake`] answers `hello`/`isMaster` locally as a mongos, and [`sasl`] (over
 //! [`auth`]) authenticates SCRAM users → [`command`] classifies the command into a typed enum →
-//! [`policy::decide`] decides (a pure function over the compiled [`policy`]) → [`backend`] relays to the
-//! tenant's backend → [`connection`] maps ids back and answers in the client's framing and compression.
+//! [`policy::decide`] decides (a pure function over the compiled [`policy`]) and [`rewrite`] rewrites the command
+//! per namespace rule → [`session`] virtualises lsids and checks cursor ownership → [`backend`] relays to the
+//! tenant's backend → [`reply`] maps names back and withholds other tenants' values → [`connection`] maps ids
+//! back and answers in the client's framing and compression. [`explain`] runs the same path without sockets.
 //! [`config`] is the policy file format; [`tls`] loads certificates; [`error`] is the one error type that turns
 //! into MongoDB's `{ok: 0, errmsg, code, codeName}`.
 #![forbid(unsafe_code)]

@@ -1,10 +1,13 @@
 //! Command rewriting: what the proxy forwards in place of what the client sent.
 //!
 //! Owns the per-namespace treatment of every data command: resolving each namespace a command touches to the
-//! rule that governs it ([`Target`]), and, for `field` rules, injecting the tenant condition into every filter and
-//! pipeline, stamping inserts and refusing anything that could change or remove the tenant value. Each scope
-//! point follows its own rule's style: `enforce` rewrites, `verify` only checks that the client pinned the tenant
-//! itself, `audit` leaves the command alone and records what enforce would have done.
+//! rule that governs it ([`Target`]); for `field` rules, injecting the tenant condition into every filter and
+//! pipeline, stamping inserts and refusing anything that could change or remove the tenant value; for
+//! `collection` and `database` rules, renaming every namespace-bearing field to the tenant's real names (and
+//! recording them, [`Names`], so the reply can be mapped back); for `shared` rules, refusing writes. Each field
+//! scope point follows its own rule's style: `enforce` rewrites, `verify` only checks that the client pinned the
+//! tenant itself, `audit` leaves the command alone and records what enforce would have done. Tenant resource
+//! limits (`maxTimeMS`, `allowDiskUse`) are applied last.
 //!
 //! Everything here is a pure function of (command, tenant, policy): no sockets, no clocks, no shared state, so
 //! unit tests assert exact outputs. It must never forward a part of a command it did not understand: unknown
