@@ -177,6 +177,11 @@ fn database_mode_renames_the_database_both_ways() {
         doc! { "aggregate": "notes", "pipeline": [{ "$out": { "db": "acme_app", "coll": "copy" } }], "cursor": {}, "$db": "acme_app" }
     );
     assert_eq!(sent("app", doc! { "dropDatabase": 1 }), doc! { "dropDatabase": 1, "$db": "acme_app" });
+    // explain's inner $db must equal the outer one, so it is renamed too, even with nothing else to change.
+    assert_eq!(
+        sent("app", doc! { "explain": { "find": "notes", "$db": "app" } }),
+        doc! { "explain": { "find": "notes", "$db": "acme_app" }, "$db": "acme_app" }
+    );
     assert_eq!(
         sent("app", doc! { "aggregate": 1, "pipeline": [{ "$documents": [{ "a": 1 }] }], "cursor": {} }),
         doc! { "aggregate": 1, "pipeline": [{ "$documents": [{ "a": 1 }] }], "cursor": {}, "$db": "acme_app" }

@@ -256,15 +256,8 @@ pub fn first_key(doc: &RawDocument) -> &str {
 pub fn plan(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy: &Policy) -> Result<Plan> {
     let mut scope = Scope::new(tenant, policy, db)?;
     let (forward, reply) = match command {
-        Command::Find | Command::Count | Command::Distinct => read::rewrite(msg, command, &mut scope)?,
-        Command::Aggregate => pipeline::rewrite_aggregate(msg, &mut scope)?,
-        Command::Insert | Command::Update | Command::Delete | Command::FindAndModify => {
-            write::rewrite(msg, command, &mut scope)?
-        }
-        Command::BulkWrite => bulk::rewrite(msg, &mut scope)?,
         Command::Explain => explain(msg, &mut scope)?,
-        Command::GetMore | Command::KillCursors => cursor_command(msg, command, &mut scope)?,
-        _ => ddl::rewrite(msg, command, &mut scope)?,
+        _ => dispatch(msg, command, &mut scope)?,
     };
     let forward = with_real_db(forward, msg, &scope.names);
     let forward = with_resource_limits(forward, msg, command, tenant);
@@ -317,6 +310,20 @@ fn with_resource_limits(forward: Option<OpMsg>, original: &OpMsg, command: Comma
         return forward;
     }
     Some(OpMsg::with_sequences(base.flags, raw::replace_fields(body, &edits), base.sequences().to_vec()))
+}
+
+/// The command family's rewrite.
+fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
+    match command {
+        Command::Find | Command::Count | Command::Distinct => read::rewrite(msg, command, scope),
+        Command::Aggregate => pipeline::rewrite_aggregate(msg, scope),
+        Command::Insert | Command::Update | Command::Delete | Command::FindAndModify => {
+            write::rewrite(msg, command, scope)
+        }
+        Command::BulkWrite => bulk::rewrite(msg, scope),
+        Command::GetMore | Command::KillCursors => cursor_command(msg, command, scope),
+        _ => ddl::rewrite(msg, command, scope),
+    }
 }
 
 /// The forwarded command with `$db` set to the real database, when it differs.
@@ -377,19 +384,21 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own"));
     }
     let inner_msg = OpMsg::new(msg.flags, inner.to_owned());
-    let (rewritten, inner_reply) = match inner_command {
-        Command::Aggregate => pipeline::rewrite_aggregate(&inner_msg, scope)?,
-        Command::Find | Command::Count | Command::Distinct => read::rewrite(&inner_msg, inner_command, scope)?,
-        _ => write::rewrite(&inner_msg, inner_command, scope)?,
-    };
+    let (rewritten, inner_reply) = dispatch(&inner_msg, inner_command, scope)?;
     let reply = ReplyPlan {
         kind: ReplyKind::Explain,
         redact_duplicate_keys: inner_reply.redact_duplicate_keys,
         ..ReplyPlan::default()
     };
-    let Some(rewritten) = rewritten else { return Ok((None, reply)) };
+    let renamed_db = scope.names.real_db != scope.names.visible_db;
+    let rewritten = match rewritten {
+        Some(rewritten) => rewritten,
+        // The inner `$db` must follow the outer one even when nothing else in the inner command changed.
+        None if renamed_db => inner_msg,
+        None => return Ok((None, reply)),
+    };
     let mut inner = rewritten.body().to_owned();
-    if scope.names.real_db != scope.names.visible_db && inner.get("$db").ok().flatten().is_some() {
+    if renamed_db && inner.get("$db").ok().flatten().is_some() {
         inner = raw::replace_fields(&inner, &[("$db", Some(RawBson::String(scope.names.real_db.clone())))]);
     }
     let new_body = raw::replace_fields(body, &[("explain", Some(RawBson::Document(inner)))]);
