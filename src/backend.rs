@@ -205,12 +205,15 @@ impl BackendConn {
             reply.get("conversationId").ok().flatten().map_or(bson::RawBson::Int32(1), bson::RawBson::from);
         let server_first = reply.get_binary("payload").map_err(|_| failed("no payload"))?.bytes.to_vec();
         let client_final = client.handle_server_first(&server_first).map_err(|e| failed(&e.to_string()))?;
-        let mut next = RawDocumentBuf::new();
-        next.append(bson::cstr!("saslContinue"), 1);
-        next.append(bson::cstr!("conversationId"), conversation.clone());
-        next.append(bson::cstr!("payload"), Binary { subtype: BinarySubtype::Generic, bytes: client_final });
-        next.append(bson::cstr!("$db"), credentials.auth_source.as_str());
-        let reply = self.call(next).await?;
+        let sasl_continue = |payload: Vec<u8>| {
+            let mut next = RawDocumentBuf::new();
+            next.append(bson::cstr!("saslContinue"), 1);
+            next.append(bson::cstr!("conversationId"), conversation.clone());
+            next.append(bson::cstr!("payload"), Binary { subtype: BinarySubtype::Generic, bytes: payload });
+            next.append(bson::cstr!("$db"), credentials.auth_source.as_str());
+            next
+        };
+        let reply = self.call(sasl_continue(client_final)).await?;
         if !ok_of(&reply) {
             return Err(failed(reply.get_str("errmsg").unwrap_or("saslContinue refused")));
         }
@@ -218,12 +221,7 @@ impl BackendConn {
         client.verify_server_final(&server_final).map_err(|e| failed(&e.to_string()))?;
         if !reply.get_bool("done").unwrap_or(false) {
             // A server without skipEmptyExchange support wants one empty round.
-            let mut empty = RawDocumentBuf::new();
-            empty.append(bson::cstr!("saslContinue"), 1);
-            empty.append(bson::cstr!("conversationId"), conversation);
-            empty.append(bson::cstr!("payload"), Binary { subtype: BinarySubtype::Generic, bytes: Vec::new() });
-            empty.append(bson::cstr!("$db"), credentials.auth_source.as_str());
-            let reply = self.call(empty).await?;
+            let reply = self.call(sasl_continue(Vec::new())).await?;
             if !ok_of(&reply) || !reply.get_bool("done").unwrap_or(false) {
                 return Err(failed("conversation did not finish"));
             }

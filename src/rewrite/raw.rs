@@ -85,9 +85,10 @@ pub fn with_logical_array(
     if msg.sequence(field).is_some() {
         let body = replace_fields(msg.body(), body_edits);
         let mut sequences = Vec::with_capacity(msg.sequences().len());
+        let mut docs = Some(docs);
         for seq in msg.sequences() {
-            if seq.identifier() == field {
-                sequences.push(Sequence::from_bytes(field, docs.clone()).map_err(invalid)?);
+            if let (true, Some(docs)) = (seq.identifier() == field, docs.take()) {
+                sequences.push(Sequence::from_bytes(field, docs).map_err(invalid)?);
             } else {
                 sequences.push(seq.clone());
             }
@@ -113,11 +114,6 @@ pub fn rename_collection(msg: &OpMsg, visible: &str, real: &str) -> Option<OpMsg
     let name = super::first_key(body).to_owned();
     let body = replace_fields(body, &[(name.as_str(), Some(RawBson::String(real.to_owned())))]);
     Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec()))
-}
-
-/// The bytes of a document for a sequence: the original slice when the document is unchanged.
-pub fn document_bytes(doc: RawDocumentBuf) -> Bytes {
-    Bytes::from(doc.into_bytes())
 }
 
 #[cfg(test)]
