@@ -200,6 +200,11 @@ async fn one_authentication_per_connection_and_only_handshake_before_it() {
     raw.call(rawdoc! { "insert": "orders", "documents": [{ "who": "acme" }], "$db": "app" }).await.unwrap();
     assert_eq!(names_in(&b1, "app", "orders").await, vec!["acme"; 2]);
     assert!(names_in(&b2, "app", "orders").await.is_empty());
+    // logout is answered by the proxy: the backend connection keeps its service login and the tenant stays bound.
+    assert_eq!(raw.call(rawdoc! { "logout": 1, "$db": "admin" }).await.unwrap().get_f64("ok").unwrap(), 1.0);
+    let after = raw.call(rawdoc! { "insert": "orders", "documents": [{ "who": "acme" }], "$db": "app" }).await.unwrap();
+    assert_eq!(after.get_i32("n").unwrap(), 1, "{after:?}");
+    assert_eq!(names_in(&b1, "app", "orders").await, vec!["acme"; 3]);
     // admin, config and local stay closed after authentication.
     for db in ["admin", "config", "local"] {
         let reply = raw.call(rawdoc! { "find": "system.users", "$db": db }).await.unwrap();

@@ -599,6 +599,12 @@ fn audit_style_forwards_unchanged_and_records_what_enforce_would_do() {
 }
 
 #[test]
+fn logout_never_reaches_the_backend() {
+    // Forwarded, it would log the proxy's service user out of the tenant's backend connection.
+    assert_eq!(run_as("acme", doc! { "logout": 1 }), Outcome::Local);
+}
+
+#[test]
 fn sessions_are_virtualised_per_tenant() {
     // 34: the same lsid from two tenants reaches two different server sessions.
     let lsid = bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![9; 16] };

@@ -23,7 +23,7 @@ pub enum Local {
     BuildInfo,
     SaslStart,
     SaslContinue,
-    /// `endSessions` before authentication: there is nothing to end.
+    /// `endSessions` before authentication (there is nothing to end), and `logout` (a no-op): `{ok: 1}`.
     EndSessions,
 }
 
@@ -136,7 +136,10 @@ fn decide_data(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy:
                 deny(ErrorCode::UNAUTHORIZED, "session commands run on admin")
             };
         }
-        Command::BuildInfo | Command::Logout => return Decision::Forward(Plan::unchanged()),
+        Command::BuildInfo => return Decision::Forward(Plan::unchanged()),
+        // Forwarded, it would log the proxy's service user out of the backend connection; the tenant's
+        // identity belongs to the client connection and lasts as long as it does.
+        Command::Logout => return Decision::Local(Local::EndSessions),
         _ => {}
     }
     let on_admin = matches!(command, Command::BulkWrite | Command::ListDatabases | Command::RenameCollection);
