@@ -21,7 +21,7 @@ use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tenantwall::command::Command;
-use tenantwall::policy::decide::{decide, Decision};
+use tenantwall::engine::decide::{decide, Decision};
 use tenantwall::Policy;
 use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg, Sequence};
 

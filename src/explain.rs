@@ -12,9 +12,10 @@ use serde::Deserialize;
 use tenantwall_protocol::{MsgFlags, OpMsg};
 
 use crate::command::Command;
-use crate::policy::decide::{decide, Decision};
+use crate::engine::decide::{decide, Decision};
+use crate::engine::reply;
 use crate::policy::Policy;
-use crate::{reply, session};
+use crate::session;
 
 /// What the proxy would do with a command.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,9 +5,9 @@
 //! certificate claim → [`codec`] reads whole frames (size-checked before buffering) and hands them to the sans-IO
 //! `tenantwall-protocol` crate → [`handshake`] answers `hello`/`isMaster` locally as a mongos, and [`sasl`] (over
 //! [`auth`]) authenticates SCRAM users → [`command`] classifies the command into a typed enum →
-//! [`policy::decide`] decides (a pure function over the compiled [`policy`]) and [`rewrite`] rewrites the command
+//! [`engine::decide`] decides (a pure function over the compiled [`policy`]) and [`engine`] rewrites the command
 //! per namespace rule → [`session`] virtualises lsids and checks cursor ownership → [`backend`] relays to the
-//! tenant's backend → [`reply`] maps names back and withholds other tenants' values → [`connection`] maps ids
+//! tenant's backend → [`engine::reply`] maps names back and withholds other tenants' values → [`connection`] maps ids
 //! back and answers in the client's framing and compression. [`explain`] runs the same path without sockets.
 //! [`config`] is the policy file format; [`tls`] loads certificates; [`error`] is the one error type that turns
 //! into MongoDB's `{ok: 0, errmsg, code, codeName}`.
@@ -19,12 +19,11 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod engine;
 pub mod error;
 pub mod explain;
 pub mod handshake;
 pub mod policy;
-pub mod reply;
-pub mod rewrite;
 pub mod sasl;
 pub mod server;
 pub mod session;

@@ -19,7 +19,7 @@ use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use ring::digest;
 use tenantwall_protocol::OpMsg;
 
-use crate::rewrite::raw::replace_fields;
+use crate::engine::raw::replace_fields;
 
 /// Server-side idle cursors time out after 10 minutes by default; keep records a while longer.
 const CURSOR_TTL: Duration = Duration::from_secs(30 * 60);

@@ -5,7 +5,6 @@
 //! certificate subject or SNI name belongs to) and rule lookup. It resolves backend secrets at build time and
 //! keeps them out of `Debug` output.
 
-pub mod decide;
 pub mod rules;
 
 use std::collections::HashMap;

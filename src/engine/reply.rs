@@ -12,9 +12,9 @@
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
 use crate::config::Mode;
+use crate::engine::raw::replace_fields;
+use crate::engine::{resolve, Names, ReplyKind, ReplyPlan, Target, RESERVED_DATABASES};
 use crate::policy::{Policy, Tenant};
-use crate::rewrite::raw::replace_fields;
-use crate::rewrite::{resolve, Names, ReplyKind, ReplyPlan, Target, RESERVED_DATABASES};
 
 const DUPLICATE_KEY: i32 = 11000;
 const REDACTED: &str = "E11000 duplicate key error (the conflicting value is withheld by tenantwall)";

@@ -11,9 +11,9 @@ use tenantwall_protocol::OpMsg;
 
 use crate::command::Command;
 use crate::config::validate::RESERVED_DATABASES;
+use crate::engine::{self, Denial, Plan};
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Tenant};
-use crate::rewrite::{self, Denial, Plan};
 
 /// A command answered by the proxy itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ fn decide_data(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy:
     if !on_admin && RESERVED_DATABASES.contains(&db) {
         return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));
     }
-    match rewrite::plan(msg, command, db, tenant, policy) {
+    match engine::plan(msg, command, db, tenant, policy) {
         Ok(plan) => Decision::Forward(plan),
         Err(Denial { code, reason }) => Decision::Deny { code, reason },
     }

@@ -18,10 +18,12 @@
 
 pub mod bulk;
 pub mod ddl;
+pub mod decide;
 pub mod filter;
 pub mod pipeline;
 pub mod raw;
 pub mod read;
+pub mod reply;
 pub mod write;
 
 use bson::{RawBson, RawDocument};
