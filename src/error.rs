@@ -26,6 +26,8 @@ impl ErrorCode {
     pub const INVALID_NAMESPACE: Self = Self { code: 73, name: "InvalidNamespace" };
     pub const CURSOR_NOT_FOUND: Self = Self { code: 43, name: "CursorNotFound" };
     pub const UNSUPPORTED_OP_QUERY_COMMAND: Self = Self { code: 352, name: "UnsupportedOpQueryCommand" };
+    /// mongod's IDL parsers refuse an unknown field with this code.
+    pub const UNKNOWN_FIELD: Self = Self { code: 40415, name: "Location40415" };
     /// "OP_MSG requests require a $db argument".
     pub const MISSING_DB: Self = Self { code: 40571, name: "Location40571" };
     /// What a 5.1+ server answers to OP_QUERY outside `$cmd` and to OP_GET_MORE.

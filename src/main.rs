@@ -59,6 +59,8 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the command surface: every command the proxy knows and every argument it accepts.
+    Surface,
     /// Read a password (stdin, or a prompt on a terminal) and print its SCRAM-SHA-256 entry for a policy.
     Passwd {
         /// PBKDF2 iterations (at least 4096).
@@ -82,6 +84,10 @@ fn main() -> ExitCode {
             explain(&policy, &tenant, &db, &command, reply.as_deref())
         }
         Cmd::Test { files } => test(&files),
+        Cmd::Surface => {
+            print!("{}", tenantwall::command::spec::render_markdown());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -58,17 +58,80 @@ fn walk(doc: &RawDocument, depth: usize) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Whether any key repeats at the top level of `doc`. Servers and drivers disagree about which duplicate
-/// wins, so a proxy that inspects a field must refuse documents where it could be read two ways.
+/// Documents with more keys than this are checked for duplicates with a hash set; smaller ones by comparing
+/// keys pairwise, which is faster for the few keys a command document usually has.
+const PAIRWISE_MAX: usize = 16;
+
+/// The first key that repeats at the top level of `doc`. Servers and drivers disagree about which duplicate
+/// wins (mongod's parsers take the last, the proxy would read the first), so a document with one can be read
+/// two ways and is refused. Linear in the number of keys whatever their values.
 pub fn first_duplicate_key(doc: &RawDocument) -> Option<String> {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut small: Vec<&str> = Vec::with_capacity(PAIRWISE_MAX);
+    let mut large: Option<std::collections::HashSet<&str>> = None;
     for element in doc.iter_elements() {
         let Ok(element) = element else { return None };
         let key = element.key().as_str();
-        if seen.contains(&key) {
+        let repeated = match &mut large {
+            Some(set) => !set.insert(key),
+            None if small.len() < PAIRWISE_MAX => {
+                let seen = small.contains(&key);
+                small.push(key);
+                seen
+            }
+            None => {
+                // The std hasher is keyed per process, so a client cannot pick keys that all collide.
+                let mut set: std::collections::HashSet<&str> = small.drain(..).collect();
+                let repeated = !set.insert(key);
+                large = Some(set);
+                repeated
+            }
+        };
+        if repeated {
             return Some(key.to_owned());
         }
-        seen.push(key);
+    }
+    None
+}
+
+/// The first key that repeats within any one document at any depth of `doc` (documents inside arrays
+/// included), as `path.key`. Each document is visited once, so the walk is linear in the document's size.
+/// Arrays are positional: their own keys are not compared.
+pub fn first_duplicate_key_deep(doc: &RawDocument) -> Option<String> {
+    deep(doc, 0)
+}
+
+fn deep(doc: &RawDocument, depth: usize) -> Option<String> {
+    if depth > MAX_DEPTH {
+        // Validation refuses such documents before anyone asks; refuse here too rather than recurse on.
+        return Some(String::from("(nesting too deep)"));
+    }
+    if let Some(key) = first_duplicate_key(doc) {
+        return Some(key);
+    }
+    for element in doc.iter_elements() {
+        let Ok(element) = element else { return None };
+        let inner = match element.value() {
+            Ok(RawBsonRef::Document(d)) => deep(d, depth + 1),
+            Ok(RawBsonRef::Array(a)) => deep_array(a, depth + 1),
+            _ => None,
+        };
+        if let Some(key) = inner {
+            return Some(format!("{}.{key}", element.key().as_str()));
+        }
+    }
+    None
+}
+
+fn deep_array(array: &bson::RawArray, depth: usize) -> Option<String> {
+    for (i, item) in array.into_iter().enumerate() {
+        let inner = match item {
+            Ok(RawBsonRef::Document(d)) => deep(d, depth + 1),
+            Ok(RawBsonRef::Array(a)) => deep_array(a, depth + 1),
+            _ => None,
+        };
+        if let Some(key) = inner {
+            return Some(format!("{i}.{key}"));
+        }
     }
     None
 }
@@ -136,5 +199,36 @@ mod tests {
         doc.append(bson::cstr!("a"), 2);
         assert_eq!(first_duplicate_key(&doc), Some("a".to_owned()));
         assert_eq!(first_duplicate_key(&rawdoc! { "a": 1, "b": 2 }), None);
+    }
+
+    fn with_keys(keys: &[&str]) -> bson::RawDocumentBuf {
+        let mut doc = bson::RawDocumentBuf::new();
+        for k in keys {
+            doc.append(bson::raw::CString::try_from(*k).unwrap(), 1);
+        }
+        doc
+    }
+
+    #[test]
+    fn finds_duplicates_past_the_pairwise_limit() {
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let mut refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        assert_eq!(first_duplicate_key(&with_keys(&refs)), None);
+        refs.push("k3");
+        assert_eq!(first_duplicate_key(&with_keys(&refs)), Some("k3".into()));
+        // The repeat right at the switch from pairwise to hashed.
+        let mut at_switch: Vec<&str> = refs[..PAIRWISE_MAX].to_vec();
+        at_switch.push("k0");
+        assert_eq!(first_duplicate_key(&with_keys(&at_switch)), Some("k0".into()));
+    }
+
+    #[test]
+    fn finds_duplicates_at_any_depth() {
+        let dup = with_keys(&["from", "from"]);
+        let lookup = rawdoc! { "aggregate": "c", "pipeline": [{ "$match": {} }, { "$lookup": dup.clone() }] };
+        assert_eq!(first_duplicate_key_deep(&lookup), Some("pipeline.1.$lookup.from".into()));
+        let nested = rawdoc! { "a": [[{ "b": { "c": dup } }]] };
+        assert_eq!(first_duplicate_key_deep(&nested), Some("a.0.0.b.c.from".into()));
+        assert_eq!(first_duplicate_key_deep(&rawdoc! { "a": { "x": 1 }, "b": { "x": 1 }, "c": [1, 1] }), None);
     }
 }

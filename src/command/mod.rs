@@ -1,7 +1,12 @@
 //! The command model: a command's name mapped to a typed value, once, at the edge.
 //!
 //! Everything downstream matches on [`Command`], never on strings. Names the proxy does not know become
-//! [`Command::Unknown`], which every later stage denies.
+//! [`Command::Unknown`], which every later stage denies. [`spec`] is the command surface: every argument each
+//! known command accepts.
+
+pub mod spec;
+
+pub use spec::CommandSpec;
 
 /// A MongoDB command the proxy knows by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

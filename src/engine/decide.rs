@@ -2,14 +2,16 @@
 //!
 //! Inputs: the parsed command, its classification, the connection's tenant (if any) and the policy. Output:
 //! answer locally, forward, or deny with a MongoDB code and a reason that names the rule or the check, never
-//! another tenant. No sockets, no rewriting: what this function allows is forwarded byte for byte, so anything
-//! that would need a rewrite to be safe is denied here until a rewriter for it exists.
+//! another tenant. No sockets: the command's spec, the canonical parse and the generic checks happen here, then
+//! [`engine::plan`] rewrites per command family.
 
 use bson::{RawBsonRef, RawDocument};
-use tenantwall_protocol::validate::first_duplicate_key;
+use tenantwall_protocol::validate::first_duplicate_key_deep;
 use tenantwall_protocol::OpMsg;
 
-use crate::command::Command;
+use super::arguments;
+use crate::command::spec::{Database, Handling};
+use crate::command::{Command, CommandSpec};
 use crate::config::validate::RESERVED_DATABASES;
 use crate::engine::{self, Denial, Plan};
 use crate::error::{ErrorCode, ProxyError};
@@ -53,30 +55,6 @@ impl Decision {
     }
 }
 
-/// Generic arguments only servers send each other (generic_argument.idl), plus tenant and security-token
-/// fields: a client sending any of them is refused, never forwarded.
-const INTERNAL_FIELDS: &[&str] = &[
-    "$audit",
-    "$client",
-    "$configServerState",
-    "allowImplicitCollectionCreation",
-    "$oplogQueryData",
-    "$queryOptions",
-    "$replData",
-    "databaseVersion",
-    "shardVersion",
-    "tracking_info",
-    "coordinator",
-    "maxTimeMSOpOnly",
-    "$configTime",
-    "$topologyTime",
-    "txnRetryCounter",
-    "mayBypassWriteBlocking",
-    "$tenant",
-    "expectPrefix",
-    "securityToken",
-];
-
 /// Server-side JavaScript operators, refused anywhere in a command.
 const JAVASCRIPT: &[&str] = &["$where", "$function", "$accumulator"];
 
@@ -84,89 +62,109 @@ const JAVASCRIPT: &[&str] = &["$where", "$function", "$accumulator"];
 const SCAN_DEPTH: usize = 200;
 
 /// Decides what to do with an OP_MSG command from a connection whose tenant is `tenant`.
+///
+/// Order matters: before authentication only the command name is looked at (the local handlers read their own
+/// fields, and nothing is forwarded); after it, the canonical parse runs before anything reads the command —
+/// duplicate keys at any depth, then the command's argument list — so that no later stage can read a field
+/// differently from the server.
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
     let body = msg.body();
     let name = msg.command_name().unwrap_or_default();
-    if let Some(key) = first_duplicate_key(body) {
-        return deny(ErrorCode::BAD_VALUE, format!("duplicate field {key:?} in command"));
-    }
-    if let Some(field) = internal_field(body) {
-        return deny(ErrorCode::UNAUTHORIZED, format!("field {field:?} is not allowed from clients"));
-    }
     let Ok(db) = body.get_str("$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
     };
-    match command {
-        Command::Hello | Command::LegacyHello => return Decision::Local(Local::Hello),
-        Command::Ping => return Decision::Local(Local::Ping),
-        Command::SaslStart => return Decision::Local(Local::SaslStart),
-        Command::SaslContinue => return Decision::Local(Local::SaslContinue),
-        Command::BuildInfo if tenant.is_none() => return Decision::Local(Local::BuildInfo),
-        Command::EndSessions if tenant.is_none() => return Decision::Local(Local::EndSessions),
-        Command::Unknown => return deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'")),
-        Command::Forbidden(name) => {
-            return deny(ErrorCode::UNAUTHORIZED, format!("command {name} is not allowed through tenantwall"))
-        }
-        _ => {}
+    let Some(spec) = command.spec() else {
+        return match command {
+            Command::Forbidden(name) => {
+                deny(ErrorCode::UNAUTHORIZED, format!("command {name} is not allowed through tenantwall"))
+            }
+            _ => deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'")),
+        };
+    };
+    match (spec.handling, tenant) {
+        (Handling::Local, _) => return Decision::Local(local(command)),
+        (Handling::LocalUntilAuthenticated, None) => return Decision::Local(Local::EndSessions),
+        (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication")),
+        (Handling::Forwarded | Handling::LocalUntilAuthenticated, Some(_)) => {}
     }
     let Some(tenant) = tenant else {
         return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication"));
     };
-    // Documents being inserted are data, not code: a "$where" key or a JavaScript value stored in them never
-    // runs. Everything else (filters, pipelines, updates, bulkWrite ops) is scanned.
-    let mut code_sequences =
-        msg.sequences().iter().filter(|s| !(command == Command::Insert && s.identifier() == "documents"));
-    if contains_javascript(body, 0) || code_sequences.any(|s| s.documents().any(|d| contains_javascript(d, 0))) {
-        return deny(
-            ErrorCode::UNAUTHORIZED,
-            "server-side JavaScript ($where, $function, $accumulator) is not allowed",
-        );
+    if let Err(Denial { code, reason }) = canonical(msg, command, spec) {
+        return Decision::Deny { code, reason };
     }
-    decide_data(msg, command, db, tenant, policy)
-}
-
-/// The namespace rules for an authenticated data command.
-fn decide_data(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy: &Policy) -> Decision {
-    match command {
-        // Session commands run on admin; their lsids are bound to the tenant by the session layer.
-        Command::EndSessions | Command::CommitTransaction | Command::AbortTransaction => {
-            return if db == "admin" {
-                Decision::Forward(Plan::unchanged())
-            } else {
-                deny(ErrorCode::UNAUTHORIZED, "session commands run on admin")
-            };
+    match spec.database {
+        Database::Admin if db != "admin" => {
+            return deny(ErrorCode::UNAUTHORIZED, format!("{} runs on admin", spec.name));
         }
-        Command::BuildInfo => return Decision::Forward(Plan::unchanged()),
-        // Forwarded, it would log the proxy's service user out of the backend connection; the tenant's
-        // identity belongs to the client connection and lasts as long as it does.
-        Command::Logout => return Decision::Local(Local::EndSessions),
-        _ => {}
+        Database::Tenant if RESERVED_DATABASES.contains(&db) => {
+            return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));
+        }
+        Database::Admin | Database::Tenant | Database::Any => {}
     }
-    let on_admin = matches!(command, Command::BulkWrite | Command::ListDatabases | Command::RenameCollection);
-    if !on_admin && RESERVED_DATABASES.contains(&db) {
-        return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));
-    }
-    match engine::plan(msg, command, db, tenant, policy) {
+    match engine::plan(msg, command, spec, db, tenant, policy) {
         Ok(plan) => Decision::Forward(plan),
         Err(Denial { code, reason }) => Decision::Deny { code, reason },
     }
 }
 
-fn internal_field(body: &RawDocument) -> Option<&str> {
-    body.iter_elements().filter_map(Result::ok).map(|e| e.key().as_str()).find(|k| INTERNAL_FIELDS.contains(k))
+/// What the proxy answers itself for a [`Handling::Local`] command.
+fn local(command: Command) -> Local {
+    match command {
+        Command::Hello | Command::LegacyHello => Local::Hello,
+        Command::SaslStart => Local::SaslStart,
+        Command::SaslContinue => Local::SaslContinue,
+        Command::BuildInfo => Local::BuildInfo,
+        // Forwarded, logout would log the proxy's service user out of the backend connection; the tenant's
+        // identity belongs to the client connection and lasts as long as it does.
+        Command::Logout => Local::EndSessions,
+        _ => Local::Ping,
+    }
 }
 
-/// Whether any key at any depth is a JavaScript operator.
-fn contains_javascript(doc: &RawDocument, depth: usize) -> bool {
+/// The canonical parse of a command about to be forwarded: one reading, the server's.
+fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), Denial> {
+    let body = msg.body();
+    let duplicate = first_duplicate_key_deep(body).map(|k| (String::new(), k)).or_else(|| {
+        msg.sequences().iter().find_map(|s| {
+            s.documents()
+                .enumerate()
+                .find_map(|(i, d)| first_duplicate_key_deep(d).map(|k| (format!("{}[{i}].", s.identifier()), k)))
+        })
+    });
+    if let Some((place, key)) = duplicate {
+        return Err(Denial::new(ErrorCode::BAD_VALUE, format!("duplicate field {place}{key} in command")));
+    }
+    arguments::check(body, Some(msg), spec)?;
+    // Documents being inserted are data, not code: a "$where" key or a JavaScript value stored in them never
+    // runs. Everything else (filters, pipelines, updates, bulkWrite ops) is scanned.
+    let mut code_sequences =
+        msg.sequences().iter().filter(|s| !(command == Command::Insert && s.identifier() == "documents"));
+    let data = if command == Command::Insert { Some("documents") } else { None };
+    if contains_javascript(body, 0, data)
+        || code_sequences.any(|s| s.documents().any(|d| contains_javascript(d, 0, None)))
+    {
+        return Err(Denial::unauthorized("server-side JavaScript ($where, $function, $accumulator) is not allowed"));
+    }
+    Ok(())
+}
+
+/// Whether any key at any depth is a JavaScript operator, or any value JavaScript code. The top-level field
+/// `data` (inserted documents) is skipped.
+fn contains_javascript(doc: &RawDocument, depth: usize, data: Option<&str>) -> bool {
     if depth > SCAN_DEPTH {
         return true;
     }
     doc.iter_elements().filter_map(Result::ok).any(|e| {
-        JAVASCRIPT.contains(&e.key().as_str())
+        let key = e.key().as_str();
+        if data == Some(key) {
+            return false;
+        }
+        JAVASCRIPT.contains(&key)
             || match e.value() {
-                Ok(RawBsonRef::Document(d)) => contains_javascript(d, depth + 1),
+                Ok(RawBsonRef::Document(d)) => contains_javascript(d, depth + 1, None),
                 Ok(RawBsonRef::Array(a)) => {
-                    RawDocument::from_bytes(a.as_bytes()).is_ok_and(|d| contains_javascript(d, depth + 1))
+                    RawDocument::from_bytes(a.as_bytes()).is_ok_and(|d| contains_javascript(d, depth + 1, None))
                 }
                 Ok(RawBsonRef::JavaScriptCode(_) | RawBsonRef::JavaScriptCodeWithScope(_)) => true,
                 _ => false,

@@ -16,6 +16,7 @@
 //! update, delete, findAndModify), [`bulk`] (bulkWrite), [`ddl`] (catalog commands); [`filter`] and [`raw`] are
 //! the shared building blocks.
 
+pub mod arguments;
 pub mod bulk;
 pub mod ddl;
 pub mod decide;
@@ -29,7 +30,7 @@ pub mod write;
 use bson::{RawBson, RawDocument};
 use tenantwall_protocol::OpMsg;
 
-use crate::command::Command;
+use crate::command::{Command, CommandSpec};
 pub use crate::config::validate::RESERVED_DATABASES;
 use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
@@ -254,47 +255,63 @@ pub fn first_key(doc: &RawDocument) -> &str {
     doc.iter_elements().next().and_then(|e| e.ok()).map(|e| e.key().as_str()).unwrap_or_default()
 }
 
-/// Rewrites an authenticated data command (already past the generic checks) for `tenant`.
-pub fn plan(msg: &OpMsg, command: Command, db: &str, tenant: &Tenant, policy: &Policy) -> Result<Plan> {
+/// Rewrites an authenticated data command (already past the canonical parse and the generic checks) for `tenant`.
+pub fn plan(
+    msg: &OpMsg,
+    command: Command,
+    spec: &CommandSpec,
+    db: &str,
+    tenant: &Tenant,
+    policy: &Policy,
+) -> Result<Plan> {
     let mut scope = Scope::new(tenant, policy, db)?;
     let (forward, reply) = match command {
         Command::Explain => explain(msg, &mut scope)?,
         _ => dispatch(msg, command, &mut scope)?,
     };
     let forward = with_real_db(forward, msg, &scope.names);
-    let forward = with_resource_limits(forward, msg, command, tenant);
+    let limits = Limits { time: spec.limited || command == Command::Explain, disk: spec.limited };
+    let forward = with_resource_limits(forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (!scope.names.is_identity() || reply.kind == ReplyKind::ListCollections).then(|| scope.names.clone());
     let reply = ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
 
-/// Commands whose running time and memory a tenant's limits bound.
-fn limited(command: Command) -> bool {
-    matches!(
-        command,
-        Command::Find
-            | Command::Aggregate
-            | Command::Count
-            | Command::Distinct
-            | Command::FindAndModify
-            | Command::Insert
-            | Command::Update
-            | Command::Delete
-            | Command::BulkWrite
-    )
+/// Which of the tenant's resource limits to apply to a command.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Cap `maxTimeMS` (for explain: the outer command's, which is the one the server honours).
+    time: bool,
+    /// Force `allowDiskUse: false` (find and aggregate; for explain: the inner command's).
+    disk: bool,
 }
 
 /// The forwarded command with the tenant's resource limits applied: `maxTimeMS` capped (absent or 0 means no
 /// limit to the server, so both become the cap), and `allowDiskUse` forced off where the policy says so.
-fn with_resource_limits(forward: Option<OpMsg>, original: &OpMsg, command: Command, tenant: &Tenant) -> Option<OpMsg> {
-    if !limited(command) {
+fn with_resource_limits(
+    forward: Option<OpMsg>,
+    original: &OpMsg,
+    limits: Limits,
+    command: Command,
+    tenant: &Tenant,
+) -> Option<OpMsg> {
+    let base = forward.as_ref().unwrap_or(original);
+    let edits = limit_edits(base.body(), limits, command, tenant);
+    if edits.is_empty() {
         return forward;
     }
-    let base = forward.as_ref().unwrap_or(original);
-    let body = base.body();
+    Some(OpMsg::with_sequences(base.flags, raw::replace_fields(base.body(), &edits), base.sequences().to_vec()))
+}
+
+fn limit_edits(
+    body: &RawDocument,
+    limits: Limits,
+    command: Command,
+    tenant: &Tenant,
+) -> Vec<(&'static str, Option<RawBson>)> {
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-    if let Some(cap) = tenant.max_time_ms {
+    if let (Some(cap), true) = (tenant.max_time_ms, limits.time) {
         let asked = match body.get("maxTimeMS") {
             Ok(Some(bson::RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
             Ok(Some(bson::RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
@@ -305,16 +322,13 @@ fn with_resource_limits(forward: Option<OpMsg>, original: &OpMsg, command: Comma
             edits.push(("maxTimeMS", Some(RawBson::Int64(i64::try_from(cap).unwrap_or(i64::MAX)))));
         }
     }
-    if tenant.allow_disk_use == Some(false) && matches!(command, Command::Find | Command::Aggregate) {
+    if tenant.allow_disk_use == Some(false) && limits.disk && matches!(command, Command::Find | Command::Aggregate) {
         edits.push(("allowDiskUse", Some(RawBson::Boolean(false))));
     }
-    if edits.is_empty() {
-        return forward;
-    }
-    Some(OpMsg::with_sequences(base.flags, raw::replace_fields(body, &edits), base.sequences().to_vec()))
+    edits
 }
 
-/// The command family's rewrite.
+/// The command family's rewrite. Every command is named: a new one does not compile without a decision here.
 fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     match command {
         Command::Find | Command::Count | Command::Distinct => read::rewrite(msg, command, scope),
@@ -324,7 +338,30 @@ fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Opt
         }
         Command::BulkWrite => bulk::rewrite(msg, scope),
         Command::GetMore | Command::KillCursors => cursor_command(msg, command, scope),
-        _ => ddl::rewrite(msg, command, scope),
+        Command::Create
+        | Command::Drop
+        | Command::DropDatabase
+        | Command::CreateIndexes
+        | Command::DropIndexes
+        | Command::ListIndexes
+        | Command::ListCollections
+        | Command::ListDatabases
+        | Command::CollMod
+        | Command::RenameCollection => ddl::rewrite(msg, command, scope),
+        // Their lsids are bound to the tenant by the session layer; they name no namespace.
+        Command::EndSessions | Command::CommitTransaction | Command::AbortTransaction => {
+            Ok((None, ReplyPlan::default()))
+        }
+        Command::Explain => Err(Denial::unauthorized("explain of explain is not allowed")),
+        Command::Hello
+        | Command::LegacyHello
+        | Command::Ping
+        | Command::BuildInfo
+        | Command::SaslStart
+        | Command::SaslContinue
+        | Command::Logout
+        | Command::Forbidden(_)
+        | Command::Unknown => Err(Denial::unauthorized(format!("{} is never forwarded", first_key(msg.body())))),
     }
 }
 
@@ -370,23 +407,21 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         .map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "explain needs a command document"))?;
     let inner_name = first_key(inner);
     let inner_command = Command::from_name(inner_name);
-    if !matches!(
-        inner_command,
-        Command::Find
-            | Command::Count
-            | Command::Distinct
-            | Command::Aggregate
-            | Command::Update
-            | Command::Delete
-            | Command::FindAndModify
-    ) {
-        return Err(Denial::unauthorized(format!("explain of {inner_name} is not allowed")));
-    }
-    if inner.get_str("$db").is_ok_and(|d| d != scope.db) {
-        return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own"));
+    let inner_spec = match inner_command.spec() {
+        Some(spec) if spec.explainable => spec,
+        _ => return Err(Denial::unauthorized(format!("explain of {inner_name} is not allowed"))),
+    };
+    arguments::check(inner, None, inner_spec)?;
+    match inner.get("$db") {
+        Ok(None) => {}
+        Ok(Some(bson::RawBsonRef::String(d))) if d == scope.db => {}
+        _ => return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own")),
     }
     let inner_msg = OpMsg::new(msg.flags, inner.to_owned());
     let (rewritten, inner_reply) = dispatch(&inner_msg, inner_command, scope)?;
+    // The inner command carries its own allowDiskUse; maxTimeMS is the outer command's.
+    let disk_only = Limits { time: false, disk: inner_spec.limited };
+    let rewritten = with_resource_limits(rewritten, &inner_msg, disk_only, inner_command, scope.tenant);
     let reply = ReplyPlan {
         kind: ReplyKind::Explain,
         redact_duplicate_keys: inner_reply.redact_duplicate_keys,

@@ -1,0 +1,105 @@
+//! The shape check: a command carries only the arguments, document sequences and statement fields its
+//! [`CommandSpec`] lists. Runs before any rewriter reads the command, so every rewriter can rely on knowing every
+//! field it is given; anything else is refused with the field named, as mongod's own parsers refuse unknown
+//! fields (error 40415).
+
+use bson::{RawBsonRef, RawDocument};
+use tenantwall_protocol::OpMsg;
+
+use super::{first_key, Denial, Result};
+use crate::command::spec::{Statement, BULK_DELETE, BULK_INSERT, BULK_UPDATE, GENERIC_ARGUMENTS};
+use crate::command::CommandSpec;
+use crate::error::ErrorCode;
+
+fn unknown(place: &str, field: &str) -> Denial {
+    Denial::new(
+        ErrorCode::UNKNOWN_FIELD,
+        format!("BSON field '{place}.{field}' is an unknown field (not in tenantwall's command surface)"),
+    )
+}
+
+/// Checks `body` (and `msg`'s sequences, when given) against `spec`.
+pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) -> Result<()> {
+    let name = first_key(body);
+    for (i, element) in body.iter_elements().enumerate() {
+        let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
+        let key = element.key().as_str();
+        if i == 0 || spec.arguments.contains(&key) || GENERIC_ARGUMENTS.contains(&key) {
+            continue;
+        }
+        return Err(unknown(name, key));
+    }
+    if let Some(msg) = sequences {
+        for seq in msg.sequences() {
+            let id = seq.identifier();
+            if !spec.sequences.contains(&id) {
+                return Err(Denial::new(
+                    ErrorCode::UNKNOWN_FIELD,
+                    format!("{name} takes no document sequence named {id:?}"),
+                ));
+            }
+            if body.get(id).ok().flatten().is_some() {
+                return Err(Denial::new(
+                    ErrorCode::FAILED_TO_PARSE,
+                    format!("{id} given both in the body and as a document sequence"),
+                ));
+            }
+        }
+    }
+    for (field, statement) in spec.statements {
+        let place = format!("{name}.{field}");
+        match (sequences.and_then(|m| m.sequence(field)), body.get(field)) {
+            (Some(seq), _) => {
+                for doc in seq.documents() {
+                    check_statement(doc, *statement, &place)?;
+                }
+            }
+            (None, Ok(Some(RawBsonRef::Array(items)))) => {
+                for item in items {
+                    match item {
+                        Ok(RawBsonRef::Document(doc)) => check_statement(doc, *statement, &place)?,
+                        _ => {
+                            return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, format!("{place} must hold documents")))
+                        }
+                    }
+                }
+            }
+            (None, Ok(None)) => {}
+            (None, _) => return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, format!("{place} must be an array"))),
+        }
+    }
+    Ok(())
+}
+
+fn check_statement(doc: &RawDocument, statement: Statement, place: &str) -> Result<()> {
+    let allowed = match statement {
+        Statement::Fields(fields) => fields,
+        Statement::BulkOp => match first_key(doc) {
+            "insert" => BULK_INSERT,
+            "update" => BULK_UPDATE,
+            "delete" => BULK_DELETE,
+            other => {
+                return Err(Denial::unauthorized(format!("{place}: bulkWrite operation {other:?} is not allowed")))
+            }
+        },
+    };
+    for element in doc.iter_elements() {
+        let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
+        let key = element.key().as_str();
+        if !allowed.contains(&key) {
+            return Err(unknown(place, key));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `doc` (a stage's or option's specification at `place`) has only `allowed` fields.
+pub fn only(doc: &RawDocument, allowed: &[&str], place: &str) -> Result<()> {
+    for element in doc.iter_elements() {
+        let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
+        if !allowed.contains(&element.key().as_str()) {
+            return Err(unknown(place, element.key().as_str()));
+        }
+    }
+    Ok(())
+}
