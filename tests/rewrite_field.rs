@@ -341,8 +341,17 @@ fn inserts_are_stamped_and_foreign_values_refused() {
     ] {
         assert_eq!(denied(doc! { "insert": "orders", "documents": [bad.clone()] }).0, 13, "{bad}");
     }
-    // Exact type: globex's value is the integer 42; 42.0 or "42" is not it.
-    for bad in [Bson::Double(42.0), Bson::String("42".into()), Bson::Int64(42)] {
+    // globex's value is the integer 42. The server's $eq finds 42.0, NumberLong(42) and NumberDecimal("42.0")
+    // equal to it, so they are the tenant's value and stored as the configured Int32; "42" and 42.5 are not.
+    for same in [Bson::Double(42.0), Bson::Int64(42), Bson::Decimal128("42.0".parse().unwrap())] {
+        match run_as("globex", doc! { "insert": "events", "documents": [{ "org": same.clone() }] }) {
+            Outcome::Forwarded { command, .. } => {
+                assert_eq!(command.get_array("documents").unwrap()[0], Bson::Document(doc! { "org": 42 }), "{same}")
+            }
+            other => panic!("{same}: {other:?}"),
+        }
+    }
+    for bad in [Bson::Double(42.5), Bson::String("42".into()), Bson::Int64(43)] {
         match run_as("globex", doc! { "insert": "events", "documents": [{ "org": bad.clone() }] }) {
             Outcome::Denied { code, .. } => assert_eq!(code, 13),
             other => panic!("{bad}: {other:?}"),

@@ -153,6 +153,7 @@ pub fn validate(file: &PolicyFile, text: &str, base: &Path) -> Report {
 
     validate_tenants(&mut c, file, &backend_names);
     validate_rules(&mut c, file);
+    validate_name_collisions(&mut c, file);
     validate_limits(&mut c, file);
     c.report
 }
@@ -191,17 +192,18 @@ fn validate_tenants(c: &mut Collector<'_>, file: &PolicyFile, backend_names: &Ha
         }
         let value = match &tenant.value {
             Some(v) => tenant_value(v.get_ref()).map_err(|e| (Some(v.span()), e)),
-            None => Ok(bson::Bson::String(id.clone())),
+            None => crate::policy::TenantValue::new(bson::Bson::String(id.clone())).map_err(|e| (None, e)),
         };
         match value {
             Ok(value) => {
-                // Two tenants with equal values would read each other's rows in every shared collection.
-                let key = format!("{value:?}");
+                // Two tenants with equal values would read each other's rows in every shared collection; equal
+                // as the server compares (42 and NumberLong(42) are one value).
+                let key = value.canonical_key();
                 if let Some(first) = values.insert(key, i) {
                     c.error(
                         Some(&tenant.id),
                         format!("tenants[{i}].value"),
-                        format!("same tenant value as tenants[{first}]"),
+                        format!("same tenant value as tenants[{first}] (MongoDB compares numbers across types)"),
                     );
                 }
             }
@@ -362,6 +364,69 @@ fn validate_rules(c: &mut Collector<'_>, file: &PolicyFile) {
                 );
             }
             seen.push((db, coll, i));
+        }
+    }
+}
+
+/// A rule that keeps names as they are (field, shared, or a template without `{tenant}`) must not match another
+/// rule's per-tenant real names: through it, one tenant could name another's collection or database
+/// (`app.*` in field mode would reach `globex__invoices`). The proxy refuses such names at run time whatever the
+/// policy; a policy that relies on that is ambiguous and refused here.
+fn validate_name_collisions(c: &mut Collector<'_>, file: &PolicyFile) {
+    let tenants: Vec<&str> = file.tenants.iter().map(|t| t.id.get_ref().as_str()).collect();
+    let parsed: Vec<Option<(Pattern, Pattern, Mode, Option<Template>)>> = file
+        .rules
+        .iter()
+        .map(|r| {
+            let mode = *r.mode.get_ref();
+            let db = Pattern::parse(r.database.get_ref(), false).ok()?;
+            let coll = Pattern::parse(r.collection.get_ref(), true).ok()?;
+            let default = match mode {
+                Mode::Collection => Some(crate::policy::DEFAULT_COLLECTION_TEMPLATE),
+                Mode::Database => Some(crate::policy::DEFAULT_DATABASE_TEMPLATE),
+                Mode::Field | Mode::Shared => None,
+            };
+            let template = match r.template.as_ref().map(|t| t.get_ref().as_str()).or(default) {
+                Some(t) => Some(Template::parse(t, mode).ok()?),
+                None => None,
+            };
+            Some((db, coll, mode, template))
+        })
+        .collect();
+    for (i, rule) in parsed.iter().enumerate() {
+        let Some((db, coll, _, template)) = rule else { continue };
+        if template.as_ref().is_some_and(Template::has_tenant) {
+            continue;
+        }
+        for (j, other) in parsed.iter().enumerate() {
+            let Some((other_db, other_coll, other_mode, Some(other_template))) = other else { continue };
+            if j == i || !other_template.has_tenant() {
+                continue;
+            }
+            let sample = |p: &Pattern| p.as_str().replace('*', "x");
+            let example = tenants.iter().find_map(|t| match other_mode {
+                Mode::Collection if db.overlaps(other_db) => {
+                    let real = other_template.render(t, &sample(other_coll));
+                    coll.matches(&real).then(|| format!("{}.{real}", sample(db)))
+                }
+                Mode::Database => {
+                    let real = other_template.render(t, &sample(other_db));
+                    db.matches(&real).then_some(real)
+                }
+                _ => None,
+            });
+            if let Some(example) = example {
+                let at = file.rules.get(i).map(|r| &r.database);
+                c.error(
+                    at,
+                    format!("rules[{i}]"),
+                    format!(
+                        "matches names rules[{j}] gives each tenant (e.g. {example}): through it a tenant could \
+                         reach another tenant's data; use names that cannot match, or another database"
+                    ),
+                );
+                break;
+            }
         }
     }
 }

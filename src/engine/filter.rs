@@ -9,7 +9,7 @@ use tenantwall_protocol::validate::first_duplicate_key;
 
 use super::{Result, Scope};
 use crate::config::Style;
-use crate::policy::Rule;
+use crate::policy::{Rule, TenantValue};
 
 /// `{<field>: {$eq: <value>}}`.
 pub fn tenant_condition(field: &str, value: &RawBson) -> RawDocumentBuf {
@@ -39,8 +39,9 @@ pub fn wrap(filter: Option<&RawDocument>, field: &str, value: &RawBson) -> RawDo
 }
 
 /// Whether a filter pins `field` to exactly `value` (verify style): `{field: v}`, `{field: {$eq: v}}`,
-/// `{field: {$in: [v]}}`, at the top level or in a top-level `$and`. Duplicate keys never count as pinned.
-pub fn pins(filter: &RawDocument, field: &str, value: RawBsonRef<'_>) -> bool {
+/// `{field: {$in: [v]}}`, at the top level or in a top-level `$and`, where `v` equals the tenant value as the
+/// server compares (a double 42.0 pins the tenant 42). Duplicate keys never count as pinned.
+pub fn pins(filter: &RawDocument, field: &str, value: &TenantValue) -> bool {
     if first_duplicate_key(filter).is_some() {
         return false;
     }
@@ -56,7 +57,7 @@ pub fn pins(filter: &RawDocument, field: &str, value: RawBsonRef<'_>) -> bool {
     })
 }
 
-fn value_pins(given: RawBsonRef<'_>, value: RawBsonRef<'_>) -> bool {
+fn value_pins(given: RawBsonRef<'_>, value: &TenantValue) -> bool {
     match given {
         RawBsonRef::Document(ops) => {
             if first_duplicate_key(ops).is_some() {
@@ -65,17 +66,18 @@ fn value_pins(given: RawBsonRef<'_>, value: RawBsonRef<'_>) -> bool {
             let mut elements = ops.iter_elements().filter_map(|e| e.ok());
             match (elements.next(), elements.next()) {
                 (Some(op), None) => match (op.key().as_str(), op.value()) {
-                    ("$eq", Ok(v)) => v == value,
+                    ("$eq", Ok(v)) => value.matches(v),
                     ("$in", Ok(RawBsonRef::Array(items))) => {
                         let items: Vec<_> = items.into_iter().collect();
-                        items.len() == 1 && matches!(items[0], Ok(v) if v == value)
+                        items.len() == 1 && matches!(items[0], Ok(v) if value.matches(v))
                     }
                     _ => false,
                 },
                 _ => false,
             }
         }
-        other => other == value,
+        RawBsonRef::Array(_) | RawBsonRef::RegularExpression(_) => false,
+        other => value.matches(other),
     }
 }
 
@@ -88,7 +90,7 @@ pub fn scope_filter(
     place: &str,
 ) -> Result<Option<RawDocumentBuf>> {
     let value = scope.value.clone();
-    let pinned = filter.is_some_and(|f| pins(f, &rule.field, value.as_raw_bson_ref()));
+    let pinned = filter.is_some_and(|f| pins(f, &rule.field, &scope.tenant.value));
     match rule.style {
         Style::Enforce => Ok(Some(wrap(filter, &rule.field, &value))),
         Style::Verify if pinned => Ok(None),
@@ -136,8 +138,7 @@ mod tests {
 
     #[test]
     fn pinned_only_by_exact_equality() {
-        let v = acme();
-        let v = v.as_raw_bson_ref();
+        let v = &TenantValue::new(bson::Bson::String("acme".into())).unwrap();
         assert!(pins(&rawdoc! { "tenantId": "acme", "x": 1 }, "tenantId", v));
         assert!(pins(&rawdoc! { "tenantId": { "$eq": "acme" } }, "tenantId", v));
         assert!(pins(&rawdoc! { "tenantId": { "$in": ["acme"] } }, "tenantId", v));
@@ -159,7 +160,11 @@ mod tests {
         dup.append(cstr!("tenantId"), "acme");
         dup.append(cstr!("tenantId"), "globex");
         assert!(!pins(&dup, "tenantId", v));
-        // Exact type: Int32 5 does not pin an Int64 5 tenant.
-        assert!(!pins(&rawdoc! { "t": 5 }, "t", RawBsonRef::Int64(5)));
+        // Numbers pin as the server compares them: Int32 5 and 5.0 are the Int64 tenant 5, 5.5 is not.
+        let five = &TenantValue::new(bson::Bson::Int64(5)).unwrap();
+        assert!(pins(&rawdoc! { "t": 5 }, "t", five));
+        assert!(pins(&rawdoc! { "t": { "$eq": 5.0 } }, "t", five));
+        assert!(!pins(&rawdoc! { "t": 5.5 }, "t", five));
+        assert!(!pins(&rawdoc! { "t": [5] }, "t", five));
     }
 }

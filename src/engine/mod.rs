@@ -97,12 +97,27 @@ pub fn resolve<'p>(policy: &'p Policy, tenant: &str, db: &str, collection: Optio
             return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, format!("collection {coll:?} is not reachable")));
         }
     }
+    let shown = || collection.map_or_else(|| db.to_owned(), |c| format!("{db}.{c}"));
+    // Worded like a name no rule covers, so it tells nothing about whether that tenant exists.
+    let unreachable = || Denial::unauthorized(format!("no rule allows {}", shown()));
     let rule = match collection {
         Some(coll) => policy.rule_for(db, coll),
         None => policy.database_rule(db),
     };
-    let shown = collection.map_or_else(|| db.to_owned(), |c| format!("{db}.{c}"));
-    let rule = rule.ok_or_else(|| Denial::unauthorized(format!("no rule allows {shown}")))?;
+    let rule = rule.ok_or_else(unreachable)?;
+    // Visible and real names are different kinds of name: a rule that keeps a name as it is must never let a
+    // tenant name another tenant's real database or collection (`app.*` in field mode next to collection-mode
+    // `app.invoices` would otherwise reach `globex__invoices`). A rule that renames gives the tenant its own
+    // name whatever it asks for, so only the part it keeps is checked.
+    let per_tenant = rule.template.as_ref().is_some_and(|t| t.has_tenant());
+    let renames_db = per_tenant && rule.mode == Mode::Database;
+    let renames_coll = per_tenant && rule.mode == Mode::Collection;
+    if !renames_db
+        && (policy.is_real_database(db)
+            || (!renames_coll && collection.is_some_and(|c| policy.is_real_collection(db, c))))
+    {
+        return Err(unreachable());
+    }
     match (rule.mode, &rule.template) {
         (Mode::Field, _) => Ok(Target::Field(rule)),
         (Mode::Shared, _) => Ok(Target::Shared(rule)),
@@ -193,8 +208,7 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
-        let value = RawBson::try_from(tenant.value.clone())
-            .map_err(|_| Denial::new(ErrorCode::BAD_VALUE, "tenant value cannot be encoded"))?;
+        let value = tenant.value.raw().clone();
         let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
         Ok(Self { tenant, policy, db, value, audit: Vec::new(), touched_field: false, names })
     }

@@ -192,7 +192,7 @@ fn rewrite_pipeline(
                 )));
             }
             first => {
-                let pinned = matches!(first, Some(("$match", RawBsonRef::Document(m))) if pins(m, &rule.field, value.as_raw_bson_ref()));
+                let pinned = matches!(first, Some(("$match", RawBsonRef::Document(m))) if pins(m, &rule.field, &scope.tenant.value));
                 match rule.style {
                     Style::Enforce => {
                         out.push(stage(cstr!("$match"), tenant_condition(&rule.field, &value)));

@@ -196,12 +196,15 @@ fn visible_collection(policy: &Policy, tenant: &Tenant, visible_db: &str, real: 
     if real.starts_with("system.") {
         return None;
     }
-    let mut candidates = vec![real.to_owned()];
+    // Un-render first: a real name of the tenant's own is shown under its visible name; a real name of another
+    // tenant's un-renders to nothing for this tenant and is refused by `resolve` as itself.
+    let mut candidates = Vec::new();
     for rule in policy.rules.iter().filter(|r| r.mode == Mode::Collection && r.database.matches(visible_db)) {
         if let Some(visible) = rule.template.as_ref().and_then(|t| t.unrender(&tenant.id, real)) {
             candidates.push(visible);
         }
     }
+    candidates.push(real.to_owned());
     candidates.into_iter().find(|visible| {
         resolve(policy, &tenant.id, visible_db, Some(visible)).is_ok_and(|target| target.real_coll(visible) == real)
     })
@@ -247,12 +250,13 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<Stri
     if RESERVED_DATABASES.contains(&real) {
         return None;
     }
-    let mut candidates = vec![real.to_owned()];
+    let mut candidates = Vec::new();
     for rule in policy.rules.iter().filter(|r| r.mode == Mode::Database) {
         if let Some(visible) = rule.template.as_ref().and_then(|t| t.unrender(&tenant.id, real)) {
             candidates.push(visible);
         }
     }
+    candidates.push(real.to_owned());
     candidates.into_iter().find(|visible| {
         if RESERVED_DATABASES.contains(&visible.as_str()) {
             return false;

@@ -6,6 +6,7 @@
 //! keeps them out of `Debug` output.
 
 pub mod rules;
+pub mod value;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +20,7 @@ use crate::auth::ScramVerifier;
 use crate::config::{self, BackendUri, ConfigError, Limits, Mode, PolicyFile, Problem, Style};
 use crate::tls;
 use rules::{Pattern, Template};
+pub use value::TenantValue;
 
 /// Default tenant field of `field` rules.
 pub const DEFAULT_TENANT_FIELD: &str = "tenantId";
@@ -32,7 +34,7 @@ pub const DEFAULT_DATABASE_TEMPLATE: &str = "{tenant}_{db}";
 pub struct Tenant {
     pub id: String,
     /// Value of the tenant field in shared collections.
-    pub value: Bson,
+    pub value: TenantValue,
     /// Name of the backend holding the tenant's data.
     pub backend: String,
     /// Longest a command may run on the backend (`maxTimeMS` is capped to it); `None` leaves it to the client.
@@ -128,26 +130,23 @@ pub struct Policy {
     pub warnings: Vec<Problem>,
 }
 
-/// Converts a policy's tenant value (TOML) into the BSON scalar stored in tenant fields.
-pub fn tenant_value(value: &toml::Value) -> Result<Bson, String> {
-    match value {
-        toml::Value::String(s) if !s.is_empty() => Ok(Bson::String(s.clone())),
-        toml::Value::Integer(i) => Ok(i32::try_from(*i).map(Bson::Int32).unwrap_or(Bson::Int64(*i))),
+/// Converts a policy's tenant value (TOML) into the tenant value stored in tenant fields.
+pub fn tenant_value(value: &toml::Value) -> Result<TenantValue, String> {
+    let bson = match value {
+        toml::Value::String(s) => Bson::String(s.clone()),
+        toml::Value::Integer(i) => i32::try_from(*i).map(Bson::Int32).unwrap_or(Bson::Int64(*i)),
         toml::Value::Table(_) => {
             let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
-            let bson = Bson::try_from(json).map_err(|e| format!("not valid extended JSON: {e}"))?;
-            match bson {
-                Bson::Document(_) | Bson::Array(_) => {
-                    Err("must be a scalar (string, integer, $oid, $uuid, ...)".into())
-                }
-                other => Ok(other),
-            }
+            Bson::try_from(json).map_err(|e| format!("not valid extended JSON: {e}"))?
         }
         _ => {
-            Err("must be a non-empty string, an integer, or an extended JSON table such as { \"$oid\" = \"...\" }"
-                .into())
+            return Err(
+                "must be a non-empty string, an integer, or an extended JSON table such as { \"$oid\" = \"...\" }"
+                    .into(),
+            )
         }
-    }
+    };
+    TenantValue::new(bson)
 }
 
 impl Policy {
@@ -258,7 +257,9 @@ impl Policy {
             let id = t.id.get_ref().clone();
             let value = match &t.value {
                 Some(v) => tenant_value(v.get_ref()).map_err(|e| invalid(format!("tenants[{i}].value"), e))?,
-                None => Bson::String(id.clone()),
+                None => {
+                    TenantValue::new(Bson::String(id.clone())).map_err(|e| invalid(format!("tenants[{i}].id"), e))?
+                }
             };
             for u in &t.users {
                 let verifier = ScramVerifier::from_str(u.scram.get_ref())
@@ -338,6 +339,35 @@ impl Policy {
 
     pub fn backend(&self, name: &str) -> Option<&BackendSpec> {
         self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// Whether database `db`, as a client names it, is some tenant's real database under a database rule's
+    /// template (`globex_app`).
+    pub fn is_real_database(&self, db: &str) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.mode == Mode::Database
+                && rule
+                    .template
+                    .as_ref()
+                    .filter(|t| t.has_tenant())
+                    .and_then(|t| t.split(db))
+                    .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.database.matches(name))
+        })
+    }
+
+    /// Whether collection `collection` of `db`, as a client names it, is some tenant's real collection under a
+    /// collection rule's template (`globex__invoices`).
+    pub fn is_real_collection(&self, db: &str, collection: &str) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.mode == Mode::Collection
+                && rule.database.matches(db)
+                && rule
+                    .template
+                    .as_ref()
+                    .filter(|t| t.has_tenant())
+                    .and_then(|t| t.split(collection))
+                    .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.collection.matches(name))
+        })
     }
 
     /// The first rule whose patterns match `db` and `collection` (names as the tenant sees them).

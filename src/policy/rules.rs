@@ -91,10 +91,20 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
     pattern[p..].iter().all(|c| *c == b'*')
 }
 
-/// A name template such as `{tenant}__{collection}` or `{tenant}_{db}`.
+/// One piece of a name template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Tenant,
+    Name,
+}
+
+/// A name template such as `{tenant}__{collection}` or `{tenant}_{db}`, parsed once into its pieces so that
+/// rendering is a single pass (a placeholder's replacement is never read again as a placeholder).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     text: String,
+    parts: Vec<Part>,
 }
 
 impl Template {
@@ -116,49 +126,121 @@ impl Template {
         if tenants > 1 {
             return Err("must contain {tenant} at most once".into());
         }
-        let stripped = text.replacen(name, "", 1).replacen("{tenant}", "", 1);
-        if stripped.contains(['{', '}']) {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let next = [("{tenant}", Part::Tenant), (name, Part::Name)]
+                .into_iter()
+                .filter_map(|(p, part)| rest.find(p).map(|at| (at, p.len(), part)))
+                .min_by_key(|(at, _, _)| *at);
+            match next {
+                Some((at, len, part)) => {
+                    if at > 0 {
+                        parts.push(Part::Literal(rest[..at].to_owned()));
+                    }
+                    parts.push(part);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    parts.push(Part::Literal(rest.to_owned()));
+                    rest = "";
+                }
+            }
+        }
+        let literals: String =
+            parts.iter().filter_map(|p| if let Part::Literal(l) = p { Some(l.as_str()) } else { None }).collect();
+        if literals.contains(['{', '}']) {
             return Err(format!("only {{tenant}} and {name} are placeholders"));
         }
-        if let Some(at) = text.find("{tenant}") {
-            let before_ok = at == 0 || !is_tenant_char(text.as_bytes()[at - 1]);
-            let after = text.as_bytes().get(at + "{tenant}".len()).copied();
-            let after_ok = after.is_none_or(|b| !is_tenant_char(b) && b != b'{');
-            if !before_ok || !after_ok {
+        if let Some(at) = parts.iter().position(|p| *p == Part::Tenant) {
+            let bounded = |p: Option<&Part>| match p {
+                None => true,
+                Some(Part::Literal(l)) => !l.bytes().next_back().is_some_and(is_tenant_char),
+                Some(_) => false,
+            };
+            let bounded_after = match parts.get(at + 1) {
+                None => true,
+                Some(Part::Literal(l)) => !l.bytes().next().is_some_and(is_tenant_char),
+                Some(_) => false,
+            };
+            if !bounded(at.checked_sub(1).and_then(|i| parts.get(i))) || !bounded_after {
                 return Err(
                     "{tenant} must be separated from the name by a character tenant ids cannot contain, e.g. '_'"
                         .into(),
                 );
             }
         }
-        if mode == Mode::Database && stripped.chars().any(|c| BAD_DB_CHARS.contains(&c)) {
+        if mode == Mode::Database && literals.chars().any(|c| BAD_DB_CHARS.contains(&c)) {
             return Err("database templates cannot contain characters invalid in database names".into());
         }
-        Ok(Self { text: text.to_owned() })
+        Ok(Self { text: text.to_owned(), parts })
     }
 
     /// The real name for `name` as tenant `tenant` sees it.
     pub fn render(&self, tenant: &str, name: &str) -> String {
-        self.text.replace("{tenant}", tenant).replace("{collection}", name).replace("{db}", name)
+        let mut out = String::with_capacity(self.text.len() + tenant.len() + name.len());
+        for part in &self.parts {
+            out.push_str(match part {
+                Part::Literal(l) => l,
+                Part::Tenant => tenant,
+                Part::Name => name,
+            });
+        }
+        out
+    }
+
+    /// `(tenant, name)` when `real` has this template's shape: a tenant id (a maximal run of tenant-id
+    /// characters, which the separators guarantee) and a non-empty name. `tenant` is empty for templates
+    /// without `{tenant}`.
+    pub fn split<'r>(&self, real: &'r str) -> Option<(&'r str, &'r str)> {
+        let mut tenant = "";
+        let mut name = "";
+        matches(&self.parts, real, &mut tenant, &mut name).then_some((tenant, name))
     }
 
     /// The visible name whose real name under tenant `tenant` is `real`, if `real` is one of the tenant's.
     pub fn unrender(&self, tenant: &str, real: &str) -> Option<String> {
-        let placeholder = if self.text.contains("{collection}") { "{collection}" } else { "{db}" };
-        let (before, after) = self.text.split_once(placeholder)?;
-        let prefix = before.replace("{tenant}", tenant);
-        let suffix = after.replace("{tenant}", tenant);
-        let middle = real.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
-        (!middle.is_empty()).then(|| middle.to_owned())
+        let (owner, name) = self.split(real)?;
+        (owner == tenant || !self.has_tenant()).then(|| name.to_owned())
+    }
+
+    /// Whether names differ per tenant.
+    pub fn has_tenant(&self) -> bool {
+        self.parts.contains(&Part::Tenant)
     }
 
     /// Whether the template keeps names unchanged (a tenant's own backend, same names).
     pub fn is_identity(&self) -> bool {
-        self.text == "{db}" || self.text == "{collection}"
+        self.parts == [Part::Name]
     }
 
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+}
+
+fn matches<'r>(parts: &[Part], s: &'r str, tenant: &mut &'r str, name: &mut &'r str) -> bool {
+    match parts.split_first() {
+        None => s.is_empty(),
+        Some((Part::Literal(l), rest)) => s.strip_prefix(l.as_str()).is_some_and(|r| matches(rest, r, tenant, name)),
+        Some((Part::Tenant, rest)) => {
+            let len = s.bytes().take_while(|b| is_tenant_char(*b)).count();
+            if len == 0 {
+                return false;
+            }
+            *tenant = &s[..len];
+            matches(rest, &s[len..], tenant, name)
+        }
+        Some((Part::Name, rest)) => {
+            // Longest name first; a name holds at most a few hundred bytes, and a template one name placeholder.
+            for end in (1..=s.len()).rev().filter(|e| s.is_char_boundary(*e)) {
+                if matches(rest, &s[end..], tenant, name) {
+                    *name = &s[..end];
+                    return true;
+                }
+            }
+            false
+        }
     }
 }
 
@@ -222,5 +304,29 @@ mod tests {
         let d = Template::parse("{tenant}_{db}", Mode::Database).unwrap();
         assert_eq!(d.unrender("acme", "acme_app").as_deref(), Some("app"));
         assert_eq!(d.unrender("acme", "acme-corp_app"), None);
+    }
+
+    #[test]
+    fn rendering_is_one_pass() {
+        // A name that looks like a placeholder is not expanded again.
+        let t = Template::parse("inv{db}x", Mode::Database).unwrap();
+        assert_eq!(t.render("acme", "{tenant}"), "inv{tenant}x");
+        let t = Template::parse("{tenant}__{collection}", Mode::Collection).unwrap();
+        assert_eq!(t.render("acme", "{collection}"), "acme__{collection}");
+        assert_eq!(t.unrender("acme", "acme__{collection}").as_deref(), Some("{collection}"));
+        let suffix = Template::parse("{db}_{tenant}", Mode::Database).unwrap();
+        assert_eq!(suffix.render("acme", "my_app"), "my_app_acme");
+        assert_eq!(suffix.split("my_app_acme"), Some(("acme", "my_app")));
+        assert_eq!(suffix.unrender("acme", "my_app_acme").as_deref(), Some("my_app"));
+    }
+
+    #[test]
+    fn split_finds_the_tenant_of_a_real_name() {
+        let t = Template::parse("{tenant}__{collection}", Mode::Collection).unwrap();
+        assert_eq!(t.split("globex__invoices"), Some(("globex", "invoices")));
+        assert_eq!(t.split("acme-corp__a__b"), Some(("acme-corp", "a__b")));
+        assert_eq!(t.split("invoices"), None);
+        assert_eq!(t.split("__invoices"), None);
+        assert_eq!(t.split("acme__"), None);
     }
 }
