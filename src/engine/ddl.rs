@@ -246,7 +246,7 @@ fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: &Rule) -> Result<()> {
         }
         if index.get_bool("unique").unwrap_or(false) {
             let key = index.get_document("key").map_err(|_| malformed("index needs key"))?;
-            if first_key(key) != rule.field {
+            if first_key(key) != rule.field.as_str() {
                 return Err(Denial::unauthorized(format!(
                     "{}: indexes[{i}] is unique but does not start with {}",
                     rule.describe(),

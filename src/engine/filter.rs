@@ -9,21 +9,31 @@ use tenantwall_protocol::validate::first_duplicate_key;
 
 use super::{Result, Scope};
 use crate::config::Style;
-use crate::policy::{Rule, TenantValue};
+use crate::policy::{FieldName, Rule, TenantValue};
 
 /// `{<field>: {$eq: <value>}}`.
-pub fn tenant_condition(field: &str, value: &RawBson) -> RawDocumentBuf {
+pub fn tenant_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
     let mut eq = RawDocumentBuf::new();
     eq.append(cstr!("$eq"), value.clone());
     let mut cond = RawDocumentBuf::new();
-    if let Ok(key) = <&bson::raw::CStr>::try_from(field) {
-        cond.append(key, eq);
-    }
+    cond.append(field.as_cstr(), eq);
     cond
 }
 
+/// `{$set: {<field>: {$literal: <value>}}}`: the stage that puts the tenant value back whatever the stages
+/// before it did (update pipelines, `$merge` output and `whenMatched` pipelines).
+pub fn stamp_stage(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
+    let mut literal = RawDocumentBuf::new();
+    literal.append(cstr!("$literal"), value.clone());
+    let mut set = RawDocumentBuf::new();
+    set.append(field.as_cstr(), literal);
+    let mut stage = RawDocumentBuf::new();
+    stage.append(cstr!("$set"), set);
+    stage
+}
+
 /// The client filter wrapped with the tenant condition (just the condition for an empty or absent filter).
-pub fn wrap(filter: Option<&RawDocument>, field: &str, value: &RawBson) -> RawDocumentBuf {
+pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> RawDocumentBuf {
     let condition = tenant_condition(field, value);
     match filter {
         Some(f) if !f.is_empty() => {
@@ -123,6 +133,10 @@ mod tests {
     use super::*;
     use bson::rawdoc;
 
+    fn tid() -> FieldName {
+        FieldName::new("tenantId").unwrap()
+    }
+
     fn acme() -> RawBson {
         RawBson::String("acme".into())
     }
@@ -130,10 +144,10 @@ mod tests {
     #[test]
     fn wrap_never_edits_the_client_filter() {
         let client = rawdoc! { "$or": [{ "x": 1 }, { "tenantId": { "$ne": "acme" } }] };
-        let wrapped = wrap(Some(&client), "tenantId", &acme());
+        let wrapped = wrap(Some(&client), &tid(), &acme());
         assert_eq!(wrapped, rawdoc! { "$and": [client.clone(), { "tenantId": { "$eq": "acme" } }] });
-        assert_eq!(wrap(None, "tenantId", &acme()), rawdoc! { "tenantId": { "$eq": "acme" } });
-        assert_eq!(wrap(Some(&rawdoc! {}), "tenantId", &acme()), rawdoc! { "tenantId": { "$eq": "acme" } });
+        assert_eq!(wrap(None, &tid(), &acme()), rawdoc! { "tenantId": { "$eq": "acme" } });
+        assert_eq!(wrap(Some(&rawdoc! {}), &tid(), &acme()), rawdoc! { "tenantId": { "$eq": "acme" } });
     }
 
     #[test]

@@ -5,9 +5,11 @@
 use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use tenantwall_protocol::OpMsg;
 
-use super::filter::{check_collation, pins, scope_filter, tenant_condition};
+use super::arguments;
+use super::filter::{check_collation, pins, scope_filter, stamp_stage, tenant_condition};
 use super::raw::{array_documents, replace_fields};
 use super::read::optional_document;
+use super::write::{stamped_pipeline, update_pipeline};
 use super::{Denial, ReplyPlan, Result, Scope, Target};
 use crate::config::validate::RESERVED_DATABASES;
 use crate::config::{Mode, Style};
@@ -37,6 +39,38 @@ const STREAM_STAGES: &[&str] = &[
     "$densify",
     "$fill",
     "$setWindowFields",
+];
+
+/// Fields of a `$merge` specification.
+const MERGE_FIELDS: &[&str] = &["into", "on", "let", "whenMatched", "whenNotMatched"];
+/// Fields of a `$lookup` specification (`_internalCollation` and other internal fields are refused).
+const LOOKUP_FIELDS: &[&str] = &["from", "localField", "foreignField", "as", "let", "pipeline"];
+/// Fields of a `$graphLookup` specification.
+const GRAPH_LOOKUP_FIELDS: &[&str] = &[
+    "from",
+    "startWith",
+    "connectFromField",
+    "connectToField",
+    "as",
+    "maxDepth",
+    "depthField",
+    "restrictSearchWithMatch",
+];
+/// Fields of a `$unionWith` specification.
+const UNION_WITH_FIELDS: &[&str] = &["coll", "pipeline"];
+/// Fields of an `$out` specification.
+const OUT_FIELDS: &[&str] = &["db", "coll", "timeseries"];
+/// Fields of a `$geoNear` specification.
+const GEO_NEAR_FIELDS: &[&str] = &[
+    "near",
+    "distanceField",
+    "spherical",
+    "maxDistance",
+    "minDistance",
+    "query",
+    "distanceMultiplier",
+    "includeLocs",
+    "key",
 ];
 
 /// MongoDB allows 20 levels of sub-pipelines.
@@ -165,6 +199,7 @@ fn rewrite_pipeline(
         let first = stages.first().map(|s| stage_parts(s)).transpose()?;
         match first {
             Some(("$geoNear", RawBsonRef::Document(geo))) => {
+                arguments::only(geo, GEO_NEAR_FIELDS, "$geoNear")?;
                 let query = optional_document(geo, "query")?;
                 if let Some(scoped) = scope_filter(scope, rule, query, "$geoNear.query")? {
                     let geo = replace_fields(geo, &[("query", Some(RawBson::Document(scoped)))]);
@@ -264,6 +299,9 @@ fn rewrite_stage(
         return Ok(StageOut::Same);
     }
     if context == Context::Owned && (OWNED_STAGES.contains(&name) || (at.first && OWNED_FIRST_STAGES.contains(&name))) {
+        if let ("$geoNear", RawBsonRef::Document(geo)) = (name, value) {
+            arguments::only(geo, GEO_NEAR_FIELDS, "$geoNear")?;
+        }
         if name == "$changeStream" {
             if let RawBsonRef::Document(d) = value {
                 if d.get_bool("allChangesForCluster").unwrap_or(false) {
@@ -292,6 +330,7 @@ fn rewrite_stage(
             Ok(if changed { StageOut::Replace(vec![stage(cstr!("$facet"), rebuilt)]) } else { StageOut::Same })
         }
         ("$lookup", RawBsonRef::Document(lookup)) => {
+            arguments::only(lookup, LOOKUP_FIELDS, "$lookup")?;
             let from = match lookup.get("from") {
                 Ok(Some(RawBsonRef::String(from))) => from,
                 Ok(Some(RawBsonRef::Document(_))) => {
@@ -324,6 +363,7 @@ fn rewrite_stage(
             })
         }
         ("$graphLookup", RawBsonRef::Document(graph)) => {
+            arguments::only(graph, GRAPH_LOOKUP_FIELDS, "$graphLookup")?;
             let from = graph.get_str("from").map_err(|_| malformed("$graphLookup needs from"))?;
             let (target, renamed) = stage_target(scope, from)?;
             let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
@@ -346,6 +386,7 @@ fn rewrite_stage(
             let (coll, sub) = match value {
                 RawBsonRef::String(coll) => (coll, Vec::new()),
                 RawBsonRef::Document(d) => {
+                    arguments::only(d, UNION_WITH_FIELDS, "$unionWith")?;
                     let coll = d.get_str("coll").map_err(|_| Denial::unauthorized("$unionWith needs a collection"))?;
                     let sub = match d.get("pipeline") {
                         Ok(Some(v)) => array_documents(v, "$unionWith.pipeline")?,
@@ -404,6 +445,14 @@ fn owned_write(scope: &mut Scope<'_>, name: &str, value: RawBsonRef<'_>) -> Resu
     let (db, coll, spec) = match value {
         RawBsonRef::String(coll) => (None, coll, None),
         RawBsonRef::Document(d) => {
+            if name == "$merge" {
+                arguments::only(d, MERGE_FIELDS, "$merge")?;
+                if let Ok(Some(RawBsonRef::Array(stages))) = d.get("whenMatched") {
+                    update_pipeline(stages, "$merge.whenMatched")?;
+                }
+            } else {
+                arguments::only(d, OUT_FIELDS, "$out")?;
+            }
             let into = if name == "$merge" { d.get("into").ok().flatten() } else { Some(RawBsonRef::Document(d)) };
             match into {
                 Some(RawBsonRef::String(coll)) => (None, coll, Some(d)),
@@ -456,17 +505,21 @@ fn owned_write(scope: &mut Scope<'_>, name: &str, value: RawBsonRef<'_>) -> Resu
 fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
     let (coll, spec) = match value {
         RawBsonRef::String(coll) => (coll, None),
-        RawBsonRef::Document(d) => match d.get("into") {
-            Ok(Some(RawBsonRef::String(coll))) => (coll, Some(d)),
-            Ok(Some(RawBsonRef::Document(into))) => {
-                let db = into.get_str("db").unwrap_or(scope.db);
-                if db != scope.db || RESERVED_DATABASES.contains(&db) {
-                    return Err(Denial::unauthorized("$merge into another database is not allowed"));
+        RawBsonRef::Document(d) => {
+            arguments::only(d, MERGE_FIELDS, "$merge")?;
+            match d.get("into") {
+                Ok(Some(RawBsonRef::String(coll))) => (coll, Some(d)),
+                Ok(Some(RawBsonRef::Document(into))) => {
+                    arguments::only(into, &["db", "coll"], "$merge.into")?;
+                    let db = into.get_str("db").unwrap_or(scope.db);
+                    if db != scope.db || RESERVED_DATABASES.contains(&db) {
+                        return Err(Denial::unauthorized("$merge into another database is not allowed"));
+                    }
+                    (into.get_str("coll").map_err(|_| malformed("$merge.into needs coll"))?, Some(d))
                 }
-                (into.get_str("coll").map_err(|_| malformed("$merge.into needs coll"))?, Some(d))
+                _ => return Err(malformed("$merge needs into")),
             }
-            _ => return Err(malformed("$merge needs into")),
-        },
+        }
         _ => return Err(malformed("$merge needs into")),
     };
     let Target::Field(rule) = scope.resolve(coll)? else {
@@ -475,9 +528,9 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         ));
     };
     let on_tenant = match spec.map(|d| d.get("on")) {
-        Some(Ok(Some(RawBsonRef::String(on)))) => on == rule.field,
+        Some(Ok(Some(RawBsonRef::String(on)))) => on == rule.field.as_str(),
         Some(Ok(Some(RawBsonRef::Array(on)))) => {
-            on.into_iter().any(|f| matches!(f, Ok(RawBsonRef::String(f)) if f == rule.field))
+            on.into_iter().any(|f| matches!(f, Ok(RawBsonRef::String(f)) if f == rule.field.as_str()))
         }
         _ => false,
     };
@@ -485,19 +538,39 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         scope
             .violation(rule, format!("$merge must match on {} (e.g. on: [\"_id\", \"{}\"])", rule.field, rule.field))?;
     }
-    if rule.style != Style::Enforce {
+    // whenMatched as a pipeline runs on the tenant's matched document and could set the tenant field to any
+    // value: it gets the update-pipeline checks and ends with the stamp, whatever the target's style.
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Some(d) = spec {
+        match d.get("whenMatched") {
+            Ok(None) => {}
+            Ok(Some(RawBsonRef::String("replace" | "keepExisting" | "merge" | "fail"))) => {}
+            Ok(Some(RawBsonRef::Array(stages))) => {
+                let stamped = stamped_pipeline(rule, stages, &scope.value, "$merge.whenMatched")?;
+                edits.push(("whenMatched", Some(RawBson::Array(stamped))));
+            }
+            _ => return Err(malformed("$merge.whenMatched must be replace, keepExisting, merge, fail or a pipeline")),
+        }
+        match d.get("whenNotMatched") {
+            Ok(None | Some(RawBsonRef::String("insert" | "discard" | "fail"))) => {}
+            _ => return Err(malformed("$merge.whenNotMatched must be insert, discard or fail")),
+        }
+        match d.get("let") {
+            Ok(None | Some(RawBsonRef::Document(_))) => {}
+            _ => return Err(malformed("$merge.let must be a document")),
+        }
+    }
+    if rule.style == Style::Audit {
+        scope.audit.push(format!("{}: would stamp $merge output with {}", rule.describe(), rule.field));
         return Ok(StageOut::Same);
     }
-    let mut literal = RawDocumentBuf::new();
-    literal.append(cstr!("$literal"), scope.value.clone());
-    let mut set = RawDocumentBuf::new();
-    if let Ok(key) = <&bson::raw::CStr>::try_from(rule.field.as_str()) {
-        set.append(key, literal);
-    }
-    let original = match value {
-        RawBsonRef::String(s) => stage(cstr!("$merge"), s),
-        RawBsonRef::Document(d) => stage(cstr!("$merge"), d),
+    // Every document merged into a field-mode collection carries the tenant value, in enforce and verify
+    // style alike: the proxy wrote the pipeline's output, so there is nothing for the client to have pinned.
+    let merged = match (value, edits.is_empty()) {
+        (RawBsonRef::String(s), _) => stage(cstr!("$merge"), s),
+        (RawBsonRef::Document(d), true) => stage(cstr!("$merge"), d),
+        (RawBsonRef::Document(d), false) => stage(cstr!("$merge"), replace_fields(d, &edits)),
         _ => return Err(malformed("$merge needs into")),
     };
-    Ok(StageOut::Replace(vec![stage(cstr!("$set"), set), original]))
+    Ok(StageOut::Replace(vec![stamp_stage(&rule.field, &scope.value), merged]))
 }

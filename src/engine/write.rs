@@ -1,11 +1,11 @@
 //! `insert`, `update`, `delete` and `findAndModify` on field-mode collections: filters scoped, inserts and
 //! replacements stamped, anything that could change or remove the tenant value refused.
 
-use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use tenantwall_protocol::OpMsg;
 
-use super::filter::{check_collation, scope_filter};
+use super::filter::{check_collation, scope_filter, stamp_stage};
 use super::raw::{append_field, logical_array, rename_collection, replace_fields, with_logical_array};
 use super::read::{command_collection, optional_document};
 use super::{Denial, ReplyPlan, Result, Scope, Target};
@@ -255,50 +255,44 @@ pub fn check_update(
             // An upsert inserts the equality fields of its (scoped) filter; stamping on insert as well makes the
             // new document carry the tenant value whatever the filter's shape.
             let mut on_insert = set_on_insert.map(|d| d.to_owned()).unwrap_or_default();
-            if let Ok(key) = <&bson::raw::CStr>::try_from(rule.field.as_str()) {
-                on_insert.append(key, scope.value.clone());
-            }
+            on_insert.append(rule.field.as_cstr(), scope.value.clone());
             let new = replace_fields(doc, &[("$setOnInsert", Some(RawBson::Document(on_insert)))]);
             Ok(Some(RawBson::Document(new)))
         }
-        RawBsonRef::Array(stages) => {
-            for stage in stages.into_iter() {
-                let Ok(RawBsonRef::Document(stage)) = stage else {
-                    return Err(malformed(format!("{place} stages must be documents")));
-                };
-                let name = super::first_key(stage);
-                if !UPDATE_PIPELINE_STAGES.contains(&name) {
-                    return Err(Denial::unauthorized(format!(
-                        "{place}: stage {name} is not allowed in an update pipeline"
-                    )));
-                }
+        RawBsonRef::Array(stages) => match rule.style {
+            Style::Enforce => Ok(Some(RawBson::Array(stamped_pipeline(rule, stages, &scope.value, place)?))),
+            _ => {
+                stamped_pipeline(rule, stages, &scope.value, place)?;
+                scope.violation(rule, format!("{place}: pipeline updates can only be enforced, not verified"))?;
+                Ok(None)
             }
-            match rule.style {
-                Style::Enforce => {
-                    // Whatever the stages do to the tenant field, the last one puts the tenant value back.
-                    let mut literal = RawDocumentBuf::new();
-                    literal.append(cstr!("$literal"), scope.value.clone());
-                    let mut set = RawDocumentBuf::new();
-                    if let Ok(key) = <&bson::raw::CStr>::try_from(rule.field.as_str()) {
-                        set.append(key, literal);
-                    }
-                    let mut stage = RawDocumentBuf::new();
-                    stage.append(cstr!("$set"), set);
-                    let mut out = RawArrayBuf::new();
-                    for existing in stages.into_iter().filter_map(|s| s.ok()) {
-                        out.push(existing);
-                    }
-                    out.push(stage);
-                    Ok(Some(RawBson::Array(out)))
-                }
-                _ => {
-                    scope.violation(rule, format!("{place}: pipeline updates can only be enforced, not verified"))?;
-                    Ok(None)
-                }
-            }
-        }
+        },
         _ => Err(malformed(format!("{place} must be a document or a pipeline"))),
     }
+}
+
+/// An update pipeline (an update's `u`, or `$merge.whenMatched`) with only the stages an update may use, and
+/// the tenant stamp appended: whatever the stages do to the tenant field, the last one puts the value back.
+pub fn stamped_pipeline(rule: &Rule, stages: &bson::RawArray, value: &RawBson, place: &str) -> Result<RawArrayBuf> {
+    let mut out = update_pipeline(stages, place)?;
+    out.push(stamp_stage(&rule.field, value));
+    Ok(out)
+}
+
+/// An update pipeline's stages, each one an update may use.
+pub fn update_pipeline(stages: &bson::RawArray, place: &str) -> Result<RawArrayBuf> {
+    let mut out = RawArrayBuf::new();
+    for stage in stages.into_iter() {
+        let Ok(RawBsonRef::Document(stage)) = stage else {
+            return Err(malformed(format!("{place} stages must be documents")));
+        };
+        let name = super::first_key(stage);
+        if !UPDATE_PIPELINE_STAGES.contains(&name) {
+            return Err(Denial::unauthorized(format!("{place}: stage {name} is not allowed in an update pipeline")));
+        }
+        out.push(stage);
+    }
+    Ok(out)
 }
 
 fn find_and_modify(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMsg>> {

@@ -20,7 +20,7 @@ use crate::auth::ScramVerifier;
 use crate::config::{self, BackendUri, ConfigError, Limits, Mode, PolicyFile, Problem, Style};
 use crate::tls;
 use rules::{Pattern, Template};
-pub use value::TenantValue;
+pub use value::{FieldName, TenantValue};
 
 /// Default tenant field of `field` rules.
 pub const DEFAULT_TENANT_FIELD: &str = "tenantId";
@@ -95,7 +95,7 @@ pub struct Rule {
     pub collection: Pattern,
     pub mode: Mode,
     /// Tenant field (`field` mode).
-    pub field: String,
+    pub field: FieldName,
     pub style: Style,
     /// Name template (`collection` and `database` modes).
     pub template: Option<Template>,
@@ -296,7 +296,8 @@ impl Policy {
                 collection: Pattern::parse(r.collection.get_ref(), true)
                     .map_err(|e| invalid(format!("rules[{i}].collection"), e))?,
                 mode,
-                field: r.field.as_ref().map_or(DEFAULT_TENANT_FIELD.to_owned(), |f| f.get_ref().clone()),
+                field: FieldName::new(r.field.as_ref().map_or(DEFAULT_TENANT_FIELD, |f| f.get_ref().as_str()))
+                    .map_err(|e| invalid(format!("rules[{i}].field"), e))?,
                 style: r.style.as_ref().map_or(Style::default(), |s| *s.get_ref()),
                 template,
             });

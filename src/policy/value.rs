@@ -10,7 +10,49 @@
 //!
 //! What it must never do: compare with Rust's structural equality, which says `Int32(42) != Int64(42)`.
 
+use bson::raw::{CStr, CString};
 use bson::{Bson, RawBson, RawBsonRef};
+
+/// The tenant field of a field-mode rule: a plain top-level field name, valid by construction (non-empty, no
+/// `$` prefix, no `.`, no NUL), so every condition and stamp built with it is the one intended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldName(CString);
+
+impl FieldName {
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.starts_with('$') || name.contains('.') {
+            return Err(format!("{name:?} is not a plain top-level field name"));
+        }
+        CString::try_from(name).map(Self).map_err(|_| format!("{name:?} contains NUL"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn as_cstr(&self) -> &CStr {
+        self.0.as_ref()
+    }
+}
+
+impl std::ops::Deref for FieldName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for FieldName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for FieldName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A tenant's value, valid by construction.
 #[derive(Debug, Clone, PartialEq)]
