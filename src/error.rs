@@ -19,6 +19,7 @@ impl ErrorCode {
     pub const HOST_UNREACHABLE: Self = Self { code: 6, name: "HostUnreachable" };
     pub const FAILED_TO_PARSE: Self = Self { code: 9, name: "FailedToParse" };
     pub const UNAUTHORIZED: Self = Self { code: 13, name: "Unauthorized" };
+    pub const TYPE_MISMATCH: Self = Self { code: 14, name: "TypeMismatch" };
     pub const PROTOCOL_ERROR: Self = Self { code: 17, name: "ProtocolError" };
     pub const AUTHENTICATION_FAILED: Self = Self { code: 18, name: "AuthenticationFailed" };
     pub const COMMAND_NOT_FOUND: Self = Self { code: 59, name: "CommandNotFound" };

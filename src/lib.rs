@@ -30,5 +30,5 @@ pub mod session;
 pub mod stats;
 pub mod tls;
 
-pub use policy::Policy;
+pub use policy::{Policy, Tenant};
 pub use server::{Reloader, Server, ServerHandle};

@@ -244,7 +244,9 @@ fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: &Rule) -> Result<()> {
                 rule.describe()
             )));
         }
-        if index.get_bool("unique").unwrap_or(false) {
+        // mongod reads both as safeBool: `unique: 1` is a unique index, and prepareUnique turns into one.
+        let place = format!("indexes[{i}]");
+        if super::truthy(index, "unique", &place)? || super::truthy(index, "prepareUnique", &place)? {
             let key = index.get_document("key").map_err(|_| malformed("index needs key"))?;
             if first_key(key) != rule.field.as_str() {
                 return Err(Denial::unauthorized(format!(

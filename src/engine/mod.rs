@@ -264,6 +264,29 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// A flag as mongod reads it (`safeBool`): absent or null is false, a bool is itself, and a number is true
+/// unless zero (`unique: 1` is a unique index). Anything else is refused, as the server refuses it.
+pub fn truthy(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
+    match doc.get(field) {
+        Ok(None | Some(bson::RawBsonRef::Null | bson::RawBsonRef::Undefined)) => Ok(false),
+        Ok(Some(bson::RawBsonRef::Boolean(b))) => Ok(b),
+        Ok(Some(bson::RawBsonRef::Int32(n))) => Ok(n != 0),
+        Ok(Some(bson::RawBsonRef::Int64(n))) => Ok(n != 0),
+        Ok(Some(bson::RawBsonRef::Double(n))) => Ok(n != 0.0),
+        Ok(Some(bson::RawBsonRef::Decimal128(d))) => Ok(!crate::policy::value::decimal_is_zero(&d.to_string())),
+        _ => Err(Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place}.{field} must be a boolean or a number"))),
+    }
+}
+
+/// A strict flag (IDL `bool`): absent is false, only a BSON bool is accepted.
+pub fn strict_bool(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
+    match doc.get(field) {
+        Ok(None) => Ok(false),
+        Ok(Some(bson::RawBsonRef::Boolean(b))) => Ok(b),
+        _ => Err(Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place}.{field} must be a boolean"))),
+    }
+}
+
 /// The first key of a document, or "".
 pub fn first_key(doc: &RawDocument) -> &str {
     doc.iter_elements().next().and_then(|e| e.ok()).map(|e| e.key().as_str()).unwrap_or_default()

@@ -304,7 +304,7 @@ fn rewrite_stage(
         }
         if name == "$changeStream" {
             if let RawBsonRef::Document(d) = value {
-                if d.get_bool("allChangesForCluster").unwrap_or(false) {
+                if super::truthy(d, "allChangesForCluster", "$changeStream")? {
                     return Err(Denial::unauthorized("cluster-wide change streams are not allowed"));
                 }
             }

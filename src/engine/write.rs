@@ -189,7 +189,7 @@ pub fn update_statement(
     update_key: &str,
 ) -> Result<Option<RawDocumentBuf>> {
     check_collation(scope, rule, stmt, place)?;
-    let upsert = stmt.get_bool("upsert").unwrap_or(false);
+    let upsert = super::strict_bool(stmt, "upsert", place)?;
     let q = optional_document(stmt, filter_key)?;
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Some(scoped) = scope_filter(scope, rule, q, &format!("{place}.{filter_key}"))? {
@@ -304,7 +304,8 @@ fn find_and_modify(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Op
         edits.push(("query", Some(RawBson::Document(scoped))));
     }
     if let Ok(Some(update)) = body.get("update") {
-        let upsert = body.get_bool("upsert").unwrap_or(false);
+        // findAndModify reads upsert as safeBool: `upsert: 1` inserts.
+        let upsert = super::truthy(body, "upsert", "findAndModify")?;
         if let Some(new) = check_update(scope, rule, update, "update", upsert)? {
             edits.push(("update", Some(new)));
         }

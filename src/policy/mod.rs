@@ -203,12 +203,17 @@ impl Policy {
         let mut backends = Vec::new();
         for (i, b) in file.backends.iter().enumerate() {
             let uri = BackendUri::parse(b.uri.get_ref()).map_err(|e| invalid(format!("backends[{i}].uri"), e))?;
+            // Compiling never relies on validation having run: TLS without a CA is an error here too, never a
+            // plaintext connection.
             let tls = match (&b.tls_ca_file, uri.tls) {
                 (Some(ca), true) => Some(
                     tls::client_config(&base.join(ca))
                         .map_err(|e| invalid(format!("backends[{i}].tls_ca_file"), e.to_string()))?,
                 ),
-                _ => None,
+                (None, true) => {
+                    return Err(invalid(format!("backends[{i}].tls_ca_file"), "tls=true needs tls_ca_file".into()))
+                }
+                (_, false) => None,
             };
             let credentials = match &b.username {
                 Some(username) if !resolve_secrets => Some(Credentials {

@@ -135,6 +135,11 @@ fn numeric_equals(given: RawBsonRef<'_>, n: i64) -> bool {
     }
 }
 
+/// Whether a decimal string is zero.
+pub fn decimal_is_zero(text: &str) -> bool {
+    decimal_equals(text, 0)
+}
+
 /// Whether a decimal string (`42`, `-4.20E+1`, `42.000`) denotes exactly the integer `n`.
 fn decimal_equals(text: &str, n: i64) -> bool {
     let (negative, unsigned) = match text.strip_prefix('-') {
