@@ -13,7 +13,7 @@ use super::{first_key, resolve, Denial, ReplyKind, ReplyPlan, Result, Scope, Tar
 use crate::command::Command;
 use crate::config::Mode;
 use crate::error::ErrorCode;
-use crate::policy::Rule;
+use crate::policy::FieldRule;
 
 fn malformed(what: impl Into<String>) -> Denial {
     Denial::new(ErrorCode::FAILED_TO_PARSE, what)
@@ -28,7 +28,7 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         Command::RenameCollection => return rename(msg, scope),
         Command::DropDatabase => {
             return match scope.resolve_db()? {
-                Target::Mapped { rule, .. } if rule.mode == Mode::Database => Ok((None, ReplyPlan::default())),
+                Target::Mapped { rule, .. } if rule.mode() == Mode::Database => Ok((None, ReplyPlan::default())),
                 target => Err(Denial::unauthorized(format!(
                     "{}: dropDatabase would drop other tenants' data",
                     target.rule().describe()
@@ -45,7 +45,8 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
             let plan = if command == Command::ListIndexes { cursor } else { ReplyPlan::default() };
             return Ok((owned_ddl(msg, command, scope, coll, &real)?, plan));
         }
-        Target::Field(rule) | Target::Shared(rule) => rule,
+        Target::Field(field) => field.rule,
+        Target::Shared(rule) => rule,
     };
     match command {
         Command::ListIndexes => Ok((None, ReplyPlan { kind: ReplyKind::SharedIndexes, ..cursor })),
@@ -58,10 +59,13 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
             }
             Ok((None, ReplyPlan::default()))
         }
-        Command::CreateIndexes if matches!(target, Target::Field(_)) => {
-            check_indexes(body.get("indexes").ok().flatten(), rule)?;
-            Ok((None, ReplyPlan::default()))
-        }
+        Command::CreateIndexes => match target {
+            Target::Field(field) => {
+                check_indexes(body.get("indexes").ok().flatten(), field)?;
+                Ok((None, ReplyPlan::default()))
+            }
+            _ => Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe()))),
+        },
         _ => Err(Denial::unauthorized(format!(
             "{}: {} changes the whole collection, which other tenants share",
             rule.describe(),
@@ -155,7 +159,7 @@ fn list_collections(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>
     let policy = scope.policy;
     let rule =
         policy.any_rule_for_db(scope.db).ok_or_else(|| Denial::unauthorized(format!("no rule allows {}", scope.db)))?;
-    if rule.mode == Mode::Database {
+    if rule.mode() == Mode::Database {
         scope.resolve_db()?;
     } else if super::RESERVED_DATABASES.contains(&scope.db) {
         return Err(Denial::unauthorized(format!("database {} is not reachable through tenantwall", scope.db)));
@@ -228,7 +232,7 @@ fn rename(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPla
 
 /// Indexes on a shared collection: no TTL (it would delete other tenants' documents), and unique only when the
 /// key starts with the tenant field (otherwise uniqueness and its errors span tenants).
-fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: &Rule) -> Result<()> {
+fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: FieldRule<'_>) -> Result<()> {
     let indexes = array_documents(indexes.ok_or_else(|| malformed("createIndexes needs indexes"))?, "indexes")?;
     for (i, index) in indexes.iter().enumerate() {
         if index.get("partialFilterExpression").ok().flatten().is_some() {

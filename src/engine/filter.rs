@@ -9,7 +9,7 @@ use tenantwall_protocol::validate::first_duplicate_key;
 
 use super::{Result, Scope};
 use crate::config::Style;
-use crate::policy::{FieldName, Rule, TenantValue};
+use crate::policy::{FieldName, FieldRule, TenantValue};
 
 /// `{<field>: {$eq: <value>}}`.
 pub fn tenant_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
@@ -95,7 +95,7 @@ fn value_pins(given: RawBsonRef<'_>, value: &TenantValue) -> bool {
 /// `None` to leave the client's as it is (verify passed, or audit).
 pub fn scope_filter(
     scope: &mut Scope<'_>,
-    rule: &Rule,
+    rule: FieldRule<'_>,
     filter: Option<&RawDocument>,
     place: &str,
 ) -> Result<Option<RawDocumentBuf>> {
@@ -119,7 +119,7 @@ pub fn scope_filter(
 }
 
 /// Refuses a non-simple collation: with one, `"acme"` can equal `"ACME"` and the tenant condition loosens.
-pub fn check_collation(scope: &mut Scope<'_>, rule: &Rule, holder: &RawDocument, place: &str) -> Result<()> {
+pub fn check_collation(scope: &mut Scope<'_>, rule: FieldRule<'_>, holder: &RawDocument, place: &str) -> Result<()> {
     match holder.get("collation") {
         Ok(None) => Ok(()),
         Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),

@@ -32,9 +32,9 @@ use tenantwall_protocol::OpMsg;
 
 use crate::command::{Command, CommandSpec};
 pub use crate::config::validate::RESERVED_DATABASES;
-use crate::config::{Mode, Style};
+use crate::config::Style;
 use crate::error::ErrorCode;
-use crate::policy::{Policy, Rule, Tenant};
+use crate::policy::{FieldRule, Placement, Policy, Rule, Tenant};
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub type Result<T> = std::result::Result<T, Denial>;
 #[derive(Debug, Clone)]
 pub enum Target<'p> {
     /// Shared collection scoped by the tenant field.
-    Field(&'p Rule),
+    Field(FieldRule<'p>),
     /// Reference data: reads pass, writes are refused.
     Shared(&'p Rule),
     /// The tenant's own namespace, under its real name: collection mode (`acme__orders`), database mode
@@ -69,7 +69,8 @@ pub enum Target<'p> {
 impl<'p> Target<'p> {
     pub fn rule(&self) -> &'p Rule {
         match self {
-            Self::Field(r) | Self::Shared(r) | Self::Mapped { rule: r, .. } => r,
+            Self::Field(r) => r.rule,
+            Self::Shared(r) | Self::Mapped { rule: r, .. } => r,
         }
     }
 
@@ -109,26 +110,27 @@ pub fn resolve<'p>(policy: &'p Policy, tenant: &str, db: &str, collection: Optio
     // tenant name another tenant's real database or collection (`app.*` in field mode next to collection-mode
     // `app.invoices` would otherwise reach `globex__invoices`). A rule that renames gives the tenant its own
     // name whatever it asks for, so only the part it keeps is checked.
-    let per_tenant = rule.template.as_ref().is_some_and(|t| t.has_tenant());
-    let renames_db = per_tenant && rule.mode == Mode::Database;
-    let renames_coll = per_tenant && rule.mode == Mode::Collection;
+    let (renames_db, renames_coll) = match &rule.placement {
+        Placement::Database(t) => (t.has_tenant(), false),
+        Placement::Collection(t) => (false, t.has_tenant()),
+        Placement::Field { .. } | Placement::Shared => (false, false),
+    };
     if !renames_db
         && (policy.is_real_database(db)
             || (!renames_coll && collection.is_some_and(|c| policy.is_real_collection(db, c))))
     {
         return Err(unreachable());
     }
-    match (rule.mode, &rule.template) {
-        (Mode::Field, _) => Ok(Target::Field(rule)),
-        (Mode::Shared, _) => Ok(Target::Shared(rule)),
-        (Mode::Collection, Some(template)) => {
-            Ok(Target::Mapped { rule, db: db.to_owned(), coll: collection.map(|c| template.render(tenant, c)) })
+    Ok(match &rule.placement {
+        Placement::Field { field, style } => Target::Field(FieldRule { rule, field, style: *style }),
+        Placement::Shared => Target::Shared(rule),
+        Placement::Collection(template) => {
+            Target::Mapped { rule, db: db.to_owned(), coll: collection.map(|c| template.render(tenant, c)) }
         }
-        (Mode::Database, Some(template)) => {
-            Ok(Target::Mapped { rule, db: template.render(tenant, db), coll: collection.map(str::to_owned) })
+        Placement::Database(template) => {
+            Target::Mapped { rule, db: template.render(tenant, db), coll: collection.map(str::to_owned) }
         }
-        _ => Err(Denial::new(ErrorCode::COMMAND_NOT_SUPPORTED, format!("{} has no name template", rule.describe()))),
-    }
+    })
 }
 
 /// What kind of reply needs names filtered, not just mapped.
@@ -214,7 +216,7 @@ impl<'a> Scope<'a> {
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.
-    pub fn violation(&mut self, rule: &Rule, reason: impl Into<String>) -> Result<()> {
+    pub fn violation(&mut self, rule: FieldRule<'_>, reason: impl Into<String>) -> Result<()> {
         let reason = reason.into();
         match rule.style {
             Style::Audit => {

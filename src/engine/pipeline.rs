@@ -14,7 +14,7 @@ use super::{Denial, ReplyPlan, Result, Scope, Target};
 use crate::config::validate::RESERVED_DATABASES;
 use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
-use crate::policy::Rule;
+use crate::policy::FieldRule;
 
 /// Stages that only transform the stream they are given.
 const STREAM_STAGES: &[&str] = &[
@@ -84,7 +84,7 @@ fn malformed(what: impl Into<String>) -> Denial {
 #[derive(Clone, Copy)]
 enum Source<'p> {
     /// Reads a field-mode collection: the tenant condition goes first.
-    Field(&'p Rule),
+    Field(FieldRule<'p>),
     /// Already scoped (a `$facet` branch) or needs no scoping (shared data, the tenant's own namespaces).
     Scoped,
 }
@@ -131,7 +131,7 @@ pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<O
         },
         Ok(Some(RawBsonRef::Int32(1) | RawBsonRef::Int64(1) | RawBsonRef::Double(1.0))) => match scope.resolve_db()? {
             // A whole database is the tenant's only in database mode (or on its own backend).
-            Target::Mapped { rule, .. } if rule.mode == Mode::Database => (Source::Scoped, Context::Owned, true),
+            Target::Mapped { rule, .. } if rule.mode() == Mode::Database => (Source::Scoped, Context::Owned, true),
             _ => {
                 return Err(Denial::unauthorized(
                     "collection-less aggregation is only allowed on a tenant's own database",

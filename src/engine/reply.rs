@@ -199,8 +199,8 @@ fn visible_collection(policy: &Policy, tenant: &Tenant, visible_db: &str, real: 
     // Un-render first: a real name of the tenant's own is shown under its visible name; a real name of another
     // tenant's un-renders to nothing for this tenant and is refused by `resolve` as itself.
     let mut candidates = Vec::new();
-    for rule in policy.rules.iter().filter(|r| r.mode == Mode::Collection && r.database.matches(visible_db)) {
-        if let Some(visible) = rule.template.as_ref().and_then(|t| t.unrender(&tenant.id, real)) {
+    for rule in policy.rules.iter().filter(|r| r.mode() == Mode::Collection && r.database.matches(visible_db)) {
+        if let Some(visible) = rule.template().and_then(|t| t.unrender(&tenant.id, real)) {
             candidates.push(visible);
         }
     }
@@ -251,8 +251,8 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<Stri
         return None;
     }
     let mut candidates = Vec::new();
-    for rule in policy.rules.iter().filter(|r| r.mode == Mode::Database) {
-        if let Some(visible) = rule.template.as_ref().and_then(|t| t.unrender(&tenant.id, real)) {
+    for rule in policy.rules.iter().filter(|r| r.mode() == Mode::Database) {
+        if let Some(visible) = rule.template().and_then(|t| t.unrender(&tenant.id, real)) {
             candidates.push(visible);
         }
     }
@@ -265,7 +265,7 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<Stri
             Ok(Target::Mapped { db, .. }) => db == real,
             Ok(_) => visible == real,
             // Databases reached only through collection rules are shown under their own name.
-            Err(_) => visible == real && policy.any_rule_for_db(visible).is_some_and(|r| r.mode != Mode::Database),
+            Err(_) => visible == real && policy.any_rule_for_db(visible).is_some_and(|r| r.mode() != Mode::Database),
         }
     })
 }

@@ -12,7 +12,7 @@ use super::{Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
 use crate::config::Style;
 use crate::error::ErrorCode;
-use crate::policy::Rule;
+use crate::policy::FieldRule;
 
 /// Update operators understood; any other is refused.
 const UPDATE_OPERATORS: &[&str] = &[
@@ -71,7 +71,7 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
 
 /// Checks the top-level keys of a document being written: no duplicates, no `$` keys, nothing dotted under the
 /// tenant field.
-fn check_keys(scope: &mut Scope<'_>, rule: &Rule, doc: &RawDocument, place: &dyn Fn() -> String) -> Result<()> {
+fn check_keys(scope: &mut Scope<'_>, rule: FieldRule<'_>, doc: &RawDocument, place: &dyn Fn() -> String) -> Result<()> {
     if let Some(key) = tenantwall_protocol::validate::first_duplicate_key(doc) {
         return Err(Denial::new(ErrorCode::BAD_VALUE, format!("{} has duplicate field {key:?}", place())));
     }
@@ -96,7 +96,7 @@ fn touches_below(key: &str, field: &str) -> bool {
 /// Returns the stamped document when one was made.
 pub fn stamp(
     scope: &mut Scope<'_>,
-    rule: &Rule,
+    rule: FieldRule<'_>,
     doc: &RawDocument,
     place: &dyn Fn() -> String,
 ) -> Result<Option<RawDocumentBuf>> {
@@ -129,7 +129,7 @@ pub fn stamp(
     }
 }
 
-fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMsg>> {
+fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<Option<OpMsg>> {
     let docs = logical_array(msg, "documents")?;
     let originals: Vec<Bytes> = match msg.sequence("documents") {
         Some(seq) => seq.document_bytes().to_vec(),
@@ -156,9 +156,9 @@ fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMs
 fn each_statement(
     msg: &OpMsg,
     scope: &mut Scope<'_>,
-    rule: &Rule,
+    rule: FieldRule<'_>,
     field: &str,
-    mut edit: impl FnMut(&mut Scope<'_>, &Rule, &RawDocument, &str) -> Result<Option<RawDocumentBuf>>,
+    mut edit: impl FnMut(&mut Scope<'_>, FieldRule<'_>, &RawDocument, &str) -> Result<Option<RawDocumentBuf>>,
 ) -> Result<Option<OpMsg>> {
     let statements = logical_array(msg, field)?;
     let mut out = Vec::with_capacity(statements.len());
@@ -182,7 +182,7 @@ fn each_statement(
 /// `filter_key` and check its modification field `update_key`.
 pub fn update_statement(
     scope: &mut Scope<'_>,
-    rule: &Rule,
+    rule: FieldRule<'_>,
     stmt: &RawDocument,
     place: &str,
     filter_key: &str,
@@ -214,7 +214,7 @@ fn touches(path: &str, field: &str) -> bool {
 /// it must change (stamping).
 pub fn check_update(
     scope: &mut Scope<'_>,
-    rule: &Rule,
+    rule: FieldRule<'_>,
     u: RawBsonRef<'_>,
     place: &str,
     upsert: bool,
@@ -273,7 +273,12 @@ pub fn check_update(
 
 /// An update pipeline (an update's `u`, or `$merge.whenMatched`) with only the stages an update may use, and
 /// the tenant stamp appended: whatever the stages do to the tenant field, the last one puts the value back.
-pub fn stamped_pipeline(rule: &Rule, stages: &bson::RawArray, value: &RawBson, place: &str) -> Result<RawArrayBuf> {
+pub fn stamped_pipeline(
+    rule: FieldRule<'_>,
+    stages: &bson::RawArray,
+    value: &RawBson,
+    place: &str,
+) -> Result<RawArrayBuf> {
     let mut out = update_pipeline(stages, place)?;
     out.push(stamp_stage(&rule.field, value));
     Ok(out)
@@ -295,7 +300,7 @@ pub fn update_pipeline(stages: &bson::RawArray, place: &str) -> Result<RawArrayB
     Ok(out)
 }
 
-fn find_and_modify(msg: &OpMsg, scope: &mut Scope<'_>, rule: &Rule) -> Result<Option<OpMsg>> {
+fn find_and_modify(msg: &OpMsg, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<Option<OpMsg>> {
     let body = msg.body();
     check_collation(scope, rule, body, "findAndModify")?;
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();

@@ -86,6 +86,20 @@ pub struct Listener {
     pub tenant: Option<String>,
 }
 
+/// What a rule does with the namespaces it covers: one variant per isolation mode, each with exactly the data
+/// that mode needs, so a field rule without a field or a collection rule without a template cannot exist.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// Shared collections scoped by a tenant field.
+    Field { field: FieldName, style: Style },
+    /// One collection per tenant, named by the template.
+    Collection(Template),
+    /// One database per tenant (or the tenant's own backend), named by the template.
+    Database(Template),
+    /// Reference data: reads pass, writes are refused.
+    Shared,
+}
+
 /// A namespace rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -93,24 +107,59 @@ pub struct Rule {
     pub index: usize,
     pub database: Pattern,
     pub collection: Pattern,
-    pub mode: Mode,
-    /// Tenant field (`field` mode).
-    pub field: FieldName,
-    pub style: Style,
-    /// Name template (`collection` and `database` modes).
-    pub template: Option<Template>,
+    pub placement: Placement,
 }
 
 impl Rule {
+    pub fn mode(&self) -> Mode {
+        match self.placement {
+            Placement::Field { .. } => Mode::Field,
+            Placement::Collection(_) => Mode::Collection,
+            Placement::Database(_) => Mode::Database,
+            Placement::Shared => Mode::Shared,
+        }
+    }
+
+    /// The name template of collection and database rules.
+    pub fn template(&self) -> Option<&Template> {
+        match &self.placement {
+            Placement::Collection(t) | Placement::Database(t) => Some(t),
+            Placement::Field { .. } | Placement::Shared => None,
+        }
+    }
+
+    /// The field-mode view of this rule, if it is one.
+    pub fn as_field(&self) -> Option<FieldRule<'_>> {
+        match &self.placement {
+            Placement::Field { field, style } => Some(FieldRule { rule: self, field, style: *style }),
+            _ => None,
+        }
+    }
+
     /// `rules[N] (db.collection, mode)` for error messages.
     pub fn describe(&self) -> String {
-        let mode = match self.mode {
+        let mode = match self.mode() {
             Mode::Field => "field",
             Mode::Collection => "collection",
             Mode::Database => "database",
             Mode::Shared => "shared",
         };
         format!("rules[{}] ({}.{}, {mode})", self.index, self.database.as_str(), self.collection.as_str())
+    }
+}
+
+/// A field-mode rule with its field and style at hand: what every scoping function takes.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldRule<'p> {
+    pub rule: &'p Rule,
+    pub field: &'p FieldName,
+    pub style: Style,
+}
+
+impl std::ops::Deref for FieldRule<'_> {
+    type Target = Rule;
+    fn deref(&self) -> &Rule {
+        self.rule
     }
 }
 
@@ -285,26 +334,27 @@ impl Policy {
 
         let mut rules = Vec::new();
         for (i, r) in file.rules.iter().enumerate() {
-            let mode = *r.mode.get_ref();
-            let template = match (mode, &r.template) {
-                (Mode::Collection, t) => Some(t.as_ref().map_or(DEFAULT_COLLECTION_TEMPLATE, |t| t.get_ref().as_str())),
-                (Mode::Database, t) => Some(t.as_ref().map_or(DEFAULT_DATABASE_TEMPLATE, |t| t.get_ref().as_str())),
-                _ => None,
-            }
-            .map(|t| Template::parse(t, mode))
-            .transpose()
-            .map_err(|e| invalid(format!("rules[{i}].template"), e))?;
+            let template = |default: &str| {
+                let text = r.template.as_ref().map_or(default, |t| t.get_ref().as_str());
+                Template::parse(text, *r.mode.get_ref()).map_err(|e| invalid(format!("rules[{i}].template"), e))
+            };
+            let placement = match r.mode.get_ref() {
+                Mode::Field => Placement::Field {
+                    field: FieldName::new(r.field.as_ref().map_or(DEFAULT_TENANT_FIELD, |f| f.get_ref().as_str()))
+                        .map_err(|e| invalid(format!("rules[{i}].field"), e))?,
+                    style: r.style.as_ref().map_or(Style::default(), |s| *s.get_ref()),
+                },
+                Mode::Collection => Placement::Collection(template(DEFAULT_COLLECTION_TEMPLATE)?),
+                Mode::Database => Placement::Database(template(DEFAULT_DATABASE_TEMPLATE)?),
+                Mode::Shared => Placement::Shared,
+            };
             rules.push(Rule {
                 index: i,
                 database: Pattern::parse(r.database.get_ref(), false)
                     .map_err(|e| invalid(format!("rules[{i}].database"), e))?,
                 collection: Pattern::parse(r.collection.get_ref(), true)
                     .map_err(|e| invalid(format!("rules[{i}].collection"), e))?,
-                mode,
-                field: FieldName::new(r.field.as_ref().map_or(DEFAULT_TENANT_FIELD, |f| f.get_ref().as_str()))
-                    .map_err(|e| invalid(format!("rules[{i}].field"), e))?,
-                style: r.style.as_ref().map_or(Style::default(), |s| *s.get_ref()),
-                template,
+                placement,
             });
         }
 
@@ -351,10 +401,9 @@ impl Policy {
     /// template (`globex_app`).
     pub fn is_real_database(&self, db: &str) -> bool {
         self.rules.iter().any(|rule| {
-            rule.mode == Mode::Database
+            matches!(rule.placement, Placement::Database(_))
                 && rule
-                    .template
-                    .as_ref()
+                    .template()
                     .filter(|t| t.has_tenant())
                     .and_then(|t| t.split(db))
                     .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.database.matches(name))
@@ -365,11 +414,10 @@ impl Policy {
     /// collection rule's template (`globex__invoices`).
     pub fn is_real_collection(&self, db: &str, collection: &str) -> bool {
         self.rules.iter().any(|rule| {
-            rule.mode == Mode::Collection
+            matches!(rule.placement, Placement::Collection(_))
                 && rule.database.matches(db)
                 && rule
-                    .template
-                    .as_ref()
+                    .template()
                     .filter(|t| t.has_tenant())
                     .and_then(|t| t.split(collection))
                     .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.collection.matches(name))
