@@ -12,10 +12,10 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tenantwall::command::Command;
-use tenantwall::policy::decide::{decide, Decision};
+use tenantwall::engine::decide::{decide, Decision};
 use tenantwall::session::virtualize;
 use tenantwall::Policy;
-use tenantwall_protocol::validate::first_duplicate_key;
+use tenantwall_protocol::validate::first_duplicate_key_deep;
 use tenantwall_protocol::{check_frame, decode, Message, MsgHeader, OpCode, HEADER_LEN, MAX_MESSAGE_SIZE};
 
 const POLICY: &str = r#"
@@ -101,5 +101,10 @@ fuzz_target!(|data: &[u8]| {
     let encoded = forwarded.encode(1, 0).expect("forwarded command encodes");
     let again = decode(encoded.freeze()).expect("forwarded command decodes");
     assert!(matches!(again.message, Message::Msg(_)));
-    assert_eq!(first_duplicate_key(forwarded.body()), None, "forwarded body has a duplicate key");
+    assert_eq!(first_duplicate_key_deep(forwarded.body()), None, "forwarded body has a duplicate key");
+    for seq in forwarded.sequences() {
+        for doc in seq.documents() {
+            assert_eq!(first_duplicate_key_deep(doc), None, "forwarded sequence has a duplicate key");
+        }
+    }
 });
