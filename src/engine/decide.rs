@@ -12,9 +12,9 @@ use tenantwall_protocol::OpMsg;
 use super::arguments;
 use crate::command::spec::{Database, Handling};
 use crate::command::{Command, CommandSpec};
-use crate::config::validate::RESERVED_DATABASES;
 use crate::engine::{self, Denial, Plan};
 use crate::error::{ErrorCode, ProxyError};
+use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::{Policy, Tenant};
 
 /// A command answered by the proxy itself.

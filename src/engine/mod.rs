@@ -31,9 +31,9 @@ use bson::{RawBson, RawDocument};
 use tenantwall_protocol::OpMsg;
 
 use crate::command::{Command, CommandSpec};
-pub use crate::config::validate::RESERVED_DATABASES;
 use crate::config::Style;
 use crate::error::ErrorCode;
+pub use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::{FieldRule, Placement, Policy, Rule, Tenant};
 
 /// Why a command is refused.

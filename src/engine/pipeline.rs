@@ -11,9 +11,9 @@ use super::raw::{array_documents, replace_fields};
 use super::read::optional_document;
 use super::write::{stamped_pipeline, update_pipeline};
 use super::{Denial, ReplyPlan, Result, Scope, Target};
-use crate::config::validate::RESERVED_DATABASES;
 use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
+use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::FieldRule;
 
 /// Stages that only transform the stream they are given.
