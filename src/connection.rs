@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
-use crate::engine::decide::{decide, Decision, Local};
+use crate::engine::decide::{prepare_forward, Decision, Local};
 use crate::engine::reply;
 use crate::engine::ReplyPlan;
 use crate::error::{error_document, ErrorCode, ProxyError, Side};
@@ -216,7 +216,7 @@ impl ClientConnection {
         let command = Command::from_name(&name);
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
-        match decide(&msg, command, self.tenant.as_deref(), &generation.policy) {
+        match prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy) {
             Decision::Local(local) => {
                 let (reply, flow) = self.local(generation, local, msg.body(), command);
                 if respond {
@@ -239,8 +239,7 @@ impl ClientConnection {
                 for note in &plan.audit {
                     info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name, note = %note, "audit");
                 }
-                let rewritten = plan.forward.unwrap_or(msg);
-                let mut forward = session::virtualize(&rewritten, &tenant.id).unwrap_or(rewritten);
+                let mut forward = plan.forward.unwrap_or(msg);
                 let mut get_more = None;
                 let mut killed = Vec::new();
                 let mut not_found = Vec::new();

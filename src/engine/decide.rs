@@ -55,6 +55,23 @@ impl Decision {
     }
 }
 
+/// The whole request path short of the socket, shared by live connections and `tenantwall explain` so that what
+/// explain shows is what is forwarded: decide, then bind the command's sessions to the tenant.
+pub fn prepare_forward(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
+    match decide(msg, command, tenant, policy) {
+        Decision::Forward(mut plan) => {
+            if let Some(tenant) = tenant {
+                let base = plan.forward.as_ref().unwrap_or(msg);
+                if let Some(bound) = crate::session::virtualize(base, &tenant.id) {
+                    plan.forward = Some(bound);
+                }
+            }
+            Decision::Forward(plan)
+        }
+        other => other,
+    }
+}
+
 /// Server-side JavaScript operators, refused anywhere in a command.
 const JAVASCRIPT: &[&str] = &["$where", "$function", "$accumulator"];
 
