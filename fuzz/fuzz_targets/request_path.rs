@@ -1,6 +1,6 @@
 //! The request path without sockets, for one fixed policy and tenant: decode → classify → decide (and
 //! rewrite) → virtualise sessions → encode. Whatever is forwarded must encode, decode again and carry no
-//! duplicate top-level key.
+//! duplicate key at any depth.
 //!
 //! An input that does not start with a whole OP_MSG or OP_COMPRESSED frame is taken as an OP_MSG's sections
 //! (the body document first, then any document sequences) and framed, so most inputs reach the engine.
