@@ -224,9 +224,9 @@ impl ClientConnection {
                 }
                 Ok(flow)
             }
-            deny @ Decision::Deny { .. } => {
+            Decision::Deny(denial) => {
                 Stats::incr(&self.shared.stats.denied);
-                let error = deny.into_error().unwrap_or(ProxyError::Internal { detail: "denial without error".into() });
+                let error = ProxyError::from(denial);
                 let tenant = self.tenant.as_ref().map_or("-", |t| t.id.as_str());
                 info!(target: "tenantwall::audit", tenant, command = %name, reason = %error, "denied");
                 if respond {

@@ -59,7 +59,9 @@ pub fn explain_with_reply(
     let name = msg.command_name().unwrap_or_default().to_owned();
     Ok(match prepare_forward(&msg, Command::from_name(&name), Some(&tenant), policy) {
         Decision::Local(_) => Outcome::Local,
-        Decision::Deny { code, reason } => Outcome::Denied { code: code.code, code_name: code.name, reason },
+        Decision::Deny(denial) => {
+            Outcome::Denied { code: denial.code.code, code_name: denial.code.name, reason: denial.reason }
+        }
         Decision::Forward(plan) => {
             let forwarded = plan.forward.unwrap_or(msg);
             let mut command = Document::try_from(forwarded.body()).map_err(|e| e.to_string())?;

@@ -35,23 +35,17 @@ pub enum Decision {
     Local(Local),
     /// Forward to the tenant's backend: the plan says what (rewritten or unchanged) and what the reply needs.
     Forward(Plan),
-    Deny {
-        code: ErrorCode,
-        reason: String,
-    },
+    /// Refused: one [`Denial`] from the check that found it to the error reply on the wire.
+    Deny(Denial),
 }
 
 fn deny(code: ErrorCode, reason: impl Into<String>) -> Decision {
-    Decision::Deny { code, reason: reason.into() }
+    Decision::Deny(Denial::new(code, reason))
 }
 
-impl Decision {
-    /// Turns a denial into the error to reply with.
-    pub fn into_error(self) -> Option<ProxyError> {
-        match self {
-            Self::Deny { code, reason } => Some(ProxyError::denied(code, reason)),
-            _ => None,
-        }
+impl From<Denial> for ProxyError {
+    fn from(denial: Denial) -> Self {
+        ProxyError::denied(denial.code, denial.reason)
     }
 }
 
@@ -107,8 +101,8 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     let Some(tenant) = tenant else {
         return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication"));
     };
-    if let Err(Denial { code, reason }) = canonical(msg, command, spec) {
-        return Decision::Deny { code, reason };
+    if let Err(denial) = canonical(msg, command, spec) {
+        return Decision::Deny(denial);
     }
     match spec.database {
         Database::Admin if db != "admin" => {
@@ -121,7 +115,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     }
     match engine::plan(msg, command, spec, db, tenant, policy) {
         Ok(plan) => Decision::Forward(plan),
-        Err(Denial { code, reason }) => Decision::Deny { code, reason },
+        Err(denial) => Decision::Deny(denial),
     }
 }
 
