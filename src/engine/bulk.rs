@@ -69,7 +69,7 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
             None => out.push(Bytes::copy_from_slice(op.as_bytes())),
         }
     }
-    let plan = ReplyPlan { record_cursor: true, redact_duplicate_keys: true, ..ReplyPlan::default() };
+    let plan = ReplyPlan { record_cursor: true, ..ReplyPlan::default() };
     let mut forward = changed.then(|| with_logical_array(msg, "ops", out, &[])).transpose()?;
     if renamed {
         let base = forward.as_ref().unwrap_or(msg);
@@ -93,7 +93,7 @@ fn resolve_namespaces<'p>(msg: &OpMsg, scope: &mut Scope<'p>) -> Result<(Vec<Tar
         let target = resolve(policy, &scope.tenant.id, db, Some(coll))?;
         let mut entry = Bytes::copy_from_slice(info.as_bytes());
         match &target {
-            Target::Field(_) => scope.touched_field = true,
+            Target::Field(_) => scope.note_shared(&target),
             Target::Mapped { db: real_db, coll: Some(real_coll), .. }
                 if (real_db.as_str(), real_coll.as_str()) != (db, coll) =>
             {

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod raw;
 pub mod read;
 pub mod reply;
+pub mod withhold;
 pub mod write;
 
 use bson::{RawBson, RawDocument};
@@ -35,6 +36,7 @@ use crate::config::Style;
 use crate::error::ErrorCode;
 pub use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::{FieldRule, Placement, Policy, Rule, Tenant};
+pub use withhold::Withhold;
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,8 +171,8 @@ impl Names {
 pub struct ReplyPlan {
     /// Record a cursor id in the reply as the tenant's.
     pub record_cursor: bool,
-    /// Redact duplicate-key details (they can carry other tenants' values).
-    pub redact_duplicate_keys: bool,
+    /// Withhold what backend errors say about data (the command touched a namespace other tenants share).
+    pub withhold: Option<Withhold>,
     /// Names to map back, when any were renamed.
     pub names: Option<Names>,
     pub kind: ReplyKind,
@@ -202,8 +204,8 @@ pub struct Scope<'a> {
     /// The tenant value as raw BSON, for building conditions and stamps.
     pub value: RawBson,
     pub audit: Vec<String>,
-    /// Whether any namespace touched is a field-mode one (duplicate-key details are then redacted).
-    pub touched_field: bool,
+    /// Set when any namespace touched is one other tenants share (field or shared mode): errors are withheld.
+    pub shared: Option<Withhold>,
     /// Names renamed so far, to map back in the reply.
     pub names: Names,
 }
@@ -212,7 +214,7 @@ impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
         let value = tenant.value.raw().clone();
         let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
-        Ok(Self { tenant, policy, db, value, audit: Vec::new(), touched_field: false, names })
+        Ok(Self { tenant, policy, db, value, audit: Vec::new(), shared: None, names })
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.
@@ -241,10 +243,21 @@ impl<'a> Scope<'a> {
         Ok(target)
     }
 
+    /// Notes a namespace other tenants share: errors from the backend are then withheld.
+    pub fn note_shared(&mut self, target: &Target<'_>) {
+        let withhold = match target {
+            Target::Field(_) | Target::Shared(_) => self.shared.get_or_insert_with(Withhold::default),
+            Target::Mapped { .. } => return,
+        };
+        if let (Target::Field(rule), None) = (target, &withhold.tenant_field) {
+            withhold.tenant_field = Some(rule.field.as_str().to_owned());
+        }
+    }
+
     fn note(&mut self, target: &Target<'_>, collection: Option<&str>) -> Result<()> {
+        self.note_shared(target);
         match target {
-            Target::Field(_) => self.touched_field = true,
-            Target::Shared(_) => {}
+            Target::Field(_) | Target::Shared(_) => {}
             Target::Mapped { db, coll, .. } => {
                 if *db != self.names.real_db {
                     if self.names.real_db != self.db {
@@ -313,7 +326,7 @@ pub fn plan(
     let forward = with_resource_limits(forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (!scope.names.is_identity() || reply.kind == ReplyKind::ListCollections).then(|| scope.names.clone());
-    let reply = ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, names, ..reply };
+    let reply = ReplyPlan { withhold: scope.shared.clone(), names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
 
@@ -461,11 +474,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
     // The inner command carries its own allowDiskUse; maxTimeMS is the outer command's.
     let disk_only = Limits { time: false, disk: inner_spec.limited };
     let rewritten = with_resource_limits(rewritten, &inner_msg, disk_only, inner_command, scope.tenant);
-    let reply = ReplyPlan {
-        kind: ReplyKind::Explain,
-        redact_duplicate_keys: inner_reply.redact_duplicate_keys,
-        ..ReplyPlan::default()
-    };
+    let reply = ReplyPlan { kind: ReplyKind::Explain, ..inner_reply };
     let renamed_db = scope.names.real_db != scope.names.visible_db;
     let rewritten = match rewritten {
         Some(rewritten) => rewritten,

@@ -4,8 +4,8 @@
 //!   the tenant used — `cursor.ns`, error messages, explain output.
 //! - Listings: `listCollections` and `listDatabases` keep only what the tenant's rules reach, under visible names;
 //!   other tenants' collections and databases never appear.
-//! - Duplicate keys: on shared collections `E11000 ... dup key: { email: "ceo@globex.test" }` and `keyValue`
-//!   would tell one tenant another's values, so the details are withheld (code, `keyPattern` and index stay).
+//! - Errors: on namespaces other tenants share, what the server says about the data is withheld
+//!   ([`super::withhold`]).
 //!
 //! Pure functions of (reply, plan, policy, tenant); unit tests assert exact outputs.
 
@@ -13,25 +13,18 @@ use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
 use crate::config::Mode;
 use crate::engine::raw::replace_fields;
+use crate::engine::withhold::withhold;
 use crate::engine::{resolve, Names, ReplyKind, ReplyPlan, Target, RESERVED_DATABASES};
 use crate::policy::{Policy, Tenant};
 
-const DUPLICATE_KEY: i32 = 11000;
-const REDACTED: &str = "E11000 duplicate key error (the conflicting value is withheld by tenantwall)";
 /// Explain output nests deeply but not without bound.
 const MAX_DEPTH: usize = 64;
-
-fn is_duplicate_key(doc: &RawDocument) -> bool {
-    matches!(doc.get("code"), Ok(Some(RawBsonRef::Int32(DUPLICATE_KEY))))
-}
 
 /// Everything the plan asks of a reply; `None` when the reply goes back as it came.
 pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tenant: &Tenant) -> Option<RawDocumentBuf> {
     let mut current: Option<RawDocumentBuf> = None;
-    if plan.redact_duplicate_keys {
-        if let Some(redacted) = redact_duplicate_keys(body) {
-            current = Some(redacted);
-        }
+    if let Some(rule) = &plan.withhold {
+        current = withhold(body, rule);
     }
     let view = |c: &Option<RawDocumentBuf>| -> RawDocumentBuf { c.clone().unwrap_or_else(|| body.to_owned()) };
     match plan.kind {
@@ -52,33 +45,6 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
         current = map_names(&view(&current), names).or(current);
     }
     current
-}
-
-/// The reply with duplicate-key details removed, or `None` when there are none.
-pub fn redact_duplicate_keys(body: &RawDocument) -> Option<RawDocumentBuf> {
-    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-    if is_duplicate_key(body) {
-        edits.push(("errmsg", Some(RawBson::String(REDACTED.into()))));
-        edits.push(("keyValue", None));
-    }
-    if let Ok(errors) = body.get_array("writeErrors") {
-        let docs: Vec<&RawDocument> = errors.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())).collect();
-        if docs.iter().any(|d| is_duplicate_key(d)) {
-            let mut out = RawArrayBuf::new();
-            for doc in docs {
-                if is_duplicate_key(doc) {
-                    out.push(replace_fields(
-                        doc,
-                        &[("errmsg", Some(RawBson::String(REDACTED.into()))), ("keyValue", None)],
-                    ));
-                } else {
-                    out.push(doc);
-                }
-            }
-            edits.push(("writeErrors", Some(RawBson::Array(out))));
-        }
-    }
-    (!edits.is_empty()).then(|| replace_fields(body, &edits))
 }
 
 /// A real namespace or name back to the tenant's: `acme_app.acme__orders` → `app.orders`.
@@ -296,28 +262,6 @@ fn list_databases(body: &RawDocument, policy: &Policy, tenant: &Tenant) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::rawdoc;
-
-    #[test]
-    fn duplicate_key_values_are_withheld() {
-        let reply = rawdoc! {
-            "n": 0,
-            "writeErrors": [
-                { "index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: app.users index: email_1 dup key: { email: \"ceo@globex.test\" }", "keyPattern": { "email": 1 }, "keyValue": { "email": "ceo@globex.test" } },
-                { "index": 1, "code": 121, "errmsg": "Document failed validation" },
-            ],
-            "ok": 1.0,
-        };
-        let out = redact_duplicate_keys(&reply).unwrap();
-        let text = format!("{:?}", bson::Document::try_from(out.as_ref()).unwrap());
-        assert!(!text.contains("globex"), "{text}");
-        let errors = out.get_array("writeErrors").unwrap();
-        let first = errors.get_document(0).unwrap();
-        assert_eq!(first.get_i32("code").unwrap(), 11000);
-        assert!(first.get_document("keyPattern").is_ok());
-        assert_eq!(errors.get_document(1).unwrap().get_str("errmsg").unwrap(), "Document failed validation");
-        assert!(redact_duplicate_keys(&rawdoc! { "n": 1, "ok": 1.0 }).is_none());
-    }
 
     #[test]
     fn names_map_back() {
