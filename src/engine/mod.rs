@@ -28,7 +28,7 @@ pub mod reply;
 pub mod withhold;
 pub mod write;
 
-use bson::{RawBson, RawDocument};
+use bson::{RawBson, RawBsonRef, RawDocument};
 use tenantwall_protocol::OpMsg;
 
 use crate::command::{Command, CommandSpec};
@@ -208,13 +208,16 @@ pub struct Scope<'a> {
     pub shared: Option<Withhold>,
     /// Names renamed so far, to map back in the reply.
     pub names: Names,
+    /// `{collation: ...}` of an aggregate: its joins inherit it, so every field-mode namespace they read is
+    /// checked against it too.
+    pub inherited_collation: Option<bson::RawDocumentBuf>,
 }
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
         let value = tenant.value.raw().clone();
         let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
-        Ok(Self { tenant, policy, db, value, audit: Vec::new(), shared: None, names })
+        Ok(Self { tenant, policy, db, value, audit: Vec::new(), shared: None, names, inherited_collation: None })
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.
@@ -283,12 +286,12 @@ impl<'a> Scope<'a> {
 /// unless zero (`unique: 1` is a unique index). Anything else is refused, as the server refuses it.
 pub fn truthy(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
     match doc.get(field) {
-        Ok(None | Some(bson::RawBsonRef::Null | bson::RawBsonRef::Undefined)) => Ok(false),
-        Ok(Some(bson::RawBsonRef::Boolean(b))) => Ok(b),
-        Ok(Some(bson::RawBsonRef::Int32(n))) => Ok(n != 0),
-        Ok(Some(bson::RawBsonRef::Int64(n))) => Ok(n != 0),
-        Ok(Some(bson::RawBsonRef::Double(n))) => Ok(n != 0.0),
-        Ok(Some(bson::RawBsonRef::Decimal128(d))) => Ok(!crate::policy::value::decimal_is_zero(&d.to_string())),
+        Ok(None | Some(RawBsonRef::Null | RawBsonRef::Undefined)) => Ok(false),
+        Ok(Some(RawBsonRef::Boolean(b))) => Ok(b),
+        Ok(Some(RawBsonRef::Int32(n))) => Ok(n != 0),
+        Ok(Some(RawBsonRef::Int64(n))) => Ok(n != 0),
+        Ok(Some(RawBsonRef::Double(n))) => Ok(n != 0.0),
+        Ok(Some(RawBsonRef::Decimal128(d))) => Ok(!crate::policy::value::decimal_is_zero(&d.to_string())),
         _ => Err(Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place}.{field} must be a boolean or a number"))),
     }
 }
@@ -297,7 +300,7 @@ pub fn truthy(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
 pub fn strict_bool(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
     match doc.get(field) {
         Ok(None) => Ok(false),
-        Ok(Some(bson::RawBsonRef::Boolean(b))) => Ok(b),
+        Ok(Some(RawBsonRef::Boolean(b))) => Ok(b),
         _ => Err(Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place}.{field} must be a boolean"))),
     }
 }
@@ -365,9 +368,9 @@ fn limit_edits(
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let (Some(cap), true) = (tenant.max_time_ms, limits.time) {
         let asked = match body.get("maxTimeMS") {
-            Ok(Some(bson::RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
-            Ok(Some(bson::RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
-            Ok(Some(bson::RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),
+            Ok(Some(RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
+            Ok(Some(RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
+            Ok(Some(RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),
             _ => None,
         };
         if asked.is_none_or(|ms| ms == 0 || ms > cap) {
@@ -430,6 +433,30 @@ fn with_real_db(forward: Option<OpMsg>, original: &OpMsg, names: &Names) -> Opti
 /// `getMore` and `killCursors`: the collection resolved (and renamed); ownership is checked by the session layer.
 fn cursor_command(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     let body = msg.body();
+    // Cursor ids are Int64 on the server; another type is refused as mongod refuses it, never coerced (a double
+    // would be read as 0 by one reader and as an id by another).
+    let wrong_type = |place: &str, value: RawBsonRef<'_>| {
+        Denial::new(
+            ErrorCode::TYPE_MISMATCH,
+            format!("BSON field '{place}' is the wrong type '{:?}', expected type 'long'", value.element_type()),
+        )
+    };
+    if command == Command::GetMore {
+        match body.get("getMore") {
+            Ok(Some(RawBsonRef::Int64(_))) => {}
+            Ok(Some(other)) => return Err(wrong_type("getMore.getMore", other)),
+            _ => return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, "getMore needs a cursor id")),
+        }
+    } else {
+        let ids = body.get_array("cursors").map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "killCursors needs cursors"))?;
+        for (i, id) in ids.into_iter().enumerate() {
+            match id {
+                Ok(RawBsonRef::Int64(_)) => {}
+                Ok(other) => return Err(wrong_type(&format!("killCursors.cursors.{i}"), other)),
+                Err(e) => return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string())),
+            }
+        }
+    }
     let field = if command == Command::GetMore { "collection" } else { "killCursors" };
     let coll = body
         .get_str(field)
@@ -466,7 +493,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
     arguments::check(inner, None, inner_spec)?;
     match inner.get("$db") {
         Ok(None) => {}
-        Ok(Some(bson::RawBsonRef::String(d))) if d == scope.db => {}
+        Ok(Some(RawBsonRef::String(d))) if d == scope.db => {}
         _ => return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own")),
     }
     let inner_msg = OpMsg::new(msg.flags, inner.to_owned());

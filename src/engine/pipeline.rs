@@ -114,6 +114,11 @@ pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<O
         _ => return Err(malformed("aggregate needs a pipeline")),
     };
     let mut renamed: Option<String> = None;
+    if let Ok(Some(collation)) = body.get("collation") {
+        let mut holder = RawDocumentBuf::new();
+        holder.append(cstr!("collation"), collation);
+        scope.inherited_collation = Some(holder);
+    }
     let (source, context, collection_less) = match body.get("aggregate") {
         Ok(Some(RawBsonRef::String(coll))) => match scope.resolve(coll)? {
             Target::Field(rule) => {
@@ -276,6 +281,9 @@ struct Position {
 /// A collection named by a stage, resolved and renamed.
 fn stage_target<'a>(scope: &mut Scope<'a>, coll: &str) -> Result<(Target<'a>, Option<String>)> {
     let target = scope.resolve(coll)?;
+    if let (Target::Field(rule), Some(holder)) = (&target, scope.inherited_collation.clone()) {
+        check_collation(scope, *rule, &holder, "the aggregate, whose collation this join inherits,")?;
+    }
     let real = target.real_coll(coll);
     let renamed = (real != coll).then(|| real.to_owned());
     Ok((target, renamed))
@@ -539,6 +547,9 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
             "$merge from a shared collection is only allowed into a field-mode collection",
         ));
     };
+    if let Some(holder) = scope.inherited_collation.clone() {
+        check_collation(scope, rule, &holder, "the aggregate, whose collation $merge matches with,")?;
+    }
     let on_tenant = match spec.map(|d| d.get("on")) {
         Some(Ok(Some(RawBsonRef::String(on)))) => on == rule.field.as_str(),
         Some(Ok(Some(RawBsonRef::Array(on)))) => {

@@ -34,9 +34,11 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
         }
         ReplyKind::ListDatabases => current = list_databases(&view(&current), policy, tenant).or(current),
         ReplyKind::Explain => {
+            let mut out = explain_reply(&view(&current), plan.withhold.is_some());
             if let Some(names) = &plan.names {
-                current = Some(map_strings(&view(&current), names, 0));
+                out = map_strings(&out, names, 0);
             }
+            current = Some(out);
         }
         ReplyKind::SharedIndexes => current = strip_partial_filters(&view(&current)).or(current),
         ReplyKind::Plain => {}
@@ -114,6 +116,61 @@ fn map_names(body: &RawDocument, names: &Names) -> Option<RawDocumentBuf> {
         }
     }
     (!edits.is_empty()).then(|| replace_fields(body, &edits))
+}
+
+/// Keys of explain output that name the backend (hosts, ports, versions, server parameters): never shown.
+const BACKEND_KEYS: &[&str] = &["serverInfo", "serverParameters", "host", "hosts", "connectionString", "shardName"];
+
+/// Explain output as a tenant may see it. Backend details are removed at every depth. On a namespace other
+/// tenants share only the plan is shown: execution statistics count other tenants' documents
+/// (`totalDocsExamined` is the collection's size; a chosen index makes `totalKeysExamined` an existence oracle).
+fn explain_reply(body: &RawDocument, shared: bool) -> RawDocumentBuf {
+    let succeeded = matches!(body.get("ok"), Ok(Some(RawBsonRef::Double(v))) if v == 1.0)
+        || matches!(body.get("ok"), Ok(Some(RawBsonRef::Int32(1) | RawBsonRef::Int64(1))));
+    if !shared || !succeeded {
+        return without_keys(body, BACKEND_KEYS, 0);
+    }
+    // The plan: top level (find, count, distinct, update, delete, findAndModify, pushed-down aggregates), or the
+    // first stage's `$cursor` of an aggregate.
+    let planner = body.get_document("queryPlanner").ok().or_else(|| {
+        let first = body.get_array("stages").ok()?.into_iter().next()?.ok()?;
+        first.as_document()?.get_document("$cursor").ok()?.get_document("queryPlanner").ok()
+    });
+    let mut out = RawDocumentBuf::new();
+    if let Ok(Some(version)) = body.get("explainVersion") {
+        out.append(bson::cstr!("explainVersion"), version);
+    }
+    if let Some(planner) = planner {
+        out.append(bson::cstr!("queryPlanner"), without_keys(planner, BACKEND_KEYS, 0));
+    }
+    out.append(bson::cstr!("ok"), 1.0);
+    out
+}
+
+/// `doc` without the named keys at any depth.
+fn without_keys(doc: &RawDocument, keys: &[&str], depth: usize) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for element in doc.iter_elements().flatten() {
+        if keys.contains(&element.key().as_str()) {
+            continue;
+        }
+        match element.value() {
+            Ok(RawBsonRef::Document(d)) if depth < MAX_DEPTH => out.append(element.key(), without_keys(d, keys, depth + 1)),
+            Ok(RawBsonRef::Array(a)) if depth < MAX_DEPTH => {
+                let mut array = RawArrayBuf::new();
+                for item in a.into_iter().flatten() {
+                    match item {
+                        RawBsonRef::Document(d) => array.push(without_keys(d, keys, depth + 1)),
+                        other => array.push(other),
+                    }
+                }
+                out.append(element.key(), array);
+            }
+            Ok(value) => out.append(element.key(), value),
+            Err(_) => {}
+        }
+    }
+    out
 }
 
 /// Every string in a document that names a real namespace, under visible names (explain output).
