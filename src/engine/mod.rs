@@ -448,7 +448,9 @@ fn cursor_command(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Resul
             _ => return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, "getMore needs a cursor id")),
         }
     } else {
-        let ids = body.get_array("cursors").map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "killCursors needs cursors"))?;
+        let ids = body
+            .get_array("cursors")
+            .map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "killCursors needs cursors"))?;
         for (i, id) in ids.into_iter().enumerate() {
             match id {
                 Ok(RawBsonRef::Int64(_)) => {}

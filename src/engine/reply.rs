@@ -155,7 +155,9 @@ fn without_keys(doc: &RawDocument, keys: &[&str], depth: usize) -> RawDocumentBu
             continue;
         }
         match element.value() {
-            Ok(RawBsonRef::Document(d)) if depth < MAX_DEPTH => out.append(element.key(), without_keys(d, keys, depth + 1)),
+            Ok(RawBsonRef::Document(d)) if depth < MAX_DEPTH => {
+                out.append(element.key(), without_keys(d, keys, depth + 1))
+            }
             Ok(RawBsonRef::Array(a)) if depth < MAX_DEPTH => {
                 let mut array = RawArrayBuf::new();
                 for item in a.into_iter().flatten() {
@@ -268,8 +270,10 @@ fn list_collections(body: &RawDocument, policy: &Policy, tenant: &Tenant, names:
     Some(replace_fields(body, &[("cursor", Some(RawBson::Document(replace_fields(cursor, &cursor_edits))))]))
 }
 
-/// The visible name of a real database for the tenant, if it is one of the tenant's.
-fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<String> {
+/// The visible name of a real database for the tenant, and whether it is the tenant's own (database mode), if
+/// the tenant may see it at all. A database other tenants share is shown only when a rule names it exactly: one
+/// matched only by a glob may exist because another tenant created it.
+fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<(String, bool)> {
     if RESERVED_DATABASES.contains(&real) {
         return None;
     }
@@ -280,15 +284,17 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<Stri
         }
     }
     candidates.push(real.to_owned());
-    candidates.into_iter().find(|visible| {
+    candidates.into_iter().find_map(|visible| {
         if RESERVED_DATABASES.contains(&visible.as_str()) {
-            return false;
+            return None;
         }
-        match resolve(policy, &tenant.id, visible, None) {
-            Ok(Target::Mapped { db, .. }) => db == real,
-            Ok(_) => visible == real,
-            // Databases reached only through collection rules are shown under their own name.
-            Err(_) => visible == real && policy.any_rule_for_db(visible).is_some_and(|r| r.mode() != Mode::Database),
+        let named_exactly =
+            || policy.rules.iter().any(|r| r.database.as_str() == visible && r.mode() != Mode::Database);
+        match resolve(policy, &tenant.id, &visible, None) {
+            Ok(Target::Mapped { db, rule, .. }) if rule.mode() == Mode::Database => {
+                (db == real).then_some((visible, true))
+            }
+            Ok(_) | Err(_) => (visible == real && named_exactly()).then_some((visible, false)),
         }
     })
 }
@@ -299,14 +305,27 @@ fn list_databases(body: &RawDocument, policy: &Policy, tenant: &Tenant) -> Optio
     let mut total: i64 = 0;
     for entry in databases.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
         let Ok(real) = entry.get_str("name") else { continue };
-        let Some(visible) = visible_database(policy, tenant, real) else { continue };
-        total += match entry.get("sizeOnDisk") {
-            Ok(Some(RawBsonRef::Int64(n))) => n,
-            Ok(Some(RawBsonRef::Int32(n))) => i64::from(n),
-            Ok(Some(RawBsonRef::Double(n))) => n as i64,
-            _ => 0,
-        };
-        out.push(replace_fields(entry, &[("name", Some(RawBson::String(visible)))]));
+        let Some((visible, own)) = visible_database(policy, tenant, real) else { continue };
+        if own {
+            total += match entry.get("sizeOnDisk") {
+                Ok(Some(RawBsonRef::Int64(n))) => n,
+                Ok(Some(RawBsonRef::Int32(n))) => i64::from(n),
+                Ok(Some(RawBsonRef::Double(n))) => n as i64,
+                _ => 0,
+            };
+            out.push(replace_fields(entry, &[("name", Some(RawBson::String(visible)))]));
+        } else {
+            // A shared database's size is every tenant's data: not shown.
+            out.push(replace_fields(
+                entry,
+                &[
+                    ("name", Some(RawBson::String(visible))),
+                    ("sizeOnDisk", Some(RawBson::Int64(0))),
+                    ("empty", Some(RawBson::Boolean(false))),
+                    ("shards", None),
+                ],
+            ));
+        }
     }
     let mut edits: Vec<(&str, Option<RawBson>)> = vec![("databases", Some(RawBson::Array(out)))];
     if body.get("totalSize").ok().flatten().is_some() {
