@@ -420,6 +420,12 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
             let msg = format!("overlaps rules[{}]; the first matching rule wins", first.index);
             c.warn(Some(&rule.database), format!("rules[{i}]"), msg);
         }
+        if let Placement::Field { .. } = placement {
+            let msg = "a tenant can learn whether another tenant's document in this shared collection has a given \
+                       _id (an insert with that _id fails with a duplicate key): let drivers generate ObjectIds, \
+                       or use collection mode where ids are meaningful (see the threat model)";
+            c.warn(Some(&rule.collection), format!("rules[{i}]"), msg);
+        }
         out.push(Rule { index: i, database, collection, placement });
     }
     out
