@@ -291,3 +291,20 @@ fn unique_indexes_on_shared_collections_must_be_per_tenant() {
         doc! { "createIndexes": "orders", "indexes": [{ "key": { "tenantId": 1, "email": 1 }, "name": "te", "unique": true }] },
     );
 }
+
+#[test]
+fn stats_of_the_tenants_own_collection_never_name_the_backend() {
+    let reply = doc! { "cursor": { "id": 0i64, "ns": "app.acme__invoices", "firstBatch": [
+        { "ns": "app.acme__invoices", "host": "db-7.internal:27017", "localTime": 1i64, "storageStats": { "count": 3 } },
+    ] }, "ok": 1.0 };
+    let out = reply_to(
+        "app",
+        doc! { "aggregate": "invoices", "pipeline": [{ "$collStats": { "storageStats": {} } }], "cursor": {} },
+        reply,
+    );
+    let first = out.get_document("cursor").unwrap().get_array("firstBatch").unwrap()[0].as_document().unwrap().clone();
+    assert_eq!(first, doc! { "ns": "app.invoices", "localTime": 1i64, "storageStats": { "count": 3 } });
+    assert_eq!(out.get_document("cursor").unwrap().get_str("ns").unwrap(), "app.invoices");
+    // On a shared collection the stage is refused outright.
+    assert_eq!(denied("app", doc! { "aggregate": "orders", "pipeline": [{ "$collStats": {} }], "cursor": {} }).0, 13);
+}

@@ -149,6 +149,8 @@ pub enum ReplyKind {
     /// Indexes of a collection other tenants share: partial filter expressions (which can hold tenant values)
     /// are not shown.
     SharedIndexes,
+    /// Documents from `$collStats` / `$indexStats`: the backend host removed, namespaces mapped back.
+    Stats,
 }
 
 /// Real names the command was sent with, to be mapped back in its reply.
@@ -211,13 +213,25 @@ pub struct Scope<'a> {
     /// `{collation: ...}` of an aggregate: its joins inherit it, so every field-mode namespace they read is
     /// checked against it too.
     pub inherited_collation: Option<bson::RawDocumentBuf>,
+    /// The pipeline has a stage whose output names the backend host (`$collStats`, `$indexStats`).
+    pub host_bearing: bool,
 }
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
         let value = tenant.value.raw().clone();
         let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
-        Ok(Self { tenant, policy, db, value, audit: Vec::new(), shared: None, names, inherited_collation: None })
+        Ok(Self {
+            tenant,
+            policy,
+            db,
+            value,
+            audit: Vec::new(),
+            shared: None,
+            names,
+            inherited_collation: None,
+            host_bearing: false,
+        })
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.

@@ -10,7 +10,7 @@ use super::filter::{check_collation, pins, scope_filter, stamp_stage, tenant_con
 use super::raw::{array_documents, replace_fields};
 use super::read::optional_document;
 use super::write::{stamped_pipeline, update_pipeline};
-use super::{Denial, ReplyPlan, Result, Scope, Target};
+use super::{Denial, ReplyKind, ReplyPlan, Result, Scope, Target};
 use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
 use crate::policy::compile::RESERVED_DATABASES;
@@ -158,6 +158,7 @@ pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<O
     if let Some(new) = rewritten {
         edits.push(("pipeline", Some(RawBson::Array(new))));
     }
+    let reply = if scope.host_bearing { ReplyPlan { kind: ReplyKind::Stats, ..reply } } else { reply };
     if edits.is_empty() {
         return Ok((None, reply));
     }
@@ -309,6 +310,9 @@ fn rewrite_stage(
     if context == Context::Owned && (OWNED_STAGES.contains(&name) || (at.first && OWNED_FIRST_STAGES.contains(&name))) {
         if let ("$geoNear", RawBsonRef::Document(geo)) = (name, value) {
             arguments::only(geo, GEO_NEAR_FIELDS, "$geoNear")?;
+        }
+        if OWNED_STAGES.contains(&name) {
+            scope.host_bearing = true;
         }
         if name == "$changeStream" {
             if let RawBsonRef::Document(d) = value {

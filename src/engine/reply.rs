@@ -41,6 +41,7 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
             current = Some(out);
         }
         ReplyKind::SharedIndexes => current = strip_partial_filters(&view(&current)).or(current),
+        ReplyKind::Stats => current = strip_batch_keys(&view(&current), BACKEND_KEYS, plan.names.as_ref()).or(current),
         ReplyKind::Plain => {}
     }
     if let (Some(names), false) = (&plan.names, plan.kind == ReplyKind::Explain) {
@@ -200,6 +201,27 @@ fn map_strings(doc: &RawDocument, names: &Names, depth: usize) -> RawDocumentBuf
         }
     }
     out
+}
+
+/// A cursor reply whose batch documents lose `keys` at every depth, with `ns` fields mapped back.
+fn strip_batch_keys(body: &RawDocument, keys: &[&str], names: Option<&Names>) -> Option<RawDocumentBuf> {
+    let cursor = body.get_document("cursor").ok()?;
+    let key = if cursor.get_array("firstBatch").is_ok() { "firstBatch" } else { "nextBatch" };
+    let batch = cursor.get_array(key).ok()?;
+    let mut out = RawArrayBuf::new();
+    for item in batch.into_iter().flatten() {
+        let Some(doc) = item.as_document() else { continue };
+        let stripped = without_keys(doc, keys, 0);
+        match (names, stripped.get_str("ns")) {
+            (Some(names), Ok(ns)) => {
+                let visible = visible_ns(ns, names);
+                out.push(replace_fields(&stripped, &[("ns", Some(RawBson::String(visible)))]));
+            }
+            _ => out.push(stripped),
+        }
+    }
+    let cursor = replace_fields(cursor, &[(key, Some(RawBson::Array(out)))]);
+    Some(replace_fields(body, &[("cursor", Some(RawBson::Document(cursor)))]))
 }
 
 /// A `listIndexes` reply without `partialFilterExpression`s.
