@@ -263,3 +263,45 @@ async fn raw_frames_with_document_sequences_are_scoped() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].get_str("tenantId").unwrap(), "acme");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_is_unique_per_tenant() {
+    let backend = Backend::start();
+    let proxy = start_proxy_text(&policy_text(&backend)).await;
+    let acme = client(proxy.addr(), "acme-app", "acme-pw").await.database("app").collection::<Document>("orders");
+    let globex = client(proxy.addr(), "globex-app", "globex-pw").await.database("app").collection::<Document>("orders");
+    let unique = || {
+        mongodb::IndexModel::builder()
+            .keys(doc! { "email": 1 })
+            .options(mongodb::options::IndexOptions::builder().unique(true).build())
+            .build()
+    };
+    // What mongoose `unique: true` sends; the second tenant's identical request finds the index there.
+    acme.create_index(unique()).await.unwrap();
+    globex.create_index(unique()).await.unwrap();
+    acme.insert_one(doc! { "email": "ceo@example.test" }).await.unwrap();
+    let err = acme.insert_one(doc! { "email": "ceo@example.test" }).await.unwrap_err();
+    assert_eq!(code_of(&err), Some(11000), "{err}");
+    // Another tenant may use the same value.
+    globex.insert_one(doc! { "email": "ceo@example.test" }).await.unwrap();
+    assert_eq!(all(&acme, doc! {}).await.len(), 1);
+    assert_eq!(all(&globex, doc! {}).await.len(), 1);
+    // Listed as the tenant created it; stored per tenant. (nx-27017 names indexes itself, so they are found by
+    // being unique rather than by name.)
+    let is_unique = |i: &&mongodb::IndexModel| i.options.as_ref().and_then(|o| o.unique) == Some(true);
+    let listed: Vec<_> = acme.list_indexes().await.unwrap().try_collect().await.unwrap();
+    let email = listed.iter().find(is_unique);
+    assert_eq!(email.map(|i| i.keys.clone()), Some(doc! { "email": 1 }), "{listed:?}");
+    let direct = mongodb::Client::with_uri_str(backend.uri()).await.unwrap();
+    let stored: Vec<_> = direct
+        .database("app")
+        .collection::<Document>("orders")
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let email = stored.iter().find(is_unique);
+    assert_eq!(email.map(|i| i.keys.clone()), Some(doc! { "tenantId": 1, "email": 1 }), "{stored:?}");
+}

@@ -498,8 +498,14 @@ fn ddl_on_shared_collections_is_limited() {
         ),
         Outcome::Forwarded { .. }
     ));
+    // A unique index that does not start with the tenant field is made per tenant (tests/unique_indexes.rs).
+    assert_eq!(
+        forwarded(
+            doc! { "createIndexes": "orders", "indexes": [{ "key": { "email": 1 }, "name": "u", "unique": true }] }
+        ),
+        doc! { "createIndexes": "orders", "indexes": [{ "key": { "tenantId": 1, "email": 1 }, "name": "u", "unique": true }] }
+    );
     for command in [
-        doc! { "createIndexes": "orders", "indexes": [{ "key": { "email": 1 }, "name": "u", "unique": true }] },
         doc! { "createIndexes": "orders", "indexes": [{ "key": { "at": 1 }, "name": "ttl", "expireAfterSeconds": 1 }] },
         doc! { "createIndexes": "orders", "indexes": [{ "key": { "a": 1 }, "name": "p", "partialFilterExpression": { "tenantId": "acme", "vip": true } }] },
         doc! { "drop": "orders" },

@@ -1,9 +1,9 @@
 //! Catalog and DDL commands. On the tenant's own namespaces (collection and database modes, or its own backend)
 //! they run under the real names; on shared data only what cannot reach another tenant's rows is allowed
-//! (collection creation, non-unique or tenant-prefixed unique indexes, listing indexes). Catalog listings
+//! (collection creation, non-unique or per-tenant unique indexes, listing indexes). Catalog listings
 //! (`listCollections`, `listDatabases`) are filtered on the way back, see [`crate::reply`].
 
-use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument};
+use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use tenantwall_protocol::OpMsg;
 
 use super::pipeline::rewrite_view_pipeline;
@@ -11,7 +11,7 @@ use super::raw::{array_documents, rename_collection, replace_fields};
 use super::read::command_collection;
 use super::{first_key, resolve, Denial, ReplyKind, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
-use crate::config::Mode;
+use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
 use crate::policy::FieldRule;
 
@@ -49,7 +49,14 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         Target::Shared(rule) => rule,
     };
     match command {
-        Command::ListIndexes => Ok((None, ReplyPlan { kind: ReplyKind::SharedIndexes, ..cursor })),
+        Command::ListIndexes => {
+            // Per-tenant unique indexes are shown as the tenant created them (see `per_tenant_indexes`).
+            let index_field = match target {
+                Target::Field(field) if field.style == Style::Enforce => Some(field.field.as_str().to_owned()),
+                _ => None,
+            };
+            Ok((None, ReplyPlan { kind: ReplyKind::SharedIndexes, index_field, ..cursor }))
+        }
         Command::Create => {
             // Every option of create changes the collection for all its tenants: capped/size/max evict their
             // rows, a validator or collation changes what they may store and how `$eq` compares, expiry deletes,
@@ -70,10 +77,19 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         }
         Command::CreateIndexes => match target {
             Target::Field(field) => {
-                check_indexes(body.get("indexes").ok().flatten(), field)?;
-                Ok((None, ReplyPlan::default()))
+                let ns = format!("{}.{coll}", scope.db);
+                let indexes = per_tenant_indexes(scope, body.get("indexes").ok().flatten(), field, &ns)?;
+                let forward = indexes.map(|indexes| {
+                    let body = replace_fields(body, &[("indexes", Some(RawBson::Array(indexes)))]);
+                    OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())
+                });
+                Ok((forward, ReplyPlan::default()))
             }
-            _ => Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe()))),
+            _ => Err(Denial::unauthorized(format!(
+                "{}.{coll} is read-only ({}): createIndexes is refused",
+                scope.db,
+                rule.describe()
+            ))),
         },
         _ => Err(Denial::unauthorized(format!(
             "{}: {} changes the whole collection, which other tenants share",
@@ -239,44 +255,123 @@ fn rename(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPla
     ))
 }
 
-/// Indexes on a shared collection: no TTL (it would delete other tenants' documents), and unique only when the
-/// key starts with the tenant field (otherwise uniqueness and its errors span tenants).
-fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: FieldRule<'_>) -> Result<()> {
+/// Indexes on a shared collection. No TTL (it would delete other tenants' documents) and no partial filter
+/// (`listIndexes` shows it to every tenant). A unique index must be unique per tenant: under `enforce` one that
+/// does not start with the tenant field is rewritten into the per-tenant index it means, `{<field>: 1, ...key}`
+/// under the same name (mongoose `unique: true`, Payload `unique`, GridFS `{files_id, n}`), and `listIndexes`
+/// shows it back without the field; `verify` and `audit` refuse it, as they never rewrite a scope point into
+/// existence. Returns the rewritten `indexes` array, or `None` when every index goes as it came.
+fn per_tenant_indexes(
+    scope: &mut Scope<'_>,
+    indexes: Option<RawBsonRef<'_>>,
+    rule: FieldRule<'_>,
+    ns: &str,
+) -> Result<Option<RawArrayBuf>> {
     let indexes = array_documents(indexes.ok_or_else(|| malformed("createIndexes needs indexes"))?, "indexes")?;
+    let field = rule.field.as_str();
+    let mut out = RawArrayBuf::new();
+    let mut changed = false;
     for (i, index) in indexes.iter().enumerate() {
+        let place = format!("indexes[{i}]");
+        let name = match index.get("name") {
+            Ok(Some(RawBsonRef::String(name))) => name.to_owned(),
+            _ => return Err(malformed(format!("{place}.name must be a string"))),
+        };
+        let refuse = |why: String| {
+            Denial::unauthorized(format!("{ns}: index {name} {why} ({}, shared by every tenant)", rule.describe()))
+        };
         if index.get("partialFilterExpression").ok().flatten().is_some() {
             // Its values are shown to every tenant by listIndexes.
-            return Err(Denial::unauthorized(format!(
-                "{}: indexes[{i}] has a partialFilterExpression on a shared collection",
-                rule.describe()
-            )));
+            return Err(refuse("has a partialFilterExpression, which every tenant's listIndexes would show".into()));
         }
         if index.get("expireAfterSeconds").ok().flatten().is_some() {
-            return Err(Denial::unauthorized(format!(
-                "{}: indexes[{i}] is a TTL index on a shared collection",
-                rule.describe()
-            )));
+            return Err(refuse("is a TTL index, which would delete every tenant's documents".into()));
         }
         // mongod reads both as safeBool: `unique: 1` is a unique index, and prepareUnique turns into one.
-        let place = format!("indexes[{i}]");
-        if super::truthy(index, "unique", &place)? || super::truthy(index, "prepareUnique", &place)? {
-            let key = index.get_document("key").map_err(|_| malformed("index needs key"))?;
-            if first_key(key) != rule.field.as_str() {
-                return Err(Denial::unauthorized(format!(
-                    "{}: indexes[{i}] is unique but does not start with {}",
-                    rule.describe(),
-                    rule.field
-                )));
-            }
+        if !(super::truthy(index, "unique", &place)? || super::truthy(index, "prepareUnique", &place)?) {
+            out.push(*index);
+            continue;
+        }
+        let key = index.get_document("key").map_err(|_| malformed(format!("{place}.key must be a document")))?;
+        // An index collation compares the tenant field too: tenant values it finds equal would share uniqueness.
+        if let Ok(Some(_)) = index.get("collation") {
+            super::filter::check_collation(scope, rule, index, &format!("{ns}: index {name}"))?;
+        }
+        if first_key(key) == field {
             // Unique on the tenant field alone caps every tenant at one document.
             if key.iter_elements().nth(1).is_none() {
-                return Err(Denial::unauthorized(format!(
-                    "{}: indexes[{i}] is unique on {} alone, which would allow each tenant one document",
-                    rule.describe(),
-                    rule.field
-                )));
+                return Err(refuse(format!("is unique on {field} alone, which would allow each tenant one document")));
             }
+            out.push(*index);
+            continue;
         }
+        if rule.style != Style::Enforce {
+            return Err(refuse(format!(
+                "is unique across tenants; make it per tenant by starting its key with {field}"
+            )));
+        }
+        if key.iter_elements().flatten().any(|e| e.key().as_str() == field) {
+            return Err(refuse(format!("is unique with {field} not first; put {field} first")));
+        }
+        if super::truthy(index, "sparse", &place)? {
+            // Every document carries the tenant field, so a sparse index on `{field, ...key}` would index the
+            // documents that lack `key` too, and refuse a second one of them: not what the tenant asked for.
+            return Err(refuse(format!(
+                "is sparse and unique; it cannot be made per tenant ({field} is in every document)"
+            )));
+        }
+        let mut per_tenant = RawDocumentBuf::new();
+        per_tenant.append(rule.field.as_cstr(), 1);
+        for element in key.iter_elements() {
+            let element = element.map_err(|e| malformed(e.to_string()))?;
+            per_tenant.append(element.key(), element.value().map_err(|e| malformed(e.to_string()))?);
+        }
+        // `listIndexes` shows a unique index without the tenant field when its name is not the default name of
+        // its whole key: a tenant naming `{email: 1}` after `{tenantId: 1, email: 1}` would make that ambiguous.
+        if name == default_index_name(&per_tenant) {
+            return Err(refuse(format!("has the default name of a key starting with {field}; name it after its key")));
+        }
+        out.push(replace_fields(index, &[("key", Some(RawBson::Document(per_tenant)))]));
+        changed = true;
     }
-    Ok(())
+    Ok(changed.then_some(out))
+}
+
+/// The name drivers give an index by default: `field_direction` pairs joined by `_` (`tenantId_1_email_1`).
+pub fn default_index_name(key: &RawDocument) -> String {
+    let mut parts = Vec::new();
+    for element in key.iter_elements().flatten() {
+        let direction = match element.value() {
+            Ok(RawBsonRef::Int32(n)) => n.to_string(),
+            Ok(RawBsonRef::Int64(n)) => n.to_string(),
+            Ok(RawBsonRef::Double(n)) if n.fract() == 0.0 && n.abs() < 1e15 => (n as i64).to_string(),
+            Ok(RawBsonRef::Double(n)) => n.to_string(),
+            Ok(RawBsonRef::String(s)) => s.to_owned(),
+            _ => String::new(),
+        };
+        parts.push(format!("{}_{direction}", element.key().as_str()));
+    }
+    parts.join("_")
+}
+
+/// One index of a `listIndexes` reply on a field-mode collection as the tenant created it: a unique index that
+/// starts with the tenant field and is named other than its whole key was rewritten from the rest of its key.
+pub fn index_as_created(index: &RawDocument, field: &str) -> Option<RawDocumentBuf> {
+    let unique = |f: &str| super::truthy(index, f, "index").unwrap_or(false);
+    if !(unique("unique") || unique("prepareUnique")) {
+        return None;
+    }
+    let key = index.get_document("key").ok()?;
+    let mut elements = key.iter_elements().flatten();
+    if elements.next()?.key().as_str() != field {
+        return None;
+    }
+    let mut rest = RawDocumentBuf::new();
+    for element in elements {
+        rest.append(element.key(), element.value().ok()?);
+    }
+    if rest.is_empty() || index.get_str("name").ok()? == default_index_name(key) {
+        return None;
+    }
+    Some(replace_fields(index, &[("key", Some(RawBson::Document(rest)))]))
 }

@@ -178,6 +178,9 @@ pub struct ReplyPlan {
     /// Names to map back, when any were renamed.
     pub names: Option<Names>,
     pub kind: ReplyKind,
+    /// `listIndexes` of an enforce-style field-mode collection: the tenant field, removed from the key of the
+    /// per-tenant unique indexes the proxy created from the tenant's own.
+    pub index_field: Option<String>,
 }
 
 /// The outcome of rewriting one command.

@@ -40,7 +40,7 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
             }
             current = Some(out);
         }
-        ReplyKind::SharedIndexes => current = strip_partial_filters(&view(&current)).or(current),
+        ReplyKind::SharedIndexes => current = shared_indexes(&view(&current), plan.index_field.as_deref()).or(current),
         ReplyKind::Stats => current = strip_batch_keys(&view(&current), BACKEND_KEYS, plan.names.as_ref()).or(current),
         ReplyKind::Plain => {}
     }
@@ -224,14 +224,16 @@ fn strip_batch_keys(body: &RawDocument, keys: &[&str], names: Option<&Names>) ->
     Some(replace_fields(body, &[("cursor", Some(RawBson::Document(cursor)))]))
 }
 
-/// A `listIndexes` reply without `partialFilterExpression`s.
-fn strip_partial_filters(body: &RawDocument) -> Option<RawDocumentBuf> {
+/// A `listIndexes` reply without `partialFilterExpression`s, and with per-tenant unique indexes shown as the
+/// tenant created them when `field` is the tenant field of an enforce-style rule.
+fn shared_indexes(body: &RawDocument, field: Option<&str>) -> Option<RawDocumentBuf> {
     let cursor = body.get_document("cursor").ok()?;
     let key = if cursor.get_array("firstBatch").is_ok() { "firstBatch" } else { "nextBatch" };
     let batch = cursor.get_array(key).ok()?;
     let mut out = RawArrayBuf::new();
     for index in batch.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
-        out.push(replace_fields(index, &[("partialFilterExpression", None)]));
+        let as_created = field.and_then(|f| crate::engine::ddl::index_as_created(index, f));
+        out.push(replace_fields(as_created.as_deref().unwrap_or(index), &[("partialFilterExpression", None)]));
     }
     let cursor = replace_fields(cursor, &[(key, Some(RawBson::Array(out)))]);
     Some(replace_fields(body, &[("cursor", Some(RawBson::Document(cursor)))]))
