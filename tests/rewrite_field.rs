@@ -606,7 +606,7 @@ fn audit_style_forwards_unchanged_and_records_what_enforce_would_do() {
                 sent.remove("$db");
                 assert_eq!(sent, command);
                 assert!(!audit.is_empty(), "{command}: nothing recorded");
-                assert!(audit.iter().all(|n| n.contains("rules[4]")), "{audit:?}");
+                assert!(audit.iter().all(|n| n.contains("rule app.observed (field)")), "{audit:?}");
             }
             other => panic!("{command}: {other:?}"),
         }

@@ -308,3 +308,22 @@ fn stats_of_the_tenants_own_collection_never_name_the_backend() {
     // On a shared collection the stage is refused outright.
     assert_eq!(denied("app", doc! { "aggregate": "orders", "pipeline": [{ "$collStats": {} }], "cursor": {} }).0, 13);
 }
+
+// ---- 9. errors that read well ----
+
+#[test]
+fn denials_name_the_visible_namespace_and_the_rule_by_its_namespace() {
+    let (_, reason) = denied("app", doc! { "drop": "orders" });
+    assert!(reason.starts_with("app.orders: drop") && reason.contains("rule app.orders (field)"), "{reason}");
+    assert!(!reason.contains("rules["), "{reason}");
+    let (_, reason) = denied("app", doc! { "insert": "countries", "documents": [{ "a": 1 }] });
+    assert!(reason.contains("app.countries") && reason.contains("read-only"), "{reason}");
+    let (_, reason) = denied("app", doc! { "find": "orders", "collation": { "locale": "en", "strength": 1 } });
+    assert!(reason.contains("rule app.orders (field)"), "{reason}");
+    // mongosh's db.currentOp() is an aggregate on admin.
+    let (code, reason) = denied("admin", doc! { "aggregate": 1, "pipeline": [{ "$currentOp": {} }], "cursor": {} });
+    assert_eq!(code, 13);
+    assert!(reason.contains("currentOp is not available through tenantwall"), "{reason}");
+    let (_, reason) = denied("admin", doc! { "currentOp": 1 });
+    assert!(reason.contains("currentOp is not available through tenantwall"), "{reason}");
+}

@@ -41,7 +41,10 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
                 continue;
             }
             Target::Shared(rule) => {
-                return Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe())))
+                return Err(Denial::unauthorized(format!(
+                    "{place} writes to read-only reference data ({})",
+                    rule.describe()
+                )))
             }
             Target::Field(rule) => *rule,
         };

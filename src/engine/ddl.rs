@@ -69,7 +69,8 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
                 .find(|k| !crate::command::spec::GENERIC_ARGUMENTS.contains(k));
             if let Some(option) = option {
                 return Err(Denial::unauthorized(format!(
-                    "{}: create option {option} would apply to every tenant of a shared collection",
+                    "{}.{coll}: create option {option} would apply to every tenant of a shared collection ({})",
+                    scope.db,
                     rule.describe()
                 )));
             }
@@ -92,9 +93,10 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
             ))),
         },
         _ => Err(Denial::unauthorized(format!(
-            "{}: {} changes the whole collection, which other tenants share",
-            rule.describe(),
-            first_key(body)
+            "{}.{coll}: {} changes the whole collection, which other tenants share ({})",
+            scope.db,
+            first_key(body),
+            rule.describe()
         ))),
     }
 }

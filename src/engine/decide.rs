@@ -86,9 +86,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     };
     let Some(spec) = command.spec() else {
         return match command {
-            Command::Forbidden(name) => {
-                deny(ErrorCode::UNAUTHORIZED, format!("command {name} is not allowed through tenantwall"))
-            }
+            Command::Forbidden(name) => deny(ErrorCode::UNAUTHORIZED, forbidden_reason(name)),
             _ => deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'")),
         };
     };
@@ -109,6 +107,10 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
             return deny(ErrorCode::UNAUTHORIZED, format!("{} runs on admin", spec.name));
         }
         Database::Tenant if RESERVED_DATABASES.contains(&db) => {
+            // mongosh's db.currentOp() is `aggregate: 1` on admin with a `$currentOp` stage.
+            if command == Command::Aggregate && leads_with(body, "$currentOp") {
+                return deny(ErrorCode::UNAUTHORIZED, forbidden_reason("currentOp"));
+            }
             return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));
         }
         Database::Admin | Database::Tenant | Database::Any => {}
@@ -117,6 +119,31 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         Ok(plan) => Decision::Forward(plan),
         Err(denial) => Decision::Deny(denial),
     }
+}
+
+/// Why a command that no policy allows is refused, in words an app team can act on.
+fn forbidden_reason(name: &str) -> String {
+    match name {
+        "currentOp" | "killOp" | "top" | "serverStatus" | "getLog" => format!(
+            "{name} is not available through tenantwall: it shows every client's operations on the server, \
+             other tenants' included"
+        ),
+        "hostInfo" | "getCmdLineOpts" | "getParameter" | "setParameter" => {
+            format!(
+                "{name} is not available through tenantwall: it describes the backend server, not the tenant's data"
+            )
+        }
+        "mapReduce" | "mapreduce" | "$eval" | "eval" => {
+            format!("{name} is not allowed through tenantwall: server-side JavaScript is refused")
+        }
+        _ => format!("command {name} is not allowed through tenantwall"),
+    }
+}
+
+/// Whether an aggregate's pipeline starts with `stage`.
+fn leads_with(body: &RawDocument, stage: &str) -> bool {
+    let first = body.get_array("pipeline").ok().and_then(|p| p.into_iter().next()).and_then(Result::ok);
+    matches!(first, Some(RawBsonRef::Document(d)) if super::first_key(d) == stage)
 }
 
 /// What the proxy answers itself for a [`Handling::Local`] command.

@@ -49,7 +49,12 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
             return Ok((rename_collection(msg, coll, target.real_coll(coll)), ReplyPlan::default()))
         }
         Target::Shared(rule) => {
-            return Err(Denial::unauthorized(format!("{}: shared collections are read-only", rule.describe())))
+            return Err(Denial::unauthorized(format!(
+                "{}.{coll} is read-only reference data ({}): {} is refused",
+                scope.db,
+                rule.describe(),
+                super::first_key(body)
+            )))
         }
     };
     let forward = match command {

@@ -136,7 +136,8 @@ impl Rule {
         }
     }
 
-    /// `rules[N] (db.collection, mode)` for error messages.
+    /// `rule app.orders (field)` for error messages: the rule by the namespaces it names, as the tenant sees
+    /// them (its position in the file tells an app team nothing; `check` and the audit log use `rules[N]`).
     pub fn describe(&self) -> String {
         let mode = match self.mode() {
             Mode::Field => "field",
@@ -144,7 +145,7 @@ impl Rule {
             Mode::Database => "database",
             Mode::Shared => "shared",
         };
-        format!("rules[{}] ({}.{}, {mode})", self.index, self.database.as_str(), self.collection.as_str())
+        format!("rule {}.{} ({mode})", self.database.as_str(), self.collection.as_str())
     }
 }
 
