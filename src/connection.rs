@@ -315,6 +315,10 @@ impl ClientConnection {
             Local::Hello => (self.hello(generation, body, command), Flow::Continue),
             Local::Ping | Local::EndSessions => (rawdoc! { "ok": 1.0 }, Flow::Continue),
             Local::BuildInfo => (build_info_reply(generation.max_wire_version(None)), Flow::Continue),
+            Local::Tool(tool) => {
+                let user = self.authenticated_user.as_deref().or(self.tenant.as_deref().map(|t| t.id.as_str()));
+                (crate::engine::tools::answer(tool, user), Flow::Continue)
+            }
             Local::SaslStart if self.authenticated_user.is_some() => {
                 let reply = error_document(ErrorCode::UNAUTHORIZED, "this connection is already authenticated");
                 (reply, Flow::Continue)

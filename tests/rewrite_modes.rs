@@ -308,3 +308,34 @@ fn errors_and_explain_output_use_visible_names() {
     );
     assert_eq!(reply.get_document("queryPlanner").unwrap().get_str("namespace").unwrap(), "app.notes");
 }
+
+#[test]
+fn stats_commands_follow_the_mode() {
+    // Collection mode: the tenant's own collection, renamed both ways; the database is shared, so no dbStats.
+    assert_eq!(sent("crm", doc! { "collStats": "contacts" }).get_str("collStats").unwrap(), "acme__contacts");
+    let reply = received(
+        "crm",
+        doc! { "collStats": "contacts" },
+        doc! { "ns": "crm.acme__contacts", "host": "db-7.internal:27017", "count": 2, "ok": 1.0 },
+    );
+    assert_eq!(reply, doc! { "ns": "crm.contacts", "count": 2, "ok": 1.0 });
+    match run("acme", "crm", doc! { "dbStats": 1 }, None) {
+        Outcome::Denied { code: 13, reason, .. } => {
+            assert!(reason.contains("other tenants' data") && reason.contains("rule crm.* (collection)"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Field mode: refused with why.
+    match run("acme", "crm", doc! { "collStats": "events" }, None) {
+        Outcome::Denied { code: 13, reason, .. } => assert!(reason.contains("shared by every tenant"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Database mode: both, on the tenant's own database.
+    let db_stats = sent("app", doc! { "dbStats": 1 });
+    assert_eq!(db_stats.get_str("$db").unwrap(), "acme_app");
+    let coll_stats = sent("app", doc! { "collStats": "orders" });
+    assert_eq!((coll_stats.get_str("collStats").unwrap(), coll_stats.get_str("$db").unwrap()), ("orders", "acme_app"));
+    let reply =
+        received("app", doc! { "collStats": "orders" }, doc! { "ns": "acme_app.orders", "count": 1, "ok": 1.0 });
+    assert_eq!(reply, doc! { "ns": "app.orders", "count": 1, "ok": 1.0 });
+}

@@ -327,3 +327,49 @@ fn denials_name_the_visible_namespace_and_the_rule_by_its_namespace() {
     let (_, reason) = denied("admin", doc! { "currentOp": 1 });
     assert!(reason.contains("currentOp is not available through tenantwall"), "{reason}");
 }
+
+// ---- 10. tools: stats on the tenant's own namespaces, the rest answered by the proxy ----
+
+#[test]
+fn stats_commands_run_on_the_tenants_own_namespaces_without_backend_details() {
+    assert_eq!(
+        sent("app", doc! { "collStats": "invoices", "scale": 1024 }).get_str("collStats").unwrap(),
+        "acme__invoices"
+    );
+    let reply = doc! { "ns": "app.acme__invoices", "count": 3, "size": 120, "sharded": true,
+    "shards": { "shard0": { "host": "db-7.internal:27017", "count": 3 } }, "primary": "shard0", "ok": 1.0 };
+    let out = reply_to("app", doc! { "collStats": "invoices" }, reply);
+    assert_eq!(out, doc! { "ns": "app.invoices", "count": 3, "size": 120, "sharded": true, "ok": 1.0 });
+
+    let db_stats = sent("own", doc! { "dbStats": 1, "scale": 1 });
+    assert_eq!(db_stats.get_str("$db").unwrap(), "acme_own");
+    let reply = doc! { "raw": { "rs0/db-7.internal:27017": { "db": "acme_own", "objects": 2 } }, "db": "acme_own",
+    "collections": 1, "objects": 2, "ok": 1.0 };
+    let out = reply_to("own", doc! { "dbStats": 1 }, reply);
+    assert_eq!(out, doc! { "db": "own", "collections": 1, "objects": 2, "ok": 1.0 });
+
+    // Where other tenants' data would count, refused with the reason.
+    let (code, reason) = denied("app", doc! { "collStats": "orders" });
+    assert_eq!(code, 13);
+    assert!(reason.contains("app.orders") && reason.contains("other tenants' documents"), "{reason}");
+    let (code, reason) = denied("app", doc! { "collStats": "countries" });
+    assert_eq!(code, 13, "{reason}");
+    let (code, reason) = denied("app", doc! { "dbStats": 1 });
+    assert_eq!(code, 13, "{reason}");
+    // Arguments outside the surface are refused as everywhere.
+    assert_eq!(denied("own", doc! { "dbStats": 1, "rawData": true }).0, 40415);
+}
+
+#[test]
+fn connection_tools_are_answered_by_the_proxy_and_backend_diagnostics_stay_refused() {
+    for command in [doc! { "connectionStatus": 1 }, doc! { "whatsmyuri": 1 }, doc! { "listCommands": 1 }] {
+        assert_eq!(explain(&policy(), "acme", command.clone(), "admin").unwrap(), Outcome::Local, "{command}");
+    }
+    for command in
+        [doc! { "hostInfo": 1 }, doc! { "getParameter": "*" }, doc! { "getCmdLineOpts": 1 }, doc! { "serverStatus": 1 }]
+    {
+        let (code, reason) = denied("admin", command.clone());
+        assert_eq!(code, 13, "{command}");
+        assert!(reason.contains("not available through tenantwall"), "{reason}");
+    }
+}

@@ -49,6 +49,17 @@ pub enum Command {
     ListDatabases,
     CollMod,
     RenameCollection,
+    // Tools (mongosh, Compass).
+    /// Storage statistics of the tenant's own database.
+    DbStats,
+    /// Storage statistics of the tenant's own collection.
+    CollStats,
+    /// The connection's user, answered by the proxy.
+    ConnectionStatus,
+    /// The client's address as the server sees it, answered by the proxy.
+    WhatsMyUri,
+    /// The proxy's own command surface.
+    ListCommands,
     /// Known to MongoDB and refused by tenantwall whatever the policy: server-side JavaScript, cluster
     /// administration, diagnostics that show other clients' operations, and writes to arbitrary namespaces.
     Forbidden(&'static str),
@@ -75,9 +86,6 @@ const FORBIDDEN: &[&str] = &[
     "getLog",
     "hostInfo",
     "getCmdLineOpts",
-    "connectionStatus",
-    "dbStats",
-    "collStats",
     "dataSize",
     "validate",
     "compact",
@@ -105,7 +113,6 @@ const FORBIDDEN: &[&str] = &[
     "replSetStepDown",
     "startSession",
     "refreshSessions",
-    "listCommands",
     "profile",
     "planCacheClear",
     "planCacheClearFilters",
@@ -161,6 +168,11 @@ impl Command {
             "listDatabases" => Self::ListDatabases,
             "collMod" => Self::CollMod,
             "renameCollection" => Self::RenameCollection,
+            "dbStats" | "dbstats" => Self::DbStats,
+            "collStats" | "collstats" => Self::CollStats,
+            "connectionStatus" => Self::ConnectionStatus,
+            "whatsmyuri" => Self::WhatsMyUri,
+            "listCommands" => Self::ListCommands,
             other => match FORBIDDEN.iter().find(|f| **f == other) {
                 Some(name) => Self::Forbidden(name),
                 None => Self::Unknown,

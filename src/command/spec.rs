@@ -40,6 +40,8 @@ pub enum Handling {
     Forwarded,
     /// Answered locally before authentication (nothing to act on yet), forwarded after.
     LocalUntilAuthenticated,
+    /// Answered by the proxy itself, after authentication only; never forwarded.
+    LocalAfterAuthentication,
 }
 
 /// Which database a command may run on.
@@ -69,6 +71,10 @@ pub enum Family {
     Catalog,
     Ddl,
     Explain,
+    /// dbStats, collStats: the tenant's own namespaces only, backend details removed from the reply.
+    Stats,
+    /// Answered by the proxy from what the connection knows.
+    Tool,
 }
 
 /// The fields one element of a statement array may have.
@@ -339,6 +345,14 @@ const COLL_MOD: CommandSpec = forwarded(
         "timeseries",
     ],
 );
+const DB_STATS: CommandSpec = forwarded("dbStats", Family::Stats, &["scale", "freeStorage"]);
+const COLL_STATS: CommandSpec = forwarded("collStats", Family::Stats, &["scale"]);
+const CONNECTION_STATUS: CommandSpec =
+    CommandSpec { handling: Handling::LocalAfterAuthentication, ..local("connectionStatus", Family::Tool) };
+const WHATS_MY_URI: CommandSpec =
+    CommandSpec { handling: Handling::LocalAfterAuthentication, ..local("whatsmyuri", Family::Tool) };
+const LIST_COMMANDS: CommandSpec =
+    CommandSpec { handling: Handling::LocalAfterAuthentication, ..local("listCommands", Family::Tool) };
 const RENAME_COLLECTION: CommandSpec =
     CommandSpec { database: Database::Admin, ..forwarded("renameCollection", Family::Ddl, &["to", "dropTarget"]) };
 
@@ -379,6 +393,11 @@ impl Command {
             Command::ListDatabases => &LIST_DATABASES,
             Command::CollMod => &COLL_MOD,
             Command::RenameCollection => &RENAME_COLLECTION,
+            Command::DbStats => &DB_STATS,
+            Command::CollStats => &COLL_STATS,
+            Command::ConnectionStatus => &CONNECTION_STATUS,
+            Command::WhatsMyUri => &WHATS_MY_URI,
+            Command::ListCommands => &LIST_COMMANDS,
             Command::Forbidden(_) | Command::Unknown => return None,
         };
         Some(spec)
@@ -419,6 +438,11 @@ pub const ALL: &[Command] = &[
     Command::CreateIndexes,
     Command::DropIndexes,
     Command::RenameCollection,
+    Command::DbStats,
+    Command::CollStats,
+    Command::ConnectionStatus,
+    Command::WhatsMyUri,
+    Command::ListCommands,
 ];
 
 fn code_list(items: &[&str]) -> String {
@@ -439,14 +463,18 @@ pub fn render_markdown() -> String {
             Handling::Local => "by the proxy",
             Handling::Forwarded => "forwarded",
             Handling::LocalUntilAuthenticated => "proxy before auth, then forwarded",
+            Handling::LocalAfterAuthentication => "by the proxy, after auth",
         };
         let database = match spec.database {
             Database::Any => "any",
             Database::Admin => "admin",
             Database::Tenant => "tenant's",
         };
-        let arguments =
-            if spec.handling == Handling::Local { "(never forwarded)".into() } else { code_list(spec.arguments) };
+        let arguments = if matches!(spec.handling, Handling::Local | Handling::LocalAfterAuthentication) {
+            "(never forwarded)".into()
+        } else {
+            code_list(spec.arguments)
+        };
         let yes = |b: bool| if b { "yes" } else { "—" };
         out.push_str(&format!(
             "| `{}` | {handled} | {database} | {} | {} | {arguments} | {} |\n",

@@ -27,6 +27,8 @@ pub enum Local {
     SaslContinue,
     /// `endSessions` before authentication (there is nothing to end), and `logout` (a no-op): `{ok: 1}`.
     EndSessions,
+    /// Answered from the connection's own state ([`crate::engine::tools`]).
+    Tool(Command),
 }
 
 /// What to do with a command.
@@ -92,6 +94,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     };
     match (spec.handling, tenant) {
         (Handling::Local, _) => return Decision::Local(local(command)),
+        (Handling::LocalAfterAuthentication, Some(_)) => return Decision::Local(Local::Tool(command)),
         (Handling::LocalUntilAuthenticated, None) => return Decision::Local(Local::EndSessions),
         (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication")),
         (Handling::Forwarded | Handling::LocalUntilAuthenticated, Some(_)) => {}

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod raw;
 pub mod read;
 pub mod reply;
+pub mod tools;
 pub mod withhold;
 pub mod write;
 
@@ -151,6 +152,8 @@ pub enum ReplyKind {
     SharedIndexes,
     /// Documents from `$collStats` / `$indexStats`: the backend host removed, namespaces mapped back.
     Stats,
+    /// A `dbStats` / `collStats` reply: backend details removed at every depth, `db` and `ns` mapped back.
+    StatsCommand,
 }
 
 /// Real names the command was sent with, to be mapped back in its reply.
@@ -420,6 +423,7 @@ fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Opt
         | Command::ListDatabases
         | Command::CollMod
         | Command::RenameCollection => ddl::rewrite(msg, command, scope),
+        Command::DbStats | Command::CollStats => tools::stats(msg, command, scope),
         // Their lsids are bound to the tenant by the session layer; they name no namespace.
         Command::EndSessions | Command::CommitTransaction | Command::AbortTransaction => {
             Ok((None, ReplyPlan::default()))
@@ -432,6 +436,9 @@ fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Opt
         | Command::SaslStart
         | Command::SaslContinue
         | Command::Logout
+        | Command::ConnectionStatus
+        | Command::WhatsMyUri
+        | Command::ListCommands
         | Command::Forbidden(_)
         | Command::Unknown => Err(Denial::unauthorized(format!("{} is never forwarded", first_key(msg.body())))),
     }

@@ -42,6 +42,7 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
         }
         ReplyKind::SharedIndexes => current = shared_indexes(&view(&current), plan.index_field.as_deref()).or(current),
         ReplyKind::Stats => current = strip_batch_keys(&view(&current), BACKEND_KEYS, plan.names.as_ref()).or(current),
+        ReplyKind::StatsCommand => current = Some(stats_command(&view(&current), plan.names.as_ref())),
         ReplyKind::Plain => {}
     }
     if let (Some(names), false) = (&plan.names, plan.kind == ReplyKind::Explain) {
@@ -201,6 +202,25 @@ fn map_strings(doc: &RawDocument, names: &Names, depth: usize) -> RawDocumentBuf
         }
     }
     out
+}
+
+/// Keys of `dbStats` / `collStats` replies that name the deployment: hosts, shard names and, on a mongos, `raw`,
+/// whose keys are `shard/host:port` strings.
+const STATS_BACKEND_KEYS: &[&str] =
+    &["serverInfo", "serverParameters", "host", "hosts", "connectionString", "shardName", "shards", "raw", "primary"];
+
+/// A `dbStats` / `collStats` reply as the tenant may see it: backend details gone, names visible.
+fn stats_command(body: &RawDocument, names: Option<&Names>) -> RawDocumentBuf {
+    let stripped = without_keys(body, STATS_BACKEND_KEYS, 0);
+    let Some(names) = names else { return stripped };
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Ok(db) = stripped.get_str("db") {
+        edits.push(("db", Some(RawBson::String(visible_ns(db, names)))));
+    }
+    if let Ok(ns) = stripped.get_str("ns") {
+        edits.push(("ns", Some(RawBson::String(visible_ns(ns, names)))));
+    }
+    replace_fields(&stripped, &edits)
 }
 
 /// A cursor reply whose batch documents lose `keys` at every depth, with `ns` fields mapped back.
