@@ -21,6 +21,14 @@ sni = ["acme"]
 max_time_ms = 5000
 allow_disk_use = false
 
+# Its value differs from acme's only in case: a non-simple collation could confuse the two, so this policy does
+# not qualify for collations on field-mode collections (tests/collation.rs covers the ones that do).
+[[tenants]]
+id = "acme-upper"
+value = "ACME"
+backend = "b"
+sni = ["acme-upper"]
+
 [[tenants]]
 id = "globex"
 backend = "b"

@@ -118,13 +118,23 @@ pub fn scope_filter(
     }
 }
 
-/// Refuses a non-simple collation: with one, `"acme"` can equal `"ACME"` and the tenant condition loosens.
+/// Refuses a non-simple collation: with one, `"acme"` can equal `"ACME"` and the tenant condition loosens —
+/// unless the policy's tenant values cannot be made equal by any collation ([`Policy::collation_safe`]).
+///
+/// [`Policy::collation_safe`]: crate::policy::Policy::collation_safe
 pub fn check_collation(scope: &mut Scope<'_>, rule: FieldRule<'_>, holder: &RawDocument, place: &str) -> Result<()> {
     match holder.get("collation") {
         Ok(None) => Ok(()),
         Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
-        _ => scope
-            .violation(rule, format!("{place} has a non-simple collation, which could loosen the tenant condition")),
+        // Its contents are the server's to validate; whatever they say, no two tenants' values compare equal.
+        Ok(Some(RawBsonRef::Document(_))) if scope.policy.collation_safe => Ok(()),
+        _ => scope.violation(
+            rule,
+            format!(
+                "{place} has a non-simple collation, which could loosen the tenant condition: this policy's \
+                 tenant values are not provably distinct under every collation (see Collation in the policy reference)"
+            ),
+        ),
     }
 }
 

@@ -83,6 +83,67 @@ impl Collector<'_> {
     }
 }
 
+/// Whether no collation MongoDB accepts can make two of these tenant values compare equal.
+///
+/// A collation only changes how strings compare, so integer, ObjectId and UUID values are never affected, and a
+/// string never equals a value of another type. Two string values are kept apart only if their keys differ,
+/// where the key over-approximates what any collation may ignore: case (strength 1 and 2), diacritics (only
+/// ASCII values qualify, so there are none to remove), punctuation, whitespace and symbols (`alternate:
+/// "shifted"`, taken wider than `maxVariable` allows), leading zeros of digit runs (`numericOrdering`), and
+/// Hungarian's doubled-consonant shorthand (`ccs` sorts as `cscs` in locale `hu`). A value with any character
+/// outside ASCII cannot be proved apart and makes the policy unsafe. Computed once per compile.
+pub fn collation_safe<'a>(values: impl Iterator<Item = &'a super::TenantValue>) -> bool {
+    let mut keys = std::collections::HashSet::new();
+    for value in values {
+        if let bson::Bson::String(s) = value.bson() {
+            match collation_key(s) {
+                Some(key) if keys.insert(key.clone()) => {}
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+/// The key of [`collation_safe`]; `None` for a string it cannot reason about (non-ASCII).
+fn collation_key(value: &str) -> Option<String> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let letters: String = value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    // numericOrdering: "007" equals "7".
+    let mut key = String::with_capacity(letters.len());
+    let mut run = String::new();
+    for c in letters.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        if !run.is_empty() {
+            let trimmed = run.trim_start_matches('0');
+            key.push_str(if trimmed.is_empty() { "0" } else { trimmed });
+            run.clear();
+        }
+        if c != ' ' {
+            key.push(c);
+        }
+    }
+    for (short, long) in [
+        ("ddzs", "dzsdzs"),
+        ("ccs", "cscs"),
+        ("ddz", "dzdz"),
+        ("ggy", "gygy"),
+        ("lly", "lyly"),
+        ("nny", "nyny"),
+        ("ssz", "szsz"),
+        ("tty", "tyty"),
+        ("zzs", "zszs"),
+    ] {
+        key = key.replace(short, long);
+    }
+    Some(key)
+}
+
 const NONE: Option<&Spanned<String>> = None;
 
 /// Checks and builds `file` (whose source is `text`, read from `path`) in one pass.
@@ -95,6 +156,7 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
     let rules = rules(&mut c, file);
     name_collisions(&mut c, file, &rules);
     limits(&mut c, file);
+    let collation_safe = collation_safe(tenants.tenants.values().map(|t| &t.value));
     let policy = c.errors.is_empty().then(|| Policy {
         path: path.to_owned(),
         listeners,
@@ -105,6 +167,7 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
         sni: tenants.sni,
         rules,
         limits: file.limits.clone(),
+        collation_safe,
         warnings: c.warnings.clone(),
     });
     Compilation { policy, errors: c.errors, warnings: c.warnings }

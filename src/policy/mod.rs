@@ -176,6 +176,9 @@ pub struct Policy {
     sni: HashMap<String, String>,
     pub rules: Vec<Rule>,
     pub limits: Limits,
+    /// No collation can make two tenants' values compare equal (see [`compile::collation_safe`]): a non-simple
+    /// collation cannot loosen the tenant condition, so field-mode commands may carry one.
+    pub collation_safe: bool,
     /// Warnings from validation, for logging at load.
     pub warnings: Vec<Problem>,
 }
