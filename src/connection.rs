@@ -64,6 +64,8 @@ pub struct ClientConnection {
     /// The backend connection and the backend name it belongs to.
     backend: Option<(String, BackendConn)>,
     next_reply_id: i32,
+    /// The listener's replica-set face, if it has one.
+    face: Option<crate::handshake::ReplicaSetFace>,
 }
 
 impl ClientConnection {
@@ -87,7 +89,14 @@ impl ClientConnection {
             authenticated_user: None,
             backend: None,
             next_reply_id: 1,
+            face: None,
         }
+    }
+
+    /// Presents the proxy on this connection as the listener's replica set (see [`crate::handshake`]).
+    pub(crate) fn with_face(mut self, face: Option<crate::handshake::ReplicaSetFace>) -> Self {
+        self.face = face;
+        self
     }
 
     /// Serves the connection until the client leaves, breaks the protocol, fails to identify in time, its
@@ -366,6 +375,7 @@ impl ClientConnection {
         let ctx = HelloContext {
             connection_id: i64::try_from(self.id).unwrap_or(i64::MAX),
             max_wire_version: generation.max_wire_version(self.tenant.as_ref().map(|t| t.backend.as_str())),
+            face: self.face.as_ref(),
         };
         let mut reply = hello_reply(request, command, &compression, ctx);
         if request.get("saslSupportedMechs").ok().flatten().is_some() {

@@ -1,4 +1,5 @@
-//! The proxy's own `hello` / `isMaster`: it presents itself as a mongos.
+//! The proxy's own `hello` / `isMaster`: it presents itself as a mongos, or, on a listener with a replica-set
+//! face, as the primary of a one-member replica set whose only member is the listener's advertised address.
 //!
 //! Drivers that see `msg: "isdbgrid"` treat the proxy as a router and never try to discover the deployment
 //! behind it, so the reply must not carry anything that names the backend (`hosts`, `setName`, `me`,
@@ -19,9 +20,34 @@ pub const FALLBACK_MAX_WIRE_VERSION: i32 = 17;
 
 /// What the connection knows when it answers a hello.
 #[derive(Debug, Clone, Copy)]
-pub struct HelloContext {
+pub struct HelloContext<'a> {
     pub connection_id: i64,
     pub max_wire_version: i32,
+    /// The listener's replica-set face; `None` answers as a mongos.
+    pub face: Option<&'a ReplicaSetFace>,
+}
+
+/// A listener's replica-set face: the proxy as the only member, and primary, of set `set_name`, reachable at
+/// `host`. Both come from the policy, never from a backend, so drivers still learn no backend address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSetFace {
+    pub set_name: String,
+    pub host: String,
+}
+
+impl ReplicaSetFace {
+    /// Checks the set name and the advertised `host:port`.
+    pub fn new(set_name: &str, host: &str) -> Result<Self, String> {
+        if set_name.is_empty() || set_name.contains(['/', ',', '\0']) || set_name.trim() != set_name {
+            return Err(format!("replica_set {set_name:?} is not a replica set name"));
+        }
+        let port =
+            host.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).and_then(|p| p.parse::<u16>().ok());
+        if port.is_none_or(|p| p == 0) || host.contains([',', '/', ' ']) {
+            return Err(format!("host {host:?} is not the host:port clients reach this listener at"));
+        }
+        Ok(Self { set_name: set_name.to_owned(), host: host.to_owned() })
+    }
 }
 
 /// This process's service id for load-balanced clients.
@@ -62,7 +88,19 @@ pub fn hello_reply(
     } else {
         reply.append(cstr!("isWritablePrimary"), true);
     }
-    reply.append(cstr!("msg"), "isdbgrid");
+    match ctx.face {
+        None => reply.append(cstr!("msg"), "isdbgrid"),
+        Some(face) => {
+            let mut hosts = RawArrayBuf::new();
+            hosts.push(face.host.as_str());
+            reply.append(cstr!("secondary"), false);
+            reply.append(cstr!("setName"), face.set_name.as_str());
+            reply.append(cstr!("setVersion"), 1);
+            reply.append(cstr!("hosts"), hosts);
+            reply.append(cstr!("primary"), face.host.as_str());
+            reply.append(cstr!("me"), face.host.as_str());
+        }
+    }
     reply.append(cstr!("maxBsonObjectSize"), MAX_BSON_OBJECT_SIZE as i32);
     reply.append(cstr!("maxMessageSizeBytes"), MAX_MESSAGE_SIZE as i32);
     reply.append(cstr!("maxWriteBatchSize"), MAX_WRITE_BATCH_SIZE);
@@ -118,7 +156,27 @@ mod tests {
     use super::*;
     use bson::rawdoc;
 
-    const CTX: HelloContext = HelloContext { connection_id: 7, max_wire_version: 25 };
+    const CTX: HelloContext<'static> = HelloContext { connection_id: 7, max_wire_version: 25, face: None };
+
+    #[test]
+    fn a_replica_set_face_names_only_the_advertised_host() {
+        let face = ReplicaSetFace::new("rs0", "proxy.example:27018").unwrap();
+        let ctx = HelloContext { face: Some(&face), ..CTX };
+        let reply = hello_reply(&rawdoc! { "hello": 1 }, Command::Hello, &[], ctx);
+        assert_eq!(reply.get_str("setName").unwrap(), "rs0");
+        assert_eq!(reply.get_str("me").unwrap(), "proxy.example:27018");
+        assert_eq!(reply.get_str("primary").unwrap(), "proxy.example:27018");
+        let hosts: Vec<_> =
+            reply.get_array("hosts").unwrap().into_iter().map(|h| h.unwrap().as_str().unwrap()).collect();
+        assert_eq!(hosts, ["proxy.example:27018"]);
+        assert!(reply.get_bool("isWritablePrimary").unwrap() && !reply.get_bool("secondary").unwrap());
+        assert!(reply.get("msg").unwrap().is_none() && reply.get("topologyVersion").unwrap().is_none());
+        let legacy = hello_reply(&rawdoc! { "isMaster": 1 }, Command::LegacyHello, &[], ctx);
+        assert!(legacy.get_bool("ismaster").unwrap());
+        for bad in [("", "h:1"), ("rs0", "h"), ("rs0", "h:0"), ("rs0", "a:1,b:2"), ("r/s", "h:1")] {
+            assert!(ReplicaSetFace::new(bad.0, bad.1).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn presents_as_mongos_without_backend_details() {

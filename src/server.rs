@@ -244,7 +244,10 @@ async fn accept_loop(
             async move {
                 Stats::incr(&shared.stats.connections_open);
                 if let Some((stream, claim)) = establish(stream, &config, &shared).await {
-                    ClientConnection::new(id, shared.clone(), stream, claim).serve().await;
+                    ClientConnection::new(id, shared.clone(), stream, claim)
+                        .with_face(config.face.clone())
+                        .serve()
+                        .await;
                 }
                 shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);

@@ -48,6 +48,20 @@ pub struct ListenerConfig {
     /// tenant's network).
     #[serde(default)]
     pub tenant: Option<Spanned<String>>,
+    /// How `hello` presents the proxy on this listener: a mongos (the default) or a one-member replica set.
+    #[serde(default)]
+    pub face: Option<Spanned<FaceConfig>>,
+}
+
+/// `face = { replica_set = "rs0", host = "proxy.example:27018" }`: `hello` presents the proxy as the primary of a
+/// one-member replica set, for connection strings with `replicaSet=` and apps that enable transactions only then.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceConfig {
+    /// The set name clients put in `replicaSet=`.
+    pub replica_set: String,
+    /// `host:port` clients reach this listener at; the only member drivers learn.
+    pub host: String,
 }
 
 /// TLS settings of a listener. Paths are relative to the policy file.

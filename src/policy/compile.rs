@@ -216,10 +216,15 @@ fn listeners(c: &mut Collector<'_>, file: &PolicyFile, base: &Path) -> Vec<Liste
                 tls_config = c.ok(built, Some(&listener.address), || format!("listeners[{i}].tls"));
             }
         }
+        let face = listener.face.as_ref().and_then(|face| {
+            let built = crate::handshake::ReplicaSetFace::new(&face.get_ref().replica_set, &face.get_ref().host);
+            c.ok(built, Some(face), || format!("listeners[{i}].face"))
+        });
         out.push(Listener {
             address: listener.address.get_ref().clone(),
             tls: tls_config,
             tenant: listener.tenant.as_ref().map(|t| t.get_ref().clone()),
+            face,
         });
     }
     out

@@ -84,6 +84,8 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Tenant every connection on this listener belongs to.
     pub tenant: Option<String>,
+    /// `Some` presents the proxy as this one-member replica set instead of a mongos.
+    pub face: Option<crate::handshake::ReplicaSetFace>,
 }
 
 /// What a rule does with the namespaces it covers: one variant per isolation mode, each with exactly the data
