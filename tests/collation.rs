@@ -53,6 +53,10 @@ fn values_some_collation_could_confuse_do_not() {
         &["\"7\"", "\"007\""],
         // Hungarian: "ccs" sorts as "cscs".
         &["\"ccs\"", "\"cscs\""],
+        &["\"naggy\"", "\"nagygy\""],
+        // Letters some locales tell apart only at the second level: v/w (Finnish, Estonian), i/y (Lithuanian).
+        &["\"wave\"", "\"vave\""],
+        &["\"tyre\"", "\"tire\""],
         // Diacritics and anything else outside ASCII cannot be proved apart.
         &["\"café\"", "\"globex\""],
     ] {

@@ -89,8 +89,10 @@ impl Collector<'_> {
 /// string never equals a value of another type. Two string values are kept apart only if their keys differ,
 /// where the key over-approximates what any collation may ignore: case (strength 1 and 2), diacritics (only
 /// ASCII values qualify, so there are none to remove), punctuation, whitespace and symbols (`alternate:
-/// "shifted"`, taken wider than `maxVariable` allows), leading zeros of digit runs (`numericOrdering`), and
-/// Hungarian's doubled-consonant shorthand (`ccs` sorts as `cscs` in locale `hu`). A value with any character
+/// "shifted"`, taken wider than `maxVariable` allows), leading zeros of digit runs (`numericOrdering`),
+/// Hungarian's doubled-consonant shorthand (`ccs` sorts as `cscs` in locale `hu`), and letters that locale
+/// tailorings make differ only at the second level, so that strength 1 finds them equal (`w` is a variant of `v`
+/// in Finnish and Estonian, `y` of `i` in Lithuanian). A value with any character
 /// outside ASCII cannot be proved apart and makes the policy unsafe. Computed once per compile.
 pub fn collation_safe<'a>(values: impl Iterator<Item = &'a super::TenantValue>) -> bool {
     let mut keys = std::collections::HashSet::new();
@@ -110,7 +112,15 @@ fn collation_key(value: &str) -> Option<String> {
     if !value.is_ascii() {
         return None;
     }
-    let letters: String = value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    let letters: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| match c.to_ascii_lowercase() {
+            'w' => 'v',
+            'y' => 'i',
+            other => other,
+        })
+        .collect();
     // numericOrdering: "007" equals "7".
     let mut key = String::with_capacity(letters.len());
     let mut run = String::new();
@@ -128,15 +138,16 @@ fn collation_key(value: &str) -> Option<String> {
             key.push(c);
         }
     }
+    // Written after the folds above (`y` is already `i`).
     for (short, long) in [
         ("ddzs", "dzsdzs"),
         ("ccs", "cscs"),
         ("ddz", "dzdz"),
-        ("ggy", "gygy"),
-        ("lly", "lyly"),
-        ("nny", "nyny"),
+        ("ggi", "gigi"),
+        ("lli", "lili"),
+        ("nni", "nini"),
         ("ssz", "szsz"),
-        ("tty", "tyty"),
+        ("tti", "titi"),
         ("zzs", "zszs"),
     ] {
         key = key.replace(short, long);
