@@ -6,6 +6,7 @@
 //!   another tenant's real name),
 //! - carries the tenant condition on every read of a field-mode collection: the filter of find/count/distinct,
 //!   the first stage of every pipeline over one, at any depth.
+//!
 //! Pure functions; no sockets.
 
 use bson::raw::CString;
@@ -312,10 +313,8 @@ fn check_pipeline(stages: &bson::RawArray, source_is_field: bool, app: bool) -> 
                         Err(_) => {}
                     }
                 }
-                ("$unionWith", RawBsonRef::String(coll)) => {
-                    if !reachable(coll) || is_field_mode(coll) {
-                        return Err(format!("$unionWith {coll} as a bare name"));
-                    }
+                ("$unionWith", RawBsonRef::String(coll)) if (!reachable(coll) || is_field_mode(coll)) => {
+                    return Err(format!("$unionWith {coll} as a bare name"));
                 }
                 ("$graphLookup", RawBsonRef::Document(g)) => {
                     let from = g.get_str("from").map_err(|e| e.to_string())?;

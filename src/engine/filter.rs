@@ -100,9 +100,9 @@ pub fn scope_filter(
     place: &str,
 ) -> Result<Option<RawDocumentBuf>> {
     let value = scope.value.clone();
-    let pinned = filter.is_some_and(|f| pins(f, &rule.field, &scope.tenant.value));
+    let pinned = filter.is_some_and(|f| pins(f, rule.field, &scope.tenant.value));
     match rule.style {
-        Style::Enforce => Ok(Some(wrap(filter, &rule.field, &value))),
+        Style::Enforce => Ok(Some(wrap(filter, rule.field, &value))),
         Style::Verify if pinned => Ok(None),
         Style::Verify => {
             scope

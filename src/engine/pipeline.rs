@@ -233,10 +233,10 @@ fn rewrite_pipeline(
                 )));
             }
             first => {
-                let pinned = matches!(first, Some(("$match", RawBsonRef::Document(m))) if pins(m, &rule.field, &scope.tenant.value));
+                let pinned = matches!(first, Some(("$match", RawBsonRef::Document(m))) if pins(m, rule.field, &scope.tenant.value));
                 match rule.style {
                     Style::Enforce => {
-                        out.push(stage(cstr!("$match"), tenant_condition(&rule.field, &value)));
+                        out.push(stage(cstr!("$match"), tenant_condition(rule.field, &value)));
                         changed = true;
                     }
                     Style::Verify if !pinned => scope.violation(
@@ -599,5 +599,5 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         (RawBsonRef::Document(d), false) => stage(cstr!("$merge"), replace_fields(d, &edits)),
         _ => return Err(malformed("$merge needs into")),
     };
-    Ok(StageOut::Replace(vec![stamp_stage(&rule.field, &scope.value), merged]))
+    Ok(StageOut::Replace(vec![stamp_stage(rule.field, &scope.value), merged]))
 }

@@ -82,7 +82,7 @@ fn check_keys(scope: &mut Scope<'_>, rule: FieldRule<'_>, doc: &RawDocument, pla
     }
     for element in doc.iter_elements().filter_map(|e| e.ok()) {
         let key = element.key().as_str();
-        if key.starts_with('$') || touches_below(key, &rule.field) {
+        if key.starts_with('$') || touches_below(key, rule.field) {
             scope.violation(
                 rule,
                 format!("{} has field {key:?}, which is not allowed in shared collections", place()),
@@ -107,7 +107,7 @@ pub fn stamp(
 ) -> Result<Option<RawDocumentBuf>> {
     check_keys(scope, rule, doc, place)?;
     let value = scope.value.clone();
-    match doc.get(&rule.field) {
+    match doc.get(rule.field) {
         Ok(Some(given)) if scope.tenant.value.is_exact(given) => Ok(None),
         // The same value in another numeric type (the Node.js driver sends large integers as doubles): the
         // document is stored with the canonical one, so every tenant's rows have one type.
@@ -120,7 +120,7 @@ pub fn stamp(
             Ok(None)
         }
         Ok(None) => match rule.style {
-            Style::Enforce => Ok(Some(append_field(doc, &rule.field, value.as_raw_bson_ref())?)),
+            Style::Enforce => Ok(Some(append_field(doc, rule.field, value.as_raw_bson_ref())?)),
             Style::Verify => {
                 scope.violation(rule, format!("{} does not carry {} (verify style)", place(), rule.field))?;
                 Ok(None)
@@ -246,7 +246,7 @@ pub fn check_update(
                         ("$rename", Ok(RawBsonRef::String(to))) => Some(to),
                         _ => None,
                     };
-                    if touches(key, &rule.field) || renamed_to.is_some_and(|to| touches(to, &rule.field)) {
+                    if touches(key, rule.field) || renamed_to.is_some_and(|to| touches(to, rule.field)) {
                         scope.violation(rule, format!("{place}: {op} may not change {}", rule.field))?;
                     }
                 }
@@ -285,7 +285,7 @@ pub fn stamped_pipeline(
     place: &str,
 ) -> Result<RawArrayBuf> {
     let mut out = update_pipeline(stages, place)?;
-    out.push(stamp_stage(&rule.field, value));
+    out.push(stamp_stage(rule.field, value));
     Ok(out)
 }
 

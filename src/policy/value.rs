@@ -126,9 +126,7 @@ fn numeric_equals(given: RawBsonRef<'_>, n: i64) -> bool {
         RawBsonRef::Int64(v) => v == n,
         // Inside [-2^63, 2^63) an integral double converts to i64 exactly; outside, `as` would saturate.
         RawBsonRef::Double(d) => {
-            d.fract() == 0.0
-                && (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&d)
-                && d as i64 == n
+            d.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&d) && d as i64 == n
         }
         RawBsonRef::Decimal128(d) => decimal_equals(&d.to_string(), n),
         _ => false,
