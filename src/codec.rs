@@ -2,14 +2,16 @@
 //!
 //! [`FrameReader`] owns the read buffer: it runs the cheap "is a whole frame here?" check before every read,
 //! reserves memory only for a length that passed the size cap, and splits complete frames off the buffer as
-//! `Bytes` without copying. A peer that starts a frame must finish it within the frame timeout, so a slow or
-//! stalled client holds one small buffer and then its connection is closed.
+//! `Bytes` without copying. A peer that starts a frame must finish the whole frame within the frame timeout,
+//! counted from its first byte (not per read), so a slow, stalled or trickling client holds one buffer for at
+//! most that long and then its connection is closed.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tenantwall_protocol::{check_frame, ProtocolError};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 
 /// Initial read buffer: enough for typical commands without growing.
 const INITIAL_BUFFER: usize = 8 * 1024;
@@ -33,18 +35,31 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     max_len: usize,
     frame_timeout: Option<Duration>,
+    /// When the frame being buffered must be complete; set when its first byte arrives.
+    deadline: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `max_len` caps the announced message length; `frame_timeout` bounds how long a started frame may take.
     pub fn new(inner: R, max_len: usize, frame_timeout: Option<Duration>) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(INITIAL_BUFFER), max_len, frame_timeout }
+        Self { inner, buf: BytesMut::with_capacity(INITIAL_BUFFER), max_len, frame_timeout, deadline: None }
+    }
+
+    /// Changes the cap on announced lengths for frames not yet started (e.g. once the client is authenticated).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
+    /// Changes the frame timeout for frames not yet started.
+    pub fn set_frame_timeout(&mut self, frame_timeout: Option<Duration>) {
+        self.frame_timeout = frame_timeout;
     }
 
     /// The next complete frame, `Ok(None)` on a clean end of stream between frames.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
         loop {
             if let Some(len) = check_frame(&self.buf, self.max_len)? {
+                self.deadline = None;
                 return Ok(Some(self.buf.split_to(len).freeze()));
             }
             if self.buf.len() >= 4 {
@@ -54,12 +69,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else if self.buf.capacity() - self.buf.len() < INITIAL_BUFFER / 2 {
                 self.buf.reserve(INITIAL_BUFFER);
             }
-            let read = match (self.buf.is_empty(), self.frame_timeout) {
+            if !self.buf.is_empty() && self.deadline.is_none() {
+                self.deadline = self.frame_timeout.map(|limit| Instant::now() + limit);
+            }
+            let read = match (self.buf.is_empty(), self.deadline) {
                 // Between frames a connection may idle as long as it likes (drivers keep pools).
                 (true, _) | (false, None) => self.inner.read_buf(&mut self.buf).await?,
-                (false, Some(limit)) => tokio::time::timeout(limit, self.inner.read_buf(&mut self.buf))
+                (false, Some(deadline)) => tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf))
                     .await
-                    .map_err(|_| ReadError::Timeout(limit))??,
+                    .map_err(|_| ReadError::Timeout(self.frame_timeout.unwrap_or_default()))??,
             };
             if read == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
@@ -122,5 +140,26 @@ mod tests {
         tx.write_all(&ping()[..10]).await.unwrap();
         assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_frame_timeout_bounds_the_whole_message_not_each_read() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, Some(Duration::from_secs(5)));
+        let frame = ping();
+        let trickle = tokio::spawn(async move {
+            // One byte every 2 s: each read is well inside the timeout, the message is not.
+            for byte in frame {
+                if tx.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+        let started = Instant::now();
+        assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
+        assert!(started.elapsed() <= Duration::from_secs(6), "{:?}", started.elapsed());
+        drop(reader);
+        let _ = trickle.await;
     }
 }

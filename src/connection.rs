@@ -11,7 +11,7 @@ use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use tenantwall_protocol::compression::compress_frame;
 use tenantwall_protocol::{
-    decode, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
+    decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
@@ -71,8 +71,8 @@ impl ClientConnection {
         let generation = shared.current();
         let limits = &generation.policy.limits;
         let (read, write) = tokio::io::split(stream);
-        let reader = FrameReader::new(read, limits.max_message_bytes, Some(limits.frame_timeout()));
         let tenant = claimed.as_deref().and_then(|t| generation.policy.tenant(t)).cloned();
+        let reader = FrameReader::new(read, limits.message_limit(tenant.is_some()), Some(limits.frame_timeout()));
         if let Some(t) = &tenant {
             tracing::Span::current().record("tenant", t.id.as_str());
         }
@@ -100,6 +100,13 @@ impl ClientConnection {
         let mut generations = self.shared.subscribe();
         let auth_deadline = Instant::now() + self.shared.current().policy.limits.auth_timeout();
         loop {
+            {
+                // Limits follow reloads, and the pre-authentication cap lifts once the tenant is known.
+                let generation = self.shared.current();
+                let limits = &generation.policy.limits;
+                self.reader.set_max_len(limits.message_limit(self.tenant.is_some()));
+                self.reader.set_frame_timeout(Some(limits.frame_timeout()));
+            }
             let next = tokio::select! {
                 next = self.reader.next_frame() => next,
                 changed = generations.changed() => {
@@ -159,7 +166,8 @@ impl ClientConnection {
     async fn handle_frame(&mut self, frame: Bytes) -> std::io::Result<Flow> {
         // check_frame guaranteed at least a whole header.
         let Ok(raw_header) = MsgHeader::read(&frame) else { return Ok(Flow::Close) };
-        let decoded = match decode(frame) {
+        let limit = self.shared.current().policy.limits.message_limit(self.tenant.is_some());
+        let decoded = match decode_limited(frame, limit) {
             Ok(decoded) => decoded,
             Err(e) => return self.refuse_frame(raw_header, e).await,
         };

@@ -197,9 +197,12 @@ fn any_collection() -> Spanned<String> {
 pub struct Limits {
     /// Client connections served at once; further connections are closed at accept.
     pub max_connections: usize,
-    /// Largest message accepted from a client, in bytes (at most 48,000,000).
+    /// Largest message accepted from a client, in bytes (at most 48,000,000), before and after decompression.
     pub max_message_bytes: usize,
-    /// Seconds a client may take to finish sending a message once it has started one.
+    /// Largest message accepted, before and after decompression, while the connection has no tenant yet
+    /// (hello and SASL messages are small).
+    pub max_unauthenticated_message_bytes: usize,
+    /// Seconds a client may take to send a whole message, counted from its first byte.
     pub frame_timeout_secs: u64,
     /// Milliseconds allowed to open (and authenticate) a backend connection.
     pub backend_connect_timeout_ms: u64,
@@ -214,6 +217,7 @@ impl Default for Limits {
         Self {
             max_connections: 10_000,
             max_message_bytes: tenantwall_protocol::MAX_MESSAGE_SIZE,
+            max_unauthenticated_message_bytes: 64 * 1024,
             frame_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
             auth_timeout_secs: 60,
@@ -223,6 +227,14 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The message size cap for a connection with or without a tenant.
+    pub fn message_limit(&self, has_tenant: bool) -> usize {
+        if has_tenant {
+            self.max_message_bytes
+        } else {
+            self.max_unauthenticated_message_bytes.min(self.max_message_bytes)
+        }
+    }
     pub fn frame_timeout(&self) -> Duration {
         Duration::from_secs(self.frame_timeout_secs)
     }

@@ -440,6 +440,10 @@ fn validate_limits(c: &mut Collector<'_>, file: &PolicyFile) {
         let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
         c.error(NONE, "limits.max_message_bytes".into(), msg);
     }
+    if !(1024..=tenantwall_protocol::MAX_MESSAGE_SIZE).contains(&limits.max_unauthenticated_message_bytes) {
+        let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
+        c.error(NONE, "limits.max_unauthenticated_message_bytes".into(), msg);
+    }
     for (key, value) in [
         ("frame_timeout_secs", limits.frame_timeout_secs),
         ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),

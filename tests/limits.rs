@@ -1,0 +1,142 @@
+//! Hostile clients and failing backends: every per-client and global limit of `[limits]`, each shown against a
+//! real nx-27017 and raw frames on loopback, and each test ending with the proxy still serving others.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bson::{rawdoc, RawDocumentBuf};
+use common::{scram_entry, start_proxy_text, start_proxy_with, Backend, RawClient};
+use tenantwall_protocol::compression::compress_frame;
+use tenantwall_protocol::{Compressor, Message, MsgFlags, MsgHeader, OpMsg};
+
+fn msg(body: RawDocumentBuf) -> Vec<u8> {
+    OpMsg::new(MsgFlags::default(), body).encode(100, 0).unwrap().to_vec()
+}
+
+/// Sends `frame` and returns the reply body.
+fn command(client: &mut RawClient, frame: &[u8]) -> RawDocumentBuf {
+    client.send(frame);
+    let reply = client.recv().expect("proxy closed instead of replying");
+    let request = MsgHeader::read(frame).unwrap();
+    assert_eq!(reply.header.response_to, request.request_id, "reply answers another request");
+    match reply.message {
+        Message::Msg(m) => m.body().to_owned(),
+        other => panic!("expected OP_MSG, got {other:?}"),
+    }
+}
+
+fn ok(reply: &RawDocumentBuf) -> f64 {
+    match reply.get("ok").unwrap() {
+        Some(bson::RawBsonRef::Double(v)) => v,
+        Some(bson::RawBsonRef::Int32(v)) => f64::from(v),
+        other => panic!("no numeric ok: {other:?}"),
+    }
+}
+
+fn assert_still_serving(addr: SocketAddr) {
+    let mut other = RawClient::connect(addr);
+    let reply = command(&mut other, &msg(rawdoc! { "ping": 1, "$db": "admin" }));
+    assert_eq!(ok(&reply), 1.0, "{reply:?}");
+}
+
+/// An insert of one document padded to about `pad` bytes.
+fn padded_insert(pad: usize) -> Vec<u8> {
+    msg(rawdoc! { "insert": "items", "documents": [{ "pad": "x".repeat(pad) }], "$db": "app" })
+}
+
+/// A policy whose only listener is not bound to a tenant: connections must authenticate with SCRAM.
+fn scram_policy(backend: &Backend, extra: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"{}\"\n\n\
+         [[tenants]]\nid = \"t1\"\nbackend = \"main\"\nusers = [{{ name = \"app\", scram = \"{}\" }}]\n\n\
+         [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{db}}\"\n{extra}",
+        backend.uri(),
+        scram_entry("secret"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_frames_obey_the_message_limit_once_decompressed() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nmax_message_bytes = 1048576\n").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        // Under the limit, compressed or not: served.
+        let mut client = RawClient::connect(addr);
+        let small = compress_frame(&padded_insert(10_000), Compressor::Zlib).unwrap();
+        assert_eq!(ok(&command(&mut client, &small)), 1.0);
+        for compressor in Compressor::ALL {
+            // About 2 MB once inflated, a few KB on the wire.
+            let bomb = compress_frame(&padded_insert(2_000_000), compressor).unwrap();
+            assert!(bomb.len() < 1_048_576 / 8, "{compressor:?}: {}", bomb.len());
+            let mut client = RawClient::connect(addr);
+            client.send(&bomb);
+            assert!(client.is_closed(), "{compressor:?}: a frame inflating past the limit was accepted");
+        }
+        assert_still_serving(addr);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_get_the_small_message_cap() {
+    let backend = Backend::start();
+    let proxy = start_proxy_text(&scram_policy(&backend, "")).await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let hello = |pad: usize| msg(rawdoc! { "hello": 1, "client": { "pad": "x".repeat(pad) }, "$db": "admin" });
+        // An ordinary handshake is far below 64 KiB.
+        let mut client = RawClient::connect(addr);
+        assert_eq!(ok(&command(&mut client, &hello(1_000))), 1.0);
+        // 100 KB before authentication: refused, plain or compressed.
+        let mut client = RawClient::connect(addr);
+        client.send(&hello(100_000));
+        assert!(client.is_closed(), "a 100 KB pre-authentication message was accepted");
+        let mut client = RawClient::connect(addr);
+        client.send(&compress_frame(&hello(100_000), Compressor::Zstd).unwrap());
+        assert!(client.is_closed(), "a compressed 100 KB pre-authentication message was accepted");
+        assert_still_serving(addr);
+    })
+    .await
+    .unwrap();
+
+    // A connection with a tenant has the full limit.
+    let proxy = start_proxy_with(&backend.uri(), "").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut client = RawClient::connect(addr);
+        assert_eq!(ok(&command(&mut client, &padded_insert(200_000))), 1.0);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frame_timeout_bounds_a_trickled_message() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nframe_timeout_secs = 1\n").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let frame = padded_insert(1_000);
+        let mut client = RawClient::connect(addr);
+        client.stream.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        let started = Instant::now();
+        let mut closed_after = None;
+        // One byte every 250 ms: every read is inside the 1 s timeout, the message never is.
+        for byte in frame.iter().take(20) {
+            client.send(&[*byte]);
+            if client.is_closed() {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+        let closed_after = closed_after.expect("a trickling client kept its message open");
+        assert!(closed_after < Duration::from_secs(3), "closed only after {closed_after:?}");
+        assert_still_serving(addr);
+    })
+    .await
+    .unwrap();
+}
