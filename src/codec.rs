@@ -6,11 +6,13 @@
 //! counted from its first byte (not per read), so a slow, stalled or trickling client holds one buffer for at
 //! most that long and then its connection is closed.
 
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tenantwall_protocol::{check_frame, ProtocolError};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::time::Instant;
 
 /// Initial read buffer: enough for typical commands without growing.
@@ -85,6 +87,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether a stream with no request outstanding is still usable, found without waiting: one read attempt
+    /// that must find nothing to read yet. An end of stream, an error, or bytes nobody asked for all mean the
+    /// peer closed or is out of step, so the stream must not carry another request.
+    pub async fn idle_and_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let inner = &mut self.inner;
+        std::future::poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut probe = ReadBuf::new(&mut byte);
+            Poll::Ready(Pin::new(&mut *inner).poll_read(cx, &mut probe).is_pending())
+        })
+        .await
+    }
+
     /// The underlying stream.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
@@ -140,6 +158,19 @@ mod tests {
         tx.write_all(&ping()[..10]).await.unwrap();
         assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn idle_probe_sees_a_closed_or_chatty_peer() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
+        assert!(reader.idle_and_open().await);
+        tx.write_all(b"x").await.unwrap();
+        assert!(!reader.idle_and_open().await, "unsolicited bytes");
+        let (tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
+        drop(tx);
+        assert!(!reader.idle_and_open().await, "closed peer");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,9 +5,11 @@
 //! connection before the tenant is known, never reveal backend details in a reply, and never let one client's
 //! failure reach another: every error ends in a MongoDB-shaped reply to this client or in closing it.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bson::{rawdoc, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use tenantwall_protocol::compression::compress_frame;
 use tenantwall_protocol::{
@@ -20,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
+use crate::config::Limits;
 use crate::engine::decide::{decide, Decision, Local};
 use crate::engine::reply;
 use crate::engine::ReplyPlan;
@@ -40,6 +43,54 @@ struct ReplyPost {
     not_found: Vec<i64>,
     tenant: Arc<Tenant>,
     policy: Arc<Policy>,
+}
+
+/// Extra time a command with `maxTimeMS` gets before the proxy gives up on the backend: the server counts only
+/// its own execution, and its MaxTimeMSExpired should win whenever it comes.
+const MAX_TIME_GRACE: Duration = Duration::from_secs(1);
+
+/// When the backend must have answered a forwarded command.
+struct BackendDeadline {
+    at: Instant,
+    /// Whether the deadline comes from the command's `maxTimeMS`.
+    max_time: bool,
+    allowed: Duration,
+}
+
+impl BackendDeadline {
+    /// `limits.backend_timeout_ms`, or the command's own `maxTimeMS` (as forwarded, so after the tenant's cap)
+    /// plus a grace period.
+    fn for_command(limits: &Limits, body: &RawDocument) -> Self {
+        let (allowed, max_time) = match max_time_ms(body) {
+            Some(ms) => (Duration::from_millis(ms).saturating_add(MAX_TIME_GRACE), true),
+            None => (limits.backend_timeout(), false),
+        };
+        Self { at: Instant::now() + allowed, max_time, allowed }
+    }
+
+    /// Runs one backend operation within the deadline.
+    async fn bound<T, E: From<ProxyError>>(&self, op: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        match tokio::time::timeout_at(self.at, op).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::BackendTimeout {
+                max_time: self.max_time,
+                detail: format!("no reply from the backend within {} ms", self.allowed.as_millis()),
+            }
+            .into()),
+        }
+    }
+}
+
+/// A positive `maxTimeMS`, whichever numeric type carries it (0 means no limit, as on the server).
+fn max_time_ms(body: &RawDocument) -> Option<u64> {
+    let ms = match body.get("maxTimeMS").ok().flatten()? {
+        RawBsonRef::Int32(v) => u64::try_from(v).ok()?,
+        RawBsonRef::Int64(v) => u64::try_from(v).ok()?,
+        // Saturating float-to-int conversion; NaN becomes 0 and is ignored.
+        RawBsonRef::Double(v) if v >= 0.0 => v as u64,
+        _ => return None,
+    };
+    (ms > 0).then_some(ms)
 }
 
 /// Whether the connection goes on after a frame.
@@ -402,26 +453,31 @@ impl ClientConnection {
         let Some(tenant) = self.tenant.clone() else {
             return Err(ProxyError::Internal { detail: "relay without a tenant".into() });
         };
-        if self.backend.as_ref().is_none_or(|(name, _)| *name != tenant.backend) {
-            let target = generation
-                .backends
-                .get(&tenant.backend)
-                .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
-            let conn = target.connect(generation.policy.limits.backend_connect_timeout()).await?;
-            self.backend = Some((tenant.backend.clone(), conn));
-        }
-        let Some((_, backend)) = self.backend.as_mut() else {
-            return Err(ProxyError::Internal { detail: "backend connection missing".into() });
-        };
         // The checksum was verified on the way in and the backend link is the proxy's own. exhaustAllowed is
         // dropped so every reply is solicited: the proxy inspects each batch, and a server may always ignore it.
         // moreToCome is dropped too, as mongos does for w:0 writes: the backend answers, the proxy reads and
         // discards that answer, so the link stays in lock-step and failed unacknowledged writes are logged.
         let strip = MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME;
         let forward = msg.with_flags(msg.flags.without(strip));
-        let backend_request_id = backend.send(&forward).await?;
+        let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body());
+        let backend = self.backend_for(generation, &tenant).await?;
+        let backend_request_id = match deadline.bound(backend.send(&forward)).await {
+            Ok(id) => id,
+            // The connection broke before one byte of the command left: the backend never saw it, so it is
+            // safe to send it once more on a fresh connection.
+            Err(failure) if failure.nothing_sent => {
+                info!(detail = failure.error.log_detail(), "backend connection failed before sending; retrying once");
+                self.backend = None;
+                let backend = self.backend_for(generation, &tenant).await?;
+                deadline.bound(backend.send(&forward)).await?
+            }
+            Err(failure) => return Err(failure.error),
+        };
+        let Some((_, backend)) = self.backend.as_mut() else {
+            return Err(ProxyError::Internal { detail: "backend connection missing".into() });
+        };
         if msg.flags.more_to_come() {
-            let (_, reply) = backend.read_reply(backend_request_id).await?;
+            let (_, reply) = deadline.bound(backend.read_reply(backend_request_id)).await?;
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
@@ -433,7 +489,7 @@ impl ClientConnection {
             let Some((_, backend)) = self.backend.as_mut() else {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
-            let (reply_header, reply) = backend.read_reply(expect).await?;
+            let (reply_header, reply) = deadline.bound(backend.read_reply(expect)).await?;
             let more = reply.flags.more_to_come();
             let reply = self.post_process(reply, post);
             let sent_id = self
@@ -445,6 +501,31 @@ impl ClientConnection {
             }
             expect = reply_header.request_id;
             answer_to = sent_id;
+        }
+    }
+
+    /// The tenant's backend connection: the open one if it is still usable, else a new one. A backend that
+    /// restarted closes its idle connections; they are found here, before a command is lost on one.
+    async fn backend_for(&mut self, generation: &Generation, tenant: &Tenant) -> Result<&mut BackendConn, ProxyError> {
+        if let Some((name, conn)) = self.backend.as_mut() {
+            if *name != tenant.backend {
+                self.backend = None;
+            } else if !conn.is_usable().await {
+                info!("backend connection closed while idle; opening a new one");
+                self.backend = None;
+            }
+        }
+        if self.backend.is_none() {
+            let target = generation
+                .backends
+                .get(&tenant.backend)
+                .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
+            let conn = target.connect(generation.policy.limits.backend_connect_timeout()).await?;
+            self.backend = Some((tenant.backend.clone(), conn));
+        }
+        match self.backend.as_mut() {
+            Some((_, conn)) => Ok(conn),
+            None => Err(ProxyError::Internal { detail: "backend connection missing".into() }),
         }
     }
 

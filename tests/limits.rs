@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bson::{rawdoc, RawDocumentBuf};
-use common::{scram_entry, start_proxy_text, start_proxy_with, Backend, RawClient};
+use common::{scram_entry, start_proxy, start_proxy_text, start_proxy_with, Backend, RawClient};
 use tenantwall_protocol::compression::compress_frame;
 use tenantwall_protocol::{Compressor, Message, MsgFlags, MsgHeader, OpMsg};
 
@@ -136,6 +136,72 @@ async fn the_frame_timeout_bounds_a_trickled_message() {
         let closed_after = closed_after.expect("a trickling client kept its message open");
         assert!(closed_after < Duration::from_secs(3), "closed only after {closed_after:?}");
         assert_still_serving(addr);
+    })
+    .await
+    .unwrap();
+}
+
+/// `find` on `app.items`, with `maxTimeMS` when given.
+fn find(max_time_ms: Option<i32>) -> Vec<u8> {
+    match max_time_ms {
+        Some(ms) => msg(rawdoc! { "find": "items", "maxTimeMS": ms, "$db": "app" }),
+        None => msg(rawdoc! { "find": "items", "$db": "app" }),
+    }
+}
+
+fn code(reply: &RawDocumentBuf) -> i32 {
+    reply.get_i32("code").unwrap_or_else(|_| panic!("no code in {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_backend_costs_a_timeout_error_not_a_hang() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nbackend_timeout_ms = 500\n").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut plain = RawClient::connect(addr);
+        let mut timed = RawClient::connect(addr);
+        for client in [&mut plain, &mut timed] {
+            assert_eq!(ok(&command(client, &padded_insert(10))), 1.0);
+        }
+        backend.pause();
+        let started = Instant::now();
+        let reply = command(&mut plain, &find(None));
+        assert_eq!((code(&reply), reply.get_str("codeName").unwrap()), (89, "NetworkTimeout"), "{reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        // The command's own maxTimeMS (plus a grace period) sets the deadline, and the error says so.
+        let started = Instant::now();
+        let reply = command(&mut timed, &find(Some(100)));
+        assert_eq!((code(&reply), reply.get_str("codeName").unwrap()), (50, "MaxTimeMSExpired"), "{reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        backend.resume();
+        // The late connection was discarded: the next command gets its own answer on a fresh one.
+        for client in [&mut plain, &mut timed] {
+            let reply = command(client, &find(None));
+            assert_eq!(ok(&reply), 1.0, "{reply:?}");
+            assert!(reply.get_document("cursor").is_ok(), "{reply:?}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backend_connections_survive_a_backend_restart() {
+    let mut backend = Backend::start();
+    let proxy = start_proxy(&backend.uri()).await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut clients: Vec<RawClient> = (0..5).map(|_| RawClient::connect(addr)).collect();
+        for client in &mut clients {
+            assert_eq!(ok(&command(client, &padded_insert(10))), 1.0);
+        }
+        backend.restart();
+        // Each client's backend connection died with the old process; none of them may lose its next command.
+        for client in &mut clients {
+            let reply = command(client, &find(None));
+            assert_eq!(ok(&reply), 1.0, "{reply:?}");
+        }
     })
     .await
     .unwrap();

@@ -206,6 +206,9 @@ pub struct Limits {
     pub frame_timeout_secs: u64,
     /// Milliseconds allowed to open (and authenticate) a backend connection.
     pub backend_connect_timeout_ms: u64,
+    /// Milliseconds a backend may take to answer a command; a command with `maxTimeMS` gets that plus a grace
+    /// period instead. On expiry the client gets an error and the backend connection is discarded.
+    pub backend_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
     /// Default cap on `maxTimeMS` for every tenant's commands, in milliseconds (none by default).
@@ -220,6 +223,7 @@ impl Default for Limits {
             max_unauthenticated_message_bytes: 64 * 1024,
             frame_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
+            backend_timeout_ms: 60_000,
             auth_timeout_secs: 60,
             max_time_ms: None,
         }
@@ -240,6 +244,9 @@ impl Limits {
     }
     pub fn backend_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_connect_timeout_ms)
+    }
+    pub fn backend_timeout(&self) -> Duration {
+        Duration::from_millis(self.backend_timeout_ms)
     }
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_secs(self.auth_timeout_secs)

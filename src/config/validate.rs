@@ -447,6 +447,7 @@ fn validate_limits(c: &mut Collector<'_>, file: &PolicyFile) {
     for (key, value) in [
         ("frame_timeout_secs", limits.frame_timeout_secs),
         ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
+        ("backend_timeout_ms", limits.backend_timeout_ms),
         ("auth_timeout_secs", limits.auth_timeout_secs),
     ] {
         if value == 0 {
