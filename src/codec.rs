@@ -5,18 +5,61 @@
 //! `Bytes` without copying. A peer that starts a frame must finish the whole frame within the frame timeout,
 //! counted from its first byte (not per read), so a slow, stalled or trickling client holds one buffer for at
 //! most that long and then its connection is closed.
+//!
+//! With a [`Budget`], every frame is paid for before its buffer is reserved: a frame whose bytes the budget
+//! cannot cover waits (inside its frame timeout) until other frames are done, instead of allocating past it. The
+//! payment is held until the next frame is requested, i.e. while the caller handles this one.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tenantwall_protocol::{check_frame, ProtocolError};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Initial read buffer: enough for typical commands without growing.
 const INITIAL_BUFFER: usize = 8 * 1024;
+
+/// A global allowance of buffered message bytes, shared by every reader of a server.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl Budget {
+    pub fn new(total: usize) -> Self {
+        Self { bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))), total }
+    }
+
+    /// Waits until `len` more bytes fit (at once: partial payments would let two large frames deadlock).
+    pub async fn acquire(&self, len: usize) -> Result<OwnedSemaphorePermit, BudgetExceeded> {
+        let n = u32::try_from(len).map_err(|_| BudgetExceeded(len))?;
+        if len > self.total {
+            return Err(BudgetExceeded(len));
+        }
+        // The semaphore is never closed, so acquiring only fails on impossible sizes, handled above.
+        self.bytes.clone().acquire_many_owned(n).await.map_err(|_| BudgetExceeded(len))
+    }
+
+    /// Bytes paid for and not yet released.
+    pub fn in_use(&self) -> usize {
+        self.total.saturating_sub(self.bytes.available_permits())
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+/// A frame larger than the whole budget.
+#[derive(Debug, thiserror::Error)]
+#[error("a message of {0} bytes exceeds the buffer budget")]
+pub struct BudgetExceeded(pub usize);
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +70,8 @@ pub enum ReadError {
     Truncated,
     #[error("message not completed within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Budget(#[from] BudgetExceeded),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -39,12 +84,32 @@ pub struct FrameReader<R> {
     frame_timeout: Option<Duration>,
     /// When the frame being buffered must be complete; set when its first byte arrives.
     deadline: Option<Instant>,
+    budget: Option<Budget>,
+    /// The payment for the frame being buffered.
+    paid: Option<OwnedSemaphorePermit>,
+    /// The payment for the last frame returned, held while the caller handles it.
+    returned: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `max_len` caps the announced message length; `frame_timeout` bounds how long a started frame may take.
     pub fn new(inner: R, max_len: usize, frame_timeout: Option<Duration>) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(INITIAL_BUFFER), max_len, frame_timeout, deadline: None }
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
+            max_len,
+            frame_timeout,
+            deadline: None,
+            budget: None,
+            paid: None,
+            returned: None,
+        }
+    }
+
+    /// Pays for every frame out of `budget` before buffering it.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Changes the cap on announced lengths for frames not yet started (e.g. once the client is authenticated).
@@ -59,20 +124,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next complete frame, `Ok(None)` on a clean end of stream between frames.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
+        // The caller is done with the previous frame.
+        self.returned = None;
         loop {
-            if let Some(len) = check_frame(&self.buf, self.max_len)? {
-                self.deadline = None;
-                return Ok(Some(self.buf.split_to(len).freeze()));
+            if !self.buf.is_empty() && self.deadline.is_none() {
+                self.deadline = self.frame_timeout.map(|limit| Instant::now() + limit);
             }
+            let complete = check_frame(&self.buf, self.max_len)?;
             if self.buf.len() >= 4 {
-                // check_frame validated the announced length, so this reservation is bounded by max_len.
+                // check_frame validated the announced length, so it is bounded by max_len.
                 let announced = i32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                self.pay(announced).await?;
+                if let Some(len) = complete {
+                    self.deadline = None;
+                    self.returned = self.paid.take();
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
                 self.buf.reserve(announced.saturating_sub(self.buf.len()));
             } else if self.buf.capacity() - self.buf.len() < INITIAL_BUFFER / 2 {
                 self.buf.reserve(INITIAL_BUFFER);
-            }
-            if !self.buf.is_empty() && self.deadline.is_none() {
-                self.deadline = self.frame_timeout.map(|limit| Instant::now() + limit);
             }
             let read = match (self.buf.is_empty(), self.deadline) {
                 // Between frames a connection may idle as long as it likes (drivers keep pools).
@@ -85,6 +155,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
             }
         }
+    }
+
+    /// Pays for a frame of `len` bytes (once per frame), waiting for the budget within the frame deadline.
+    async fn pay(&mut self, len: usize) -> Result<(), ReadError> {
+        let Some(budget) = &self.budget else { return Ok(()) };
+        if self.paid.is_some() {
+            return Ok(());
+        }
+        let permit = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, budget.acquire(len))
+                .await
+                .map_err(|_| ReadError::Timeout(self.frame_timeout.unwrap_or_default()))??,
+            None => budget.acquire(len).await?,
+        };
+        self.paid = Some(permit);
+        Ok(())
     }
 
     /// Whether a stream with no request outstanding is still usable, found without waiting: one read attempt
@@ -158,6 +244,34 @@ mod tests {
         tx.write_all(&ping()[..10]).await.unwrap();
         assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn frames_wait_for_budget_and_release_it_when_the_next_is_asked_for() {
+        let budget = Budget::new(100);
+        let frame = ping();
+        assert!(frame.len() < 100 && frame.len() * 2 > 100);
+        let (mut tx1, rx1) = tokio::io::duplex(1024);
+        let (mut tx2, rx2) = tokio::io::duplex(1024);
+        let mut first = FrameReader::new(rx1, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
+        let mut second = FrameReader::new(rx2, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
+        tx1.write_all(&frame).await.unwrap();
+        tx2.write_all(&frame).await.unwrap();
+        assert!(first.next_frame().await.unwrap().is_some());
+        assert_eq!(budget.in_use(), frame.len());
+        // The second frame does not fit while the first is being handled.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), second.next_frame()).await;
+        assert!(waiting.is_err(), "second frame was buffered past the budget");
+        // Asking for the next frame means the first is done: its bytes go back.
+        drop(tx1);
+        assert!(first.next_frame().await.unwrap().is_none());
+        assert!(second.next_frame().await.unwrap().is_some());
+        assert_eq!(budget.in_use(), frame.len());
+        // A frame larger than the whole budget can never be buffered.
+        let (mut tx3, rx3) = tokio::io::duplex(1024);
+        let mut third = FrameReader::new(rx3, MAX_MESSAGE_SIZE, None).with_budget(Budget::new(10));
+        tx3.write_all(&frame).await.unwrap();
+        assert!(matches!(third.next_frame().await, Err(ReadError::Budget(_))));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
-use tenantwall_protocol::compression::compress_frame;
+use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
 use tenantwall_protocol::{
     decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
@@ -115,6 +115,8 @@ pub struct ClientConnection {
     /// The backend connection and the backend name it belongs to.
     backend: Option<(String, BackendConn)>,
     next_reply_id: i32,
+    /// A write to the client failed or timed out: the stream may hold half a frame, nothing more may follow.
+    write_failed: bool,
 }
 
 impl ClientConnection {
@@ -123,7 +125,8 @@ impl ClientConnection {
         let limits = &generation.policy.limits;
         let (read, write) = tokio::io::split(stream);
         let tenant = claimed.as_deref().and_then(|t| generation.policy.tenant(t)).cloned();
-        let reader = FrameReader::new(read, limits.message_limit(tenant.is_some()), Some(limits.frame_timeout()));
+        let reader = FrameReader::new(read, limits.message_limit(tenant.is_some()), Some(limits.frame_timeout()))
+            .with_budget(shared.budget.clone());
         if let Some(t) = &tenant {
             tracing::Span::current().record("tenant", t.id.as_str());
         }
@@ -138,6 +141,7 @@ impl ClientConnection {
             authenticated_user: None,
             backend: None,
             next_reply_id: 1,
+            write_failed: false,
         }
     }
 
@@ -191,7 +195,11 @@ impl ClientConnection {
                 }
             }
         }
-        let _ = self.writer.shutdown().await;
+        if !self.write_failed {
+            // A TLS close_notify is a write too: bounded like every other.
+            let limit = self.shared.current().policy.limits.client_write_timeout();
+            let _ = tokio::time::timeout(limit, self.writer.shutdown()).await;
+        }
         debug!("connection closed");
     }
 
@@ -217,7 +225,29 @@ impl ClientConnection {
     async fn handle_frame(&mut self, frame: Bytes) -> std::io::Result<Flow> {
         // check_frame guaranteed at least a whole header.
         let Ok(raw_header) = MsgHeader::read(&frame) else { return Ok(Flow::Close) };
-        let limit = self.shared.current().policy.limits.message_limit(self.tenant.is_some());
+        let limits = &self.shared.current().policy.limits;
+        let limit = limits.message_limit(self.tenant.is_some());
+        // The inflated message is paid for out of the buffer budget before it exists, like a received frame.
+        let _inflated = match raw_header.op_code {
+            OpCode::COMPRESSED => match compressed_prefix(&frame, limit) {
+                Ok(prefix) => {
+                    let paid =
+                        tokio::time::timeout(limits.frame_timeout(), self.shared.budget.acquire(prefix.message_len));
+                    match paid.await {
+                        Ok(Ok(permit)) => Some(permit),
+                        _ => {
+                            info!(
+                                len = prefix.message_len,
+                                "no buffer budget to decompress the message in time; closing"
+                            );
+                            return Ok(Flow::Close);
+                        }
+                    }
+                }
+                Err(e) => return self.refuse_frame(raw_header, e).await,
+            },
+            _ => None,
+        };
         let decoded = match decode_limited(frame, limit) {
             Ok(decoded) => decoded,
             Err(e) => return self.refuse_frame(raw_header, e).await,
@@ -349,6 +379,9 @@ impl ClientConnection {
                         for id in killed {
                             self.shared.cursors.release(&tenant.backend, id);
                         }
+                    }
+                    Err(_) if self.write_failed => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client write failed"));
                     }
                     Err(error) => {
                         self.report(&error);
@@ -632,16 +665,35 @@ impl ClientConnection {
         match compressor {
             Some(c) => {
                 let wrapped = compress_frame(&frame, c).map_err(std::io::Error::other)?;
-                self.writer.write_all(&wrapped).await?;
+                drop(frame);
+                self.write_frame(&wrapped).await?;
             }
-            None => self.writer.write_all(&frame).await?,
+            None => self.write_frame(&frame).await?,
         }
         Ok(id)
+    }
+
+    /// Writes one whole frame within `limits.client_write_timeout_secs`. A client that does not read its replies
+    /// in time, or whose connection failed, gets nothing more: the connection is closing.
+    async fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        if self.write_failed {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "an earlier write failed"));
+        }
+        let limit = self.shared.current().policy.limits.client_write_timeout();
+        let outcome = match tokio::time::timeout(limit, self.writer.write_all(frame)).await {
+            Ok(written) => written,
+            Err(_) => {
+                info!(timeout = ?limit, "client does not read its replies; closing");
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client write timed out"))
+            }
+        };
+        self.write_failed = outcome.is_err();
+        outcome
     }
 
     async fn write_reply(&mut self, response_to: i32, reply: OpReply) -> std::io::Result<()> {
         let id = self.reply_id();
         let frame = reply.encode(id, response_to).map_err(std::io::Error::other)?;
-        self.writer.write_all(&frame).await
+        self.write_frame(&frame).await
     }
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::backend::{BackendTarget, BoxStream};
+use crate::codec::Budget;
 use crate::connection::ClientConnection;
 use crate::policy::{Listener, Policy};
 use crate::session::Cursors;
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// Which tenant owns each open cursor.
     pub cursors: Cursors,
+    /// Bytes of client messages buffered at once, across all connections.
+    pub budget: Budget,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
 }
@@ -117,6 +120,17 @@ impl Reloader {
         for warning in &policy.warnings {
             warn!(%warning, "policy warning");
         }
+        let before = self.shared.current();
+        let (old, new) = (&before.policy.limits, &policy.limits);
+        // Sized once at start; say so rather than silently keep the old value.
+        for (key, old, new) in [
+            ("max_connections", old.max_connections, new.max_connections),
+            ("max_buffered_bytes", old.max_buffered_bytes, new.max_buffered_bytes),
+        ] {
+            if old != new {
+                warn!(key, old, new, "limits.{key} changed; it takes effect at the next restart");
+            }
+        }
         self.shared.swap(policy);
         info!(generation = self.shared.current().number, "policy swapped in");
     }
@@ -157,10 +171,12 @@ impl Server {
             });
         }
         while probes.join_next().await.is_some() {}
+        let budget = Budget::new(generation.policy.limits.max_buffered_bytes);
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
             cursors: Cursors::default(),
+            budget,
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
         });

@@ -206,3 +206,57 @@ async fn idle_backend_connections_survive_a_backend_restart() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_the_global_buffer_budget() {
+    let backend = Backend::start();
+    let limits = "[limits]\nmax_message_bytes = 1048576\nmax_buffered_bytes = 1048576\n";
+    let proxy = start_proxy_with(&backend.uri(), limits).await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let frame = padded_insert(900_000);
+        // A holds a 900 KB message open: its bytes are paid for from the 1 MiB budget.
+        let mut holder = RawClient::connect(addr);
+        holder.send(&frame[..600_000]);
+        std::thread::sleep(Duration::from_millis(300));
+        // B's whole message does not fit next to A's: it waits instead of being buffered.
+        let mut waiter = RawClient::connect(addr);
+        waiter.stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        waiter.send(&frame);
+        assert!(waiter.recv().is_none(), "a message was buffered past max_buffered_bytes");
+        // A leaves; its bytes are released and B is served.
+        drop(holder);
+        waiter.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let reply = waiter.recv().expect("the waiting message was never served");
+        let Message::Msg(reply) = reply.message else { panic!("not OP_MSG") };
+        assert_eq!(ok(&reply.body().to_owned()), 1.0);
+        assert_still_serving(addr);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nclient_write_timeout_secs = 1\n").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut client = RawClient::connect(addr);
+        assert_eq!(ok(&command(&mut client, &padded_insert(2_000_000))), 1.0);
+        // 30 replies of 2 MB each, far more than the socket buffers hold, and the client reads none of them.
+        const REQUESTS: usize = 30;
+        for _ in 0..REQUESTS {
+            client.send(&find(None));
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        let mut replies = 0;
+        while client.recv().is_some() {
+            replies += 1;
+        }
+        assert!(replies < REQUESTS, "the proxy kept writing to a client that did not read");
+        assert_still_serving(addr);
+    })
+    .await
+    .unwrap();
+}

@@ -204,6 +204,11 @@ pub struct Limits {
     pub max_unauthenticated_message_bytes: usize,
     /// Seconds a client may take to send a whole message, counted from its first byte.
     pub frame_timeout_secs: u64,
+    /// Bytes of client messages (as received, and once decompressed) buffered at once across all connections;
+    /// a message that does not fit waits for room. Read at start.
+    pub max_buffered_bytes: usize,
+    /// Seconds a reply may wait for a client to read it; a client that stops reading is closed.
+    pub client_write_timeout_secs: u64,
     /// Milliseconds allowed to open (and authenticate) a backend connection.
     pub backend_connect_timeout_ms: u64,
     /// Milliseconds a backend may take to answer a command; a command with `maxTimeMS` gets that plus a grace
@@ -222,6 +227,8 @@ impl Default for Limits {
             max_message_bytes: tenantwall_protocol::MAX_MESSAGE_SIZE,
             max_unauthenticated_message_bytes: 64 * 1024,
             frame_timeout_secs: 30,
+            max_buffered_bytes: 512 * 1024 * 1024,
+            client_write_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
             backend_timeout_ms: 60_000,
             auth_timeout_secs: 60,
@@ -241,6 +248,9 @@ impl Limits {
     }
     pub fn frame_timeout(&self) -> Duration {
         Duration::from_secs(self.frame_timeout_secs)
+    }
+    pub fn client_write_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_write_timeout_secs)
     }
     pub fn backend_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_connect_timeout_ms)

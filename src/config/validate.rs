@@ -444,10 +444,14 @@ fn validate_limits(c: &mut Collector<'_>, file: &PolicyFile) {
         let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
         c.error(NONE, "limits.max_unauthenticated_message_bytes".into(), msg);
     }
+    if limits.max_buffered_bytes < limits.max_message_bytes {
+        c.error(NONE, "limits.max_buffered_bytes".into(), "must be at least limits.max_message_bytes");
+    }
     for (key, value) in [
         ("frame_timeout_secs", limits.frame_timeout_secs),
         ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
         ("backend_timeout_ms", limits.backend_timeout_ms),
+        ("client_write_timeout_secs", limits.client_write_timeout_secs),
         ("auth_timeout_secs", limits.auth_timeout_secs),
     ] {
         if value == 0 {
