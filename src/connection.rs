@@ -6,6 +6,7 @@
 //! failure reach another: every error ends in a MongoDB-shaped reply to this client or in closing it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admitted, Verdict};
 use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
@@ -117,10 +119,22 @@ pub struct ClientConnection {
     next_reply_id: i32,
     /// A write to the client failed or timed out: the stream may hold half a frame, nothing more may follow.
     write_failed: bool,
+    peer: IpAddr,
+    /// Connection slots; the unauthenticated one is given back once the tenant is known.
+    admitted: Admitted,
+    /// Authentication from this source or as this user is refused for now: hello gets no speculative step.
+    skip_speculative: bool,
 }
 
 impl ClientConnection {
-    pub(crate) fn new(id: u64, shared: Arc<Shared>, stream: BoxStream, claimed: Option<String>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        shared: Arc<Shared>,
+        stream: BoxStream,
+        claimed: Option<String>,
+        peer: IpAddr,
+        mut admitted: Admitted,
+    ) -> Self {
         let generation = shared.current();
         let limits = &generation.policy.limits;
         let (read, write) = tokio::io::split(stream);
@@ -129,6 +143,7 @@ impl ClientConnection {
             .with_budget(shared.budget.clone());
         if let Some(t) = &tenant {
             tracing::Span::current().record("tenant", t.id.as_str());
+            admitted.unauthenticated = None;
         }
         Self {
             id,
@@ -142,6 +157,9 @@ impl ClientConnection {
             backend: None,
             next_reply_id: 1,
             write_failed: false,
+            peer,
+            admitted,
+            skip_speculative: false,
         }
     }
 
@@ -186,7 +204,11 @@ impl ClientConnection {
                     break;
                 }
             };
-            match self.handle_frame(frame).await {
+            let handled = self.handle_frame(frame).await;
+            if self.tenant.is_some() {
+                self.admitted.unauthenticated = None;
+            }
+            match handled {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break,
                 Err(e) => {
@@ -307,6 +329,12 @@ impl ClientConnection {
         let respond = !msg.flags.more_to_come();
         match decide(&msg, command, self.tenant.as_deref(), &generation.policy) {
             Decision::Local(local) => {
+                if let Some(refusal) = self.throttle_authentication(generation, local, msg.body()).await {
+                    if respond {
+                        self.write_doc(refusal, header.request_id, compressor).await?;
+                    }
+                    return Ok(Flow::Continue);
+                }
                 let (reply, flow) = self.local(generation, local, msg.body(), command);
                 if respond {
                     self.write_doc(reply, header.request_id, compressor).await?;
@@ -396,6 +424,42 @@ impl ClientConnection {
         }
     }
 
+    /// Applies failure throttling to an authentication attempt (saslStart, or a hello carrying a speculative
+    /// one): waits as long as the source's and user's recent failures require, or returns the refusal to send
+    /// without running SCRAM.
+    async fn throttle_authentication(
+        &mut self,
+        generation: &Generation,
+        local: Local,
+        body: &RawDocument,
+    ) -> Option<RawDocumentBuf> {
+        if self.authenticated_user.is_some() {
+            return None;
+        }
+        let attempt = match local {
+            Local::SaslStart => body,
+            Local::Hello => body.get_document("speculativeAuthenticate").ok()?,
+            _ => return None,
+        };
+        let user = sasl::username_of(attempt);
+        let limits = &generation.policy.limits;
+        match self.shared.admission.auth.check(self.peer, user.as_deref(), limits) {
+            Verdict::Allow => None,
+            Verdict::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                None
+            }
+            Verdict::Refuse if local == Local::Hello => {
+                self.skip_speculative = true;
+                None
+            }
+            Verdict::Refuse => {
+                debug!("authentication attempt refused: too many recent failures");
+                Some(error_document(ErrorCode::AUTHENTICATION_FAILED, "Authentication failed."))
+            }
+        }
+    }
+
     /// Answers a command the proxy serves itself.
     fn local(
         &mut self,
@@ -428,6 +492,9 @@ impl ClientConnection {
             Outcome::Continue(reply) => (reply, Flow::Continue),
             Outcome::Failed { reply, close } => {
                 info!("authentication failed");
+                if reply.get_i32("code").is_ok_and(|code| code == ErrorCode::AUTHENTICATION_FAILED.code) {
+                    self.shared.admission.auth.failed(self.peer, self.sasl.attempted_user(), &generation.policy.limits);
+                }
                 (reply, if close { Flow::Close } else { Flow::Continue })
             }
             Outcome::Authenticated { reply, user, tenant } => {
@@ -435,6 +502,7 @@ impl ClientConnection {
                 match generation.policy.tenant(&tenant) {
                     Some(t) if agrees => {
                         info!(user = %user, tenant = %tenant, "authenticated");
+                        self.shared.admission.auth.succeeded(&user);
                         tracing::Span::current().record("tenant", tenant.as_str());
                         self.tenant = Some(t.clone());
                         self.authenticated_user = Some(user);
@@ -464,7 +532,7 @@ impl ClientConnection {
             reply.append(bson::cstr!("saslSupportedMechs"), mechs);
         }
         if let Ok(speculative) = request.get_document("speculativeAuthenticate") {
-            if self.authenticated_user.is_none() {
+            if self.authenticated_user.is_none() && !std::mem::take(&mut self.skip_speculative) {
                 let outcome = self.sasl.start(speculative, &generation.policy);
                 if let Some(doc) = sasl::speculative_reply(&outcome) {
                     reply.append(bson::cstr!("speculativeAuthenticate"), doc);

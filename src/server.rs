@@ -18,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::admission::{Admission, Refusal};
 use crate::backend::{BackendTarget, BoxStream};
 use crate::codec::Budget;
 use crate::connection::ClientConnection;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     pub cursors: Cursors,
     /// Bytes of client messages buffered at once, across all connections.
     pub budget: Budget,
+    /// Connection slots per source and before authentication; SCRAM failure throttling.
+    pub admission: Admission,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
 }
@@ -126,6 +129,11 @@ impl Reloader {
         for (key, old, new) in [
             ("max_connections", old.max_connections, new.max_connections),
             ("max_buffered_bytes", old.max_buffered_bytes, new.max_buffered_bytes),
+            (
+                "max_unauthenticated_connections",
+                old.max_unauthenticated_connections,
+                new.max_unauthenticated_connections,
+            ),
         ] {
             if old != new {
                 warn!(key, old, new, "limits.{key} changed; it takes effect at the next restart");
@@ -172,11 +180,13 @@ impl Server {
         }
         while probes.join_next().await.is_some() {}
         let budget = Budget::new(generation.policy.limits.max_buffered_bytes);
+        let admission = Admission::new(&generation.policy.limits);
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
             cursors: Cursors::default(),
             budget,
+            admission,
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
         });
@@ -248,8 +258,18 @@ async fn accept_loop(
         };
         Stats::incr(&shared.stats.connections_accepted);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(client.addr = %peer, "connection limit reached; closing new connection");
+            shared.admission.log_refusal(peer.ip(), Refusal::TooManyConnections);
+            Stats::incr(&shared.stats.connections_refused);
             continue;
+        };
+        let admitted = match shared.admission.admit(peer.ip(), &shared.current().policy.limits, config.tenant.is_some())
+        {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                shared.admission.log_refusal(peer.ip(), why);
+                Stats::incr(&shared.stats.connections_refused);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -260,7 +280,12 @@ async fn accept_loop(
             async move {
                 Stats::incr(&shared.stats.connections_open);
                 if let Some((stream, claim)) = establish(stream, &config, &shared).await {
-                    ClientConnection::new(id, shared.clone(), stream, claim).serve().await;
+                    let mut admitted = admitted;
+                    if claim.is_some() {
+                        // SNI or a client certificate named the tenant.
+                        admitted.unauthenticated = None;
+                    }
+                    ClientConnection::new(id, shared.clone(), stream, claim, peer.ip(), admitted).serve().await;
                 }
                 shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);

@@ -260,3 +260,144 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     .await
     .unwrap();
 }
+
+/// A raw async client connected from a chosen loopback source address.
+struct Raw {
+    reader: tenantwall::codec::FrameReader<tokio::io::ReadHalf<tokio::net::TcpStream>>,
+    writer: tokio::io::WriteHalf<tokio::net::TcpStream>,
+    next_id: i32,
+}
+
+impl Raw {
+    async fn connect_from(source: &str, addr: SocketAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (r, w) = tokio::io::split(stream);
+        Raw { reader: tenantwall::codec::FrameReader::new(r, 48_000_000, None), writer: w, next_id: 1 }
+    }
+
+    /// Sends a command; `None` when the proxy closed the connection instead of answering.
+    async fn call(&mut self, body: RawDocumentBuf) -> Option<RawDocumentBuf> {
+        use tokio::io::AsyncWriteExt;
+        self.next_id += 1;
+        let frame = OpMsg::new(MsgFlags::default(), body).encode(self.next_id, 0).unwrap();
+        self.writer.write_all(&frame).await.ok()?;
+        let frame = tokio::time::timeout(Duration::from_secs(10), self.reader.next_frame()).await.ok()?.ok()??;
+        match tenantwall_protocol::decode(frame).unwrap().message {
+            Message::Msg(m) => Some(m.body().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Runs SCRAM-SHA-256 as `user`; the final reply, or `None` if the proxy closed the connection.
+    async fn scram(&mut self, user: &str, password: &str) -> Option<RawDocumentBuf> {
+        use bson::spec::BinarySubtype::Generic;
+        let (mut client, first) = tenantwall::auth::ScramClient::new(user, password).unwrap();
+        let start = rawdoc! {
+            "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": bson::Binary { subtype: Generic, bytes: first },
+            "options": { "skipEmptyExchange": true }, "$db": "admin",
+        };
+        let reply = self.call(start).await?;
+        let Ok(payload) = reply.get_binary("payload") else { return Some(reply) };
+        let last = client.handle_server_first(payload.bytes).unwrap();
+        let next = rawdoc! {
+            "saslContinue": 1, "conversationId": 1, "payload": bson::Binary { subtype: Generic, bytes: last }, "$db": "admin",
+        };
+        self.call(next).await
+    }
+
+    /// Whether the proxy answers a ping on this connection (false: it closed it).
+    async fn serves(&mut self) -> bool {
+        self.call(rawdoc! { "ping": 1, "$db": "admin" }).await.is_some()
+    }
+}
+
+/// A SCRAM policy with two users, `app` and `other`, and `limits` appended; the first listener needs SCRAM, the
+/// second is bound to the tenant.
+fn two_user_policy(backend: &Backend, limits: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"t1\"\n\n\
+         [[backends]]\nname = \"main\"\nuri = \"{}\"\n\n\
+         [[tenants]]\nid = \"t1\"\nbackend = \"main\"\nusers = [{{ name = \"app\", scram = \"{}\" }}, {{ name = \"other\", scram = \"{}\" }}]\n\n\
+         [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{db}}\"\n\n[limits]\n{limits}",
+        backend.uri(),
+        scram_entry("secret"),
+        scram_entry("other-secret"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_have_their_own_cap() {
+    let backend = Backend::start();
+    let proxy = start_proxy_text(&two_user_policy(&backend, "max_unauthenticated_connections = 5\n")).await;
+    let (scram_addr, bound_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut raw = Raw::connect_from("127.0.0.1", scram_addr).await;
+        assert!(raw.serves().await);
+        idle.push(raw);
+    }
+    // A sixth socket that has not authenticated is turned away...
+    let mut sixth = Raw::connect_from("127.0.0.1", scram_addr).await;
+    assert!(!sixth.serves().await, "a sixth unauthenticated connection was served");
+    // ...but connections whose tenant is known are not counted, nor are those that authenticated.
+    let mut bound = Raw::connect_from("127.0.0.1", bound_addr).await;
+    assert!(bound.serves().await);
+    let done = idle[0].scram("app", "secret").await.unwrap();
+    assert!(done.get_bool("done").unwrap_or(false), "{done:?}");
+    let mut next = Raw::connect_from("127.0.0.1", scram_addr).await;
+    assert!(next.serves().await, "authenticating did not free its unauthenticated slot");
+    assert!(proxy.stats().connections_refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_source_address_are_capped() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nmax_connections_per_ip = 3\n").await;
+    let addr = proxy.addr();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect_from("127.0.0.1", addr).await;
+        assert!(raw.serves().await);
+        open.push(raw);
+    }
+    let mut fourth = Raw::connect_from("127.0.0.1", addr).await;
+    assert!(!fourth.serves().await, "a fourth connection from one source was served");
+    // Another source is not affected, and a closed connection gives its slot back.
+    let mut elsewhere = Raw::connect_from("127.0.0.2", addr).await;
+    assert!(elsewhere.serves().await);
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Raw::connect_from("127.0.0.1", addr).await;
+    assert!(again.serves().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_failures_are_slowed_then_refused_per_source_and_per_user() {
+    let backend = Backend::start();
+    let proxy = start_proxy_text(&two_user_policy(&backend, "auth_failures_before_refusal = 6\n")).await;
+    let addr = proxy.addrs()[0];
+    let mut timings = Vec::new();
+    for _ in 0..6 {
+        let mut raw = Raw::connect_from("127.0.0.1", addr).await;
+        let started = Instant::now();
+        let reply = raw.scram("app", "wrong").await.unwrap();
+        timings.push(started.elapsed());
+        assert_eq!(code(&reply), 18, "{reply:?}");
+    }
+    // The first three failures cost nothing extra; later ones wait longer each time.
+    assert!(timings[..3].iter().all(|t| *t < Duration::from_millis(150)), "{timings:?}");
+    assert!(timings[3] >= Duration::from_millis(200) && timings[5] >= Duration::from_millis(800), "{timings:?}");
+    // Now the source is refused, even with the right password, without running SCRAM...
+    let mut raw = Raw::connect_from("127.0.0.1", addr).await;
+    let reply = raw.call(rawdoc! { "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: b"n,,n=other,r=abcdefgh".to_vec() }, "$db": "admin" }).await.unwrap();
+    assert_eq!(code(&reply), 18, "{reply:?}");
+    assert!(reply.get_binary("payload").is_err(), "SCRAM ran for a refused source");
+    // ...and so is the user, from anywhere; another user from another source is not affected.
+    let mut raw = Raw::connect_from("127.0.0.2", addr).await;
+    assert_eq!(code(&raw.scram("app", "secret").await.unwrap()), 18);
+    let mut raw = Raw::connect_from("127.0.0.2", addr).await;
+    let done = raw.scram("other", "other-secret").await.unwrap();
+    assert!(done.get_bool("done").unwrap_or(false), "{done:?}");
+}

@@ -195,8 +195,19 @@ fn any_collection() -> Spanned<String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Client connections served at once; further connections are closed at accept.
+    /// Client connections served at once; further connections are closed at accept. Read at start.
     pub max_connections: usize,
+    /// Connections without a tenant yet (before SCRAM succeeds) at once; further ones are closed at accept.
+    /// Read at start.
+    pub max_unauthenticated_connections: usize,
+    /// Connections at once from one source address.
+    pub max_connections_per_ip: usize,
+    /// SCRAM failures per source address, and per user name, within `auth_failure_window_secs` after which
+    /// attempts are refused without running SCRAM. After the third, each attempt is answered later (0.2 s,
+    /// doubling, at most 5 s).
+    pub auth_failures_before_refusal: u32,
+    /// Seconds over which authentication failures are counted.
+    pub auth_failure_window_secs: u64,
     /// Largest message accepted from a client, in bytes (at most 48,000,000), before and after decompression.
     pub max_message_bytes: usize,
     /// Largest message accepted, before and after decompression, while the connection has no tenant yet
@@ -224,6 +235,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_unauthenticated_connections: 1_000,
+            max_connections_per_ip: 1_000,
+            auth_failures_before_refusal: 20,
+            auth_failure_window_secs: 60,
             max_message_bytes: tenantwall_protocol::MAX_MESSAGE_SIZE,
             max_unauthenticated_message_bytes: 64 * 1024,
             frame_timeout_secs: 30,
@@ -257,6 +272,9 @@ impl Limits {
     }
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms)
+    }
+    pub fn auth_failure_window(&self) -> Duration {
+        Duration::from_secs(self.auth_failure_window_secs)
     }
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_secs(self.auth_timeout_secs)
