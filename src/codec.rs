@@ -157,6 +157,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether part of a message has been received and not yet returned.
+    pub fn in_message(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Pays for a frame of `len` bytes (once per frame), waiting for the budget within the frame deadline.
     async fn pay(&mut self, len: usize) -> Result<(), ReadError> {
         let Some(budget) = &self.budget else { return Ok(()) };

@@ -171,6 +171,8 @@ impl ClientConnection {
             return;
         }
         let mut generations = self.shared.subscribe();
+        let mut drain = self.shared.draining();
+        let mut draining = false;
         let auth_deadline = Instant::now() + self.shared.current().policy.limits.auth_timeout();
         loop {
             {
@@ -192,6 +194,15 @@ impl ClientConnection {
                     info!("no tenant identified in time; closing");
                     break;
                 }
+                _ = drain.wait_for(|d| *d), if !draining => {
+                    // Idle: close now. A message already arriving is read, answered, and then the connection ends.
+                    draining = true;
+                    if !self.reader.in_message() {
+                        debug!("server draining; closing idle connection");
+                        break;
+                    }
+                    continue;
+                }
             };
             let frame = match next {
                 Ok(Some(frame)) => frame,
@@ -209,6 +220,10 @@ impl ClientConnection {
                 self.admitted.unauthenticated = None;
             }
             match handled {
+                Ok(Flow::Continue) if draining || *drain.borrow() => {
+                    debug!("server draining; closing after the command in flight");
+                    break;
+                }
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break,
                 Err(e) => {

@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve: authenticate clients to tenants and relay what the policy allows to their backends.
-    /// SIGHUP (or a change of the file) reloads the policy.
+    /// SIGHUP (or a change of the file) reloads the policy. SIGTERM or SIGINT drains and exits 0; a second
+    /// one exits at once.
     Run {
         /// Policy file (TOML).
         #[arg(long)]
@@ -274,15 +275,28 @@ async fn watch_policy(path: PathBuf, reloader: Reloader) {
     }
 }
 
+/// Completes on the first SIGTERM or SIGINT, which starts the drain. A second one exits at once (status 1),
+/// for an operator who does not want to wait for the grace period.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let streams = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    let Ok((mut term, mut int)) = streams else {
+        tracing::warn!("cannot install signal handlers; stop the proxy with SIGKILL");
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down; a second signal exits at once"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down; a second signal exits at once"),
+        }
+        let _ = first_tx.send(());
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for commands in flight");
+        std::process::exit(1);
+    });
+    let _ = first_rx.await;
 }

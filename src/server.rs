@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub admission: Admission,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
+    /// Set once when the server starts draining: connections end at their next idle moment.
+    draining: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -86,6 +88,11 @@ impl Shared {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generations.subscribe()
+    }
+
+    /// Becomes `true` when the server drains.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     fn swap(&self, policy: Policy) {
@@ -189,6 +196,7 @@ impl Server {
             admission,
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
+            draining: watch::channel(false).0,
         });
         Ok(Server { listeners, shared })
     }
@@ -206,7 +214,8 @@ impl Server {
         Reloader { shared: self.shared.clone() }
     }
 
-    /// Serves until `shutdown` completes; then stops accepting and ends open connections.
+    /// Serves until `shutdown` completes, then drains: stops accepting, closes idle connections, lets commands
+    /// in flight finish and be answered for up to `limits.shutdown_grace_secs`, then ends what is left.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.shared.current().policy.limits.max_connections));
         let mut tasks = JoinSet::new();
@@ -215,8 +224,18 @@ impl Server {
             tasks.spawn(accept_loop(listener, Arc::new(config), self.shared.clone(), limit.clone(), stop_rx.clone()));
         }
         shutdown.await;
+        let grace = self.shared.current().policy.limits.shutdown_grace();
+        let open = Stats::get(&self.shared.stats.connections_open);
+        info!(
+            connections = open,
+            grace_secs = grace.as_secs(),
+            "draining: no new connections, finishing commands in flight"
+        );
+        let started = tokio::time::Instant::now();
+        self.shared.draining.send_replace(true);
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
+        info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     }
 
     /// Runs the server on the current runtime and returns a handle that stops it when dropped.
@@ -292,6 +311,18 @@ async fn accept_loop(
             }
             .instrument(span),
         );
+    }
+    // Listening stops here (the listener is dropped); open connections close themselves once idle.
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + shared.current().policy.limits.shutdown_grace();
+    while !connections.is_empty() {
+        if tokio::time::timeout_at(deadline, connections.join_next()).await.is_err() {
+            warn!(
+                connections = connections.len(),
+                "shutdown grace period over; closing connections with commands in flight"
+            );
+            break;
+        }
     }
     connections.shutdown().await;
 }

@@ -231,3 +231,109 @@ fn explain_prints_the_rewrite_or_the_denial() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("denied: 13 (Unauthorized): rules[0] (app.orders, field)"), "{text}");
 }
+
+/// Starts `tenantwall run` on `policy`; returns the child, its address and its log file.
+fn run_proxy(policy: &Path, dir: &TempDir) -> (std::process::Child, std::net::SocketAddr, std::path::PathBuf) {
+    let stderr = dir.0.join("stderr.log");
+    let mut child = tenantwall()
+        .args(["run", "--policy"])
+        .arg(policy)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "tenantwall=info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    (child, addr, stderr)
+}
+
+/// Waits up to `limit` for the child to exit.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn raw_ok(client: &mut RawClient, body: bson::RawDocumentBuf) -> bool {
+    let frame = tenantwall_protocol::OpMsg::new(Default::default(), body).encode(1, 0).unwrap();
+    client.send(&frame);
+    reply_ok(client)
+}
+
+fn reply_ok(client: &mut RawClient) -> bool {
+    match client.recv().map(|d| d.message) {
+        Some(tenantwall_protocol::Message::Msg(m)) => {
+            m.body().get_f64("ok").unwrap_or(0.0) == 1.0 || m.body().get_i32("ok").unwrap_or(0) == 1
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn sigterm_drains_commands_in_flight_then_exits_zero() {
+    let backend = Backend::start();
+    let dir = TempDir::new("drain");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), "[limits]\nshutdown_grace_secs = 20\n"));
+    let (mut child, addr, stderr) = run_proxy(&policy, &dir);
+    let mut busy = RawClient::connect(addr);
+    assert!(raw_ok(&mut busy, bson::rawdoc! { "insert": "c", "documents": [{ "x": 1 }], "$db": "app" }));
+    let mut idle = RawClient::connect(addr);
+    assert!(raw_ok(&mut idle, bson::rawdoc! { "ping": 1, "$db": "admin" }));
+
+    // A command is in flight (the backend is stopped, so it stays in flight) when SIGTERM arrives.
+    backend.pause();
+    let find = tenantwall_protocol::OpMsg::new(Default::default(), bson::rawdoc! { "find": "c", "$db": "app" });
+    busy.send(&find.encode(2, 0).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(wait_for(&stderr, "draining"), "no drain logged");
+    assert!(idle.is_closed(), "an idle connection stayed open while draining");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting connections while draining");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "exited with a command in flight");
+
+    // The backend answers: the client gets its reply, and the proxy exits 0 well inside the grace period.
+    std::thread::sleep(Duration::from_millis(500));
+    backend.resume();
+    assert!(reply_ok(&mut busy), "the command in flight was not answered");
+    let status = exit_within(&mut child, Duration::from_secs(10)).expect("did not exit after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "{:?}", signalled.elapsed());
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(text.contains("drained"), "{text}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let backend = Backend::start();
+    let dir = TempDir::new("drain2");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), "[limits]\nshutdown_grace_secs = 60\n"));
+    let (mut child, addr, stderr) = run_proxy(&policy, &dir);
+    let mut busy = RawClient::connect(addr);
+    assert!(raw_ok(&mut busy, bson::rawdoc! { "insert": "c", "documents": [{ "x": 1 }], "$db": "app" }));
+    backend.pause();
+    let find = tenantwall_protocol::OpMsg::new(Default::default(), bson::rawdoc! { "find": "c", "$db": "app" });
+    busy.send(&find.encode(2, 0).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(wait_for(&stderr, "draining"), "no drain logged");
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = exit_within(&mut child, Duration::from_secs(3)).expect("a second signal did not end the proxy");
+    assert!(!status.success(), "{status:?}");
+    backend.resume();
+}

@@ -227,6 +227,9 @@ pub struct Limits {
     pub backend_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
+    /// Seconds that commands in flight may take to finish after SIGTERM or SIGINT, before their connections are
+    /// closed anyway.
+    pub shutdown_grace_secs: u64,
     /// Default cap on `maxTimeMS` for every tenant's commands, in milliseconds (none by default).
     pub max_time_ms: Option<u64>,
 }
@@ -247,6 +250,7 @@ impl Default for Limits {
             backend_connect_timeout_ms: 5_000,
             backend_timeout_ms: 60_000,
             auth_timeout_secs: 60,
+            shutdown_grace_secs: 30,
             max_time_ms: None,
         }
     }
@@ -275,6 +279,9 @@ impl Limits {
     }
     pub fn auth_failure_window(&self) -> Duration {
         Duration::from_secs(self.auth_failure_window_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_secs(self.auth_timeout_secs)
