@@ -246,7 +246,10 @@ fn run_proxy(policy: &Path, dir: &TempDir) -> (std::process::Child, std::net::So
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| {
+        let _ = child.wait();
+        panic!("proxy did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
+    });
     (child, addr, stderr)
 }
 
@@ -336,4 +339,70 @@ fn a_second_signal_exits_at_once() {
     let status = exit_within(&mut child, Duration::from_secs(3)).expect("a second signal did not end the proxy");
     assert!(!status.success(), "{status:?}");
     backend.resume();
+}
+
+/// SCRAM-SHA-256 over a raw connection; true when the proxy accepted the password.
+fn raw_scram(client: &mut RawClient, user: &str, password: &str) -> bool {
+    use bson::spec::BinarySubtype::Generic;
+    let call = |client: &mut RawClient, body: bson::RawDocumentBuf| {
+        client.send(&tenantwall_protocol::OpMsg::new(Default::default(), body).encode(1, 0).unwrap());
+        match client.recv().map(|d| d.message) {
+            Some(tenantwall_protocol::Message::Msg(m)) => m.body().to_owned(),
+            other => panic!("no reply: {other:?}"),
+        }
+    };
+    let (mut scram, first) = tenantwall::auth::ScramClient::new(user, password).unwrap();
+    let reply = call(
+        client,
+        bson::rawdoc! { "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": bson::Binary { subtype: Generic, bytes: first }, "options": { "skipEmptyExchange": true }, "$db": "admin" },
+    );
+    let Ok(payload) = reply.get_binary("payload") else { return false };
+    let last = scram.handle_server_first(payload.bytes).unwrap();
+    let reply = call(
+        client,
+        bson::rawdoc! { "saslContinue": 1, "conversationId": 1, "payload": bson::Binary { subtype: Generic, bytes: last }, "$db": "admin" },
+    );
+    reply.get_bool("done").unwrap_or(false)
+}
+
+#[test]
+fn a_policy_file_written_in_place_is_applied_only_once_it_settles() {
+    let backend = Backend::start();
+    let dir = TempDir::new("settle");
+    let tenant = |id: &str, user: &str| {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\nbackend = \"main\"\nusers = [{{ name = \"{user}\", scram = \"{}\" }}]\n\n",
+            common::scram_entry("secret")
+        )
+    };
+    // Every prefix that ends before the last tenant is a valid policy without that tenant.
+    let head = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"{}\"\n\n\
+         [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{tenant}}_{{db}}\"\n\n{}",
+        backend.uri(),
+        tenant("t1", "one"),
+    );
+    let whole = format!("{head}{}", tenant("t2", "two"));
+    let policy = dir.write("policy.toml", &whole);
+    let (mut child, addr, stderr) = run_proxy(&policy, &dir);
+    let mut client = RawClient::connect(addr);
+    assert!(raw_scram(&mut client, "two", "secret"));
+
+    // Rewrite the same file in place, slowly, as an editor or a copy over the network would: for 3.5 s it
+    // holds valid policies without t2, never unchanged for 2 s.
+    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+    file.write_all(head.as_bytes()).unwrap();
+    for i in 0..7 {
+        std::thread::sleep(Duration::from_millis(500));
+        file.write_all(format!("# {i}\n").as_bytes()).unwrap();
+    }
+    file.write_all(tenant("t2", "two").as_bytes()).unwrap();
+    drop(file);
+    assert!(wait_for(&stderr, "policy swapped in"), "the settled file was not applied");
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!text.contains("tenant removed"), "a half-written policy was applied:\n{text}");
+    assert_eq!(text.matches("policy swapped in").count(), 1, "{text}");
+    assert!(raw_ok(&mut client, bson::rawdoc! { "find": "c", "$db": "app" }), "t2's connection was disturbed");
+    let _ = child.kill();
+    let _ = child.wait();
 }
