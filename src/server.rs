@@ -186,12 +186,14 @@ impl Server {
             });
         }
         while probes.join_next().await.is_some() {}
-        let budget = Budget::new(generation.policy.limits.max_buffered_bytes);
-        let admission = Admission::new(&generation.policy.limits);
+        let limits = &generation.policy.limits;
+        let budget = Budget::new(limits.max_buffered_bytes);
+        let admission = Admission::new(limits);
+        let cursors = Cursors::new(limits.max_cursors, limits.max_cursors_per_tenant);
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
-            cursors: Cursors::default(),
+            cursors,
             budget,
             admission,
             next_conn_id: AtomicU64::new(1),

@@ -401,3 +401,32 @@ async fn scram_failures_are_slowed_then_refused_per_source_and_per_user() {
     let done = raw.scram("other", "other-secret").await.unwrap();
     assert!(done.get_bool("done").unwrap_or(false), "{done:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_beyond_its_cursor_quota_loses_its_own_oldest_cursor() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nmax_cursors_per_tenant = 2\n").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut client = RawClient::connect(addr);
+        let docs =
+            rawdoc! { "insert": "many", "documents": [{ "n": 1 }, { "n": 2 }, { "n": 3 }, { "n": 4 }], "$db": "app" };
+        assert_eq!(ok(&command(&mut client, &msg(docs))), 1.0);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let reply = command(&mut client, &msg(rawdoc! { "find": "many", "batchSize": 1, "$db": "app" }));
+            let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+            assert_ne!(id, 0, "{reply:?}");
+            ids.push(id);
+        }
+        let get_more = |id: i64| msg(rawdoc! { "getMore": id, "collection": "many", "batchSize": 1, "$db": "app" });
+        let oldest = command(&mut client, &get_more(ids[0]));
+        assert_eq!(code(&oldest), 43, "{oldest:?}");
+        for id in &ids[1..] {
+            let reply = command(&mut client, &get_more(*id));
+            assert_eq!(ok(&reply), 1.0, "{reply:?}");
+        }
+    })
+    .await
+    .unwrap();
+}

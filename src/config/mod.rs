@@ -227,6 +227,12 @@ pub struct Limits {
     pub backend_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
+    /// Open cursors tracked at once, across all tenants; beyond it the least recently used record is dropped
+    /// (its cursor then answers CursorNotFound). Read at start.
+    pub max_cursors: usize,
+    /// Open cursors tracked at once per tenant; beyond it the tenant's own least recently used record is
+    /// dropped. Read at start.
+    pub max_cursors_per_tenant: usize,
     /// Seconds that commands in flight may take to finish after SIGTERM or SIGINT, before their connections are
     /// closed anyway.
     pub shutdown_grace_secs: u64,
@@ -250,6 +256,8 @@ impl Default for Limits {
             backend_connect_timeout_ms: 5_000,
             backend_timeout_ms: 60_000,
             auth_timeout_secs: 60,
+            max_cursors: 100_000,
+            max_cursors_per_tenant: 10_000,
             shutdown_grace_secs: 30,
             max_time_ms: None,
         }
