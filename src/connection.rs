@@ -47,6 +47,9 @@ struct ReplyPost {
     policy: Arc<Policy>,
 }
 
+/// Messages (as received or once inflated) at least this large are decoded off the async workers.
+const HEAVY_MESSAGE: usize = 256 * 1024;
+
 /// Extra time a command with `maxTimeMS` gets before the proxy gives up on the backend: the server counts only
 /// its own execution, and its MaxTimeMSExpired should win whenever it comes.
 const MAX_TIME_GRACE: Duration = Duration::from_secs(1);
@@ -265,9 +268,11 @@ impl ClientConnection {
         let limits = &self.shared.current().policy.limits;
         let limit = limits.message_limit(self.tenant.is_some());
         // The inflated message is paid for out of the buffer budget before it exists, like a received frame.
+        let mut work = frame.len();
         let _inflated = match raw_header.op_code {
             OpCode::COMPRESSED => match compressed_prefix(&frame, limit) {
                 Ok(prefix) => {
+                    work = work.max(prefix.message_len);
                     let paid =
                         tokio::time::timeout(limits.frame_timeout(), self.shared.budget.acquire(prefix.message_len));
                     match paid.await {
@@ -285,7 +290,20 @@ impl ClientConnection {
             },
             _ => None,
         };
-        let decoded = match decode_limited(frame, limit) {
+        let decoded = if work < HEAVY_MESSAGE {
+            decode_limited(frame, limit)
+        } else {
+            // Inflating and validating megabytes takes milliseconds of CPU: do it on the blocking pool, a few at
+            // a time, so the async workers keep serving every other connection meanwhile.
+            let Ok(permit) = self.shared.heavy.clone().acquire_owned().await else { return Ok(Flow::Close) };
+            let job = tokio::task::spawn_blocking(move || {
+                let decoded = decode_limited(frame, limit);
+                drop(permit);
+                decoded
+            });
+            job.await.unwrap_or(Err(ProtocolError::Malformed("message could not be decoded")))
+        };
+        let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.refuse_frame(raw_header, e).await,
         };

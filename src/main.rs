@@ -212,6 +212,7 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_fd_limit(policy.limits.max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -239,6 +240,21 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
         server.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the open-file soft limit to the hard limit, and warns when even that cannot hold `max_connections`
+/// clients (each needs its own socket and one to its backend, plus listeners and files).
+fn raise_fd_limit(max_connections: usize) {
+    let needed = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(64);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            open_files = limit,
+            needed,
+            "the open-file limit cannot hold limits.max_connections; raise the hard limit (ulimit -Hn) or lower it"
+        ),
+        Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
 }
 
 /// How long the policy file must stay unchanged before the watcher applies it: an editor or a copy writing the

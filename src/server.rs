@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub budget: Budget,
     /// Connection slots per source and before authentication; SCRAM failure throttling.
     pub admission: Admission,
+    /// Large messages decoded at once on the blocking pool: half the cores, so the rest keep serving.
+    pub heavy: Arc<Semaphore>,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
     /// Set once when the server starts draining: connections end at their next idle moment.
@@ -196,6 +198,7 @@ impl Server {
             cursors,
             budget,
             admission,
+            heavy: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1))),
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
             draining: watch::channel(false).0,

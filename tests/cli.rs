@@ -406,3 +406,46 @@ fn a_policy_file_written_in_place_is_applied_only_once_it_settles() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Runs the proxy under `sh -c "<ulimits>; exec tenantwall run ..."`; returns the child and its log.
+fn run_with_ulimits(ulimits: &str, policy: &Path, dir: &TempDir) -> (std::process::Child, std::path::PathBuf) {
+    let stderr = dir.0.join(format!("stderr-{}.log", ulimits.replace(|c: char| !c.is_ascii_digit(), "")));
+    let script = format!("{ulimits} && exec \"$0\" run --policy \"$1\" --listen 127.0.0.1:0");
+    let mut child = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_tenantwall")])
+        .arg(policy)
+        .env("RUST_LOG", "tenantwall=info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening"), "{}", std::fs::read_to_string(&stderr).unwrap_or_default());
+    (child, stderr)
+}
+
+fn soft_open_files(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn run_raises_the_open_file_limit_and_warns_when_the_hard_limit_is_too_low() {
+    let backend = Backend::start();
+    let dir = TempDir::new("nofile");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), "[limits]\nmax_connections = 1000\n"));
+    // A soft limit of 256 under a higher hard limit is raised to the hard limit.
+    let (mut child, stderr) = run_with_ulimits("ulimit -S -n 256 && ulimit -H -n 4000", &policy, &dir);
+    assert_eq!(soft_open_files(child.id()), 4000);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!std::fs::read_to_string(&stderr).unwrap().contains("open-file limit"));
+    // A hard limit too low for max_connections (each client needs two sockets) is reported.
+    let (mut child, stderr) = run_with_ulimits("ulimit -S -n 256 && ulimit -H -n 1024", &policy, &dir);
+    assert_eq!(soft_open_files(child.id()), 1024);
+    assert!(wait_for(&stderr, "open-file limit cannot hold"), "no warning about the open-file limit");
+    let _ = child.kill();
+    let _ = child.wait();
+}
