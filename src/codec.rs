@@ -32,18 +32,27 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// Messages up to this size are not counted.
+    pub const SMALL: usize = 64 * 1024;
+
     pub fn new(total: usize) -> Self {
         Self { bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))), total }
     }
 
     /// Waits until `len` more bytes fit (at once: partial payments would let two large frames deadlock).
-    pub async fn acquire(&self, len: usize) -> Result<OwnedSemaphorePermit, BudgetExceeded> {
+    /// Messages of at most [`Budget::SMALL`] bytes are free and never wait: waiters are served in order, and a
+    /// handshake or a ping must not queue behind someone's 48 MB insert. Their memory is bounded anyway, by
+    /// `max_connections` × [`Budget::SMALL`].
+    pub async fn acquire(&self, len: usize) -> Result<Option<OwnedSemaphorePermit>, BudgetExceeded> {
+        if len <= Self::SMALL {
+            return Ok(None);
+        }
         let n = u32::try_from(len).map_err(|_| BudgetExceeded(len))?;
         if len > self.total {
             return Err(BudgetExceeded(len));
         }
         // The semaphore is never closed, so acquiring only fails on impossible sizes, handled above.
-        self.bytes.clone().acquire_many_owned(n).await.map_err(|_| BudgetExceeded(len))
+        self.bytes.clone().acquire_many_owned(n).await.map(Some).map_err(|_| BudgetExceeded(len))
     }
 
     /// Bytes paid for and not yet released.
@@ -168,13 +177,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.paid.is_some() {
             return Ok(());
         }
+        if len <= Budget::SMALL {
+            return Ok(());
+        }
         let permit = match self.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, budget.acquire(len))
                 .await
                 .map_err(|_| ReadError::Timeout(self.frame_timeout.unwrap_or_default()))??,
             None => budget.acquire(len).await?,
         };
-        self.paid = Some(permit);
+        self.paid = permit;
         Ok(())
     }
 
@@ -253,13 +265,17 @@ mod tests {
 
     #[tokio::test]
     async fn frames_wait_for_budget_and_release_it_when_the_next_is_asked_for() {
-        let budget = Budget::new(100);
-        let frame = ping();
-        assert!(frame.len() < 100 && frame.len() * 2 > 100);
-        let (mut tx1, rx1) = tokio::io::duplex(1024);
-        let (mut tx2, rx2) = tokio::io::duplex(1024);
+        let frame = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "pad": "x".repeat(100_000), "$db": "admin" })
+            .encode(1, 0)
+            .unwrap()
+            .to_vec();
+        let budget = Budget::new(150_000);
+        let (mut tx1, rx1) = tokio::io::duplex(1 << 20);
+        let (mut tx2, rx2) = tokio::io::duplex(1 << 20);
+        let (mut tx3, rx3) = tokio::io::duplex(1 << 20);
         let mut first = FrameReader::new(rx1, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
         let mut second = FrameReader::new(rx2, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
+        let mut small = FrameReader::new(rx3, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
         tx1.write_all(&frame).await.unwrap();
         tx2.write_all(&frame).await.unwrap();
         assert!(first.next_frame().await.unwrap().is_some());
@@ -267,16 +283,19 @@ mod tests {
         // The second frame does not fit while the first is being handled.
         let waiting = tokio::time::timeout(Duration::from_millis(50), second.next_frame()).await;
         assert!(waiting.is_err(), "second frame was buffered past the budget");
+        // Small messages are not counted and never queue behind large ones.
+        tx3.write_all(&ping()).await.unwrap();
+        assert!(small.next_frame().await.unwrap().is_some());
         // Asking for the next frame means the first is done: its bytes go back.
         drop(tx1);
         assert!(first.next_frame().await.unwrap().is_none());
         assert!(second.next_frame().await.unwrap().is_some());
         assert_eq!(budget.in_use(), frame.len());
         // A frame larger than the whole budget can never be buffered.
-        let (mut tx3, rx3) = tokio::io::duplex(1024);
-        let mut third = FrameReader::new(rx3, MAX_MESSAGE_SIZE, None).with_budget(Budget::new(10));
-        tx3.write_all(&frame).await.unwrap();
-        assert!(matches!(third.next_frame().await, Err(ReadError::Budget(_))));
+        let (mut tx4, rx4) = tokio::io::duplex(1 << 20);
+        let mut fourth = FrameReader::new(rx4, MAX_MESSAGE_SIZE, None).with_budget(Budget::new(70_000));
+        tx4.write_all(&frame).await.unwrap();
+        assert!(matches!(fourth.next_frame().await, Err(ReadError::Budget(_))));
     }
 
     #[tokio::test]

@@ -276,7 +276,7 @@ impl ClientConnection {
                     let paid =
                         tokio::time::timeout(limits.frame_timeout(), self.shared.budget.acquire(prefix.message_len));
                     match paid.await {
-                        Ok(Ok(permit)) => Some(permit),
+                        Ok(Ok(permit)) => permit,
                         _ => {
                             info!(
                                 len = prefix.message_len,

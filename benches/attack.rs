@@ -1,0 +1,227 @@
+//! Attack harness: another tenant's latency before and during the two CPU/memory attacks of issue 14.
+//!
+//! One in-process tenantwall (its own 2-worker runtime) sits in front of the load harness's *fast stub backend*
+//! (a hand-written stand-in that answers every OP_MSG at once, so only the proxy's cost shows). A victim tenant
+//! on a listener bound to it runs `find` round trips; meanwhile, unauthenticated attackers on a SCRAM listener
+//! send either zstd bombs (about 2 KB on the wire, 47 MB once inflated; 4 connections, each sending its next
+//! bomb as soon as the last one was answered or refused) or 48 MB messages (40 connections, as fast as loopback
+//! carries them). Each attack runs with the default limits and again with the pre-authentication cap raised to
+//! 48 MB (`max_unauthenticated_message_bytes`), which leaves the budget, the frame timeout and the off-worker
+//! decoding to do the work alone. Peak RSS is the process's (proxy, victim, attackers and their shared 48 MB
+//! buffer), reset before each phase.
+//!
+//! Run: `cargo bench --bench attack` (release build; about 30 s).
+//!
+//! Results: see the table below (filled from the latest run).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::rawdoc;
+use bytes::Bytes;
+use tenantwall::codec::FrameReader;
+use tenantwall::{Policy, Server};
+use tenantwall_protocol::compression::compress_frame;
+use tenantwall_protocol::{decode, Compressor, Message, MsgFlags, OpMsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PHASE: Duration = Duration::from_secs(4);
+
+/// The fast stub backend (as in the load harness): hello like a server, everything else an exhausted cursor.
+async fn fast_stub_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = FrameReader::new(read, 48_000_000, None);
+                while let Ok(Some(frame)) = reader.next_frame().await {
+                    let Ok(decoded) = decode(frame) else { return };
+                    let Message::Msg(msg) = decoded.message else { return };
+                    let reply = if msg.command_name() == Some("hello") {
+                        rawdoc! { "isWritablePrimary": true, "maxWireVersion": 21, "minWireVersion": 0, "ok": 1.0 }
+                    } else {
+                        rawdoc! { "cursor": { "id": 0i64, "ns": "app.items", "firstBatch": [{ "_id": 1 }] }, "ok": 1.0 }
+                    };
+                    let frame = OpMsg::new(MsgFlags::default(), reply).encode(1, decoded.header.request_id).unwrap();
+                    if write.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Starts the proxy on its own runtime; returns (victim listener, attacker listener).
+fn start_proxy(backend: SocketAddr, limits: &str) -> (SocketAddr, SocketAddr) {
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"victim\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [[backends]]\nname = \"stub\"\nuri = \"mongodb://{backend}/\"\n\
+         [[tenants]]\nid = \"victim\"\nbackend = \"stub\"\n\
+         [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{db}}\"\n[limits]\n{limits}"
+    );
+    let policy = Policy::from_toml(&text, std::path::Path::new("attack.toml")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let handle = Server::bind(policy, None).await.unwrap().spawn();
+            tx.send((handle.addrs()[0], handle.addrs()[1])).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The victim's find round trips for `duration`; (p50, p99, count).
+async fn victim(addr: SocketAddr, duration: Duration) -> (Duration, Duration, usize) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut reader = FrameReader::new(read, 48_000_000, None);
+    let mut latencies = Vec::new();
+    let until = Instant::now() + duration;
+    let mut i = 0;
+    while Instant::now() < until {
+        i += 1;
+        let frame = OpMsg::new(MsgFlags::default(), rawdoc! { "find": "items", "limit": 1, "$db": "app" })
+            .encode(i, 0)
+            .unwrap();
+        let sent = Instant::now();
+        write.write_all(&frame).await.unwrap();
+        reader.next_frame().await.unwrap().unwrap();
+        latencies.push(sent.elapsed());
+        // A steady, light load: about 500 commands a second.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (pick(0.50), pick(0.99), latencies.len())
+}
+
+/// A zstd bomb: about 2 KB on the wire, 47 MB once inflated.
+fn zstd_bomb() -> Bytes {
+    let body = rawdoc! { "insert": "items", "documents": [{ "pad": "x".repeat(15_000_000) }, { "pad": "y".repeat(15_000_000) }, { "pad": "z".repeat(15_000_000) }], "$db": "app" };
+    let frame = OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap();
+    compress_frame(&frame, Compressor::Zstd).unwrap().freeze()
+}
+
+/// Attackers sending bombs in a loop (reconnecting when closed); counts what they sent.
+async fn bombers(addr: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    let bomb = zstd_bomb();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (bomb, stop, sent) = (bomb.clone(), stop.clone(), sent.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { continue };
+                let mut buf = vec![0u8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    if stream.write_all(&bomb).await.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    // Wait for the answer (or the close) before the next bomb.
+                    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// 40 attackers each sending 48 MB messages in a loop; counts the bytes they got onto the wire.
+async fn floods(addr: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    let mut message = vec![b'x'; 48_000_000];
+    message[..4].copy_from_slice(&48_000_000i32.to_le_bytes());
+    message[12..16].copy_from_slice(&2013i32.to_le_bytes());
+    let message = Bytes::from(message);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (message, stop, sent) = (message.clone(), stop.clone(), sent.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { continue };
+                for chunk in message.chunks(256 * 1024) {
+                    if stop.load(Ordering::Relaxed) || stream.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let stub = fast_stub_backend().await;
+        println!("| limits | attack | victim p50 | victim p99 | victim commands | attack volume | peak RSS |");
+        println!("|---|---|---|---|---|---|---|");
+        for (label, limits) in
+            [("default", ""), ("pre-auth cap 48 MB", "max_unauthenticated_message_bytes = 48000000\n")]
+        {
+            let (victim_addr, attacker_addr) = start_proxy(stub, limits);
+            let _warm = victim(victim_addr, Duration::from_millis(500)).await;
+            reset_peak_rss();
+            let (p50, p99, n) = victim(victim_addr, PHASE).await;
+            println!(
+                "| {label} | none | {} µs | {} µs | {n} | - | {} MB |",
+                p50.as_micros(),
+                p99.as_micros(),
+                peak_rss_mb()
+            );
+            for attack in ["zstd bombs", "48 MB messages"] {
+                let stop = Arc::new(AtomicBool::new(false));
+                let sent = Arc::new(AtomicU64::new(0));
+                reset_peak_rss();
+                let attackers = match attack {
+                    "zstd bombs" => tokio::spawn(bombers(attacker_addr, stop.clone(), sent.clone())),
+                    _ => tokio::spawn(floods(attacker_addr, stop.clone(), sent.clone())),
+                };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let (p50, p99, n) = victim(victim_addr, PHASE).await;
+                stop.store(true, Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_secs(10), attackers).await;
+                let volume = match attack {
+                    "zstd bombs" => format!("{} bombs", sent.load(Ordering::Relaxed)),
+                    _ => format!("{} MB sent", sent.load(Ordering::Relaxed) / 1_000_000),
+                };
+                println!(
+                    "| {label} | {attack} | {} µs | {} µs | {n} | {volume} | {} MB |",
+                    p50.as_micros(),
+                    p99.as_micros(),
+                    peak_rss_mb()
+                );
+            }
+        }
+    });
+}
