@@ -24,39 +24,14 @@ use bytes::Bytes;
 use tenantwall::codec::FrameReader;
 use tenantwall::{Policy, Server};
 use tenantwall_protocol::compression::compress_frame;
-use tenantwall_protocol::{decode, Compressor, Message, MsgFlags, OpMsg};
+use tenantwall_protocol::{Compressor, MsgFlags, OpMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PHASE: Duration = Duration::from_secs(4);
+mod stub;
 
-/// The fast stub backend (as in the load harness): hello like a server, everything else an exhausted cursor.
-async fn fast_stub_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut reader = FrameReader::new(read, 48_000_000, None);
-                while let Ok(Some(frame)) = reader.next_frame().await {
-                    let Ok(decoded) = decode(frame) else { return };
-                    let Message::Msg(msg) = decoded.message else { return };
-                    let reply = if msg.command_name() == Some("hello") {
-                        rawdoc! { "isWritablePrimary": true, "maxWireVersion": 21, "minWireVersion": 0, "ok": 1.0 }
-                    } else {
-                        rawdoc! { "cursor": { "id": 0i64, "ns": "app.items", "firstBatch": [{ "_id": 1 }] }, "ok": 1.0 }
-                    };
-                    let frame = OpMsg::new(MsgFlags::default(), reply).encode(1, decoded.header.request_id).unwrap();
-                    if write.write_all(&frame).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+use stub::fast_stub_backend;
+
+const PHASE: Duration = Duration::from_secs(4);
 
 /// Starts the proxy on its own runtime; returns (victim listener, attacker listener).
 fn start_proxy(backend: SocketAddr, limits: &str) -> (SocketAddr, SocketAddr) {

@@ -12,6 +12,14 @@ use tenantwall::{config, explain};
 use tenantwall::{Policy, Reloader, Server};
 use tracing_subscriber::EnvFilter;
 
+// The allocator is chosen at build time; see benches/rss.rs for what each keeps after a burst.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "tenantwall", version, about = "MongoDB wire-protocol proxy that enforces multi-tenant isolation")]
 struct Cli {
