@@ -164,5 +164,45 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// A command with `keys` distinct top-level keys: the quadratic duplicate check used to take seconds on these.
+fn wide_frame(name: &str, keys: usize) -> Bytes {
+    let mut body = RawDocumentBuf::new();
+    body.append(bson::raw::CString::try_from(name).unwrap(), 1);
+    for i in 0..keys {
+        body.append(bson::raw::CString::try_from(format!("k{i}")).unwrap(), 1);
+    }
+    body.append(bson::cstr!("$db"), "shop");
+    OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap().freeze()
+}
+
+/// Decode and decide, as the connection does, for a connection with or without a tenant.
+fn decide_path(policy: &Policy, tenant: Option<&tenantwall::Tenant>, frame: &Bytes) -> bool {
+    let Message::Msg(msg) = decode(frame.clone()).unwrap().message else { unreachable!() };
+    let command = Command::from_name(msg.command_name().unwrap());
+    !matches!(decide(&msg, command, tenant, policy), Decision::Forward(_))
+}
+
+/// Hostile shapes: a 100,000-key `ping` before authentication (answered from its name), and a 100,000-key
+/// filter after it (walked once for duplicates, then refused or scoped).
+fn hostile(c: &mut Criterion) {
+    let policy = Policy::from_toml(POLICY, std::path::Path::new("bench.toml")).unwrap();
+    let tenant = policy.tenant("acme").unwrap().clone();
+    let ping = wide_frame("ping", 100_000);
+    assert!(decide_path(&policy, None, &ping));
+    let mut group = c.benchmark_group("hostile");
+    group.sample_size(20);
+    group.bench_function("ping_100k_keys_before_auth", |b| b.iter(|| decide_path(&policy, None, black_box(&ping))));
+    let mut filter = RawDocumentBuf::new();
+    for i in 0..100_000 {
+        filter.append(bson::raw::CString::try_from(format!("k{i}")).unwrap(), 1);
+    }
+    let find = OpMsg::new(MsgFlags::default(), rawdoc! { "find": "orders", "filter": filter, "$db": "shop" })
+        .encode(1, 0)
+        .unwrap()
+        .freeze();
+    group.bench_function("find_100k_key_filter", |b| b.iter(|| decide_path(&policy, Some(&tenant), black_box(&find))));
+    group.finish();
+}
+
+criterion_group!(benches, bench, hostile);
 criterion_main!(benches);

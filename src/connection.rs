@@ -25,7 +25,7 @@ use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
 use crate::config::Limits;
-use crate::engine::decide::{decide, Decision, Local};
+use crate::engine::decide::{prepare_forward, Decision, Local};
 use crate::engine::reply;
 use crate::engine::ReplyPlan;
 use crate::error::{error_document, ErrorCode, ProxyError, Side};
@@ -360,7 +360,7 @@ impl ClientConnection {
         let command = Command::from_name(&name);
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
-        match decide(&msg, command, self.tenant.as_deref(), &generation.policy) {
+        match prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy) {
             Decision::Local(local) => {
                 if let Some(refusal) = self.throttle_authentication(generation, local, msg.body()).await {
                     if respond {
@@ -374,9 +374,9 @@ impl ClientConnection {
                 }
                 Ok(flow)
             }
-            deny @ Decision::Deny { .. } => {
+            Decision::Deny(denial) => {
                 Stats::incr(&self.shared.stats.denied);
-                let error = deny.into_error().unwrap_or(ProxyError::Internal { detail: "denial without error".into() });
+                let error = ProxyError::from(denial);
                 let tenant = self.tenant.as_ref().map_or("-", |t| t.id.as_str());
                 info!(target: "tenantwall::audit", tenant, command = %name, reason = %error, "denied");
                 if respond {
@@ -389,8 +389,7 @@ impl ClientConnection {
                 for note in &plan.audit {
                     info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name, note = %note, "audit");
                 }
-                let rewritten = plan.forward.unwrap_or(msg);
-                let mut forward = session::virtualize(&rewritten, &tenant.id).unwrap_or(rewritten);
+                let mut forward = plan.forward.unwrap_or(msg);
                 let mut get_more = None;
                 let mut killed = Vec::new();
                 let mut not_found = Vec::new();

@@ -1,7 +1,7 @@
 //! `tenantwall explain` and `tenantwall test`: what the proxy would do with one command, without sockets.
 //!
 //! Security teams use these in reviews and CI: a command written as extended JSON goes through exactly the
-//! decision and rewrite path a live connection uses (`policy::decide`, then session virtualisation), and the
+//! decision and rewrite path a live connection uses (`engine::decide::prepare_forward`), and the
 //! result is the command that would be forwarded (canonical extended JSON) or the denial with its code, rule and
 //! reason.
 
@@ -12,10 +12,9 @@ use serde::Deserialize;
 use tenantwall_protocol::{MsgFlags, OpMsg};
 
 use crate::command::Command;
-use crate::engine::decide::{decide, Decision};
+use crate::engine::decide::{prepare_forward, Decision};
 use crate::engine::reply;
 use crate::policy::Policy;
-use crate::session;
 
 /// What the proxy would do with a command.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,12 +57,13 @@ pub fn explain_with_reply(
     let raw = RawDocumentBuf::try_from(&command).map_err(|e| format!("cannot encode the command: {e}"))?;
     let msg = OpMsg::new(MsgFlags::default(), raw);
     let name = msg.command_name().unwrap_or_default().to_owned();
-    Ok(match decide(&msg, Command::from_name(&name), Some(&tenant), policy) {
+    Ok(match prepare_forward(&msg, Command::from_name(&name), Some(&tenant), policy) {
         Decision::Local(_) => Outcome::Local,
-        Decision::Deny { code, reason } => Outcome::Denied { code: code.code, code_name: code.name, reason },
+        Decision::Deny(denial) => {
+            Outcome::Denied { code: denial.code.code, code_name: denial.code.name, reason: denial.reason }
+        }
         Decision::Forward(plan) => {
             let forwarded = plan.forward.unwrap_or(msg);
-            let forwarded = session::virtualize(&forwarded, &tenant.id).unwrap_or(forwarded);
             let mut command = Document::try_from(forwarded.body()).map_err(|e| e.to_string())?;
             // Document sequences are logical array fields: show them where the command would have them.
             for seq in forwarded.sequences() {

@@ -110,7 +110,7 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = config::validate(&file, &text, path.parent().unwrap_or(Path::new(".")));
+    let report = tenantwall::policy::compile::compile(&file, &text, path, tenantwall::policy::compile::Secrets::Skip);
     for warning in &report.warnings {
         println!("{}:{warning} (warning)", path.display());
     }

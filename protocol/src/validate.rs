@@ -66,21 +66,24 @@ const PAIRWISE_MAX: usize = 16;
 /// wins (mongod's parsers take the last, the proxy would read the first), so a document with one can be read
 /// two ways and is refused. Linear in the number of keys whatever their values.
 pub fn first_duplicate_key(doc: &RawDocument) -> Option<String> {
-    let mut small: Vec<&str> = Vec::with_capacity(PAIRWISE_MAX);
+    // Small documents (nearly all of them) use a buffer on the stack: no allocation per document.
+    let mut small: [&str; PAIRWISE_MAX] = [""; PAIRWISE_MAX];
+    let mut len = 0;
     let mut large: Option<std::collections::HashSet<&str>> = None;
     for element in doc.iter_elements() {
         let Ok(element) = element else { return None };
         let key = element.key().as_str();
         let repeated = match &mut large {
             Some(set) => !set.insert(key),
-            None if small.len() < PAIRWISE_MAX => {
-                let seen = small.contains(&key);
-                small.push(key);
+            None if len < PAIRWISE_MAX => {
+                let seen = small[..len].contains(&key);
+                small[len] = key;
+                len += 1;
                 seen
             }
             None => {
                 // The std hasher is keyed per process, so a client cannot pick keys that all collide.
-                let mut set: std::collections::HashSet<&str> = small.drain(..).collect();
+                let mut set: std::collections::HashSet<&str> = small.iter().copied().collect();
                 let repeated = !set.insert(key);
                 large = Some(set);
                 repeated

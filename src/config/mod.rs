@@ -2,13 +2,12 @@
 //!
 //! This module owns what a security team writes and reviews: listeners, backends, tenants with their
 //! identities, and namespace rules. Parsing rejects unknown keys and wrong types with the file, line and key;
-//! [`validate`] then reports every semantic problem at once, each with its line. The file never holds secrets:
-//! backend passwords are named by environment variable or file, and a URI with credentials is refused.
+//! [`crate::policy::compile`] then checks and builds the policy in one pass, reporting every semantic problem at
+//! once, each with its line. The file never holds secrets: backend passwords are named by environment variable
+//! or file, and a URI with credentials is refused.
 //!
-//! What it must never do: resolve secrets or open sockets (that is [`crate::policy`], when a validated file is
-//! compiled), or echo a credential in an error.
-
-pub mod validate;
+//! What it must never do: hold anything but the file as written (serde structs with a doc comment per field),
+//! resolve secrets or open sockets, or echo a credential in an error.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,8 +15,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-
-pub use validate::{validate, Report};
 
 /// A whole policy file, as written.
 #[derive(Debug, Clone, Deserialize)]

@@ -20,32 +20,7 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
     if scope.db != "admin" {
         return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "bulkWrite runs on admin"));
     }
-    let policy = scope.policy;
-    let mut targets = Vec::new();
-    let mut ns_info = Vec::new();
-    let mut renamed = false;
-    for (i, info) in logical_array(msg, "nsInfo")?.iter().enumerate() {
-        let ns = info.get_str("ns").map_err(|_| malformed(format!("nsInfo[{i}] needs ns")))?;
-        let (db, coll) = ns
-            .split_once('.')
-            .ok_or_else(|| Denial::new(ErrorCode::INVALID_NAMESPACE, format!("nsInfo[{i}].ns is not db.collection")))?;
-        let target = resolve(policy, &scope.tenant.id, db, Some(coll))?;
-        let mut entry = Bytes::copy_from_slice(info.as_bytes());
-        match &target {
-            Target::Field(_) => scope.touched_field = true,
-            Target::Mapped { db: real_db, coll: Some(real_coll), .. }
-                if (real_db.as_str(), real_coll.as_str()) != (db, coll) =>
-            {
-                renamed = true;
-                let real_ns = RawBson::String(format!("{real_db}.{real_coll}"));
-                entry = Bytes::from(replace_fields(info, &[("ns", Some(real_ns))]).into_bytes());
-                scope.names.colls.push((real_coll.clone(), coll.to_owned()));
-            }
-            _ => {}
-        }
-        ns_info.push(entry);
-        targets.push(target);
-    }
+    let (targets, ns_info, renamed) = resolve_namespaces(msg, scope)?;
     let ops = logical_array(msg, "ops")?;
     let mut out = Vec::with_capacity(ops.len());
     let mut changed = false;
@@ -94,11 +69,43 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
             None => out.push(Bytes::copy_from_slice(op.as_bytes())),
         }
     }
-    let plan = ReplyPlan { record_cursor: true, redact_duplicate_keys: true, ..ReplyPlan::default() };
+    let plan = ReplyPlan { record_cursor: true, ..ReplyPlan::default() };
     let mut forward = changed.then(|| with_logical_array(msg, "ops", out, &[])).transpose()?;
     if renamed {
         let base = forward.as_ref().unwrap_or(msg);
         forward = Some(with_logical_array(base, "nsInfo", ns_info, &[])?);
     }
     Ok((forward, plan))
+}
+
+/// Every `nsInfo` namespace resolved for the tenant (one out of scope refuses the batch), with the entries to
+/// forward (renamed where the rule renames) and whether any was renamed.
+fn resolve_namespaces<'p>(msg: &OpMsg, scope: &mut Scope<'p>) -> Result<(Vec<Target<'p>>, Vec<Bytes>, bool)> {
+    let policy = scope.policy;
+    let mut targets = Vec::new();
+    let mut ns_info = Vec::new();
+    let mut renamed = false;
+    for (i, info) in logical_array(msg, "nsInfo")?.iter().enumerate() {
+        let ns = info.get_str("ns").map_err(|_| malformed(format!("nsInfo[{i}] needs ns")))?;
+        let (db, coll) = ns
+            .split_once('.')
+            .ok_or_else(|| Denial::new(ErrorCode::INVALID_NAMESPACE, format!("nsInfo[{i}].ns is not db.collection")))?;
+        let target = resolve(policy, &scope.tenant.id, db, Some(coll))?;
+        let mut entry = Bytes::copy_from_slice(info.as_bytes());
+        match &target {
+            Target::Field(_) => scope.note_shared(&target),
+            Target::Mapped { db: real_db, coll: Some(real_coll), .. }
+                if (real_db.as_str(), real_coll.as_str()) != (db, coll) =>
+            {
+                renamed = true;
+                let real_ns = RawBson::String(format!("{real_db}.{real_coll}"));
+                entry = Bytes::from(replace_fields(info, &[("ns", Some(real_ns))]).into_bytes());
+                scope.names.colls.push((real_coll.clone(), coll.to_owned()));
+            }
+            _ => {}
+        }
+        ns_info.push(entry);
+        targets.push(target);
+    }
+    Ok((targets, ns_info, renamed))
 }

@@ -51,9 +51,18 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     match command {
         Command::ListIndexes => Ok((None, ReplyPlan { kind: ReplyKind::SharedIndexes, ..cursor })),
         Command::Create => {
-            if body.get("viewOn").ok().flatten().is_some() || body.get("pipeline").ok().flatten().is_some() {
+            // Every option of create changes the collection for all its tenants: capped/size/max evict their
+            // rows, a validator or collation changes what they may store and how `$eq` compares, expiry deletes,
+            // views read without the proxy seeing the reads. Only a plain create passes.
+            let option = body
+                .iter_elements()
+                .flatten()
+                .skip(1)
+                .map(|e| e.key().as_str())
+                .find(|k| !crate::command::spec::GENERIC_ARGUMENTS.contains(k));
+            if let Some(option) = option {
                 return Err(Denial::unauthorized(format!(
-                    "{}: views cannot be defined on shared data",
+                    "{}: create option {option} would apply to every tenant of a shared collection",
                     rule.describe()
                 )));
             }
@@ -255,6 +264,14 @@ fn check_indexes(indexes: Option<RawBsonRef<'_>>, rule: FieldRule<'_>) -> Result
             if first_key(key) != rule.field.as_str() {
                 return Err(Denial::unauthorized(format!(
                     "{}: indexes[{i}] is unique but does not start with {}",
+                    rule.describe(),
+                    rule.field
+                )));
+            }
+            // Unique on the tenant field alone caps every tenant at one document.
+            if key.iter_elements().nth(1).is_none() {
+                return Err(Denial::unauthorized(format!(
+                    "{}: indexes[{i}] is unique on {} alone, which would allow each tenant one document",
                     rule.describe(),
                     rule.field
                 )));

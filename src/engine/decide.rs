@@ -12,9 +12,9 @@ use tenantwall_protocol::OpMsg;
 use super::arguments;
 use crate::command::spec::{Database, Handling};
 use crate::command::{Command, CommandSpec};
-use crate::config::validate::RESERVED_DATABASES;
 use crate::engine::{self, Denial, Plan};
 use crate::error::{ErrorCode, ProxyError};
+use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::{Policy, Tenant};
 
 /// A command answered by the proxy itself.
@@ -35,23 +35,34 @@ pub enum Decision {
     Local(Local),
     /// Forward to the tenant's backend: the plan says what (rewritten or unchanged) and what the reply needs.
     Forward(Plan),
-    Deny {
-        code: ErrorCode,
-        reason: String,
-    },
+    /// Refused: one [`Denial`] from the check that found it to the error reply on the wire.
+    Deny(Denial),
 }
 
 fn deny(code: ErrorCode, reason: impl Into<String>) -> Decision {
-    Decision::Deny { code, reason: reason.into() }
+    Decision::Deny(Denial::new(code, reason))
 }
 
-impl Decision {
-    /// Turns a denial into the error to reply with.
-    pub fn into_error(self) -> Option<ProxyError> {
-        match self {
-            Self::Deny { code, reason } => Some(ProxyError::denied(code, reason)),
-            _ => None,
+impl From<Denial> for ProxyError {
+    fn from(denial: Denial) -> Self {
+        ProxyError::denied(denial.code, denial.reason)
+    }
+}
+
+/// The whole request path short of the socket, shared by live connections and `tenantwall explain` so that what
+/// explain shows is what is forwarded: decide, then bind the command's sessions to the tenant.
+pub fn prepare_forward(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
+    match decide(msg, command, tenant, policy) {
+        Decision::Forward(mut plan) => {
+            if let Some(tenant) = tenant {
+                let base = plan.forward.as_ref().unwrap_or(msg);
+                if let Some(bound) = crate::session::virtualize(base, &tenant.id) {
+                    plan.forward = Some(bound);
+                }
+            }
+            Decision::Forward(plan)
         }
+        other => other,
     }
 }
 
@@ -90,8 +101,8 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     let Some(tenant) = tenant else {
         return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication"));
     };
-    if let Err(Denial { code, reason }) = canonical(msg, command, spec) {
-        return Decision::Deny { code, reason };
+    if let Err(denial) = canonical(msg, command, spec) {
+        return Decision::Deny(denial);
     }
     match spec.database {
         Database::Admin if db != "admin" => {
@@ -104,7 +115,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
     }
     match engine::plan(msg, command, spec, db, tenant, policy) {
         Ok(plan) => Decision::Forward(plan),
-        Err(Denial { code, reason }) => Decision::Deny { code, reason },
+        Err(denial) => Decision::Deny(denial),
     }
 }
 

@@ -25,16 +25,18 @@ pub mod pipeline;
 pub mod raw;
 pub mod read;
 pub mod reply;
+pub mod withhold;
 pub mod write;
 
-use bson::{RawBson, RawDocument};
+use bson::{RawBson, RawBsonRef, RawDocument};
 use tenantwall_protocol::OpMsg;
 
 use crate::command::{Command, CommandSpec};
-pub use crate::config::validate::RESERVED_DATABASES;
 use crate::config::Style;
 use crate::error::ErrorCode;
+pub use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::{FieldRule, Placement, Policy, Rule, Tenant};
+pub use withhold::Withhold;
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +149,8 @@ pub enum ReplyKind {
     /// Indexes of a collection other tenants share: partial filter expressions (which can hold tenant values)
     /// are not shown.
     SharedIndexes,
+    /// Documents from `$collStats` / `$indexStats`: the backend host removed, namespaces mapped back.
+    Stats,
 }
 
 /// Real names the command was sent with, to be mapped back in its reply.
@@ -169,8 +173,8 @@ impl Names {
 pub struct ReplyPlan {
     /// Record a cursor id in the reply as the tenant's.
     pub record_cursor: bool,
-    /// Redact duplicate-key details (they can carry other tenants' values).
-    pub redact_duplicate_keys: bool,
+    /// Withhold what backend errors say about data (the command touched a namespace other tenants share).
+    pub withhold: Option<Withhold>,
     /// Names to map back, when any were renamed.
     pub names: Option<Names>,
     pub kind: ReplyKind,
@@ -202,17 +206,32 @@ pub struct Scope<'a> {
     /// The tenant value as raw BSON, for building conditions and stamps.
     pub value: RawBson,
     pub audit: Vec<String>,
-    /// Whether any namespace touched is a field-mode one (duplicate-key details are then redacted).
-    pub touched_field: bool,
+    /// Set when any namespace touched is one other tenants share (field or shared mode): errors are withheld.
+    pub shared: Option<Withhold>,
     /// Names renamed so far, to map back in the reply.
     pub names: Names,
+    /// `{collation: ...}` of an aggregate: its joins inherit it, so every field-mode namespace they read is
+    /// checked against it too.
+    pub inherited_collation: Option<bson::RawDocumentBuf>,
+    /// The pipeline has a stage whose output names the backend host (`$collStats`, `$indexStats`).
+    pub host_bearing: bool,
 }
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
         let value = tenant.value.raw().clone();
         let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
-        Ok(Self { tenant, policy, db, value, audit: Vec::new(), touched_field: false, names })
+        Ok(Self {
+            tenant,
+            policy,
+            db,
+            value,
+            audit: Vec::new(),
+            shared: None,
+            names,
+            inherited_collation: None,
+            host_bearing: false,
+        })
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.
@@ -241,10 +260,21 @@ impl<'a> Scope<'a> {
         Ok(target)
     }
 
+    /// Notes a namespace other tenants share: errors from the backend are then withheld.
+    pub fn note_shared(&mut self, target: &Target<'_>) {
+        let withhold = match target {
+            Target::Field(_) | Target::Shared(_) => self.shared.get_or_insert_with(Withhold::default),
+            Target::Mapped { .. } => return,
+        };
+        if let (Target::Field(rule), None) = (target, &withhold.tenant_field) {
+            withhold.tenant_field = Some(rule.field.as_str().to_owned());
+        }
+    }
+
     fn note(&mut self, target: &Target<'_>, collection: Option<&str>) -> Result<()> {
+        self.note_shared(target);
         match target {
-            Target::Field(_) => self.touched_field = true,
-            Target::Shared(_) => {}
+            Target::Field(_) | Target::Shared(_) => {}
             Target::Mapped { db, coll, .. } => {
                 if *db != self.names.real_db {
                     if self.names.real_db != self.db {
@@ -270,12 +300,12 @@ impl<'a> Scope<'a> {
 /// unless zero (`unique: 1` is a unique index). Anything else is refused, as the server refuses it.
 pub fn truthy(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
     match doc.get(field) {
-        Ok(None | Some(bson::RawBsonRef::Null | bson::RawBsonRef::Undefined)) => Ok(false),
-        Ok(Some(bson::RawBsonRef::Boolean(b))) => Ok(b),
-        Ok(Some(bson::RawBsonRef::Int32(n))) => Ok(n != 0),
-        Ok(Some(bson::RawBsonRef::Int64(n))) => Ok(n != 0),
-        Ok(Some(bson::RawBsonRef::Double(n))) => Ok(n != 0.0),
-        Ok(Some(bson::RawBsonRef::Decimal128(d))) => Ok(!crate::policy::value::decimal_is_zero(&d.to_string())),
+        Ok(None | Some(RawBsonRef::Null | RawBsonRef::Undefined)) => Ok(false),
+        Ok(Some(RawBsonRef::Boolean(b))) => Ok(b),
+        Ok(Some(RawBsonRef::Int32(n))) => Ok(n != 0),
+        Ok(Some(RawBsonRef::Int64(n))) => Ok(n != 0),
+        Ok(Some(RawBsonRef::Double(n))) => Ok(n != 0.0),
+        Ok(Some(RawBsonRef::Decimal128(d))) => Ok(!crate::policy::value::decimal_is_zero(&d.to_string())),
         _ => Err(Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place}.{field} must be a boolean or a number"))),
     }
 }
@@ -284,7 +314,7 @@ pub fn truthy(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
 pub fn strict_bool(doc: &RawDocument, field: &str, place: &str) -> Result<bool> {
     match doc.get(field) {
         Ok(None) => Ok(false),
-        Ok(Some(bson::RawBsonRef::Boolean(b))) => Ok(b),
+        Ok(Some(RawBsonRef::Boolean(b))) => Ok(b),
         _ => Err(Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place}.{field} must be a boolean"))),
     }
 }
@@ -313,7 +343,7 @@ pub fn plan(
     let forward = with_resource_limits(forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (!scope.names.is_identity() || reply.kind == ReplyKind::ListCollections).then(|| scope.names.clone());
-    let reply = ReplyPlan { redact_duplicate_keys: reply.redact_duplicate_keys || scope.touched_field, names, ..reply };
+    let reply = ReplyPlan { withhold: scope.shared.clone(), names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
 
@@ -352,9 +382,9 @@ fn limit_edits(
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let (Some(cap), true) = (tenant.max_time_ms, limits.time) {
         let asked = match body.get("maxTimeMS") {
-            Ok(Some(bson::RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
-            Ok(Some(bson::RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
-            Ok(Some(bson::RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),
+            Ok(Some(RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
+            Ok(Some(RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
+            Ok(Some(RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),
             _ => None,
         };
         if asked.is_none_or(|ms| ms == 0 || ms > cap) {
@@ -417,6 +447,32 @@ fn with_real_db(forward: Option<OpMsg>, original: &OpMsg, names: &Names) -> Opti
 /// `getMore` and `killCursors`: the collection resolved (and renamed); ownership is checked by the session layer.
 fn cursor_command(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     let body = msg.body();
+    // Cursor ids are Int64 on the server; another type is refused as mongod refuses it, never coerced (a double
+    // would be read as 0 by one reader and as an id by another).
+    let wrong_type = |place: &str, value: RawBsonRef<'_>| {
+        Denial::new(
+            ErrorCode::TYPE_MISMATCH,
+            format!("BSON field '{place}' is the wrong type '{:?}', expected type 'long'", value.element_type()),
+        )
+    };
+    if command == Command::GetMore {
+        match body.get("getMore") {
+            Ok(Some(RawBsonRef::Int64(_))) => {}
+            Ok(Some(other)) => return Err(wrong_type("getMore.getMore", other)),
+            _ => return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, "getMore needs a cursor id")),
+        }
+    } else {
+        let ids = body
+            .get_array("cursors")
+            .map_err(|_| Denial::new(ErrorCode::FAILED_TO_PARSE, "killCursors needs cursors"))?;
+        for (i, id) in ids.into_iter().enumerate() {
+            match id {
+                Ok(RawBsonRef::Int64(_)) => {}
+                Ok(other) => return Err(wrong_type(&format!("killCursors.cursors.{i}"), other)),
+                Err(e) => return Err(Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string())),
+            }
+        }
+    }
     let field = if command == Command::GetMore { "collection" } else { "killCursors" };
     let coll = body
         .get_str(field)
@@ -453,7 +509,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
     arguments::check(inner, None, inner_spec)?;
     match inner.get("$db") {
         Ok(None) => {}
-        Ok(Some(bson::RawBsonRef::String(d))) if d == scope.db => {}
+        Ok(Some(RawBsonRef::String(d))) if d == scope.db => {}
         _ => return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own")),
     }
     let inner_msg = OpMsg::new(msg.flags, inner.to_owned());
@@ -461,11 +517,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
     // The inner command carries its own allowDiskUse; maxTimeMS is the outer command's.
     let disk_only = Limits { time: false, disk: inner_spec.limited };
     let rewritten = with_resource_limits(rewritten, &inner_msg, disk_only, inner_command, scope.tenant);
-    let reply = ReplyPlan {
-        kind: ReplyKind::Explain,
-        redact_duplicate_keys: inner_reply.redact_duplicate_keys,
-        ..ReplyPlan::default()
-    };
+    let reply = ReplyPlan { kind: ReplyKind::Explain, ..inner_reply };
     let renamed_db = scope.names.real_db != scope.names.visible_db;
     let rewritten = match rewritten {
         Some(rewritten) => rewritten,

@@ -10,10 +10,10 @@ use super::filter::{check_collation, pins, scope_filter, stamp_stage, tenant_con
 use super::raw::{array_documents, replace_fields};
 use super::read::optional_document;
 use super::write::{stamped_pipeline, update_pipeline};
-use super::{Denial, ReplyPlan, Result, Scope, Target};
-use crate::config::validate::RESERVED_DATABASES;
+use super::{Denial, ReplyKind, ReplyPlan, Result, Scope, Target};
 use crate::config::{Mode, Style};
 use crate::error::ErrorCode;
+use crate::policy::compile::RESERVED_DATABASES;
 use crate::policy::FieldRule;
 
 /// Stages that only transform the stream they are given.
@@ -114,6 +114,11 @@ pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<O
         _ => return Err(malformed("aggregate needs a pipeline")),
     };
     let mut renamed: Option<String> = None;
+    if let Ok(Some(collation)) = body.get("collation") {
+        let mut holder = RawDocumentBuf::new();
+        holder.append(cstr!("collation"), collation);
+        scope.inherited_collation = Some(holder);
+    }
     let (source, context, collection_less) = match body.get("aggregate") {
         Ok(Some(RawBsonRef::String(coll))) => match scope.resolve(coll)? {
             Target::Field(rule) => {
@@ -153,6 +158,7 @@ pub fn rewrite_aggregate(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<O
     if let Some(new) = rewritten {
         edits.push(("pipeline", Some(RawBson::Array(new))));
     }
+    let reply = if scope.host_bearing { ReplyPlan { kind: ReplyKind::Stats, ..reply } } else { reply };
     if edits.is_empty() {
         return Ok((None, reply));
     }
@@ -276,6 +282,9 @@ struct Position {
 /// A collection named by a stage, resolved and renamed.
 fn stage_target<'a>(scope: &mut Scope<'a>, coll: &str) -> Result<(Target<'a>, Option<String>)> {
     let target = scope.resolve(coll)?;
+    if let (Target::Field(rule), Some(holder)) = (&target, scope.inherited_collation.clone()) {
+        check_collation(scope, *rule, &holder, "the aggregate, whose collation this join inherits,")?;
+    }
     let real = target.real_coll(coll);
     let renamed = (real != coll).then(|| real.to_owned());
     Ok((target, renamed))
@@ -302,6 +311,9 @@ fn rewrite_stage(
         if let ("$geoNear", RawBsonRef::Document(geo)) = (name, value) {
             arguments::only(geo, GEO_NEAR_FIELDS, "$geoNear")?;
         }
+        if OWNED_STAGES.contains(&name) {
+            scope.host_bearing = true;
+        }
         if name == "$changeStream" {
             if let RawBsonRef::Document(d) = value {
                 if super::truthy(d, "allChangesForCluster", "$changeStream")? {
@@ -312,114 +324,10 @@ fn rewrite_stage(
         return Ok(StageOut::Same);
     }
     match (name, value) {
-        ("$facet", RawBsonRef::Document(facets)) => {
-            let mut rebuilt = RawDocumentBuf::new();
-            let mut changed = false;
-            for element in facets.iter_elements() {
-                let element = element.map_err(|e| malformed(e.to_string()))?;
-                let branch = array_documents(element.value().map_err(|e| malformed(e.to_string()))?, "$facet branch")?;
-                let branch_context = if context == Context::Owned { Context::ReadOnly } else { context };
-                match rewrite_pipeline(scope, &branch, Source::Scoped, branch_context, at.depth + 1)? {
-                    Some(new) => {
-                        changed = true;
-                        rebuilt.append(element.key(), new);
-                    }
-                    None => rebuilt.append(element.key(), element.value().map_err(|e| malformed(e.to_string()))?),
-                }
-            }
-            Ok(if changed { StageOut::Replace(vec![stage(cstr!("$facet"), rebuilt)]) } else { StageOut::Same })
-        }
-        ("$lookup", RawBsonRef::Document(lookup)) => {
-            arguments::only(lookup, LOOKUP_FIELDS, "$lookup")?;
-            let from = match lookup.get("from") {
-                Ok(Some(RawBsonRef::String(from))) => from,
-                Ok(Some(RawBsonRef::Document(_))) => {
-                    return Err(Denial::unauthorized("$lookup from another database is not allowed"))
-                }
-                _ => return Err(malformed("$lookup needs from")),
-            };
-            let sub = match lookup.get("pipeline") {
-                Ok(Some(v)) => array_documents(v, "$lookup.pipeline")?,
-                _ => Vec::new(),
-            };
-            let (target, renamed) = stage_target(scope, from)?;
-            let source = match target {
-                Target::Field(rule) => Source::Field(rule),
-                _ => Source::Scoped,
-            };
-            // A join reads; the sub-pipeline's own writes are refused by the stage rules.
-            let new_sub = rewrite_pipeline(scope, &sub, source, Context::ReadOnly, at.depth + 1)?;
-            let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-            if let Some(real) = renamed {
-                edits.push(("from", Some(RawBson::String(real))));
-            }
-            if let Some(new) = new_sub {
-                edits.push(("pipeline", Some(RawBson::Array(new))));
-            }
-            Ok(if edits.is_empty() {
-                StageOut::Same
-            } else {
-                StageOut::Replace(vec![stage(cstr!("$lookup"), replace_fields(lookup, &edits))])
-            })
-        }
-        ("$graphLookup", RawBsonRef::Document(graph)) => {
-            arguments::only(graph, GRAPH_LOOKUP_FIELDS, "$graphLookup")?;
-            let from = graph.get_str("from").map_err(|_| malformed("$graphLookup needs from"))?;
-            let (target, renamed) = stage_target(scope, from)?;
-            let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-            if let Some(real) = renamed {
-                edits.push(("from", Some(RawBson::String(real))));
-            }
-            if let Target::Field(rule) = target {
-                let restrict = optional_document(graph, "restrictSearchWithMatch")?;
-                if let Some(scoped) = scope_filter(scope, rule, restrict, "$graphLookup.restrictSearchWithMatch")? {
-                    edits.push(("restrictSearchWithMatch", Some(RawBson::Document(scoped))));
-                }
-            }
-            Ok(if edits.is_empty() {
-                StageOut::Same
-            } else {
-                StageOut::Replace(vec![stage(cstr!("$graphLookup"), replace_fields(graph, &edits))])
-            })
-        }
-        ("$unionWith", value) => {
-            let (coll, sub) = match value {
-                RawBsonRef::String(coll) => (coll, Vec::new()),
-                RawBsonRef::Document(d) => {
-                    arguments::only(d, UNION_WITH_FIELDS, "$unionWith")?;
-                    let coll = d.get_str("coll").map_err(|_| Denial::unauthorized("$unionWith needs a collection"))?;
-                    let sub = match d.get("pipeline") {
-                        Ok(Some(v)) => array_documents(v, "$unionWith.pipeline")?,
-                        _ => Vec::new(),
-                    };
-                    (coll, sub)
-                }
-                _ => return Err(malformed("$unionWith needs a collection")),
-            };
-            let (target, renamed) = stage_target(scope, coll)?;
-            let source = match target {
-                Target::Field(rule) => Source::Field(rule),
-                _ => Source::Scoped,
-            };
-            let new_sub = rewrite_pipeline(scope, &sub, source, Context::ReadOnly, at.depth + 1)?;
-            if renamed.is_none() && new_sub.is_none() {
-                return Ok(StageOut::Same);
-            }
-            let mut union = RawDocumentBuf::new();
-            union.append(cstr!("coll"), renamed.as_deref().unwrap_or(coll));
-            match new_sub {
-                Some(new) => union.append(cstr!("pipeline"), new),
-                None if !sub.is_empty() => {
-                    let mut same = RawArrayBuf::new();
-                    for s in &sub {
-                        same.push(*s);
-                    }
-                    union.append(cstr!("pipeline"), same);
-                }
-                None => {}
-            }
-            Ok(StageOut::Replace(vec![stage(cstr!("$unionWith"), union)]))
-        }
+        ("$facet", RawBsonRef::Document(facets)) => facet(scope, facets, context, at),
+        ("$lookup", RawBsonRef::Document(lookup)) => lookup_stage(scope, lookup, at),
+        ("$graphLookup", RawBsonRef::Document(graph)) => graph_lookup(scope, graph),
+        ("$unionWith", value) => union_with(scope, value, at),
         ("$merge", value) if at.last && at.depth == 0 && context == Context::Field => merge(scope, value),
         ("$out" | "$merge", value) if at.last && at.depth == 0 && context == Context::Owned => {
             owned_write(scope, name, value)
@@ -438,6 +346,122 @@ fn rewrite_stage(
         ) => Err(Denial::unauthorized(format!("stage {name} shows other clients' activity and is not allowed"))),
         (name, _) => Err(Denial::unauthorized(format!("aggregation stage {name} is not allowed here"))),
     }
+}
+
+/// `$facet`: every branch rewritten as a pipeline over the already scoped stream.
+fn facet(scope: &mut Scope<'_>, facets: &RawDocument, context: Context, at: Position) -> Result<StageOut> {
+    let mut rebuilt = RawDocumentBuf::new();
+    let mut changed = false;
+    for element in facets.iter_elements() {
+        let element = element.map_err(|e| malformed(e.to_string()))?;
+        let branch = array_documents(element.value().map_err(|e| malformed(e.to_string()))?, "$facet branch")?;
+        let branch_context = if context == Context::Owned { Context::ReadOnly } else { context };
+        match rewrite_pipeline(scope, &branch, Source::Scoped, branch_context, at.depth + 1)? {
+            Some(new) => {
+                changed = true;
+                rebuilt.append(element.key(), new);
+            }
+            None => rebuilt.append(element.key(), element.value().map_err(|e| malformed(e.to_string()))?),
+        }
+    }
+    Ok(if changed { StageOut::Replace(vec![stage(cstr!("$facet"), rebuilt)]) } else { StageOut::Same })
+}
+
+/// `$lookup`: the joined collection resolved (and renamed), its sub-pipeline scoped by that collection's rule.
+fn lookup_stage(scope: &mut Scope<'_>, lookup: &RawDocument, at: Position) -> Result<StageOut> {
+    arguments::only(lookup, LOOKUP_FIELDS, "$lookup")?;
+    let from = match lookup.get("from") {
+        Ok(Some(RawBsonRef::String(from))) => from,
+        Ok(Some(RawBsonRef::Document(_))) => {
+            return Err(Denial::unauthorized("$lookup from another database is not allowed"))
+        }
+        _ => return Err(malformed("$lookup needs from")),
+    };
+    let sub = match lookup.get("pipeline") {
+        Ok(Some(v)) => array_documents(v, "$lookup.pipeline")?,
+        _ => Vec::new(),
+    };
+    let (target, renamed) = stage_target(scope, from)?;
+    let source = match target {
+        Target::Field(rule) => Source::Field(rule),
+        _ => Source::Scoped,
+    };
+    // A join reads; the sub-pipeline's own writes are refused by the stage rules.
+    let new_sub = rewrite_pipeline(scope, &sub, source, Context::ReadOnly, at.depth + 1)?;
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Some(real) = renamed {
+        edits.push(("from", Some(RawBson::String(real))));
+    }
+    if let Some(new) = new_sub {
+        edits.push(("pipeline", Some(RawBson::Array(new))));
+    }
+    Ok(if edits.is_empty() {
+        StageOut::Same
+    } else {
+        StageOut::Replace(vec![stage(cstr!("$lookup"), replace_fields(lookup, &edits))])
+    })
+}
+
+/// `$graphLookup`: the collection resolved, its `restrictSearchWithMatch` scoped like a filter.
+fn graph_lookup(scope: &mut Scope<'_>, graph: &RawDocument) -> Result<StageOut> {
+    arguments::only(graph, GRAPH_LOOKUP_FIELDS, "$graphLookup")?;
+    let from = graph.get_str("from").map_err(|_| malformed("$graphLookup needs from"))?;
+    let (target, renamed) = stage_target(scope, from)?;
+    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
+    if let Some(real) = renamed {
+        edits.push(("from", Some(RawBson::String(real))));
+    }
+    if let Target::Field(rule) = target {
+        let restrict = optional_document(graph, "restrictSearchWithMatch")?;
+        if let Some(scoped) = scope_filter(scope, rule, restrict, "$graphLookup.restrictSearchWithMatch")? {
+            edits.push(("restrictSearchWithMatch", Some(RawBson::Document(scoped))));
+        }
+    }
+    Ok(if edits.is_empty() {
+        StageOut::Same
+    } else {
+        StageOut::Replace(vec![stage(cstr!("$graphLookup"), replace_fields(graph, &edits))])
+    })
+}
+
+/// `$unionWith`: the collection resolved, its pipeline scoped by that collection's rule.
+fn union_with(scope: &mut Scope<'_>, value: RawBsonRef<'_>, at: Position) -> Result<StageOut> {
+    let (coll, sub) = match value {
+        RawBsonRef::String(coll) => (coll, Vec::new()),
+        RawBsonRef::Document(d) => {
+            arguments::only(d, UNION_WITH_FIELDS, "$unionWith")?;
+            let coll = d.get_str("coll").map_err(|_| Denial::unauthorized("$unionWith needs a collection"))?;
+            let sub = match d.get("pipeline") {
+                Ok(Some(v)) => array_documents(v, "$unionWith.pipeline")?,
+                _ => Vec::new(),
+            };
+            (coll, sub)
+        }
+        _ => return Err(malformed("$unionWith needs a collection")),
+    };
+    let (target, renamed) = stage_target(scope, coll)?;
+    let source = match target {
+        Target::Field(rule) => Source::Field(rule),
+        _ => Source::Scoped,
+    };
+    let new_sub = rewrite_pipeline(scope, &sub, source, Context::ReadOnly, at.depth + 1)?;
+    if renamed.is_none() && new_sub.is_none() {
+        return Ok(StageOut::Same);
+    }
+    let mut union = RawDocumentBuf::new();
+    union.append(cstr!("coll"), renamed.as_deref().unwrap_or(coll));
+    match new_sub {
+        Some(new) => union.append(cstr!("pipeline"), new),
+        None if !sub.is_empty() => {
+            let mut same = RawArrayBuf::new();
+            for s in &sub {
+                same.push(*s);
+            }
+            union.append(cstr!("pipeline"), same);
+        }
+        None => {}
+    }
+    Ok(StageOut::Replace(vec![stage(cstr!("$unionWith"), union)]))
 }
 
 /// `$out` / `$merge` from the tenant's own namespace: only into the tenant's own namespaces, renamed.
@@ -527,6 +551,9 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
             "$merge from a shared collection is only allowed into a field-mode collection",
         ));
     };
+    if let Some(holder) = scope.inherited_collation.clone() {
+        check_collation(scope, rule, &holder, "the aggregate, whose collation $merge matches with,")?;
+    }
     let on_tenant = match spec.map(|d| d.get("on")) {
         Some(Ok(Some(RawBsonRef::String(on)))) => on == rule.field.as_str(),
         Some(Ok(Some(RawBsonRef::Array(on)))) => {

@@ -4,8 +4,8 @@
 //!   the tenant used — `cursor.ns`, error messages, explain output.
 //! - Listings: `listCollections` and `listDatabases` keep only what the tenant's rules reach, under visible names;
 //!   other tenants' collections and databases never appear.
-//! - Duplicate keys: on shared collections `E11000 ... dup key: { email: "ceo@globex.test" }` and `keyValue`
-//!   would tell one tenant another's values, so the details are withheld (code, `keyPattern` and index stay).
+//! - Errors: on namespaces other tenants share, what the server says about the data is withheld
+//!   ([`super::withhold`]).
 //!
 //! Pure functions of (reply, plan, policy, tenant); unit tests assert exact outputs.
 
@@ -13,25 +13,18 @@ use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
 use crate::config::Mode;
 use crate::engine::raw::replace_fields;
+use crate::engine::withhold::withhold;
 use crate::engine::{resolve, Names, ReplyKind, ReplyPlan, Target, RESERVED_DATABASES};
 use crate::policy::{Policy, Tenant};
 
-const DUPLICATE_KEY: i32 = 11000;
-const REDACTED: &str = "E11000 duplicate key error (the conflicting value is withheld by tenantwall)";
 /// Explain output nests deeply but not without bound.
 const MAX_DEPTH: usize = 64;
-
-fn is_duplicate_key(doc: &RawDocument) -> bool {
-    matches!(doc.get("code"), Ok(Some(RawBsonRef::Int32(DUPLICATE_KEY))))
-}
 
 /// Everything the plan asks of a reply; `None` when the reply goes back as it came.
 pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tenant: &Tenant) -> Option<RawDocumentBuf> {
     let mut current: Option<RawDocumentBuf> = None;
-    if plan.redact_duplicate_keys {
-        if let Some(redacted) = redact_duplicate_keys(body) {
-            current = Some(redacted);
-        }
+    if let Some(rule) = &plan.withhold {
+        current = withhold(body, rule);
     }
     let view = |c: &Option<RawDocumentBuf>| -> RawDocumentBuf { c.clone().unwrap_or_else(|| body.to_owned()) };
     match plan.kind {
@@ -41,44 +34,20 @@ pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tena
         }
         ReplyKind::ListDatabases => current = list_databases(&view(&current), policy, tenant).or(current),
         ReplyKind::Explain => {
+            let mut out = explain_reply(&view(&current), plan.withhold.is_some());
             if let Some(names) = &plan.names {
-                current = Some(map_strings(&view(&current), names, 0));
+                out = map_strings(&out, names, 0);
             }
+            current = Some(out);
         }
         ReplyKind::SharedIndexes => current = strip_partial_filters(&view(&current)).or(current),
+        ReplyKind::Stats => current = strip_batch_keys(&view(&current), BACKEND_KEYS, plan.names.as_ref()).or(current),
         ReplyKind::Plain => {}
     }
     if let (Some(names), false) = (&plan.names, plan.kind == ReplyKind::Explain) {
         current = map_names(&view(&current), names).or(current);
     }
     current
-}
-
-/// The reply with duplicate-key details removed, or `None` when there are none.
-pub fn redact_duplicate_keys(body: &RawDocument) -> Option<RawDocumentBuf> {
-    let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-    if is_duplicate_key(body) {
-        edits.push(("errmsg", Some(RawBson::String(REDACTED.into()))));
-        edits.push(("keyValue", None));
-    }
-    if let Ok(errors) = body.get_array("writeErrors") {
-        let docs: Vec<&RawDocument> = errors.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())).collect();
-        if docs.iter().any(|d| is_duplicate_key(d)) {
-            let mut out = RawArrayBuf::new();
-            for doc in docs {
-                if is_duplicate_key(doc) {
-                    out.push(replace_fields(
-                        doc,
-                        &[("errmsg", Some(RawBson::String(REDACTED.into()))), ("keyValue", None)],
-                    ));
-                } else {
-                    out.push(doc);
-                }
-            }
-            edits.push(("writeErrors", Some(RawBson::Array(out))));
-        }
-    }
-    (!edits.is_empty()).then(|| replace_fields(body, &edits))
 }
 
 /// A real namespace or name back to the tenant's: `acme_app.acme__orders` → `app.orders`.
@@ -150,6 +119,63 @@ fn map_names(body: &RawDocument, names: &Names) -> Option<RawDocumentBuf> {
     (!edits.is_empty()).then(|| replace_fields(body, &edits))
 }
 
+/// Keys of explain output that name the backend (hosts, ports, versions, server parameters): never shown.
+const BACKEND_KEYS: &[&str] = &["serverInfo", "serverParameters", "host", "hosts", "connectionString", "shardName"];
+
+/// Explain output as a tenant may see it. Backend details are removed at every depth. On a namespace other
+/// tenants share only the plan is shown: execution statistics count other tenants' documents
+/// (`totalDocsExamined` is the collection's size; a chosen index makes `totalKeysExamined` an existence oracle).
+fn explain_reply(body: &RawDocument, shared: bool) -> RawDocumentBuf {
+    let succeeded = matches!(body.get("ok"), Ok(Some(RawBsonRef::Double(v))) if v == 1.0)
+        || matches!(body.get("ok"), Ok(Some(RawBsonRef::Int32(1) | RawBsonRef::Int64(1))));
+    if !shared || !succeeded {
+        return without_keys(body, BACKEND_KEYS, 0);
+    }
+    // The plan: top level (find, count, distinct, update, delete, findAndModify, pushed-down aggregates), or the
+    // first stage's `$cursor` of an aggregate.
+    let planner = body.get_document("queryPlanner").ok().or_else(|| {
+        let first = body.get_array("stages").ok()?.into_iter().next()?.ok()?;
+        first.as_document()?.get_document("$cursor").ok()?.get_document("queryPlanner").ok()
+    });
+    let mut out = RawDocumentBuf::new();
+    if let Ok(Some(version)) = body.get("explainVersion") {
+        out.append(bson::cstr!("explainVersion"), version);
+    }
+    if let Some(planner) = planner {
+        out.append(bson::cstr!("queryPlanner"), without_keys(planner, BACKEND_KEYS, 0));
+    }
+    out.append(bson::cstr!("ok"), 1.0);
+    out
+}
+
+/// `doc` without the named keys at any depth.
+fn without_keys(doc: &RawDocument, keys: &[&str], depth: usize) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for element in doc.iter_elements().flatten() {
+        if keys.contains(&element.key().as_str()) {
+            continue;
+        }
+        match element.value() {
+            Ok(RawBsonRef::Document(d)) if depth < MAX_DEPTH => {
+                out.append(element.key(), without_keys(d, keys, depth + 1))
+            }
+            Ok(RawBsonRef::Array(a)) if depth < MAX_DEPTH => {
+                let mut array = RawArrayBuf::new();
+                for item in a.into_iter().flatten() {
+                    match item {
+                        RawBsonRef::Document(d) => array.push(without_keys(d, keys, depth + 1)),
+                        other => array.push(other),
+                    }
+                }
+                out.append(element.key(), array);
+            }
+            Ok(value) => out.append(element.key(), value),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
 /// Every string in a document that names a real namespace, under visible names (explain output).
 fn map_strings(doc: &RawDocument, names: &Names, depth: usize) -> RawDocumentBuf {
     let mut out = RawDocumentBuf::new();
@@ -175,6 +201,27 @@ fn map_strings(doc: &RawDocument, names: &Names, depth: usize) -> RawDocumentBuf
         }
     }
     out
+}
+
+/// A cursor reply whose batch documents lose `keys` at every depth, with `ns` fields mapped back.
+fn strip_batch_keys(body: &RawDocument, keys: &[&str], names: Option<&Names>) -> Option<RawDocumentBuf> {
+    let cursor = body.get_document("cursor").ok()?;
+    let key = if cursor.get_array("firstBatch").is_ok() { "firstBatch" } else { "nextBatch" };
+    let batch = cursor.get_array(key).ok()?;
+    let mut out = RawArrayBuf::new();
+    for item in batch.into_iter().flatten() {
+        let Some(doc) = item.as_document() else { continue };
+        let stripped = without_keys(doc, keys, 0);
+        match (names, stripped.get_str("ns")) {
+            (Some(names), Ok(ns)) => {
+                let visible = visible_ns(ns, names);
+                out.push(replace_fields(&stripped, &[("ns", Some(RawBson::String(visible)))]));
+            }
+            _ => out.push(stripped),
+        }
+    }
+    let cursor = replace_fields(cursor, &[(key, Some(RawBson::Array(out)))]);
+    Some(replace_fields(body, &[("cursor", Some(RawBson::Document(cursor)))]))
 }
 
 /// A `listIndexes` reply without `partialFilterExpression`s.
@@ -245,8 +292,10 @@ fn list_collections(body: &RawDocument, policy: &Policy, tenant: &Tenant, names:
     Some(replace_fields(body, &[("cursor", Some(RawBson::Document(replace_fields(cursor, &cursor_edits))))]))
 }
 
-/// The visible name of a real database for the tenant, if it is one of the tenant's.
-fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<String> {
+/// The visible name of a real database for the tenant, and whether it is the tenant's own (database mode), if
+/// the tenant may see it at all. A database other tenants share is shown only when a rule names it exactly: one
+/// matched only by a glob may exist because another tenant created it.
+fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<(String, bool)> {
     if RESERVED_DATABASES.contains(&real) {
         return None;
     }
@@ -257,15 +306,17 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<Stri
         }
     }
     candidates.push(real.to_owned());
-    candidates.into_iter().find(|visible| {
+    candidates.into_iter().find_map(|visible| {
         if RESERVED_DATABASES.contains(&visible.as_str()) {
-            return false;
+            return None;
         }
-        match resolve(policy, &tenant.id, visible, None) {
-            Ok(Target::Mapped { db, .. }) => db == real,
-            Ok(_) => visible == real,
-            // Databases reached only through collection rules are shown under their own name.
-            Err(_) => visible == real && policy.any_rule_for_db(visible).is_some_and(|r| r.mode() != Mode::Database),
+        let named_exactly =
+            || policy.rules.iter().any(|r| r.database.as_str() == visible && r.mode() != Mode::Database);
+        match resolve(policy, &tenant.id, &visible, None) {
+            Ok(Target::Mapped { db, rule, .. }) if rule.mode() == Mode::Database => {
+                (db == real).then_some((visible, true))
+            }
+            Ok(_) | Err(_) => (visible == real && named_exactly()).then_some((visible, false)),
         }
     })
 }
@@ -276,14 +327,27 @@ fn list_databases(body: &RawDocument, policy: &Policy, tenant: &Tenant) -> Optio
     let mut total: i64 = 0;
     for entry in databases.into_iter().filter_map(|e| e.ok().and_then(|e| e.as_document())) {
         let Ok(real) = entry.get_str("name") else { continue };
-        let Some(visible) = visible_database(policy, tenant, real) else { continue };
-        total += match entry.get("sizeOnDisk") {
-            Ok(Some(RawBsonRef::Int64(n))) => n,
-            Ok(Some(RawBsonRef::Int32(n))) => i64::from(n),
-            Ok(Some(RawBsonRef::Double(n))) => n as i64,
-            _ => 0,
-        };
-        out.push(replace_fields(entry, &[("name", Some(RawBson::String(visible)))]));
+        let Some((visible, own)) = visible_database(policy, tenant, real) else { continue };
+        if own {
+            total += match entry.get("sizeOnDisk") {
+                Ok(Some(RawBsonRef::Int64(n))) => n,
+                Ok(Some(RawBsonRef::Int32(n))) => i64::from(n),
+                Ok(Some(RawBsonRef::Double(n))) => n as i64,
+                _ => 0,
+            };
+            out.push(replace_fields(entry, &[("name", Some(RawBson::String(visible)))]));
+        } else {
+            // A shared database's size is every tenant's data: not shown.
+            out.push(replace_fields(
+                entry,
+                &[
+                    ("name", Some(RawBson::String(visible))),
+                    ("sizeOnDisk", Some(RawBson::Int64(0))),
+                    ("empty", Some(RawBson::Boolean(false))),
+                    ("shards", None),
+                ],
+            ));
+        }
     }
     let mut edits: Vec<(&str, Option<RawBson>)> = vec![("databases", Some(RawBson::Array(out)))];
     if body.get("totalSize").ok().flatten().is_some() {
@@ -296,28 +360,6 @@ fn list_databases(body: &RawDocument, policy: &Policy, tenant: &Tenant) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::rawdoc;
-
-    #[test]
-    fn duplicate_key_values_are_withheld() {
-        let reply = rawdoc! {
-            "n": 0,
-            "writeErrors": [
-                { "index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: app.users index: email_1 dup key: { email: \"ceo@globex.test\" }", "keyPattern": { "email": 1 }, "keyValue": { "email": "ceo@globex.test" } },
-                { "index": 1, "code": 121, "errmsg": "Document failed validation" },
-            ],
-            "ok": 1.0,
-        };
-        let out = redact_duplicate_keys(&reply).unwrap();
-        let text = format!("{:?}", bson::Document::try_from(out.as_ref()).unwrap());
-        assert!(!text.contains("globex"), "{text}");
-        let errors = out.get_array("writeErrors").unwrap();
-        let first = errors.get_document(0).unwrap();
-        assert_eq!(first.get_i32("code").unwrap(), 11000);
-        assert!(first.get_document("keyPattern").is_ok());
-        assert_eq!(errors.get_document(1).unwrap().get_str("errmsg").unwrap(), "Document failed validation");
-        assert!(redact_duplicate_keys(&rawdoc! { "n": 1, "ok": 1.0 }).is_none());
-    }
 
     #[test]
     fn names_map_back() {

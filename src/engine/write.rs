@@ -66,7 +66,7 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         Command::FindAndModify => find_and_modify(msg, scope, rule)?,
         _ => return Err(Denial::unauthorized("not a write command")),
     };
-    Ok((forward, ReplyPlan { redact_duplicate_keys: true, ..ReplyPlan::default() }))
+    Ok((forward, ReplyPlan::default()))
 }
 
 /// Checks the top-level keys of a document being written: no duplicates, no `$` keys, nothing dotted under the

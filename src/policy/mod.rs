@@ -5,20 +5,20 @@
 //! certificate subject or SNI name belongs to) and rule lookup. It resolves backend secrets at build time and
 //! keeps them out of `Debug` output.
 
+pub mod compile;
 pub mod rules;
 pub mod value;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use bson::Bson;
 
 use crate::auth::ScramVerifier;
-use crate::config::{self, BackendUri, ConfigError, Limits, Mode, PolicyFile, Problem, Style};
-use crate::tls;
+use crate::config::{self, ConfigError, Limits, Mode, PolicyFile, Problem, Style};
+use compile::Secrets;
 use rules::{Pattern, Template};
 pub use value::{FieldName, TenantValue};
 
@@ -199,177 +199,31 @@ pub fn tenant_value(value: &toml::Value) -> Result<TenantValue, String> {
 }
 
 impl Policy {
-    /// Reads, validates and compiles a policy file.
+    /// Reads and compiles a policy file.
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         let (file, text) = config::read(path)?;
-        Self::compile(&file, &text, path, true)
+        Self::compile(&file, &text, path, Secrets::Read)
     }
 
     /// Like [`Policy::load`], without reading backend secrets: for `explain` and `test`, which open no backend
     /// connection and run where the secrets are not.
     pub fn load_for_analysis(path: &Path) -> Result<Policy, ConfigError> {
         let (file, text) = config::read(path)?;
-        Self::compile(&file, &text, path, false)
+        Self::compile(&file, &text, path, Secrets::Skip)
     }
 
-    /// Parses, validates and compiles policy text; `path` labels errors and anchors relative paths.
+    /// Parses and compiles policy text; `path` labels errors and anchors relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         let file = config::parse(text, path)?;
-        Self::compile(&file, text, path, true)
+        Self::compile(&file, text, path, Secrets::Read)
     }
 
-    fn compile(file: &PolicyFile, text: &str, path: &Path, resolve_secrets: bool) -> Result<Policy, ConfigError> {
-        let base = path.parent().unwrap_or(Path::new("."));
-        let report = config::validate(file, text, base);
-        if !report.errors.is_empty() {
-            return Err(ConfigError::Invalid { path: path.to_owned(), problems: report.errors });
+    fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> Result<Policy, ConfigError> {
+        let compilation = compile::compile(file, text, path, secrets);
+        match compilation.policy {
+            Some(policy) => Ok(policy),
+            None => Err(ConfigError::Invalid { path: path.to_owned(), problems: compilation.errors }),
         }
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems: vec![Problem { line: None, key, message }],
-        };
-
-        let mut listeners = Vec::new();
-        for (i, l) in file.listeners.iter().enumerate() {
-            let tls = match &l.tls {
-                Some(t) => Some(
-                    tls::server_config(
-                        &base.join(&t.cert),
-                        &base.join(&t.key),
-                        t.client_ca.as_ref().map(|p| base.join(p)).as_deref(),
-                    )
-                    .map_err(|e| invalid(format!("listeners[{i}].tls"), e.to_string()))?,
-                ),
-                None => None,
-            };
-            listeners.push(Listener {
-                address: l.address.get_ref().clone(),
-                tls,
-                tenant: l.tenant.as_ref().map(|t| t.get_ref().clone()),
-            });
-        }
-
-        let mut backends = Vec::new();
-        for (i, b) in file.backends.iter().enumerate() {
-            let uri = BackendUri::parse(b.uri.get_ref()).map_err(|e| invalid(format!("backends[{i}].uri"), e))?;
-            // Compiling never relies on validation having run: TLS without a CA is an error here too, never a
-            // plaintext connection.
-            let tls = match (&b.tls_ca_file, uri.tls) {
-                (Some(ca), true) => Some(
-                    tls::client_config(&base.join(ca))
-                        .map_err(|e| invalid(format!("backends[{i}].tls_ca_file"), e.to_string()))?,
-                ),
-                (None, true) => {
-                    return Err(invalid(format!("backends[{i}].tls_ca_file"), "tls=true needs tls_ca_file".into()))
-                }
-                (_, false) => None,
-            };
-            let credentials = match &b.username {
-                Some(username) if !resolve_secrets => Some(Credentials {
-                    username: username.clone(),
-                    password: Secret(String::new()),
-                    auth_source: b.auth_source.clone(),
-                }),
-                Some(username) => {
-                    let password = match (&b.password_env, &b.password_file) {
-                        (Some(var), _) => std::env::var(var).map_err(|_| {
-                            invalid(
-                                format!("backends[{i}].password_env"),
-                                format!("environment variable {var} is not set"),
-                            )
-                        })?,
-                        (None, Some(file)) => std::fs::read_to_string(base.join(file))
-                            .map_err(|e| {
-                                invalid(format!("backends[{i}].password_file"), format!("{}: {e}", file.display()))
-                            })?
-                            .trim_end_matches(['\n', '\r'])
-                            .to_owned(),
-                        (None, None) => return Err(invalid(format!("backends[{i}]"), "no password source".into())),
-                    };
-                    Some(Credentials {
-                        username: username.clone(),
-                        password: Secret(password),
-                        auth_source: b.auth_source.clone(),
-                    })
-                }
-                None => None,
-            };
-            backends.push(BackendSpec {
-                name: b.name.get_ref().clone(),
-                hosts: uri.hosts,
-                tls,
-                credentials,
-                max_wire_version: b.max_wire_version,
-            });
-        }
-
-        let mut tenants = HashMap::new();
-        let mut users = HashMap::new();
-        let mut subjects = HashMap::new();
-        let mut sni = HashMap::new();
-        for (i, t) in file.tenants.iter().enumerate() {
-            let id = t.id.get_ref().clone();
-            let value = match &t.value {
-                Some(v) => tenant_value(v.get_ref()).map_err(|e| invalid(format!("tenants[{i}].value"), e))?,
-                None => {
-                    TenantValue::new(Bson::String(id.clone())).map_err(|e| invalid(format!("tenants[{i}].id"), e))?
-                }
-            };
-            for u in &t.users {
-                let verifier = ScramVerifier::from_str(u.scram.get_ref())
-                    .map_err(|e| invalid(format!("tenants[{i}].users"), e.to_string()))?;
-                users.insert(u.name.get_ref().clone(), (id.clone(), verifier));
-            }
-            for s in &t.cert_subjects {
-                subjects.insert(s.get_ref().clone(), id.clone());
-            }
-            for h in &t.sni {
-                sni.insert(h.get_ref().to_ascii_lowercase(), id.clone());
-            }
-            let max_time_ms = t.max_time_ms.or(file.limits.max_time_ms).filter(|ms| *ms > 0);
-            let allow_disk_use = t.allow_disk_use;
-            let backend = t.backend.get_ref().clone();
-            tenants.insert(id.clone(), Arc::new(Tenant { id, value, backend, max_time_ms, allow_disk_use }));
-        }
-
-        let mut rules = Vec::new();
-        for (i, r) in file.rules.iter().enumerate() {
-            let template = |default: &str| {
-                let text = r.template.as_ref().map_or(default, |t| t.get_ref().as_str());
-                Template::parse(text, *r.mode.get_ref()).map_err(|e| invalid(format!("rules[{i}].template"), e))
-            };
-            let placement = match r.mode.get_ref() {
-                Mode::Field => Placement::Field {
-                    field: FieldName::new(r.field.as_ref().map_or(DEFAULT_TENANT_FIELD, |f| f.get_ref().as_str()))
-                        .map_err(|e| invalid(format!("rules[{i}].field"), e))?,
-                    style: r.style.as_ref().map_or(Style::default(), |s| *s.get_ref()),
-                },
-                Mode::Collection => Placement::Collection(template(DEFAULT_COLLECTION_TEMPLATE)?),
-                Mode::Database => Placement::Database(template(DEFAULT_DATABASE_TEMPLATE)?),
-                Mode::Shared => Placement::Shared,
-            };
-            rules.push(Rule {
-                index: i,
-                database: Pattern::parse(r.database.get_ref(), false)
-                    .map_err(|e| invalid(format!("rules[{i}].database"), e))?,
-                collection: Pattern::parse(r.collection.get_ref(), true)
-                    .map_err(|e| invalid(format!("rules[{i}].collection"), e))?,
-                placement,
-            });
-        }
-
-        Ok(Policy {
-            path: path.to_owned(),
-            listeners,
-            backends,
-            tenants,
-            users,
-            subjects,
-            sni,
-            rules,
-            limits: file.limits.clone(),
-            warnings: report.warnings,
-        })
     }
 
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {

@@ -1,0 +1,549 @@
+//! One compile: a parsed policy file is checked and built in a single pass, section by section.
+//!
+//! Every value is parsed exactly once, into the type the engine uses ([`Pattern`], [`Template`], [`FieldName`],
+//! [`TenantValue`], the rule's [`Placement`]); a problem is recorded with its line and key where it is found, and
+//! the section goes on so that every problem is reported at once. A policy exists only when there were none:
+//! nothing is built from a value that failed its check, so there is no fallback to get wrong (TLS without a CA,
+//! a field name that is not a C string, a template that renders twice).
+//!
+//! What it must never do: echo a secret (URIs with credentials are refused without being shown), or read a
+//! secret when compiling for analysis (`check`, `explain`, `test`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::rules::{Pattern, Template};
+use super::value::{FieldName, TenantValue};
+use super::{
+    tenant_value, BackendSpec, Credentials, Listener, Placement, Policy, Rule, Secret, Tenant,
+    DEFAULT_COLLECTION_TEMPLATE, DEFAULT_DATABASE_TEMPLATE, DEFAULT_TENANT_FIELD,
+};
+use crate::auth::ScramVerifier;
+use crate::config::{line_of, BackendUri, Mode, PolicyFile, Problem, Style};
+use crate::tls;
+
+/// Databases no rule may open: the handshake, auth and session commands that need them are served by the proxy.
+pub const RESERVED_DATABASES: &[&str] = &["admin", "config", "local"];
+
+/// Tenant ids: ASCII letters, digits and `-`, 1 to 64 characters. No delimiter a name template could use.
+pub fn valid_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether to read backend secrets while compiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read them: the policy will open backend connections.
+    Read,
+    /// Leave them: `check`, `explain` and `test` run where the secrets are not. Missing ones are warnings.
+    Skip,
+}
+
+/// The outcome of compiling a policy file: the policy when there were no errors, and every problem found.
+#[derive(Debug)]
+pub struct Compilation {
+    pub policy: Option<Policy>,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+struct Collector<'a> {
+    text: &'a str,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Collector<'_> {
+    fn line<T>(&self, spanned: &Spanned<T>) -> Option<usize> {
+        let span = spanned.span();
+        (span.end > 0).then(|| line_of(self.text, span.start))
+    }
+    fn error<T>(&mut self, at: Option<&Spanned<T>>, key: String, message: impl Into<String>) {
+        let line = at.and_then(|s| self.line(s));
+        self.errors.push(Problem { line, key, message: message.into() });
+    }
+    fn warn<T>(&mut self, at: Option<&Spanned<T>>, key: String, message: impl Into<String>) {
+        let line = at.and_then(|s| self.line(s));
+        self.warnings.push(Problem { line, key, message: message.into() });
+    }
+    /// `Some(value)` when `result` is `Ok`, else records the error.
+    fn ok<T, S>(&mut self, result: Result<T, String>, at: Option<&Spanned<S>>, key: impl Fn() -> String) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(at, key(), message);
+                None
+            }
+        }
+    }
+}
+
+const NONE: Option<&Spanned<String>> = None;
+
+/// Checks and builds `file` (whose source is `text`, read from `path`) in one pass.
+pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> Compilation {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut c = Collector { text, errors: Vec::new(), warnings: Vec::new() };
+    let listeners = listeners(&mut c, file, base);
+    let backends = backends(&mut c, file, base, secrets);
+    let tenants = tenants(&mut c, file);
+    let rules = rules(&mut c, file);
+    name_collisions(&mut c, file, &rules);
+    limits(&mut c, file);
+    let policy = c.errors.is_empty().then(|| Policy {
+        path: path.to_owned(),
+        listeners,
+        backends,
+        tenants: tenants.tenants,
+        users: tenants.users,
+        subjects: tenants.subjects,
+        sni: tenants.sni,
+        rules,
+        limits: file.limits.clone(),
+        warnings: c.warnings.clone(),
+    });
+    Compilation { policy, errors: c.errors, warnings: c.warnings }
+}
+
+fn listeners(c: &mut Collector<'_>, file: &PolicyFile, base: &Path) -> Vec<Listener> {
+    let tenant_ids: Vec<&str> = file.tenants.iter().map(|t| t.id.get_ref().as_str()).collect();
+    if file.listeners.is_empty() {
+        c.error(NONE, "listeners".into(), "at least one listener is required");
+    }
+    let mut out = Vec::new();
+    for (i, listener) in file.listeners.iter().enumerate() {
+        if listener.address.get_ref().parse::<SocketAddr>().is_err() {
+            let msg = format!("{:?} is not an ip:port address", listener.address.get_ref());
+            c.error(Some(&listener.address), format!("listeners[{i}].address"), msg);
+        }
+        if let Some(tenant) = &listener.tenant {
+            if !tenant_ids.contains(&tenant.get_ref().as_str()) {
+                c.error(Some(tenant), format!("listeners[{i}].tenant"), format!("no tenant {:?}", tenant.get_ref()));
+            }
+        }
+        let mut tls_config = None;
+        if let Some(tls) = &listener.tls {
+            let mut readable = true;
+            for (what, path) in
+                [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())]
+            {
+                if let Some(path) = path {
+                    if !base.join(path).is_file() {
+                        readable = false;
+                        c.error(
+                            Some(&listener.address),
+                            format!("listeners[{i}].tls.{what}"),
+                            format!("{} is not a readable file", path.display()),
+                        );
+                    }
+                }
+            }
+            if readable {
+                let built = tls::server_config(
+                    &base.join(&tls.cert),
+                    &base.join(&tls.key),
+                    tls.client_ca.as_ref().map(|p| base.join(p)).as_deref(),
+                )
+                .map_err(|e| e.to_string());
+                tls_config = c.ok(built, Some(&listener.address), || format!("listeners[{i}].tls"));
+            }
+        }
+        out.push(Listener {
+            address: listener.address.get_ref().clone(),
+            tls: tls_config,
+            tenant: listener.tenant.as_ref().map(|t| t.get_ref().clone()),
+        });
+    }
+    out
+}
+
+fn backends(c: &mut Collector<'_>, file: &PolicyFile, base: &Path, secrets: Secrets) -> Vec<BackendSpec> {
+    if file.backends.is_empty() {
+        c.error(NONE, "backends".into(), "at least one backend is required");
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, backend) in file.backends.iter().enumerate() {
+        let name = backend.name.get_ref();
+        if name.is_empty() {
+            c.error(Some(&backend.name), format!("backends[{i}].name"), "must not be empty");
+        }
+        if names.insert(name, i).is_some() {
+            c.error(Some(&backend.name), format!("backends[{i}].name"), format!("duplicate backend name {name:?}"));
+        }
+        // The URI may hold a secret by mistake: never echo it.
+        let uri = c.ok(BackendUri::parse(backend.uri.get_ref()), Some(&backend.uri), || format!("backends[{i}].uri"));
+        if let Some(ca) = &backend.tls_ca_file {
+            if !base.join(ca).is_file() {
+                c.error(
+                    Some(&backend.name),
+                    format!("backends[{i}].tls_ca_file"),
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+        // TLS without a CA is an error, never a plaintext connection.
+        let tls = match (&backend.tls_ca_file, uri.as_ref().map(|u| u.tls)) {
+            (None, Some(true)) => {
+                c.error(Some(&backend.uri), format!("backends[{i}].tls_ca_file"), "tls=true needs tls_ca_file");
+                None
+            }
+            (Some(ca), Some(true)) if base.join(ca).is_file() => {
+                let built = tls::client_config(&base.join(ca)).map_err(|e| e.to_string());
+                c.ok(built, Some(&backend.name), || format!("backends[{i}].tls_ca_file"))
+            }
+            _ => None,
+        };
+        let credentials = credentials(c, backend, i, base, secrets);
+        if let Some(v) = backend.max_wire_version {
+            if !(6..=99).contains(&v) {
+                c.error(Some(&backend.name), format!("backends[{i}].max_wire_version"), format!("{v} is out of range"));
+            }
+        }
+        if let Some(uri) = uri {
+            out.push(BackendSpec {
+                name: name.clone(),
+                hosts: uri.hosts,
+                tls,
+                credentials,
+                max_wire_version: backend.max_wire_version,
+            });
+        }
+    }
+    out
+}
+
+fn credentials(
+    c: &mut Collector<'_>,
+    backend: &crate::config::BackendConfig,
+    i: usize,
+    base: &Path,
+    secrets: Secrets,
+) -> Option<Credentials> {
+    let at = Some(&backend.name);
+    let with = |password: String, username: &String| Credentials {
+        username: username.clone(),
+        password: Secret(password),
+        auth_source: backend.auth_source.clone(),
+    };
+    match (&backend.username, &backend.password_env, &backend.password_file) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            c.error(at, format!("backends[{i}]"), "password_env/password_file without username");
+            None
+        }
+        (Some(_), Some(_), Some(_)) | (Some(_), None, None) => {
+            c.error(at, format!("backends[{i}]"), "username needs exactly one of password_env or password_file");
+            None
+        }
+        (Some(username), Some(var), None) => match (std::env::var(var), secrets) {
+            (Ok(password), Secrets::Read) => Some(with(password, username)),
+            (_, Secrets::Skip) => {
+                if std::env::var_os(var).is_none() {
+                    let key = format!("backends[{i}].password_env");
+                    c.warn(at, key, format!("environment variable {var} is not set here"));
+                }
+                Some(with(String::new(), username))
+            }
+            (Err(_), Secrets::Read) => {
+                let key = format!("backends[{i}].password_env");
+                c.error(at, key, format!("environment variable {var} is not set"));
+                None
+            }
+        },
+        (Some(username), None, Some(file)) => match secrets {
+            Secrets::Skip => {
+                if !base.join(file).is_file() {
+                    let key = format!("backends[{i}].password_file");
+                    c.warn(at, key, format!("{} is not readable here", file.display()));
+                }
+                Some(with(String::new(), username))
+            }
+            Secrets::Read => match std::fs::read_to_string(base.join(file)) {
+                Ok(text) => Some(with(text.trim_end_matches(['\n', '\r']).to_owned(), username)),
+                Err(e) => {
+                    c.error(at, format!("backends[{i}].password_file"), format!("{}: {e}", file.display()));
+                    None
+                }
+            },
+        },
+    }
+}
+
+#[derive(Default)]
+struct Tenants {
+    tenants: HashMap<String, Arc<Tenant>>,
+    users: HashMap<String, (String, ScramVerifier)>,
+    subjects: HashMap<String, String>,
+    sni: HashMap<String, String>,
+}
+
+fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
+    if file.tenants.is_empty() {
+        c.warn(NONE, "tenants".into(), "no tenants: only the handshake will be served");
+    }
+    let backend_names: Vec<&str> = file.backends.iter().map(|b| b.name.get_ref().as_str()).collect();
+    let mut out = Tenants::default();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut values: HashMap<String, usize> = HashMap::new();
+    let mut users: HashMap<&str, usize> = HashMap::new();
+    let mut subjects: HashMap<&str, usize> = HashMap::new();
+    let mut snis: HashMap<String, usize> = HashMap::new();
+    for (i, tenant) in file.tenants.iter().enumerate() {
+        let id = tenant.id.get_ref();
+        if !valid_tenant_id(id) {
+            let msg = format!("{id:?} must be 1-64 ASCII letters, digits or '-'");
+            c.error(Some(&tenant.id), format!("tenants[{i}].id"), msg);
+        }
+        if let Some(first) = ids.insert(id, i) {
+            let msg = format!("duplicate tenant id {id:?} (also tenants[{first}])");
+            c.error(Some(&tenant.id), format!("tenants[{i}].id"), msg);
+        }
+        if !backend_names.contains(&tenant.backend.get_ref().as_str()) {
+            let msg = format!("no backend {:?}", tenant.backend.get_ref());
+            c.error(Some(&tenant.backend), format!("tenants[{i}].backend"), msg);
+        }
+        let value = match &tenant.value {
+            Some(v) => c.ok(tenant_value(v.get_ref()), Some(v), || format!("tenants[{i}].value")),
+            None => {
+                c.ok(TenantValue::new(bson::Bson::String(id.clone())), Some(&tenant.id), || format!("tenants[{i}].id"))
+            }
+        };
+        if let Some(value) = &value {
+            // Two tenants with equal values would read each other's rows in every shared collection; equal as the
+            // server compares (42 and NumberLong(42) are one value).
+            if let Some(first) = values.insert(value.canonical_key(), i) {
+                let msg = format!("same tenant value as tenants[{first}] (MongoDB compares numbers across types)");
+                c.error(Some(&tenant.id), format!("tenants[{i}].value"), msg);
+            }
+        }
+        for (j, user) in tenant.users.iter().enumerate() {
+            let name = user.name.get_ref();
+            if name.is_empty() {
+                c.error(Some(&user.name), format!("tenants[{i}].users[{j}].name"), "must not be empty");
+            }
+            if let Some(first) = users.insert(name, i) {
+                let msg = format!("user {name:?} already identifies tenants[{first}]");
+                c.error(Some(&user.name), format!("tenants[{i}].users[{j}].name"), msg);
+            }
+            let verifier = ScramVerifier::from_str(user.scram.get_ref()).map_err(|e| e.to_string());
+            if let Some(verifier) = c.ok(verifier, Some(&user.scram), || format!("tenants[{i}].users[{j}].scram")) {
+                out.users.insert(name.clone(), (id.clone(), verifier));
+            }
+        }
+        for (j, subject) in tenant.cert_subjects.iter().enumerate() {
+            if let Some(first) = subjects.insert(subject.get_ref(), i) {
+                let msg = format!("subject already identifies tenants[{first}]");
+                c.error(Some(subject), format!("tenants[{i}].cert_subjects[{j}]"), msg);
+            }
+            out.subjects.insert(subject.get_ref().clone(), id.clone());
+        }
+        for (j, host) in tenant.sni.iter().enumerate() {
+            let lower = host.get_ref().to_ascii_lowercase();
+            if let Some(first) = snis.insert(lower.clone(), i) {
+                let msg = format!("host name already identifies tenants[{first}]");
+                c.error(Some(host), format!("tenants[{i}].sni[{j}]"), msg);
+            }
+            out.sni.insert(lower, id.clone());
+        }
+        let bound = file.listeners.iter().any(|l| l.tenant.as_ref().is_some_and(|t| t.get_ref() == id));
+        if tenant.users.is_empty() && tenant.cert_subjects.is_empty() && tenant.sni.is_empty() && !bound {
+            let msg = format!("tenant {id:?} has no identity and no listener: nobody can connect as it");
+            c.warn(Some(&tenant.id), format!("tenants[{i}]"), msg);
+        }
+        if let Some(value) = value {
+            let max_time_ms = tenant.max_time_ms.or(file.limits.max_time_ms).filter(|ms| *ms > 0);
+            let built = Tenant {
+                id: id.clone(),
+                value,
+                backend: tenant.backend.get_ref().clone(),
+                max_time_ms,
+                allow_disk_use: tenant.allow_disk_use,
+            };
+            out.tenants.insert(id.clone(), Arc::new(built));
+        }
+    }
+    out
+}
+
+fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
+    if !file.tenants.is_empty() && file.rules.is_empty() {
+        c.warn(NONE, "rules".into(), "no rules: every data command will be denied");
+    }
+    let mut out: Vec<Rule> = Vec::new();
+    for (i, rule) in file.rules.iter().enumerate() {
+        let mode = *rule.mode.get_ref();
+        let db = c.ok(Pattern::parse(rule.database.get_ref(), false), Some(&rule.database), || {
+            format!("rules[{i}].database")
+        });
+        // Globs may cover them harmlessly (reserved databases are refused before rules are consulted); naming
+        // one outright is a mistake worth stopping.
+        if let Some(reserved) = RESERVED_DATABASES.iter().find(|r| *r == rule.database.get_ref()) {
+            let msg = format!("the {reserved} database is never reachable through a rule");
+            c.error(Some(&rule.database), format!("rules[{i}].database"), msg);
+        }
+        let coll = c.ok(Pattern::parse(rule.collection.get_ref(), true), Some(&rule.collection), || {
+            format!("rules[{i}].collection")
+        });
+        if let (Some(field), false) = (&rule.field, mode == Mode::Field) {
+            c.error(Some(field), format!("rules[{i}].field"), "field applies only to mode \"field\"");
+        }
+        if let (Some(style), false) = (&rule.style, mode == Mode::Field) {
+            c.error(Some(style), format!("rules[{i}].style"), "style applies only to mode \"field\"");
+        }
+        if let (Some(t), Mode::Field | Mode::Shared) = (&rule.template, mode) {
+            let msg = "template applies only to modes \"collection\" and \"database\"";
+            c.error(Some(t), format!("rules[{i}].template"), msg);
+        }
+        let placement = placement(c, file, rule, i);
+        let renames_database = matches!(&placement, Some(Placement::Database(t)) if !t.is_identity());
+        if renames_database && rule.collection.get_ref() != "*" {
+            let msg = "database rules that rename the database cover every collection: use \"*\"";
+            c.error(Some(&rule.collection), format!("rules[{i}].collection"), msg);
+        }
+        let (Some(database), Some(collection), Some(placement)) = (db, coll, placement) else { continue };
+        // A renamed database cannot share a database name with another rule: one command would need two real
+        // databases.
+        let renames = |r: &Rule| matches!(&r.placement, Placement::Database(t) if !t.is_identity());
+        if let Some(other) =
+            out.iter().find(|other| (renames_database || renames(other)) && other.database.overlaps(&database))
+        {
+            let msg = format!("shares databases with rules[{}], but one of them renames the database", other.index);
+            c.error(Some(&rule.database), format!("rules[{i}].database"), msg);
+        }
+        if let Some(first) = out.iter().find(|o| o.database.overlaps(&database) && o.collection.overlaps(&collection)) {
+            let msg = format!("overlaps rules[{}]; the first matching rule wins", first.index);
+            c.warn(Some(&rule.database), format!("rules[{i}]"), msg);
+        }
+        if let Placement::Field { .. } = placement {
+            let msg = "a tenant can learn whether another tenant's document in this shared collection has a given \
+                       _id (an insert with that _id fails with a duplicate key): let drivers generate ObjectIds, \
+                       or use collection mode where ids are meaningful (see the threat model)";
+            c.warn(Some(&rule.collection), format!("rules[{i}]"), msg);
+        }
+        out.push(Rule { index: i, database, collection, placement });
+    }
+    out
+}
+
+/// A rule's placement, each mode's data checked; `None` after recording what was wrong.
+fn placement(
+    c: &mut Collector<'_>,
+    file: &PolicyFile,
+    rule: &crate::config::RuleConfig,
+    i: usize,
+) -> Option<Placement> {
+    let mode = *rule.mode.get_ref();
+    let template = |c: &mut Collector<'_>, default: &str| {
+        let text = rule.template.as_ref().map_or(default, |t| t.get_ref().as_str());
+        c.ok(Template::parse(text, mode), rule.template.as_ref(), || format!("rules[{i}].template"))
+    };
+    match mode {
+        Mode::Field => {
+            let name = rule.field.as_ref().map_or(DEFAULT_TENANT_FIELD, |f| f.get_ref().as_str());
+            let field = c.ok(FieldName::new(name), rule.field.as_ref(), || format!("rules[{i}].field"))?;
+            Some(Placement::Field { field, style: rule.style.as_ref().map_or(Style::default(), |s| *s.get_ref()) })
+        }
+        Mode::Shared => Some(Placement::Shared),
+        Mode::Collection => template(c, DEFAULT_COLLECTION_TEMPLATE).map(Placement::Collection),
+        Mode::Database => {
+            let t = template(c, DEFAULT_DATABASE_TEMPLATE)?;
+            if !t.has_tenant() {
+                // Same database names for every tenant are only isolated if no two tenants share a backend.
+                let mut per_backend: HashMap<&str, usize> = HashMap::new();
+                for tenant in &file.tenants {
+                    *per_backend.entry(tenant.backend.get_ref()).or_default() += 1;
+                }
+                if per_backend.values().any(|n| *n > 1) {
+                    let msg = "a template without {tenant} needs every tenant on a backend of its own";
+                    c.error(rule.template.as_ref(), format!("rules[{i}].template"), msg);
+                    return None;
+                }
+            }
+            Some(Placement::Database(t))
+        }
+    }
+}
+
+/// A rule that keeps names as they are (field, shared, or a template without `{tenant}`) must not match another
+/// rule's per-tenant real names: through it, one tenant could name another's collection or database
+/// (`app.*` in field mode would reach `globex__invoices`). The proxy refuses such names at run time whatever the
+/// policy; a policy that relies on that is ambiguous and refused here.
+fn name_collisions(c: &mut Collector<'_>, file: &PolicyFile, rules: &[Rule]) {
+    let tenants: Vec<&str> = file.tenants.iter().map(|t| t.id.get_ref().as_str()).collect();
+    let sample = |p: &Pattern| p.as_str().replace('*', "x");
+    for rule in rules {
+        if rule.template().is_some_and(Template::has_tenant) {
+            continue;
+        }
+        for other in rules.iter().filter(|o| o.index != rule.index) {
+            let example = match &other.placement {
+                Placement::Collection(t) if t.has_tenant() && rule.database.overlaps(&other.database) => {
+                    tenants.iter().find_map(|tenant| {
+                        let real = t.render(tenant, &sample(&other.collection));
+                        rule.collection.matches(&real).then(|| format!("{}.{real}", sample(&rule.database)))
+                    })
+                }
+                Placement::Database(t) if t.has_tenant() => tenants.iter().find_map(|tenant| {
+                    let real = t.render(tenant, &sample(&other.database));
+                    rule.database.matches(&real).then_some(real)
+                }),
+                _ => None,
+            };
+            if let Some(example) = example {
+                let at = file.rules.get(rule.index).map(|r| &r.database);
+                let msg = format!(
+                    "matches names rules[{}] gives each tenant (e.g. {example}): through it a tenant could reach \
+                     another tenant's data; use names that cannot match, or another database",
+                    other.index
+                );
+                c.error(at, format!("rules[{}]", rule.index), msg);
+                break;
+            }
+        }
+    }
+}
+
+fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
+    let limits = &file.limits;
+    for (key, value) in [
+        ("max_connections", limits.max_connections),
+        ("max_unauthenticated_connections", limits.max_unauthenticated_connections),
+        ("max_connections_per_ip", limits.max_connections_per_ip),
+        ("max_cursors", limits.max_cursors),
+        ("max_cursors_per_tenant", limits.max_cursors_per_tenant),
+    ] {
+        if value == 0 {
+            c.error(NONE, format!("limits.{key}"), "must be at least 1");
+        }
+    }
+    if !(1024..=tenantwall_protocol::MAX_MESSAGE_SIZE).contains(&limits.max_message_bytes) {
+        let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
+        c.error(NONE, "limits.max_message_bytes".into(), msg);
+    }
+    if !(1024..=tenantwall_protocol::MAX_MESSAGE_SIZE).contains(&limits.max_unauthenticated_message_bytes) {
+        let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
+        c.error(NONE, "limits.max_unauthenticated_message_bytes".into(), msg);
+    }
+    if limits.max_buffered_bytes < limits.max_message_bytes {
+        c.error(NONE, "limits.max_buffered_bytes".into(), "must be at least limits.max_message_bytes");
+    }
+    for (key, value) in [
+        ("frame_timeout_secs", limits.frame_timeout_secs),
+        ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
+        ("backend_timeout_ms", limits.backend_timeout_ms),
+        ("client_write_timeout_secs", limits.client_write_timeout_secs),
+        ("auth_failures_before_refusal", u64::from(limits.auth_failures_before_refusal)),
+        ("auth_failure_window_secs", limits.auth_failure_window_secs),
+        ("auth_timeout_secs", limits.auth_timeout_secs),
+    ] {
+        if value == 0 {
+            c.error(NONE, format!("limits.{key}"), "must be at least 1");
+        }
+    }
+}
