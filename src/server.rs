@@ -143,6 +143,8 @@ impl Reloader {
                 old.max_unauthenticated_connections,
                 new.max_unauthenticated_connections,
             ),
+            ("max_cursors", old.max_cursors, new.max_cursors),
+            ("max_cursors_per_tenant", old.max_cursors_per_tenant, new.max_cursors_per_tenant),
         ] {
             if old != new {
                 warn!(key, old, new, "limits.{key} changed; it takes effect at the next restart");

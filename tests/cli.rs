@@ -451,3 +451,20 @@ fn run_raises_the_open_file_limit_and_warns_when_the_hard_limit_is_too_low() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_reload_says_which_limits_wait_for_a_restart() {
+    let backend = Backend::start();
+    let dir = TempDir::new("reload-limits");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), ""));
+    let (mut child, _addr, stderr) = run_proxy(&policy, &dir);
+    std::fs::write(&policy, policy_text(&backend.uri(), "[limits]\nmax_connections = 50\nmax_cursors = 10\n")).unwrap();
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(wait_for(&stderr, "policy swapped in"), "reload not applied");
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    for key in ["limits.max_connections changed", "limits.max_cursors changed"] {
+        assert!(text.contains(key), "{key} not reported:\n{text}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
