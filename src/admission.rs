@@ -2,8 +2,9 @@
 //! authenticate.
 //!
 //! At accept, a connection takes a slot of its source address (`limits.max_connections_per_ip`) and, until it
-//! has a tenant, one of the `limits.max_unauthenticated_connections` slots, so reconnecting pre-authentication
-//! sockets cannot fill the server. SCRAM failures are counted per source address and per user name within
+//! has a tenant, one of the `limits.max_unauthenticated_connections` slots and one of its source's
+//! `limits.max_unauthenticated_connections_per_ip`, so reconnecting pre-authentication sockets can neither fill
+//! the server nor, from one address, take every pre-authentication slot from the clients of other addresses. SCRAM failures are counted per source address and per user name within
 //! `limits.auth_failure_window_secs`: after a few, each new attempt waits longer, and after
 //! `limits.auth_failures_before_refusal` attempts are refused without running SCRAM. Floods are logged once per
 //! window, never once per event. State is bounded: counters live in fixed-size LRU tables.
@@ -40,6 +41,7 @@ pub enum Refusal {
     TooManyConnections,
     TooManyFromSource,
     TooManyUnauthenticated,
+    TooManyUnauthenticatedFromSource,
 }
 
 impl Refusal {
@@ -48,6 +50,9 @@ impl Refusal {
             Self::TooManyConnections => "limits.max_connections reached",
             Self::TooManyFromSource => "limits.max_connections_per_ip reached for this source",
             Self::TooManyUnauthenticated => "limits.max_unauthenticated_connections reached",
+            Self::TooManyUnauthenticatedFromSource => {
+                "limits.max_unauthenticated_connections_per_ip reached for this source"
+            }
         }
     }
 }
@@ -56,12 +61,35 @@ impl Refusal {
 pub struct Admitted {
     _source: SourceSlot,
     /// Held until the connection has a tenant.
-    pub unauthenticated: Option<OwnedSemaphorePermit>,
+    pub unauthenticated: Option<Unauthenticated>,
 }
 
+/// An unauthenticated connection's slots, overall and for its source.
+pub struct Unauthenticated {
+    _permit: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// One connection counted against its source address; dropping it uncounts it.
 struct SourceSlot {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
+}
+
+impl SourceSlot {
+    /// Counts one more connection from `ip`, unless it already has `max`.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut table = lock(counts);
+        let n = table.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                table.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { counts: counts.clone(), ip })
+    }
 }
 
 impl Drop for SourceSlot {
@@ -84,6 +112,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Connection slots and authentication throttling of one server.
 pub struct Admission {
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    unauthenticated_per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     unauthenticated: Arc<Semaphore>,
     pub auth: AuthThrottle,
     refusals: RateLimitedLog,
@@ -94,6 +123,7 @@ impl Admission {
     pub fn new(limits: &Limits) -> Self {
         Self {
             per_source: Arc::default(),
+            unauthenticated_per_source: Arc::default(),
             unauthenticated: Arc::new(Semaphore::new(
                 limits.max_unauthenticated_connections.min(Semaphore::MAX_PERMITS),
             )),
@@ -105,24 +135,19 @@ impl Admission {
     /// Admits a connection from `ip`, or says why not. `tenant_known` for a listener bound to a tenant: such a
     /// connection never holds an unauthenticated slot.
     pub fn admit(&self, ip: IpAddr, limits: &Limits, tenant_known: bool) -> Result<Admitted, Refusal> {
-        let source = {
-            let mut counts = lock(&self.per_source);
-            let n = counts.entry(ip).or_insert(0);
-            if *n >= limits.max_connections_per_ip {
-                if *n == 0 {
-                    counts.remove(&ip);
-                }
-                return Err(Refusal::TooManyFromSource);
-            }
-            *n += 1;
-            SourceSlot { counts: self.per_source.clone(), ip }
-        };
+        let source =
+            SourceSlot::take(&self.per_source, ip, limits.max_connections_per_ip).ok_or(Refusal::TooManyFromSource)?;
         if tenant_known {
             return Ok(Admitted { _source: source, unauthenticated: None });
         }
-        let unauthenticated =
-            self.unauthenticated.clone().try_acquire_owned().map_err(|_| Refusal::TooManyUnauthenticated)?;
-        Ok(Admitted { _source: source, unauthenticated: Some(unauthenticated) })
+        let from_source =
+            SourceSlot::take(&self.unauthenticated_per_source, ip, limits.max_unauthenticated_connections_per_ip)
+                .ok_or(Refusal::TooManyUnauthenticatedFromSource)?;
+        let permit = self.unauthenticated.clone().try_acquire_owned().map_err(|_| Refusal::TooManyUnauthenticated)?;
+        Ok(Admitted {
+            _source: source,
+            unauthenticated: Some(Unauthenticated { _permit: permit, _source: from_source }),
+        })
     }
 
     /// Logs a refused connection, at most once per window (with how many went unlogged before it).
@@ -277,7 +302,12 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { max_connections_per_ip: 2, max_unauthenticated_connections: 3, ..Limits::default() }
+        Limits {
+            max_connections_per_ip: 2,
+            max_unauthenticated_connections: 3,
+            max_unauthenticated_connections_per_ip: 2,
+            ..Limits::default()
+        }
     }
 
     #[test]
@@ -299,6 +329,23 @@ mod tests {
         drop(first);
         assert_eq!(admission.connections_from(a), 1);
         let _fourth = admission.admit(a, &limits, false).unwrap();
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_unauthenticated_slot() {
+        let limits = Limits { max_connections_per_ip: 10, ..limits() };
+        let admission = Admission::new(&limits);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut first = admission.admit(a, &limits, false).unwrap();
+        let _second = admission.admit(a, &limits, false).unwrap();
+        assert_eq!(admission.admit(a, &limits, false).err(), Some(Refusal::TooManyUnauthenticatedFromSource));
+        // Bound listeners and other sources still get in.
+        let _bound = admission.admit(a, &limits, true).unwrap();
+        let _other = admission.admit(b, &limits, false).unwrap();
+        // Once one of a's connections authenticates, a may start another.
+        first.unauthenticated = None;
+        let _third = admission.admit(a, &limits, false).unwrap();
+        assert_eq!(admission.connections_from(a), 4);
     }
 
     #[test]

@@ -430,3 +430,25 @@ async fn a_tenant_beyond_its_cursor_quota_loses_its_own_oldest_cursor() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_of_idle_sockets_does_not_keep_other_clients_from_authenticating() {
+    let backend = Backend::start();
+    let limits = "max_unauthenticated_connections = 10\nmax_unauthenticated_connections_per_ip = 3\n";
+    let proxy = start_proxy_text(&two_user_policy(&backend, limits)).await;
+    let addr = proxy.addrs()[0];
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect_from("127.0.0.1", addr).await;
+        assert!(raw.serves().await);
+        flood.push(raw);
+    }
+    let mut fourth = Raw::connect_from("127.0.0.1", addr).await;
+    assert!(!fourth.serves().await, "a fourth unauthenticated connection from one source was served");
+    // A client elsewhere gets in and authenticates.
+    let mut legit = Raw::connect_from("127.0.0.2", addr).await;
+    let done = legit.scram("app", "secret").await.unwrap();
+    assert!(done.get_bool("done").unwrap_or(false), "{done:?}");
+    let reply = legit.call(rawdoc! { "find": "items", "$db": "app" }).await.unwrap();
+    assert_eq!(ok(&reply), 1.0, "{reply:?}");
+}

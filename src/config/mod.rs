@@ -199,6 +199,8 @@ pub struct Limits {
     pub max_unauthenticated_connections: usize,
     /// Connections at once from one source address.
     pub max_connections_per_ip: usize,
+    /// Connections without a tenant yet at once from one source address.
+    pub max_unauthenticated_connections_per_ip: usize,
     /// SCRAM failures per source address, and per user name, within `auth_failure_window_secs` after which
     /// attempts are refused without running SCRAM. After the third, each attempt is answered later (0.2 s,
     /// doubling, at most 5 s).
@@ -243,6 +245,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_unauthenticated_connections: 1_000,
             max_connections_per_ip: 1_000,
+            max_unauthenticated_connections_per_ip: 100,
             auth_failures_before_refusal: 20,
             auth_failure_window_secs: 60,
             max_message_bytes: tenantwall_protocol::MAX_MESSAGE_SIZE,

@@ -515,6 +515,7 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
         ("max_connections", limits.max_connections),
         ("max_unauthenticated_connections", limits.max_unauthenticated_connections),
         ("max_connections_per_ip", limits.max_connections_per_ip),
+        ("max_unauthenticated_connections_per_ip", limits.max_unauthenticated_connections_per_ip),
         ("max_cursors", limits.max_cursors),
         ("max_cursors_per_tenant", limits.max_cursors_per_tenant),
     ] {
