@@ -195,7 +195,8 @@ pub struct Limits {
     /// Client connections served at once; further connections are closed at accept. Read at start.
     pub max_connections: usize,
     /// Connections without a tenant yet (before SCRAM succeeds) at once; further ones are closed at accept.
-    /// Read at start.
+    /// Drivers do not authenticate their monitoring connections, so every driver client holds one such
+    /// connection for as long as it is connected. Read at start.
     pub max_unauthenticated_connections: usize,
     /// Connections at once from one source address.
     pub max_connections_per_ip: usize,
@@ -243,9 +244,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
-            max_unauthenticated_connections: 1_000,
-            max_connections_per_ip: 1_000,
-            max_unauthenticated_connections_per_ip: 100,
+            max_unauthenticated_connections: 5_000,
+            max_connections_per_ip: 2_000,
+            max_unauthenticated_connections_per_ip: 500,
             auth_failures_before_refusal: 20,
             auth_failure_window_secs: 60,
             max_message_bytes: tenantwall_protocol::MAX_MESSAGE_SIZE,
