@@ -5,6 +5,11 @@
 //! agree), and runs each connection in its own task under a tracing span with `client.addr` and `conn.id`.
 //! A reload builds a new [`Generation`] and swaps it in whole; connections read the current generation for each
 //! command, and are told about swaps so that connections of removed tenants end.
+//!
+//! Admission (per source address, and before authentication) is decided at accept by [`crate::admission`], with
+//! refusals logged once per window. On shutdown the server drains: listeners close, idle connections end at once,
+//! connections with a command in flight end after answering it, and whatever is left after
+//! `limits.shutdown_grace_secs` is closed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -413,7 +418,8 @@ impl ServerHandle {
         &self.reloader
     }
 
-    /// Stops accepting, closes connections, and waits for the server task.
+    /// Stops accepting, drains (idle connections close at once, commands in flight finish within
+    /// `limits.shutdown_grace_secs`), and waits for the server task.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
