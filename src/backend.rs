@@ -3,7 +3,9 @@
 //! A [`BackendTarget`] is a configured deployment plus what the proxy has learnt about it (its wire version);
 //! a [`BackendConn`] is one connection to it, owned by exactly one client connection at a time and only ever
 //! opened once that client's tenant is known. Replies are parsed and validated like client messages before
-//! anything is relayed; a backend that sends garbage or vanishes costs the client using it one error reply.
+//! anything is relayed; a backend that sends garbage or vanishes costs the client using it one error reply. An
+//! idle connection the backend closed (a restart) is found before use by a non-blocking read, and a send that
+//! fails before any byte left says so, so the caller may retry it on a fresh connection.
 //! Error text sent to clients never names a backend host; service passwords never leave this module.
 
 use std::sync::atomic::{AtomicI32, Ordering};

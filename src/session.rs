@@ -8,7 +8,8 @@
 //!
 //! Cursors are tracked: the server cannot tell tenants apart when the proxy uses one backend user, so the proxy
 //! records which tenant each cursor id was returned to and refuses `getMore`/`killCursors` on any other id with
-//! the same error as a cursor that does not exist. Records expire with the server's idle cursor timeout.
+//! the same error as a cursor that does not exist. Records expire with the server's idle cursor timeout, and the
+//! table is bounded overall and per tenant (least recently used records go first).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
