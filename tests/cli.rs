@@ -234,8 +234,31 @@ fn explain_prints_the_rewrite_or_the_denial() {
     assert!(text.starts_with("denied: 13 (Unauthorized): rules[0] (app.orders, field)"), "{text}");
 }
 
-/// Starts `tenantwall run` on `policy`; returns the child, its address and its log file.
-fn run_proxy(policy: &Path, dir: &TempDir) -> (std::process::Child, std::net::SocketAddr, std::path::PathBuf) {
+/// A proxy process, killed when dropped (also when an assertion fails first).
+struct Proxy(std::process::Child);
+
+impl std::ops::Deref for Proxy {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proxy {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tenantwall run` on `policy`; returns the process, its address and its log file.
+fn run_proxy(policy: &Path, dir: &TempDir) -> (Proxy, std::net::SocketAddr, std::path::PathBuf) {
     let stderr = dir.0.join("stderr.log");
     let mut child = tenantwall()
         .args(["run", "--policy"])
@@ -252,7 +275,7 @@ fn run_proxy(policy: &Path, dir: &TempDir) -> (std::process::Child, std::net::So
         let _ = child.wait();
         panic!("proxy did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
     });
-    (child, addr, stderr)
+    (Proxy(child), addr, stderr)
 }
 
 /// Waits up to `limit` for the child to exit.
@@ -410,7 +433,7 @@ fn a_policy_file_written_in_place_is_applied_only_once_it_settles() {
 }
 
 /// Runs the proxy under `sh -c "<ulimits>; exec tenantwall run ..."`; returns the child and its log.
-fn run_with_ulimits(ulimits: &str, policy: &Path, dir: &TempDir) -> (std::process::Child, std::path::PathBuf) {
+fn run_with_ulimits(ulimits: &str, policy: &Path, dir: &TempDir) -> (Proxy, std::path::PathBuf) {
     let stderr = dir.0.join(format!("stderr-{}.log", ulimits.replace(|c: char| !c.is_ascii_digit(), "")));
     let script = format!("{ulimits} && exec \"$0\" run --policy \"$1\" --listen 127.0.0.1:0");
     let mut child = Command::new("sh")
@@ -423,6 +446,7 @@ fn run_with_ulimits(ulimits: &str, policy: &Path, dir: &TempDir) -> (std::proces
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let child = Proxy(child);
     assert!(line.contains("listening"), "{}", std::fs::read_to_string(&stderr).unwrap_or_default());
     (child, stderr)
 }
