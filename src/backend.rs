@@ -3,7 +3,9 @@
 //! A [`BackendTarget`] is a configured deployment plus what the proxy has learnt about it (its wire version);
 //! a [`BackendConn`] is one connection to it, owned by exactly one client connection at a time and only ever
 //! opened once that client's tenant is known. Replies are parsed and validated like client messages before
-//! anything is relayed; a backend that sends garbage or vanishes costs the client using it one error reply.
+//! anything is relayed; a backend that sends garbage or vanishes costs the client using it one error reply. An
+//! idle connection the backend closed (a restart) is found before use by a non-blocking read, and a send that
+//! fails before any byte left says so, so the caller may retry it on a fresh connection.
 //! Error text sent to clients never names a backend host; service passwords never leave this module.
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -121,6 +123,27 @@ impl BackendTarget {
     }
 }
 
+/// A message that could not be sent.
+#[derive(Debug)]
+pub struct SendFailure {
+    pub error: ProxyError,
+    /// Not one byte of the message reached the connection: the command certainly never ran, so it may be sent
+    /// again on another connection.
+    pub nothing_sent: bool,
+}
+
+impl From<SendFailure> for ProxyError {
+    fn from(failure: SendFailure) -> Self {
+        failure.error
+    }
+}
+
+impl From<ProxyError> for SendFailure {
+    fn from(error: ProxyError) -> Self {
+        Self { error, nothing_sent: false }
+    }
+}
+
 /// What the proxy keeps of a backend's hello.
 struct BackendHello {
     max_wire_version: i32,
@@ -229,12 +252,27 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Whether this idle connection can carry a request: the backend has not closed it (e.g. by restarting)
+    /// and has sent nothing unasked. Costs one non-blocking read.
+    pub async fn is_usable(&mut self) -> bool {
+        self.reader.idle_and_open().await
+    }
+
     /// Sends `msg` with a fresh request id and returns that id.
-    pub async fn send(&mut self, msg: &OpMsg) -> Result<i32, ProxyError> {
+    pub async fn send(&mut self, msg: &OpMsg) -> Result<i32, SendFailure> {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        let frame = msg.encode(request_id, 0)?;
-        self.writer.write_all(&frame).await.map_err(|e| unavailable(format!("write to backend: {e}")))?;
+        let frame = msg.encode(request_id, 0).map_err(|e| SendFailure { error: e.into(), nothing_sent: true })?;
+        let failed = |e: std::io::Error| unavailable(format!("write to backend: {e}"));
+        // The first write is separate so that its failure proves the backend received none of the message.
+        let first =
+            self.writer.write(&frame).await.map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
+        if first == 0 {
+            return Err(SendFailure { error: unavailable("backend stopped accepting".into()), nothing_sent: true });
+        }
+        if let Some(rest) = frame.get(first..) {
+            self.writer.write_all(rest).await.map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
+        }
         Ok(request_id)
     }
 
@@ -259,5 +297,20 @@ impl BackendConn {
             Message::Msg(msg) => Ok((decoded.header, msg)),
             other => Err(ProxyError::BackendProtocol { detail: format!("backend replied with {other:?}") }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_send_on_a_connection_the_peer_closed_is_known_not_to_have_left() {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let mut conn = BackendConn::new(Box::new(ours));
+        drop(theirs);
+        assert!(!conn.is_usable().await);
+        let failure = conn.send(&OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1 })).await.unwrap_err();
+        assert!(failure.nothing_sent);
     }
 }

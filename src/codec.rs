@@ -2,17 +2,73 @@
 //!
 //! [`FrameReader`] owns the read buffer: it runs the cheap "is a whole frame here?" check before every read,
 //! reserves memory only for a length that passed the size cap, and splits complete frames off the buffer as
-//! `Bytes` without copying. A peer that starts a frame must finish it within the frame timeout, so a slow or
-//! stalled client holds one small buffer and then its connection is closed.
+//! `Bytes` without copying. A peer that starts a frame must finish the whole frame within the frame timeout,
+//! counted from its first byte (not per read), so a slow, stalled or trickling client holds one buffer for at
+//! most that long and then its connection is closed.
+//!
+//! With a [`Budget`], every frame is paid for before its buffer is reserved: a frame whose bytes the budget
+//! cannot cover waits (inside its frame timeout) until other frames are done, instead of allocating past it. The
+//! payment is held until the next frame is requested, i.e. while the caller handles this one.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tenantwall_protocol::{check_frame, ProtocolError};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Initial read buffer: enough for typical commands without growing.
 const INITIAL_BUFFER: usize = 8 * 1024;
+
+/// A global allowance of buffered message bytes, shared by every reader of a server.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl Budget {
+    /// Messages up to this size are not counted.
+    pub const SMALL: usize = 64 * 1024;
+
+    pub fn new(total: usize) -> Self {
+        Self { bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))), total }
+    }
+
+    /// Waits until `len` more bytes fit (at once: partial payments would let two large frames deadlock).
+    /// Messages of at most [`Budget::SMALL`] bytes are free and never wait: waiters are served in order, and a
+    /// handshake or a ping must not queue behind someone's 48 MB insert. Their memory is bounded anyway, by
+    /// `max_connections` × [`Budget::SMALL`].
+    pub async fn acquire(&self, len: usize) -> Result<Option<OwnedSemaphorePermit>, BudgetExceeded> {
+        if len <= Self::SMALL {
+            return Ok(None);
+        }
+        let n = u32::try_from(len).map_err(|_| BudgetExceeded(len))?;
+        if len > self.total {
+            return Err(BudgetExceeded(len));
+        }
+        // The semaphore is never closed, so acquiring only fails on impossible sizes, handled above.
+        self.bytes.clone().acquire_many_owned(n).await.map(Some).map_err(|_| BudgetExceeded(len))
+    }
+
+    /// Bytes paid for and not yet released.
+    pub fn in_use(&self) -> usize {
+        self.total.saturating_sub(self.bytes.available_permits())
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+/// A frame larger than the whole budget.
+#[derive(Debug, thiserror::Error)]
+#[error("a message of {0} bytes exceeds the buffer budget")]
+pub struct BudgetExceeded(pub usize);
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +80,8 @@ pub enum ReadError {
     #[error("message not completed within {0:?}")]
     Timeout(Duration),
     #[error(transparent)]
+    Budget(#[from] BudgetExceeded),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -33,38 +91,119 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     max_len: usize,
     frame_timeout: Option<Duration>,
+    /// When the frame being buffered must be complete; set when its first byte arrives.
+    deadline: Option<Instant>,
+    budget: Option<Budget>,
+    /// The payment for the frame being buffered.
+    paid: Option<OwnedSemaphorePermit>,
+    /// The payment for the last frame returned, held while the caller handles it.
+    returned: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `max_len` caps the announced message length; `frame_timeout` bounds how long a started frame may take.
     pub fn new(inner: R, max_len: usize, frame_timeout: Option<Duration>) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(INITIAL_BUFFER), max_len, frame_timeout }
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
+            max_len,
+            frame_timeout,
+            deadline: None,
+            budget: None,
+            paid: None,
+            returned: None,
+        }
+    }
+
+    /// Pays for every frame out of `budget` before buffering it.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Changes the cap on announced lengths for frames not yet started (e.g. once the client is authenticated).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
+    /// Changes the frame timeout for frames not yet started.
+    pub fn set_frame_timeout(&mut self, frame_timeout: Option<Duration>) {
+        self.frame_timeout = frame_timeout;
     }
 
     /// The next complete frame, `Ok(None)` on a clean end of stream between frames.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
+        // The caller is done with the previous frame.
+        self.returned = None;
         loop {
-            if let Some(len) = check_frame(&self.buf, self.max_len)? {
-                return Ok(Some(self.buf.split_to(len).freeze()));
+            if !self.buf.is_empty() && self.deadline.is_none() {
+                self.deadline = self.frame_timeout.map(|limit| Instant::now() + limit);
             }
+            let complete = check_frame(&self.buf, self.max_len)?;
             if self.buf.len() >= 4 {
-                // check_frame validated the announced length, so this reservation is bounded by max_len.
+                // check_frame validated the announced length, so it is bounded by max_len.
                 let announced = i32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                self.pay(announced).await?;
+                if let Some(len) = complete {
+                    self.deadline = None;
+                    self.returned = self.paid.take();
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
                 self.buf.reserve(announced.saturating_sub(self.buf.len()));
             } else if self.buf.capacity() - self.buf.len() < INITIAL_BUFFER / 2 {
                 self.buf.reserve(INITIAL_BUFFER);
             }
-            let read = match (self.buf.is_empty(), self.frame_timeout) {
+            let read = match (self.buf.is_empty(), self.deadline) {
                 // Between frames a connection may idle as long as it likes (drivers keep pools).
                 (true, _) | (false, None) => self.inner.read_buf(&mut self.buf).await?,
-                (false, Some(limit)) => tokio::time::timeout(limit, self.inner.read_buf(&mut self.buf))
+                (false, Some(deadline)) => tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf))
                     .await
-                    .map_err(|_| ReadError::Timeout(limit))??,
+                    .map_err(|_| ReadError::Timeout(self.frame_timeout.unwrap_or_default()))??,
             };
             if read == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
             }
         }
+    }
+
+    /// Whether part of a message has been received and not yet returned.
+    pub fn in_message(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Pays for a frame of `len` bytes (once per frame), waiting for the budget within the frame deadline.
+    async fn pay(&mut self, len: usize) -> Result<(), ReadError> {
+        let Some(budget) = &self.budget else { return Ok(()) };
+        if self.paid.is_some() {
+            return Ok(());
+        }
+        if len <= Budget::SMALL {
+            return Ok(());
+        }
+        let permit = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, budget.acquire(len))
+                .await
+                .map_err(|_| ReadError::Timeout(self.frame_timeout.unwrap_or_default()))??,
+            None => budget.acquire(len).await?,
+        };
+        self.paid = permit;
+        Ok(())
+    }
+
+    /// Whether a stream with no request outstanding is still usable, found without waiting: one read attempt
+    /// that must find nothing to read yet. An end of stream, an error, or bytes nobody asked for all mean the
+    /// peer closed or is out of step, so the stream must not carry another request.
+    pub async fn idle_and_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let inner = &mut self.inner;
+        std::future::poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut probe = ReadBuf::new(&mut byte);
+            Poll::Ready(Pin::new(&mut *inner).poll_read(cx, &mut probe).is_pending())
+        })
+        .await
     }
 
     /// The underlying stream.
@@ -122,5 +261,74 @@ mod tests {
         tx.write_all(&ping()[..10]).await.unwrap();
         assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn frames_wait_for_budget_and_release_it_when_the_next_is_asked_for() {
+        let frame = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "pad": "x".repeat(100_000), "$db": "admin" })
+            .encode(1, 0)
+            .unwrap()
+            .to_vec();
+        let budget = Budget::new(150_000);
+        let (mut tx1, rx1) = tokio::io::duplex(1 << 20);
+        let (mut tx2, rx2) = tokio::io::duplex(1 << 20);
+        let (mut tx3, rx3) = tokio::io::duplex(1 << 20);
+        let mut first = FrameReader::new(rx1, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
+        let mut second = FrameReader::new(rx2, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
+        let mut small = FrameReader::new(rx3, MAX_MESSAGE_SIZE, None).with_budget(budget.clone());
+        tx1.write_all(&frame).await.unwrap();
+        tx2.write_all(&frame).await.unwrap();
+        assert!(first.next_frame().await.unwrap().is_some());
+        assert_eq!(budget.in_use(), frame.len());
+        // The second frame does not fit while the first is being handled.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), second.next_frame()).await;
+        assert!(waiting.is_err(), "second frame was buffered past the budget");
+        // Small messages are not counted and never queue behind large ones.
+        tx3.write_all(&ping()).await.unwrap();
+        assert!(small.next_frame().await.unwrap().is_some());
+        // Asking for the next frame means the first is done: its bytes go back.
+        drop(tx1);
+        assert!(first.next_frame().await.unwrap().is_none());
+        assert!(second.next_frame().await.unwrap().is_some());
+        assert_eq!(budget.in_use(), frame.len());
+        // A frame larger than the whole budget can never be buffered.
+        let (mut tx4, rx4) = tokio::io::duplex(1 << 20);
+        let mut fourth = FrameReader::new(rx4, MAX_MESSAGE_SIZE, None).with_budget(Budget::new(70_000));
+        tx4.write_all(&frame).await.unwrap();
+        assert!(matches!(fourth.next_frame().await, Err(ReadError::Budget(_))));
+    }
+
+    #[tokio::test]
+    async fn idle_probe_sees_a_closed_or_chatty_peer() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
+        assert!(reader.idle_and_open().await);
+        tx.write_all(b"x").await.unwrap();
+        assert!(!reader.idle_and_open().await, "unsolicited bytes");
+        let (tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
+        drop(tx);
+        assert!(!reader.idle_and_open().await, "closed peer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_frame_timeout_bounds_the_whole_message_not_each_read() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, Some(Duration::from_secs(5)));
+        let frame = ping();
+        let trickle = tokio::spawn(async move {
+            // One byte every 2 s: each read is well inside the timeout, the message is not.
+            for byte in frame {
+                if tx.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+        let started = Instant::now();
+        assert!(matches!(reader.next_frame().await, Err(ReadError::Timeout(_))));
+        assert!(started.elapsed() <= Duration::from_secs(6), "{:?}", started.elapsed());
+        drop(reader);
+        let _ = trickle.await;
     }
 }

@@ -5,21 +5,26 @@
 //! connection before the tenant is known, never reveal backend details in a reply, and never let one client's
 //! failure reach another: every error ends in a MongoDB-shaped reply to this client or in closing it.
 
+use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bson::{rawdoc, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
-use tenantwall_protocol::compression::compress_frame;
+use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
 use tenantwall_protocol::{
-    decode, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
+    decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admitted, Verdict};
 use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
+use crate::config::Limits;
 use crate::engine::decide::{prepare_forward, Decision, Local};
 use crate::engine::reply;
 use crate::engine::ReplyPlan;
@@ -40,6 +45,57 @@ struct ReplyPost {
     not_found: Vec<i64>,
     tenant: Arc<Tenant>,
     policy: Arc<Policy>,
+}
+
+/// Messages (as received or once inflated) at least this large are decoded off the async workers.
+const HEAVY_MESSAGE: usize = 256 * 1024;
+
+/// Extra time a command with `maxTimeMS` gets before the proxy gives up on the backend: the server counts only
+/// its own execution, and its MaxTimeMSExpired should win whenever it comes.
+const MAX_TIME_GRACE: Duration = Duration::from_secs(1);
+
+/// When the backend must have answered a forwarded command.
+struct BackendDeadline {
+    at: Instant,
+    /// Whether the deadline comes from the command's `maxTimeMS`.
+    max_time: bool,
+    allowed: Duration,
+}
+
+impl BackendDeadline {
+    /// `limits.backend_timeout_ms`, or the command's own `maxTimeMS` (as forwarded, so after the tenant's cap)
+    /// plus a grace period.
+    fn for_command(limits: &Limits, body: &RawDocument) -> Self {
+        let (allowed, max_time) = match max_time_ms(body) {
+            Some(ms) => (Duration::from_millis(ms).saturating_add(MAX_TIME_GRACE), true),
+            None => (limits.backend_timeout(), false),
+        };
+        Self { at: Instant::now() + allowed, max_time, allowed }
+    }
+
+    /// Runs one backend operation within the deadline.
+    async fn bound<T, E: From<ProxyError>>(&self, op: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        match tokio::time::timeout_at(self.at, op).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::BackendTimeout {
+                max_time: self.max_time,
+                detail: format!("no reply from the backend within {} ms", self.allowed.as_millis()),
+            }
+            .into()),
+        }
+    }
+}
+
+/// A positive `maxTimeMS`, whichever numeric type carries it (0 means no limit, as on the server).
+fn max_time_ms(body: &RawDocument) -> Option<u64> {
+    let ms = match body.get("maxTimeMS").ok().flatten()? {
+        RawBsonRef::Int32(v) => u64::try_from(v).ok()?,
+        RawBsonRef::Int64(v) => u64::try_from(v).ok()?,
+        // Saturating float-to-int conversion; NaN becomes 0 and is ignored.
+        RawBsonRef::Double(v) if v >= 0.0 => v as u64,
+        _ => return None,
+    };
+    (ms > 0).then_some(ms)
 }
 
 /// Whether the connection goes on after a frame.
@@ -66,17 +122,33 @@ pub struct ClientConnection {
     next_reply_id: i32,
     /// The listener's replica-set face, if it has one.
     face: Option<crate::handshake::ReplicaSetFace>,
+    /// A write to the client failed or timed out: the stream may hold half a frame, nothing more may follow.
+    write_failed: bool,
+    peer: IpAddr,
+    /// Connection slots; the unauthenticated one is given back once the tenant is known.
+    admitted: Admitted,
+    /// Authentication from this source or as this user is refused for now: hello gets no speculative step.
+    skip_speculative: bool,
 }
 
 impl ClientConnection {
-    pub(crate) fn new(id: u64, shared: Arc<Shared>, stream: BoxStream, claimed: Option<String>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        shared: Arc<Shared>,
+        stream: BoxStream,
+        claimed: Option<String>,
+        peer: IpAddr,
+        mut admitted: Admitted,
+    ) -> Self {
         let generation = shared.current();
         let limits = &generation.policy.limits;
         let (read, write) = tokio::io::split(stream);
-        let reader = FrameReader::new(read, limits.max_message_bytes, Some(limits.frame_timeout()));
         let tenant = claimed.as_deref().and_then(|t| generation.policy.tenant(t)).cloned();
+        let reader = FrameReader::new(read, limits.message_limit(tenant.is_some()), Some(limits.frame_timeout()))
+            .with_budget(shared.budget.clone());
         if let Some(t) = &tenant {
             tracing::Span::current().record("tenant", t.id.as_str());
+            admitted.unauthenticated = None;
         }
         Self {
             id,
@@ -90,6 +162,10 @@ impl ClientConnection {
             backend: None,
             next_reply_id: 1,
             face: None,
+            write_failed: false,
+            peer,
+            admitted,
+            skip_speculative: false,
         }
     }
 
@@ -107,8 +183,17 @@ impl ClientConnection {
             return;
         }
         let mut generations = self.shared.subscribe();
+        let mut drain = self.shared.draining();
+        let mut draining = false;
         let auth_deadline = Instant::now() + self.shared.current().policy.limits.auth_timeout();
         loop {
+            {
+                // Limits follow reloads, and the pre-authentication cap lifts once the tenant is known.
+                let generation = self.shared.current();
+                let limits = &generation.policy.limits;
+                self.reader.set_max_len(limits.message_limit(self.tenant.is_some()));
+                self.reader.set_frame_timeout(Some(limits.frame_timeout()));
+            }
             let next = tokio::select! {
                 next = self.reader.next_frame() => next,
                 changed = generations.changed() => {
@@ -120,6 +205,15 @@ impl ClientConnection {
                 _ = tokio::time::sleep_until(auth_deadline), if self.tenant.is_none() => {
                     info!("no tenant identified in time; closing");
                     break;
+                }
+                _ = drain.wait_for(|d| *d), if !draining => {
+                    // Idle: close now. A message already arriving is read, answered, and then the connection ends.
+                    draining = true;
+                    if !self.reader.in_message() {
+                        debug!("server draining; closing idle connection");
+                        break;
+                    }
+                    continue;
                 }
             };
             let frame = match next {
@@ -133,7 +227,15 @@ impl ClientConnection {
                     break;
                 }
             };
-            match self.handle_frame(frame).await {
+            let handled = self.handle_frame(frame).await;
+            if self.tenant.is_some() {
+                self.admitted.unauthenticated = None;
+            }
+            match handled {
+                Ok(Flow::Continue) if draining || *drain.borrow() => {
+                    debug!("server draining; closing after the command in flight");
+                    break;
+                }
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break,
                 Err(e) => {
@@ -142,7 +244,11 @@ impl ClientConnection {
                 }
             }
         }
-        let _ = self.writer.shutdown().await;
+        if !self.write_failed {
+            // A TLS close_notify is a write too: bounded like every other.
+            let limit = self.shared.current().policy.limits.client_write_timeout();
+            let _ = tokio::time::timeout(limit, self.writer.shutdown()).await;
+        }
         debug!("connection closed");
     }
 
@@ -168,7 +274,45 @@ impl ClientConnection {
     async fn handle_frame(&mut self, frame: Bytes) -> std::io::Result<Flow> {
         // check_frame guaranteed at least a whole header.
         let Ok(raw_header) = MsgHeader::read(&frame) else { return Ok(Flow::Close) };
-        let decoded = match decode(frame) {
+        let limits = &self.shared.current().policy.limits;
+        let limit = limits.message_limit(self.tenant.is_some());
+        // The inflated message is paid for out of the buffer budget before it exists, like a received frame.
+        let mut work = frame.len();
+        let _inflated = match raw_header.op_code {
+            OpCode::COMPRESSED => match compressed_prefix(&frame, limit) {
+                Ok(prefix) => {
+                    work = work.max(prefix.message_len);
+                    let paid =
+                        tokio::time::timeout(limits.frame_timeout(), self.shared.budget.acquire(prefix.message_len));
+                    match paid.await {
+                        Ok(Ok(permit)) => permit,
+                        _ => {
+                            info!(
+                                len = prefix.message_len,
+                                "no buffer budget to decompress the message in time; closing"
+                            );
+                            return Ok(Flow::Close);
+                        }
+                    }
+                }
+                Err(e) => return self.refuse_frame(raw_header, e).await,
+            },
+            _ => None,
+        };
+        let decoded = if work < HEAVY_MESSAGE {
+            decode_limited(frame, limit)
+        } else {
+            // Inflating and validating megabytes takes milliseconds of CPU: do it on the blocking pool, a few at
+            // a time, so the async workers keep serving every other connection meanwhile.
+            let Ok(permit) = self.shared.heavy.clone().acquire_owned().await else { return Ok(Flow::Close) };
+            let job = tokio::task::spawn_blocking(move || {
+                let decoded = decode_limited(frame, limit);
+                drop(permit);
+                decoded
+            });
+            job.await.unwrap_or(Err(ProtocolError::Malformed("message could not be decoded")))
+        };
+        let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.refuse_frame(raw_header, e).await,
         };
@@ -227,6 +371,12 @@ impl ClientConnection {
         let respond = !msg.flags.more_to_come();
         match prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy) {
             Decision::Local(local) => {
+                if let Some(refusal) = self.throttle_authentication(generation, local, msg.body()).await {
+                    if respond {
+                        self.write_doc(refusal, header.request_id, compressor).await?;
+                    }
+                    return Ok(Flow::Continue);
+                }
                 let (reply, flow) = self.local(generation, local, msg.body(), command);
                 if respond {
                     self.write_doc(reply, header.request_id, compressor).await?;
@@ -299,6 +449,9 @@ impl ClientConnection {
                             self.shared.cursors.release(&tenant.backend, id);
                         }
                     }
+                    Err(_) if self.write_failed => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client write failed"));
+                    }
                     Err(error) => {
                         self.report(&error);
                         self.backend = None;
@@ -308,6 +461,42 @@ impl ClientConnection {
                     }
                 }
                 Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// Applies failure throttling to an authentication attempt (saslStart, or a hello carrying a speculative
+    /// one): waits as long as the source's and user's recent failures require, or returns the refusal to send
+    /// without running SCRAM.
+    async fn throttle_authentication(
+        &mut self,
+        generation: &Generation,
+        local: Local,
+        body: &RawDocument,
+    ) -> Option<RawDocumentBuf> {
+        if self.authenticated_user.is_some() {
+            return None;
+        }
+        let attempt = match local {
+            Local::SaslStart => body,
+            Local::Hello => body.get_document("speculativeAuthenticate").ok()?,
+            _ => return None,
+        };
+        let user = sasl::username_of(attempt);
+        let limits = &generation.policy.limits;
+        match self.shared.admission.auth.check(self.peer, user.as_deref(), limits) {
+            Verdict::Allow => None,
+            Verdict::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                None
+            }
+            Verdict::Refuse if local == Local::Hello => {
+                self.skip_speculative = true;
+                None
+            }
+            Verdict::Refuse => {
+                debug!("authentication attempt refused: too many recent failures");
+                Some(error_document(ErrorCode::AUTHENTICATION_FAILED, "Authentication failed."))
             }
         }
     }
@@ -348,6 +537,9 @@ impl ClientConnection {
             Outcome::Continue(reply) => (reply, Flow::Continue),
             Outcome::Failed { reply, close } => {
                 info!("authentication failed");
+                if reply.get_i32("code").is_ok_and(|code| code == ErrorCode::AUTHENTICATION_FAILED.code) {
+                    self.shared.admission.auth.failed(self.peer, self.sasl.attempted_user(), &generation.policy.limits);
+                }
                 (reply, if close { Flow::Close } else { Flow::Continue })
             }
             Outcome::Authenticated { reply, user, tenant } => {
@@ -355,6 +547,7 @@ impl ClientConnection {
                 match generation.policy.tenant(&tenant) {
                     Some(t) if agrees => {
                         info!(user = %user, tenant = %tenant, "authenticated");
+                        self.shared.admission.auth.succeeded(&user);
                         tracing::Span::current().record("tenant", tenant.as_str());
                         self.tenant = Some(t.clone());
                         self.authenticated_user = Some(user);
@@ -385,7 +578,7 @@ impl ClientConnection {
             reply.append(bson::cstr!("saslSupportedMechs"), mechs);
         }
         if let Ok(speculative) = request.get_document("speculativeAuthenticate") {
-            if self.authenticated_user.is_none() {
+            if self.authenticated_user.is_none() && !std::mem::take(&mut self.skip_speculative) {
                 let outcome = self.sasl.start(speculative, &generation.policy);
                 if let Some(doc) = sasl::speculative_reply(&outcome) {
                     reply.append(bson::cstr!("speculativeAuthenticate"), doc);
@@ -407,26 +600,31 @@ impl ClientConnection {
         let Some(tenant) = self.tenant.clone() else {
             return Err(ProxyError::Internal { detail: "relay without a tenant".into() });
         };
-        if self.backend.as_ref().is_none_or(|(name, _)| *name != tenant.backend) {
-            let target = generation
-                .backends
-                .get(&tenant.backend)
-                .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
-            let conn = target.connect(generation.policy.limits.backend_connect_timeout()).await?;
-            self.backend = Some((tenant.backend.clone(), conn));
-        }
-        let Some((_, backend)) = self.backend.as_mut() else {
-            return Err(ProxyError::Internal { detail: "backend connection missing".into() });
-        };
         // The checksum was verified on the way in and the backend link is the proxy's own. exhaustAllowed is
         // dropped so every reply is solicited: the proxy inspects each batch, and a server may always ignore it.
         // moreToCome is dropped too, as mongos does for w:0 writes: the backend answers, the proxy reads and
         // discards that answer, so the link stays in lock-step and failed unacknowledged writes are logged.
         let strip = MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME;
         let forward = msg.with_flags(msg.flags.without(strip));
-        let backend_request_id = backend.send(&forward).await?;
+        let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body());
+        let backend = self.backend_for(generation, &tenant).await?;
+        let backend_request_id = match deadline.bound(backend.send(&forward)).await {
+            Ok(id) => id,
+            // The connection broke before one byte of the command left: the backend never saw it, so it is
+            // safe to send it once more on a fresh connection.
+            Err(failure) if failure.nothing_sent => {
+                info!(detail = failure.error.log_detail(), "backend connection failed before sending; retrying once");
+                self.backend = None;
+                let backend = self.backend_for(generation, &tenant).await?;
+                deadline.bound(backend.send(&forward)).await?
+            }
+            Err(failure) => return Err(failure.error),
+        };
+        let Some((_, backend)) = self.backend.as_mut() else {
+            return Err(ProxyError::Internal { detail: "backend connection missing".into() });
+        };
         if msg.flags.more_to_come() {
-            let (_, reply) = backend.read_reply(backend_request_id).await?;
+            let (_, reply) = deadline.bound(backend.read_reply(backend_request_id)).await?;
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
@@ -438,7 +636,7 @@ impl ClientConnection {
             let Some((_, backend)) = self.backend.as_mut() else {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
-            let (reply_header, reply) = backend.read_reply(expect).await?;
+            let (reply_header, reply) = deadline.bound(backend.read_reply(expect)).await?;
             let more = reply.flags.more_to_come();
             let reply = self.post_process(reply, post);
             let sent_id = self
@@ -450,6 +648,31 @@ impl ClientConnection {
             }
             expect = reply_header.request_id;
             answer_to = sent_id;
+        }
+    }
+
+    /// The tenant's backend connection: the open one if it is still usable, else a new one. A backend that
+    /// restarted closes its idle connections; they are found here, before a command is lost on one.
+    async fn backend_for(&mut self, generation: &Generation, tenant: &Tenant) -> Result<&mut BackendConn, ProxyError> {
+        if let Some((name, conn)) = self.backend.as_mut() {
+            if *name != tenant.backend {
+                self.backend = None;
+            } else if !conn.is_usable().await {
+                info!("backend connection closed while idle; opening a new one");
+                self.backend = None;
+            }
+        }
+        if self.backend.is_none() {
+            let target = generation
+                .backends
+                .get(&tenant.backend)
+                .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
+            let conn = target.connect(generation.policy.limits.backend_connect_timeout()).await?;
+            self.backend = Some((tenant.backend.clone(), conn));
+        }
+        match self.backend.as_mut() {
+            Some((_, conn)) => Ok(conn),
+            None => Err(ProxyError::Internal { detail: "backend connection missing".into() }),
         }
     }
 
@@ -556,16 +779,35 @@ impl ClientConnection {
         match compressor {
             Some(c) => {
                 let wrapped = compress_frame(&frame, c).map_err(std::io::Error::other)?;
-                self.writer.write_all(&wrapped).await?;
+                drop(frame);
+                self.write_frame(&wrapped).await?;
             }
-            None => self.writer.write_all(&frame).await?,
+            None => self.write_frame(&frame).await?,
         }
         Ok(id)
+    }
+
+    /// Writes one whole frame within `limits.client_write_timeout_secs`. A client that does not read its replies
+    /// in time, or whose connection failed, gets nothing more: the connection is closing.
+    async fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        if self.write_failed {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "an earlier write failed"));
+        }
+        let limit = self.shared.current().policy.limits.client_write_timeout();
+        let outcome = match tokio::time::timeout(limit, self.writer.write_all(frame)).await {
+            Ok(written) => written,
+            Err(_) => {
+                info!(timeout = ?limit, "client does not read its replies; closing");
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client write timed out"))
+            }
+        };
+        self.write_failed = outcome.is_err();
+        outcome
     }
 
     async fn write_reply(&mut self, response_to: i32, reply: OpReply) -> std::io::Result<()> {
         let id = self.reply_id();
         let frame = reply.encode(id, response_to).map_err(std::io::Error::other)?;
-        self.writer.write_all(&frame).await
+        self.write_frame(&frame).await
     }
 }

@@ -26,6 +26,8 @@ impl ErrorCode {
     pub const COMMAND_NOT_SUPPORTED: Self = Self { code: 115, name: "CommandNotSupported" };
     pub const INVALID_NAMESPACE: Self = Self { code: 73, name: "InvalidNamespace" };
     pub const CURSOR_NOT_FOUND: Self = Self { code: 43, name: "CursorNotFound" };
+    pub const MAX_TIME_MS_EXPIRED: Self = Self { code: 50, name: "MaxTimeMSExpired" };
+    pub const NETWORK_TIMEOUT: Self = Self { code: 89, name: "NetworkTimeout" };
     pub const UNSUPPORTED_OP_QUERY_COMMAND: Self = Self { code: 352, name: "UnsupportedOpQueryCommand" };
     /// mongod's IDL parsers refuse an unknown field with this code.
     pub const UNKNOWN_FIELD: Self = Self { code: 40415, name: "Location40415" };
@@ -58,6 +60,10 @@ pub enum ProxyError {
     /// The backend sent something the proxy will not relay. `detail` is logged, never sent.
     #[error("backend sent an invalid reply")]
     BackendProtocol { detail: String },
+    /// The backend did not answer in time. `max_time` when the deadline came from the command's own
+    /// `maxTimeMS` (then the client sees MaxTimeMSExpired, as from a server), else NetworkTimeout.
+    #[error("{}", if *max_time { "operation exceeded time limit" } else { "backend did not answer in time" })]
+    BackendTimeout { max_time: bool, detail: String },
     /// A bug or resource failure inside the proxy.
     #[error("internal error")]
     Internal { detail: String },
@@ -71,7 +77,9 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::Protocol(_) | Self::Denied { .. } => Side::Client,
-            Self::BackendUnavailable { .. } | Self::BackendProtocol { .. } => Side::Backend,
+            Self::BackendUnavailable { .. } | Self::BackendProtocol { .. } | Self::BackendTimeout { .. } => {
+                Side::Backend
+            }
             Self::Internal { .. } => Side::Internal,
         }
     }
@@ -84,6 +92,8 @@ impl ProxyError {
             }
             Self::Denied { code, .. } => *code,
             Self::BackendUnavailable { .. } | Self::BackendProtocol { .. } => ErrorCode::HOST_UNREACHABLE,
+            Self::BackendTimeout { max_time: true, .. } => ErrorCode::MAX_TIME_MS_EXPIRED,
+            Self::BackendTimeout { max_time: false, .. } => ErrorCode::NETWORK_TIMEOUT,
             Self::Internal { .. } => ErrorCode { code: 1, name: "InternalError" },
         }
     }
@@ -91,9 +101,10 @@ impl ProxyError {
     /// Detail for logs (may name the backend; never sent to clients).
     pub fn log_detail(&self) -> &str {
         match self {
-            Self::BackendUnavailable { detail } | Self::BackendProtocol { detail } | Self::Internal { detail } => {
-                detail
-            }
+            Self::BackendUnavailable { detail }
+            | Self::BackendProtocol { detail }
+            | Self::BackendTimeout { detail, .. }
+            | Self::Internal { detail } => detail,
             _ => "",
         }
     }

@@ -13,6 +13,7 @@
 //! into MongoDB's `{ok: 0, errmsg, code, codeName}`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod codec;

@@ -4,13 +4,23 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use tenantwall::auth::ScramVerifier;
 use tenantwall::{config, explain};
 use tenantwall::{Policy, Reloader, Server};
 use tracing_subscriber::EnvFilter;
+
+// jemalloc by default: after a burst of large messages it gives the memory back within a second, where the
+// system allocator kept 198 MB for good (benches/rss.rs). `--features mimalloc` or `--no-default-features`
+// (the system allocator) for comparison.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "tenantwall", version, about = "MongoDB wire-protocol proxy that enforces multi-tenant isolation")]
@@ -22,7 +32,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve: authenticate clients to tenants and relay what the policy allows to their backends.
-    /// SIGHUP (or a change of the file) reloads the policy.
+    /// SIGHUP (or a change of the file) reloads the policy. SIGTERM or SIGINT drains and exits 0; a second
+    /// one exits at once.
     Run {
         /// Policy file (TOML).
         #[arg(long)]
@@ -211,6 +222,7 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_fd_limit(policy.limits.max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -240,13 +252,77 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
     })
 }
 
-/// Reloads on SIGHUP and when the file's modification time changes (polled: cheap and portable).
+/// Raises the open-file soft limit to the hard limit, and warns when even that cannot hold `max_connections`
+/// clients (each needs its own socket and one to its backend, plus listeners and files).
+fn raise_fd_limit(max_connections: usize) {
+    let needed = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(64);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            open_files = limit,
+            needed,
+            "the open-file limit cannot hold limits.max_connections; raise the hard limit (ulimit -Hn) or lower it"
+        ),
+        Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
+/// How long the policy file must stay unchanged before the watcher applies it: an editor or a copy writing the
+/// file in place passes through prefixes that may parse, and none of them may be applied.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How often the watcher looks at the file.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the watcher has seen of the file: its contents are applied once they have stayed the same for
+/// [`SETTLE`] and differ from what was last applied.
+struct FileWatch {
+    applied: Option<Vec<u8>>,
+    seen: Option<(Vec<u8>, Instant)>,
+}
+
+impl FileWatch {
+    fn new(applied: Option<Vec<u8>>) -> Self {
+        Self { applied, seen: None }
+    }
+
+    /// Takes one observation of the contents; returns them when they are ready to apply.
+    fn observe(&mut self, contents: Option<Vec<u8>>, now: Instant) -> Option<Vec<u8>> {
+        let contents = contents?;
+        if self.applied.as_ref() == Some(&contents) {
+            self.seen = None;
+            return None;
+        }
+        match &self.seen {
+            Some((seen, since)) if *seen == contents => {
+                if now.duration_since(*since) < SETTLE {
+                    return None;
+                }
+                self.seen = None;
+                self.applied = Some(contents.clone());
+                Some(contents)
+            }
+            _ => {
+                self.seen = Some((contents, now));
+                None
+            }
+        }
+    }
+
+    /// Records contents applied by other means (SIGHUP).
+    fn applied(&mut self, contents: Option<Vec<u8>>) {
+        self.applied = contents;
+        self.seen = None;
+    }
+}
+
+/// Reloads on SIGHUP at once, and when the file's contents change and then stay unchanged for [`SETTLE`]
+/// (polled: cheap and portable). Deploy with an atomic rename to make the change visible all at once.
 async fn watch_policy(path: PathBuf, reloader: Reloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup()).ok();
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last: Option<SystemTime> = modified(&path);
-    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let read = |p: &Path| std::fs::read(p).ok();
+    let mut watch = FileWatch::new(read(&path));
+    let mut poll = tokio::time::interval(POLL);
     loop {
         let signalled = async {
             match hangup.as_mut() {
@@ -254,18 +330,29 @@ async fn watch_policy(path: PathBuf, reloader: Reloader) {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = signalled => tracing::info!("SIGHUP: reloading policy"),
-            _ = poll.tick() => {
-                let now = modified(&path);
-                if now == last {
-                    continue;
-                }
-                tracing::info!("policy file changed: reloading");
+        let text = tokio::select! {
+            _ = signalled => {
+                tracing::info!("SIGHUP: reloading policy");
+                let contents = read(&path);
+                watch.applied(contents.clone());
+                contents
             }
-        }
-        last = modified(&path);
-        match Policy::load(&path) {
+            _ = poll.tick() => {
+                match watch.observe(read(&path), Instant::now()) {
+                    Some(contents) => {
+                        tracing::info!(settle_secs = SETTLE.as_secs(), "policy file changed and settled: reloading");
+                        Some(contents)
+                    }
+                    None => continue,
+                }
+            }
+        };
+        let loaded = match text.map(String::from_utf8) {
+            Some(Ok(text)) => Policy::from_toml(&text, &path).map_err(|e| e.to_string()),
+            Some(Err(_)) => Err(format!("{}: not UTF-8", path.display())),
+            None => Err(format!("{}: cannot read", path.display())),
+        };
+        match loaded {
             Ok(policy) => reloader.apply(policy),
             Err(e) => {
                 tracing::error!(error = %e, "new policy rejected; keeping the one in force");
@@ -274,15 +361,55 @@ async fn watch_policy(path: PathBuf, reloader: Reloader) {
     }
 }
 
+/// Completes on the first SIGTERM or SIGINT, which starts the drain. A second one exits at once (status 1),
+/// for an operator who does not want to wait for the grace period.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let streams = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    let Ok((mut term, mut int)) = streams else {
+        tracing::warn!("cannot install signal handlers; stop the proxy with SIGKILL");
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down; a second signal exits at once"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down; a second signal exits at once"),
+        }
+        let _ = first_tx.send(());
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for commands in flight");
+        std::process::exit(1);
+    });
+    let _ = first_rx.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watcher_applies_contents_only_once_they_settle() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut watch = FileWatch::new(Some(b"v1".to_vec()));
+        assert_eq!(watch.observe(Some(b"v1".to_vec()), at(0)), None);
+        // An in-place write passes through prefixes, each seen for less than the settle period.
+        assert_eq!(watch.observe(Some(b"v".to_vec()), at(500)), None);
+        assert_eq!(watch.observe(Some(b"v2-part".to_vec()), at(1000)), None);
+        assert_eq!(watch.observe(Some(b"v2-part".to_vec()), at(2500)), None);
+        assert_eq!(watch.observe(Some(b"v2-whole".to_vec()), at(3000)), None);
+        assert_eq!(watch.observe(Some(b"v2-whole".to_vec()), at(4500)), None);
+        assert_eq!(watch.observe(Some(b"v2-whole".to_vec()), at(5000)), Some(b"v2-whole".to_vec()));
+        assert_eq!(watch.observe(Some(b"v2-whole".to_vec()), at(9000)), None, "applied twice");
+        // A missing file is not a change.
+        assert_eq!(watch.observe(None, at(9500)), None);
+        // Changing back to what is applied cancels a pending change.
+        assert_eq!(watch.observe(Some(b"v3".to_vec()), at(10_000)), None);
+        assert_eq!(watch.observe(Some(b"v2-whole".to_vec()), at(10_500)), None);
+        assert_eq!(watch.observe(Some(b"v2-whole".to_vec()), at(13_000)), None);
     }
-    tracing::info!("shutting down");
 }

@@ -45,6 +45,14 @@ pub struct SaslState {
     /// Server-final was sent with `done: false`; an empty saslContinue finishes.
     awaiting_empty: Option<(String, String)>,
     failures: u8,
+    /// The user name of the latest saslStart that could be read, for failure throttling.
+    attempted_user: Option<String>,
+}
+
+/// The user name a `saslStart` (or `speculativeAuthenticate`) document names, if it can be read.
+pub fn username_of(body: &RawDocument) -> Option<String> {
+    let payload = payload_of(body)?;
+    ScramServer::parse_client_first(&payload).ok().map(|first| first.username().to_owned())
 }
 
 fn payload_of(body: &RawDocument) -> Option<Vec<u8>> {
@@ -64,6 +72,11 @@ fn binary(bytes: Vec<u8>) -> Binary {
 }
 
 impl SaslState {
+    /// The user name of the latest conversation, once its first message could be read.
+    pub fn attempted_user(&self) -> Option<&str> {
+        self.attempted_user.as_deref()
+    }
+
     fn fail(&mut self) -> Outcome {
         self.conversation = None;
         self.awaiting_empty = None;
@@ -83,6 +96,7 @@ impl SaslState {
         }
         let Some(payload) = payload_of(body) else { return self.fail() };
         let Ok(first) = ScramServer::parse_client_first(&payload) else { return self.fail() };
+        self.attempted_user = Some(first.username().to_owned());
         let skip_empty_exchange =
             body.get_document("options").ok().and_then(|o| o.get_bool("skipEmptyExchange").ok()).unwrap_or(false);
         let known = policy.scram_user(first.username());

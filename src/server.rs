@@ -5,6 +5,11 @@
 //! agree), and runs each connection in its own task under a tracing span with `client.addr` and `conn.id`.
 //! A reload builds a new [`Generation`] and swaps it in whole; connections read the current generation for each
 //! command, and are told about swaps so that connections of removed tenants end.
+//!
+//! Admission (per source address, and before authentication) is decided at accept by [`crate::admission`], with
+//! refusals logged once per window. On shutdown the server drains: listeners close, idle connections end at once,
+//! connections with a command in flight end after answering it, and whatever is left after
+//! `limits.shutdown_grace_secs` is closed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +23,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::admission::{Admission, Refusal};
 use crate::backend::{BackendTarget, BoxStream};
+use crate::codec::Budget;
 use crate::connection::ClientConnection;
 use crate::policy::{Listener, Policy};
 use crate::session::Cursors;
@@ -67,8 +74,16 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// Which tenant owns each open cursor.
     pub cursors: Cursors,
+    /// Bytes of client messages buffered at once, across all connections.
+    pub budget: Budget,
+    /// Connection slots per source and before authentication; SCRAM failure throttling.
+    pub admission: Admission,
+    /// Large messages decoded at once on the blocking pool: half the cores, so the rest keep serving.
+    pub heavy: Arc<Semaphore>,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
+    /// Set once when the server starts draining: connections end at their next idle moment.
+    draining: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -80,6 +95,11 @@ impl Shared {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generations.subscribe()
+    }
+
+    /// Becomes `true` when the server drains.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     fn swap(&self, policy: Policy) {
@@ -116,6 +136,24 @@ impl Reloader {
     pub fn apply(&self, policy: Policy) {
         for warning in &policy.warnings {
             warn!(%warning, "policy warning");
+        }
+        let before = self.shared.current();
+        let (old, new) = (&before.policy.limits, &policy.limits);
+        // Sized once at start; say so rather than silently keep the old value.
+        for (key, old, new) in [
+            ("max_connections", old.max_connections, new.max_connections),
+            ("max_buffered_bytes", old.max_buffered_bytes, new.max_buffered_bytes),
+            (
+                "max_unauthenticated_connections",
+                old.max_unauthenticated_connections,
+                new.max_unauthenticated_connections,
+            ),
+            ("max_cursors", old.max_cursors, new.max_cursors),
+            ("max_cursors_per_tenant", old.max_cursors_per_tenant, new.max_cursors_per_tenant),
+        ] {
+            if old != new {
+                warn!(key, old, new, "limits.{key} changed; it takes effect at the next restart");
+            }
         }
         self.shared.swap(policy);
         info!(generation = self.shared.current().number, "policy swapped in");
@@ -157,12 +195,20 @@ impl Server {
             });
         }
         while probes.join_next().await.is_some() {}
+        let limits = &generation.policy.limits;
+        let budget = Budget::new(limits.max_buffered_bytes);
+        let admission = Admission::new(limits);
+        let cursors = Cursors::new(limits.max_cursors, limits.max_cursors_per_tenant);
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
-            cursors: Cursors::default(),
+            cursors,
+            budget,
+            admission,
+            heavy: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1))),
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
+            draining: watch::channel(false).0,
         });
         Ok(Server { listeners, shared })
     }
@@ -180,7 +226,8 @@ impl Server {
         Reloader { shared: self.shared.clone() }
     }
 
-    /// Serves until `shutdown` completes; then stops accepting and ends open connections.
+    /// Serves until `shutdown` completes, then drains: stops accepting, closes idle connections, lets commands
+    /// in flight finish and be answered for up to `limits.shutdown_grace_secs`, then ends what is left.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.shared.current().policy.limits.max_connections));
         let mut tasks = JoinSet::new();
@@ -189,8 +236,18 @@ impl Server {
             tasks.spawn(accept_loop(listener, Arc::new(config), self.shared.clone(), limit.clone(), stop_rx.clone()));
         }
         shutdown.await;
+        let grace = self.shared.current().policy.limits.shutdown_grace();
+        let open = Stats::get(&self.shared.stats.connections_open);
+        info!(
+            connections = open,
+            grace_secs = grace.as_secs(),
+            "draining: no new connections, finishing commands in flight"
+        );
+        let started = tokio::time::Instant::now();
+        self.shared.draining.send_replace(true);
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
+        info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     }
 
     /// Runs the server on the current runtime and returns a handle that stops it when dropped.
@@ -232,8 +289,18 @@ async fn accept_loop(
         };
         Stats::incr(&shared.stats.connections_accepted);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(client.addr = %peer, "connection limit reached; closing new connection");
+            shared.admission.log_refusal(peer.ip(), Refusal::TooManyConnections);
+            Stats::incr(&shared.stats.connections_refused);
             continue;
+        };
+        let admitted = match shared.admission.admit(peer.ip(), &shared.current().policy.limits, config.tenant.is_some())
+        {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                shared.admission.log_refusal(peer.ip(), why);
+                Stats::incr(&shared.stats.connections_refused);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -244,7 +311,12 @@ async fn accept_loop(
             async move {
                 Stats::incr(&shared.stats.connections_open);
                 if let Some((stream, claim)) = establish(stream, &config, &shared).await {
-                    ClientConnection::new(id, shared.clone(), stream, claim)
+                    let mut admitted = admitted;
+                    if claim.is_some() {
+                        // SNI or a client certificate named the tenant.
+                        admitted.unauthenticated = None;
+                    }
+                    ClientConnection::new(id, shared.clone(), stream, claim, peer.ip(), admitted)
                         .with_face(config.face.clone())
                         .serve()
                         .await;
@@ -254,6 +326,18 @@ async fn accept_loop(
             }
             .instrument(span),
         );
+    }
+    // Listening stops here (the listener is dropped); open connections close themselves once idle.
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + shared.current().policy.limits.shutdown_grace();
+    while !connections.is_empty() {
+        if tokio::time::timeout_at(deadline, connections.join_next()).await.is_err() {
+            warn!(
+                connections = connections.len(),
+                "shutdown grace period over; closing connections with commands in flight"
+            );
+            break;
+        }
     }
     connections.shutdown().await;
 }
@@ -337,7 +421,8 @@ impl ServerHandle {
         &self.reloader
     }
 
-    /// Stops accepting, closes connections, and waits for the server task.
+    /// Stops accepting, drains (idle connections close at once, commands in flight finish within
+    /// `limits.shutdown_grace_secs`), and waits for the server task.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

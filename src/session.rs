@@ -8,14 +8,16 @@
 //!
 //! Cursors are tracked: the server cannot tell tenants apart when the proxy uses one backend user, so the proxy
 //! records which tenant each cursor id was returned to and refuses `getMore`/`killCursors` on any other id with
-//! the same error as a cursor that does not exist. Records expire with the server's idle cursor timeout.
+//! the same error as a cursor that does not exist. Records expire with the server's idle cursor timeout, and the
+//! table is bounded overall and per tenant (least recently used records go first).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bson::spec::BinarySubtype;
 use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use lru::LruCache;
 use ring::digest;
 use tenantwall_protocol::OpMsg;
 
@@ -23,8 +25,6 @@ use crate::engine::raw::replace_fields;
 
 /// Server-side idle cursors time out after 10 minutes by default; keep records a while longer.
 const CURSOR_TTL: Duration = Duration::from_secs(30 * 60);
-/// Sweep expired records once the table holds this many.
-const SWEEP_AT: usize = 4096;
 
 /// The tenant's own lsid id for `id`.
 pub fn virtual_lsid(tenant: &str, id: &[u8]) -> Vec<u8> {
@@ -74,21 +74,95 @@ pub fn virtualize(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     Some(OpMsg::with_sequences(msg.flags, replace_fields(body, &edits), msg.sequences().to_vec()))
 }
 
+/// `(backend, cursor id)`, the backend named by a small number so that lookups do not allocate.
+type CursorKey = (u32, i64);
+
 struct CursorRecord {
-    tenant: String,
+    tenant: Arc<str>,
     last_used: Instant,
 }
 
 /// Which tenant each open cursor belongs to, per backend.
-#[derive(Default)]
+///
+/// Bounded: at most `max_total` records, and at most `max_per_tenant` per tenant. A new cursor beyond either
+/// bound evicts the least recently used record (the tenant's own when the tenant is at its quota), so one
+/// tenant opening cursors without end only ever loses its own oldest ones. Every operation is O(1): two LRU
+/// lists (all records, and each tenant's) kept in step under one lock, and no sweeps; stale records expire on
+/// use and are the first evicted.
 pub struct Cursors {
-    records: Mutex<HashMap<(String, i64), CursorRecord>>,
+    inner: Mutex<CursorTable>,
+}
+
+struct CursorTable {
+    backends: HashMap<String, u32>,
+    all: LruCache<CursorKey, CursorRecord>,
+    per_tenant: HashMap<Arc<str>, LruCache<CursorKey, ()>>,
+    max_total: usize,
+    max_per_tenant: usize,
+    evicted: u64,
+}
+
+impl CursorTable {
+    fn backend(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.backends.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.backends.len()).unwrap_or(u32::MAX);
+        self.backends.insert(name.to_owned(), id);
+        id
+    }
+
+    fn remove(&mut self, key: &CursorKey) -> Option<CursorRecord> {
+        let record = self.all.pop(key)?;
+        if let Some(list) = self.per_tenant.get_mut(&record.tenant) {
+            list.pop(key);
+            if list.is_empty() {
+                self.per_tenant.remove(&record.tenant);
+            }
+        }
+        Some(record)
+    }
+
+    fn evict_oldest_of(&mut self, tenant: &str) {
+        let oldest = self.per_tenant.get_mut(tenant).and_then(|list| list.peek_lru().map(|(k, _)| *k));
+        if let Some(key) = oldest {
+            self.remove(&key);
+            self.evicted += 1;
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self.all.peek_lru().map(|(k, _)| *k) {
+            self.remove(&key);
+            self.evicted += 1;
+        }
+    }
+}
+
+impl Default for Cursors {
+    fn default() -> Self {
+        let limits = crate::config::Limits::default();
+        Self::new(limits.max_cursors, limits.max_cursors_per_tenant)
+    }
 }
 
 impl Cursors {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), CursorRecord>> {
-        // A poisoned map only means a panic elsewhere mid-update; its entries are still usable.
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn new(max_total: usize, max_per_tenant: usize) -> Self {
+        Self {
+            inner: Mutex::new(CursorTable {
+                backends: HashMap::new(),
+                all: LruCache::unbounded(),
+                per_tenant: HashMap::new(),
+                max_total: max_total.max(1),
+                max_per_tenant: max_per_tenant.max(1),
+                evicted: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CursorTable> {
+        // A poisoned table only means a panic elsewhere mid-update; its entries are still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records `id` (non-zero) on `backend` as `tenant`'s.
@@ -96,36 +170,65 @@ impl Cursors {
         if id == 0 {
             return;
         }
-        let mut records = self.lock();
-        if records.len() >= SWEEP_AT {
-            let now = Instant::now();
-            records.retain(|_, r| now.duration_since(r.last_used) < CURSOR_TTL);
+        let mut table = self.lock();
+        let key = (table.backend(backend), id);
+        table.remove(&key);
+        if table.per_tenant.get(tenant).is_some_and(|list| list.len() >= table.max_per_tenant) {
+            table.evict_oldest_of(tenant);
         }
-        records.insert((backend.to_owned(), id), CursorRecord { tenant: tenant.to_owned(), last_used: Instant::now() });
+        if table.all.len() >= table.max_total {
+            table.evict_oldest();
+        }
+        let tenant: Arc<str> = match table.per_tenant.get_key_value(tenant) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(tenant),
+        };
+        table.per_tenant.entry(tenant.clone()).or_insert_with(LruCache::unbounded).put(key, ());
+        table.all.put(key, CursorRecord { tenant, last_used: Instant::now() });
     }
 
     /// Whether `id` on `backend` belongs to `tenant` (and refreshes it).
     pub fn owned(&self, backend: &str, id: i64, tenant: &str) -> bool {
-        let mut records = self.lock();
-        match records.get_mut(&(backend.to_owned(), id)) {
-            Some(r) if r.tenant == tenant && r.last_used.elapsed() < CURSOR_TTL => {
+        let mut table = self.lock();
+        let Some(backend) = table.backends.get(backend).copied() else { return false };
+        let key = (backend, id);
+        let expired = match table.all.get_mut(&key) {
+            None => return false,
+            Some(r) if r.last_used.elapsed() >= CURSOR_TTL => true,
+            Some(r) if &*r.tenant != tenant => return false,
+            Some(r) => {
                 r.last_used = Instant::now();
-                true
+                false
             }
-            _ => false,
+        };
+        if expired {
+            table.remove(&key);
+            return false;
         }
+        if let Some(list) = table.per_tenant.get_mut(tenant) {
+            list.promote(&key);
+        }
+        true
     }
 
     pub fn release(&self, backend: &str, id: i64) {
-        self.lock().remove(&(backend.to_owned(), id));
+        let mut table = self.lock();
+        if let Some(backend) = table.backends.get(backend).copied() {
+            table.remove(&(backend, id));
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().all.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Records evicted to stay within the bounds, since start.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
     }
 }
 
@@ -213,5 +316,35 @@ mod tests {
         assert!(!cursors.owned("one", 42, "acme"));
         cursors.record("one", 0, "acme");
         assert!(cursors.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_globally_and_per_tenant() {
+        let cursors = Cursors::new(5, 3);
+        for id in 1..=4 {
+            cursors.record("one", id, "acme");
+        }
+        // acme is at its quota of 3: its own oldest cursor went.
+        assert!(!cursors.owned("one", 1, "acme"));
+        assert!((2..=4).all(|id| cursors.owned("one", id, "acme")));
+        // Using a cursor keeps it: 2 was used last-but-two, so after touching it 3 is acme's oldest.
+        assert!(cursors.owned("one", 2, "acme"));
+        cursors.record("one", 5, "acme");
+        assert!(!cursors.owned("one", 3, "acme"));
+        assert!(cursors.owned("one", 2, "acme"));
+        // The global cap evicts the least recently used record of anyone.
+        cursors.record("one", 100, "globex");
+        cursors.record("one", 101, "globex");
+        assert_eq!(cursors.len(), 5);
+        cursors.record("two", 102, "globex");
+        assert_eq!(cursors.len(), 5);
+        assert!(!cursors.owned("one", 4, "acme"), "the least recently used record was kept");
+        assert!(cursors.owned("two", 102, "globex"));
+        assert!(!cursors.owned("one", 102, "globex"));
+        assert_eq!(cursors.evicted(), 3);
+        // Recording an id again moves it to its new owner.
+        cursors.record("one", 100, "acme");
+        assert!(!cursors.owned("one", 100, "globex"));
+        assert!(cursors.owned("one", 100, "acme"));
     }
 }

@@ -9,6 +9,8 @@ use tenantwall_protocol::Compressor;
 pub struct Stats {
     pub connections_accepted: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Connections closed at accept by a connection limit.
+    pub connections_refused: AtomicU64,
     pub commands: AtomicU64,
     pub denied: AtomicU64,
     pub protocol_errors: AtomicU64,

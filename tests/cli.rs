@@ -234,3 +234,262 @@ fn explain_prints_the_rewrite_or_the_denial() {
     assert!(text.starts_with("denied: 13 (Unauthorized): app.orders: drop changes"), "{text}");
     assert!(text.contains("(rule app.orders (field))"), "{text}");
 }
+
+/// A proxy process, killed when dropped (also when an assertion fails first).
+struct Proxy(std::process::Child);
+
+impl std::ops::Deref for Proxy {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proxy {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tenantwall run` on `policy`; returns the process, its address and its log file.
+fn run_proxy(policy: &Path, dir: &TempDir) -> (Proxy, std::net::SocketAddr, std::path::PathBuf) {
+    let stderr = dir.0.join("stderr.log");
+    let mut child = tenantwall()
+        .args(["run", "--policy"])
+        .arg(policy)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "tenantwall=info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| {
+        let _ = child.wait();
+        panic!("proxy did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
+    });
+    (Proxy(child), addr, stderr)
+}
+
+/// Waits up to `limit` for the child to exit.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn raw_ok(client: &mut RawClient, body: bson::RawDocumentBuf) -> bool {
+    let frame = tenantwall_protocol::OpMsg::new(Default::default(), body).encode(1, 0).unwrap();
+    client.send(&frame);
+    reply_ok(client)
+}
+
+fn reply_ok(client: &mut RawClient) -> bool {
+    match client.recv().map(|d| d.message) {
+        Some(tenantwall_protocol::Message::Msg(m)) => {
+            m.body().get_f64("ok").unwrap_or(0.0) == 1.0 || m.body().get_i32("ok").unwrap_or(0) == 1
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn sigterm_drains_commands_in_flight_then_exits_zero() {
+    let backend = Backend::start();
+    let dir = TempDir::new("drain");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), "[limits]\nshutdown_grace_secs = 20\n"));
+    let (mut child, addr, stderr) = run_proxy(&policy, &dir);
+    let mut busy = RawClient::connect(addr);
+    assert!(raw_ok(&mut busy, bson::rawdoc! { "insert": "c", "documents": [{ "x": 1 }], "$db": "app" }));
+    let mut idle = RawClient::connect(addr);
+    assert!(raw_ok(&mut idle, bson::rawdoc! { "ping": 1, "$db": "admin" }));
+
+    // A command is in flight (the backend is stopped, so it stays in flight) when SIGTERM arrives.
+    backend.pause();
+    let find = tenantwall_protocol::OpMsg::new(Default::default(), bson::rawdoc! { "find": "c", "$db": "app" });
+    busy.send(&find.encode(2, 0).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(wait_for(&stderr, "draining"), "no drain logged");
+    assert!(idle.is_closed(), "an idle connection stayed open while draining");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting connections while draining");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "exited with a command in flight");
+
+    // The backend answers: the client gets its reply, and the proxy exits 0 well inside the grace period.
+    std::thread::sleep(Duration::from_millis(500));
+    backend.resume();
+    assert!(reply_ok(&mut busy), "the command in flight was not answered");
+    let status = exit_within(&mut child, Duration::from_secs(10)).expect("did not exit after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "{:?}", signalled.elapsed());
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(text.contains("drained"), "{text}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let backend = Backend::start();
+    let dir = TempDir::new("drain2");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), "[limits]\nshutdown_grace_secs = 60\n"));
+    let (mut child, addr, stderr) = run_proxy(&policy, &dir);
+    let mut busy = RawClient::connect(addr);
+    assert!(raw_ok(&mut busy, bson::rawdoc! { "insert": "c", "documents": [{ "x": 1 }], "$db": "app" }));
+    backend.pause();
+    let find = tenantwall_protocol::OpMsg::new(Default::default(), bson::rawdoc! { "find": "c", "$db": "app" });
+    busy.send(&find.encode(2, 0).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(wait_for(&stderr, "draining"), "no drain logged");
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = exit_within(&mut child, Duration::from_secs(3)).expect("a second signal did not end the proxy");
+    assert!(!status.success(), "{status:?}");
+    backend.resume();
+}
+
+/// SCRAM-SHA-256 over a raw connection; true when the proxy accepted the password.
+fn raw_scram(client: &mut RawClient, user: &str, password: &str) -> bool {
+    use bson::spec::BinarySubtype::Generic;
+    let call = |client: &mut RawClient, body: bson::RawDocumentBuf| {
+        client.send(&tenantwall_protocol::OpMsg::new(Default::default(), body).encode(1, 0).unwrap());
+        match client.recv().map(|d| d.message) {
+            Some(tenantwall_protocol::Message::Msg(m)) => m.body().to_owned(),
+            other => panic!("no reply: {other:?}"),
+        }
+    };
+    let (mut scram, first) = tenantwall::auth::ScramClient::new(user, password).unwrap();
+    let reply = call(
+        client,
+        bson::rawdoc! { "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": bson::Binary { subtype: Generic, bytes: first }, "options": { "skipEmptyExchange": true }, "$db": "admin" },
+    );
+    let Ok(payload) = reply.get_binary("payload") else { return false };
+    let last = scram.handle_server_first(payload.bytes).unwrap();
+    let reply = call(
+        client,
+        bson::rawdoc! { "saslContinue": 1, "conversationId": 1, "payload": bson::Binary { subtype: Generic, bytes: last }, "$db": "admin" },
+    );
+    reply.get_bool("done").unwrap_or(false)
+}
+
+#[test]
+fn a_policy_file_written_in_place_is_applied_only_once_it_settles() {
+    let backend = Backend::start();
+    let dir = TempDir::new("settle");
+    let tenant = |id: &str, user: &str| {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\nbackend = \"main\"\nusers = [{{ name = \"{user}\", scram = \"{}\" }}]\n\n",
+            common::scram_entry("secret")
+        )
+    };
+    // Every prefix that ends before the last tenant is a valid policy without that tenant.
+    let head = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"{}\"\n\n\
+         [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{tenant}}_{{db}}\"\n\n{}",
+        backend.uri(),
+        tenant("t1", "one"),
+    );
+    let whole = format!("{head}{}", tenant("t2", "two"));
+    let policy = dir.write("policy.toml", &whole);
+    let (mut child, addr, stderr) = run_proxy(&policy, &dir);
+    let mut client = RawClient::connect(addr);
+    assert!(raw_scram(&mut client, "two", "secret"));
+
+    // Rewrite the same file in place, slowly, as an editor or a copy over the network would: for 3.5 s it
+    // holds valid policies without t2, never unchanged for 2 s.
+    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+    file.write_all(head.as_bytes()).unwrap();
+    for i in 0..7 {
+        std::thread::sleep(Duration::from_millis(500));
+        file.write_all(format!("# {i}\n").as_bytes()).unwrap();
+    }
+    file.write_all(tenant("t2", "two").as_bytes()).unwrap();
+    drop(file);
+    assert!(wait_for(&stderr, "policy swapped in"), "the settled file was not applied");
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!text.contains("tenant removed"), "a half-written policy was applied:\n{text}");
+    assert_eq!(text.matches("policy swapped in").count(), 1, "{text}");
+    assert!(raw_ok(&mut client, bson::rawdoc! { "find": "c", "$db": "app" }), "t2's connection was disturbed");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs the proxy under `sh -c "<ulimits>; exec tenantwall run ..."`; returns the child and its log.
+fn run_with_ulimits(ulimits: &str, policy: &Path, dir: &TempDir) -> (Proxy, std::path::PathBuf) {
+    let stderr = dir.0.join(format!("stderr-{}.log", ulimits.replace(|c: char| !c.is_ascii_digit(), "")));
+    let script = format!("{ulimits} && exec \"$0\" run --policy \"$1\" --listen 127.0.0.1:0");
+    let mut child = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_tenantwall")])
+        .arg(policy)
+        .env("RUST_LOG", "tenantwall=info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let child = Proxy(child);
+    assert!(line.contains("listening"), "{}", std::fs::read_to_string(&stderr).unwrap_or_default());
+    (child, stderr)
+}
+
+fn soft_open_files(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn run_raises_the_open_file_limit_and_warns_when_the_hard_limit_is_too_low() {
+    let backend = Backend::start();
+    let dir = TempDir::new("nofile");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), "[limits]\nmax_connections = 1000\n"));
+    // A soft limit of 256 under a higher hard limit is raised to the hard limit.
+    let (mut child, stderr) = run_with_ulimits("ulimit -S -n 256 && ulimit -H -n 4000", &policy, &dir);
+    assert_eq!(soft_open_files(child.id()), 4000);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!std::fs::read_to_string(&stderr).unwrap().contains("open-file limit"));
+    // A hard limit too low for max_connections (each client needs two sockets) is reported.
+    let (mut child, stderr) = run_with_ulimits("ulimit -S -n 256 && ulimit -H -n 1024", &policy, &dir);
+    assert_eq!(soft_open_files(child.id()), 1024);
+    assert!(wait_for(&stderr, "open-file limit cannot hold"), "no warning about the open-file limit");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_reload_says_which_limits_wait_for_a_restart() {
+    let backend = Backend::start();
+    let dir = TempDir::new("reload-limits");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), ""));
+    let (mut child, _addr, stderr) = run_proxy(&policy, &dir);
+    std::fs::write(&policy, policy_text(&backend.uri(), "[limits]\nmax_connections = 50\nmax_cursors = 10\n")).unwrap();
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(wait_for(&stderr, "policy swapped in"), "reload not applied");
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    for key in ["limits.max_connections changed", "limits.max_cursors changed"] {
+        assert!(text.contains(key), "{key} not reported:\n{text}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

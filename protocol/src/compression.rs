@@ -1,7 +1,8 @@
 //! OP_COMPRESSED and its codecs (snappy raw, zlib stream, zstd).
 //!
-//! Decompression is bounded by the announced `uncompressedSize`, itself capped by the message size limit, so a
-//! small hostile frame cannot make the proxy allocate or inflate without bound. Nested compression is refused.
+//! Decompression is bounded by the announced `uncompressedSize`, itself capped by the caller's message size limit
+//! (the same limit the compressed frame had to pass), so a small hostile frame cannot make the proxy allocate or
+//! inflate past what an uncompressed frame could. Nested compression is refused.
 
 use std::io::{Read, Write};
 
@@ -117,9 +118,20 @@ impl Compressor {
     }
 }
 
-/// Unwraps an OP_COMPRESSED frame into the complete uncompressed frame it carries (a header with the original
-/// opcode, then the decompressed body) and the compressor that was used.
-pub fn decompress_frame(header: &MsgHeader, frame: &[u8]) -> Result<(Bytes, Compressor), ProtocolError> {
+/// What an OP_COMPRESSED frame announces before anything is inflated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressedPrefix {
+    /// The opcode of the wrapped message.
+    pub original: OpCode,
+    /// Bytes of the uncompressed message, header included.
+    pub message_len: usize,
+    pub compressor: Compressor,
+}
+
+/// Reads and checks the OP_COMPRESSED prefix: the compressor is known, nothing is nested, and the uncompressed
+/// message (header included) fits `max_len` (never more than [`MAX_MESSAGE_SIZE`]). Cheap: inflates nothing, so
+/// a caller can reserve memory for `message_len` before paying for decompression.
+pub fn compressed_prefix(frame: &[u8], max_len: usize) -> Result<CompressedPrefix, ProtocolError> {
     let prefix =
         frame.get(HEADER_LEN..HEADER_LEN + PREFIX_LEN).ok_or(ProtocolError::Truncated("OP_COMPRESSED prefix"))?;
     let original = OpCode(i32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]));
@@ -130,12 +142,29 @@ pub fn decompress_frame(header: &MsgHeader, frame: &[u8]) -> Result<(Bytes, Comp
     }
     let size = usize::try_from(announced)
         .map_err(|_| ProtocolError::Decompression(format!("negative uncompressedSize {announced}")))?;
-    if size > MAX_MESSAGE_SIZE - HEADER_LEN {
-        return Err(ProtocolError::MessageTooLarge {
-            len: i64::from(announced) + HEADER_LEN as i64,
-            max: MAX_MESSAGE_SIZE,
-        });
+    let max = max_len.min(MAX_MESSAGE_SIZE);
+    let message_len = size.saturating_add(HEADER_LEN);
+    if message_len > max {
+        return Err(ProtocolError::MessageTooLarge { len: i64::from(announced) + HEADER_LEN as i64, max });
     }
+    Ok(CompressedPrefix { original, message_len, compressor })
+}
+
+/// Unwraps an OP_COMPRESSED frame into the complete uncompressed frame it carries (a header with the original
+/// opcode, then the decompressed body) and the compressor that was used. The uncompressed message may be as
+/// large as [`MAX_MESSAGE_SIZE`]; [`decompress_frame_limited`] applies a smaller cap.
+pub fn decompress_frame(header: &MsgHeader, frame: &[u8]) -> Result<(Bytes, Compressor), ProtocolError> {
+    decompress_frame_limited(header, frame, MAX_MESSAGE_SIZE)
+}
+
+/// [`decompress_frame`] refusing, before inflating anything, an uncompressed message longer than `max_len`.
+pub fn decompress_frame_limited(
+    header: &MsgHeader,
+    frame: &[u8],
+    max_len: usize,
+) -> Result<(Bytes, Compressor), ProtocolError> {
+    let CompressedPrefix { original, message_len, compressor } = compressed_prefix(frame, max_len)?;
+    let size = message_len - HEADER_LEN;
     let body = compressor.decompress(&frame[HEADER_LEN + PREFIX_LEN..], size)?;
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
     MsgHeader { message_length: 0, request_id: header.request_id, response_to: header.response_to, op_code: original }
@@ -227,5 +256,22 @@ mod tests {
         wrapped[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&i32::MAX.to_le_bytes());
         let header = MsgHeader::read(&wrapped).unwrap();
         assert!(matches!(decompress_frame(&header, &wrapped), Err(ProtocolError::MessageTooLarge { .. })));
+    }
+
+    #[test]
+    fn the_callers_limit_applies_to_the_uncompressed_size() {
+        let frame = sample_frame();
+        for compressor in Compressor::ALL {
+            let wrapped = compress_frame(&frame, compressor).unwrap();
+            let header = MsgHeader::read(&wrapped).unwrap();
+            // The compressed frame is well under the cap; what it inflates to is not.
+            assert!(wrapped.len() < frame.len() - 1);
+            assert!(matches!(
+                decompress_frame_limited(&header, &wrapped, frame.len() - 1),
+                Err(ProtocolError::MessageTooLarge { .. })
+            ));
+            assert_eq!(decompress_frame_limited(&header, &wrapped, frame.len()).unwrap().0, frame);
+            assert_eq!(compressed_prefix(&wrapped, frame.len()).unwrap().message_len, frame.len());
+        }
     }
 }

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 
-use crate::compression::decompress_frame;
-use crate::{Compressor, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError};
+use crate::compression::decompress_frame_limited;
+use crate::{Compressor, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError, MAX_MESSAGE_SIZE};
 
 /// A parsed message.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,12 +28,18 @@ pub struct Decoded {
 
 /// Decodes one complete frame (header included). `frame.len()` must equal the header's messageLength.
 pub fn decode(frame: Bytes) -> Result<Decoded, ProtocolError> {
+    decode_limited(frame, MAX_MESSAGE_SIZE)
+}
+
+/// [`decode`], with OP_COMPRESSED refused when the message it carries would be longer than `max_len`: the
+/// uncompressed size obeys the same cap as a frame sent uncompressed, and is checked before inflating.
+pub fn decode_limited(frame: Bytes, max_len: usize) -> Result<Decoded, ProtocolError> {
     let header = MsgHeader::read(&frame)?;
     if usize::try_from(header.message_length).ok() != Some(frame.len()) {
         return Err(ProtocolError::Malformed("messageLength does not match the frame"));
     }
     let (frame, header, compressor) = if header.op_code == OpCode::COMPRESSED {
-        let (inner, compressor) = decompress_frame(&header, &frame)?;
+        let (inner, compressor) = decompress_frame_limited(&header, &frame, max_len)?;
         let inner_header = MsgHeader::read(&inner)?;
         (inner, inner_header, Some(compressor))
     } else {
@@ -63,6 +69,16 @@ mod tests {
         assert_eq!(decoded.compressor, Some(Compressor::Snappy));
         assert_eq!(decoded.header.request_id, 4);
         assert!(matches!(decoded.message, Message::Msg(ref m) if m.command_name() == Some("ping")));
+    }
+
+    #[test]
+    fn decompressed_size_obeys_the_limit() {
+        let body = rawdoc! { "insert": "c", "documents": [{ "pad": "x".repeat(10_000) }], "$db": "app" };
+        let frame = OpMsg::new(MsgFlags::default(), body).encode(4, 0).unwrap();
+        let wrapped = compress_frame(&frame, Compressor::Zlib).unwrap().freeze();
+        assert!(wrapped.len() < 1024);
+        assert!(matches!(decode_limited(wrapped.clone(), 1024), Err(ProtocolError::MessageTooLarge { .. })));
+        assert!(decode_limited(wrapped, frame.len()).is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod validate;
 
 pub use compression::Compressor;
 pub use error::ProtocolError;
-pub use frame::{decode, Decoded, Message};
+pub use frame::{decode, decode_limited, Decoded, Message};
 pub use header::{
     check_frame, MsgHeader, OpCode, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE, MAX_MESSAGE_SIZE,
 };

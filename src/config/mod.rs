@@ -206,16 +206,50 @@ fn any_collection() -> Spanned<String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Client connections served at once; further connections are closed at accept.
+    /// Client connections served at once; further connections are closed at accept. Read at start.
     pub max_connections: usize,
-    /// Largest message accepted from a client, in bytes (at most 48,000,000).
+    /// Connections without a tenant yet (before SCRAM succeeds) at once; further ones are closed at accept.
+    /// Drivers do not authenticate their monitoring connections, so every driver client holds one such
+    /// connection for as long as it is connected. Read at start.
+    pub max_unauthenticated_connections: usize,
+    /// Connections at once from one source address.
+    pub max_connections_per_ip: usize,
+    /// Connections without a tenant yet at once from one source address.
+    pub max_unauthenticated_connections_per_ip: usize,
+    /// SCRAM failures per source address, and per user name, within `auth_failure_window_secs` after which
+    /// attempts are refused without running SCRAM. After the third, each attempt is answered later (0.2 s,
+    /// doubling, at most 5 s).
+    pub auth_failures_before_refusal: u32,
+    /// Seconds over which authentication failures are counted.
+    pub auth_failure_window_secs: u64,
+    /// Largest message accepted from a client, in bytes (at most 48,000,000), before and after decompression.
     pub max_message_bytes: usize,
-    /// Seconds a client may take to finish sending a message once it has started one.
+    /// Largest message accepted, before and after decompression, while the connection has no tenant yet
+    /// (hello and SASL messages are small).
+    pub max_unauthenticated_message_bytes: usize,
+    /// Seconds a client may take to send a whole message, counted from its first byte.
     pub frame_timeout_secs: u64,
+    /// Bytes of client messages (as received, and once decompressed) buffered at once across all connections;
+    /// a message that does not fit waits for room. Read at start.
+    pub max_buffered_bytes: usize,
+    /// Seconds a reply may wait for a client to read it; a client that stops reading is closed.
+    pub client_write_timeout_secs: u64,
     /// Milliseconds allowed to open (and authenticate) a backend connection.
     pub backend_connect_timeout_ms: u64,
+    /// Milliseconds a backend may take to answer a command; a command with `maxTimeMS` gets that plus a grace
+    /// period instead. On expiry the client gets an error and the backend connection is discarded.
+    pub backend_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
+    /// Open cursors tracked at once, across all tenants; beyond it the least recently used record is dropped
+    /// (its cursor then answers CursorNotFound). Read at start.
+    pub max_cursors: usize,
+    /// Open cursors tracked at once per tenant; beyond it the tenant's own least recently used record is
+    /// dropped. Read at start.
+    pub max_cursors_per_tenant: usize,
+    /// Seconds that commands in flight may take to finish after SIGTERM or SIGINT, before their connections are
+    /// closed anyway.
+    pub shutdown_grace_secs: u64,
     /// Default cap on `maxTimeMS` for every tenant's commands, in milliseconds (none by default).
     pub max_time_ms: Option<u64>,
 }
@@ -224,21 +258,53 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_unauthenticated_connections: 5_000,
+            max_connections_per_ip: 2_000,
+            max_unauthenticated_connections_per_ip: 500,
+            auth_failures_before_refusal: 20,
+            auth_failure_window_secs: 60,
             max_message_bytes: tenantwall_protocol::MAX_MESSAGE_SIZE,
+            max_unauthenticated_message_bytes: 64 * 1024,
             frame_timeout_secs: 30,
+            max_buffered_bytes: 512 * 1024 * 1024,
+            client_write_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
+            backend_timeout_ms: 60_000,
             auth_timeout_secs: 60,
+            max_cursors: 100_000,
+            max_cursors_per_tenant: 10_000,
+            shutdown_grace_secs: 30,
             max_time_ms: None,
         }
     }
 }
 
 impl Limits {
+    /// The message size cap for a connection with or without a tenant.
+    pub fn message_limit(&self, has_tenant: bool) -> usize {
+        if has_tenant {
+            self.max_message_bytes
+        } else {
+            self.max_unauthenticated_message_bytes.min(self.max_message_bytes)
+        }
+    }
     pub fn frame_timeout(&self) -> Duration {
         Duration::from_secs(self.frame_timeout_secs)
     }
+    pub fn client_write_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_write_timeout_secs)
+    }
     pub fn backend_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_connect_timeout_ms)
+    }
+    pub fn backend_timeout(&self) -> Duration {
+        Duration::from_millis(self.backend_timeout_ms)
+    }
+    pub fn auth_failure_window(&self) -> Duration {
+        Duration::from_secs(self.auth_failure_window_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_secs(self.auth_timeout_secs)

@@ -590,16 +590,36 @@ fn name_collisions(c: &mut Collector<'_>, file: &PolicyFile, rules: &[Rule]) {
 
 fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
     let limits = &file.limits;
-    if limits.max_connections == 0 {
-        c.error(NONE, "limits.max_connections".into(), "must be at least 1");
+    for (key, value) in [
+        ("max_connections", limits.max_connections),
+        ("max_unauthenticated_connections", limits.max_unauthenticated_connections),
+        ("max_connections_per_ip", limits.max_connections_per_ip),
+        ("max_unauthenticated_connections_per_ip", limits.max_unauthenticated_connections_per_ip),
+        ("max_cursors", limits.max_cursors),
+        ("max_cursors_per_tenant", limits.max_cursors_per_tenant),
+    ] {
+        if value == 0 {
+            c.error(NONE, format!("limits.{key}"), "must be at least 1");
+        }
     }
     if !(1024..=tenantwall_protocol::MAX_MESSAGE_SIZE).contains(&limits.max_message_bytes) {
         let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
         c.error(NONE, "limits.max_message_bytes".into(), msg);
     }
+    if !(1024..=tenantwall_protocol::MAX_MESSAGE_SIZE).contains(&limits.max_unauthenticated_message_bytes) {
+        let msg = format!("must be between 1024 and {}", tenantwall_protocol::MAX_MESSAGE_SIZE);
+        c.error(NONE, "limits.max_unauthenticated_message_bytes".into(), msg);
+    }
+    if limits.max_buffered_bytes < limits.max_message_bytes {
+        c.error(NONE, "limits.max_buffered_bytes".into(), "must be at least limits.max_message_bytes");
+    }
     for (key, value) in [
         ("frame_timeout_secs", limits.frame_timeout_secs),
         ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
+        ("backend_timeout_ms", limits.backend_timeout_ms),
+        ("client_write_timeout_secs", limits.client_write_timeout_secs),
+        ("auth_failures_before_refusal", u64::from(limits.auth_failures_before_refusal)),
+        ("auth_failure_window_secs", limits.auth_failure_window_secs),
         ("auth_timeout_secs", limits.auth_timeout_secs),
     ] {
         if value == 0 {

@@ -31,38 +31,78 @@ pub struct Backend {
 
 impl Backend {
     pub fn start() -> Backend {
-        let exe = repo_root().join(".venv/bin/nx-27017");
-        assert!(exe.exists(), "{} missing: run scripts/backend setup", exe.display());
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!("tenantwall-nx-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("backend dir");
-            let child = Command::new(&exe)
-                .args(["--db", "memory", "--host", "127.0.0.1", "-p", &port.to_string()])
-                .arg("--pid-file")
-                .arg(dir.join("nx.pid"))
-                .arg("--log-file")
-                .arg(dir.join("nx.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nx-27017");
+            let child = Self::spawn(port, &dir);
             let mut backend = Backend { child, port, dir };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return backend;
-                }
-                if let Ok(Some(_)) = backend.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if backend.wait_ready() {
+                return backend;
             }
             last_log = std::fs::read_to_string(backend.dir.join("nx.log")).unwrap_or_default();
         }
         panic!("nx-27017 did not start; log tail:\n{}", last_log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        let exe = repo_root().join(".venv/bin/nx-27017");
+        assert!(exe.exists(), "{} missing: run scripts/backend setup", exe.display());
+        Command::new(&exe)
+            .args(["--db", "memory", "--host", "127.0.0.1", "-p", &port.to_string()])
+            .arg("--pid-file")
+            .arg(dir.join("nx.pid"))
+            .arg("--log-file")
+            .arg(dir.join("nx.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nx-27017")
+    }
+
+    /// Waits until the port accepts TCP; false if the process exited or 30 s passed.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Kills the instance and starts a fresh one (empty database) on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _attempt in 0..20 {
+            self.child = Self::spawn(self.port, &self.dir);
+            if self.wait_ready() {
+                return;
+            }
+            // The port may linger for a moment after the old process died.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("nx-27017 did not restart on port {}", self.port);
+    }
+
+    /// Stops the process (SIGSTOP): connections stay open, nothing is answered. Undone by [`Backend::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = Command::new("kill").arg(which).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill {which} failed");
     }
 
     pub fn uri(&self) -> String {
