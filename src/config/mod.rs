@@ -33,6 +33,59 @@ pub struct PolicyFile {
     /// Resource limits; every field has a safe default.
     #[serde(default)]
     pub limits: Limits,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); off unless set. Read at start.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// The JSON-lines audit log; off unless set. Read at start.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[admin]`: plain HTTP for operators. Bind it to localhost or a private network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind, e.g. `127.0.0.1:9090`; port 0 picks a free port.
+    pub address: Spanned<String>,
+    /// Environment variable holding a bearer token; when set, every request must carry
+    /// `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token_env: Option<Spanned<String>>,
+    /// Seconds between health checks of each backend (a `ping` on a fresh connection), for `/readyz`.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_secs: u64,
+}
+
+fn default_health_interval() -> u64 {
+    5
+}
+
+/// `[audit]`: one JSON object per line for every denial and audit-style finding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File to append to (relative to the policy file; reopened on SIGUSR1 for rotation), or `-` for stdout.
+    pub path: Spanned<String>,
+    /// Also record every forwarded write (insert, update, delete, findAndModify, bulkWrite), without values.
+    #[serde(default)]
+    pub log_writes: bool,
+    /// Records waiting to be written at once; beyond it records are dropped and counted, never waited for.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+fn default_audit_queue() -> usize {
+    10_000
+}
+
+/// `{ commands_per_second = 100, burst = 200 }`: a token bucket per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Commands admitted per second on average (a fraction is allowed, e.g. 0.5).
+    pub commands_per_second: f64,
+    /// Commands admitted at once after a quiet period (the bucket's size); at least 1.
+    pub burst: u32,
 }
 
 /// One client-facing listener.
@@ -136,6 +189,13 @@ pub struct TenantConfig {
     /// `false` forbids spilling to disk (`allowDiskUse: false` is forced on find and aggregate).
     #[serde(default)]
     pub allow_disk_use: Option<bool>,
+    /// Commands per second forwarded for this tenant, across all its connections (overrides
+    /// `limits.rate_limit`). Commands beyond it are answered with IngressRequestRateLimitExceeded (462).
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<RateLimitConfig>>,
+    /// Connections this tenant may hold at once; an authentication beyond it is refused (none by default).
+    #[serde(default)]
+    pub max_connections: Option<Spanned<usize>>,
 }
 
 /// A SCRAM user.
@@ -252,6 +312,8 @@ pub struct Limits {
     pub shutdown_grace_secs: u64,
     /// Default cap on `maxTimeMS` for every tenant's commands, in milliseconds (none by default).
     pub max_time_ms: Option<u64>,
+    /// Default rate limit of every tenant without its own `rate_limit` (none by default).
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl Default for Limits {
@@ -275,6 +337,7 @@ impl Default for Limits {
             max_cursors_per_tenant: 10_000,
             shutdown_grace_secs: 30,
             max_time_ms: None,
+            rate_limit: None,
         }
     }
 }

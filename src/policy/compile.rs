@@ -20,11 +20,12 @@ use toml::Spanned;
 use super::rules::{Pattern, Template};
 use super::value::{FieldName, TenantValue};
 use super::{
-    tenant_value, BackendSpec, Credentials, Listener, Placement, Policy, Rule, Secret, Tenant,
+    tenant_value, AdminSettings, AuditSettings, AuditTarget, BackendSpec, Credentials, Listener, Placement, Policy,
+    RateLimit, Rule, Secret, Tenant,
     DEFAULT_COLLECTION_TEMPLATE, DEFAULT_DATABASE_TEMPLATE, DEFAULT_TENANT_FIELD,
 };
 use crate::auth::ScramVerifier;
-use crate::config::{line_of, BackendUri, Mode, PolicyFile, Problem, Style};
+use crate::config::{line_of, BackendUri, Mode, PolicyFile, Problem, RateLimitConfig, Style};
 use crate::tls;
 
 /// Databases no rule may open: the handshake, auth and session commands that need them are served by the proxy.
@@ -167,6 +168,8 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
     let rules = rules(&mut c, file);
     name_collisions(&mut c, file, &rules);
     limits(&mut c, file);
+    let admin = admin(&mut c, file, secrets);
+    let audit = audit(&mut c, file, base);
     let collation_safe = collation_safe(tenants.tenants.values().map(|t| &t.value));
     let policy = c.errors.is_empty().then(|| Policy {
         path: path.to_owned(),
@@ -178,6 +181,8 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
         sni: tenants.sni,
         rules,
         limits: file.limits.clone(),
+        admin,
+        audit,
         collation_safe,
         warnings: c.warnings.clone(),
     });
@@ -437,12 +442,22 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
         }
         if let Some(value) = value {
             let max_time_ms = tenant.max_time_ms.or(file.limits.max_time_ms).filter(|ms| *ms > 0);
+            let rate_limit = match &tenant.rate_limit {
+                Some(own) => rate_limit(c, own.get_ref(), Some(own), &format!("tenants[{i}].rate_limit")),
+                // Checked once, in `limits`.
+                None => file.limits.rate_limit.as_ref().and_then(bucket),
+            };
+            if let Some(cap) = tenant.max_connections.as_ref().filter(|cap| *cap.get_ref() == 0) {
+                c.error(Some(cap), format!("tenants[{i}].max_connections"), "must be at least 1");
+            }
             let built = Tenant {
                 id: id.clone(),
                 value,
                 backend: tenant.backend.get_ref().clone(),
                 max_time_ms,
                 allow_disk_use: tenant.allow_disk_use,
+                rate_limit,
+                max_connections: tenant.max_connections.as_ref().map(|cap| *cap.get_ref()),
             };
             out.tenants.insert(id.clone(), Arc::new(built));
         }
@@ -588,6 +603,75 @@ fn name_collisions(c: &mut Collector<'_>, file: &PolicyFile, rules: &[Rule]) {
     }
 }
 
+/// A rate limit's bucket; `None` (with an error) when it would admit nothing or never refill.
+fn rate_limit<S>(
+    c: &mut Collector<'_>,
+    config: &RateLimitConfig,
+    at: Option<&Spanned<S>>,
+    key: &str,
+) -> Option<RateLimit> {
+    if !(config.commands_per_second.is_finite() && config.commands_per_second > 0.0) {
+        c.error(at, format!("{key}.commands_per_second"), "must be a number above 0");
+    }
+    if config.burst == 0 {
+        c.error(at, format!("{key}.burst"), "must be at least 1");
+    }
+    bucket(config)
+}
+
+fn bucket(config: &RateLimitConfig) -> Option<RateLimit> {
+    let valid = config.commands_per_second.is_finite() && config.commands_per_second > 0.0 && config.burst > 0;
+    valid.then_some(RateLimit { per_second: config.commands_per_second, burst: f64::from(config.burst) })
+}
+
+fn admin(c: &mut Collector<'_>, file: &PolicyFile, secrets: Secrets) -> Option<AdminSettings> {
+    let admin = file.admin.as_ref()?;
+    let address = c.ok(
+        SocketAddr::from_str(admin.address.get_ref()).map_err(|_| "must be ip:port, e.g. 127.0.0.1:9090".to_owned()),
+        Some(&admin.address),
+        || "admin.address".into(),
+    );
+    if admin.health_interval_secs == 0 {
+        c.error(Some(&admin.address), "admin.health_interval_secs".into(), "must be at least 1");
+    }
+    let token = match &admin.token_env {
+        None => None,
+        Some(var) => match (std::env::var(var.get_ref()), secrets) {
+            (Ok(token), _) if token.is_empty() => {
+                c.error(Some(var), "admin.token_env".into(), format!("environment variable {} is empty", var.get_ref()));
+                None
+            }
+            (Ok(token), Secrets::Read) => Some(Secret(token)),
+            (_, Secrets::Skip) => None,
+            (Err(_), Secrets::Read) => {
+                c.error(Some(var), "admin.token_env".into(), format!("environment variable {} is not set", var.get_ref()));
+                None
+            }
+        },
+    };
+    Some(AdminSettings {
+        address: address?,
+        token,
+        health_interval: std::time::Duration::from_secs(admin.health_interval_secs),
+    })
+}
+
+fn audit(c: &mut Collector<'_>, file: &PolicyFile, base: &Path) -> Option<AuditSettings> {
+    let audit = file.audit.as_ref()?;
+    let target = match audit.path.get_ref().as_str() {
+        "-" => AuditTarget::Stdout,
+        "" => {
+            c.error(Some(&audit.path), "audit.path".into(), "must be a file name or - for stdout");
+            return None;
+        }
+        path => AuditTarget::File(base.join(path)),
+    };
+    if audit.queue == 0 {
+        c.error(Some(&audit.path), "audit.queue".into(), "must be at least 1");
+    }
+    Some(AuditSettings { target, log_writes: audit.log_writes, queue: audit.queue })
+}
+
 fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
     let limits = &file.limits;
     for (key, value) in [
@@ -625,5 +709,8 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
         if value == 0 {
             c.error(NONE, format!("limits.{key}"), "must be at least 1");
         }
+    }
+    if let Some(default) = &limits.rate_limit {
+        rate_limit(c, default, NONE, "limits.rate_limit");
     }
 }

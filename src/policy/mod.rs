@@ -41,6 +41,41 @@ pub struct Tenant {
     pub max_time_ms: Option<u64>,
     /// `Some(false)` forces `allowDiskUse: false` on find and aggregate.
     pub allow_disk_use: Option<bool>,
+    /// Commands forwarded per second across the tenant's connections (its own, or `limits.rate_limit`).
+    pub rate_limit: Option<RateLimit>,
+    /// Connections the tenant may hold at once.
+    pub max_connections: Option<usize>,
+}
+
+/// A token bucket: `per_second` tokens added each second, at most `burst` held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// Where the audit log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// The compiled `[audit]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub target: AuditTarget,
+    pub log_writes: bool,
+    pub queue: usize,
+}
+
+/// The compiled `[admin]` section.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub address: std::net::SocketAddr,
+    /// Bearer token every request must carry, when configured.
+    pub token: Option<Secret>,
+    pub health_interval: std::time::Duration,
 }
 
 /// A password that never prints.
@@ -178,6 +213,10 @@ pub struct Policy {
     sni: HashMap<String, String>,
     pub rules: Vec<Rule>,
     pub limits: Limits,
+    /// The admin listener, when configured. Read at start.
+    pub admin: Option<AdminSettings>,
+    /// The audit log, when configured. Read at start.
+    pub audit: Option<AuditSettings>,
     /// No collation can make two tenants' values compare equal (see [`compile::collation_safe`]): a non-simple
     /// collation cannot loosen the tenant condition, so field-mode commands may carry one.
     pub collation_safe: bool,
