@@ -13,6 +13,7 @@
 //! into MongoDB's `{ok: 0, errmsg, code, codeName}`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod explain;
 pub mod handshake;
 pub mod policy;
+pub mod ratelimit;
 pub mod sasl;
 pub mod server;
 pub mod session;

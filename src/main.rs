@@ -244,9 +244,13 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             for addr in server.local_addrs() {
                 let _ = writeln!(out, "tenantwall: listening on {addr}");
             }
+            if let Some(addr) = server.admin_addr() {
+                let _ = writeln!(out, "tenantwall: admin listening on {addr}");
+            }
             let _ = out.flush();
         }
         tokio::spawn(watch_policy(path, server.reloader()));
+        tokio::spawn(reopen_audit_log(server.reloader()));
         server.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -356,8 +360,19 @@ async fn watch_policy(path: PathBuf, reloader: Reloader) {
             Ok(policy) => reloader.apply(policy),
             Err(e) => {
                 tracing::error!(error = %e, "new policy rejected; keeping the one in force");
+                reloader.rejected();
             }
         }
+    }
+}
+
+/// Reopens the audit log file on SIGUSR1, after an external tool rotated it.
+async fn reopen_audit_log(reloader: Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the audit log");
+        reloader.reopen_audit_log();
     }
 }
 

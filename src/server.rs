@@ -23,11 +23,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::admin::audit::AuditLog;
+use crate::admin::health::Health;
+use crate::admin::metrics::Metrics;
 use crate::admission::{Admission, Refusal};
 use crate::backend::{BackendTarget, BoxStream};
 use crate::codec::Budget;
 use crate::connection::ClientConnection;
 use crate::policy::{Listener, Policy};
+use crate::ratelimit::RateLimiter;
 use crate::session::Cursors;
 use crate::stats::Stats;
 use crate::tls::subject_string;
@@ -80,6 +84,14 @@ pub(crate) struct Shared {
     pub admission: Admission,
     /// Large messages decoded at once on the blocking pool: half the cores, so the rest keep serving.
     pub heavy: Arc<Semaphore>,
+    /// Prometheus metrics (served by the admin listener).
+    pub metrics: Arc<Metrics>,
+    /// The JSON-lines audit log (a no-op without `[audit]`).
+    pub audit: AuditLog,
+    /// Each backend's last health check, for `/readyz`.
+    pub health: Health,
+    /// Per-tenant command rate limits.
+    pub rate: RateLimiter,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
     /// Set once when the server starts draining: connections end at their next idle moment.
@@ -117,11 +129,15 @@ impl Shared {
 pub enum StartError {
     #[error("cannot listen on {address}: {source}")]
     Bind { address: String, source: std::io::Error },
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// A bound, not yet running server.
 pub struct Server {
     listeners: Vec<(TcpListener, Listener)>,
+    /// The admin HTTP listener, when `[admin]` is configured.
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -156,7 +172,19 @@ impl Reloader {
             }
         }
         self.shared.swap(policy);
-        info!(generation = self.shared.current().number, "policy swapped in");
+        let generation = self.shared.current().number;
+        self.shared.metrics.policy_reload(true, generation);
+        info!(generation, "policy swapped in");
+    }
+
+    /// Counts a reload that was refused because the new policy is invalid (the old one stays in force).
+    pub fn rejected(&self) {
+        self.shared.metrics.policy_reload(false, self.shared.current().number);
+    }
+
+    /// Reopens the audit log file (SIGUSR1, after rotation).
+    pub fn reopen_audit_log(&self) {
+        self.shared.audit.reopen();
     }
 
     /// The generation number in force (starts at 1).
@@ -179,6 +207,19 @@ impl Server {
                 .map_err(|source| StartError::Bind { address: config.address.clone(), source })?;
             listeners.push((listener, config));
         }
+        let admin = match &policy.admin {
+            Some(settings) => Some(
+                TcpListener::bind(settings.address)
+                    .await
+                    .map_err(|source| StartError::Bind { address: settings.address.to_string(), source })?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let audit = match &policy.audit {
+            Some(settings) => AuditLog::start(settings, metrics.clone()).map_err(StartError::Audit)?,
+            None => AuditLog::default(),
+        };
         for warning in &policy.warnings {
             warn!(%warning, "policy warning");
         }
@@ -206,11 +247,15 @@ impl Server {
             budget,
             admission,
             heavy: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1))),
+            metrics,
+            audit,
+            health: Health::default(),
+            rate: RateLimiter::default(),
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
             draining: watch::channel(false).0,
         });
-        Ok(Server { listeners, shared })
+        Ok(Server { listeners, admin, shared })
     }
 
     /// The bound addresses (with the real port when the policy asked for port 0).
@@ -220,6 +265,11 @@ impl Server {
 
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// The admin listener's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn reloader(&self) -> Reloader {
@@ -235,7 +285,16 @@ impl Server {
         for (listener, config) in self.listeners {
             tasks.spawn(accept_loop(listener, Arc::new(config), self.shared.clone(), limit.clone(), stop_rx.clone()));
         }
+        let mut operator = JoinSet::new();
+        if let Some(admin) = self.admin {
+            operator.spawn(crate::admin::serve(admin, self.shared.clone(), stop_rx.clone()));
+            let interval = self.shared.current().policy.admin.as_ref().map(|a| a.health_interval);
+            let interval = interval.unwrap_or(Duration::from_secs(5));
+            operator.spawn(crate::admin::health::check_backends(Arc::downgrade(&self.shared), interval));
+        }
         shutdown.await;
+        // /readyz answers until the listeners close; the health checks end with the server.
+        operator.abort_all();
         let grace = self.shared.current().policy.limits.shutdown_grace();
         let open = Stats::get(&self.shared.stats.connections_open);
         info!(
@@ -253,13 +312,14 @@ impl Server {
     /// Runs the server on the current runtime and returns a handle that stops it when dropped.
     pub fn spawn(self) -> ServerHandle {
         let addrs = self.local_addrs();
+        let admin = self.admin_addr();
         let stats = self.stats();
         let reloader = self.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async move {
             let _ = rx.await;
         }));
-        ServerHandle { addrs, stats, reloader, stop: Some(tx), task }
+        ServerHandle { addrs, admin, stats, reloader, stop: Some(tx), task }
     }
 }
 
@@ -397,6 +457,7 @@ async fn establish(tcp: TcpStream, listener: &Listener, shared: &Shared) -> Opti
 /// A running server. Dropping it stops the server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
     stats: Arc<Stats>,
     reloader: Reloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -411,6 +472,11 @@ impl ServerHandle {
 
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin listener's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     pub fn stats(&self) -> &Stats {

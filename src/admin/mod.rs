@@ -1,0 +1,304 @@
+//! The operator's side of the proxy: metrics, health, and the audit log, and the admin HTTP listener that serves
+//! `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The listener is a deliberately small HTTP/1.1 responder: one request per connection (`Connection: close`),
+//! `GET` and `HEAD` only, the request head capped at [`MAX_REQUEST_BYTES`] and [`REQUEST_TIMEOUT`], a few
+//! connections at once, and an optional bearer token compared in constant time. Anything else is answered 400,
+//! 401, 404 or 405. It is plain HTTP: bind it to localhost or a private network.
+//!
+//! What it must never do: panic or allocate without bound on any input, serve anything but the three paths, or
+//! print the token.
+
+pub mod audit;
+pub mod health;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, warn};
+
+use crate::server::Shared;
+
+/// Largest request head read; a longer one is answered 400.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Time a client has to send its whole request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more are closed at accept.
+const MAX_ADMIN_CONNECTIONS: usize = 16;
+
+/// What the responder needs to know to answer one request.
+pub struct View<'a> {
+    /// The bearer token requests must carry, when one is configured.
+    pub token: Option<&'a str>,
+    /// The metrics text, rendered only for `/metrics`.
+    pub metrics: &'a dyn Fn() -> String,
+    /// Readiness: `Err` holds the names of the backends that did not answer their last check.
+    pub ready: &'a dyn Fn() -> Result<(), Vec<String>>,
+}
+
+/// One HTTP response.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    /// `HEAD`: the headers of a GET, without the body.
+    pub head_only: bool,
+    pub extra_header: Option<&'static str>,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            head_only: false,
+            extra_header: None,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            503 => "Service Unavailable",
+            _ => "Error",
+        }
+    }
+
+    /// The bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
+            self.status,
+            self.reason(),
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(header) = self.extra_header {
+            out.push_str(header);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        if !self.head_only {
+            out.push_str(&self.body);
+        }
+        out.into_bytes()
+    }
+}
+
+/// The end of the request head (the index after `\r\n\r\n`), once it has arrived.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+}
+
+/// Compares without stopping at the first difference, so response time does not reveal the token.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Answers one complete request head. Pure: unit tests call it without sockets.
+pub fn respond(head: &[u8], view: &View<'_>) -> Response {
+    let bad = |why: &str| Response::text(400, format!("bad request: {why}\n"));
+    let Ok(text) = std::str::from_utf8(head) else { return bad("not UTF-8") };
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return bad("malformed request line");
+    };
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return bad("unsupported HTTP version");
+    }
+    let mut authorization = None;
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else { return bad("malformed header") };
+        if name.is_empty() || name.contains([' ', '\t']) {
+            return bad("malformed header name");
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return bad("more than one Authorization header");
+            }
+            authorization = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && value != "0")
+        {
+            return bad("requests have no body here");
+        }
+    }
+    if let Some(token) = view.token {
+        let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            let mut response = Response::text(401, "unauthorized\n");
+            response.extra_header = Some("WWW-Authenticate: Bearer");
+            return response;
+        }
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            let mut response = Response::text(405, "method not allowed\n");
+            response.extra_header = Some("Allow: GET, HEAD");
+            return response;
+        }
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let mut response = match path {
+        "/metrics" => Response {
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            ..Response::text(200, (view.metrics)())
+        },
+        "/healthz" => Response::text(200, "ok\n"),
+        "/readyz" => match (view.ready)() {
+            Ok(()) => Response::text(200, "ready\n"),
+            Err(failing) => {
+                let mut body = String::from("not ready: backends not answering their health check:\n");
+                for name in failing {
+                    body.push_str(&name);
+                    body.push('\n');
+                }
+                Response::text(503, body)
+            }
+        },
+        _ => Response::text(404, "not found\n"),
+    };
+    response.head_only = head_only;
+    response
+}
+
+/// Serves the admin listener until `stop` turns true.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "too many admin connections; closing");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+                Ok(Ok(Some(head))) => {
+                    let generation = shared.current();
+                    let token = generation.policy.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.expose());
+                    let metrics = || shared.metrics.encode();
+                    let ready = || shared.health.ready(generation.backends.keys().cloned());
+                    respond(&head, &View { token, metrics: &metrics, ready: &ready })
+                }
+                Ok(Ok(None)) => Response::text(400, "bad request: request head too large or incomplete\n"),
+                Ok(Err(_)) => return,
+                Err(_) => Response::text(408, "request timeout\n"),
+            };
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                stream.write_all(&response.encode()).await?;
+                stream.shutdown().await
+            })
+            .await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads until the end of the request head; `None` when it is longer than [`MAX_REQUEST_BYTES`] or the client
+/// closed before finishing it.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if let Some(end) = head_end(&buf) {
+            buf.truncate(end);
+            return Ok(Some(buf));
+        }
+        if buf.len() > MAX_REQUEST_BYTES {
+            return Ok(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(head: &str, token: Option<&str>, ready: Result<(), Vec<String>>) -> Response {
+        let metrics = || "tenantwall_policy_generation 1\n".to_owned();
+        let ready = || ready.clone();
+        respond(head.as_bytes(), &View { token, metrics: &metrics, ready: &ready })
+    }
+
+    #[test]
+    fn paths_methods_and_statuses() {
+        let ok = || Ok(());
+        assert_eq!(ask("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", None, ok()).status, 200);
+        let metrics = ask("GET /metrics?x=1 HTTP/1.1\r\n\r\n", None, ok());
+        assert_eq!((metrics.status, metrics.content_type), (200, "text/plain; version=0.0.4; charset=utf-8"));
+        assert_eq!(ask("GET /nope HTTP/1.1\r\n\r\n", None, ok()).status, 404);
+        assert_eq!(ask("POST /metrics HTTP/1.1\r\n\r\n", None, ok()).status, 405);
+        assert_eq!(ask("GET /metrics HTTP/2\r\n\r\n", None, ok()).status, 400);
+        assert_eq!(ask("GET  /metrics HTTP/1.1\r\n\r\n", None, ok()).status, 400);
+        assert_eq!(ask("GET /metrics HTTP/1.1\r\nbad header\r\n\r\n", None, ok()).status, 400);
+        assert_eq!(ask("GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\n", None, ok()).status, 400);
+        let head = ask("HEAD /healthz HTTP/1.1\r\n\r\n", None, ok());
+        let wire = String::from_utf8(head.encode()).unwrap();
+        assert!(wire.contains("Content-Length: 3\r\n") && wire.ends_with("\r\n\r\n"), "{wire}");
+        let unready = ask("GET /readyz HTTP/1.1\r\n\r\n", None, Err(vec!["east".into()]));
+        assert_eq!(unready.status, 503);
+        assert!(unready.body.contains("east"));
+    }
+
+    #[test]
+    fn bearer_token() {
+        let ok = || Ok(());
+        assert_eq!(ask("GET /metrics HTTP/1.1\r\n\r\n", Some("s3cret"), ok()).status, 401);
+        assert_eq!(ask("GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n", Some("s3cret"), ok()).status, 401);
+        let granted = ask("GET /metrics HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n", Some("s3cret"), ok());
+        assert_eq!(granted.status, 200);
+        let denied = ask("GET /nope HTTP/1.1\r\n\r\n", Some("s3cret"), ok());
+        assert_eq!(denied.status, 401, "paths are not revealed without the token");
+        assert!(!String::from_utf8(denied.encode()).unwrap().contains("s3cret"));
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let ok = || Ok(());
+        for head in ["", "\r\n\r\n", "GET", "GET / HTTP/1.1 extra\r\n\r\n", ":\r\n\r\n", "GET / HTTP/1.1\r\n:x\r\n\r\n"] {
+            let status = ask(head, None, ok()).status;
+            assert!(matches!(status, 400 | 404), "{head:?}: {status}");
+        }
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let metrics = String::new;
+        let ready = || Ok(());
+        assert_eq!(respond(&bytes, &View { token: None, metrics: &metrics, ready: &ready }).status, 400);
+    }
+}
