@@ -36,6 +36,8 @@ use crate::server::{Generation, Shared};
 use crate::session;
 use crate::stats::Stats;
 
+mod observe;
+
 /// What to do with the replies of one forwarded command.
 struct ReplyPost {
     plan: ReplyPlan,
@@ -129,6 +131,10 @@ pub struct ClientConnection {
     admitted: Admitted,
     /// Authentication from this source or as this user is refused for now: hello gets no speculative step.
     skip_speculative: bool,
+    /// This connection's handles on its tenant's metrics (`-` until the tenant is known).
+    usage: crate::admin::metrics::TenantMetrics,
+    /// What was seen of the command in flight, for metrics.
+    observed: observe::Observed,
 }
 
 impl ClientConnection {
@@ -150,6 +156,7 @@ impl ClientConnection {
             tracing::Span::current().record("tenant", t.id.as_str());
             admitted.unauthenticated = None;
         }
+        let usage = shared.metrics.connection(crate::admin::metrics::NO_TENANT);
         Self {
             id,
             shared,
@@ -166,6 +173,8 @@ impl ClientConnection {
             peer,
             admitted,
             skip_speculative: false,
+            usage,
+            observed: observe::Observed::default(),
         }
     }
 
@@ -181,6 +190,11 @@ impl ClientConnection {
         if self.claimed.is_some() && self.tenant.is_none() {
             info!("claimed tenant is not in the policy; closing");
             return;
+        }
+        if let Some(tenant) = self.tenant.clone() {
+            if !self.claim_tenant_slot(&tenant) {
+                return;
+            }
         }
         let mut generations = self.shared.subscribe();
         let mut drain = self.shared.draining();
@@ -274,6 +288,8 @@ impl ClientConnection {
     async fn handle_frame(&mut self, frame: Bytes) -> std::io::Result<Flow> {
         // check_frame guaranteed at least a whole header.
         let Ok(raw_header) = MsgHeader::read(&frame) else { return Ok(Flow::Close) };
+        let started = Instant::now();
+        self.usage.bytes_received.inc_by(frame.len() as u64);
         let limits = &self.shared.current().policy.limits;
         let limit = limits.message_limit(self.tenant.is_some());
         // The inflated message is paid for out of the buffer budget before it exists, like a received frame.
@@ -324,7 +340,12 @@ impl ClientConnection {
             return Ok(Flow::Close);
         }
         match decoded.message {
-            Message::Msg(msg) => self.handle_msg(&generation, decoded.header, msg, decoded.compressor).await,
+            Message::Msg(msg) => {
+                let command = Command::from_name(msg.command_name().unwrap_or_default());
+                let flow = self.handle_msg(&generation, decoded.header, msg, decoded.compressor).await;
+                self.done(command, started);
+                flow
+            }
             Message::Query(query) => self.handle_query(&generation, decoded.header, query).await,
             Message::Reply(_) => {
                 warn!("client sent OP_REPLY");
@@ -369,7 +390,14 @@ impl ClientConnection {
         let command = Command::from_name(&name);
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
-        match prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy) {
+        let decision = prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy);
+        if let Some(refusal) = self.decided(generation, &decision, command, msg.body(), header.request_id) {
+            if respond {
+                self.write_doc(refusal, header.request_id, compressor).await?;
+            }
+            return Ok(Flow::Continue);
+        }
+        match decision {
             Decision::Local(local) => {
                 if let Some(refusal) = self.throttle_authentication(generation, local, msg.body()).await {
                     if respond {
@@ -538,6 +566,7 @@ impl ClientConnection {
             Outcome::Failed { reply, close } => {
                 info!("authentication failed");
                 if reply.get_i32("code").is_ok_and(|code| code == ErrorCode::AUTHENTICATION_FAILED.code) {
+                    self.shared.metrics.auth_failure();
                     self.shared.admission.auth.failed(self.peer, self.sasl.attempted_user(), &generation.policy.limits);
                 }
                 (reply, if close { Flow::Close } else { Flow::Continue })
@@ -545,6 +574,9 @@ impl ClientConnection {
             Outcome::Authenticated { reply, user, tenant } => {
                 let agrees = self.claimed.as_ref().is_none_or(|claimed| *claimed == tenant);
                 match generation.policy.tenant(&tenant) {
+                    Some(t) if agrees && !self.claim_tenant_slot(t) => {
+                        (crate::ratelimit::connection_refusal(&tenant), Flow::Close)
+                    }
                     Some(t) if agrees => {
                         info!(user = %user, tenant = %tenant, "authenticated");
                         self.shared.admission.auth.succeeded(&user);
@@ -607,6 +639,7 @@ impl ClientConnection {
         let strip = MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME;
         let forward = msg.with_flags(msg.flags.without(strip));
         let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body());
+        self.sending();
         let backend = self.backend_for(generation, &tenant).await?;
         let backend_request_id = match deadline.bound(backend.send(&forward)).await {
             Ok(id) => id,
@@ -625,6 +658,7 @@ impl ClientConnection {
         };
         if msg.flags.more_to_come() {
             let (_, reply) = deadline.bound(backend.read_reply(backend_request_id)).await?;
+            self.answered(reply.body());
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
@@ -637,6 +671,7 @@ impl ClientConnection {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
             let (reply_header, reply) = deadline.bound(backend.read_reply(expect)).await?;
+            self.answered(reply.body());
             let more = reply.flags.more_to_come();
             let reply = self.post_process(reply, post);
             let sent_id = self
@@ -745,6 +780,9 @@ impl ClientConnection {
         match error.side() {
             Side::Backend => {
                 Stats::incr(&self.shared.stats.backend_errors);
+                if let Some(tenant) = &self.tenant {
+                    self.shared.metrics.backend_error(&tenant.backend);
+                }
                 warn!(detail = error.log_detail(), "backend failure");
             }
             Side::Internal => warn!(detail = error.log_detail(), "internal failure"),
@@ -802,6 +840,9 @@ impl ClientConnection {
             }
         };
         self.write_failed = outcome.is_err();
+        if outcome.is_ok() {
+            self.usage.bytes_sent.inc_by(frame.len() as u64);
+        }
         outcome
     }
 

@@ -68,6 +68,21 @@ pub fn refusal(tenant: &str) -> RawDocumentBuf {
     }
 }
 
+/// The reply to an authentication beyond the tenant's connection cap (the connection then closes): the same
+/// overload shape, so a driver backs off before it opens another connection.
+pub fn connection_refusal(tenant: &str) -> RawDocumentBuf {
+    let mut labels = bson::RawArrayBuf::new();
+    labels.push("SystemOverloadedError");
+    labels.push("RetryableError");
+    rawdoc! {
+        "ok": 0.0,
+        "errmsg": format!("Connection limit of tenant {tenant} reached"),
+        "code": RATE_LIMIT_EXCEEDED.code,
+        "codeName": RATE_LIMIT_EXCEEDED.name,
+        "errorLabels": labels,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
