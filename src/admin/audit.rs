@@ -204,12 +204,8 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let metrics = Arc::new(Metrics::new());
         let (queue, _records) = mpsc::channel(1);
-        let log = AuditLog {
-            queue: Some(queue),
-            log_writes: false,
-            metrics: Some(metrics.clone()),
-            reopen: Arc::default(),
-        };
+        let log =
+            AuditLog { queue: Some(queue), log_writes: false, metrics: Some(metrics.clone()), reopen: Arc::default() };
         let record = AuditRecord {
             time: AuditRecord::now(),
             tenant: "acme".into(),

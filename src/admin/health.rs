@@ -63,7 +63,8 @@ pub(crate) async fn check_backends(shared: std::sync::Weak<Shared>, interval: Du
                     let ping = OpMsg::new(MsgFlags::default(), rawdoc! {"ping": 1, "$db": "admin"});
                     let id = conn.send(&ping).await.ok()?;
                     let (_, reply) = conn.read_reply(id).await.ok()?;
-                    let ok = reply.body().get("ok").ok().flatten().and_then(|v| v.as_f64().or(v.as_i32().map(f64::from)));
+                    let ok =
+                        reply.body().get("ok").ok().flatten().and_then(|v| v.as_f64().or(v.as_i32().map(f64::from)));
                     Some(ok == Some(1.0))
                 };
                 let up = tokio::time::timeout(timeout, check).await.ok().flatten().unwrap_or(false);

@@ -242,22 +242,20 @@ impl Metrics {
     }
 
     /// Handles for a connection of `tenant` (or [`NO_TENANT`]), counted in `tenantwall_connections` until dropped.
-    pub fn connection(self: &Arc<Self>, tenant: &str) -> TenantMetrics {
-        let handles = self.handles(tenant);
-        handles.connections.inc();
-        handles
+    pub fn connection(&self, tenant: &str) -> TenantMetrics {
+        self.handles(tenant).1
     }
 
     /// Moves a connection to `tenant`, unless that would exceed `cap` connections of the tenant: then the
     /// connection keeps its handles and `false` is returned.
-    pub fn move_connection(self: &Arc<Self>, handles: &mut TenantMetrics, tenant: &str, cap: Option<usize>) -> bool {
+    pub fn move_connection(&self, handles: &mut TenantMetrics, tenant: &str, cap: Option<usize>) -> bool {
         if *handles.tenant == *tenant {
             return true;
         }
-        let next = self.handles(tenant);
-        let before = next.connections.inc();
+        // Counted first, then checked: two connections racing for the last slot cannot both get it.
+        let (before, next) = self.handles(tenant);
         if cap.is_some_and(|cap| usize::try_from(before).unwrap_or(0) >= cap) {
-            next.connections.dec();
+            // Dropping `next` takes the count back.
             return false;
         }
         // Dropping the old handles takes the connection off its previous tenant's gauge.
@@ -265,18 +263,22 @@ impl Metrics {
         true
     }
 
-    fn handles(self: &Arc<Self>, tenant: &str) -> TenantMetrics {
+    /// A connection's handles on `tenant`'s series, counted on its gauge; also the count before it.
+    fn handles(&self, tenant: &str) -> (i64, TenantMetrics) {
         let label = TenantLabel { tenant: Arc::new(tenant.to_owned()) };
-        TenantMetrics {
+        let connections = self.connections.get_or_create(&label).clone();
+        let before = connections.inc();
+        let handles = TenantMetrics {
             command_duration: self.command_duration.get_or_create(&label).clone(),
             backend_time: self.backend_time.get_or_create(&label).clone(),
             bytes_received: self.bytes_received.get_or_create(&label).clone(),
             bytes_sent: self.bytes_sent.get_or_create(&label).clone(),
             documents_returned: self.documents_returned.get_or_create(&label).clone(),
-            connections: self.connections.get_or_create(&label).clone(),
+            connections,
             rate_limited: self.rate_limited.get_or_create(&label).clone(),
             tenant: label.tenant,
-        }
+        };
+        (before, handles)
     }
 }
 

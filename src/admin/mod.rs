@@ -281,7 +281,10 @@ mod tests {
     fn bearer_token() {
         let ok = || Ok(());
         assert_eq!(ask("GET /metrics HTTP/1.1\r\n\r\n", Some("s3cret"), ok()).status, 401);
-        assert_eq!(ask("GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n", Some("s3cret"), ok()).status, 401);
+        assert_eq!(
+            ask("GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n", Some("s3cret"), ok()).status,
+            401
+        );
         let granted = ask("GET /metrics HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n", Some("s3cret"), ok());
         assert_eq!(granted.status, 200);
         let denied = ask("GET /nope HTTP/1.1\r\n\r\n", Some("s3cret"), ok());
@@ -292,7 +295,8 @@ mod tests {
     #[test]
     fn never_panics_on_garbage() {
         let ok = || Ok(());
-        for head in ["", "\r\n\r\n", "GET", "GET / HTTP/1.1 extra\r\n\r\n", ":\r\n\r\n", "GET / HTTP/1.1\r\n:x\r\n\r\n"] {
+        for head in ["", "\r\n\r\n", "GET", "GET / HTTP/1.1 extra\r\n\r\n", ":\r\n\r\n", "GET / HTTP/1.1\r\n:x\r\n\r\n"]
+        {
             let status = ask(head, None, ok()).status;
             assert!(matches!(status, 400 | 404), "{head:?}: {status}");
         }

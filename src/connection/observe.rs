@@ -65,7 +65,8 @@ impl ClientConnection {
                 for note in &plan.audit {
                     self.audit(generation, AuditDecision::AuditFinding, command, body, request_id, note.clone());
                 }
-                let write = command.spec().is_some_and(|s| matches!(s.family, Family::Write | Family::Bulk | Family::Ddl));
+                let write =
+                    command.spec().is_some_and(|s| matches!(s.family, Family::Write | Family::Bulk | Family::Ddl));
                 if write && self.shared.audit.log_writes() {
                     self.audit(generation, AuditDecision::Write, command, body, request_id, "forwarded".into());
                 }
@@ -135,8 +136,7 @@ impl ClientConnection {
 
     /// Moves the connection onto `tenant`'s series; `false` when the tenant's connection cap is reached.
     pub(super) fn claim_tenant_slot(&mut self, tenant: &Tenant) -> bool {
-        let metrics = self.shared.metrics.clone();
-        let claimed = metrics.move_connection(&mut self.usage, &tenant.id, tenant.max_connections);
+        let claimed = self.shared.metrics.move_connection(&mut self.usage, &tenant.id, tenant.max_connections);
         if !claimed {
             info!(tenant = %tenant.id, cap = tenant.max_connections, "tenant connection cap reached; refusing");
         }

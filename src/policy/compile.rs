@@ -21,8 +21,7 @@ use super::rules::{Pattern, Template};
 use super::value::{FieldName, TenantValue};
 use super::{
     tenant_value, AdminSettings, AuditSettings, AuditTarget, BackendSpec, Credentials, Listener, Placement, Policy,
-    RateLimit, Rule, Secret, Tenant,
-    DEFAULT_COLLECTION_TEMPLATE, DEFAULT_DATABASE_TEMPLATE, DEFAULT_TENANT_FIELD,
+    RateLimit, Rule, Secret, Tenant, DEFAULT_COLLECTION_TEMPLATE, DEFAULT_DATABASE_TEMPLATE, DEFAULT_TENANT_FIELD,
 };
 use crate::auth::ScramVerifier;
 use crate::config::{line_of, BackendUri, Mode, PolicyFile, Problem, RateLimitConfig, Style};
@@ -638,13 +637,21 @@ fn admin(c: &mut Collector<'_>, file: &PolicyFile, secrets: Secrets) -> Option<A
         None => None,
         Some(var) => match (std::env::var(var.get_ref()), secrets) {
             (Ok(token), _) if token.is_empty() => {
-                c.error(Some(var), "admin.token_env".into(), format!("environment variable {} is empty", var.get_ref()));
+                c.error(
+                    Some(var),
+                    "admin.token_env".into(),
+                    format!("environment variable {} is empty", var.get_ref()),
+                );
                 None
             }
             (Ok(token), Secrets::Read) => Some(Secret(token)),
             (_, Secrets::Skip) => None,
             (Err(_), Secrets::Read) => {
-                c.error(Some(var), "admin.token_env".into(), format!("environment variable {} is not set", var.get_ref()));
+                c.error(
+                    Some(var),
+                    "admin.token_env".into(),
+                    format!("environment variable {} is not set", var.get_ref()),
+                );
                 None
             }
         },
