@@ -171,6 +171,13 @@ impl Reloader {
                 warn!(key, old, new, "limits.{key} changed; it takes effect at the next restart");
             }
         }
+        let old_admin = before.policy.admin.as_ref().map(|a| (a.address, a.health_interval));
+        if old_admin != policy.admin.as_ref().map(|a| (a.address, a.health_interval)) {
+            warn!("[admin] address or health_interval_secs changed; it takes effect at the next restart");
+        }
+        if before.policy.audit != policy.audit {
+            warn!("[audit] changed; it takes effect at the next restart");
+        }
         self.shared.swap(policy);
         let generation = self.shared.current().number;
         self.shared.metrics.policy_reload(true, generation);

@@ -292,3 +292,28 @@ async fn a_rate_limited_tenant_gets_the_overload_error_and_others_do_not() {
     }
     proxy.shutdown().await;
 }
+
+#[test]
+fn operations_keys_are_checked_with_their_location() {
+    let text = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"mongodb://127.0.0.1:1/\"\n\n\
+                [[tenants]]\nid = \"acme\"\nbackend = \"main\"\nrate_limit = { commands_per_second = 0, burst = 0 }\nmax_connections = 0\n\n\
+                [limits]\nrate_limit = { commands_per_second = -1.0, burst = 5 }\n\n\
+                [admin]\naddress = \"localhost\"\ntoken_env = \"TENANTWALL_TEST_SURELY_UNSET_VARIABLE\"\n\n\
+                [audit]\npath = \"\"\n";
+    let error = tenantwall::Policy::from_toml(text, std::path::Path::new("ops.toml")).unwrap_err().to_string();
+    for key in [
+        "tenants[0].rate_limit.commands_per_second",
+        "tenants[0].rate_limit.burst",
+        "tenants[0].max_connections",
+        "limits.rate_limit.commands_per_second",
+        "admin.address",
+        "admin.token_env",
+        "audit.path",
+    ] {
+        assert!(error.contains(key), "{key} not reported:\n{error}");
+    }
+    let unknown = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"main\"\nuri = \"mongodb://127.0.0.1:1/\"\n\n\
+                   [admin]\naddress = \"127.0.0.1:0\"\nport = 9\n";
+    let error = tenantwall::Policy::from_toml(unknown, std::path::Path::new("ops.toml")).unwrap_err().to_string();
+    assert!(error.contains("port"), "{error}");
+}

@@ -645,7 +645,12 @@ fn admin(c: &mut Collector<'_>, file: &PolicyFile, secrets: Secrets) -> Option<A
                 None
             }
             (Ok(token), Secrets::Read) => Some(Secret(token)),
-            (_, Secrets::Skip) => None,
+            (Ok(_), Secrets::Skip) => None,
+            (Err(_), Secrets::Skip) => {
+                let msg = format!("environment variable {} is not set here", var.get_ref());
+                c.warn(Some(var), "admin.token_env".into(), msg);
+                None
+            }
             (Err(_), Secrets::Read) => {
                 c.error(
                     Some(var),
