@@ -200,27 +200,61 @@ mod tests {
         assert_eq!(visible_namespace(&rawdoc! {"find": "orders"}), None);
     }
 
+    fn record(request_id: i32) -> AuditRecord {
+        AuditRecord {
+            time: AuditRecord::now(),
+            tenant: "acme".into(),
+            user: Some("app".into()),
+            client: "127.0.0.1".into(),
+            connection_id: 1,
+            request_id,
+            command: "find",
+            namespace: Some("app.orders".into()),
+            rule: None,
+            decision: AuditDecision::Denied,
+            reason: "no".into(),
+        }
+    }
+
+    fn lines_of(path: &std::path::Path, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() >= n || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn reopens_after_rotation() {
+        let dir = std::env::temp_dir().join(format!("tenantwall-audit-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let settings = AuditSettings { target: AuditTarget::File(path.clone()), log_writes: false, queue: 16 };
+        let log = AuditLog::start(&settings, Arc::new(Metrics::new())).unwrap();
+        log.record(record(1));
+        assert_eq!(lines_of(&path, 1).len(), 1);
+        std::fs::rename(&path, dir.join("audit.jsonl.1")).unwrap();
+        log.reopen();
+        log.record(record(2));
+        let fresh = lines_of(&path, 1);
+        assert_eq!(fresh.len(), 1, "the new file gets the next record");
+        assert!(fresh[0].contains("\"request_id\":2"), "{fresh:?}");
+        assert_eq!(lines_of(&dir.join("audit.jsonl.1"), 1).len(), 1, "the rotated file keeps the old one");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts() {
         let metrics = Arc::new(Metrics::new());
         let (queue, _records) = mpsc::channel(1);
         let log =
             AuditLog { queue: Some(queue), log_writes: false, metrics: Some(metrics.clone()), reopen: Arc::default() };
-        let record = AuditRecord {
-            time: AuditRecord::now(),
-            tenant: "acme".into(),
-            user: None,
-            client: "127.0.0.1".into(),
-            connection_id: 1,
-            request_id: 1,
-            command: "find",
-            namespace: None,
-            rule: None,
-            decision: AuditDecision::Denied,
-            reason: "no".into(),
-        };
-        log.record(record.clone());
-        log.record(record);
+        log.record(record(1));
+        log.record(record(2));
         assert!(metrics.encode().contains("tenantwall_audit_dropped_total 1\n"));
     }
 }
