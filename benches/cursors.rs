@@ -27,13 +27,13 @@ fn bench(c: &mut Criterion) {
         let cursors = Cursors::new(200_000, 200_000);
         for id in 0..open {
             // Spread over tenants and backends like a shared proxy's table.
-            cursors.record(["one", "two"][id % 2], id as i64 + 1, &format!("tenant{}", id % 100));
+            cursors.record(["one", "two"][id % 2], id as i64 + 1, &format!("tenant{}", id % 100), Default::default());
         }
         let mut next = 1_000_000_000i64;
         group.bench_function(format!("{open} open cursors"), |b| {
             b.iter(|| {
                 next += 1;
-                cursors.record("one", next, "tenant7");
+                cursors.record("one", next, "tenant7", Default::default());
                 assert!(black_box(cursors.owned("one", next, "tenant7")));
                 cursors.release("one", next);
             })

@@ -41,8 +41,8 @@ mod observe;
 /// What to do with the replies of one forwarded command.
 struct ReplyPost {
     plan: ReplyPlan,
-    /// The cursor a getMore continued (released when the reply says it is exhausted).
-    get_more: Option<i64>,
+    /// The cursor a getMore continued (released when the reply says it is exhausted), with its plan.
+    get_more: Option<(i64, Arc<session::CursorPlan>)>,
     /// killCursors ids the tenant does not own: reported as not found, like ids that do not exist.
     not_found: Vec<i64>,
     tenant: Arc<Tenant>,
@@ -426,6 +426,7 @@ impl ClientConnection {
                 for note in &plan.audit {
                     info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name, note = %note, "audit");
                 }
+                let mut reply_plan = plan.reply;
                 let mut forward = plan.forward.unwrap_or(msg);
                 let mut get_more = None;
                 let mut killed = Vec::new();
@@ -433,16 +434,28 @@ impl ClientConnection {
                 match command {
                     Command::GetMore => {
                         let id = forward.body().get_i64("getMore").unwrap_or(0);
-                        if !self.shared.cursors.owned(&tenant.backend, id, &tenant.id) {
-                            info!(target: "tenantwall::audit", tenant = %tenant.id, cursor = id, "getMore on a cursor the tenant does not own");
+                        let refusal = match self.shared.cursors.plan(&tenant.backend, id, &tenant.id) {
+                            None => {
+                                info!(target: "tenantwall::audit", tenant = %tenant.id, cursor = id, "getMore on a cursor the tenant does not own");
+                                Some(error_document(ErrorCode::CURSOR_NOT_FOUND, &format!("cursor id {id} not found")))
+                            }
+                            // Every reply of a cursor goes through the plan of the command that opened it, and a
+                            // getMore must name the cursor's namespace, as mongod requires.
+                            Some(cursor) => match session::get_more_namespace(forward.body(), &cursor) {
+                                Ok(()) => {
+                                    reply_plan = cursor.reply.clone();
+                                    get_more = Some((id, cursor));
+                                    None
+                                }
+                                Err(message) => Some(error_document(ErrorCode::UNAUTHORIZED, &message)),
+                            },
+                        };
+                        if let Some(error) = refusal {
                             if respond {
-                                let error =
-                                    error_document(ErrorCode::CURSOR_NOT_FOUND, &format!("cursor id {id} not found"));
                                 self.write_doc(error, header.request_id, compressor).await?;
                             }
                             return Ok(Flow::Continue);
                         }
-                        get_more = Some(id);
                     }
                     Command::KillCursors => {
                         let ids = session::kill_cursor_ids(forward.body());
@@ -465,7 +478,7 @@ impl ClientConnection {
                     _ => {}
                 }
                 let post = ReplyPost {
-                    plan: plan.reply,
+                    plan: reply_plan,
                     get_more,
                     not_found,
                     tenant: tenant.clone(),
@@ -717,10 +730,16 @@ impl ClientConnection {
         let body = reply.body();
         if post.plan.record_cursor {
             let tenant = &post.tenant;
-            match (session::reply_cursor_id(body), post.get_more) {
-                (Some(0), Some(requested)) => self.shared.cursors.release(&tenant.backend, requested),
-                (Some(id), _) => self.shared.cursors.record(&tenant.backend, id, &tenant.id),
-                (None, _) => {}
+            match (session::reply_cursor_id(body), &post.get_more) {
+                (Some(0), Some((requested, _))) => self.shared.cursors.release(&tenant.backend, *requested),
+                (Some(0), None) | (None, _) => {}
+                (Some(id), Some((_, plan))) => {
+                    self.shared.cursors.record(&tenant.backend, id, &tenant.id, plan.clone())
+                }
+                (Some(id), None) => {
+                    let plan = session::CursorPlan { reply: post.plan.clone(), ns: session::reply_cursor_ns(body) };
+                    self.shared.cursors.record(&tenant.backend, id, &tenant.id, Arc::new(plan));
+                }
             }
         }
         if !post.not_found.is_empty() {

@@ -80,6 +80,17 @@ type CursorKey = (u32, i64);
 struct CursorRecord {
     tenant: Arc<str>,
     last_used: Instant,
+    plan: Arc<CursorPlan>,
+}
+
+/// What every reply of a cursor needs: the plan of the command that opened it (a listCollections continued by
+/// getMore is filtered like its first batch), and the namespace the server reported for it, which a getMore
+/// must name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CursorPlan {
+    pub reply: crate::engine::ReplyPlan,
+    /// `cursor.ns` of the reply that opened the cursor (real names), when the server sent one.
+    pub ns: Option<String>,
 }
 
 /// Which tenant each open cursor belongs to, per backend.
@@ -165,8 +176,8 @@ impl Cursors {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records `id` (non-zero) on `backend` as `tenant`'s.
-    pub fn record(&self, backend: &str, id: i64, tenant: &str) {
+    /// Records `id` (non-zero) on `backend` as `tenant`'s, with the plan its replies follow.
+    pub fn record(&self, backend: &str, id: i64, tenant: &str, plan: Arc<CursorPlan>) {
         if id == 0 {
             return;
         }
@@ -184,31 +195,37 @@ impl Cursors {
             None => Arc::from(tenant),
         };
         table.per_tenant.entry(tenant.clone()).or_insert_with(LruCache::unbounded).put(key, ());
-        table.all.put(key, CursorRecord { tenant, last_used: Instant::now() });
+        table.all.put(key, CursorRecord { tenant, last_used: Instant::now(), plan });
     }
 
     /// Whether `id` on `backend` belongs to `tenant` (and refreshes it).
     pub fn owned(&self, backend: &str, id: i64, tenant: &str) -> bool {
+        self.plan(backend, id, tenant).is_some()
+    }
+
+    /// The plan of `id` on `backend` if it belongs to `tenant` (and refreshes it); `None` for a cursor that does
+    /// not exist, expired or is another tenant's — the same answer for all three.
+    pub fn plan(&self, backend: &str, id: i64, tenant: &str) -> Option<Arc<CursorPlan>> {
         let mut table = self.lock();
-        let Some(backend) = table.backends.get(backend).copied() else { return false };
+        let backend = table.backends.get(backend).copied()?;
         let key = (backend, id);
-        let expired = match table.all.get_mut(&key) {
-            None => return false,
-            Some(r) if r.last_used.elapsed() >= CURSOR_TTL => true,
-            Some(r) if &*r.tenant != tenant => return false,
+        let (expired, plan) = match table.all.get_mut(&key) {
+            None => return None,
+            Some(r) if r.last_used.elapsed() >= CURSOR_TTL => (true, None),
+            Some(r) if &*r.tenant != tenant => return None,
             Some(r) => {
                 r.last_used = Instant::now();
-                false
+                (false, Some(r.plan.clone()))
             }
         };
         if expired {
             table.remove(&key);
-            return false;
+            return None;
         }
         if let Some(list) = table.per_tenant.get_mut(tenant) {
             list.promote(&key);
         }
-        true
+        plan
     }
 
     pub fn release(&self, backend: &str, id: i64) {
@@ -229,6 +246,24 @@ impl Cursors {
     /// Records evicted to stay within the bounds, since start.
     pub fn evicted(&self) -> u64 {
         self.lock().evicted
+    }
+}
+
+/// The namespace of a cursor reply (`cursor.ns`), if it has one.
+pub fn reply_cursor_ns(body: &RawDocument) -> Option<String> {
+    body.get_document("cursor").ok()?.get_str("ns").ok().map(str::to_owned)
+}
+
+/// Checks that a (forwarded, real-named) getMore names the namespace its cursor was opened on. The message names
+/// only what the client sent.
+pub fn get_more_namespace(body: &RawDocument, cursor: &CursorPlan) -> Result<(), String> {
+    let Some(ns) = &cursor.ns else { return Ok(()) };
+    let db = body.get_str("$db").unwrap_or_default();
+    let collection = body.get_str("collection").unwrap_or_default();
+    if format!("{db}.{collection}") == *ns {
+        Ok(())
+    } else {
+        Err("getMore names another namespace than the cursor's".into())
     }
 }
 
@@ -308,13 +343,13 @@ mod tests {
     #[test]
     fn cursors_belong_to_their_tenant() {
         let cursors = Cursors::default();
-        cursors.record("one", 42, "acme");
+        cursors.record("one", 42, "acme", Default::default());
         assert!(cursors.owned("one", 42, "acme"));
         assert!(!cursors.owned("one", 42, "globex"));
         assert!(!cursors.owned("two", 42, "acme"));
         cursors.release("one", 42);
         assert!(!cursors.owned("one", 42, "acme"));
-        cursors.record("one", 0, "acme");
+        cursors.record("one", 0, "acme", Default::default());
         assert!(cursors.is_empty());
     }
 
@@ -322,28 +357,28 @@ mod tests {
     fn the_table_is_bounded_globally_and_per_tenant() {
         let cursors = Cursors::new(5, 3);
         for id in 1..=4 {
-            cursors.record("one", id, "acme");
+            cursors.record("one", id, "acme", Default::default());
         }
         // acme is at its quota of 3: its own oldest cursor went.
         assert!(!cursors.owned("one", 1, "acme"));
         assert!((2..=4).all(|id| cursors.owned("one", id, "acme")));
         // Using a cursor keeps it: 2 was used last-but-two, so after touching it 3 is acme's oldest.
         assert!(cursors.owned("one", 2, "acme"));
-        cursors.record("one", 5, "acme");
+        cursors.record("one", 5, "acme", Default::default());
         assert!(!cursors.owned("one", 3, "acme"));
         assert!(cursors.owned("one", 2, "acme"));
         // The global cap evicts the least recently used record of anyone.
-        cursors.record("one", 100, "globex");
-        cursors.record("one", 101, "globex");
+        cursors.record("one", 100, "globex", Default::default());
+        cursors.record("one", 101, "globex", Default::default());
         assert_eq!(cursors.len(), 5);
-        cursors.record("two", 102, "globex");
+        cursors.record("two", 102, "globex", Default::default());
         assert_eq!(cursors.len(), 5);
         assert!(!cursors.owned("one", 4, "acme"), "the least recently used record was kept");
         assert!(cursors.owned("two", 102, "globex"));
         assert!(!cursors.owned("one", 102, "globex"));
         assert_eq!(cursors.evicted(), 3);
         // Recording an id again moves it to its new owner.
-        cursors.record("one", 100, "acme");
+        cursors.record("one", 100, "acme", Default::default());
         assert!(!cursors.owned("one", 100, "globex"));
         assert!(cursors.owned("one", 100, "acme"));
     }

@@ -93,7 +93,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         };
     };
     match (spec.handling, tenant) {
-        (Handling::Local, _) => return Decision::Local(local(command)),
+        (Handling::Local, _) => return local(command),
         (Handling::LocalAfterAuthentication, Some(_)) => return Decision::Local(Local::Tool(command)),
         (Handling::LocalUntilAuthenticated, None) => return Decision::Local(Local::EndSessions),
         (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication")),
@@ -150,17 +150,54 @@ fn leads_with(body: &RawDocument, stage: &str) -> bool {
 }
 
 /// What the proxy answers itself for a [`Handling::Local`] command.
-fn local(command: Command) -> Local {
-    match command {
+fn local(command: Command) -> Decision {
+    // Every command is named: one marked local in its spec without an answer here is refused, never answered
+    // with a success it did not earn.
+    let local = match command {
         Command::Hello | Command::LegacyHello => Local::Hello,
+        Command::Ping => Local::Ping,
         Command::SaslStart => Local::SaslStart,
         Command::SaslContinue => Local::SaslContinue,
         Command::BuildInfo => Local::BuildInfo,
         // Forwarded, logout would log the proxy's service user out of the backend connection; the tenant's
         // identity belongs to the client connection and lasts as long as it does.
         Command::Logout => Local::EndSessions,
-        _ => Local::Ping,
-    }
+        Command::Find
+        | Command::Insert
+        | Command::Update
+        | Command::Delete
+        | Command::FindAndModify
+        | Command::Aggregate
+        | Command::Count
+        | Command::Distinct
+        | Command::GetMore
+        | Command::KillCursors
+        | Command::BulkWrite
+        | Command::Explain
+        | Command::EndSessions
+        | Command::CommitTransaction
+        | Command::AbortTransaction
+        | Command::Create
+        | Command::Drop
+        | Command::DropDatabase
+        | Command::CreateIndexes
+        | Command::DropIndexes
+        | Command::ListIndexes
+        | Command::ListCollections
+        | Command::ListDatabases
+        | Command::CollMod
+        | Command::RenameCollection
+        | Command::DbStats
+        | Command::CollStats
+        | Command::ConnectionStatus
+        | Command::WhatsMyUri
+        | Command::ListCommands
+        | Command::Forbidden(_)
+        | Command::Unknown => {
+            return deny(ErrorCode::COMMAND_NOT_SUPPORTED, "the proxy has no local answer for this command")
+        }
+    };
+    Decision::Local(local)
 }
 
 /// The canonical parse of a command about to be forwarded: one reading, the server's.
