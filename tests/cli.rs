@@ -493,3 +493,70 @@ fn a_reload_says_which_limits_wait_for_a_restart() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A blocking HTTP/1.1 GET on the admin listener: the status and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect admin");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read admin response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("response head");
+    (head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status"), body.to_owned())
+}
+
+#[test]
+fn run_serves_the_admin_listener_counts_rejected_reloads_and_reopens_the_audit_log_on_sigusr1() {
+    let backend = Backend::start();
+    let dir = TempDir::new("operate");
+    let extra = "\n[admin]\naddress = \"127.0.0.1:0\"\n\n[audit]\npath = \"audit.jsonl\"\n";
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), extra));
+    let stderr = dir.0.join("stderr.log");
+    let mut child = Proxy(
+        tenantwall()
+            .args(["run", "--policy"])
+            .arg(&policy)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "tenantwall=info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addr_of = |prefix: &str| -> std::net::SocketAddr {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(line.starts_with(prefix), "{line:?}");
+        line.trim().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let addr = addr_of("tenantwall: listening on ");
+    let admin = addr_of("tenantwall: admin listening on ");
+    let pid = child.id().to_string();
+
+    let mut client = RawClient::connect(addr);
+    assert!(!raw_ok(&mut client, bson::rawdoc! { "frobnicate": 1, "$db": "app" }), "unknown commands are denied");
+    let audit = dir.0.join("audit.jsonl");
+    assert!(wait_for(&audit, r#""decision":"denied""#), "denial not audited");
+    std::fs::rename(&audit, dir.0.join("audit.jsonl.1")).unwrap();
+    Command::new("kill").args(["-USR1", &pid]).status().unwrap();
+    assert!(wait_for(&stderr, "SIGUSR1"), "SIGUSR1 not handled");
+    assert!(!raw_ok(&mut client, bson::rawdoc! { "frobnicate": 2, "$db": "app" }));
+    assert!(wait_for(&audit, r#""decision":"denied""#), "no new audit file after SIGUSR1");
+    let rotated = std::fs::read_to_string(dir.0.join("audit.jsonl.1")).unwrap();
+    assert_eq!(rotated.lines().count(), 1, "{rotated}");
+
+    std::fs::write(&policy, "[[listeners]]\naddress = 5\n").unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(wait_for(&stderr, "new policy rejected"), "no rejection logged");
+    let (status, metrics) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tenantwall_policy_reloads_total{result=\"invalid\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("tenantwall_policy_generation 1\n"), "{metrics}");
+    assert!(metrics.contains(r#"tenantwall_commands_total{tenant="t1",command="unknown",outcome="denied"} 2"#));
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    assert_eq!(http_get(admin, "/nope").0, 404);
+    drop(child);
+    assert!(!std::fs::read_to_string(&stderr).unwrap().contains("panicked"));
+}
