@@ -294,14 +294,12 @@ impl Server {
         }
         let mut operator = JoinSet::new();
         if let Some(admin) = self.admin {
-            operator.spawn(crate::admin::serve(admin, self.shared.clone(), stop_rx.clone()));
+            operator.spawn(crate::admin::serve(admin, self.shared.clone()));
             let interval = self.shared.current().policy.admin.as_ref().map(|a| a.health_interval);
             let interval = interval.unwrap_or(Duration::from_secs(5));
             operator.spawn(crate::admin::health::check_backends(Arc::downgrade(&self.shared), interval));
         }
         shutdown.await;
-        // /readyz answers until the listeners close; the health checks end with the server.
-        operator.abort_all();
         let grace = self.shared.current().policy.limits.shutdown_grace();
         let open = Stats::get(&self.shared.stats.connections_open);
         info!(
@@ -313,6 +311,8 @@ impl Server {
         self.shared.draining.send_replace(true);
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
+        // The admin listener answered (`/readyz`: draining) until now.
+        operator.abort_all();
         info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     }
 

@@ -317,3 +317,44 @@ fn operations_keys_are_checked_with_their_location() {
     let error = tenantwall::Policy::from_toml(unknown, std::path::Path::new("ops.toml")).unwrap_err().to_string();
     assert!(error.contains("port"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_draining_while_commands_in_flight_finish() {
+    let backend = Backend::start();
+    let dir = TempDir::new("ops-drain");
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\nhealth_interval_secs = 60\n\n[limits]\nshutdown_grace_secs = 20\n";
+    let server = Server::bind(policy(&ops_policy(&backend, &dir, "", "", admin)), None).await.expect("bind");
+    let admin = server.admin_addr().expect("admin listener");
+    let proxy = server.spawn();
+    let mut busy = RawClient::connect(proxy.addrs()[0]);
+    assert!(ok(&command(&mut busy, &msg(1, rawdoc! { "find": "orders", "filter": {}, "$db": "app" }))));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(admin, "/readyz", None).0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    backend.pause();
+    busy.send(&msg(2, rawdoc! { "find": "orders", "filter": {}, "$db": "app" }));
+    std::thread::sleep(Duration::from_millis(200));
+    let drained = tokio::spawn(proxy.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = get(admin, "/readyz", None);
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed ready while draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(get(admin, "/healthz", None).0, 200, "still serving the command in flight");
+    backend.resume();
+    assert!(busy.recv().is_some(), "the command in flight was answered");
+    drained.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(admin).is_ok() {
+        assert!(Instant::now() < deadline, "the admin listener stays open after the drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::server::Shared;
@@ -36,7 +36,7 @@ pub struct View<'a> {
     pub token: Option<&'a str>,
     /// The metrics text, rendered only for `/metrics`.
     pub metrics: &'a dyn Fn() -> String,
-    /// Readiness: `Err` holds the names of the backends that did not answer their last check.
+    /// Readiness: `Err` holds why not, one line each (a draining server, backends that did not answer).
     pub ready: &'a dyn Fn() -> Result<(), Vec<String>>,
 }
 
@@ -167,10 +167,10 @@ pub fn respond(head: &[u8], view: &View<'_>) -> Response {
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => match (view.ready)() {
             Ok(()) => Response::text(200, "ready\n"),
-            Err(failing) => {
-                let mut body = String::from("not ready: backends not answering their health check:\n");
-                for name in failing {
-                    body.push_str(&name);
+            Err(reasons) => {
+                let mut body = String::from("not ready:\n");
+                for reason in reasons {
+                    body.push_str(&reason);
                     body.push('\n');
                 }
                 Response::text(503, body)
@@ -182,14 +182,28 @@ pub fn respond(head: &[u8], view: &View<'_>) -> Response {
     response
 }
 
-/// Serves the admin listener until `stop` turns true.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Readiness of the server: not while it drains, nor while a backend fails its health check.
+fn readiness(shared: &Shared, backends: impl Iterator<Item = String>) -> Result<(), Vec<String>> {
+    let mut reasons = Vec::new();
+    if *shared.draining().borrow() {
+        reasons.push("draining: the proxy is shutting down".to_owned());
+    }
+    if let Err(failing) = shared.health.ready(backends) {
+        reasons.extend(failing.into_iter().map(|name| format!("backend {name}: no answer to its last health check")));
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
+}
+
+/// Serves the admin listener until the task is aborted (after the server has drained, so that `/readyz` says
+/// "draining" meanwhile).
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => return,
-        };
+        let accepted = listener.accept().await;
         let (mut stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
@@ -209,7 +223,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                     let generation = shared.current();
                     let token = generation.policy.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.expose());
                     let metrics = || shared.metrics.encode();
-                    let ready = || shared.health.ready(generation.backends.keys().cloned());
+                    let ready = || readiness(&shared, generation.backends.keys().cloned());
                     respond(&head, &View { token, metrics: &metrics, ready: &ready })
                 }
                 Ok(Ok(None)) => Response::text(400, "bad request: request head too large or incomplete\n"),
