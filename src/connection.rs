@@ -38,6 +38,16 @@ use crate::stats::Stats;
 
 mod observe;
 
+/// A forwarded command after cursor ownership was checked.
+struct BoundCursors {
+    forward: OpMsg,
+    reply_plan: ReplyPlan,
+    get_more: Option<(i64, Arc<session::CursorPlan>)>,
+    /// killCursors ids the tenant owns: released once the backend answered.
+    killed: Vec<i64>,
+    not_found: Vec<i64>,
+}
+
 /// What to do with the replies of one forwarded command.
 struct ReplyPost {
     plan: ReplyPlan,
@@ -426,61 +436,20 @@ impl ClientConnection {
                 for note in &plan.audit {
                     info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name, note = %note, "audit");
                 }
-                let mut reply_plan = plan.reply;
-                let mut forward = plan.forward.unwrap_or(msg);
-                let mut get_more = None;
-                let mut killed = Vec::new();
-                let mut not_found = Vec::new();
-                match command {
-                    Command::GetMore => {
-                        let id = forward.body().get_i64("getMore").unwrap_or(0);
-                        let refusal = match self.shared.cursors.plan(&tenant.backend, id, &tenant.id) {
-                            None => {
-                                info!(target: "tenantwall::audit", tenant = %tenant.id, cursor = id, "getMore on a cursor the tenant does not own");
-                                Some(error_document(ErrorCode::CURSOR_NOT_FOUND, &format!("cursor id {id} not found")))
-                            }
-                            // Every reply of a cursor goes through the plan of the command that opened it, and a
-                            // getMore must name the cursor's namespace, as mongod requires.
-                            Some(cursor) => match session::get_more_namespace(forward.body(), &cursor) {
-                                Ok(()) => {
-                                    reply_plan = cursor.reply.clone();
-                                    get_more = Some((id, cursor));
-                                    None
-                                }
-                                Err(message) => Some(error_document(ErrorCode::UNAUTHORIZED, &message)),
-                            },
-                        };
-                        if let Some(error) = refusal {
-                            if respond {
-                                self.write_doc(error, header.request_id, compressor).await?;
-                            }
-                            return Ok(Flow::Continue);
+                let bound = match self.bind_cursors(command, &tenant, plan.forward.unwrap_or(msg), plan.reply) {
+                    Ok(bound) => bound,
+                    Err(answer) => {
+                        if respond {
+                            self.write_doc(answer, header.request_id, compressor).await?;
                         }
+                        return Ok(Flow::Continue);
                     }
-                    Command::KillCursors => {
-                        let ids = session::kill_cursor_ids(forward.body());
-                        let (owned, foreign): (Vec<i64>, Vec<i64>) =
-                            ids.iter().partition(|id| self.shared.cursors.owned(&tenant.backend, **id, &tenant.id));
-                        if owned.is_empty() {
-                            if respond {
-                                self.write_doc(session::cursors_not_found(&foreign), header.request_id, compressor)
-                                    .await?;
-                            }
-                            return Ok(Flow::Continue);
-                        }
-                        if !foreign.is_empty() {
-                            let body = session::kill_cursors_with(forward.body(), &owned);
-                            forward = OpMsg::with_sequences(forward.flags, body, forward.sequences().to_vec());
-                        }
-                        killed = owned;
-                        not_found = foreign;
-                    }
-                    _ => {}
-                }
+                };
+                let (forward, killed) = (bound.forward, bound.killed);
                 let post = ReplyPost {
-                    plan: reply_plan,
-                    get_more,
-                    not_found,
+                    plan: bound.reply_plan,
+                    get_more: bound.get_more,
+                    not_found: bound.not_found,
                     tenant: tenant.clone(),
                     policy: generation.policy.clone(),
                 };
@@ -504,6 +473,49 @@ impl ClientConnection {
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// Cursor ownership for getMore and killCursors: the command to send and how its replies are treated, or
+    /// the answer to give instead. A cursor the tenant does not own gets the answer of one that does not exist;
+    /// every reply of a cursor follows the plan of the command that opened it, and a getMore must name the
+    /// cursor's namespace, as mongod requires.
+    fn bind_cursors(
+        &self,
+        command: Command,
+        tenant: &Tenant,
+        mut forward: OpMsg,
+        reply_plan: ReplyPlan,
+    ) -> Result<BoundCursors, RawDocumentBuf> {
+        let (mut reply_plan, mut get_more, mut killed, mut not_found) = (reply_plan, None, Vec::new(), Vec::new());
+        match command {
+            Command::GetMore => {
+                let id = forward.body().get_i64("getMore").unwrap_or(0);
+                let Some(cursor) = self.shared.cursors.plan(&tenant.backend, id, &tenant.id) else {
+                    info!(target: "tenantwall::audit", tenant = %tenant.id, cursor = id, "getMore on a cursor the tenant does not own");
+                    return Err(error_document(ErrorCode::CURSOR_NOT_FOUND, &format!("cursor id {id} not found")));
+                };
+                session::get_more_namespace(forward.body(), &cursor)
+                    .map_err(|message| error_document(ErrorCode::UNAUTHORIZED, &message))?;
+                reply_plan = cursor.reply.clone();
+                get_more = Some((id, cursor));
+            }
+            Command::KillCursors => {
+                let ids = session::kill_cursor_ids(forward.body());
+                let (owned, foreign): (Vec<i64>, Vec<i64>) =
+                    ids.iter().partition(|id| self.shared.cursors.owned(&tenant.backend, **id, &tenant.id));
+                if owned.is_empty() {
+                    return Err(session::cursors_not_found(&foreign));
+                }
+                if !foreign.is_empty() {
+                    let body = session::kill_cursors_with(forward.body(), &owned);
+                    forward = OpMsg::with_sequences(forward.flags, body, forward.sequences().to_vec());
+                }
+                killed = owned;
+                not_found = foreign;
+            }
+            _ => {}
+        }
+        Ok(BoundCursors { forward, reply_plan, get_more, killed, not_found })
     }
 
     /// Applies failure throttling to an authentication attempt (saslStart, or a hello carrying a speculative
