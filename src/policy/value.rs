@@ -214,7 +214,7 @@ mod tests {
         assert!(big.matches(RawBsonRef::Double(3e9)));
         let max = TenantValue::new(Bson::Int64(i64::MAX)).unwrap();
         // 2^63 as a double saturates to i64::MAX when cast, but is not equal to it.
-        assert!(!max.matches(RawBsonRef::Double(9.223_372_036_854_775_808e18)));
+        assert!(!max.matches(RawBsonRef::Double(9.223_372_036_854_776e18)));
         let zero = TenantValue::new(Bson::Int32(0)).unwrap();
         assert!(zero.matches(RawBsonRef::Decimal128(dec("-0"))));
         assert!(zero.matches(RawBsonRef::Double(-0.0)));
