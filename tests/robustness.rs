@@ -6,34 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bson::{rawdoc, RawDocumentBuf};
-use common::{start_proxy, start_proxy_with, Backend, RawClient};
+use common::{command, msg, ok, start_proxy, start_proxy_with, Backend, RawClient};
 use tenantwall_protocol::compression::compress_frame;
 use tenantwall_protocol::{Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, Sequence};
-
-fn msg(body: RawDocumentBuf) -> Vec<u8> {
-    OpMsg::new(MsgFlags::default(), body).encode(100, 0).unwrap().to_vec()
-}
-
-/// Sends `frame` and returns the reply body.
-fn command(client: &mut RawClient, frame: &[u8]) -> RawDocumentBuf {
-    client.send(frame);
-    let reply = client.recv().expect("proxy closed instead of replying");
-    let request = MsgHeader::read(frame).unwrap();
-    assert_eq!(reply.header.response_to, request.request_id, "reply answers another request");
-    match reply.message {
-        Message::Msg(m) => m.body().to_owned(),
-        other => panic!("expected OP_MSG, got {other:?}"),
-    }
-}
-
-/// `ok` as a number, whichever numeric type the server chose.
-fn ok(reply: &RawDocumentBuf) -> f64 {
-    match reply.get("ok").unwrap() {
-        Some(bson::RawBsonRef::Double(v)) => v,
-        Some(bson::RawBsonRef::Int32(v)) => f64::from(v),
-        other => panic!("no numeric ok: {other:?}"),
-    }
-}
 
 /// A fresh client can still ping through the proxy.
 fn assert_still_serving(addr: std::net::SocketAddr) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tenantwall::{Policy, Server, ServerHandle};
-use tenantwall_protocol::{check_frame, decode, Decoded, MAX_MESSAGE_SIZE};
+use tenantwall_protocol::{check_frame, decode, Decoded, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSAGE_SIZE};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -288,5 +288,31 @@ impl Pki {
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         let path = self.dir.write(&format!("{cn}.pem"), &format!("{}{}", cert.pem(), key.serialize_pem()));
         path.display().to_string()
+    }
+}
+
+/// An OP_MSG frame (request id 100) for `body`.
+pub fn msg(body: bson::RawDocumentBuf) -> Vec<u8> {
+    OpMsg::new(MsgFlags::default(), body).encode(100, 0).unwrap().to_vec()
+}
+
+/// Sends `frame` and returns the reply body, checking that the reply answers it.
+pub fn command(client: &mut RawClient, frame: &[u8]) -> bson::RawDocumentBuf {
+    client.send(frame);
+    let reply = client.recv().expect("proxy closed instead of replying");
+    let request = MsgHeader::read(frame).unwrap();
+    assert_eq!(reply.header.response_to, request.request_id, "reply answers another request");
+    match reply.message {
+        Message::Msg(m) => m.body().to_owned(),
+        other => panic!("expected OP_MSG, got {other:?}"),
+    }
+}
+
+/// `ok` as a number, whichever numeric type the server chose.
+pub fn ok(reply: &bson::RawDocumentBuf) -> f64 {
+    match reply.get("ok").unwrap() {
+        Some(bson::RawBsonRef::Double(v)) => v,
+        Some(bson::RawBsonRef::Int32(v)) => f64::from(v),
+        other => panic!("no numeric ok: {other:?}"),
     }
 }
