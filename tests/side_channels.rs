@@ -381,3 +381,13 @@ fn connection_tools_are_answered_by_the_proxy_and_backend_diagnostics_stay_refus
         assert!(reason.contains("not available through tenantwall"), "{reason}");
     }
 }
+
+#[test]
+fn documents_that_look_like_errors_are_data_in_a_read() {
+    // A find's batch holds the tenant's documents: a field named `code` does not make one an error to withhold.
+    let reply = doc! { "cursor": { "id": 0i64, "ns": "app.orders", "firstBatch": [
+        { "_id": 1, "code": 11000, "errmsg": "the customer's note", "keyValue": { "sku": "A-1" }, "tenantId": "acme" },
+    ] }, "ok": 1.0 };
+    let out = reply_to("app", doc! { "find": "orders" }, reply.clone());
+    assert_eq!(out, reply);
+}

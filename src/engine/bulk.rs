@@ -72,6 +72,10 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
             None => out.push(Bytes::copy_from_slice(op.as_bytes())),
         }
     }
+    // bulkWrite reports each operation as a cursor item: errors among them are withheld like writeErrors.
+    if let Some(withhold) = scope.shared.as_mut() {
+        withhold.results_in_cursor = true;
+    }
     let plan = ReplyPlan { record_cursor: true, ..ReplyPlan::default() };
     let mut forward = changed.then(|| with_logical_array(msg, "ops", out, &[])).transpose()?;
     if renamed {

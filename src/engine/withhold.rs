@@ -53,6 +53,9 @@ pub struct Withhold {
     /// The tenant field of the field-mode namespace the command wrote, if any: a duplicate key on a unique index
     /// that starts with it is the tenant's own conflict.
     pub tenant_field: Option<String>,
+    /// The cursor batches hold per-operation results (bulkWrite), not documents: items with a `code` are errors.
+    /// Never set for reads, whose batches are the tenant's documents and may have a field named `code`.
+    pub results_in_cursor: bool,
 }
 
 fn code(doc: &RawDocument) -> Option<i32> {
@@ -83,7 +86,7 @@ pub fn withhold(body: &RawDocument, rule: &Withhold) -> Option<RawDocumentBuf> {
         }
     }
     // bulkWrite (MongoDB 8) reports each operation as a cursor item: `{ok: 0, idx, code, errmsg, keyValue...}`.
-    if let Ok(cursor) = body.get_document("cursor") {
+    if let (true, Ok(cursor)) = (rule.results_in_cursor, body.get_document("cursor")) {
         for batch in ["firstBatch", "nextBatch"] {
             if let Ok(items) = cursor.get_array(batch) {
                 if items.into_iter().any(|i| matches!(i, Ok(RawBsonRef::Document(d)) if code(d).is_some())) {
@@ -178,7 +181,7 @@ mod tests {
     use bson::rawdoc;
 
     fn shared() -> Withhold {
-        Withhold { tenant_field: Some("tenantId".into()) }
+        Withhold { tenant_field: Some("tenantId".into()), results_in_cursor: true }
     }
 
     #[test]
