@@ -6,7 +6,7 @@
 //! [`engine::plan`] rewrites per command family.
 
 use bson::{RawBsonRef, RawDocument};
-use tenantwall_protocol::validate::first_duplicate_key_deep;
+use tenantwall_protocol::validate::first_duplicate_key;
 use tenantwall_protocol::OpMsg;
 
 use super::arguments;
@@ -202,50 +202,83 @@ fn local(command: Command) -> Decision {
 
 /// The canonical parse of a command about to be forwarded: one reading, the server's.
 fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), Denial> {
-    let body = msg.body();
-    let duplicate = first_duplicate_key_deep(body).map(|k| (String::new(), k)).or_else(|| {
+    // Documents being inserted are data, not code: a "$where" key or a JavaScript value stored in them never
+    // runs, so they are walked for duplicates only. Everything else (filters, pipelines, updates, bulkWrite
+    // ops) is also scanned for server-side JavaScript, in the same walk.
+    let inserting = command == Command::Insert;
+    let body = walk(msg.body(), 0, Code::Scan { data: inserting.then_some("documents") });
+    let found = body.map(|f| (String::new(), f)).or_else(|| {
         msg.sequences().iter().find_map(|s| {
+            let code = if inserting && s.identifier() == "documents" { Code::Skip } else { Code::Scan { data: None } };
             s.documents()
                 .enumerate()
-                .find_map(|(i, d)| first_duplicate_key_deep(d).map(|k| (format!("{}[{i}].", s.identifier()), k)))
+                .find_map(|(i, d)| walk(d, 0, code).map(|f| (format!("{}[{i}].", s.identifier()), f)))
         })
     });
-    if let Some((place, key)) = duplicate {
-        return Err(Denial::new(ErrorCode::BAD_VALUE, format!("duplicate field {place}{key} in command")));
+    match found {
+        Some((place, Finding::Duplicate(key))) => {
+            return Err(Denial::new(ErrorCode::BAD_VALUE, format!("duplicate field {place}{key} in command")))
+        }
+        Some((_, Finding::JavaScript)) => {
+            return Err(Denial::unauthorized("server-side JavaScript ($where, $function, $accumulator) is not allowed"))
+        }
+        None => {}
     }
-    arguments::check(body, Some(msg), spec)?;
-    // Documents being inserted are data, not code: a "$where" key or a JavaScript value stored in them never
-    // runs. Everything else (filters, pipelines, updates, bulkWrite ops) is scanned.
-    let mut code_sequences =
-        msg.sequences().iter().filter(|s| !(command == Command::Insert && s.identifier() == "documents"));
-    let data = if command == Command::Insert { Some("documents") } else { None };
-    if contains_javascript(body, 0, data)
-        || code_sequences.any(|s| s.documents().any(|d| contains_javascript(d, 0, None)))
-    {
-        return Err(Denial::unauthorized("server-side JavaScript ($where, $function, $accumulator) is not allowed"));
-    }
-    Ok(())
+    arguments::check(msg.body(), Some(msg), spec)
 }
 
-/// Whether any key at any depth is a JavaScript operator, or any value JavaScript code. The top-level field
-/// `data` (inserted documents) is skipped.
-fn contains_javascript(doc: &RawDocument, depth: usize, data: Option<&str>) -> bool {
+/// What the canonical walk found first.
+enum Finding {
+    /// A key repeated within one document, as `path.key`.
+    Duplicate(String),
+    JavaScript,
+}
+
+/// Whether the walk also looks for server-side JavaScript.
+#[derive(Clone, Copy)]
+enum Code<'a> {
+    /// Scan, except inside the top-level field `data` (inserted documents).
+    Scan {
+        data: Option<&'a str>,
+    },
+    Skip,
+}
+
+/// One walk over a document at every depth: duplicate keys in any document (mongod reads the last of them, a
+/// proxy that reads the first would understand the command differently), and JavaScript operators or values.
+fn walk(doc: &RawDocument, depth: usize, code: Code<'_>) -> Option<Finding> {
     if depth > SCAN_DEPTH {
-        return true;
+        return Some(Finding::Duplicate("(nesting too deep)".into()));
     }
-    doc.iter_elements().filter_map(Result::ok).any(|e| {
-        let key = e.key().as_str();
-        if data == Some(key) {
-            return false;
-        }
-        JAVASCRIPT.contains(&key)
-            || match e.value() {
-                Ok(RawBsonRef::Document(d)) => contains_javascript(d, depth + 1, None),
-                Ok(RawBsonRef::Array(a)) => {
-                    RawDocument::from_bytes(a.as_bytes()).is_ok_and(|d| contains_javascript(d, depth + 1, None))
-                }
-                Ok(RawBsonRef::JavaScriptCode(_) | RawBsonRef::JavaScriptCodeWithScope(_)) => true,
-                _ => false,
+    if let Some(key) = first_duplicate_key(doc) {
+        return Some(Finding::Duplicate(key));
+    }
+    for element in doc.iter_elements().filter_map(Result::ok) {
+        let key = element.key().as_str();
+        let inner_code = match code {
+            Code::Scan { data } if data == Some(key) => Code::Skip,
+            Code::Scan { .. } if JAVASCRIPT.contains(&key) => return Some(Finding::JavaScript),
+            Code::Scan { .. } => Code::Scan { data: None },
+            Code::Skip => Code::Skip,
+        };
+        let inner = match element.value() {
+            Ok(RawBsonRef::Document(d)) => walk(d, depth + 1, inner_code),
+            // Arrays are walked as the documents they are; their index keys never repeat in a valid one.
+            Ok(RawBsonRef::Array(a)) => {
+                RawDocument::from_bytes(a.as_bytes()).ok().and_then(|d| walk(d, depth + 1, inner_code))
             }
-    })
+            Ok(RawBsonRef::JavaScriptCode(_) | RawBsonRef::JavaScriptCodeWithScope(_))
+                if matches!(inner_code, Code::Scan { .. }) =>
+            {
+                return Some(Finding::JavaScript)
+            }
+            _ => None,
+        };
+        match inner {
+            Some(Finding::Duplicate(path)) => return Some(Finding::Duplicate(format!("{key}.{path}"))),
+            Some(found) => return Some(found),
+            None => {}
+        }
+    }
+    None
 }
