@@ -400,6 +400,22 @@ impl ClientConnection {
         let command = Command::from_name(&name);
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
+        // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
+        // with the policy the move switched to.
+        let in_flight = match pass_gate(&self.shared, self.tenant.clone(), command).await {
+            Ok(in_flight) => in_flight,
+            Err(refusal) => {
+                if respond {
+                    self.write_doc(refusal, header.request_id, compressor).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+        };
+        let fresh = in_flight.as_ref().filter(|guard| guard.waited).map(|_| self.shared.current());
+        if fresh.as_ref().is_some_and(|fresh| !self.refresh_tenant(fresh)) {
+            return Ok(Flow::Close);
+        }
+        let generation = fresh.as_deref().unwrap_or(generation);
         let decision = prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy);
         if let Some(refusal) = self.decided(generation, &decision, command, msg.body(), header.request_id) {
             if respond {
@@ -882,4 +898,24 @@ impl ClientConnection {
         let frame = reply.encode(id, response_to).map_err(std::io::Error::other)?;
         self.write_frame(&frame).await
     }
+}
+
+/// Lets a forwarded command through its tenant's gate ([`crate::gate`]); the guard is held until the reply is
+/// written. Commands the proxy answers itself (handshake, `ping`, SASL) and commands before authentication
+/// never wait.
+async fn pass_gate(
+    shared: &Shared,
+    tenant: Option<Arc<Tenant>>,
+    command: Command,
+) -> Result<Option<crate::gate::InFlight>, RawDocumentBuf> {
+    use crate::command::spec::Handling;
+    let Some(tenant) = tenant else { return Ok(None) };
+    let forwarded = command
+        .spec()
+        .is_some_and(|spec| matches!(spec.handling, Handling::Forwarded | Handling::LocalUntilAuthenticated));
+    if !forwarded {
+        return Ok(None);
+    }
+    // No per-tenant cap on commands in flight is configured yet: only holds make commands wait.
+    shared.gate.enter(&tenant.id, None, Duration::ZERO).await.map(Some)
 }

@@ -24,6 +24,7 @@ pub mod connection;
 pub mod engine;
 pub mod error;
 pub mod explain;
+pub mod gate;
 pub mod handshake;
 pub mod policy;
 pub mod ratelimit;

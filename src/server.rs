@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub health: Health,
     /// Per-tenant command rate limits.
     pub rate: RateLimiter,
+    /// Per-tenant holds (tenant moves) and commands in flight.
+    pub gate: crate::gate::Gate,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
     /// Set once when the server starts draining: connections end at their next idle moment.
@@ -148,6 +150,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// Swaps `policy` in for new commands and new connections. Connections whose tenant it no longer has end.
     pub fn apply(&self, policy: Policy) {
         for warning in &policy.warnings {
@@ -258,6 +264,7 @@ impl Server {
             audit,
             health: Health::default(),
             rate: RateLimiter::default(),
+            gate: crate::gate::Gate::default(),
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
             draining: watch::channel(false).0,
