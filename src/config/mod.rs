@@ -256,6 +256,10 @@ pub struct RuleConfig {
     /// alone means the same name on the tenant's own backend).
     #[serde(default)]
     pub template: Option<Spanned<String>>,
+    /// The tenants this rule applies to (default: every tenant). A rule for some tenants placed before the
+    /// general one gives them another placement (`tenantwall move` writes such rules).
+    #[serde(default)]
+    pub tenants: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 fn any_collection() -> Spanned<String> {

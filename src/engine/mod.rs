@@ -105,8 +105,8 @@ pub fn resolve<'p>(policy: &'p Policy, tenant: &str, db: &str, collection: Optio
     // Worded like a name no rule covers, so it tells nothing about whether that tenant exists.
     let unreachable = || Denial::unauthorized(format!("no rule allows {}", shown()));
     let rule = match collection {
-        Some(coll) => policy.rule_for(db, coll),
-        None => policy.database_rule(db),
+        Some(coll) => policy.rule_for(tenant, db, coll),
+        None => policy.database_rule(tenant, db),
     };
     let rule = rule.ok_or_else(unreachable)?;
     // Visible and real names are different kinds of name: a rule that keeps a name as it is must never let a

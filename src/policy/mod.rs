@@ -145,9 +145,24 @@ pub struct Rule {
     pub database: Pattern,
     pub collection: Pattern,
     pub placement: Placement,
+    /// The tenants the rule applies to; `None`: every tenant.
+    pub tenants: Option<Vec<String>>,
 }
 
 impl Rule {
+    /// Whether the rule applies to tenant `tenant` at all (before its patterns are looked at).
+    pub fn applies_to(&self, tenant: &str) -> bool {
+        self.tenants.as_ref().is_none_or(|only| only.iter().any(|t| t == tenant))
+    }
+
+    /// Whether some tenant is governed by both rules' tenant lists.
+    pub fn shares_tenants(&self, other: &Rule) -> bool {
+        match (&self.tenants, &other.tenants) {
+            (Some(a), Some(b)) => a.iter().any(|t| b.contains(t)),
+            _ => true,
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         match self.placement {
             Placement::Field { .. } => Mode::Field,
@@ -301,11 +316,9 @@ impl Policy {
     pub fn is_real_database(&self, db: &str) -> bool {
         self.rules.iter().any(|rule| {
             matches!(rule.placement, Placement::Database(_))
-                && rule
-                    .template()
-                    .filter(|t| t.has_tenant())
-                    .and_then(|t| t.split(db))
-                    .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.database.matches(name))
+                && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(db)).is_some_and(|(tenant, name)| {
+                    self.tenants.contains_key(tenant) && rule.applies_to(tenant) && rule.database.matches(name)
+                })
         })
     }
 
@@ -315,26 +328,32 @@ impl Policy {
         self.rules.iter().any(|rule| {
             matches!(rule.placement, Placement::Collection(_))
                 && rule.database.matches(db)
-                && rule
-                    .template()
-                    .filter(|t| t.has_tenant())
-                    .and_then(|t| t.split(collection))
-                    .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.collection.matches(name))
+                && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(collection)).is_some_and(
+                    |(tenant, name)| {
+                        self.tenants.contains_key(tenant) && rule.applies_to(tenant) && rule.collection.matches(name)
+                    },
+                )
         })
     }
 
-    /// The first rule whose patterns match `db` and `collection` (names as the tenant sees them).
-    pub fn rule_for(&self, db: &str, collection: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.database.matches(db) && r.collection.matches(collection))
+    /// The rules that apply to `tenant`, in file order.
+    pub fn rules_of<'p>(&'p self, tenant: &'p str) -> impl Iterator<Item = &'p Rule> + 'p {
+        self.rules.iter().filter(move |r| r.applies_to(tenant))
     }
 
-    /// The first rule whose database pattern matches `db`, whatever its collection pattern.
-    pub fn any_rule_for_db(&self, db: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.database.matches(db))
+    /// The first of `tenant`'s rules whose patterns match `db` and `collection` (names as the tenant sees them).
+    pub fn rule_for(&self, tenant: &str, db: &str, collection: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.matches(collection))
     }
 
-    /// The first rule covering a whole database (collection pattern `*`), for database-level commands.
-    pub fn database_rule(&self, db: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.database.matches(db) && r.collection.as_str() == "*")
+    /// The first of `tenant`'s rules whose database pattern matches `db`, whatever its collection pattern.
+    pub fn any_rule_for_db(&self, tenant: &str, db: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db))
+    }
+
+    /// The first of `tenant`'s rules covering a whole database (collection pattern `*`), for database-level
+    /// commands.
+    pub fn database_rule(&self, tenant: &str, db: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.as_str() == "*")
     }
 }
