@@ -26,6 +26,7 @@ pub mod error;
 pub mod explain;
 pub mod gate;
 pub mod handshake;
+pub mod lifecycle;
 pub mod policy;
 pub mod ratelimit;
 pub mod sasl;
