@@ -1,0 +1,295 @@
+//! A tenant's placement in the policy file, edited as text: the tenant's own rules and its backend.
+//!
+//! `tenantwall move` gives a tenant its new placement by writing rules that apply to it alone, in one block
+//! marked by comments and placed before the first `[[rules]]` table (rules are first-match, so they override
+//! the general ones for that tenant), and by changing the tenant's `backend`. Everything else in the file —
+//! comments, order, layout — is left byte for byte as it was. Moving back removes the block.
+//!
+//! What it owns: computing the new policy text and writing it atomically (temporary file in the same
+//! directory, fsync, rename, fsync of the directory). What it must never do: write a file that does not compile,
+//! touch another tenant's lines, or leave a half-written policy where the proxy's watcher could read it.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::config::{self, Mode, PolicyFile};
+
+/// Where a tenant is to live: the mode of its namespaces and, optionally, another backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub mode: Mode,
+    pub backend: Option<String>,
+}
+
+impl Destination {
+    /// Parses `MODE[:BACKEND]`, e.g. `database:east`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (mode, backend) = match text.split_once(':') {
+            Some((mode, backend)) if !backend.is_empty() => (mode, Some(backend.to_owned())),
+            Some(_) => return Err("a backend name must follow ':'".into()),
+            None => (text, None),
+        };
+        let mode = match mode {
+            "field" => Mode::Field,
+            "collection" => Mode::Collection,
+            "database" => Mode::Database,
+            other => return Err(format!("{other:?} is not field, collection or database")),
+        };
+        Ok(Self { mode, backend })
+    }
+}
+
+/// Why the policy cannot be edited to the destination.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("{0}")]
+    Policy(#[from] config::ConfigError),
+    #[error("no tenant {0:?} in the policy")]
+    NoTenant(String),
+    #[error("no backend {0:?} in the policy")]
+    NoBackend(String),
+    #[error("rules[{0}] names tenant {1:?} outside the block `tenantwall move` writes; edit such rules by hand")]
+    HandWritten(usize, String),
+    #[error(
+        "rules[{0}] gives shared (read-only) data in a database the tenant would take whole; it cannot follow \
+         the tenant into its own database"
+    )]
+    SharedInDatabase(usize),
+    #[error("the policy has no [[rules]] table to place the tenant's rules before")]
+    NoRules,
+}
+
+fn begin_marker(tenant: &str) -> String {
+    format!("# tenantwall move: {tenant} begin")
+}
+
+fn end_marker(tenant: &str) -> String {
+    format!("# tenantwall move: {tenant} end")
+}
+
+/// `text` with the tenant's block of rules removed (unchanged when it has none).
+fn without_block(text: &str, tenant: &str) -> String {
+    let (begin, end) = (begin_marker(tenant), end_marker(tenant));
+    let mut out = String::with_capacity(text.len());
+    let (mut inside, mut just_ended) = (false, false);
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == begin {
+            inside = true;
+        } else if inside && trimmed == end {
+            inside = false;
+            just_ended = true;
+            continue;
+        } else if !(inside || just_ended && trimmed.is_empty()) {
+            // The blank line `edit` puts after the block goes with it.
+            out.push_str(line);
+        }
+        just_ended = false;
+    }
+    out
+}
+
+/// A TOML basic string for `s` (names here are checked patterns: no control characters).
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The policy text with `tenant` placed at `to`. Returns the text unchanged when the tenant is already there.
+pub fn edit(text: &str, path: &Path, tenant: &str, to: &Destination) -> Result<String, EditError> {
+    // 1. The tenant's earlier block goes: the new one is computed from the general rules alone.
+    let text = without_block(text, tenant);
+    let file = config::parse(&text, path)?;
+    let Some(tenant_config) = file.tenants.iter().find(|t| t.id.get_ref() == tenant) else {
+        return Err(EditError::NoTenant(tenant.to_owned()));
+    };
+    // 2. The backend, replaced in place (its value's span, quotes included).
+    let mut text = text.clone();
+    if let Some(backend) = &to.backend {
+        if !file.backends.iter().any(|b| b.name.get_ref() == backend) {
+            return Err(EditError::NoBackend(backend.clone()));
+        }
+        if tenant_config.backend.get_ref() != backend {
+            let span = tenant_config.backend.span();
+            text.replace_range(span, &quoted(backend));
+        }
+    }
+    let file = config::parse(&text, path)?;
+    let rules = rules_for(&file, tenant, to)?;
+    if rules.is_empty() {
+        return Ok(text);
+    }
+    // 3. The block, before the first [[rules]] table.
+    let first = file.rules.first().ok_or(EditError::NoRules)?;
+    let header = text.get(..first.database.span().start).and_then(|before| before.rfind("[[rules]]"));
+    let at = header.ok_or(EditError::NoRules)?;
+    // Before the comment lines that introduce that table, so they stay with it.
+    let mut at = text.get(..at).and_then(|before| before.rfind('\n')).map_or(0, |nl| nl + 1);
+    while let Some(previous) = text.get(..at.saturating_sub(1)).filter(|_| at > 0) {
+        let start = previous.rfind('\n').map_or(0, |nl| nl + 1);
+        if !previous.get(start..).is_some_and(|line| line.trim_start().starts_with('#')) {
+            break;
+        }
+        at = start;
+    }
+    let mut block = format!("{}\n", begin_marker(tenant));
+    for rule in rules {
+        block.push_str(&rule);
+        block.push('\n');
+    }
+    block.push_str(&end_marker(tenant));
+    block.push_str("\n\n");
+    text.insert_str(at, &block);
+    Ok(text)
+}
+
+/// The rules giving `tenant` mode `to.mode` wherever the general rules give it another, as TOML tables.
+fn rules_for(file: &PolicyFile, tenant: &str, to: &Destination) -> Result<Vec<String>, EditError> {
+    let mut out = Vec::new();
+    let mut databases: Vec<&str> = Vec::new();
+    for (i, rule) in file.rules.iter().enumerate() {
+        match &rule.tenants {
+            Some(list) if list.get_ref().iter().any(|t| t.get_ref() == tenant) => {
+                return Err(EditError::HandWritten(i, tenant.to_owned()));
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        let mode = *rule.mode.get_ref();
+        if mode == Mode::Shared {
+            continue;
+        }
+        let (database, collection) = (rule.database.get_ref(), rule.collection.get_ref());
+        let head = format!("[[rules]]\ntenants = [{}]\ndatabase = {}\n", quoted(tenant), quoted(database));
+        match to.mode {
+            Mode::Database => {
+                // Already the tenant's own database with the default name: nothing to override.
+                if mode == Mode::Database && rule.template.is_none() || databases.contains(&database.as_str()) {
+                    continue;
+                }
+                if let Some(shared) = file.rules.iter().position(|r| {
+                    *r.mode.get_ref() == Mode::Shared && r.tenants.is_none() && r.database.get_ref() == database
+                }) {
+                    return Err(EditError::SharedInDatabase(shared));
+                }
+                databases.push(database);
+                out.push(format!("{head}mode = \"database\"\n"));
+            }
+            Mode::Collection => {
+                if mode == Mode::Collection && rule.template.is_none() {
+                    continue;
+                }
+                out.push(format!("{head}collection = {}\nmode = \"collection\"\n", quoted(collection)));
+            }
+            Mode::Field | Mode::Shared => {
+                if mode == Mode::Field {
+                    continue;
+                }
+                out.push(format!("{head}collection = {}\nmode = \"field\"\n", quoted(collection)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `text` to `path` so that a reader sees the old file or the new one, never a mix: a temporary file
+/// next to it, flushed to disk, renamed over it, and the directory flushed so the rename survives a crash.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tenantwall-move.{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            file.set_permissions(meta.permissions())?;
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "# the demo policy\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+        [[backends]]\nname = \"main\"\nuri = \"mongodb://127.0.0.1:1\"\n\n\
+        [[backends]]\nname = \"east\"\nuri = \"mongodb://127.0.0.1:2\"\n\n\
+        [[tenants]]\nid = \"acme\"\nbackend = \"main\" # moved later\n\n\
+        [[tenants]]\nid = \"globex\"\nbackend = \"main\"\n\n\
+        # Rules: shared collections.\n[[rules]]\ndatabase = \"app\"\ncollection = \"orders\"\nmode = \"field\"\n";
+
+    fn compiles(text: &str) -> crate::policy::Policy {
+        let file = config::parse(text, Path::new("p.toml")).unwrap();
+        let compiled =
+            crate::policy::compile::compile(&file, text, Path::new("p.toml"), crate::policy::compile::Secrets::Skip);
+        compiled.policy.unwrap_or_else(|| panic!("{:?}\n{text}", compiled.errors))
+    }
+
+    #[test]
+    fn a_move_is_a_block_of_rules_and_a_backend_and_moving_back_removes_them() {
+        let to = Destination::parse("database:east").unwrap();
+        let moved = edit(POLICY, Path::new("p.toml"), "acme", &to).unwrap();
+        assert!(moved.starts_with("# the demo policy\n"), "comments stay: {moved}");
+        assert!(moved.contains("id = \"acme\"\nbackend = \"east\" # moved later\n"), "{moved}");
+        assert!(moved.contains("id = \"globex\"\nbackend = \"main\"\n"));
+        let block = "# tenantwall move: acme begin\n[[rules]]\ntenants = [\"acme\"]\ndatabase = \"app\"\n\
+                     mode = \"database\"\n\n# tenantwall move: acme end\n\n# Rules: shared collections.\n";
+        assert!(moved.contains(block), "{moved}");
+        let policy = compiles(&moved);
+        assert_eq!(policy.tenant("acme").unwrap().backend, "east");
+        // Moving again to the same place changes nothing.
+        assert_eq!(edit(&moved, Path::new("p.toml"), "acme", &to).unwrap(), moved);
+        // Back to field mode on main: the file is the original again.
+        let back = edit(&moved, Path::new("p.toml"), "acme", &Destination::parse("field:main").unwrap()).unwrap();
+        assert_eq!(back, POLICY);
+    }
+
+    #[test]
+    fn collection_mode_and_refusals() {
+        let to = Destination::parse("collection").unwrap();
+        let moved = edit(POLICY, Path::new("p.toml"), "acme", &to).unwrap();
+        assert!(moved.contains("collection = \"orders\"\nmode = \"collection\"\n"), "{moved}");
+        compiles(&moved);
+        assert!(matches!(edit(POLICY, Path::new("p.toml"), "initech", &to), Err(EditError::NoTenant(_))));
+        assert!(matches!(
+            edit(POLICY, Path::new("p.toml"), "acme", &Destination::parse("database:west").unwrap()),
+            Err(EditError::NoBackend(_))
+        ));
+        let shared =
+            format!("{POLICY}\n[[rules]]\ndatabase = \"app\"\ncollection = \"countries\"\nmode = \"shared\"\n");
+        assert!(matches!(
+            edit(&shared, Path::new("p.toml"), "acme", &Destination::parse("database").unwrap()),
+            Err(EditError::SharedInDatabase(1))
+        ));
+        assert!(Destination::parse("cluster").is_err());
+        assert!(Destination::parse("database:").is_err());
+    }
+
+    #[test]
+    fn the_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("tw-placement-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, "old").unwrap();
+        write_atomically(&path, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
