@@ -1,4 +1,4 @@
-//! The `tenantwall` command line: `run`, `check`, `passwd`.
+//! The `tenantwall` command line: `run`, `check`, `explain`, `test`, `move`, `passwd`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -64,6 +64,30 @@ enum Cmd {
         #[arg(long)]
         reply: Option<String>,
     },
+    /// Move one tenant's data to another placement (`field`, `collection` or `database`, optionally on another
+    /// backend) while the running proxy holds only that tenant's commands: copy, verify, switch the policy, resume.
+    /// Needs the proxy's `[admin]` listener with `token_env`.
+    Move {
+        /// Policy file (TOML) the proxy runs with; rewritten atomically at the switch.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Tenant id to move.
+        #[arg(long)]
+        tenant: String,
+        /// Destination: MODE[:BACKEND], e.g. `database:east`.
+        #[arg(long, value_parser = tenantwall::lifecycle::placement::Destination::parse)]
+        to: tenantwall::lifecycle::placement::Destination,
+        /// Longest the tenant may be held; the proxy ends the hold by itself after it, and a move that needs
+        /// longer is abandoned before its switch.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+        max_hold_secs: u64,
+        /// After the switch, remove the tenant's documents from where they were.
+        #[arg(long)]
+        delete_source: bool,
+        /// The proxy's admin listener, when not the policy's `[admin] address`.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
     /// Run policy test cases (TOML files of tenant, command, expected outcome).
     Test {
         /// Test files.
@@ -95,6 +119,17 @@ fn main() -> ExitCode {
             explain(&policy, &tenant, &db, &command, reply.as_deref())
         }
         Cmd::Test { files } => test(&files),
+        Cmd::Move { policy, tenant, to, max_hold_secs, delete_source, admin } => {
+            let options = tenantwall::lifecycle::mover::MoveOptions {
+                policy,
+                tenant,
+                to,
+                max_hold: Duration::from_secs(max_hold_secs),
+                delete_source,
+                admin,
+            };
+            move_tenant(&options)
+        }
         Cmd::Surface => {
             print!("{}", tenantwall::command::spec::render_markdown());
             ExitCode::SUCCESS
@@ -175,6 +210,41 @@ fn test(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn move_tenant(options: &tenantwall::lifecycle::mover::MoveOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantwall: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut progress = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    match runtime.block_on(tenantwall::lifecycle::mover::run(options, &mut progress)) {
+        Ok(report) if report.unchanged => ExitCode::SUCCESS,
+        Ok(report) => {
+            println!(
+                "moved tenant {}: {} namespace(s), {} document(s); held for {} ms",
+                options.tenant,
+                report.namespaces,
+                report.documents,
+                report.held.map_or(0, |h| h.as_millis())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tenantwall: move of tenant {} failed: {e}", options.tenant);
+            if !e.after_switch() {
+                eprintln!("tenantwall: the tenant's source data and the policy are as they were");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

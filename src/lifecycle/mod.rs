@@ -7,3 +7,5 @@
 //! a service password into any output or error.
 
 pub mod client;
+pub mod mover;
+pub mod placement;

@@ -1,0 +1,641 @@
+//! `tenantwall move`: one tenant's data to another placement while the proxy holds only that tenant.
+//!
+//! The order is what keeps every acknowledged write: the new policy is computed and compiled first (a policy
+//! that does not compile stops the move before anything happens); partial copies of an earlier attempt are
+//! removed; then the running proxy holds the tenant and waits for its commands in flight, and only then are the
+//! tenant's documents copied (ids kept, the tenant field dropped or added as the destination needs), its indexes
+//! created for the destination, and the copy verified — counts and a digest of every document's bytes with the
+//! tenant field removed. Then the new policy is written atomically and loaded through the admin listener, which
+//! applies it only while the hold is still in force and ends the hold once it is in force: the held commands are
+//! decided with the new placement. Any failure before that switch ends the hold and leaves the source and the
+//! policy as they were. The source copy is removed only with `--delete-source`, after the switch.
+//!
+//! What it owns: planning, copying, verifying and switching one tenant. What it must never do: write while the
+//! tenant is not held, switch after the hold's bound has passed, touch another tenant's documents, or print
+//! document values (ids, counts and digests only) or a credential.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bson::{RawBson, RawDocument, RawDocumentBuf};
+use ring::digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::{ClientError, ServiceClient, Timeouts, DEFAULT_BATCH_SIZE};
+use super::placement::{self, Destination, EditError};
+use crate::backend::BackendTarget;
+use crate::engine::raw::replace_fields;
+use crate::engine::{resolve, Target};
+use crate::policy::compile::RESERVED_DATABASES;
+use crate::policy::{Placement, Policy};
+
+/// Test-only failpoint: seconds to pause after the copy is verified and before the policy is switched, so a
+/// test can kill the mover at its worst moment.
+pub const PAUSE_ENV: &str = "TENANTWALL_MOVE_PAUSE_AFTER_COPY";
+
+/// Time the hold must still have left when the switch starts; less, and the move is abandoned.
+const SWITCH_MARGIN: Duration = Duration::from_secs(2);
+
+/// What `tenantwall move` was asked to do.
+#[derive(Debug, Clone)]
+pub struct MoveOptions {
+    pub policy: PathBuf,
+    pub tenant: String,
+    pub to: Destination,
+    /// Longest the tenant may be held; the proxy ends the hold by itself after it.
+    pub max_hold: Duration,
+    pub delete_source: bool,
+    /// The admin listener, when not the policy's `[admin] address` (e.g. a proxy started on port 0).
+    pub admin: Option<SocketAddr>,
+}
+
+/// What a move did.
+#[derive(Debug, Clone, Default)]
+pub struct MoveReport {
+    pub namespaces: usize,
+    pub documents: u64,
+    /// How long the tenant was held, as the proxy measured it (`None` when nothing needed holding).
+    pub held: Option<Duration>,
+    /// The policy generation in force after the switch.
+    pub generation: Option<u64>,
+    /// The placement was already the destination: nothing was done.
+    pub unchanged: bool,
+}
+
+/// Why a move stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("{0}")]
+    Edit(Box<EditError>),
+    #[error("the new policy does not compile: {0}")]
+    NewPolicy(String),
+    #[error("{0}")]
+    Backend(Box<ClientError>),
+    #[error("admin listener: {0}")]
+    Admin(String),
+    #[error("{0}")]
+    Plan(String),
+    #[error("verification failed for {namespace}: {detail}")]
+    Verify { namespace: String, detail: String },
+    #[error("the hold ends in less than {}s: abandoned before the switch (raise --max-hold-secs)", SWITCH_MARGIN.as_secs())]
+    OutOfTime,
+    #[error("cannot write the policy: {0}")]
+    Io(#[from] std::io::Error),
+    /// After the switch: the tenant lives at its new placement, but its old copy is still there.
+    #[error("the tenant was moved, but its source copy was not removed: {0}")]
+    SourceNotRemoved(String),
+}
+
+impl From<EditError> for MoveError {
+    fn from(e: EditError) -> Self {
+        Self::Edit(Box::new(e))
+    }
+}
+
+impl From<ClientError> for MoveError {
+    fn from(e: ClientError) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
+impl MoveError {
+    /// Whether the failure came after the switch (the new placement is in force).
+    pub fn after_switch(&self) -> bool {
+        matches!(self, Self::SourceNotRemoved(_))
+    }
+}
+
+/// Where one namespace of the tenant lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    backend: String,
+    db: String,
+    coll: String,
+    /// Field mode: the tenant field, whose value selects the tenant's documents.
+    field: Option<String>,
+}
+
+impl Place {
+    fn of(target: &Target<'_>, backend: &str, db: &str, coll: &str) -> Option<Self> {
+        match target {
+            Target::Field(rule) => Some(Self {
+                backend: backend.to_owned(),
+                db: db.to_owned(),
+                coll: coll.to_owned(),
+                field: Some(rule.field.as_str().to_owned()),
+            }),
+            Target::Mapped { db: real_db, coll: real_coll, .. } => Some(Self {
+                backend: backend.to_owned(),
+                db: real_db.clone(),
+                coll: real_coll.clone().unwrap_or_else(|| coll.to_owned()),
+                field: None,
+            }),
+            Target::Shared(_) => None,
+        }
+    }
+
+    fn namespace(&self) -> String {
+        format!("{}:{}.{}", self.backend, self.db, self.coll)
+    }
+}
+
+/// One namespace to move, by its visible name.
+#[derive(Debug, Clone)]
+struct Step {
+    visible: String,
+    from: Place,
+    to: Place,
+}
+
+/// The tenant's clients: one connection to the source backend and one to the destination (even when they are
+/// the same deployment, so a cursor on one never waits for a write on the other).
+struct Clients {
+    source: ServiceClient,
+    dest: ServiceClient,
+}
+
+/// Runs a move; `progress` receives one line per step for the operator.
+pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Result<MoveReport, MoveError> {
+    let old_text = std::fs::read_to_string(&options.policy)?;
+    let old = Policy::from_toml(&old_text, &options.policy).map_err(|e| MoveError::NewPolicy(e.to_string()))?;
+    let tenant = old.tenant(&options.tenant).ok_or_else(|| EditError::NoTenant(options.tenant.clone()))?.clone();
+    let new_text = placement::edit(&old_text, &options.policy, &tenant.id, &options.to)?;
+    if new_text == old_text {
+        progress(format!("tenant {} already has that placement; nothing to do", tenant.id));
+        return Ok(MoveReport { unchanged: true, ..MoveReport::default() });
+    }
+    let new = Policy::from_toml(&new_text, &options.policy).map_err(|e| MoveError::NewPolicy(e.to_string()))?;
+    let new_backend = new.tenant(&tenant.id).map(|t| t.backend.clone()).unwrap_or_default();
+    let timeouts = Timeouts::from_limits(&old.limits);
+    let mut clients = Clients {
+        source: connect(&old, &tenant.backend, timeouts).await?,
+        dest: connect(&new, &new_backend, timeouts).await?,
+    };
+    let steps = plan(&old, &new, &tenant.id, &mut clients.source, &new_backend).await?;
+    for step in &steps {
+        progress(format!("plan: {} from {} to {}", step.visible, step.from.namespace(), step.to.namespace()));
+    }
+    // Left over from an attempt that stopped before its switch: the destination is nobody's yet.
+    for step in &steps {
+        remove_copy(&mut clients.dest, &step.to, &tenant.value).await?;
+    }
+    let admin = Admin::new(&old, options.admin)?;
+    let asked = Instant::now();
+    let hold = admin.post(&format!("/tenants/{}/hold?max_secs={}", tenant.id, options.max_hold.as_secs())).await?;
+    let hold_id = hold.get("hold").and_then(serde_json::Value::as_u64).ok_or_else(|| {
+        MoveError::Admin(format!("hold not granted: {}", hold.get("error").cloned().unwrap_or_default()))
+    })?;
+    // Measured from before the request: the proxy's own deadline is no earlier than this one.
+    let deadline = asked + options.max_hold;
+    progress(format!(
+        "tenant {} held (commands in flight drained in {} ms)",
+        tenant.id,
+        hold.get("drained_ms").and_then(serde_json::Value::as_u64).unwrap_or(0)
+    ));
+    let copied = copy_all(&steps, &mut clients, &tenant.value, progress).await;
+    let copied = match copied {
+        Ok(copied) if Instant::now() + SWITCH_MARGIN <= deadline => Ok(copied),
+        Ok(_) => Err(MoveError::OutOfTime),
+        Err(e) => Err(e),
+    };
+    let documents = match copied {
+        Ok(documents) => documents,
+        Err(e) => return Err(abandon(e, &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await),
+    };
+    if let Some(pause) = std::env::var(PAUSE_ENV).ok().and_then(|s| s.parse::<u64>().ok()) {
+        progress(format!("pausing {pause}s before the switch ({PAUSE_ENV})"));
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+    }
+    if Instant::now() + SWITCH_MARGIN > deadline {
+        return Err(
+            abandon(MoveError::OutOfTime, &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await
+        );
+    }
+    // The switch: the new file, then the proxy loads it under the hold and ends the hold.
+    if let Err(e) = placement::write_atomically(&options.policy, &new_text) {
+        return Err(abandon(e.into(), &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await);
+    }
+    let switched = admin.post(&format!("/reload?tenant={}&hold={hold_id}", tenant.id)).await;
+    let switched = match switched {
+        Ok(reply) if reply.get("generation").is_some() => reply,
+        failed => {
+            // The proxy did not take the new policy: the old file goes back before its watcher could read the new.
+            let restored = placement::write_atomically(&options.policy, &old_text);
+            let why = match failed {
+                Ok(reply) => {
+                    MoveError::Admin(format!("reload refused: {}", reply.get("error").cloned().unwrap_or_default()))
+                }
+                Err(e) => e,
+            };
+            restored?;
+            return Err(abandon(why, &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await);
+        }
+    };
+    let held = switched.get("held_ms").and_then(serde_json::Value::as_u64).map(Duration::from_millis);
+    let generation = switched.get("generation").and_then(serde_json::Value::as_u64);
+    progress(format!(
+        "policy switched (generation {}); tenant {} released after {} ms",
+        generation.unwrap_or(0),
+        tenant.id,
+        held.map_or(0, |h| h.as_millis())
+    ));
+    if options.delete_source {
+        for step in &steps {
+            remove_copy(&mut clients.source, &step.from, &tenant.value)
+                .await
+                .map_err(|e| MoveError::SourceNotRemoved(format!("{}: {e}", step.from.namespace())))?;
+            progress(format!("removed the source copy {}", step.from.namespace()));
+        }
+    }
+    Ok(MoveReport { namespaces: steps.len(), documents, held, generation, unchanged: false })
+}
+
+/// A service connection to backend `name` of `policy`.
+async fn connect(policy: &Policy, name: &str, timeouts: Timeouts) -> Result<ServiceClient, MoveError> {
+    let spec = policy.backend(name).cloned().ok_or_else(|| MoveError::Plan(format!("no backend {name:?}")))?;
+    Ok(ServiceClient::connect(&BackendTarget::new(spec), timeouts).await?)
+}
+
+/// Ends the hold after a failure before the switch, removes the partial copy, and returns the failure.
+async fn abandon(
+    error: MoveError,
+    admin: &Admin,
+    tenant: &str,
+    hold: u64,
+    steps: &[Step],
+    clients: &mut Clients,
+    value: &crate::policy::TenantValue,
+) -> MoveError {
+    if let Err(e) = admin.post(&format!("/tenants/{tenant}/release?hold={hold}")).await {
+        tracing::warn!(error = %e, "could not release the hold; it ends by itself at its bound");
+    }
+    for step in steps {
+        if let Err(e) = remove_copy(&mut clients.dest, &step.to, value).await {
+            tracing::warn!(error = %e, namespace = %step.to.namespace(), "partial copy left; a re-run removes it");
+        }
+    }
+    error
+}
+
+/// The tenant's namespaces whose placement differs between `old` and `new`, found from the real names on the
+/// tenant's current backend.
+async fn plan(
+    old: &Policy,
+    new: &Policy,
+    tenant: &str,
+    source: &mut ServiceClient,
+    new_backend: &str,
+) -> Result<Vec<Step>, MoveError> {
+    let old_backend = source.backend().to_owned();
+    let mut steps: Vec<Step> = Vec::new();
+    for real_db in source.list_database_names().await? {
+        if RESERVED_DATABASES.contains(&real_db.as_str()) {
+            continue;
+        }
+        let collections = source.list_collections(&real_db).await?;
+        for info in collections.iter().filter(|c| c.kind == "collection" && !c.name.starts_with("system.")) {
+            let Some((vdb, vcoll, from)) = visible_of(old, tenant, &old_backend, &real_db, &info.name) else {
+                continue;
+            };
+            if from.field.is_some() {
+                // A shared collection without the tenant's documents holds nothing of it to move.
+                let value = &old.tenant(tenant).ok_or_else(|| MoveError::Plan(format!("no tenant {tenant:?}")))?.value;
+                let filter = filter_of(&from, value)?;
+                let mut cursor = source.find(&from.db, &from.coll, filter, None, 1).await?;
+                let any = cursor.next_batch(source).await?.is_some_and(|b| !b.is_empty());
+                cursor.close(source).await?;
+                if !any {
+                    continue;
+                }
+            }
+            let visible = format!("{vdb}.{vcoll}");
+            let to = resolve(new, tenant, &vdb, Some(&vcoll))
+                .ok()
+                .and_then(|target| Place::of(&target, new_backend, &vdb, &vcoll))
+                .ok_or_else(|| {
+                    MoveError::Plan(format!("the new policy gives tenant {tenant} no writable placement for {visible}"))
+                })?;
+            if to == from || steps.iter().any(|s| s.visible == visible) {
+                continue;
+            }
+            if to.backend == from.backend && to.db == from.db && to.coll == from.coll {
+                return Err(MoveError::Plan(format!("{visible}: source and destination are one collection")));
+            }
+            steps.push(Step { visible, from, to });
+        }
+    }
+    Ok(steps)
+}
+
+/// The visible namespace through which `tenant` reaches real `db.coll` under `policy`, with its place.
+fn visible_of(policy: &Policy, tenant: &str, backend: &str, db: &str, coll: &str) -> Option<(String, String, Place)> {
+    let mut dbs = vec![db.to_owned()];
+    let mut colls = vec![coll.to_owned()];
+    for rule in policy.rules_of(tenant) {
+        match &rule.placement {
+            Placement::Database(t) => dbs.extend(t.unrender(tenant, db)),
+            Placement::Collection(t) => colls.extend(t.unrender(tenant, coll)),
+            Placement::Field { .. } | Placement::Shared => {}
+        }
+    }
+    for vdb in &dbs {
+        for vcoll in &colls {
+            let Ok(target) = resolve(policy, tenant, vdb, Some(vcoll)) else { continue };
+            if let Some(place) = Place::of(&target, backend, vdb, vcoll) {
+                if place.db == db && place.coll == coll {
+                    return Some((vdb.clone(), vcoll.clone(), place));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The tenant's documents at `place`: those carrying its value in a shared collection, or all of its own.
+fn filter_of(place: &Place, value: &crate::policy::TenantValue) -> Result<RawDocumentBuf, MoveError> {
+    let Some(field) = &place.field else { return Ok(RawDocumentBuf::new()) };
+    let value = RawBson::try_from(value.bson().clone()).map_err(|e| MoveError::Plan(e.to_string()))?;
+    Ok(replace_fields(&RawDocumentBuf::new(), &[(field.as_str(), Some(value))]))
+}
+
+/// Removes the tenant's copy at `place`: its documents in a shared collection, or its own collection.
+async fn remove_copy(
+    client: &mut ServiceClient,
+    place: &Place,
+    value: &crate::policy::TenantValue,
+) -> Result<(), MoveError> {
+    match &place.field {
+        Some(_) => {
+            let filter = filter_of(place, value)?;
+            let body = bson::rawdoc! { "delete": place.coll.as_str(), "deletes": [{ "q": filter, "limit": 0 }] };
+            client.command(&place.db, body).await?;
+        }
+        None => match client.command(&place.db, bson::rawdoc! { "drop": place.coll.as_str() }).await {
+            Ok(_) => {}
+            // Nothing to drop.
+            Err(ClientError::Command { code: 26, .. }) => {}
+            Err(ClientError::Command { message, .. }) if message.to_ascii_lowercase().contains("not found") => {}
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(())
+}
+
+/// Copies, indexes and verifies every step; the number of documents copied.
+async fn copy_all(
+    steps: &[Step],
+    clients: &mut Clients,
+    value: &crate::policy::TenantValue,
+    progress: &mut dyn FnMut(String),
+) -> Result<u64, MoveError> {
+    let mut total = 0;
+    for step in steps {
+        let copied = copy(step, clients, value).await?;
+        indexes(step, clients).await?;
+        let (source_count, source_digest) = digest_of(&mut clients.source, &step.from, value).await?;
+        let (dest_count, dest_digest) = digest_of(&mut clients.dest, &step.to, value).await?;
+        if source_count != copied || dest_count != source_count {
+            return Err(MoveError::Verify {
+                namespace: step.visible.clone(),
+                detail: format!(
+                    "{source_count} documents at the source, {copied} copied, {dest_count} at the destination"
+                ),
+            });
+        }
+        if source_digest != dest_digest {
+            return Err(MoveError::Verify {
+                namespace: step.visible.clone(),
+                detail: "the documents at the destination differ from the source".into(),
+            });
+        }
+        progress(format!("copied {}: {copied} documents, digest {}", step.visible, hex(&source_digest)));
+        total += copied;
+    }
+    Ok(total)
+}
+
+/// `doc` as it is stored at `to`: the tenant field removed, then stamped again when `to` is field mode.
+fn reshape(
+    doc: &RawDocument,
+    from: &Place,
+    to: &Place,
+    value: &crate::policy::TenantValue,
+) -> Result<RawDocumentBuf, MoveError> {
+    let mut out = match &from.field {
+        Some(field) => replace_fields(doc, &[(field.as_str(), None)]),
+        None => doc.to_owned(),
+    };
+    if let Some(field) = &to.field {
+        let value = RawBson::try_from(value.bson().clone()).map_err(|e| MoveError::Plan(e.to_string()))?;
+        out = replace_fields(&out, &[(field.as_str(), Some(value))]);
+    }
+    Ok(out)
+}
+
+/// Copies the tenant's documents of one step in batches, ids kept; the number copied.
+async fn copy(step: &Step, clients: &mut Clients, value: &crate::policy::TenantValue) -> Result<u64, MoveError> {
+    let filter = filter_of(&step.from, value)?;
+    let mut cursor = clients.source.find(&step.from.db, &step.from.coll, filter, None, DEFAULT_BATCH_SIZE).await?;
+    let mut copied = 0u64;
+    while let Some(batch) = cursor.next_batch(&mut clients.source).await? {
+        if batch.is_empty() {
+            continue;
+        }
+        let mut documents = bson::RawArrayBuf::new();
+        for doc in &batch {
+            documents.push(reshape(doc, &step.from, &step.to, value)?);
+        }
+        let body = bson::rawdoc! { "insert": step.to.coll.as_str(), "documents": documents, "ordered": true };
+        let reply = clients.dest.command(&step.to.db, body).await?;
+        let inserted = match reply.get("n") {
+            Ok(Some(bson::RawBsonRef::Int32(n))) => u64::try_from(n).unwrap_or(0),
+            Ok(Some(bson::RawBsonRef::Int64(n))) => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        if reply.get("writeErrors").ok().flatten().is_some() || inserted != batch.len() as u64 {
+            return Err(MoveError::Verify {
+                namespace: step.visible.clone(),
+                detail: format!("{} of {} documents of a batch were inserted", inserted, batch.len()),
+            });
+        }
+        copied += inserted;
+    }
+    Ok(copied)
+}
+
+/// The source's indexes, as the destination needs them: a per-tenant unique index of a shared collection
+/// (`{<field>: 1, ...key}`) is the plain unique index in the tenant's own collection, and the other way round;
+/// an index on the tenant field alone means nothing in a collection of one tenant.
+async fn indexes(step: &Step, clients: &mut Clients) -> Result<(), MoveError> {
+    let specs = match clients.source.list_indexes(&step.from.db, &step.from.coll).await {
+        Ok(specs) => specs,
+        Err(e) if e.is_unsupported() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut create = bson::RawArrayBuf::new();
+    let mut any = false;
+    for spec in &specs {
+        let (Ok(key), Ok(name)) = (spec.get_document("key"), spec.get_str("name")) else { continue };
+        if name == "_id_" {
+            continue;
+        }
+        let unique = matches!(spec.get("unique"), Ok(Some(bson::RawBsonRef::Boolean(true))));
+        let first = key.iter().next().and_then(Result::ok).map(|(k, _)| k.as_str().to_owned());
+        let key = match (&step.from.field, &step.to.field) {
+            (Some(field), None) if first.as_deref() == Some(field.as_str()) => {
+                let rest = replace_fields(key, &[(field.as_str(), None)]);
+                if rest.is_empty() {
+                    continue;
+                }
+                rest
+            }
+            (None, Some(field)) if unique && first.as_deref() != Some(field.as_str()) => {
+                let mut out = replace_fields(&RawDocumentBuf::new(), &[(field.as_str(), Some(RawBson::Int32(1)))]);
+                for (name, direction) in key.iter().filter_map(Result::ok) {
+                    out.append(name, direction);
+                }
+                out
+            }
+            _ => key.to_owned(),
+        };
+        let mut index = bson::rawdoc! { "key": key, "name": name };
+        for option in ["unique", "sparse", "expireAfterSeconds"] {
+            if let (Ok(Some(v)), Ok(name)) = (spec.get(option), <&bson::raw::CStr>::try_from(option)) {
+                index.append(name, v);
+            }
+        }
+        create.push(index);
+        any = true;
+    }
+    if any {
+        let body = bson::rawdoc! { "createIndexes": step.to.coll.as_str(), "indexes": create };
+        clients.dest.command(&step.to.db, body).await?;
+    }
+    Ok(())
+}
+
+/// The number of the tenant's documents at `place` and their digest: SHA-256 of each document's bytes with
+/// the tenant field removed, summed modulo 2^256. The sum does not depend on the order documents come in, so
+/// it needs no sort that two servers might order differently (mixed-type ids), and it reads one batch at a
+/// time.
+async fn digest_of(
+    client: &mut ServiceClient,
+    place: &Place,
+    value: &crate::policy::TenantValue,
+) -> Result<(u64, [u8; 32]), MoveError> {
+    let filter = filter_of(place, value)?;
+    let mut cursor = client.find(&place.db, &place.coll, filter, None, DEFAULT_BATCH_SIZE).await?;
+    let (mut count, mut sum) = (0u64, [0u8; 32]);
+    while let Some(batch) = cursor.next_batch(client).await? {
+        for doc in &batch {
+            let bare = match &place.field {
+                Some(field) => replace_fields(doc, &[(field.as_str(), None)]),
+                None => doc.clone(),
+            };
+            let hash = digest::digest(&digest::SHA256, bare.as_bytes());
+            add_into(&mut sum, hash.as_ref());
+            count += 1;
+        }
+    }
+    Ok((count, sum))
+}
+
+/// `sum += term` as 256-bit big-endian numbers, modulo 2^256.
+fn add_into(sum: &mut [u8; 32], term: &[u8]) {
+    let mut carry = 0u16;
+    for (s, t) in sum.iter_mut().rev().zip(term.iter().rev()) {
+        let total = u16::from(*s) + u16::from(*t) + carry;
+        *s = (total & 0xff) as u8;
+        carry = total >> 8;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The proxy's admin listener, with the policy's bearer token.
+struct Admin {
+    address: SocketAddr,
+    token: Option<crate::policy::Secret>,
+}
+
+impl Admin {
+    fn new(policy: &Policy, address: Option<SocketAddr>) -> Result<Self, MoveError> {
+        let settings = policy.admin.as_ref();
+        let mut address = address
+            .or(settings.map(|a| a.address))
+            .ok_or_else(|| MoveError::Admin("the policy has no [admin] listener; pass --admin".into()))?;
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let token = settings.and_then(|a| a.token.clone());
+        if token.is_none() {
+            return Err(MoveError::Admin("admin actions need [admin] token_env set here and in the proxy".into()));
+        }
+        Ok(Self { address, token })
+    }
+
+    /// One `POST`; the JSON body of a reply, whatever its status (the body says what went wrong).
+    async fn post(&self, path: &str) -> Result<serde_json::Value, MoveError> {
+        let token = self.token.as_ref().map(|t| t.expose()).unwrap_or_default();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.address
+        );
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(self.address).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut reply = Vec::new();
+            stream.take(64 * 1024).read_to_end(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        };
+        // A hold may wait up to its bound for commands in flight.
+        let reply = tokio::time::timeout(crate::gate::MAX_HOLD + Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| MoveError::Admin("no answer".into()))?
+            .map_err(|e| MoveError::Admin(format!("{}: {e}", self.address)))?;
+        let text = String::from_utf8_lossy(&reply);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split(' ').nth(1).unwrap_or("?");
+        match serde_json::from_str::<serde_json::Value>(body.trim()) {
+            Ok(json) => Ok(json),
+            Err(_) => Err(MoveError::Admin(format!("{path}: HTTP {status}: {}", body.trim()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_a_sum_that_ignores_order() {
+        let (a, b) = (digest::digest(&digest::SHA256, b"a"), digest::digest(&digest::SHA256, b"b"));
+        let (mut ab, mut ba) = ([0u8; 32], [0u8; 32]);
+        add_into(&mut ab, a.as_ref());
+        add_into(&mut ab, b.as_ref());
+        add_into(&mut ba, b.as_ref());
+        add_into(&mut ba, a.as_ref());
+        assert_eq!(ab, ba);
+        let mut wrap = [0xff; 32];
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        add_into(&mut wrap, &one);
+        assert_eq!(wrap, [0u8; 32], "modulo 2^256");
+    }
+
+    #[test]
+    fn documents_lose_or_gain_the_tenant_field() {
+        let value = crate::policy::TenantValue::new(bson::Bson::String("acme".into())).unwrap();
+        let shared =
+            Place { backend: "a".into(), db: "app".into(), coll: "orders".into(), field: Some("tenantId".into()) };
+        let own = Place { backend: "b".into(), db: "acme_app".into(), coll: "orders".into(), field: None };
+        let doc = bson::rawdoc! { "_id": 1, "tenantId": "acme", "total": 5 };
+        let moved = reshape(&doc, &shared, &own, &value).unwrap();
+        assert_eq!(moved, bson::rawdoc! { "_id": 1, "total": 5 });
+        let back = reshape(&moved, &own, &shared, &value).unwrap();
+        assert_eq!(back, bson::rawdoc! { "_id": 1, "total": 5, "tenantId": "acme" });
+    }
+}
