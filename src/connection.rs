@@ -415,6 +415,14 @@ impl ClientConnection {
         if fresh.as_ref().is_some_and(|fresh| !self.refresh_tenant(fresh)) {
             return Ok(Flow::Close);
         }
+        if fresh.as_ref().is_some_and(|fresh| fresh.number != generation.number) {
+            if let Some(refusal) = crate::gate::interrupted_transaction(msg.body()) {
+                if respond {
+                    self.write_doc(refusal, header.request_id, compressor).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+        }
         let generation = fresh.as_deref().unwrap_or(generation);
         let decision = prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy);
         if let Some(refusal) = self.decided(generation, &decision, command, msg.body(), header.request_id) {

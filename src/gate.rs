@@ -224,6 +224,27 @@ impl Gate {
     }
 }
 
+/// The answer to a statement of a multi-statement transaction (`autocommit: false`, not the one that starts it)
+/// that waited at a hold across a policy switch: the transaction began on the old placement, whose writes the move
+/// did not copy (they were not committed), so it must not go on. `NoSuchTransaction` with the
+/// `TransientTransactionError` label makes drivers run the whole transaction again, on the new placement.
+pub fn interrupted_transaction(body: &bson::RawDocument) -> Option<RawDocumentBuf> {
+    let in_transaction = matches!(body.get("autocommit"), Ok(Some(bson::RawBsonRef::Boolean(false))));
+    let starts = matches!(body.get("startTransaction"), Ok(Some(bson::RawBsonRef::Boolean(true))));
+    if !in_transaction || starts {
+        return None;
+    }
+    let mut labels = bson::RawArrayBuf::new();
+    labels.push("TransientTransactionError");
+    Some(rawdoc! {
+        "ok": 0.0,
+        "errmsg": "the transaction was interrupted by a move of the tenant's data; retry it",
+        "code": 251,
+        "codeName": "NoSuchTransaction",
+        "errorLabels": labels,
+    })
+}
+
 /// The reply to a command refused at the tenant's in-flight cap: an overload, so drivers back off and retry.
 fn cap_refusal(tenant: &str) -> RawDocumentBuf {
     let mut labels = bson::RawArrayBuf::new();
@@ -311,6 +332,16 @@ mod tests {
         assert_eq!(gate.release("acme", Some(old.id)), None);
         assert!(gate.is_held("acme", new.id, Duration::ZERO));
         assert!(gate.release("acme", Some(new.id)).is_some());
+    }
+
+    #[test]
+    fn only_statements_inside_a_running_transaction_are_interrupted() {
+        let commit = bson::rawdoc! { "commitTransaction": 1, "txnNumber": 3_i64, "autocommit": false, "$db": "admin" };
+        let refused = interrupted_transaction(&commit).unwrap();
+        assert_eq!(refused.get_i32("code").unwrap(), 251);
+        let start = bson::rawdoc! { "insert": "o", "autocommit": false, "startTransaction": true, "$db": "app" };
+        assert!(interrupted_transaction(&start).is_none(), "a new transaction starts on the new placement");
+        assert!(interrupted_transaction(&bson::rawdoc! { "insert": "o", "$db": "app" }).is_none());
     }
 
     #[tokio::test(start_paused = true)]
