@@ -140,14 +140,18 @@ impl Writer {
     }
 }
 
-/// `tenantwall move` as its own process, stdout read line by line.
+/// `tenantwall move` of acme to its own database on east, as its own process.
 fn mover(rig: &Rig, extra: &[&str], pause: Option<u64>) -> tokio::process::Child {
+    mover_to(rig, "database:east", extra, pause)
+}
+
+fn mover_to(rig: &Rig, to: &str, extra: &[&str], pause: Option<u64>) -> tokio::process::Child {
     let admin = rig.proxy.admin_addr().expect("admin listener").to_string();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantwall"));
     command
         .args(["move", "--policy"])
         .arg(&rig.policy)
-        .args(["--tenant", "acme", "--to", "database:east", "--admin", &admin])
+        .args(["--tenant", "acme", "--to", to, "--admin", &admin])
         .args(extra)
         .env(TOKEN_ENV, TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -345,4 +349,41 @@ async fn a_mover_killed_before_its_switch_changes_nothing_and_a_rerun_succeeds()
     assert_eq!(docs(&main, "app", "orders", doc! { "tenantId": "globex" }).await.len(), 61);
     assert!(Path::new(&rig.policy).exists());
     drop(rig.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moves_back_and_a_destination_the_policy_refuses_changes_nothing() {
+    let rig = rig().await;
+    let (acme, _globex, _initech) = seed(&rig).await;
+    let before = docs(&acme, "app", "orders", doc! {}).await;
+    let policy_before = std::fs::read_to_string(&rig.policy).unwrap();
+
+    // Collection mode next to the general `app.*` field rule would let that rule cover acme__orders: the new
+    // policy does not compile, and nothing happens.
+    let refused = mover_to(&rig, "collection", &[], None).wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("does not compile") && stderr.contains("app.acme__"), "{stderr}");
+    assert!(stderr.contains("as they were"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&rig.policy).unwrap(), policy_before);
+    let main = direct(&rig.main).await;
+    assert!(main.database("app").list_collection_names().await.unwrap().iter().all(|c| !c.contains("acme__")));
+
+    // Its own database on the same backend, and back to the shared collection.
+    let out = mover_to(&rig, "database", &[], None).wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    same(&docs(&acme, "app", "orders", doc! {}).await, &bare(before.clone()), "in acme_app on main");
+    assert_eq!(docs(&main, "acme_app", "orders", doc! {}).await.len(), 250);
+    acme.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "o-own" }).await.unwrap();
+
+    let out = mover_to(&rig, "field", &["--delete-source"], None).wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("plan: app.orders from main:acme_app.orders to main:app.orders"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&rig.policy).unwrap(), policy_before, "the policy is the original again");
+    let mut expected = before.clone();
+    expected.push(doc! { "_id": "o-own", "tenantId": "acme" });
+    same(&docs(&acme, "app", "orders", doc! {}).await, &expected, "back in the shared collection, stamped");
+    assert!(docs(&main, "acme_app", "orders", doc! {}).await.is_empty(), "--delete-source dropped its own copy");
+    assert_eq!(docs(&main, "app", "orders", doc! { "tenantId": "acme" }).await.len(), 251, "no duplicates");
 }

@@ -68,7 +68,9 @@ pub struct MoveReport {
 pub enum MoveError {
     #[error("{0}")]
     Edit(Box<EditError>),
-    #[error("the new policy does not compile: {0}")]
+    #[error("the policy in force does not compile here: {0}")]
+    CurrentPolicy(String),
+    #[error("the policy this move would write does not compile: {0}")]
     NewPolicy(String),
     #[error("{0}")]
     Backend(Box<ClientError>),
@@ -158,7 +160,7 @@ struct Clients {
 /// Runs a move; `progress` receives one line per step for the operator.
 pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Result<MoveReport, MoveError> {
     let old_text = std::fs::read_to_string(&options.policy)?;
-    let old = Policy::from_toml(&old_text, &options.policy).map_err(|e| MoveError::NewPolicy(e.to_string()))?;
+    let old = Policy::from_toml(&old_text, &options.policy).map_err(|e| MoveError::CurrentPolicy(e.to_string()))?;
     let tenant = old.tenant(&options.tenant).ok_or_else(|| EditError::NoTenant(options.tenant.clone()))?.clone();
     let new_text = placement::edit(&old_text, &options.policy, &tenant.id, &options.to)?;
     if new_text == old_text {
