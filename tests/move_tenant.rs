@@ -239,8 +239,14 @@ async fn a_tenant_moves_to_its_own_database_on_another_backend_while_others_keep
     assert!(moved.iter().all(|d| !d.contains_key("tenantId")), "the tenant field is dropped in its own database");
     assert!(docs(&east, "app", "orders", doc! {}).await.is_empty(), "nothing lands in a shared name on east");
     // Its unique index is the plain one now.
-    let indexes = east.database("acme_app").collection::<Document>("orders").list_index_names().await.unwrap();
-    assert!(indexes.iter().any(|n| n.contains("sku")), "{indexes:?}");
+    {
+        use futures_util::TryStreamExt;
+        let cursor = east.database("acme_app").collection::<Document>("orders").list_indexes().await.unwrap();
+        let indexes: Vec<mongodb::IndexModel> = cursor.try_collect().await.unwrap();
+        let sku = indexes.iter().find(|i| i.keys == doc! { "sku": 1 });
+        let unique = sku.and_then(|i| i.options.as_ref()).and_then(|o| o.unique);
+        assert_eq!(unique, Some(true), "the per-tenant unique index is a plain unique one: {indexes:?}");
+    }
 
     // Every acme write acknowledged during the move is in the new placement, none failed.
     assert!(!acme_acked.is_empty());
@@ -318,6 +324,10 @@ async fn a_mover_killed_before_its_switch_changes_nothing_and_a_rerun_succeeds()
     let other = Instant::now();
     globex.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "g-late" }).await.unwrap();
     assert!(other.elapsed() < Duration::from_secs(1), "globex is not held");
+    let local = Instant::now();
+    acme.database("app").run_command(doc! { "ping": 1 }).await.unwrap();
+    assert!(local.elapsed() < Duration::from_secs(1), "what the proxy answers itself is never held");
+    assert!(!waiting.is_finished(), "acme's insert is still held");
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 

@@ -1,5 +1,6 @@
 //! Tenant lifecycle tools that read (and, for `move`, write) the backends directly with the policy's service
-//! credentials, outside the request path: `tenantwall audit` today.
+//! credentials, outside the request path: `tenantwall audit`, and `tenantwall move` ([`mover`], with the policy
+//! edit in [`placement`]).
 //!
 //! It owns: the service client operator tools share ([`client`]: commands, batched cursors, catalog
 //! listings). It must never: run inside the proxy's request path or share its connections, print or log a
