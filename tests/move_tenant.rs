@@ -397,3 +397,29 @@ async fn a_tenant_moves_back_and_a_destination_the_policy_refuses_changes_nothin
     assert!(docs(&main, "acme_app", "orders", doc! {}).await.is_empty(), "--delete-source dropped its own copy");
     assert_eq!(docs(&main, "app", "orders", doc! { "tenantId": "acme" }).await.len(), 251, "no duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_before_the_switch_never_commits_after_it() {
+    let rig = rig().await;
+    let (acme, _globex, _initech) = seed(&rig).await;
+    let orders = acme.database("app").collection::<Document>("orders");
+    let mut session = acme.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    orders.insert_one(doc! { "_id": "o-txn" }).session(&mut session).await.unwrap();
+
+    // Its own database on the same backend: the same server, so only the session ids keep the old transaction
+    // from committing into the shared collection, which is no longer acme's placement.
+    let out = mover_to(&rig, "database", &[], None).wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let commit = session.commit_transaction().await;
+    assert!(commit.is_err(), "a transaction of the old placement committed after the switch");
+    // (nx-27017 shows a transaction's writes before it commits, so the copy saw o-txn; on MongoDB it would not
+    // have, and the failed commit is what keeps the write from landing at the old placement unacknowledged-lost.)
+    let main = direct(&rig.main).await;
+    // A new transaction runs on the new placement.
+    let mut session = acme.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    orders.insert_one(doc! { "_id": "o-txn2" }).session(&mut session).await.unwrap();
+    session.commit_transaction().await.unwrap();
+    assert_eq!(docs(&main, "acme_app", "orders", doc! { "_id": "o-txn2" }).await.len(), 1);
+}

@@ -163,8 +163,12 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
     let mut c = Collector { text, errors: Vec::new(), warnings: Vec::new() };
     let listeners = listeners(&mut c, file, base);
     let backends = backends(&mut c, file, base, secrets);
-    let tenants = tenants(&mut c, file);
+    let mut tenants = tenants(&mut c, file);
     let rules = rules(&mut c, file);
+    for tenant in tenants.tenants.values_mut() {
+        let key = session_key(&tenant.id, &rules);
+        Arc::make_mut(tenant).session_key = key;
+    }
     name_collisions(&mut c, file, &rules);
     limits(&mut c, file);
     let admin = admin(&mut c, file, secrets);
@@ -457,6 +461,8 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
                 allow_disk_use: tenant.allow_disk_use,
                 rate_limit,
                 max_connections: tenant.max_connections.as_ref().map(|cap| *cap.get_ref()),
+                // Completed once the rules are compiled.
+                session_key: id.clone(),
             };
             out.tenants.insert(id.clone(), Arc::new(built));
         }
@@ -539,6 +545,30 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
         out.push(built);
     }
     out
+}
+
+/// [`Tenant::session_key`]: the id alone for a tenant without rules of its own (the ids every earlier version
+/// derived), else the id, a NUL (which no tenant id contains) and a digest of its own rules.
+fn session_key(tenant: &str, rules: &[Rule]) -> String {
+    let own: Vec<&Rule> = rules.iter().filter(|r| r.tenants.is_some() && r.applies_to(tenant)).collect();
+    if own.is_empty() {
+        return tenant.to_owned();
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for rule in own {
+        let (field, template) = match &rule.placement {
+            Placement::Field { field, .. } => (field.as_str(), ""),
+            Placement::Collection(t) | Placement::Database(t) => ("", t.as_str()),
+            Placement::Shared => ("", ""),
+        };
+        for part in [rule.database.as_str(), rule.collection.as_str(), rule.describe().as_str(), field, template] {
+            ctx.update(part.as_bytes());
+            ctx.update(b"\0");
+        }
+    }
+    let digest = ctx.finish();
+    let hex: String = digest.as_ref().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{tenant}\0{hex}")
 }
 
 /// A rule's `tenants`: `Ok(None)` for every tenant, `Err` after recording what was wrong.
@@ -830,6 +860,14 @@ mod tests {
         assert!(policy.is_real_database("acme_app"));
         assert!(!policy.is_real_database("globex_app"), "the rule gives globex no database");
         assert!(resolve(&policy, "globex", "acme_app", Some("orders")).is_err());
+        // acme's sessions follow its placement; globex's are derived as always.
+        assert_eq!(policy.tenant("globex").unwrap().session_key, "globex");
+        let acme = &policy.tenant("acme").unwrap().session_key;
+        assert!(acme.starts_with("acme\0") && acme.len() == "acme\0".len() + 16, "{acme:?}");
+        let other =
+            compiled(&rules.replace("mode = \"database\"", "mode = \"database\"\ntemplate = \"t_{tenant}_{db}\""));
+        let other = other.policy.expect("compiles");
+        assert_ne!(&other.tenant("acme").unwrap().session_key, acme, "another placement, other sessions");
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub struct Tenant {
     pub rate_limit: Option<RateLimit>,
     /// Connections the tenant may hold at once.
     pub max_connections: Option<usize>,
+    /// What the tenant's session ids are derived from (see [`crate::session`]): its id, followed, when rules are
+    /// written for it alone, by a digest of those rules. A change of its own placement then starts new server
+    /// sessions, so a transaction begun on the old placement can never commit after the switch (its writes were
+    /// not copied); every proxy with the same policy derives the same ids.
+    pub session_key: String,
 }
 
 /// A token bucket: `per_second` tokens added each second, at most `burst` held.
