@@ -26,6 +26,7 @@ pub mod error;
 pub mod explain;
 pub mod handshake;
 pub mod policy;
+pub mod pool;
 pub mod ratelimit;
 pub mod sasl;
 pub mod server;

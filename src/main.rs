@@ -238,6 +238,12 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Handlers are installed before the proxy says it listens: a signal sent as soon as a script has seen that
+        // line must be handled, not take the process down with the default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let hangup = signal(SignalKind::hangup()).ok();
+        let usr1 = signal(SignalKind::user_defined1()).ok();
+        let stop = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?))).ok();
         {
             // Scripts and tests wait for this line to learn the (possibly ephemeral) port.
             let mut out = std::io::stdout().lock();
@@ -249,9 +255,9 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             }
             let _ = out.flush();
         }
-        tokio::spawn(watch_policy(path, server.reloader()));
-        tokio::spawn(reopen_audit_log(server.reloader()));
-        server.run_until(shutdown_signal()).await;
+        tokio::spawn(watch_policy(path, server.reloader(), hangup));
+        tokio::spawn(reopen_audit_log(server.reloader(), usr1));
+        server.run_until(shutdown_signal(stop)).await;
         ExitCode::SUCCESS
     })
 }
@@ -321,9 +327,7 @@ impl FileWatch {
 
 /// Reloads on SIGHUP at once, and when the file's contents change and then stay unchanged for [`SETTLE`]
 /// (polled: cheap and portable). Deploy with an atomic rename to make the change visible all at once.
-async fn watch_policy(path: PathBuf, reloader: Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).ok();
+async fn watch_policy(path: PathBuf, reloader: Reloader, mut hangup: Option<tokio::signal::unix::Signal>) {
     let read = |p: &Path| std::fs::read(p).ok();
     let mut watch = FileWatch::new(read(&path));
     let mut poll = tokio::time::interval(POLL);
@@ -367,9 +371,8 @@ async fn watch_policy(path: PathBuf, reloader: Reloader) {
 }
 
 /// Reopens the audit log file on SIGUSR1, after an external tool rotated it.
-async fn reopen_audit_log(reloader: Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+async fn reopen_audit_log(reloader: Reloader, usr1: Option<tokio::signal::unix::Signal>) {
+    let Some(mut usr1) = usr1 else { return };
     while usr1.recv().await.is_some() {
         tracing::info!("SIGUSR1: reopening the audit log");
         reloader.reopen_audit_log();
@@ -378,11 +381,9 @@ async fn reopen_audit_log(reloader: Reloader) {
 
 /// Completes on the first SIGTERM or SIGINT, which starts the drain. A second one exits at once (status 1),
 /// for an operator who does not want to wait for the grace period.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+async fn shutdown_signal(streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>) {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-    let streams = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
-    let Ok((mut term, mut int)) = streams else {
+    let Some((mut term, mut int)) = streams else {
         tracing::warn!("cannot install signal handlers; stop the proxy with SIGKILL");
         return std::future::pending().await;
     };
