@@ -192,11 +192,9 @@ fn audit(path: &Path, json: bool, batch_size: i32, progress_secs: u64) -> ExitCo
     let mut to_stderr = |line: &str| eprintln!("tenantwall audit: {line}");
     let mut progress = audit::Progress::new(&mut to_stderr, settings.progress_every);
     let report = runtime.block_on(audit::run(&policy, settings, &mut progress));
-    if json {
-        println!("{}", audit::render::json(&report));
-    } else {
-        print!("{}", audit::render::text(&report));
-    }
+    let rendered = if json { audit::render::json(&report) + "\n" } else { audit::render::text(&report) };
+    // A reader that stops early (`| head`) is not an error of the audit; its exit status still says what was found.
+    let _ = std::io::stdout().lock().write_all(rendered.as_bytes());
     ExitCode::from(report.exit_code())
 }
 
