@@ -200,6 +200,7 @@ async fn planted_gaps_are_each_found_without_showing_document_values() {
     insert(&direct, "shop", "ghost__orders", vec![doc! { "_id": 1, "note": SECRET }]).await;
     insert(&direct, "app", "sessions", vec![doc! { "_id": 1, "token": SECRET }]).await;
     insert(&direct, "billing", "ledger", vec![doc! { "_id": 1, "amount": 3 }]).await;
+    insert(&direct, "ghost_crm", "contacts", vec![doc! { "_id": 1, "name": SECRET }]).await;
     let dir = TempDir::new("audit-gaps");
     let path = dir.write("policy.toml", &policy(&backend.uri()));
 
@@ -221,6 +222,8 @@ async fn planted_gaps_are_each_found_without_showing_document_values() {
     assert!(orphan["detail"].as_str().is_some_and(|d| d.contains("no tenant ghost")), "{orphan:#}");
     one("uncovered-collection", "app.sessions");
     one("uncovered-database", "billing");
+    let orphan_db = one("orphan-database", "ghost_crm");
+    assert!(orphan_db["detail"].as_str().is_some_and(|d| d.contains("no tenant ghost")), "{orphan_db:#}");
     let index = one("unique-index", "app.orders");
     assert!(index["detail"]
         .as_str()
@@ -242,7 +245,7 @@ async fn planted_gaps_are_each_found_without_showing_document_values() {
     let text = audit(&path, &["--progress-secs", "0"], &[]);
     assert_eq!(text.code, 1, "{}", text.stdout);
     for wanted in
-        ["unstamped-documents", "orphan-collection", "shop.ghost__orders", "unique-index", "result: 7 gap(s) found"]
+        ["unstamped-documents", "orphan-collection", "shop.ghost__orders", "unique-index", "result: 8 gap(s) found"]
     {
         assert!(text.stdout.contains(wanted), "missing {wanted:?}:\n{}", text.stdout);
     }
