@@ -37,22 +37,30 @@ pub enum Level {
     Database,
 }
 
-/// Tenant ids placed on `backend`, sorted.
-pub fn tenants_on<'p>(policy: &'p Policy, backend: &str) -> Vec<&'p str> {
-    let mut ids: Vec<&str> =
-        policy.tenant_ids().filter(|id| policy.tenant(id).is_some_and(|t| t.backend == backend)).collect();
-    ids.sort_unstable();
-    ids
+/// The policy as seen from one backend: the tenants placed on it.
+#[derive(Debug, Clone)]
+pub struct BackendView<'p> {
+    policy: &'p Policy,
+    backend: &'p str,
+    /// Tenant ids placed on the backend, sorted.
+    tenants: Vec<&'p str>,
 }
 
-/// Classifies `db.collection` as found on `backend`.
-pub fn classify<'p>(policy: &'p Policy, backend: &str, db: &str, collection: &str) -> Coverage<'p> {
-    let mut field = None;
-    let mut shared = None;
-    let mut owners: Vec<(String, &'p Rule, String)> = Vec::new();
-    for tenant in tenants_on(policy, backend) {
-        for (vdb, vcoll) in candidates(policy, tenant, db, collection) {
-            let Ok(target) = engine::resolve(policy, tenant, &vdb, Some(&vcoll)) else { continue };
+impl<'p> BackendView<'p> {
+    pub fn new(policy: &'p Policy, backend: &'p str) -> Self {
+        let mut tenants: Vec<&str> =
+            policy.tenant_ids().filter(|id| policy.tenant(id).is_some_and(|t| t.backend == backend)).collect();
+        tenants.sort_unstable();
+        Self { policy, backend, tenants }
+    }
+
+    /// Classifies `db.collection` as found on this backend.
+    pub fn classify(&self, db: &str, collection: &str) -> Coverage<'p> {
+        let mut field = None;
+        let mut shared = None;
+        let mut owners: Vec<(String, &'p Rule, String)> = Vec::new();
+        for (tenant, vdb, vcoll) in self.candidates(db, collection) {
+            let Ok(target) = engine::resolve(self.policy, tenant, &vdb, Some(&vcoll)) else { continue };
             let same_name = vdb == db && vcoll == collection;
             match target {
                 Target::Field(rule) if same_name => field = Some((rule.rule, rule.field)),
@@ -66,44 +74,63 @@ pub fn classify<'p>(policy: &'p Policy, backend: &str, db: &str, collection: &st
                 _ => {}
             }
         }
-    }
-    let kinds = usize::from(field.is_some()) + usize::from(shared.is_some()) + usize::from(!owners.is_empty());
-    if kinds > 1 || owners.len() > 1 {
-        let mut tenants: Vec<String> = owners.into_iter().map(|(t, _, _)| t).collect();
-        if field.is_some() || shared.is_some() {
-            tenants.extend(tenants_on(policy, backend).into_iter().map(str::to_owned));
+        let kinds = usize::from(field.is_some()) + usize::from(shared.is_some()) + usize::from(!owners.is_empty());
+        if kinds > 1 || owners.len() > 1 {
+            let mut tenants: Vec<String> = owners.into_iter().map(|(t, _, _)| t).collect();
+            if field.is_some() || shared.is_some() {
+                tenants.extend(self.tenants.iter().map(|t| (*t).to_owned()));
+            }
+            tenants.sort();
+            tenants.dedup();
+            return Coverage::Contested { tenants };
         }
-        tenants.sort();
-        tenants.dedup();
-        return Coverage::Contested { tenants };
+        if let Some((rule, field)) = field {
+            return Coverage::Field { rule, field };
+        }
+        if let Some(rule) = shared {
+            return Coverage::Shared { rule };
+        }
+        if let Some((tenant, rule, visible)) = owners.pop() {
+            return Coverage::Owned { rule, tenant, visible };
+        }
+        unreached(self.policy, self.backend, db, collection)
     }
-    if let Some((rule, field)) = field {
-        return Coverage::Field { rule, field };
-    }
-    if let Some(rule) = shared {
-        return Coverage::Shared { rule };
-    }
-    if let Some((tenant, rule, visible)) = owners.pop() {
-        return Coverage::Owned { rule, tenant, visible };
-    }
-    unreached(policy, backend, db, collection)
-}
 
-/// Visible names under which `tenant` might reach the real `db.collection`: the name itself (field, shared,
-/// identity templates) and every rule template read backwards.
-fn candidates(policy: &Policy, tenant: &str, db: &str, collection: &str) -> Vec<(String, String)> {
-    let mut out = vec![(db.to_owned(), collection.to_owned())];
-    for rule in &policy.rules {
-        let candidate = match &rule.placement {
-            Placement::Collection(t) => t.unrender(tenant, collection).map(|c| (db.to_owned(), c)),
-            Placement::Database(t) => t.unrender(tenant, db).map(|d| (d, collection.to_owned())),
-            Placement::Field { .. } | Placement::Shared => None,
-        };
-        if let Some(candidate) = candidate.filter(|c| !out.contains(c)) {
-            out.push(candidate);
+    /// `(tenant, visible db, visible collection)` under which a tenant of this backend might reach the real
+    /// `db.collection`, each confirmed or not by the forward resolution. The name itself needs one tenant only:
+    /// field and shared rules resolve alike for every tenant, and a database template that keeps names is
+    /// valid only when every backend holds at most one tenant. A template with `{tenant}` names its tenant in
+    /// the real name, so reading it backwards gives the one candidate, whatever the number of tenants.
+    fn candidates(&self, db: &str, collection: &str) -> Vec<(&'p str, String, String)> {
+        let mut out = Vec::new();
+        if let Some(first) = self.tenants.first() {
+            out.push((*first, db.to_owned(), collection.to_owned()));
         }
+        for rule in &self.policy.rules {
+            let split = match &rule.placement {
+                Placement::Collection(t) if t.has_tenant() => {
+                    t.split(collection).map(|(tenant, c)| (tenant, db.to_owned(), c.to_owned()))
+                }
+                Placement::Database(t) if t.has_tenant() => {
+                    t.split(db).map(|(tenant, d)| (tenant, d.to_owned(), collection.to_owned()))
+                }
+                _ => None,
+            };
+            let Some((tenant, vdb, vcoll)) = split else { continue };
+            // The id as the policy holds it, so the candidate borrows from the policy, not from the name.
+            let Ok(at) = self.tenants.binary_search(&tenant) else { continue };
+            let Some(tenant) = self.tenants.get(at).copied() else { continue };
+            if !out.iter().any(|(t, d, c)| *t == tenant && *d == vdb && *c == vcoll) {
+                out.push((tenant, vdb, vcoll));
+            }
+        }
+        out
     }
-    out
+
+    /// Tenant ids placed on this backend, sorted.
+    pub fn tenants(&self) -> &[&'p str] {
+        &self.tenants
+    }
 }
 
 /// A namespace no tenant of the backend reaches: an orphan if it has a per-tenant name's shape, else uncovered.
@@ -168,17 +195,17 @@ mod tests {
     fn covered_namespaces_are_read_back_to_their_rule_and_tenant() {
         let p = policy(MIXED);
         assert!(
-            matches!(classify(&p, "main", "app", "orders"), Coverage::Field { field, .. } if field.as_str() == "tenantId")
+            matches!(BackendView::new(&p, "main").classify("app", "orders"), Coverage::Field { field, .. } if field.as_str() == "tenantId")
         );
-        assert!(matches!(classify(&p, "main", "app", "countries"), Coverage::Shared { .. }));
-        match classify(&p, "main", "app", "globex__invoices") {
+        assert!(matches!(BackendView::new(&p, "main").classify("app", "countries"), Coverage::Shared { .. }));
+        match BackendView::new(&p, "main").classify("app", "globex__invoices") {
             Coverage::Owned { tenant, visible, rule } => {
                 assert_eq!((tenant.as_str(), visible.as_str()), ("globex", "app.invoices"));
                 assert_eq!(rule.mode(), Mode::Collection);
             }
             other => panic!("{other:?}"),
         }
-        match classify(&p, "main", "acme_crm", "contacts") {
+        match BackendView::new(&p, "main").classify("acme_crm", "contacts") {
             Coverage::Owned { tenant, visible, rule } => {
                 assert_eq!((tenant.as_str(), visible.as_str()), ("acme", "crm.contacts"));
                 assert_eq!(rule.mode(), Mode::Database);
@@ -190,14 +217,14 @@ mod tests {
     #[test]
     fn per_tenant_names_of_unknown_or_displaced_tenants_are_orphans() {
         let p = policy(MIXED);
-        match classify(&p, "main", "app", "ghost__invoices") {
+        match BackendView::new(&p, "main").classify("app", "ghost__invoices") {
             Coverage::Orphan { tenant, level, placed_on, .. } => {
                 assert_eq!((tenant.as_str(), level, placed_on), ("ghost", Level::Collection, None));
             }
             other => panic!("{other:?}"),
         }
         // initech lives on "other": its name on "main" is a copy left behind.
-        match classify(&p, "main", "initech_crm", "contacts") {
+        match BackendView::new(&p, "main").classify("initech_crm", "contacts") {
             Coverage::Orphan { tenant, level, placed_on, .. } => {
                 assert_eq!(tenant, "initech");
                 assert_eq!(level, Level::Database);
@@ -206,15 +233,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A per-tenant name under a visible name no rule covers is not the rule's.
-        assert!(matches!(classify(&p, "main", "app", "ghost__payments"), Coverage::Uncovered { shadowed_for: None }));
+        assert!(matches!(
+            BackendView::new(&p, "main").classify("app", "ghost__payments"),
+            Coverage::Uncovered { shadowed_for: None }
+        ));
     }
 
     #[test]
     fn names_no_rule_reaches_are_uncovered() {
         let p = policy(MIXED);
-        assert!(matches!(classify(&p, "main", "app", "sessions"), Coverage::Uncovered { shadowed_for: None }));
-        assert!(matches!(classify(&p, "main", "billing", "x"), Coverage::Uncovered { .. }));
+        assert!(matches!(
+            BackendView::new(&p, "main").classify("app", "sessions"),
+            Coverage::Uncovered { shadowed_for: None }
+        ));
+        assert!(matches!(BackendView::new(&p, "main").classify("billing", "x"), Coverage::Uncovered { .. }));
         // Field collections exist only for the tenants of a backend: "other" has initech, so app.orders is its.
-        assert!(matches!(classify(&p, "other", "app", "orders"), Coverage::Field { .. }));
+        assert!(matches!(BackendView::new(&p, "other").classify("app", "orders"), Coverage::Field { .. }));
     }
 }

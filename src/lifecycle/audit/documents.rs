@@ -9,6 +9,8 @@
 //! It must never keep or render a tenant value read from a document: the tally holds counts, byte sizes and
 //! `_id`s only. Pure: no I/O.
 
+use std::collections::HashMap;
+
 use bson::{RawBsonRef, RawDocument};
 
 use crate::policy::TenantValue;
@@ -45,8 +47,48 @@ pub enum Verdict {
     Misplaced(usize),
 }
 
+/// The tenants a document may belong to, indexed by the server's equality so a scan costs one lookup per
+/// document whatever the number of tenants.
+#[derive(Debug, Clone)]
+pub struct Tenants<'p> {
+    slots: Vec<Slot<'p>>,
+    /// [`TenantValue::canonical_key`] → index in `slots`.
+    by_key: HashMap<String, usize>,
+    families: Vec<Family>,
+}
+
+impl<'p> Tenants<'p> {
+    pub fn new(slots: Vec<Slot<'p>>) -> Self {
+        let by_key = slots.iter().enumerate().map(|(i, s)| (s.value.canonical_key(), i)).collect();
+        let mut families: Vec<Family> = slots.iter().filter_map(|s| family(s.value.raw().as_raw_bson_ref())).collect();
+        families.sort_unstable();
+        families.dedup();
+        Self { slots, by_key, families }
+    }
+
+    pub fn slots(&self) -> &[Slot<'p>] {
+        &self.slots
+    }
+
+    /// The slot whose value the server's `$eq` would find equal to `value`.
+    fn find(&self, value: RawBsonRef<'_>) -> Option<usize> {
+        let hit = match value {
+            // Equal to an integer tenant value only when integral; the linear match decides (rare in data).
+            RawBsonRef::Double(_) | RawBsonRef::Decimal128(_) => {
+                return self.slots.iter().position(|s| s.value.matches(value));
+            }
+            other => bson::Bson::try_from(other)
+                .ok()
+                .and_then(|b| TenantValue::new(b).ok())
+                .and_then(|v| self.by_key.get(&v.canonical_key()).copied()),
+        };
+        // The key only narrows the search; the server's equality decides.
+        hit.filter(|i| self.slots.get(*i).is_some_and(|s| s.value.matches(value)))
+    }
+}
+
 /// Decides whose `doc` is under tenant field `field`.
-pub fn verdict(doc: &RawDocument, field: &str, slots: &[Slot<'_>]) -> Verdict {
+pub fn verdict(doc: &RawDocument, field: &str, tenants: &Tenants<'_>) -> Verdict {
     let mut value = None;
     let mut seen = 0;
     for element in doc {
@@ -68,19 +110,18 @@ pub fn verdict(doc: &RawDocument, field: &str, slots: &[Slot<'_>]) -> Verdict {
         Some(RawBsonRef::Array(_)) => return Verdict::WrongType,
         Some(v) => v,
     };
-    if let Some((i, slot)) = slots.iter().enumerate().find(|(_, s)| s.value.matches(value)) {
-        return if slot.here { Verdict::Tenant(i) } else { Verdict::Misplaced(i) };
+    if let Some(i) = tenants.find(value) {
+        let here = tenants.slots.get(i).is_some_and(|s| s.here);
+        return if here { Verdict::Tenant(i) } else { Verdict::Misplaced(i) };
     }
-    let found = family(value);
-    if found.is_some() && slots.iter().any(|s| family(s.value.raw().as_raw_bson_ref()) == found) {
-        Verdict::Foreign
-    } else {
-        Verdict::WrongType
+    match family(value) {
+        Some(found) if tenants.families.contains(&found) => Verdict::Foreign,
+        _ => Verdict::WrongType,
     }
 }
 
 /// Types the server compares with one another: numbers across their types, the rest by type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Family {
     Number,
     String,
@@ -143,9 +184,9 @@ impl Tally {
     }
 
     /// Counts one document.
-    pub fn add(&mut self, doc: &RawDocument, field: &str, slots: &[Slot<'_>]) {
+    pub fn add(&mut self, doc: &RawDocument, field: &str, tenants: &Tenants<'_>) {
         self.scanned += 1;
-        match verdict(doc, field, slots) {
+        match verdict(doc, field, tenants) {
             Verdict::Tenant(i) => {
                 if let Some(usage) = self.tenants.get_mut(i) {
                     usage.documents += 1;
@@ -188,8 +229,8 @@ mod tests {
     use super::*;
     use bson::{rawdoc, Bson, RawDocumentBuf};
 
-    fn slots<'a>(values: &'a [(&'a str, TenantValue, bool)]) -> Vec<Slot<'a>> {
-        values.iter().map(|(id, value, here)| Slot { id, value, here: *here }).collect()
+    fn slots<'a>(values: &'a [(&'a str, TenantValue, bool)]) -> Tenants<'a> {
+        Tenants::new(values.iter().map(|(id, value, here)| Slot { id, value, here: *here }).collect())
     }
 
     #[test]
@@ -217,6 +258,19 @@ mod tests {
         dup.append(bson::cstr!("tenantId"), "acme");
         dup.append(bson::cstr!("tenantId"), "globex");
         assert_eq!(verdict(&dup, f, &s), Verdict::DuplicateField);
+    }
+
+    #[test]
+    fn thousands_of_tenants_are_found_by_key() {
+        let values: Vec<(String, TenantValue)> = (0..5000)
+            .map(|i| (format!("t{i}"), TenantValue::new(Bson::ObjectId(bson::oid::ObjectId::new())).unwrap()))
+            .collect();
+        let tenants = Tenants::new(values.iter().map(|(id, value)| Slot { id, value, here: true }).collect());
+        let Bson::ObjectId(oid) = values[4321].1.bson().clone() else { unreachable!() };
+        assert_eq!(verdict(&rawdoc! { "tenantId": oid }, "tenantId", &tenants), Verdict::Tenant(4321));
+        let stranger = bson::oid::ObjectId::new();
+        assert_eq!(verdict(&rawdoc! { "tenantId": stranger }, "tenantId", &tenants), Verdict::Foreign);
+        assert_eq!(verdict(&rawdoc! { "tenantId": "t1" }, "tenantId", &tenants), Verdict::WrongType);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::backend::BackendTarget;
 use crate::engine::RESERVED_DATABASES;
 use crate::lifecycle::client::{ClientError, CollectionInfo, ServiceClient, Timeouts, DEFAULT_BATCH_SIZE};
 use crate::policy::{FieldName, Policy, Rule};
-use catalog::{Coverage, Level};
-use documents::{Sample, Slot, Tally};
+use catalog::{BackendView, Coverage, Level};
+use documents::{Sample, Slot, Tally, Tenants};
 pub use report::{Finding, Kind, Measure, Problem, Report, Severity, Source, Usage};
 
 /// How the audit reads.
@@ -81,7 +81,8 @@ pub async fn run(policy: &Policy, settings: Settings, progress: &mut Progress<'_
         report.backends.push(spec.name.clone());
         let target = BackendTarget::new(spec.clone());
         progress.say(&format!("backend {}: reading", spec.name));
-        let mut audit = BackendAudit { policy, backend: &spec.name, settings, report: &mut report, progress };
+        let view = BackendView::new(policy, &spec.name);
+        let mut audit = BackendAudit { policy, view, backend: &spec.name, settings, report: &mut report, progress };
         audit.run(&target, timeouts).await;
     }
     let mut tenants: Vec<(String, String)> =
@@ -94,6 +95,7 @@ pub async fn run(policy: &Policy, settings: Settings, progress: &mut Progress<'_
 /// The audit of one backend.
 struct BackendAudit<'r, 'p, 'g> {
     policy: &'p Policy,
+    view: BackendView<'p>,
     backend: &'p str,
     settings: Settings,
     report: &'r mut Report,
@@ -118,15 +120,17 @@ impl BackendAudit<'_, '_, '_> {
         databases.retain(|db| !RESERVED_DATABASES.contains(&db.as_str()));
         databases.sort();
         for db in databases {
+            // `database` has recorded what it could not read; stop only when the connection is gone.
             if let Err(e) = self.database(&mut client, &db).await {
                 if connection_lost(&e) {
-                    return self.problem(&db, &e);
+                    return;
                 }
             }
         }
     }
 
-    /// Reads one database; errors of single collections are recorded and the walk goes on.
+    /// Reads one database. What cannot be read is recorded as a problem and the walk goes on; the error is
+    /// returned only when the database could not be walked at all.
     async fn database(&mut self, client: &mut ServiceClient, db: &str) -> Result<(), ClientError> {
         let mut collections = match client.list_collections(db).await {
             Ok(c) => c,
@@ -141,7 +145,7 @@ impl BackendAudit<'_, '_, '_> {
         let mut unreached = Vec::new();
         for info in &collections {
             let namespace = format!("{db}.{}", info.name);
-            let outcome = match catalog::classify(self.policy, self.backend, db, &info.name) {
+            let outcome = match self.view.classify(db, &info.name) {
                 Coverage::Field { field, .. } => {
                     covered = true;
                     self.field_collection(client, db, info, field).await
@@ -202,22 +206,24 @@ impl BackendAudit<'_, '_, '_> {
         }
         let mut ids: Vec<&str> = self.policy.tenant_ids().collect();
         ids.sort_unstable();
-        let slots: Vec<Slot<'_>> = ids
-            .iter()
-            .filter_map(|id| self.policy.tenant(id).map(|t| (id, t)))
-            .map(|(id, t)| Slot { id, value: &t.value, here: t.backend == self.backend })
-            .collect();
+        let tenants = Tenants::new(
+            ids.iter()
+                .filter_map(|id| self.policy.tenant(id).map(|t| (*id, t)))
+                .map(|(id, t)| Slot { id, value: &t.value, here: t.backend == self.backend })
+                .collect(),
+        );
         let mut cursor = client.find(db, &info.name, bson::rawdoc! {}, None, self.settings.batch_size).await?;
-        let mut tally = Tally::new(slots.len());
+        let mut tally = Tally::new(tenants.slots().len());
         let started = Instant::now();
         while let Some(batch) = cursor.next_batch(client).await? {
             for doc in &batch {
-                tally.add(doc, field, &slots);
+                tally.add(doc, field, &tenants);
             }
             self.progress.scanned(self.backend, &namespace, tally.scanned, started);
         }
-        self.document_findings(&namespace, field, &slots, &tally);
-        for (slot, usage) in slots.iter().zip(&tally.tenants).filter(|(s, _)| s.here) {
+        self.document_findings(&namespace, field, tenants.slots(), &tally);
+        // Tenants of the backend without a document here are left out; the totals list every tenant.
+        for (slot, usage) in tenants.slots().iter().zip(&tally.tenants).filter(|(s, u)| s.here && u.documents > 0) {
             self.report.usage.push(Usage {
                 tenant: slot.id.to_owned(),
                 backend: self.backend.to_owned(),
