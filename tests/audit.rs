@@ -314,3 +314,37 @@ async fn the_service_client_reads_in_batches_and_closes_cursors_it_leaves() {
     // The connection stays usable after a command that failed.
     assert!(service.list_database_names().await.expect("listDatabases").contains(&"app".to_owned()));
 }
+
+/// Every backend is read, each with its own tenants: a tenant's documents or collections left on a backend the
+/// policy no longer places it on are found, and its data on its own backend is counted there.
+#[tokio::test]
+async fn every_backend_is_read_and_copies_left_behind_are_found() {
+    let (first, second) = (Backend::start(), Backend::start());
+    let (one, two) = (client(&first).await, client(&second).await);
+    insert(&one, "app", "orders", vec![doc! { "_id": "a1", "tenantId": "acme" }]).await;
+    // globex was moved to "second": a document and a collection of its stayed behind on "main".
+    insert(&one, "app", "orders", vec![doc! { "_id": "left-1", "tenantId": "globex" }]).await;
+    insert(&one, "shop", "globex__orders", vec![doc! { "_id": 1 }]).await;
+    insert(&two, "app", "orders", (0..3).map(|i| doc! { "_id": i, "tenantId": "globex" }).collect()).await;
+    let second_backend = format!("[[backends]]\nname = \"second\"\nuri = \"{}\"\n\n[[tenants]]", second.uri());
+    let text = policy(&first.uri())
+        .replacen("[[tenants]]", &second_backend, 1)
+        .replace("id = \"globex\"\nbackend = \"main\"", "id = \"globex\"\nbackend = \"second\"");
+    let dir = TempDir::new("audit-backends");
+    let path = dir.write("policy.toml", &text);
+
+    let run = audit(&path, &["--json"], &[]);
+    assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}\npolicy:\n{text}", run.stdout, run.stderr);
+    let report = json(&run);
+    assert_eq!(report["backends"], serde_json::json!(["main", "second"]), "{report:#}");
+    let misplaced = findings(&report, "misplaced-documents", "app.orders");
+    assert_eq!(misplaced.len(), 1, "{report:#}");
+    assert_eq!((misplaced[0]["backend"].as_str(), misplaced[0]["count"].as_u64()), (Some("main"), Some(1)));
+    assert_eq!(misplaced[0]["ids"], serde_json::json!(["\"left-1\""]));
+    let orphan = findings(&report, "orphan-collection", "shop.globex__orders");
+    assert_eq!(orphan.len(), 1, "{report:#}");
+    assert!(orphan[0]["detail"].as_str().is_some_and(|d| d.contains("placed on backend second")), "{orphan:?}");
+    let globex = usage(&report, "globex", "app.orders");
+    assert_eq!((globex["backend"].as_str(), globex["documents"].as_u64()), (Some("second"), Some(3)));
+    assert_eq!(usage(&report, "acme", "app.orders")["documents"].as_u64(), Some(1));
+}
