@@ -6,6 +6,11 @@
 //! the reader stops early) so that no collection is ever held in memory; and the catalog listings the tools
 //! need (databases, collections, indexes).
 //!
+//! Use: [`ServiceClient::connect`] with a policy backend and [`Timeouts::from_limits`]; [`ServiceClient::command`]
+//! for one command (`{ok: 0}` comes back as [`ClientError::Command`] with the server's code); or
+//! [`ServiceClient::find`] / [`ServiceClient::aggregate`] for a [`Cursor`], then `next_batch(&mut client)` until
+//! it returns `None`, or [`Cursor::close`] to stop early.
+//!
 //! It must never: hold more than one batch of a cursor, retry a command that may have reached the backend, keep
 //! using a connection after a timeout (a late reply would answer the wrong request), or put a service password
 //! in an error (errors name the backend by its policy name and carry the server's code and message).

@@ -129,8 +129,8 @@ impl BackendAudit<'_, '_, '_> {
         }
     }
 
-    /// Reads one database. What cannot be read is recorded as a problem and the walk goes on; the error is
-    /// returned only when the database could not be walked at all.
+    /// Reads one database. What cannot be read is recorded as a problem and the walk goes on; an error is
+    /// returned when the walk stopped (the collections could not be listed, or the connection was lost).
     async fn database(&mut self, client: &mut ServiceClient, db: &str) -> Result<(), ClientError> {
         let mut collections = match client.list_collections(db).await {
             Ok(c) => c,
