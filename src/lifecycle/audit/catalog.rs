@@ -240,6 +240,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_with_a_backend_of_its_own_owns_its_names_as_they_are() {
+        let text = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+                    [[backends]]\nname = \"a\"\nuri = \"mongodb://127.0.0.1:1/\"\n\n\
+                    [[backends]]\nname = \"b\"\nuri = \"mongodb://127.0.0.1:2/\"\n\n\
+                    [[tenants]]\nid = \"acme\"\nbackend = \"a\"\n\n[[tenants]]\nid = \"globex\"\nbackend = \"b\"\n\n\
+                    [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{db}\"\n";
+        let p = Policy::from_toml(text, std::path::Path::new("own-backend.toml")).unwrap_or_else(|e| panic!("{e}"));
+        for (backend, owner) in [("a", "acme"), ("b", "globex")] {
+            match BackendView::new(&p, backend).classify("app", "orders") {
+                Coverage::Owned { tenant, visible, .. } => {
+                    assert_eq!((tenant.as_str(), visible.as_str()), (owner, "app.orders"))
+                }
+                other => panic!("{backend}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn names_no_rule_reaches_are_uncovered() {
         let p = policy(MIXED);
         assert!(matches!(
