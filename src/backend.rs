@@ -302,6 +302,17 @@ impl BackendConn {
         Ok(reply.body().to_owned())
     }
 
+    /// Runs one command on database `db` (its `$db` is added here) and returns the reply body, whether or not
+    /// it says `ok`: for operator tools holding their own service connection (`crate::lifecycle`).
+    pub async fn command(&mut self, db: &str, mut body: RawDocumentBuf) -> Result<RawDocumentBuf, ProxyError> {
+        // The server would take the last of two `$db` fields; refuse rather than guess.
+        if body.get("$db").ok().flatten().is_some() {
+            return Err(ProxyError::Internal { detail: "command already names its $db".into() });
+        }
+        body.append(bson::cstr!("$db"), db);
+        self.call(body).await
+    }
+
     /// Sends the proxy's own hello and returns what the proxy needs of the answer.
     async fn handshake(&mut self) -> Result<BackendHello, ProxyError> {
         let hello = rawdoc! {

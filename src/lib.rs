@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod explain;
 pub mod handshake;
+pub mod lifecycle;
 pub mod policy;
 pub mod pool;
 pub mod ratelimit;

@@ -1,4 +1,4 @@
-//! The `tenantwall` command line: `run`, `check`, `passwd`.
+//! The `tenantwall` command line: `run`, `check`, `explain`, `test`, `surface`, `passwd`, `audit`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -72,6 +72,24 @@ enum Cmd {
     },
     /// Print the command surface: every command the proxy knows and every argument it accepts.
     Surface,
+    /// Read every backend with the policy's service credentials and report isolation gaps in the data
+    /// (unstamped or foreign documents, uncovered and orphan namespaces, indexes and options that span tenants)
+    /// and each tenant's documents and sizes. Exit 0: no gap; 1: gaps found; 2: something could not be read.
+    Audit {
+        /// Policy file (TOML); backend secrets are read as `run` reads them.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print the report as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Documents per batch when scanning.
+        #[arg(long, default_value_t = tenantwall::lifecycle::client::DEFAULT_BATCH_SIZE,
+              value_parser = clap::value_parser!(i32).range(1..=100_000))]
+        batch_size: i32,
+        /// Seconds between progress lines of a long scan (on stderr); 0 reports every batch.
+        #[arg(long, default_value_t = 5)]
+        progress_secs: u64,
+    },
     /// Read a password (stdin, or a prompt on a terminal) and print its SCRAM-SHA-256 entry for a policy.
     Passwd {
         /// PBKDF2 iterations (at least 4096).
@@ -95,6 +113,7 @@ fn main() -> ExitCode {
             explain(&policy, &tenant, &db, &command, reply.as_deref())
         }
         Cmd::Test { files } => test(&files),
+        Cmd::Audit { policy, json, batch_size, progress_secs } => audit(&policy, json, batch_size, progress_secs),
         Cmd::Surface => {
             print!("{}", tenantwall::command::spec::render_markdown());
             ExitCode::SUCCESS
@@ -151,6 +170,32 @@ fn explain(path: &Path, tenant: &str, db: &str, command: &str, reply: Option<&st
             ExitCode::from(2)
         }
     }
+}
+
+fn audit(path: &Path, json: bool, batch_size: i32, progress_secs: u64) -> ExitCode {
+    use tenantwall::lifecycle::audit;
+    let policy = match Policy::load(path) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("tenantwall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantwall: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = audit::Settings { batch_size, progress_every: Duration::from_secs(progress_secs) };
+    let mut to_stderr = |line: &str| eprintln!("tenantwall audit: {line}");
+    let mut progress = audit::Progress::new(&mut to_stderr, settings.progress_every);
+    let report = runtime.block_on(audit::run(&policy, settings, &mut progress));
+    let rendered = if json { audit::render::json(&report) + "\n" } else { audit::render::text(&report) };
+    // A reader that stops early (`| head`) is not an error of the audit; its exit status still says what was found.
+    let _ = std::io::stdout().lock().write_all(rendered.as_bytes());
+    ExitCode::from(report.exit_code())
 }
 
 fn test(files: &[PathBuf]) -> ExitCode {
