@@ -46,7 +46,9 @@ pub struct BackendTarget {
     current_host: Arc<Mutex<Option<String>>>,
 }
 
-/// Where a target's pool reports: connections open, and SCRAM key derivations (PBKDF2 runs).
+/// Where a target's pool reports: connections open, and SCRAM key derivations (PBKDF2 runs). The default reports
+/// nowhere (operator tools that open a connection or two).
+#[derive(Default)]
 pub struct TargetMetrics {
     pub open: prometheus_client::metrics::gauge::Gauge,
     pub key_derivations: prometheus_client::metrics::counter::Counter,

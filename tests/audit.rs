@@ -285,7 +285,7 @@ async fn the_service_client_reads_in_batches_and_closes_cursors_it_leaves() {
     insert(&direct, "app", "items", (0..5).map(|i| doc! { "_id": i }).collect()).await;
     let dir = TempDir::new("audit-client");
     let loaded = tenantwall::Policy::load(&dir.write("policy.toml", &policy(&backend.uri()))).expect("policy");
-    let target = BackendTarget::new(loaded.backends[0].clone());
+    let target = BackendTarget::new(loaded.backends[0].clone(), Default::default());
     let mut service = ServiceClient::connect(&target, Timeouts::from_limits(&loaded.limits)).await.expect("connect");
 
     let mut cursor = service.find("app", "items", bson::rawdoc! {}, None, 2).await.expect("find");

@@ -79,7 +79,7 @@ pub async fn run(policy: &Policy, settings: Settings, progress: &mut Progress<'_
     let timeouts = Timeouts::from_limits(&policy.limits);
     for spec in &policy.backends {
         report.backends.push(spec.name.clone());
-        let target = BackendTarget::new(spec.clone());
+        let target = BackendTarget::new(spec.clone(), Default::default());
         progress.say(&format!("backend {}: reading", spec.name));
         let view = BackendView::new(policy, &spec.name);
         let mut audit = BackendAudit { policy, view, backend: &spec.name, settings, report: &mut report, progress };
