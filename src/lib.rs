@@ -28,6 +28,7 @@ pub mod gate;
 pub mod handshake;
 pub mod lifecycle;
 pub mod policy;
+pub mod pool;
 pub mod ratelimit;
 pub mod sasl;
 pub mod server;

@@ -44,13 +44,14 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
-    fn new(number: u64, policy: Policy, previous: Option<&Generation>) -> Self {
+    fn new(number: u64, policy: Policy, previous: Option<&Generation>, metrics: &Metrics) -> Self {
         let mut backends = HashMap::new();
         for spec in &policy.backends {
-            let target = BackendTarget::new(spec.clone());
-            if let Some(old) = previous.and_then(|p| p.backends.get(&spec.name)) {
-                target.inherit(old);
-            }
+            let target_metrics = metrics.backend_target(&spec.name);
+            let target = match previous.and_then(|p| p.backends.get(&spec.name)) {
+                Some(old) => BackendTarget::reloaded(spec.clone(), old, target_metrics),
+                None => BackendTarget::new(spec.clone(), target_metrics),
+            };
             backends.insert(spec.name.clone(), Arc::new(target));
         }
         Self { number, policy: Arc::new(policy), backends }
@@ -118,7 +119,7 @@ impl Shared {
 
     fn swap(&self, policy: Policy) {
         let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let next = Generation::new(slot.number + 1, policy, Some(&slot));
+        let next = Generation::new(slot.number + 1, policy, Some(&slot), &self.metrics);
         let number = next.number;
         *slot = Arc::new(next);
         drop(slot);
@@ -236,15 +237,19 @@ impl Server {
         for warning in &policy.warnings {
             warn!(%warning, "policy warning");
         }
-        let generation = Generation::new(1, policy, None);
-        // Learn every backend's wire version before the first client asks, so hellos are consistent.
+        let generation = Generation::new(1, policy, None, &metrics);
+        // Learn every backend's wire version before the first client asks, so hellos are consistent; the
+        // connection opened for it stays in the pool for the first command.
         let timeout = generation.policy.limits.backend_connect_timeout();
         let mut probes = JoinSet::new();
         for target in generation.backends.values() {
             let target = target.clone();
             probes.spawn(async move {
-                if let Err(e) = target.connect(timeout).await {
-                    warn!(detail = e.log_detail(), "backend not reachable at startup; connections will retry");
+                match target.checkout("-", timeout, timeout).await {
+                    Ok(conn) => conn.release(),
+                    Err(e) => {
+                        warn!(detail = e.log_detail(), "backend not reachable at startup; connections will retry")
+                    }
                 }
             });
         }

@@ -156,6 +156,14 @@ pub struct BackendConfig {
     /// Caps the wire version the proxy advertises for this backend (e.g. 21 to hide MongoDB 8 commands).
     #[serde(default)]
     pub max_wire_version: Option<i32>,
+    /// Connections the proxy keeps to this backend at most, shared by every client connection: commands wait
+    /// for a free one (served round-robin across tenants) up to `limits.pool_wait_timeout_ms`.
+    #[serde(default = "default_backend_connections")]
+    pub max_connections: usize,
+}
+
+fn default_backend_connections() -> usize {
+    64
 }
 
 fn default_auth_source() -> String {
@@ -303,6 +311,9 @@ pub struct Limits {
     /// Milliseconds a backend may take to answer a command; a command with `maxTimeMS` gets that plus a grace
     /// period instead. On expiry the client gets an error and the backend connection is discarded.
     pub backend_timeout_ms: u64,
+    /// Milliseconds a command may wait for a free backend connection when the backend's pool is busy; then it
+    /// is answered with `ExceededTimeLimit` (262), which drivers retry.
+    pub pool_wait_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
     /// Open cursors tracked at once, across all tenants; beyond it the least recently used record is dropped
@@ -336,6 +347,7 @@ impl Default for Limits {
             client_write_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
             backend_timeout_ms: 60_000,
+            pool_wait_timeout_ms: 10_000,
             auth_timeout_secs: 60,
             max_cursors: 100_000,
             max_cursors_per_tenant: 10_000,
@@ -366,6 +378,9 @@ impl Limits {
     }
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms)
+    }
+    pub fn pool_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_wait_timeout_ms)
     }
     pub fn auth_failure_window(&self) -> Duration {
         Duration::from_secs(self.auth_failure_window_secs)

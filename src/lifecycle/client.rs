@@ -6,6 +6,11 @@
 //! the reader stops early) so that no collection is ever held in memory; and the catalog listings the tools
 //! need (databases, collections, indexes).
 //!
+//! Use: [`ServiceClient::connect`] with a policy backend and [`Timeouts::from_limits`]; [`ServiceClient::command`]
+//! for one command (`{ok: 0}` comes back as [`ClientError::Command`] with the server's code); or
+//! [`ServiceClient::find`] / [`ServiceClient::aggregate`] for a [`Cursor`], then `next_batch(&mut client)` until
+//! it returns `None`, or [`Cursor::close`] to stop early.
+//!
 //! It must never: hold more than one batch of a cursor, retry a command that may have reached the backend, keep
 //! using a connection after a timeout (a late reply would answer the wrong request), or put a service password
 //! in an error (errors name the backend by its policy name and carry the server's code and message).
@@ -180,7 +185,7 @@ impl ServiceClient {
     pub async fn list_collections(&mut self, db: &str) -> Result<Vec<CollectionInfo>, ClientError> {
         let body = bson::rawdoc! { "listCollections": 1, "cursor": { "batchSize": DEFAULT_BATCH_SIZE } };
         let reply = self.command(db, body).await?;
-        let mut cursor = Cursor::open(self, "listCollections", db, "$cmd.listCollections", &reply)?;
+        let mut cursor = Cursor::open(self, "listCollections", db, "$cmd.listCollections", &reply, DEFAULT_BATCH_SIZE)?;
         let mut out = Vec::new();
         while let Some(batch) = cursor.next_batch(self).await? {
             for spec in batch {
@@ -202,7 +207,7 @@ impl ServiceClient {
     pub async fn list_indexes(&mut self, db: &str, collection: &str) -> Result<Vec<RawDocumentBuf>, ClientError> {
         let body = bson::rawdoc! { "listIndexes": collection, "cursor": { "batchSize": DEFAULT_BATCH_SIZE } };
         let reply = self.command(db, body).await?;
-        let mut cursor = Cursor::open(self, "listIndexes", db, collection, &reply)?;
+        let mut cursor = Cursor::open(self, "listIndexes", db, collection, &reply, DEFAULT_BATCH_SIZE)?;
         let mut out = Vec::new();
         while let Some(batch) = cursor.next_batch(self).await? {
             out.extend(batch);
@@ -224,7 +229,7 @@ impl ServiceClient {
             body.append(bson::cstr!("projection"), projection);
         }
         let reply = self.command(db, body).await?;
-        Cursor::open(self, "find", db, collection, &reply)
+        Cursor::open(self, "find", db, collection, &reply, batch_size)
     }
 
     /// Opens an `aggregate` cursor on `db.collection` returning `batch_size` documents per batch.
@@ -241,7 +246,7 @@ impl ServiceClient {
             "cursor": { "batchSize": batch_size.max(1) },
         };
         let reply = self.command(db, body).await?;
-        Cursor::open(self, "aggregate", db, collection, &reply)
+        Cursor::open(self, "aggregate", db, collection, &reply, batch_size)
     }
 
     fn unavailable(&self, detail: &str) -> ClientError {
@@ -281,6 +286,8 @@ pub struct Cursor {
     /// The batch that came with the opening reply, handed out by the first `next_batch`.
     first: Option<Vec<RawDocumentBuf>>,
     command: &'static str,
+    /// Sent with every getMore: without it the server fills batches up to 16 MiB.
+    batch_size: i32,
     empty_batches: u32,
 }
 
@@ -292,6 +299,7 @@ impl Cursor {
         db: &str,
         collection: &str,
         reply: &RawDocument,
+        batch_size: i32,
     ) -> Result<Self, ClientError> {
         let namespace = format!("{db}.{collection}");
         let bad = |detail: &str| client.reply_error(command, &namespace, detail);
@@ -313,8 +321,14 @@ impl Cursor {
             id,
             first: Some(batch),
             command,
+            batch_size: batch_size.max(1),
             empty_batches: 0,
         })
+    }
+
+    /// The server's cursor id (0 once the server has closed it).
+    pub fn id(&self) -> i64 {
+        self.id
     }
 
     /// Whether the server has closed the cursor (everything has been or is about to be handed out).
@@ -333,7 +347,7 @@ impl Cursor {
         }
         self.check_client(client)?;
         let collection = self.collection.clone();
-        let body = bson::rawdoc! { "getMore": self.id, "collection": collection };
+        let body = bson::rawdoc! { "getMore": self.id, "collection": collection, "batchSize": self.batch_size };
         let reply = match client.command(&self.db, body).await {
             Ok(reply) => reply,
             Err(e) => {

@@ -256,7 +256,7 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
 /// A service connection to backend `name` of `policy`.
 async fn connect(policy: &Policy, name: &str, timeouts: Timeouts) -> Result<ServiceClient, MoveError> {
     let spec = policy.backend(name).cloned().ok_or_else(|| MoveError::Plan(format!("no backend {name:?}")))?;
-    Ok(ServiceClient::connect(&BackendTarget::new(spec), timeouts).await?)
+    Ok(ServiceClient::connect(&BackendTarget::new(spec, Default::default()), timeouts).await?)
 }
 
 /// Ends the hold after a failure before the switch, removes the partial copy, and returns the failure.

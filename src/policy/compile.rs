@@ -292,6 +292,13 @@ fn backends(c: &mut Collector<'_>, file: &PolicyFile, base: &Path, secrets: Secr
                 c.error(Some(&backend.name), format!("backends[{i}].max_wire_version"), format!("{v} is out of range"));
             }
         }
+        if !(1..=10_000).contains(&backend.max_connections) {
+            c.error(
+                Some(&backend.name),
+                format!("backends[{i}].max_connections"),
+                format!("{} is out of range (1 to 10000)", backend.max_connections),
+            );
+        }
         if let Some(uri) = uri {
             out.push(BackendSpec {
                 name: name.clone(),
@@ -299,6 +306,7 @@ fn backends(c: &mut Collector<'_>, file: &PolicyFile, base: &Path, secrets: Secr
                 tls,
                 credentials,
                 max_wire_version: backend.max_wire_version,
+                max_connections: backend.max_connections,
             });
         }
     }
@@ -805,6 +813,7 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
         ("frame_timeout_secs", limits.frame_timeout_secs),
         ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
         ("backend_timeout_ms", limits.backend_timeout_ms),
+        ("pool_wait_timeout_ms", limits.pool_wait_timeout_ms),
         ("client_write_timeout_secs", limits.client_write_timeout_secs),
         ("auth_failures_before_refusal", u64::from(limits.auth_failures_before_refusal)),
         ("auth_failure_window_secs", limits.auth_failure_window_secs),

@@ -115,6 +115,8 @@ pub struct BackendSpec {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub credentials: Option<Credentials>,
     pub max_wire_version: Option<i32>,
+    /// Bound on the backend's connection pool.
+    pub max_connections: usize,
 }
 
 /// A listener as configured.
