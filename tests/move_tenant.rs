@@ -280,6 +280,18 @@ async fn a_tenant_moves_to_its_own_database_on_another_backend_while_others_keep
     assert!(String::from_utf8_lossy(&again.stdout).contains("already has that placement"));
 }
 
+/// `tenantwall audit` of the rig's policy: its exit status and report.
+async fn audit(rig: &Rig) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantwall"))
+        .args(["audit", "--policy"])
+        .arg(&rig.policy)
+        .env(TOKEN_ENV, TOKEN)
+        .output()
+        .await
+        .unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// Lines of the mover's stdout until one contains `needle`.
 async fn wait_for_line(child: &mut tokio::process::Child, needle: &str) -> Vec<String> {
     let stdout = child.stdout.as_mut().expect("piped");
@@ -304,6 +316,8 @@ async fn wait_for_line(child: &mut tokio::process::Child, needle: &str) -> Vec<S
 async fn a_mover_killed_before_its_switch_changes_nothing_and_a_rerun_succeeds() {
     let rig = rig().await;
     let (acme, globex, _initech) = seed(&rig).await;
+    let (status, report) = audit(&rig).await;
+    assert_eq!(status, Some(0), "a healthy layout audits clean before the move:\n{report}");
     let before = docs(&acme, "app", "orders", doc! {}).await;
     let policy_before = std::fs::read(&rig.policy).unwrap();
     let main = direct(&rig.main).await;
@@ -357,6 +371,9 @@ async fn a_mover_killed_before_its_switch_changes_nothing_and_a_rerun_succeeds()
     // --delete-source: acme's documents are gone from main, globex's are all there.
     assert!(docs(&main, "app", "orders", doc! { "tenantId": "acme" }).await.is_empty());
     assert_eq!(docs(&main, "app", "orders", doc! { "tenantId": "globex" }).await.len(), 61);
+    let (status, report) = audit(&rig).await;
+    assert_eq!(status, Some(0), "and after it, with acme in its own database on east:\n{report}");
+    assert!(report.contains("acme_app"), "acme's own database is counted:\n{report}");
     assert!(Path::new(&rig.policy).exists());
     drop(rig.dir);
 }
@@ -384,6 +401,8 @@ async fn a_tenant_moves_back_and_a_destination_the_policy_refuses_changes_nothin
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     same(&docs(&acme, "app", "orders", doc! {}).await, &bare(before.clone()), "in acme_app on main");
     assert_eq!(docs(&main, "acme_app", "orders", doc! {}).await.len(), 250);
+    let (status, report) = audit(&rig).await;
+    assert_eq!(status, Some(0), "one backend, acme on rules of its own, globex on the general ones:\n{report}");
     acme.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "o-own" }).await.unwrap();
 
     let out = mover_to(&rig, "field", &["--delete-source"], None).wait_with_output().await.unwrap();

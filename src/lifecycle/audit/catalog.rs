@@ -97,14 +97,17 @@ impl<'p> BackendView<'p> {
     }
 
     /// `(tenant, visible db, visible collection)` under which a tenant of this backend might reach the real
-    /// `db.collection`, each confirmed or not by the forward resolution. The name itself needs one tenant only:
-    /// field and shared rules resolve alike for every tenant, and a database template that keeps names is
-    /// valid only when every backend holds at most one tenant. A template with `{tenant}` names its tenant in
-    /// the real name, so reading it backwards gives the one candidate, whatever the number of tenants.
+    /// `db.collection`, each confirmed or not by the forward resolution. The name itself needs one tenant of
+    /// those the general rules govern alike (field and shared rules resolve alike for them, and a database
+    /// template that keeps names is valid only when the tenants it governs have a backend each), plus each
+    /// tenant that rules of its own (`tenants = [...]`) may place elsewhere. A template with `{tenant}` names its
+    /// tenant in the real name, so reading it backwards gives the one candidate, whatever the number of tenants.
     fn candidates(&self, db: &str, collection: &str) -> Vec<(&'p str, String, String)> {
         let mut out = Vec::new();
-        if let Some(first) = self.tenants.first() {
-            out.push((*first, db.to_owned(), collection.to_owned()));
+        let own_rules = |tenant: &str| self.policy.rules.iter().any(|r| r.tenants.is_some() && r.applies_to(tenant));
+        let (special, general): (Vec<&'p str>, Vec<&'p str>) = self.tenants.iter().partition(|t| own_rules(t));
+        for tenant in general.first().into_iter().chain(&special) {
+            out.push((*tenant, db.to_owned(), collection.to_owned()));
         }
         for rule in &self.policy.rules {
             let split = match &rule.placement {
