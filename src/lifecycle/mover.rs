@@ -214,6 +214,11 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
             abandon(MoveError::OutOfTime, &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await
         );
     }
+    // Someone else's edit of the file since the move began would be lost by writing ours.
+    if std::fs::read_to_string(&options.policy).ok().as_deref() != Some(old_text.as_str()) {
+        let changed = MoveError::Plan("the policy file changed while the move ran; not overwriting it".into());
+        return Err(abandon(changed, &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await);
+    }
     // The switch: the new file, then the proxy loads it under the hold and ends the hold.
     if let Err(e) = placement::write_atomically(&options.policy, &new_text) {
         return Err(abandon(e.into(), &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await);
