@@ -34,8 +34,11 @@ use crate::policy::{Placement, Policy};
 /// test can kill the mover at its worst moment.
 pub const PAUSE_ENV: &str = "TENANTWALL_MOVE_PAUSE_AFTER_COPY";
 
-/// Time the hold must still have left when the switch starts; less, and the move is abandoned.
-const SWITCH_MARGIN: Duration = Duration::from_secs(2);
+/// Time the hold must still have left when the switch starts; less, and the move is abandoned. More than the
+/// proxy's file watcher needs to apply a changed file (2 s settle, polled twice a second): a mover that dies
+/// between writing the policy and asking for the reload leaves a file the watcher applies while the tenant is
+/// still held, so no command of the tenant runs on the old placement after the copy.
+const SWITCH_MARGIN: Duration = Duration::from_secs(5);
 
 /// What `tenantwall move` was asked to do.
 #[derive(Debug, Clone)]
