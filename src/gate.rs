@@ -113,6 +113,11 @@ impl Gate {
         tenants.entry(tenant.to_owned()).or_default().clone()
     }
 
+    /// The tenant's gate if it has one: queries never add entries (an admin request names any id).
+    fn existing(&self, tenant: &str) -> Option<Arc<TenantGate>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned()
+    }
+
     /// Lets a command of `tenant` in: at once unless the tenant is held or at its cap. A held tenant's command
     /// waits until the hold ends (released, or at its deadline). A command beyond `cap` waits up to `cap_wait` for
     /// one of the tenant's commands to finish, and is otherwise refused with the returned reply.
@@ -195,7 +200,7 @@ impl Gate {
 
     /// Whether hold `id` of `tenant` is still in force with at least `margin` left.
     pub fn is_held(&self, tenant: &str, id: u64, margin: Duration) -> bool {
-        let gate = self.tenant(tenant);
+        let Some(gate) = self.existing(tenant) else { return false };
         let now = Instant::now();
         let mut state = gate.lock();
         state.live_hold(now).is_some_and(|(held, deadline)| held == id && deadline >= now + margin)
@@ -204,7 +209,7 @@ impl Gate {
     /// Ends the tenant's hold (when `id` is given, only that hold); the waiting commands go on. Returns how long
     /// the tenant was held, or `None` when no such hold was in force.
     pub fn release(&self, tenant: &str, id: Option<u64>) -> Option<Duration> {
-        let gate = self.tenant(tenant);
+        let gate = self.existing(tenant)?;
         let now = Instant::now();
         let mut state = gate.lock();
         let (held, _) = state.live_hold(now)?;
@@ -220,7 +225,7 @@ impl Gate {
 
     /// Commands of `tenant` past the gate now.
     pub fn in_flight(&self, tenant: &str) -> usize {
-        self.tenant(tenant).lock().in_flight
+        self.existing(tenant).map_or(0, |gate| gate.lock().in_flight)
     }
 }
 
