@@ -927,6 +927,8 @@ async fn pass_gate(
     if !forwarded {
         return Ok(None);
     }
-    // No per-tenant cap on commands in flight is configured yet: only holds make commands wait.
-    shared.gate.enter(&tenant.id, None, Duration::ZERO).await.map(Some)
+    // A tenant at its cap waits as long as a command may wait for a pooled connection: the cap is the tenant's
+    // share of the pools, so that is what it stands for.
+    let cap_wait = shared.current().policy.limits.pool_wait_timeout();
+    shared.gate.enter(&tenant.id, Some(tenant.max_in_flight), cap_wait).await.map(Some)
 }

@@ -110,6 +110,10 @@ pub enum HoldError {
 impl Gate {
     fn tenant(&self, tenant: &str) -> Arc<TenantGate> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        // Every forwarded command passes here: no allocation once the tenant has its gate.
+        if let Some(gate) = tenants.get(tenant) {
+            return gate.clone();
+        }
         tenants.entry(tenant.to_owned()).or_default().clone()
     }
 

@@ -202,3 +202,46 @@ async fn waiting_commands_are_served_round_robin_across_tenants() {
     .unwrap();
     proxy.shutdown().await;
 }
+
+/// `tenants[].max_in_flight`: acme (cap 1) has a command stuck on a stopped backend; its next command waits
+/// `pool_wait_timeout_ms` and is refused with the overload error drivers back off on, while globex's command in
+/// the same moment is queued normally and answered once the backend resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_in_flight_cap_waits_then_gets_the_overload_error() {
+    let backend = Backend::start();
+    let text = pool_policy(&backend, "", "pool_wait_timeout_ms = 300")
+        .replace("id = \"acme\"\nbackend = \"main\"\n", "id = \"acme\"\nbackend = \"main\"\nmax_in_flight = 1\n");
+    let proxy = start_proxy_text(&text).await;
+    let (acme, globex) = (proxy.addrs()[0], proxy.addrs()[1]);
+    tokio::task::spawn_blocking(move || {
+        let find = || msg(rawdoc! { "find": "orders", "filter": {}, "$db": "app" });
+        let mut warm = RawClient::connect(acme);
+        assert_eq!(ok(&command(&mut warm, &find())), 1.0);
+        backend.pause();
+        let mut stuck = RawClient::connect(acme);
+        stuck.send(&find());
+        std::thread::sleep(Duration::from_millis(100));
+        let mut other = RawClient::connect(globex);
+        other.send(&find());
+        let reply = command(&mut warm, &find());
+        assert_eq!(reply.get_i32("code").unwrap(), 462, "{reply:?}");
+        let labels: Vec<_> = reply
+            .get_array("errorLabels")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.unwrap().as_str().unwrap().to_owned())
+            .collect();
+        assert!(labels.contains(&"RetryableError".to_owned()), "{labels:?}");
+        backend.resume();
+        for client in [&mut stuck, &mut other] {
+            let reply = client.recv().expect("answered once the backend resumes");
+            match reply.message {
+                tenantwall_protocol::Message::Msg(m) => assert_eq!(ok(&m.body().to_owned()), 1.0),
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

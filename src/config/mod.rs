@@ -204,6 +204,10 @@ pub struct TenantConfig {
     /// Connections this tenant may hold at once; an authentication beyond it is refused (none by default).
     #[serde(default)]
     pub max_connections: Option<Spanned<usize>>,
+    /// Commands of this tenant forwarded and not yet answered at once, across its connections (overrides
+    /// `limits.max_in_flight`).
+    #[serde(default)]
+    pub max_in_flight: Option<Spanned<usize>>,
 }
 
 /// A SCRAM user.
@@ -329,6 +333,9 @@ pub struct Limits {
     pub max_time_ms: Option<u64>,
     /// Default rate limit of every tenant without its own `rate_limit` (none by default).
     pub rate_limit: Option<RateLimitConfig>,
+    /// Default cap on each tenant's commands in flight (forwarded, not yet answered) across its connections. A
+    /// command beyond it waits up to `pool_wait_timeout_ms` for one to finish, then gets 462.
+    pub max_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -354,6 +361,7 @@ impl Default for Limits {
             shutdown_grace_secs: 30,
             max_time_ms: None,
             rate_limit: None,
+            max_in_flight: 32,
         }
     }
 }

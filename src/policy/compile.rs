@@ -461,6 +461,9 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
             if let Some(cap) = tenant.max_connections.as_ref().filter(|cap| *cap.get_ref() == 0) {
                 c.error(Some(cap), format!("tenants[{i}].max_connections"), "must be at least 1");
             }
+            if let Some(cap) = tenant.max_in_flight.as_ref().filter(|cap| *cap.get_ref() == 0) {
+                c.error(Some(cap), format!("tenants[{i}].max_in_flight"), "must be at least 1");
+            }
             let built = Tenant {
                 id: id.clone(),
                 value,
@@ -469,6 +472,7 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
                 allow_disk_use: tenant.allow_disk_use,
                 rate_limit,
                 max_connections: tenant.max_connections.as_ref().map(|cap| *cap.get_ref()),
+                max_in_flight: tenant.max_in_flight.as_ref().map_or(file.limits.max_in_flight, |cap| *cap.get_ref()),
                 // Completed once the rules are compiled.
                 session_key: id.clone(),
             };
@@ -793,6 +797,7 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
         ("max_unauthenticated_connections_per_ip", limits.max_unauthenticated_connections_per_ip),
         ("max_cursors", limits.max_cursors),
         ("max_cursors_per_tenant", limits.max_cursors_per_tenant),
+        ("max_in_flight", limits.max_in_flight),
     ] {
         if value == 0 {
             c.error(NONE, format!("limits.{key}"), "must be at least 1");

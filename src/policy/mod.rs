@@ -45,6 +45,8 @@ pub struct Tenant {
     pub rate_limit: Option<RateLimit>,
     /// Connections the tenant may hold at once.
     pub max_connections: Option<usize>,
+    /// Commands of the tenant forwarded and not yet answered at once (its own, or `limits.max_in_flight`).
+    pub max_in_flight: usize,
     /// What the tenant's session ids are derived from (see [`crate::session`]): its id, followed, when rules are
     /// written for it alone, by a digest of those rules. A change of its own placement then starts new server
     /// sessions, so a transaction begun on the old placement can never commit after the switch (its writes were
