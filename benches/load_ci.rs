@@ -13,7 +13,8 @@
 //! and a direct connection to the backend checks that every document sits where its tenant's placement says:
 //! in `app.items` with the right `tenantId`, in that tenant's own collection or database, nowhere else.
 //!
-//! Prints a table (commands/s, p50/p99 per mode, peak backend connections, proxy RSS) and writes it as JSON to
+//! Prints a table (commands/s, p50/p99 per mode, peak backend connections, proxy RSS; a command there is one
+//! driver operation, so a cursor read with its getMores counts once and its latency is the whole read) and writes it as JSON to
 //! `$CARGO_TARGET_DIR/load-ci.json` (default `target/load-ci.json`). Exits non-zero on any command error or
 //! isolation violation, never on speed: CI machines vary too much for a speed threshold to mean anything.
 //!
@@ -119,8 +120,11 @@ fn password(t: usize) -> String {
 }
 
 fn policy_text(backend: SocketAddr, verifiers: &[ScramVerifier]) -> String {
+    // A slow CI machine may keep all 64 pooled connections busy with nx-27017's slowest commands for a while;
+    // the run fails on errors, never on speed, so a pool wait must not turn into an error (default 10 s).
     let mut policy = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [limits]\npool_wait_timeout_ms = 60000\n\n\
          [[backends]]\nname = \"nx\"\nuri = \"mongodb://{backend}/\"\n\n"
     );
     for (t, verifier) in verifiers.iter().enumerate() {
