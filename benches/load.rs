@@ -16,39 +16,44 @@
 //! gives tenantwall's p50 over HAProxy's at 1 client, the latency tenantwall adds over the one HAProxy adds (both
 //! over direct) at 1 client, and tenantwall's throughput over HAProxy's at 64 clients. About 70 s.
 //!
-//! Latest run (2026-11-27, with the backend pool of issue 10; 2-core x86_64 VM with other builds running, load
-//! average 3-4 during this run and 7-10 during earlier ones, when the same ratios came out anywhere from 0.8× to
-//! 2.8×: noise-bound, to be re-run on a quiet machine):
+//! tenantwall runs with its defaults, so the one tenant's 64 clients meet the per-tenant cap of 32 commands in
+//! flight (`limits.max_in_flight`): at 64 clients half of them queue in the proxy, as they would in production.
+//!
+//! Latest run (2026-11-27, with the backend pool and the per-tenant in-flight cap of issue 10; 2-core x86_64 VM
+//! with other builds running, load average 4-5 during this run and 7-10 during earlier ones, when the same ratios
+//! came out anywhere from 0.8× to 2.8×: noise-bound, to be re-run on a quiet machine):
 //!
 //! | backend  | path          | clients | throughput   | p50      | p99      |
 //! |----------|---------------|---------|--------------|----------|----------|
-//! | stub     | direct        | 1       | 21,032 cmd/s | 33 µs    | 154 µs   |
-//! | stub     | HAProxy       | 1       | 12,155 cmd/s | 77 µs    | 240 µs   |
-//! | stub     | tenantwall    | 1       | 5,040 cmd/s  | 101 µs   | 3.2 ms   |
-//! | stub     | direct        | 16      | 23,715 cmd/s | 349 µs   | 8.2 ms   |
-//! | stub     | HAProxy       | 16      | 20,590 cmd/s | 598 µs   | 5.1 ms   |
-//! | stub     | tenantwall    | 16      | 12,042 cmd/s | 905 µs   | 6.4 ms   |
-//! | stub     | direct        | 64      | 17,173 cmd/s | 1.8 ms   | 14.6 ms  |
-//! | stub     | HAProxy       | 64      | 15,638 cmd/s | 3.5 ms   | 10.6 ms  |
-//! | stub     | tenantwall    | 64      | 14,935 cmd/s | 4.1 ms   | 9.0 ms   |
-//! | nx-27017 | direct        | 1       | 598 cmd/s    | 1.56 ms  | 3.9 ms   |
-//! | nx-27017 | HAProxy       | 1       | 526 cmd/s    | 1.82 ms  | 3.1 ms   |
-//! | nx-27017 | tenantwall    | 1       | 469 cmd/s    | 1.95 ms  | 4.9 ms   |
-//! | nx-27017 | direct        | 16      | 570 cmd/s    | 26.9 ms  | 53.1 ms  |
-//! | nx-27017 | HAProxy       | 16      | 527 cmd/s    | 30.2 ms  | 52.3 ms  |
-//! | nx-27017 | tenantwall    | 16      | 507 cmd/s    | 31.1 ms  | 53.1 ms  |
-//! | nx-27017 | direct        | 64      | 448 cmd/s    | 139 ms   | 194 ms   |
-//! | nx-27017 | HAProxy       | 64      | 459 cmd/s    | 137 ms   | 174 ms   |
-//! | nx-27017 | tenantwall    | 64      | 376 cmd/s    | 174 ms   | 224 ms   |
+//! | stub     | direct        | 1       | 29,499 cmd/s | 22 µs    | 83 µs    |
+//! | stub     | HAProxy       | 1       | 10,069 cmd/s | 69 µs    | 248 µs   |
+//! | stub     | tenantwall    | 1       | 6,472 cmd/s  | 97 µs    | 2.5 ms   |
+//! | stub     | direct        | 16      | 19,308 cmd/s | 405 µs   | 9.1 ms   |
+//! | stub     | HAProxy       | 16      | 13,644 cmd/s | 719 µs   | 7.0 ms   |
+//! | stub     | tenantwall    | 16      | 10,933 cmd/s | 934 µs   | 10.7 ms  |
+//! | stub     | direct        | 64      | 17,155 cmd/s | 1.7 ms   | 17.6 ms  |
+//! | stub     | HAProxy       | 64      | 20,252 cmd/s | 2.7 ms   | 8.6 ms   |
+//! | stub     | tenantwall    | 64      | 17,259 cmd/s | 3.3 ms   | 9.2 ms   |
+//! | nx-27017 | direct        | 1       | 397 cmd/s    | 2.51 ms  | 4.8 ms   |
+//! | nx-27017 | HAProxy       | 1       | 427 cmd/s    | 2.44 ms  | 6.3 ms   |
+//! | nx-27017 | tenantwall    | 1       | 426 cmd/s    | 2.17 ms  | 6.7 ms   |
+//! | nx-27017 | direct        | 16      | 466 cmd/s    | 34.1 ms  | 55.4 ms  |
+//! | nx-27017 | HAProxy       | 16      | 375 cmd/s    | 42.6 ms  | 101 ms   |
+//! | nx-27017 | tenantwall    | 16      | 419 cmd/s    | 36.4 ms  | 97.9 ms  |
+//! | nx-27017 | direct        | 64      | 366 cmd/s    | 175 ms   | 209 ms   |
+//! | nx-27017 | HAProxy       | 64      | 377 cmd/s    | 170 ms   | 217 ms   |
+//! | nx-27017 | tenantwall    | 64      | 431 cmd/s    | 86 ms    | 812 ms   |
 //!
 //! | backend  | tenantwall p50 / HAProxy p50, 1 client | added p50 vs HAProxy's, 1 client | throughput / HAProxy's, 64 |
 //! |----------|----------------------------------------|----------------------------------|----------------------------|
-//! | stub     | 1.32×                                  | 1.56×                            | 0.96×                      |
-//! | nx-27017 | 1.07×                                  | 1.49×                            | 0.82×                      |
+//! | stub     | 1.41×                                  | 1.61×                            | 0.85×                      |
+//! | nx-27017 | 0.89×                                  | n/a                              | 1.14×                      |
 //!
-//! Issue 10's goals: ≤ 1.10× at 1 client, ≥ 0.95× at 64. nx-27017 (single-threaded Python) bounds its rows, so
-//! there the differences between paths are small and mostly noise. A first version of this harness had the direct
-//! and HAProxy clients send a flat `{tenantId, k}` filter; nx-27017 runs that about 3× faster than the `$and` the
+//! The run before it (pool, no in-flight cap yet, load average 3-4) gave 1.32×, 1.56×, 0.96× on the stub and
+//! 1.07×, 1.49×, 0.82× on nx-27017. Issue 10's goals: ≤ 1.10× at 1 client, ≥ 0.95× at 64. nx-27017
+//! (single-threaded Python) bounds its rows, so there the differences between paths are noise (and the in-flight
+//! cap shows as a low p50 with a long p99 at 64 clients). A first version of this harness had the direct and
+//! HAProxy clients send a flat `{tenantId, k}` filter; nx-27017 runs that about 3× faster than the `$and` the
 //! proxy forwards, which was then counted against the proxy.
 //!
 //! ## Raw clients (`cargo bench --bench load -- raw`)
@@ -83,15 +88,17 @@
 //! open-file limit; the limit is raised with `rlimit` (to the hard limit, or further as root where the kernel
 //! allows), and the clients are capped to fit under it. About 30 s.
 //!
-//! Latest run (2026-11-27, with the backend pool of issue 10; same machine, load average 3-5):
-//! 10,000 clients connected and authenticated in 9.2 s; proxy RSS 9 MiB before they came.
+//! Latest run (2026-11-27, with the backend pool and the per-tenant in-flight cap; same machine, load average
+//! 4-5): 10,000 clients connected and authenticated in 7.4 s; proxy RSS 9 MiB before they came.
 //!
 //! | phase                                | commands/s | p50       | p99       | backend conns (gauge / TCP) | proxy RSS |
 //! |--------------------------------------|------------|-----------|-----------|-----------------------------|-----------|
 //! | connected, idle                      | -          | -         | -         | 1 / 1                       | 155 MiB   |
-//! | first find of every client, at once  | -          | 303 ms    | 396 ms    | 64 / 64                     | 159 MiB   |
-//! | 1 find/s per client                  | 9,079      | 0.79 ms   | 10.9 ms   | 64 / 64                     | 159 MiB   |
-//! | closed loop                          | 21,503     | 423 ms    | 642 ms    | 64 / 64                     | 160 MiB   |
+//! | first find of every client, at once  | -          | 457 ms    | 703 ms    | 64 / 64                     | 157 MiB   |
+//! | 1 find/s per client                  | 9,076      | 0.76 ms   | 59.5 ms   | 64 / 64                     | 158 MiB   |
+//! | closed loop                          | 13,473     | 286 ms    | 3.76 s    | 64 / 64                     | 157 MiB   |
+//!
+//! The run before the in-flight cap: closed loop 21,503 commands/s, p99 642 ms; the rest within noise.
 //!
 //! Issue 10's goal: ≤ 64 backend connections and ≤ 200 MiB for 10,000 clients; met, with the RSS (about 15 KiB per
 //! idle client connection) the closer of the two. The one idle backend connection is the admin listener's health
