@@ -432,7 +432,8 @@ impl ClientConnection {
                 return Ok(Flow::Continue);
             }
         };
-        let fresh = in_flight.as_ref().filter(|guard| guard.waited).map(|_| self.shared.current());
+        // Whatever held it up (a hold, the in-flight cap), the command is decided with the policy in force now.
+        let fresh = in_flight.as_ref().map(|_| self.shared.current());
         if fresh.as_ref().is_some_and(|fresh| !self.refresh_tenant(fresh)) {
             return Ok(Flow::Close);
         }

@@ -464,6 +464,17 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
             if let Some(cap) = tenant.max_in_flight.as_ref().filter(|cap| *cap.get_ref() == 0) {
                 c.error(Some(cap), format!("tenants[{i}].max_in_flight"), "must be at least 1");
             }
+            let in_flight = tenant.max_in_flight.as_ref().map_or(file.limits.max_in_flight, |cap| *cap.get_ref());
+            let pool = file.backends.iter().find(|b| b.name.get_ref() == tenant.backend.get_ref());
+            if let Some(pool) = pool.filter(|b| in_flight >= b.max_connections) {
+                let msg = format!(
+                    "tenant {id:?} may have {in_flight} commands in flight, as many as backend {:?} has connections \
+                     ({}): its slow commands alone can keep every other tenant waiting",
+                    pool.name.get_ref(),
+                    pool.max_connections
+                );
+                c.warn(Some(&tenant.id), format!("tenants[{i}].max_in_flight"), msg);
+            }
             let built = Tenant {
                 id: id.clone(),
                 value,
@@ -852,6 +863,22 @@ mod tests {
 
     fn errors(rules: &str) -> Vec<String> {
         compiled(rules).errors.iter().map(|p| format!("{}@{:?}: {}", p.key, p.line, p.message)).collect()
+    }
+
+    #[test]
+    fn a_tenant_that_could_fill_its_backend_pool_is_warned_about() {
+        let rules = "[[rules]]\ndatabase = \"app\"\nmode = \"field\"\n";
+        let quiet = compiled(rules);
+        assert!(!quiet.warnings.iter().any(|w| w.key.ends_with("max_in_flight")), "{:?}", quiet.warnings);
+        let text = format!("{HEAD}{rules}").replacen(
+            "mongodb://127.0.0.1:1\"\n",
+            "mongodb://127.0.0.1:1\"\nmax_connections = 8\n",
+            1,
+        );
+        let file = crate::config::parse(&text, Path::new("t.toml")).expect("parses");
+        let small_pool = compile(&file, &text, Path::new("t.toml"), Secrets::Skip);
+        let warned: Vec<_> = small_pool.warnings.iter().filter(|w| w.key.ends_with("max_in_flight")).collect();
+        assert_eq!(warned.len(), 2, "both tenants' 32 in flight exceed 8 connections: {:?}", small_pool.warnings);
     }
 
     #[test]

@@ -323,10 +323,19 @@ impl Policy {
     /// Whether database `db`, as a client names it, is some tenant's real database under a database rule's
     /// template (`globex_app`).
     pub fn is_real_database(&self, db: &str) -> bool {
+        self.real_database_owner(db, None)
+    }
+
+    /// Whether `db` is the real database a rule's template gives some tenant other than `except` (all tenants with
+    /// `None`).
+    pub fn real_database_owner(&self, db: &str, except: Option<&str>) -> bool {
         self.rules.iter().any(|rule| {
             matches!(rule.placement, Placement::Database(_))
                 && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(db)).is_some_and(|(tenant, name)| {
-                    self.tenants.contains_key(tenant) && rule.applies_to(tenant) && rule.database.matches(name)
+                    except != Some(tenant)
+                        && self.tenants.contains_key(tenant)
+                        && rule.applies_to(tenant)
+                        && rule.database.matches(name)
                 })
         })
     }
@@ -334,12 +343,20 @@ impl Policy {
     /// Whether collection `collection` of `db`, as a client names it, is some tenant's real collection under a
     /// collection rule's template (`globex__invoices`).
     pub fn is_real_collection(&self, db: &str, collection: &str) -> bool {
+        self.real_collection_owner(db, collection, None)
+    }
+
+    /// Whether `collection` of `db` is the real collection a rule's template gives some tenant other than `except`.
+    pub fn real_collection_owner(&self, db: &str, collection: &str, except: Option<&str>) -> bool {
         self.rules.iter().any(|rule| {
             matches!(rule.placement, Placement::Collection(_))
                 && rule.database.matches(db)
                 && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(collection)).is_some_and(
                     |(tenant, name)| {
-                        self.tenants.contains_key(tenant) && rule.applies_to(tenant) && rule.collection.matches(name)
+                        except != Some(tenant)
+                            && self.tenants.contains_key(tenant)
+                            && rule.applies_to(tenant)
+                            && rule.collection.matches(name)
                     },
                 )
         })
