@@ -26,6 +26,9 @@ impl ProxyProcess {
             .arg(policy)
             // Warnings (the open-file limit, policy hints) would interleave with the tables; errors still show.
             .env("RUST_LOG", "tenantwall=error")
+            // TW_PROXY_WORKERS sets the proxy's async worker threads alone (tokio reads TOKIO_WORKER_THREADS), to
+            // compare runtime shapes without changing the load generator's.
+            .envs(std::env::var("TW_PROXY_WORKERS").ok().map(|n| ("TOKIO_WORKER_THREADS", n)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
