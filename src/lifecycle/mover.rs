@@ -171,6 +171,8 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
         return Ok(MoveReport { unchanged: true, ..MoveReport::default() });
     }
     let new = Policy::from_toml(&new_text, &options.policy).map_err(|e| MoveError::NewPolicy(e.to_string()))?;
+    // Whatever the text edit did, only this tenant's placement may differ.
+    placement::others_unchanged(&old, &new, &tenant.id)?;
     let new_backend = new.tenant(&tenant.id).map(|t| t.backend.clone()).unwrap_or_default();
     let timeouts = Timeouts::from_limits(&old.limits);
     let mut clients = Clients {

@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::{self, Mode, PolicyFile};
+use crate::policy::{Placement, Policy, Rule};
 
 /// Where a tenant is to live: the mode of its namespaces and, optionally, another backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,13 @@ pub enum EditError {
     SharedInDatabase(usize),
     #[error("the policy has no [[rules]] table to place the tenant's rules before")]
     NoRules,
+    #[error(
+        "the block `tenantwall move` wrote for tenant {0:?} is damaged ({1}): restore its `# tenantwall move: {0} \
+         begin` and `end` lines (one block) by hand, then run the move again"
+    )]
+    DamagedBlock(String, String),
+    #[error("the new policy would change what tenant {0:?} reaches ({1}); a move changes only its own tenant")]
+    OtherTenant(String, String),
 }
 
 fn begin_marker(tenant: &str) -> String {
@@ -67,16 +75,29 @@ fn end_marker(tenant: &str) -> String {
     format!("# tenantwall move: {tenant} end")
 }
 
-/// `text` with the tenant's block of rules removed (unchanged when it has none).
-fn without_block(text: &str, tenant: &str) -> String {
+/// `text` with the tenant's block of rules removed (unchanged when it has none). A block that is not exactly one
+/// begin marker followed by its end marker is refused: guessing where a damaged block ends could take the
+/// general rules (every other tenant's placement) with it.
+fn without_block(text: &str, tenant: &str) -> Result<String, EditError> {
     let (begin, end) = (begin_marker(tenant), end_marker(tenant));
+    let damaged = |why: &str| EditError::DamagedBlock(tenant.to_owned(), why.to_owned());
     let mut out = String::with_capacity(text.len());
-    let (mut inside, mut just_ended) = (false, false);
+    let (mut inside, mut just_ended, mut blocks) = (false, false, 0usize);
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_end();
         if trimmed == begin {
+            if inside {
+                return Err(damaged("a begin marker inside its block"));
+            }
+            blocks += 1;
+            if blocks > 1 {
+                return Err(damaged("more than one block"));
+            }
             inside = true;
-        } else if inside && trimmed == end {
+        } else if trimmed == end {
+            if !inside {
+                return Err(damaged("an end marker without its begin marker"));
+            }
             inside = false;
             just_ended = true;
             continue;
@@ -86,7 +107,10 @@ fn without_block(text: &str, tenant: &str) -> String {
         }
         just_ended = false;
     }
-    out
+    if inside {
+        return Err(damaged("a begin marker without its end marker"));
+    }
+    Ok(out)
 }
 
 /// A TOML basic string for `s` (names here are checked patterns: no control characters).
@@ -106,7 +130,7 @@ fn quoted(s: &str) -> String {
 /// The policy text with `tenant` placed at `to`. Returns the text unchanged when the tenant is already there.
 pub fn edit(text: &str, path: &Path, tenant: &str, to: &Destination) -> Result<String, EditError> {
     // 1. The tenant's earlier block goes: the new one is computed from the general rules alone.
-    let text = without_block(text, tenant);
+    let text = without_block(text, tenant)?;
     let file = config::parse(&text, path)?;
     let Some(tenant_config) = file.tenants.iter().find(|t| t.id.get_ref() == tenant) else {
         return Err(EditError::NoTenant(tenant.to_owned()));
@@ -200,6 +224,63 @@ fn rules_for(file: &PolicyFile, tenant: &str, to: &Destination) -> Result<Vec<St
     Ok(out)
 }
 
+/// Refuses a new policy under which any tenant other than `tenant` is governed differently: the same tenants,
+/// and each other tenant with the same settings (backend, value, limits) and the same rules, in the same order,
+/// as the policy resolves them for it. The last check before a move writes the file: whatever the text edit did,
+/// it can only have changed the moving tenant's placement.
+pub fn others_unchanged(old: &Policy, new: &Policy, tenant: &str) -> Result<(), EditError> {
+    let ids = |p: &Policy| {
+        let mut ids: Vec<String> = p.tenant_ids().map(str::to_owned).collect();
+        ids.sort();
+        ids
+    };
+    let (old_ids, new_ids) = (ids(old), ids(new));
+    if old_ids != new_ids {
+        let changed = old_ids.iter().chain(&new_ids).find(|id| !(old_ids.contains(id) && new_ids.contains(id)));
+        return Err(EditError::OtherTenant(changed.cloned().unwrap_or_default(), "added or removed".into()));
+    }
+    for other in old_ids.iter().filter(|id| id.as_str() != tenant) {
+        if old.tenant(other) != new.tenant(other) {
+            return Err(EditError::OtherTenant(other.clone(), "its backend or settings".into()));
+        }
+        let rules = |p: &Policy| p.rules_of(other).map(RuleKey::of).collect::<Vec<_>>();
+        if rules(old) != rules(new) {
+            return Err(EditError::OtherTenant(other.clone(), "its rules".into()));
+        }
+    }
+    Ok(())
+}
+
+/// What a compiled rule does, without its position in the file (a block inserted before it moves it).
+#[derive(Debug, PartialEq, Eq)]
+struct RuleKey {
+    database: String,
+    collection: String,
+    mode: Mode,
+    field: Option<String>,
+    style: Option<crate::config::Style>,
+    template: Option<String>,
+    tenants: Option<Vec<String>>,
+}
+
+impl RuleKey {
+    fn of(rule: &Rule) -> Self {
+        let (field, style) = match &rule.placement {
+            Placement::Field { field, style } => (Some(field.as_str().to_owned()), Some(*style)),
+            _ => (None, None),
+        };
+        Self {
+            database: rule.database.as_str().to_owned(),
+            collection: rule.collection.as_str().to_owned(),
+            mode: rule.mode(),
+            field,
+            style,
+            template: rule.template().map(|t| t.as_str().to_owned()),
+            tenants: rule.tenants.clone(),
+        }
+    }
+}
+
 /// Writes `text` to `path` so that a reader sees the old file or the new one, never a mix: a temporary file
 /// next to it, flushed to disk, renamed over it, and the directory flushed so the rename survives a crash.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -278,6 +359,46 @@ mod tests {
         ));
         assert!(Destination::parse("cluster").is_err());
         assert!(Destination::parse("database:").is_err());
+    }
+
+    #[test]
+    fn a_new_policy_that_changes_another_tenant_is_refused() {
+        let old = compiles(POLICY);
+        let moved = edit(POLICY, Path::new("p.toml"), "acme", &Destination::parse("database:east").unwrap()).unwrap();
+        others_unchanged(&old, &compiles(&moved), "acme").unwrap();
+        let globex_moved = POLICY.replace("id = \"globex\"\nbackend = \"main\"", "id = \"globex\"\nbackend = \"east\"");
+        assert!(matches!(
+            others_unchanged(&old, &compiles(&globex_moved), "acme"),
+            Err(EditError::OtherTenant(t, _)) if t == "globex"
+        ));
+        let rule_changed = POLICY.replace("collection = \"orders\"", "collection = \"*\"");
+        assert!(matches!(
+            others_unchanged(&old, &compiles(&rule_changed), "acme"),
+            Err(EditError::OtherTenant(t, _)) if t == "globex"
+        ));
+        let fewer = POLICY.replace("[[tenants]]\nid = \"globex\"\nbackend = \"main\"\n\n", "");
+        assert!(matches!(others_unchanged(&old, &compiles(&fewer), "acme"), Err(EditError::OtherTenant(..))));
+    }
+
+    #[test]
+    fn a_damaged_block_is_refused_never_guessed() {
+        let path = Path::new("p.toml");
+        let moved = edit(POLICY, path, "acme", &Destination::parse("database").unwrap()).unwrap();
+        let field = Destination::parse("field").unwrap();
+        let no_end = moved.replace("# tenantwall move: acme end\n", "");
+        let no_begin = moved.replace("# tenantwall move: acme begin\n", "");
+        let at = moved.find("# tenantwall move: acme begin").unwrap();
+        let end = moved.find("# tenantwall move: acme end\n").unwrap() + "# tenantwall move: acme end\n".len();
+        let mut twice = moved.clone();
+        twice.insert_str(at, &moved[at..end]);
+        for damaged in [no_end, no_begin, twice] {
+            assert!(
+                matches!(edit(&damaged, path, "acme", &field), Err(EditError::DamagedBlock(..))),
+                "accepted:\n{damaged}"
+            );
+        }
+        // Another tenant's markers are that tenant's business.
+        assert!(edit(&moved, path, "globex", &Destination::parse("database").unwrap()).is_ok());
     }
 
     #[test]
