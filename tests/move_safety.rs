@@ -33,3 +33,30 @@ fn a_block_whose_end_marker_is_gone_is_refused_and_never_takes_the_general_rules
         }
     }
 }
+
+#[test]
+fn a_tenant_moved_to_its_own_database_is_named_with_the_general_rules_template() {
+    use tenantwall::engine::{resolve, Target};
+    let path = Path::new("p.toml");
+    let real_db = |policy: &tenantwall::Policy, tenant: &str, db: &str| match resolve(policy, tenant, db, Some("o")) {
+        Ok(Target::Mapped { db, .. }) => Some(db),
+        _ => None,
+    };
+    // Every tenant's databases are named {db}_{tenant}: acme already has its own, nothing to write.
+    let general = POLICY.replace(
+        "database = \"app\"\ncollection = \"*\"\nmode = \"field\"\n",
+        "database = \"*\"\nmode = \"database\"\ntemplate = \"{db}_{tenant}\"\n",
+    );
+    let general = general.replace("[[rules]]\ndatabase = \"ref\"\ncollection = \"*\"\nmode = \"shared\"\n", "");
+    compiled(&general);
+    assert_eq!(edit(&general, path, "acme", &Destination::parse("database").unwrap()).unwrap(), general);
+    // app in field mode, crm per tenant as {db}_{tenant}: acme's app is named in that one per-tenant scheme
+    // (app_acme), not in a second one ({tenant}_{db}) under which two tenants' names could meet.
+    let mixed =
+        format!("{POLICY}\n[[rules]]\ndatabase = \"crm\"\nmode = \"database\"\ntemplate = \"{{db}}_{{tenant}}\"\n");
+    let moved = edit(&mixed, path, "acme", &Destination::parse("database").unwrap()).unwrap();
+    let policy = compiled(&moved);
+    assert_eq!(real_db(&policy, "acme", "app").as_deref(), Some("app_acme"), "{moved}");
+    assert_eq!(real_db(&policy, "acme", "crm").as_deref(), Some("crm_acme"));
+    assert_eq!(real_db(&policy, "globex", "crm").as_deref(), Some("crm_globex"));
+}

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::config::{self, Mode, PolicyFile};
+use crate::config::{self, Mode, PolicyFile, RuleConfig};
 use crate::policy::{Placement, Policy, Rule};
 
 /// Where a tenant is to live: the mode of its namespaces and, optionally, another backend.
@@ -175,7 +175,10 @@ pub fn edit(text: &str, path: &Path, tenant: &str, to: &Destination) -> Result<S
     Ok(text)
 }
 
-/// The rules giving `tenant` mode `to.mode` wherever the general rules give it another, as TOML tables.
+/// The rules giving `tenant` mode `to.mode` wherever the general rules give it another, as TOML tables. A rule
+/// written for the tenant names its databases or collections with the template the general rules use for that
+/// mode (see [`kind_template`]): a second per-tenant template next to theirs could render one tenant's name as
+/// another's real name.
 fn rules_for(file: &PolicyFile, tenant: &str, to: &Destination) -> Result<Vec<String>, EditError> {
     let mut out = Vec::new();
     let mut databases: Vec<&str> = Vec::new();
@@ -193,10 +196,13 @@ fn rules_for(file: &PolicyFile, tenant: &str, to: &Destination) -> Result<Vec<St
         }
         let (database, collection) = (rule.database.get_ref(), rule.collection.get_ref());
         let head = format!("[[rules]]\ntenants = [{}]\ndatabase = {}\n", quoted(tenant), quoted(database));
+        let template = |kind: Mode| {
+            kind_template(file, kind, database).map_or_else(String::new, |t| format!("template = {}\n", quoted(t)))
+        };
         match to.mode {
             Mode::Database => {
-                // Already the tenant's own database with the default name: nothing to override.
-                if mode == Mode::Database && rule.template.is_none() || databases.contains(&database.as_str()) {
+                // Already a database of the tenant's own, named per tenant: nothing to override.
+                if mode == Mode::Database && per_tenant(rule) || databases.contains(&database.as_str()) {
                     continue;
                 }
                 if let Some(shared) = file.rules.iter().position(|r| {
@@ -205,13 +211,18 @@ fn rules_for(file: &PolicyFile, tenant: &str, to: &Destination) -> Result<Vec<St
                     return Err(EditError::SharedInDatabase(shared));
                 }
                 databases.push(database);
-                out.push(format!("{head}mode = \"database\"\n"));
+                out.push(format!("{head}mode = \"database\"\n{}", template(Mode::Database)));
             }
             Mode::Collection => {
-                if mode == Mode::Collection && rule.template.is_none() {
+                // Collection templates always name the tenant: already a collection of its own.
+                if mode == Mode::Collection {
                     continue;
                 }
-                out.push(format!("{head}collection = {}\nmode = \"collection\"\n", quoted(collection)));
+                out.push(format!(
+                    "{head}collection = {}\nmode = \"collection\"\n{}",
+                    quoted(collection),
+                    template(Mode::Collection)
+                ));
             }
             Mode::Field | Mode::Shared => {
                 if mode == Mode::Field {
@@ -222,6 +233,21 @@ fn rules_for(file: &PolicyFile, tenant: &str, to: &Destination) -> Result<Vec<St
         }
     }
     Ok(out)
+}
+
+/// Whether a collection or database rule names its namespaces per tenant (its template, or the default one,
+/// has `{tenant}`); `{db}` alone is the same name on the tenant's own backend.
+fn per_tenant(rule: &RuleConfig) -> bool {
+    rule.template.as_ref().is_none_or(|t| t.get_ref().contains("{tenant}"))
+}
+
+/// The template the general rules use for mode `kind` (collection or database), for a rule of the tenant's own
+/// on `database`: that of the first general rule of that kind with a per-tenant template on the same database
+/// pattern, else of the first one anywhere. `None`: the default template (no such rule, or it uses the default).
+fn kind_template<'f>(file: &'f PolicyFile, kind: Mode, database: &str) -> Option<&'f str> {
+    let general = || file.rules.iter().filter(|r| r.tenants.is_none() && *r.mode.get_ref() == kind && per_tenant(r));
+    let rule = general().find(|r| r.database.get_ref() == database).or_else(|| general().next())?;
+    rule.template.as_ref().map(|t| t.get_ref().as_str())
 }
 
 /// Refuses a new policy under which any tenant other than `tenant` is governed differently: the same tenants,
@@ -399,6 +425,35 @@ mod tests {
         }
         // Another tenant's markers are that tenant's business.
         assert!(edit(&moved, path, "globex", &Destination::parse("database").unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_tenants_own_rules_use_the_general_rules_template_for_their_mode() {
+        let path = Path::new("p.toml");
+        // Every database of a tenant is already its own under the general rule: nothing to write.
+        let databases = POLICY.replace(
+            "database = \"app\"\ncollection = \"orders\"\nmode = \"field\"\n",
+            "database = \"*\"\nmode = \"database\"\ntemplate = \"{db}_{tenant}\"\n",
+        );
+        compiles(&databases);
+        assert_eq!(edit(&databases, path, "acme", &Destination::parse("database").unwrap()).unwrap(), databases);
+        // A field-mode database next to a general database rule with its own template: acme's database is named
+        // with that template, not the default one.
+        let mixed =
+            format!("{POLICY}\n[[rules]]\ndatabase = \"crm\"\nmode = \"database\"\ntemplate = \"{{db}}_{{tenant}}\"\n");
+        let moved = edit(&mixed, path, "acme", &Destination::parse("database").unwrap()).unwrap();
+        assert!(moved.contains("database = \"app\"\nmode = \"database\"\ntemplate = \"{db}_{tenant}\"\n"), "{moved}");
+        let policy = compiles(&moved);
+        let target = crate::engine::resolve(&policy, "acme", "app", Some("orders")).unwrap();
+        assert!(matches!(target, crate::engine::Target::Mapped { ref db, .. } if db == "app_acme"), "{target:?}");
+        // The same for collections.
+        let mixed = format!(
+            "{POLICY}\n[[rules]]\ndatabase = \"app\"\ncollection = \"invoices\"\nmode = \"collection\"\n\
+             template = \"{{collection}}_{{tenant}}\"\n"
+        );
+        let moved = edit(&mixed, path, "acme", &Destination::parse("collection").unwrap()).unwrap();
+        assert!(moved.contains("mode = \"collection\"\ntemplate = \"{collection}_{tenant}\"\n"), "{moved}");
+        assert_eq!(moved.matches("[[rules]]").count(), 3, "invoices is already acme's own: {moved}");
     }
 
     #[test]
