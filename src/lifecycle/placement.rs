@@ -309,17 +309,32 @@ impl RuleKey {
 
 /// Writes `text` to `path` so that a reader sees the old file or the new one, never a mix: a temporary file
 /// next to it, flushed to disk, renamed over it, and the directory flushed so the rename survives a crash.
+///
+/// The temporary file is created new (`O_CREAT | O_EXCL`, which never follows a symlink someone planted at that
+/// name) under a name no other writer can predict, with the original file's permissions from its first byte (a
+/// policy holding SCRAM verifiers is never readable by more users, not even while being written).
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tenantwall-move.{}", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            file.set_permissions(meta.permissions())?;
+    // The original's permission bits (owner only when it cannot be read).
+    let mode = std::fs::metadata(path).map_or(0o600, |meta| meta.permissions().mode() & 0o7777);
+    let mut attempts = 0;
+    let (temp, mut file) = loop {
+        let temp = dir.join(format!(".{name}.tenantwall-move.{}.{}", std::process::id(), unique_suffix()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp) {
+            Ok(file) => break (temp, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
+            Err(e) => return Err(e),
         }
+    };
+    let written = (|| {
+        // The mode given at creation is narrowed by the umask: set it exactly, on the open file, before writing.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
+        drop(file);
         std::fs::rename(&temp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -327,6 +342,17 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     written
+}
+
+/// A name part no other process can guess: a process-wide counter and 64 random bits.
+fn unique_suffix() -> String {
+    use ring::rand::SecureRandom;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut random = [0u8; 8];
+    // Without randomness the name is still unique to this process; `create_new` refuses any existing file.
+    let _ = ring::rand::SystemRandom::new().fill(&mut random);
+    format!("{count}.{:016x}", u64::from_le_bytes(random))
 }
 
 #[cfg(test)]
@@ -454,6 +480,27 @@ mod tests {
         let moved = edit(&mixed, path, "acme", &Destination::parse("collection").unwrap()).unwrap();
         assert!(moved.contains("mode = \"collection\"\ntemplate = \"{collection}_{tenant}\"\n"), "{moved}");
         assert_eq!(moved.matches("[[rules]]").count(), 3, "invoices is already acme's own: {moved}");
+    }
+
+    #[test]
+    fn the_temporary_file_is_new_unpredictable_and_never_more_readable_than_the_policy() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tw-placement-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // A link planted at the name the temporary file used to have points at a file it must not touch.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "victim").unwrap();
+        let planted = dir.join(format!(".policy.toml.tenantwall-move.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomically(&path, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
