@@ -2,9 +2,19 @@
 //! through a damaged block of the policy file, delete or copy a document another tenant reads, or create
 //! collection-wide DDL (a TTL index) on a shared collection on the tenant's behalf.
 
-use std::path::Path;
+mod common;
 
+use std::path::Path;
+use std::time::Duration;
+
+use common::{scram_entry, Backend, TempDir};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
 use tenantwall::lifecycle::placement::{edit, Destination, EditError};
+use tenantwall::{Policy, Server, ServerHandle};
+
+const TOKEN_ENV: &str = "TW_MOVE_SAFETY_TOKEN";
+const TOKEN: &str = "move-safety-token";
 
 const POLICY: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
     [[backends]]\nname = \"main\"\nuri = \"mongodb://127.0.0.1:1\"\n\n\
@@ -59,4 +69,107 @@ fn a_tenant_moved_to_its_own_database_is_named_with_the_general_rules_template()
     assert_eq!(real_db(&policy, "acme", "app").as_deref(), Some("app_acme"), "{moved}");
     assert_eq!(real_db(&policy, "acme", "crm").as_deref(), Some("crm_acme"));
     assert_eq!(real_db(&policy, "globex", "crm").as_deref(), Some("crm_globex"));
+}
+
+/// acme and globex share `app` in field mode on one backend, behind a proxy with an admin listener.
+struct Rig {
+    main: Backend,
+    _dir: TempDir,
+    policy: std::path::PathBuf,
+    proxy: ServerHandle,
+}
+
+async fn rig(label: &str) -> Rig {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let main = Backend::start();
+    let scram = scram_entry("pw");
+    let mut text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
+         [[backends]]\nname = \"main\"\nuri = \"{}\"\n\n",
+        main.uri()
+    );
+    for tenant in ["acme", "globex"] {
+        text.push_str(&format!(
+            "[[tenants]]\nid = \"{tenant}\"\nbackend = \"main\"\n\
+             users = [{{ name = \"{tenant}-app\", scram = \"{scram}\" }}]\n\n"
+        ));
+    }
+    text.push_str("[[rules]]\ndatabase = \"app\"\ncollection = \"*\"\nmode = \"field\"\n");
+    let dir = TempDir::new(label);
+    let policy = dir.write("policy.toml", &text);
+    let proxy = Server::bind(Policy::load(&policy).expect("policy"), None).await.expect("bind").spawn();
+    Rig { main, _dir: dir, policy, proxy }
+}
+
+async fn client(addr: std::net::SocketAddr, tenant: &str) -> mongodb::Client {
+    let uri = format!("mongodb://{tenant}-app:pw@{addr}/?authSource=admin");
+    let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    mongodb::Client::with_options(options).unwrap()
+}
+
+async fn direct(backend: &Backend) -> mongodb::Client {
+    let mut options = mongodb::options::ClientOptions::parse(backend.uri()).await.unwrap();
+    options.direct_connection = Some(true);
+    mongodb::Client::with_options(options).unwrap()
+}
+
+/// The `_id`s of `db.coll` as `client` sees them, sorted.
+async fn ids(client: &mongodb::Client, db: &str, coll: &str) -> Vec<String> {
+    let cursor = client.database(db).collection::<Document>(coll).find(doc! {}).await.unwrap();
+    let all: Vec<Document> = cursor.try_collect().await.unwrap();
+    let mut out: Vec<String> = all.iter().map(|d| d.get_str("_id").unwrap_or_default().to_owned()).collect();
+    out.sort();
+    out
+}
+
+/// `tenantwall move` of acme, as its own process.
+async fn mover(rig: &Rig, to: &str, extra: &[&str]) -> (bool, String, String) {
+    let admin = rig.proxy.admin_addr().expect("admin listener").to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantwall"))
+        .args(["move", "--policy"])
+        .arg(&rig.policy)
+        .args(["--tenant", "acme", "--to", to, "--admin", &admin])
+        .args(extra)
+        .env(TOKEN_ENV, TOKEN)
+        .output()
+        .await
+        .expect("mover");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("mover to {to}: {:?}\n{stdout}\n{stderr}", out.status);
+    (out.status.success(), stdout.into_owned(), stderr.into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_never_copies_or_deletes_a_document_whose_tenant_field_also_names_another_tenant() {
+    let rig = rig("move-safety-array").await;
+    let (acme, globex) = (client(rig.proxy.addr(), "acme").await, client(rig.proxy.addr(), "globex").await);
+    acme.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "a-1" }).await.unwrap();
+    globex.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "g-1" }).await.unwrap();
+    // A document written before the proxy (or by hand) whose tenant field names both tenants: on MongoDB the
+    // proxy's `{tenantId: {$eq: v}}` matches it for each of them, so both read it.
+    let direct = direct(&rig.main).await;
+    let orders = direct.database("app").collection::<Document>("orders");
+    orders.insert_one(doc! { "_id": "both-1", "tenantId": ["acme", "globex"] }).await.unwrap();
+    let policy_before = std::fs::read_to_string(&rig.policy).unwrap();
+
+    // The move is refused before the hold, naming the problem and no value; nothing is copied or deleted.
+    let (ok, stdout, stderr) = mover(&rig, "database", &["--delete-source"]).await;
+    assert!(!ok, "a move over a document two tenants read went ahead:\n{stdout}");
+    assert!(stderr.contains("app.orders") && stderr.contains("not exactly the tenant's value"), "{stderr}");
+    assert!(!stderr.contains("globex") && !stdout.contains("globex"), "another tenant's value was printed");
+    assert!(!stdout.contains("held"), "refused before the hold:\n{stdout}");
+    assert_eq!(std::fs::read_to_string(&rig.policy).unwrap(), policy_before);
+    assert_eq!(ids(&direct, "app", "orders").await, ["a-1", "both-1", "g-1"]);
+    assert!(ids(&direct, "acme_app", "orders").await.is_empty());
+
+    // Once the document is globex's alone, acme moves, and --delete-source removes acme's documents only.
+    orders.update_one(doc! { "_id": "both-1" }, doc! { "$set": { "tenantId": "globex" } }).await.unwrap();
+    let (ok, stdout, stderr) = mover(&rig, "database", &["--delete-source"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(ids(&direct, "app", "orders").await, ["both-1", "g-1"]);
+    assert_eq!(ids(&direct, "acme_app", "orders").await, ["a-1"]);
+    assert_eq!(ids(&globex, "app", "orders").await, ["both-1", "g-1"]);
+    assert_eq!(ids(&acme, "app", "orders").await, ["a-1"]);
 }

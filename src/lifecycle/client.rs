@@ -232,6 +232,26 @@ impl ServiceClient {
         Cursor::open(self, "find", db, collection, &reply, batch_size)
     }
 
+    /// Like [`ServiceClient::find`] with an explicit `collation` (e.g. `{locale: "simple"}`, so that a
+    /// collection's default collation never loosens the filter).
+    pub async fn find_collated(
+        &mut self,
+        db: &str,
+        collection: &str,
+        filter: RawDocumentBuf,
+        collation: RawDocumentBuf,
+        batch_size: i32,
+    ) -> Result<Cursor, ClientError> {
+        let body = bson::rawdoc! {
+            "find": collection,
+            "filter": filter,
+            "collation": collation,
+            "batchSize": batch_size.max(1),
+        };
+        let reply = self.command(db, body).await?;
+        Cursor::open(self, "find", db, collection, &reply, batch_size)
+    }
+
     /// Opens an `aggregate` cursor on `db.collection` returning `batch_size` documents per batch.
     pub async fn aggregate(
         &mut self,

@@ -25,10 +25,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::client::{ClientError, ServiceClient, Timeouts, DEFAULT_BATCH_SIZE};
 use super::placement::{self, Destination, EditError};
 use crate::backend::BackendTarget;
+use crate::engine::filter::tenant_condition;
 use crate::engine::raw::replace_fields;
 use crate::engine::{resolve, Target};
 use crate::policy::compile::RESERVED_DATABASES;
-use crate::policy::{Placement, Policy};
+use crate::policy::{FieldName, Placement, Policy};
 
 /// Test-only failpoint: seconds to pause after the copy is verified and before the policy is switched, so a
 /// test can kill the mover at its worst moment.
@@ -183,6 +184,11 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
     for step in &steps {
         progress(format!("plan: {} from {} to {}", step.visible, step.from.namespace(), step.to.namespace()));
     }
+    // The tenant's documents must be selectable exactly as the proxy selects them, at both ends.
+    for step in &steps {
+        check_shared(&mut clients.source, &step.from, &tenant.value, old.collation_safe).await?;
+        check_shared(&mut clients.dest, &step.to, &tenant.value, new.collation_safe).await?;
+    }
     // Left over from an attempt that stopped before its switch: the destination is nobody's yet.
     for step in &steps {
         remove_copy(&mut clients.dest, &step.to, &tenant.value).await?;
@@ -206,8 +212,8 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
         Ok(_) => Err(MoveError::OutOfTime),
         Err(e) => Err(e),
     };
-    let documents = match copied {
-        Ok(documents) => documents,
+    let verified = match copied {
+        Ok(verified) => verified,
         Err(e) => return Err(abandon(e, &admin, &tenant.id, hold_id, &steps, &mut clients, &tenant.value).await),
     };
     if let Some(pause) = std::env::var(PAUSE_ENV).ok().and_then(|s| s.parse::<u64>().ok()) {
@@ -253,13 +259,14 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
         held.map_or(0, |h| h.as_millis())
     ));
     if options.delete_source {
-        for step in &steps {
-            remove_copy(&mut clients.source, &step.from, &tenant.value)
+        for (step, copied) in steps.iter().zip(&verified) {
+            delete_source(&mut clients.source, &step.from, &tenant.value, *copied)
                 .await
                 .map_err(|e| MoveError::SourceNotRemoved(format!("{}: {e}", step.from.namespace())))?;
             progress(format!("removed the source copy {}", step.from.namespace()));
         }
     }
+    let documents = verified.iter().map(|(count, _)| count).sum();
     Ok(MoveReport { namespaces: steps.len(), documents, held, generation, unchanged: false })
 }
 
@@ -313,8 +320,7 @@ async fn plan(
             if from.field.is_some() {
                 // A shared collection without the tenant's documents holds nothing of it to move.
                 let value = &old.tenant(tenant).ok_or_else(|| MoveError::Plan(format!("no tenant {tenant:?}")))?.value;
-                let filter = filter_of(&from, value)?;
-                let mut cursor = source.find(&from.db, &from.coll, filter, None, 1).await?;
+                let mut cursor = open(source, &from, value, None, 1).await?;
                 let any = cursor.next_batch(source).await?.is_some_and(|b| !b.is_empty());
                 cursor.close(source).await?;
                 if !any {
@@ -364,11 +370,124 @@ fn visible_of(policy: &Policy, tenant: &str, backend: &str, db: &str, coll: &str
     None
 }
 
-/// The tenant's documents at `place`: those carrying its value in a shared collection, or all of its own.
+/// The tenant's documents at `place`: in a shared collection, the proxy's own tenant condition
+/// (`{<field>: {$eq: <value>}}`, see [`tenant_condition`]), always sent with [`simple`] collation; in the
+/// tenant's own collection, all of them.
 fn filter_of(place: &Place, value: &crate::policy::TenantValue) -> Result<RawDocumentBuf, MoveError> {
     let Some(field) = &place.field else { return Ok(RawDocumentBuf::new()) };
-    let value = RawBson::try_from(value.bson().clone()).map_err(|e| MoveError::Plan(e.to_string()))?;
-    Ok(replace_fields(&RawDocumentBuf::new(), &[(field.as_str(), Some(value))]))
+    Ok(tenant_condition(&field_name(field)?, value.raw()))
+}
+
+fn field_name(field: &str) -> Result<FieldName, MoveError> {
+    FieldName::new(field).map_err(MoveError::Plan)
+}
+
+/// `{locale: "simple"}`: sent with every read and delete of a shared collection, so that a collection's default
+/// collation can never make another tenant's value equal to this one.
+fn simple() -> RawDocumentBuf {
+    bson::rawdoc! { "locale": "simple" }
+}
+
+/// Opens a cursor on the tenant's documents at `place`.
+async fn open(
+    client: &mut ServiceClient,
+    place: &Place,
+    value: &crate::policy::TenantValue,
+    filter: Option<RawDocumentBuf>,
+    batch_size: i32,
+) -> Result<super::client::Cursor, MoveError> {
+    let filter = match filter {
+        Some(filter) => filter,
+        None => filter_of(place, value)?,
+    };
+    Ok(match place.field {
+        Some(_) => client.find_collated(&place.db, &place.coll, filter, simple(), batch_size).await?,
+        None => client.find(&place.db, &place.coll, filter, None, batch_size).await?,
+    })
+}
+
+/// Checks that every tenant field of `doc` (read at `place` with the tenant's condition) is exactly the tenant's
+/// value. Anything else — an array holding the value, which the server's `$eq` matches and the proxy then shows
+/// to every tenant the array names, or a value equal only under a collation the server applied anyway — is a
+/// document the move cannot take or leave without changing what some tenant reads.
+fn check_tenant_field(doc: &RawDocument, place: &Place, value: &crate::policy::TenantValue) -> Result<(), MoveError> {
+    let Some(field) = &place.field else { return Ok(()) };
+    let mut seen = false;
+    for element in doc.iter_elements() {
+        let Ok(element) = element else { return Err(not_exact(place)) };
+        if element.key().as_str() != field.as_str() {
+            continue;
+        }
+        match element.value() {
+            Ok(v) if value.matches(v) => seen = true,
+            _ => return Err(not_exact(place)),
+        }
+    }
+    if seen {
+        Ok(())
+    } else {
+        Err(not_exact(place))
+    }
+}
+
+fn not_exact(place: &Place) -> MoveError {
+    MoveError::Plan(format!(
+        "{}: a document the tenant's condition matches has a {} that is not exactly the tenant's value (an array, \
+         or a value equal only under a collation); it may be another tenant's too, so the move copies and deletes \
+         nothing: fix the document (tenantwall audit lists it) and run the move again",
+        place.namespace(),
+        place.field.as_deref().unwrap_or_default()
+    ))
+}
+
+/// Refuses a shared collection the move cannot select the tenant's documents in exactly as the proxy does: one
+/// whose default collation is not simple (unless no collation can make two tenants' values equal), or one where
+/// a document the tenant's condition matches has an array for a tenant field (MongoDB's `$eq` matches an array
+/// holding the value: that document is read by every tenant it names).
+async fn check_shared(
+    client: &mut ServiceClient,
+    place: &Place,
+    value: &crate::policy::TenantValue,
+    collation_safe: bool,
+) -> Result<(), MoveError> {
+    let Some(field) = &place.field else { return Ok(()) };
+    if !collation_safe {
+        let collections = client.list_collections(&place.db).await?;
+        let info = collections.iter().find(|c| c.name == place.coll);
+        if let Some(info) = info.filter(|info| !is_simple(&info.options)) {
+            return Err(MoveError::Plan(format!(
+                "{}: the {} collection has a non-simple default collation, under which the proxy's tenant \
+                 condition can match other tenants' values, and this policy's tenant values are not provably \
+                 distinct under every collation (collation_safe); the move cannot select the tenant's documents \
+                 exactly",
+                place.namespace(),
+                info.kind
+            )));
+        }
+    }
+    let mut clauses = bson::RawArrayBuf::new();
+    clauses.push(filter_of(place, value)?);
+    clauses.push(replace_fields(
+        &RawDocumentBuf::new(),
+        &[(field.as_str(), Some(RawBson::Document(bson::rawdoc! { "$type": "array" })))],
+    ));
+    let arrays = bson::rawdoc! { "$and": clauses };
+    let mut cursor = open(client, place, value, Some(arrays), 1).await?;
+    let any = cursor.next_batch(client).await?.is_some_and(|b| !b.is_empty());
+    cursor.close(client).await?;
+    if any {
+        return Err(not_exact(place));
+    }
+    Ok(())
+}
+
+/// Whether collection options leave the default collation simple.
+fn is_simple(options: &RawDocument) -> bool {
+    match options.get("collation") {
+        Ok(None) => true,
+        Ok(Some(bson::RawBsonRef::Document(c))) => c.get_str("locale").is_ok_and(|l| l == "simple"),
+        _ => false,
+    }
 }
 
 /// Removes the tenant's copy at `place`: its documents in a shared collection, or its own collection.
@@ -379,8 +498,13 @@ async fn remove_copy(
 ) -> Result<(), MoveError> {
     match &place.field {
         Some(_) => {
+            // Never delete a document another tenant reads too.
+            check_shared(client, place, value, true).await?;
             let filter = filter_of(place, value)?;
-            let body = bson::rawdoc! { "delete": place.coll.as_str(), "deletes": [{ "q": filter, "limit": 0 }] };
+            let body = bson::rawdoc! {
+                "delete": place.coll.as_str(),
+                "deletes": [{ "q": filter, "limit": 0, "collation": simple() }],
+            };
             client.command(&place.db, body).await?;
         }
         None => match client.command(&place.db, bson::rawdoc! { "drop": place.coll.as_str() }).await {
@@ -394,14 +518,14 @@ async fn remove_copy(
     Ok(())
 }
 
-/// Copies, indexes and verifies every step; the number of documents copied.
+/// Copies, indexes and verifies every step; for each, the number of documents copied and their digest.
 async fn copy_all(
     steps: &[Step],
     clients: &mut Clients,
     value: &crate::policy::TenantValue,
     progress: &mut dyn FnMut(String),
-) -> Result<u64, MoveError> {
-    let mut total = 0;
+) -> Result<Vec<(u64, [u8; 32])>, MoveError> {
+    let mut verified = Vec::with_capacity(steps.len());
     for step in steps {
         let copied = copy(step, clients, value).await?;
         indexes(step, clients).await?;
@@ -422,9 +546,55 @@ async fn copy_all(
             });
         }
         progress(format!("copied {}: {copied} documents, digest {}", step.visible, hex(&source_digest)));
-        total += copied;
+        verified.push((copied, source_digest));
     }
-    Ok(total)
+    Ok(verified)
+}
+
+/// `--delete-source`, after the switch: removes the tenant's copy at `place` only while it is exactly the set
+/// that was copied and verified (same count, same digest, every tenant field exactly the tenant's value), and
+/// checks that the delete removed exactly that many documents. After the switch the proxy sends none of the
+/// tenant's writes here and stamps every other tenant's writes with their own value, so only a writer that
+/// bypasses the proxy could change the set between this check and the delete; the count tells if one did.
+async fn delete_source(
+    client: &mut ServiceClient,
+    place: &Place,
+    value: &crate::policy::TenantValue,
+    (copied, copied_digest): (u64, [u8; 32]),
+) -> Result<(), MoveError> {
+    check_shared(client, place, value, true).await?;
+    let (count, digest) = digest_of(client, place, value).await?;
+    if count != copied || digest != copied_digest {
+        return Err(MoveError::Verify {
+            namespace: place.namespace(),
+            detail: format!(
+                "the source changed since it was copied ({count} documents now, {copied} copied); nothing deleted"
+            ),
+        });
+    }
+    if place.field.is_none() {
+        return remove_copy(client, place, value).await;
+    }
+    let body = bson::rawdoc! {
+        "delete": place.coll.as_str(),
+        "deletes": [{ "q": filter_of(place, value)?, "limit": 0, "collation": simple() }],
+    };
+    let reply = client.command(&place.db, body).await?;
+    let deleted = match reply.get("n") {
+        Ok(Some(bson::RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
+        Ok(Some(bson::RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
+        _ => None,
+    };
+    if deleted != Some(copied) || reply.get("writeErrors").ok().flatten().is_some() {
+        return Err(MoveError::Verify {
+            namespace: place.namespace(),
+            detail: format!(
+                "{} documents deleted where {copied} were copied: a writer outside the proxy changed the source",
+                deleted.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string())
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `doc` as it is stored at `to`: the tenant field removed, then stamped again when `to` is field mode.
@@ -447,8 +617,7 @@ fn reshape(
 
 /// Copies the tenant's documents of one step in batches, ids kept; the number copied.
 async fn copy(step: &Step, clients: &mut Clients, value: &crate::policy::TenantValue) -> Result<u64, MoveError> {
-    let filter = filter_of(&step.from, value)?;
-    let mut cursor = clients.source.find(&step.from.db, &step.from.coll, filter, None, DEFAULT_BATCH_SIZE).await?;
+    let mut cursor = open(&mut clients.source, &step.from, value, None, DEFAULT_BATCH_SIZE).await?;
     let mut copied = 0u64;
     while let Some(batch) = cursor.next_batch(&mut clients.source).await? {
         if batch.is_empty() {
@@ -456,6 +625,7 @@ async fn copy(step: &Step, clients: &mut Clients, value: &crate::policy::TenantV
         }
         let mut documents = bson::RawArrayBuf::new();
         for doc in &batch {
+            check_tenant_field(doc, &step.from, value)?;
             documents.push(reshape(doc, &step.from, &step.to, value)?);
         }
         let body = bson::rawdoc! { "insert": step.to.coll.as_str(), "documents": documents, "ordered": true };
@@ -536,11 +706,11 @@ async fn digest_of(
     place: &Place,
     value: &crate::policy::TenantValue,
 ) -> Result<(u64, [u8; 32]), MoveError> {
-    let filter = filter_of(place, value)?;
-    let mut cursor = client.find(&place.db, &place.coll, filter, None, DEFAULT_BATCH_SIZE).await?;
+    let mut cursor = open(client, place, value, None, DEFAULT_BATCH_SIZE).await?;
     let (mut count, mut sum) = (0u64, [0u8; 32]);
     while let Some(batch) = cursor.next_batch(client).await? {
         for doc in &batch {
+            check_tenant_field(doc, place, value)?;
             let bare = match &place.field {
                 Some(field) => replace_fields(doc, &[(field.as_str(), None)]),
                 None => doc.clone(),
@@ -636,6 +806,34 @@ mod tests {
         one[31] = 1;
         add_into(&mut wrap, &one);
         assert_eq!(wrap, [0u8; 32], "modulo 2^256");
+    }
+
+    #[test]
+    fn the_mover_selects_with_the_proxys_condition_and_takes_only_exact_tenant_fields() {
+        let value = crate::policy::TenantValue::new(bson::Bson::String("acme".into())).unwrap();
+        let shared =
+            Place { backend: "a".into(), db: "app".into(), coll: "orders".into(), field: Some("tenantId".into()) };
+        assert_eq!(filter_of(&shared, &value).unwrap(), bson::rawdoc! { "tenantId": { "$eq": "acme" } });
+        assert!(check_tenant_field(&bson::rawdoc! { "_id": 1, "tenantId": "acme" }, &shared, &value).is_ok());
+        for doc in [
+            bson::rawdoc! { "_id": 1, "tenantId": ["acme", "globex"] },
+            bson::rawdoc! { "_id": 1, "tenantId": ["acme"] },
+            bson::rawdoc! { "_id": 1, "tenantId": "ACME" },
+            bson::rawdoc! { "_id": 1 },
+            bson::rawdoc! { "_id": 1, "tenantId": "acme", "tenantId": "globex" },
+        ] {
+            let refused = check_tenant_field(&doc, &shared, &value).unwrap_err().to_string();
+            assert!(!refused.contains("globex") && !refused.contains("ACME"), "no value printed: {refused}");
+        }
+        // Numeric tenant values compare as the server compares them.
+        let five = crate::policy::TenantValue::new(bson::Bson::Int64(5)).unwrap();
+        assert!(check_tenant_field(&bson::rawdoc! { "tenantId": 5 }, &shared, &five).is_ok());
+        assert!(check_tenant_field(&bson::rawdoc! { "tenantId": [5] }, &shared, &five).is_err());
+        // A collection's default collation.
+        assert!(is_simple(&bson::rawdoc! {}));
+        assert!(is_simple(&bson::rawdoc! { "collation": { "locale": "simple" } }));
+        assert!(!is_simple(&bson::rawdoc! { "collation": { "locale": "en", "strength": 2 } }));
+        assert!(!is_simple(&bson::rawdoc! { "collation": "en" }));
     }
 
     #[test]
