@@ -173,3 +173,70 @@ async fn a_move_never_copies_or_deletes_a_document_whose_tenant_field_also_names
     assert_eq!(ids(&globex, "app", "orders").await, ["both-1", "g-1"]);
     assert_eq!(ids(&acme, "app", "orders").await, ["a-1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_back_to_a_shared_collection_never_creates_a_ttl_index_there_and_stops_before_the_hold() {
+    let rig = rig("move-safety-ttl").await;
+    let (acme, globex) = (client(rig.proxy.addr(), "acme").await, client(rig.proxy.addr(), "globex").await);
+    acme.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "a-1" }).await.unwrap();
+    globex.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "g-1" }).await.unwrap();
+    let ttl = mongodb::IndexModel::builder()
+        .keys(doc! { "createdAt": 1 })
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .expire_after(Duration::from_secs(0))
+                .name("created_ttl".to_owned())
+                .build(),
+        )
+        .build();
+    // On the shared collection the proxy refuses a TTL index: it would delete every tenant's documents.
+    let refused = acme.database("app").collection::<Document>("orders").create_index(ttl.clone()).await;
+    assert!(refused.is_err(), "the proxy created a TTL index on a shared collection");
+
+    let (ok, stdout, stderr) = mover(&rig, "database", &[]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    // In its own database it is acme's business.
+    acme.database("app").collection::<Document>("orders").create_index(ttl).await.expect("own database: allowed");
+    let direct = direct(&rig.main).await;
+    let names = |indexes: &[mongodb::IndexModel]| -> Vec<String> {
+        indexes.iter().filter_map(|i| i.options.as_ref()?.name.clone()).collect()
+    };
+    let own: Vec<mongodb::IndexModel> = direct
+        .database("acme_app")
+        .collection::<Document>("orders")
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ttl_name = own
+        .iter()
+        .find(|i| i.options.as_ref().is_some_and(|o| o.expire_after.is_some()))
+        .and_then(|i| i.options.as_ref()?.name.clone())
+        .unwrap_or_else(|| panic!("no TTL index in acme's own collection: {:?}", names(&own)));
+    let policy_before = std::fs::read_to_string(&rig.policy).unwrap();
+
+    // Back to the shared collection: refused in the plan, naming the index; nothing held, copied or changed.
+    let (ok, stdout, stderr) = mover(&rig, "field", &[]).await;
+    assert!(!ok, "moved back with a TTL index:\n{stdout}");
+    assert!(stderr.contains(&format!("index {ttl_name}")) && stderr.contains("TTL"), "{stderr}");
+    assert!(!stdout.contains("held"), "refused before the hold:\n{stdout}");
+    assert_eq!(std::fs::read_to_string(&rig.policy).unwrap(), policy_before);
+    let shared: Vec<mongodb::IndexModel> = direct
+        .database("app")
+        .collection::<Document>("orders")
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        !shared.iter().any(|i| i.options.as_ref().is_some_and(|o| o.expire_after.is_some())),
+        "a TTL index on the shared collection: {:?}",
+        names(&shared)
+    );
+    assert_eq!(ids(&direct, "app", "orders").await, ["a-1", "g-1"], "acme's old copy and globex's, untouched");
+    assert_eq!(ids(&acme, "app", "orders").await, ["a-1"], "acme still reads its own database");
+}

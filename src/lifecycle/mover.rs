@@ -25,11 +25,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::client::{ClientError, ServiceClient, Timeouts, DEFAULT_BATCH_SIZE};
 use super::placement::{self, Destination, EditError};
 use crate::backend::BackendTarget;
+use crate::command::Command;
+use crate::engine::decide::Decision;
 use crate::engine::filter::tenant_condition;
 use crate::engine::raw::replace_fields;
 use crate::engine::{resolve, Target};
 use crate::policy::compile::RESERVED_DATABASES;
-use crate::policy::{FieldName, Placement, Policy};
+use crate::policy::{FieldName, Placement, Policy, Tenant};
 
 /// Test-only failpoint: seconds to pause after the copy is verified and before the policy is switched, so a
 /// test can kill the mover at its worst moment.
@@ -150,6 +152,9 @@ impl Place {
 #[derive(Debug, Clone)]
 struct Step {
     visible: String,
+    /// The visible database and collection (`visible` is `vdb.vcoll`).
+    vdb: String,
+    vcoll: String,
     from: Place,
     to: Place,
 }
@@ -184,10 +189,13 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
     for step in &steps {
         progress(format!("plan: {} from {} to {}", step.visible, step.from.namespace(), step.to.namespace()));
     }
-    // The tenant's documents must be selectable exactly as the proxy selects them, at both ends.
+    // The tenant's documents must be selectable exactly as the proxy selects them, at both ends, and every
+    // index must be one the proxy would create for the tenant at the destination.
+    let new_tenant = new.tenant(&tenant.id).cloned().ok_or_else(|| EditError::NoTenant(tenant.id.clone()))?;
     for step in &steps {
         check_shared(&mut clients.source, &step.from, &tenant.value, old.collation_safe).await?;
         check_shared(&mut clients.dest, &step.to, &tenant.value, new.collation_safe).await?;
+        planned_indexes(step, &mut clients.source, &new, &new_tenant).await?;
     }
     // Left over from an attempt that stopped before its switch: the destination is nobody's yet.
     for step in &steps {
@@ -206,7 +214,7 @@ pub async fn run(options: &MoveOptions, progress: &mut dyn FnMut(String)) -> Res
         tenant.id,
         hold.get("drained_ms").and_then(serde_json::Value::as_u64).unwrap_or(0)
     ));
-    let copied = copy_all(&steps, &mut clients, &tenant.value, progress).await;
+    let copied = copy_all(&steps, &mut clients, (&new, &new_tenant), progress).await;
     let copied = match copied {
         Ok(copied) if Instant::now() + SWITCH_MARGIN <= deadline => Ok(copied),
         Ok(_) => Err(MoveError::OutOfTime),
@@ -340,7 +348,7 @@ async fn plan(
             if to.backend == from.backend && to.db == from.db && to.coll == from.coll {
                 return Err(MoveError::Plan(format!("{visible}: source and destination are one collection")));
             }
-            steps.push(Step { visible, from, to });
+            steps.push(Step { visible, vdb, vcoll, from, to });
         }
     }
     Ok(steps)
@@ -522,13 +530,22 @@ async fn remove_copy(
 async fn copy_all(
     steps: &[Step],
     clients: &mut Clients,
-    value: &crate::policy::TenantValue,
+    (new, tenant): (&Policy, &Tenant),
     progress: &mut dyn FnMut(String),
 ) -> Result<Vec<(u64, [u8; 32])>, MoveError> {
+    let value = &tenant.value;
     let mut verified = Vec::with_capacity(steps.len());
     for step in steps {
         let copied = copy(step, clients, value).await?;
-        indexes(step, clients).await?;
+        let indexes = planned_indexes(step, &mut clients.source, new, tenant).await?;
+        if !indexes.is_empty() {
+            let mut create = bson::RawArrayBuf::new();
+            for index in indexes {
+                create.push(index);
+            }
+            let body = bson::rawdoc! { "createIndexes": step.to.coll.as_str(), "indexes": create };
+            clients.dest.command(&step.to.db, body).await?;
+        }
         let (source_count, source_digest) = digest_of(&mut clients.source, &step.from, value).await?;
         let (dest_count, dest_digest) = digest_of(&mut clients.dest, &step.to, value).await?;
         if source_count != copied || dest_count != source_count {
@@ -646,55 +663,101 @@ async fn copy(step: &Step, clients: &mut Clients, value: &crate::policy::TenantV
     Ok(copied)
 }
 
-/// The source's indexes, as the destination needs them: a per-tenant unique index of a shared collection
-/// (`{<field>: 1, ...key}`) is the plain unique index in the tenant's own collection, and the other way round;
-/// an index on the tenant field alone means nothing in a collection of one tenant.
-async fn indexes(step: &Step, clients: &mut Clients) -> Result<(), MoveError> {
-    let specs = match clients.source.list_indexes(&step.from.db, &step.from.coll).await {
+/// The source's indexes as the destination needs them, each exactly as the proxy would create it if the tenant
+/// sent `createIndexes` for it on its visible namespace under the new policy (the same checks, the same
+/// rewrite: on a shared collection no TTL or partial index, a unique index made per tenant as
+/// `{<field>: 1, ...key}`, unique on the tenant field alone refused, a collation checked). From a shared
+/// collection into the tenant's own, the tenant field leaves the key (a per-tenant unique index
+/// `{<field>: 1, sku: 1}` is the plain unique `{sku: 1}`; an index on the tenant field alone means nothing
+/// there). Every option is carried; an index that cannot be carried stops the move, naming it.
+async fn planned_indexes(
+    step: &Step,
+    source: &mut ServiceClient,
+    new: &Policy,
+    tenant: &Tenant,
+) -> Result<Vec<RawDocumentBuf>, MoveError> {
+    let specs = match source.list_indexes(&step.from.db, &step.from.coll).await {
         Ok(specs) => specs,
-        Err(e) if e.is_unsupported() => return Ok(()),
+        Err(e) if e.is_unsupported() => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    let mut create = bson::RawArrayBuf::new();
-    let mut any = false;
+    let mut out = Vec::new();
     for spec in &specs {
-        let (Ok(key), Ok(name)) = (spec.get_document("key"), spec.get_str("name")) else { continue };
-        if name == "_id_" {
-            continue;
+        if let Some(index) = index_for(step, spec, new, tenant)? {
+            out.push(index);
         }
-        let unique = matches!(spec.get("unique"), Ok(Some(bson::RawBsonRef::Boolean(true))));
-        let first = key.iter().next().and_then(Result::ok).map(|(k, _)| k.as_str().to_owned());
-        let key = match (&step.from.field, &step.to.field) {
-            (Some(field), None) if first.as_deref() == Some(field.as_str()) => {
-                let rest = replace_fields(key, &[(field.as_str(), None)]);
-                if rest.is_empty() {
-                    continue;
-                }
-                rest
-            }
-            (None, Some(field)) if unique && first.as_deref() != Some(field.as_str()) => {
-                let mut out = replace_fields(&RawDocumentBuf::new(), &[(field.as_str(), Some(RawBson::Int32(1)))]);
-                for (name, direction) in key.iter().filter_map(Result::ok) {
-                    out.append(name, direction);
-                }
-                out
-            }
-            _ => key.to_owned(),
-        };
-        let mut index = bson::rawdoc! { "key": key, "name": name };
-        for option in ["unique", "sparse", "expireAfterSeconds"] {
-            if let (Ok(Some(v)), Ok(name)) = (spec.get(option), <&bson::raw::CStr>::try_from(option)) {
-                index.append(name, v);
-            }
+    }
+    Ok(out)
+}
+
+/// One source index as it is to be created at the destination; `None` when it is not carried (`_id`, a
+/// clustered collection's key, an index on the tenant field alone leaving a shared collection).
+fn index_for(
+    step: &Step,
+    spec: &RawDocument,
+    new: &Policy,
+    tenant: &Tenant,
+) -> Result<Option<RawDocumentBuf>, MoveError> {
+    let ns = step.from.namespace();
+    let name = spec.get_str("name").map_err(|_| MoveError::Plan(format!("{ns}: an index without a name")))?;
+    let refuse = |why: String| MoveError::Plan(format!("{ns}: index {name} {why}; the move stops before the hold"));
+    let key = spec.get_document("key").map_err(|_| refuse("has no key document".into()))?;
+    if name == "_id_" || matches!(spec.get("clustered"), Ok(Some(bson::RawBsonRef::Boolean(true)))) {
+        return Ok(None);
+    }
+    let mut edits: Vec<(&str, Option<RawBson>)> = vec![("ns", None)];
+    if let (Some(field), None) = (&step.from.field, &step.to.field) {
+        if spec.get("partialFilterExpression").ok().flatten().is_some() {
+            // Written for a collection of every tenant (the proxy never lets a tenant create one there, and never
+            // shows one to a tenant): its values may be other tenants'.
+            return Err(refuse(
+                "of the shared collection has a partialFilterExpression, which may name other tenants and which \
+                 the proxy never shows a tenant: it cannot follow the tenant into its own collection (create the \
+                 index there after the move, or drop it)"
+                    .into(),
+            ));
         }
-        create.push(index);
-        any = true;
+        if crate::engine::first_key(key) == field.as_str() {
+            let rest = replace_fields(key, &[(field.as_str(), None)]);
+            if rest.is_empty() {
+                return Ok(None);
+            }
+            // A name that was the default name of the whole key becomes that of the key left.
+            if name == crate::engine::ddl::default_index_name(key) {
+                edits.push(("name", Some(RawBson::String(crate::engine::ddl::default_index_name(&rest)))));
+            }
+            edits.push(("key", Some(RawBson::Document(rest))));
+        }
     }
-    if any {
-        let body = bson::rawdoc! { "createIndexes": step.to.coll.as_str(), "indexes": create };
-        clients.dest.command(&step.to.db, body).await?;
+    let index = replace_fields(spec, &edits);
+    // The proxy's decision for the tenant's own `createIndexes` of this index at the destination.
+    let mut indexes = bson::RawArrayBuf::new();
+    indexes.push(index);
+    let body = bson::rawdoc! { "createIndexes": step.vcoll.as_str(), "indexes": indexes, "$db": step.vdb.as_str() };
+    let msg = tenantwall_protocol::OpMsg::new(tenantwall_protocol::MsgFlags::default(), body);
+    let plan = match crate::engine::decide::decide(&msg, Command::CreateIndexes, Some(tenant), new) {
+        Decision::Forward(plan) => plan,
+        Decision::Deny(denial) => {
+            return Err(refuse(format!("would be refused by the proxy at {}: {}", step.visible, denial.reason)))
+        }
+        Decision::Local(_) => return Err(refuse("is not a command the proxy forwards".into())),
+    };
+    if !plan.audit.is_empty() {
+        return Err(refuse(format!("would be refused under enforce at {}: {}", step.visible, plan.audit.join("; "))));
     }
-    Ok(())
+    let forwarded = plan.forward.as_ref().unwrap_or(&msg).body();
+    let at = (forwarded.get_str("$db").unwrap_or(&step.vdb), forwarded.get_str("createIndexes").unwrap_or_default());
+    if at != (step.to.db.as_str(), step.to.coll.as_str()) {
+        return Err(refuse(format!("would be created elsewhere than {} by the proxy", step.to.namespace())));
+    }
+    let index = forwarded
+        .get_array("indexes")
+        .ok()
+        .and_then(|a| a.into_iter().next())
+        .and_then(|i| i.ok())
+        .and_then(|i| i.as_document())
+        .ok_or_else(|| refuse("has no forwarded form".into()))?;
+    Ok(Some(index.to_owned()))
 }
 
 /// The number of the tenant's documents at `place` and their digest: SHA-256 of each document's bytes with
@@ -834,6 +897,78 @@ mod tests {
         assert!(is_simple(&bson::rawdoc! { "collation": { "locale": "simple" } }));
         assert!(!is_simple(&bson::rawdoc! { "collation": { "locale": "en", "strength": 2 } }));
         assert!(!is_simple(&bson::rawdoc! { "collation": "en" }));
+    }
+
+    const POLICY: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+        [[backends]]\nname = \"main\"\nuri = \"mongodb://127.0.0.1:1\"\n\n\
+        [[tenants]]\nid = \"acme\"\nbackend = \"main\"\n\n\
+        [[tenants]]\nid = \"globex\"\nbackend = \"main\"\n\n\
+        [[rules]]\ndatabase = \"app\"\ncollection = \"*\"\nmode = \"field\"\n";
+
+    fn places() -> (Place, Place) {
+        let shared =
+            Place { backend: "main".into(), db: "app".into(), coll: "orders".into(), field: Some("tenantId".into()) };
+        let own = Place { backend: "main".into(), db: "acme_app".into(), coll: "orders".into(), field: None };
+        (shared, own)
+    }
+
+    fn step(from: Place, to: Place) -> Step {
+        Step { visible: "app.orders".into(), vdb: "app".into(), vcoll: "orders".into(), from, to }
+    }
+
+    #[test]
+    fn indexes_created_in_a_shared_collection_pass_the_proxys_own_checks() {
+        let policy = Policy::from_toml(POLICY, std::path::Path::new("p.toml")).unwrap();
+        let acme = policy.tenant("acme").unwrap().clone();
+        let (shared, own) = places();
+        let back = step(own, shared);
+        let index = |spec: RawDocumentBuf| index_for(&back, &spec, &policy, &acme);
+        // Unique: made per tenant, as the proxy makes it; other options carried.
+        let unique = index(bson::rawdoc! { "v": 2, "key": { "sku": 1 }, "name": "sku_u", "unique": true, "ns": "x" });
+        assert_eq!(
+            unique.unwrap().unwrap(),
+            bson::rawdoc! { "v": 2, "key": { "tenantId": 1, "sku": 1 }, "name": "sku_u", "unique": true }
+        );
+        let plain = index(bson::rawdoc! { "key": { "at": -1 }, "name": "at", "hidden": true });
+        assert_eq!(plain.unwrap().unwrap(), bson::rawdoc! { "key": { "at": -1 }, "name": "at", "hidden": true });
+        let text = bson::rawdoc! { "key": { "_fts": "text", "_ftsx": 1 }, "name": "t", "weights": { "a": 3 } };
+        assert_eq!(index(text.clone()).unwrap().unwrap(), text);
+        // Refused, naming the index: TTL, partial, unique on the tenant field alone, unknown options.
+        for (spec, name) in [
+            (bson::rawdoc! { "key": { "at": 1 }, "name": "ttl", "expireAfterSeconds": 0 }, "ttl"),
+            (bson::rawdoc! { "key": { "at": 1 }, "name": "part", "partialFilterExpression": { "a": 1 } }, "part"),
+            (bson::rawdoc! { "key": { "tenantId": 1 }, "name": "one", "unique": true }, "one"),
+            (bson::rawdoc! { "key": { "at": 1 }, "name": "odd", "storageEngine": {} }, "odd"),
+        ] {
+            let refused = index(spec).unwrap_err().to_string();
+            assert!(refused.contains(&format!("index {name} ")), "{refused}");
+        }
+    }
+
+    #[test]
+    fn indexes_leaving_a_shared_collection_lose_the_tenant_field_and_keep_their_options() {
+        let to = placement::Destination::parse("database").unwrap();
+        let moved = placement::edit(POLICY, std::path::Path::new("p.toml"), "acme", &to).unwrap();
+        let policy = Policy::from_toml(&moved, std::path::Path::new("p.toml")).unwrap();
+        let acme = policy.tenant("acme").unwrap().clone();
+        let (shared, own) = places();
+        let out = step(shared, own);
+        let index = |spec: RawDocumentBuf| index_for(&out, &spec, &policy, &acme);
+        let unique = bson::rawdoc! { "key": { "tenantId": 1, "sku": 1 }, "name": "sku_u", "unique": true };
+        assert_eq!(
+            index(unique).unwrap().unwrap(),
+            bson::rawdoc! { "key": { "sku": 1 }, "name": "sku_u", "unique": true }
+        );
+        let default_named = bson::rawdoc! { "key": { "tenantId": 1, "at": 1 }, "name": "tenantId_1_at_1" };
+        assert_eq!(index(default_named).unwrap().unwrap(), bson::rawdoc! { "key": { "at": 1 }, "name": "at_1" });
+        assert_eq!(index(bson::rawdoc! { "key": { "tenantId": 1 }, "name": "tenantId_1" }).unwrap(), None);
+        assert_eq!(index(bson::rawdoc! { "key": { "_id": 1 }, "name": "_id_" }).unwrap(), None);
+        let ttl = bson::rawdoc! { "key": { "at": 1 }, "name": "ttl", "expireAfterSeconds": 60, "collation": { "locale": "fr" } };
+        assert_eq!(index(ttl.clone()).unwrap().unwrap(), ttl, "its own collection: carried whole");
+        let partial =
+            bson::rawdoc! { "key": { "at": 1 }, "name": "p", "partialFilterExpression": { "tenantId": "globex" } };
+        let refused = index(partial).unwrap_err().to_string();
+        assert!(refused.contains("index p ") && !refused.contains("globex"), "{refused}");
     }
 
     #[test]
