@@ -1,14 +1,18 @@
 //! `tenantwall move`: one tenant's data to another placement while the proxy holds only that tenant.
 //!
 //! The order is what keeps every acknowledged write: the new policy is computed and compiled first (a policy
-//! that does not compile stops the move before anything happens); partial copies of an earlier attempt are
-//! removed; then the running proxy holds the tenant and waits for its commands in flight, and only then are the
-//! tenant's documents copied (ids kept, the tenant field dropped or added as the destination needs), its indexes
-//! created for the destination, and the copy verified — counts and a digest of every document's bytes with the
+//! that does not compile, or that changes any other tenant, stops the move before anything happens); the
+//! tenant's documents and indexes are checked against what the proxy itself would do (its tenant condition with
+//! simple collation, no array tenant fields, no collation that could loosen the condition, every index passed
+//! through the proxy's own `createIndexes` decision), and anything it could not do exactly stops the move before
+//! the hold; partial copies of an earlier attempt are removed; then the running proxy holds the tenant and waits
+//! for its commands in flight, and only then are the tenant's documents copied (ids kept, the tenant field
+//! dropped or added as the destination needs), its indexes created for the destination, and the copy verified — counts and a digest of every document's bytes with the
 //! tenant field removed. Then the new policy is written atomically and loaded through the admin listener, which
 //! applies it only while the hold is still in force and ends the hold once it is in force: the held commands are
 //! decided with the new placement. Any failure before that switch ends the hold and leaves the source and the
-//! policy as they were. The source copy is removed only with `--delete-source`, after the switch.
+//! policy as they were. The source copy is removed only with `--delete-source`, after the switch, and only while
+//! it is still exactly the set that was copied and verified.
 //!
 //! What it owns: planning, copying, verifying and switching one tenant. What it must never do: write while the
 //! tenant is not held, switch after the hold's bound has passed, touch another tenant's documents, or print
