@@ -1,5 +1,6 @@
 //! What `tenantwall move` must never do to anyone but the tenant it moves: edit another tenant's placement
-//! through a damaged block of the policy file, delete or copy a document another tenant reads, or create
+//! through a damaged block of the policy file or name its databases in a second per-tenant scheme, delete or
+//! copy a document another tenant reads, delete anything but the set it copied and verified, or create
 //! collection-wide DDL (a TTL index) on a shared collection on the tenant's behalf.
 
 mod common;
@@ -239,4 +240,51 @@ async fn moving_back_to_a_shared_collection_never_creates_a_ttl_index_there_and_
     );
     assert_eq!(ids(&direct, "app", "orders").await, ["a-1", "g-1"], "acme's old copy and globex's, untouched");
     assert_eq!(ids(&acme, "app", "orders").await, ["a-1"], "acme still reads its own database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_source_deletes_nothing_when_the_source_changed_after_the_copy_was_verified() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let rig = rig("move-safety-changed").await;
+    let (acme, globex) = (client(rig.proxy.addr(), "acme").await, client(rig.proxy.addr(), "globex").await);
+    acme.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "a-1" }).await.unwrap();
+    globex.database("app").collection::<Document>("orders").insert_one(doc! { "_id": "g-1" }).await.unwrap();
+    let admin = rig.proxy.admin_addr().expect("admin listener").to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantwall"))
+        .args(["move", "--policy"])
+        .arg(&rig.policy)
+        .args(["--tenant", "acme", "--to", "database", "--admin", &admin, "--delete-source"])
+        .env(TOKEN_ENV, TOKEN)
+        .env(tenantwall::lifecycle::mover::PAUSE_ENV, "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mover");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let paused = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("pausing") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(paused, Ok(true), "the mover never reached its pause");
+    // After the copy was verified, a writer that bypasses the proxy adds a document with acme's value.
+    let direct = direct(&rig.main).await;
+    direct
+        .database("app")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": "a-direct", "tenantId": "acme" })
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the mover reported success");
+    assert!(stderr.contains("source copy was not removed") && stderr.contains("nothing deleted"), "{stderr}");
+    // The switch happened; nothing was deleted at the source.
+    assert_eq!(ids(&acme, "app", "orders").await, ["a-1"], "acme reads its own database");
+    assert_eq!(ids(&direct, "app", "orders").await, ["a-1", "a-direct", "g-1"]);
 }
