@@ -21,11 +21,6 @@ use bson::{rawdoc, RawDocumentBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::ErrorCode;
-
-/// What an overloaded server answers; with the labels below drivers back off and retry.
-const OVERLOADED: ErrorCode = ErrorCode { code: 462, name: "IngressRequestRateLimitExceeded" };
-
 /// Longest a hold may last, whatever a caller asks for.
 pub const MAX_HOLD: Duration = Duration::from_secs(600);
 
@@ -256,16 +251,7 @@ pub fn interrupted_transaction(body: &bson::RawDocument) -> Option<RawDocumentBu
 
 /// The reply to a command refused at the tenant's in-flight cap: an overload, so drivers back off and retry.
 fn cap_refusal(tenant: &str) -> RawDocumentBuf {
-    let mut labels = bson::RawArrayBuf::new();
-    labels.push("SystemOverloadedError");
-    labels.push("RetryableError");
-    rawdoc! {
-        "ok": 0.0,
-        "errmsg": format!("tenant {tenant} has too many commands in flight; retry later"),
-        "code": OVERLOADED.code,
-        "codeName": OVERLOADED.name,
-        "errorLabels": labels,
-    }
+    crate::ratelimit::overloaded(&format!("tenant {tenant} has too many commands in flight; retry later"))
 }
 
 #[cfg(test)]

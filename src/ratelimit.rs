@@ -54,33 +54,31 @@ impl RateLimiter {
     }
 }
 
-/// The reply to a refused command: mongod's own shape, so drivers recognise an overload and retry with backoff.
-pub fn refusal(tenant: &str) -> RawDocumentBuf {
+/// An overload reply in mongod's own shape (`IngressRequestRateLimitExceeded` with `SystemOverloadedError` and
+/// `RetryableError`), so drivers recognise it and retry with backoff. Every refusal for load uses it: the rate
+/// limit, the connection cap, the in-flight cap.
+pub fn overloaded(errmsg: &str) -> RawDocumentBuf {
     let mut labels = bson::RawArrayBuf::new();
     labels.push("SystemOverloadedError");
     labels.push("RetryableError");
     rawdoc! {
         "ok": 0.0,
-        "errmsg": format!("Rate limit of tenant {tenant} exceeded"),
+        "errmsg": errmsg,
         "code": RATE_LIMIT_EXCEEDED.code,
         "codeName": RATE_LIMIT_EXCEEDED.name,
         "errorLabels": labels,
     }
 }
 
+/// The reply to a command beyond the tenant's rate limit.
+pub fn refusal(tenant: &str) -> RawDocumentBuf {
+    overloaded(&format!("Rate limit of tenant {tenant} exceeded"))
+}
+
 /// The reply to an authentication beyond the tenant's connection cap (the connection then closes): the same
 /// overload shape, so a driver backs off before it opens another connection.
 pub fn connection_refusal(tenant: &str) -> RawDocumentBuf {
-    let mut labels = bson::RawArrayBuf::new();
-    labels.push("SystemOverloadedError");
-    labels.push("RetryableError");
-    rawdoc! {
-        "ok": 0.0,
-        "errmsg": format!("Connection limit of tenant {tenant} reached"),
-        "code": RATE_LIMIT_EXCEEDED.code,
-        "codeName": RATE_LIMIT_EXCEEDED.name,
-        "errorLabels": labels,
-    }
+    overloaded(&format!("Connection limit of tenant {tenant} reached"))
 }
 
 #[cfg(test)]

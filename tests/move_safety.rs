@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{scram_entry, Backend, TempDir};
+use common::{direct_client as direct, scram_entry, tenant_client as client, Backend, TempDir};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use tenantwall::lifecycle::placement::{edit, Destination, EditError};
@@ -103,19 +103,6 @@ async fn rig(label: &str) -> Rig {
     Rig { main, _dir: dir, policy, proxy }
 }
 
-async fn client(addr: std::net::SocketAddr, tenant: &str) -> mongodb::Client {
-    let uri = format!("mongodb://{tenant}-app:pw@{addr}/?authSource=admin");
-    let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
-    options.server_selection_timeout = Some(Duration::from_secs(5));
-    mongodb::Client::with_options(options).unwrap()
-}
-
-async fn direct(backend: &Backend) -> mongodb::Client {
-    let mut options = mongodb::options::ClientOptions::parse(backend.uri()).await.unwrap();
-    options.direct_connection = Some(true);
-    mongodb::Client::with_options(options).unwrap()
-}
-
 /// The `_id`s of `db.coll` as `client` sees them, sorted.
 async fn ids(client: &mongodb::Client, db: &str, coll: &str) -> Vec<String> {
     let cursor = client.database(db).collection::<Document>(coll).find(doc! {}).await.unwrap();
@@ -202,15 +189,7 @@ async fn moving_back_to_a_shared_collection_never_creates_a_ttl_index_there_and_
     let names = |indexes: &[mongodb::IndexModel]| -> Vec<String> {
         indexes.iter().filter_map(|i| i.options.as_ref()?.name.clone()).collect()
     };
-    let own: Vec<mongodb::IndexModel> = direct
-        .database("acme_app")
-        .collection::<Document>("orders")
-        .list_indexes()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let own = indexes(&direct, "acme_app", "orders").await;
     let ttl_name = own
         .iter()
         .find(|i| i.options.as_ref().is_some_and(|o| o.expire_after.is_some()))
@@ -224,15 +203,7 @@ async fn moving_back_to_a_shared_collection_never_creates_a_ttl_index_there_and_
     assert!(stderr.contains(&format!("index {ttl_name}")) && stderr.contains("TTL"), "{stderr}");
     assert!(!stdout.contains("held"), "refused before the hold:\n{stdout}");
     assert_eq!(std::fs::read_to_string(&rig.policy).unwrap(), policy_before);
-    let shared: Vec<mongodb::IndexModel> = direct
-        .database("app")
-        .collection::<Document>("orders")
-        .list_indexes()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let shared = indexes(&direct, "app", "orders").await;
     assert!(
         !shared.iter().any(|i| i.options.as_ref().is_some_and(|o| o.expire_after.is_some())),
         "a TTL index on the shared collection: {:?}",
@@ -287,4 +258,9 @@ async fn delete_source_deletes_nothing_when_the_source_changed_after_the_copy_wa
     // The switch happened; nothing was deleted at the source.
     assert_eq!(ids(&acme, "app", "orders").await, ["a-1"], "acme reads its own database");
     assert_eq!(ids(&direct, "app", "orders").await, ["a-1", "a-direct", "g-1"]);
+}
+
+/// The indexes of `db.coll` as `client` lists them.
+async fn indexes(client: &mongodb::Client, db: &str, coll: &str) -> Vec<mongodb::IndexModel> {
+    client.database(db).collection::<Document>(coll).list_indexes().await.unwrap().try_collect().await.unwrap()
 }

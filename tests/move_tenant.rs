@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{scram_entry, Backend, TempDir};
+use common::{direct_client as direct, scram_entry, tenant_client as client, Backend, TempDir};
 use mongodb::bson::{doc, Document};
 use tenantwall::{Policy, Server, ServerHandle};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -57,19 +57,6 @@ async fn rig() -> Rig {
     let loaded = Policy::load(&policy).expect("policy");
     let proxy = Server::bind(loaded, None).await.expect("bind").spawn();
     Rig { main, side, east, dir, policy, proxy }
-}
-
-async fn client(addr: std::net::SocketAddr, tenant: &str) -> mongodb::Client {
-    let uri = format!("mongodb://{tenant}-app:pw@{addr}/?authSource=admin");
-    let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
-    options.server_selection_timeout = Some(Duration::from_secs(5));
-    mongodb::Client::with_options(options).unwrap()
-}
-
-async fn direct(backend: &Backend) -> mongodb::Client {
-    let mut options = mongodb::options::ClientOptions::parse(backend.uri()).await.unwrap();
-    options.direct_connection = Some(true);
-    mongodb::Client::with_options(options).unwrap()
 }
 
 /// Every document of `db.coll` as `client` sees it, by `_id` (string ids: nx-27017 orders integers as text).

@@ -224,12 +224,7 @@ impl ServiceClient {
         projection: Option<RawDocumentBuf>,
         batch_size: i32,
     ) -> Result<Cursor, ClientError> {
-        let mut body = bson::rawdoc! { "find": collection, "filter": filter, "batchSize": batch_size.max(1) };
-        if let Some(projection) = projection {
-            body.append(bson::cstr!("projection"), projection);
-        }
-        let reply = self.command(db, body).await?;
-        Cursor::open(self, "find", db, collection, &reply, batch_size)
+        self.find_with(db, collection, filter, [(bson::cstr!("projection"), projection)], batch_size).await
     }
 
     /// Like [`ServiceClient::find`] with an explicit `collation` (e.g. `{locale: "simple"}`, so that a
@@ -242,12 +237,24 @@ impl ServiceClient {
         collation: RawDocumentBuf,
         batch_size: i32,
     ) -> Result<Cursor, ClientError> {
-        let body = bson::rawdoc! {
-            "find": collection,
-            "filter": filter,
-            "collation": collation,
-            "batchSize": batch_size.max(1),
-        };
+        self.find_with(db, collection, filter, [(bson::cstr!("collation"), Some(collation))], batch_size).await
+    }
+
+    /// `find` with optional document arguments (`projection`, `collation`).
+    async fn find_with<const N: usize>(
+        &mut self,
+        db: &str,
+        collection: &str,
+        filter: RawDocumentBuf,
+        options: [(&'static bson::raw::CStr, Option<RawDocumentBuf>); N],
+        batch_size: i32,
+    ) -> Result<Cursor, ClientError> {
+        let mut body = bson::rawdoc! { "find": collection, "filter": filter, "batchSize": batch_size.max(1) };
+        for (key, value) in options {
+            if let Some(value) = value {
+                body.append(key, value);
+            }
+        }
         let reply = self.command(db, body).await?;
         Cursor::open(self, "find", db, collection, &reply, batch_size)
     }

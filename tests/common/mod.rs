@@ -340,3 +340,19 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
 pub fn metric(metrics: &str, series: &str) -> f64 {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
+
+/// A Rust driver client through the proxy at `addr`, authenticating as `<tenant>-app` with password `pw` (the
+/// users of the move and audit tests' policies).
+pub async fn tenant_client(addr: SocketAddr, tenant: &str) -> mongodb::Client {
+    let uri = format!("mongodb://{tenant}-app:pw@{addr}/?authSource=admin");
+    let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    mongodb::Client::with_options(options).unwrap()
+}
+
+/// A Rust driver client straight to `backend`, bypassing the proxy: to plant data and to check where it lies.
+pub async fn direct_client(backend: &Backend) -> mongodb::Client {
+    let mut options = mongodb::options::ClientOptions::parse(backend.uri()).await.unwrap();
+    options.direct_connection = Some(true);
+    mongodb::Client::with_options(options).unwrap()
+}
