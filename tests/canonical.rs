@@ -8,7 +8,7 @@ use bson::{rawdoc, RawBson, RawDocumentBuf};
 use tenantwall::command::Command;
 use tenantwall::engine::decide::{decide, Decision, Local};
 use tenantwall::{Policy, Tenant};
-use tenantwall_protocol::{MsgFlags, OpMsg, Sequence};
+use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg, Sequence};
 
 const POLICY: &str = r#"
 [[listeners]]
@@ -73,11 +73,20 @@ fn fields(pairs: &[(&str, RawBson)]) -> RawDocumentBuf {
     doc
 }
 
+/// The decision for `msg` as built, and the same decision for it as received: a message decoded from the wire
+/// carries what validation found in it, which lets the canonical parse skip its walk when there is nothing to
+/// find; both readings must agree.
 fn decide_as(id: &str, msg: &OpMsg) -> Decision {
     let policy = policy();
     let tenant = tenant(&policy, id);
     let command = Command::from_name(msg.command_name().unwrap_or_default());
-    decide(msg, command, Some(&tenant), &policy)
+    let built = decide(msg, command, Some(&tenant), &policy);
+    let frame = msg.encode(1, 0).unwrap().freeze();
+    if let Ok(Message::Msg(received)) = decode(frame).map(|d| d.message) {
+        let from_wire = decide(&received, command, Some(&tenant), &policy);
+        assert_eq!(format!("{from_wire:?}"), format!("{built:?}"), "decoded and built messages decided differently");
+    }
+    built
 }
 
 fn denial(id: &str, body: RawDocumentBuf) -> (i32, String) {
