@@ -38,7 +38,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
                     format!("{name} takes no document sequence named {id:?}"),
                 ));
             }
-            if body.get(id).ok().flatten().is_some() {
+            if super::raw::get(body, id).ok().flatten().is_some() {
                 return Err(Denial::new(
                     ErrorCode::FAILED_TO_PARSE,
                     format!("{id} given both in the body and as a document sequence"),
@@ -48,7 +48,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
     }
     for (field, statement) in spec.statements {
         let place = format!("{name}.{field}");
-        match (sequences.and_then(|m| m.sequence(field)), body.get(field)) {
+        match (sequences.and_then(|m| m.sequence(field)), super::raw::get(body, field)) {
             (Some(seq), _) => {
                 for doc in seq.documents() {
                     check_statement(doc, *statement, &place)?;

@@ -83,7 +83,7 @@ const SCAN_DEPTH: usize = 200;
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
     let body = msg.body();
     let name = msg.command_name().unwrap_or_default();
-    let Ok(db) = body.get_str("$db") else {
+    let Ok(Some(RawBsonRef::String(db))) = super::raw::get(body, "$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
     };
     let Some(spec) = command.spec() else {

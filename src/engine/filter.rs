@@ -33,10 +33,27 @@ pub fn stamp_stage(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
 }
 
 /// The client filter wrapped with the tenant condition (just the condition for an empty or absent filter).
+///
+/// Written as bytes into one buffer of the final size: the client's filter is copied as it came, not re-read.
 pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> RawDocumentBuf {
     let condition = tenant_condition(field, value);
-    match filter {
-        Some(f) if !f.is_empty() => {
+    let Some(f) = filter.filter(|f| !f.is_empty()) else { return condition };
+    // {"$and": ["<filter>", "<condition>"]}, the array being the document {"0": ..., "1": ...}.
+    let mut out = Vec::with_capacity(f.as_bytes().len() + condition.as_bytes().len() + 22);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(b"\x04$and\0");
+    let array_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(b"\x030\0");
+    out.extend_from_slice(f.as_bytes());
+    out.extend_from_slice(b"\x031\0");
+    out.extend_from_slice(condition.as_bytes());
+    out.extend_from_slice(&[0, 0]);
+    let array_len = out.len() - 1 - array_at;
+    match super::raw::backfill(&mut out, array_at, array_len).and_then(|()| super::raw::finish(out)) {
+        Some(wrapped) => wrapped,
+        // Only a filter near 2 GiB could get here; the builder then reports it its own way.
+        None => {
             let mut clauses = RawArrayBuf::new();
             clauses.push(f);
             clauses.push(condition);
@@ -44,7 +61,6 @@ pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) ->
             out.append(cstr!("$and"), clauses);
             out
         }
-        _ => condition,
     }
 }
 
@@ -99,10 +115,13 @@ pub fn scope_filter(
     filter: Option<&RawDocument>,
     place: &str,
 ) -> Result<Option<RawDocumentBuf>> {
-    let value = scope.value.clone();
+    // Enforce wraps whatever the filter says; only the other styles ask whether the client pinned the tenant.
+    if rule.style == Style::Enforce {
+        return Ok(Some(wrap(filter, rule.field, &scope.value)));
+    }
     let pinned = filter.is_some_and(|f| pins(f, rule.field, &scope.tenant.value));
     match rule.style {
-        Style::Enforce => Ok(Some(wrap(filter, rule.field, &value))),
+        Style::Enforce => Ok(Some(wrap(filter, rule.field, &scope.value))),
         Style::Verify if pinned => Ok(None),
         Style::Verify => {
             scope
@@ -123,7 +142,7 @@ pub fn scope_filter(
 ///
 /// [`Policy::collation_safe`]: crate::policy::Policy::collation_safe
 pub fn check_collation(scope: &mut Scope<'_>, rule: FieldRule<'_>, holder: &RawDocument, place: &str) -> Result<()> {
-    match holder.get("collation") {
+    match super::raw::get(holder, "collation") {
         Ok(None) => Ok(()),
         Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
         // Its contents are the server's to validate; whatever they say, no two tenants' values compare equal.

@@ -387,7 +387,7 @@ fn limit_edits(
 ) -> Vec<(&'static str, Option<RawBson>)> {
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let (Some(cap), true) = (tenant.max_time_ms, limits.time) {
-        let asked = match body.get("maxTimeMS") {
+        let asked = match raw::get(body, "maxTimeMS") {
             Ok(Some(RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
             Ok(Some(RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
             Ok(Some(RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),

@@ -3,6 +3,7 @@
 use bson::raw::CStr;
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
+use tenantwall_protocol::validate::Elements;
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::{Denial, Result};
@@ -12,9 +13,96 @@ fn malformed(what: impl Into<String>) -> Denial {
     Denial::new(ErrorCode::FAILED_TO_PARSE, what)
 }
 
+/// `doc.get(key)` for documents that passed validation (or were built with `bson`), without re-reading every
+/// key as UTF-8: the keys are compared as bytes, and a document, string or number value is viewed directly.
+/// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup.
+pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
+    let mut elements = Elements::new(doc);
+    let Some(found) = elements.find(|e| e.key == key.as_bytes()) else {
+        if elements.complete() {
+            return Ok(None);
+        }
+        return doc.get(key);
+    };
+    let value = found.value;
+    let direct = match found.kind {
+        0x03 => RawDocument::from_bytes(value).ok().map(RawBsonRef::Document),
+        0x02 => value
+            .get(4..value.len().saturating_sub(1))
+            .and_then(|text| std::str::from_utf8(text).ok())
+            .map(RawBsonRef::String),
+        0x10 => value.try_into().ok().map(|b| RawBsonRef::Int32(i32::from_le_bytes(b))),
+        0x12 => value.try_into().ok().map(|b| RawBsonRef::Int64(i64::from_le_bytes(b))),
+        0x01 => value.try_into().ok().map(|b| RawBsonRef::Double(f64::from_le_bytes(b))),
+        _ => None,
+    };
+    match direct {
+        Some(value) => Ok(Some(value)),
+        None => doc.get(key),
+    }
+}
+
 /// `doc` with top-level fields replaced (`Some`) or dropped (`None`); fields named in `edits` but absent from
-/// `doc` are appended. Order is preserved, so the command name stays first.
+/// `doc` are appended. Order is preserved, so the command name stays first. Untouched elements are copied as
+/// bytes; only the edited values are serialised.
 pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> RawDocumentBuf {
+    let mut used = [false; 8];
+    if edits.len() > used.len() {
+        return replace_fields_decoded(doc, edits);
+    }
+    // Each edited value, serialised once as a whole element of a scratch document.
+    let mut scratch = RawDocumentBuf::new();
+    let mut spans: [(usize, usize); 8] = [(0, 0); 8];
+    for (i, (key, value)) in edits.iter().enumerate() {
+        if let (Some(value), Ok(key)) = (value, <&CStr>::try_from(*key)) {
+            let start = scratch.as_bytes().len() - 1;
+            scratch.append(key, value.clone());
+            spans[i] = (start, scratch.as_bytes().len() - 1);
+        }
+    }
+    let edited = scratch.as_bytes();
+    let mut out = Vec::with_capacity(doc.as_bytes().len() + edited.len());
+    out.extend_from_slice(&[0; 4]);
+    let mut elements = Elements::new(doc);
+    for element in elements.by_ref() {
+        match edits.iter().position(|(k, _)| k.as_bytes() == element.key) {
+            Some(i) => {
+                used[i] = true;
+                out.extend_from_slice(edited.get(spans[i].0..spans[i].1).unwrap_or_default());
+            }
+            None => out.extend_from_slice(element.bytes),
+        }
+    }
+    // A document that cannot be read element by element as bytes (never one that passed validation) is
+    // rebuilt through `bson`, which skips what it cannot read, as before.
+    if !elements.complete() {
+        return replace_fields_decoded(doc, edits);
+    }
+    for (i, span) in spans.iter().enumerate().take(edits.len()) {
+        if !used[i] {
+            out.extend_from_slice(edited.get(span.0..span.1).unwrap_or_default());
+        }
+    }
+    out.push(0);
+    finish(out).unwrap_or_else(|| replace_fields_decoded(doc, edits))
+}
+
+/// Writes `len` as an int32 at `at` (a length placeholder); `None` when it does not fit.
+pub fn backfill(out: &mut [u8], at: usize, len: usize) -> Option<()> {
+    let len = i32::try_from(len).ok()?;
+    out.get_mut(at..at.checked_add(4)?)?.copy_from_slice(&len.to_le_bytes());
+    Some(())
+}
+
+/// Back-fills the length of a document written as bytes; `None` when it would not fit BSON's int32 length.
+pub fn finish(mut out: Vec<u8>) -> Option<RawDocumentBuf> {
+    let len = out.len();
+    backfill(&mut out, 0, len)?;
+    RawDocumentBuf::from_bytes(out).ok()
+}
+
+/// [`replace_fields`] through `bson`'s element reader and builder.
+fn replace_fields_decoded(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> RawDocumentBuf {
     let mut out = RawDocumentBuf::new();
     let mut used = vec![false; edits.len()];
     for element in doc.iter_elements().filter_map(|e| e.ok()) {
