@@ -33,9 +33,9 @@
 
 use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, Criterion};
 use tenantwall::command::Command;
-use tenantwall::engine::decide::{decide, Decision};
+use tenantwall::engine::decide::{decide, prepare_forward, Decision};
 use tenantwall::Policy;
 use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg, Sequence};
 
@@ -114,7 +114,7 @@ fn raw_path(policy: &Policy, frame: &Bytes) -> usize {
     let tenant = policy.tenant("acme").unwrap();
     let Message::Msg(msg) = decode(frame.clone()).unwrap().message else { unreachable!() };
     let command = Command::from_name(msg.command_name().unwrap());
-    match decide(&msg, command, Some(tenant), policy) {
+    match prepare_forward(&msg, command, Some(tenant), policy) {
         Decision::Forward(plan) => plan.forward.unwrap_or(msg).encode(2, 0).unwrap().len(),
         other => panic!("{other:?}"),
     }
@@ -226,4 +226,31 @@ fn hostile(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench, hostile);
-criterion_main!(benches);
+
+/// `REWRITE_COUNT=<case>:<iterations>` runs one case's raw path that many times and exits, without criterion:
+/// a fixed amount of work for `valgrind --tool=callgrind` (instruction counts are steady on a loaded machine).
+fn count(spec: &str) {
+    let (case, iterations) = spec.split_once(':').unwrap_or((spec, "1000"));
+    let iterations: usize = iterations.parse().expect("REWRITE_COUNT=<case>:<iterations>");
+    let policy = Policy::from_toml(POLICY, std::path::Path::new("bench.toml")).unwrap();
+    let frame = match case {
+        "find_5_clauses" => find_frame(),
+        "aggregate_lookup" => aggregate_frame(),
+        "insert_1000" => insert_frame(1000),
+        other => panic!("unknown case {other}"),
+    };
+    let mut total = 0;
+    for _ in 0..iterations {
+        total += raw_path(&policy, black_box(&frame));
+    }
+    println!("{case}: {iterations} iterations, {total} bytes forwarded");
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("REWRITE_COUNT") {
+        count(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
