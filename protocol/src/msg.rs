@@ -187,7 +187,8 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        self.body().iter_elements().next().and_then(Result::ok).map(|e| e.key().as_str())
+        let first = crate::validate::Elements::new(self.body()).next()?;
+        std::str::from_utf8(first.key).ok()
     }
 
     /// The document sequences, in wire order.

@@ -13,6 +13,65 @@ use crate::policy::{FieldName, FieldRule, TenantValue};
 
 /// `{<field>: {$eq: <value>}}`.
 pub fn tenant_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
+    condition_bytes(field, value).unwrap_or_else(|| built_condition(field, value))
+}
+
+/// [`tenant_condition`] written as bytes into a buffer of the final size, for the value types a tenant value
+/// can have; `None` for any other.
+fn condition_bytes(field: &FieldName, value: &RawBson) -> Option<RawDocumentBuf> {
+    let name = field.as_str().as_bytes();
+    let mut out = Vec::with_capacity(4 + 1 + name.len() + 1 + 4 + 1 + 4 + 4 + value_len(value)? + 2);
+    out.extend_from_slice(&[0; 4]);
+    out.push(0x03);
+    out.extend_from_slice(name);
+    out.push(0);
+    let eq_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(value.element_type() as u8);
+    out.extend_from_slice(b"$eq\0");
+    write_value(value, &mut out)?;
+    out.extend_from_slice(&[0, 0]);
+    let eq_len = out.len() - 1 - eq_at;
+    super::raw::backfill(&mut out, eq_at, eq_len)?;
+    super::raw::finish(out)
+}
+
+/// The encoded size of a tenant value.
+fn value_len(value: &RawBson) -> Option<usize> {
+    Some(match value {
+        RawBson::String(s) => 4 + s.len() + 1,
+        RawBson::Int32(_) => 4,
+        RawBson::Int64(_) => 8,
+        RawBson::ObjectId(_) => 12,
+        RawBson::Binary(b) => 4 + 1 + b.bytes.len(),
+        _ => return None,
+    })
+}
+
+/// Appends a tenant value's encoding (strings, integers, ObjectIds and generic or UUID binaries; `None` for
+/// any other type, which the builder then writes).
+fn write_value(value: &RawBson, out: &mut Vec<u8>) -> Option<()> {
+    match value {
+        RawBson::String(s) => {
+            out.extend_from_slice(&i32::try_from(s.len() + 1).ok()?.to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        }
+        RawBson::Int32(n) => out.extend_from_slice(&n.to_le_bytes()),
+        RawBson::Int64(n) => out.extend_from_slice(&n.to_le_bytes()),
+        RawBson::ObjectId(id) => out.extend_from_slice(&id.bytes()),
+        // The old binary subtype repeats its length inside the data; it is left to the builder.
+        RawBson::Binary(b) if b.subtype != bson::spec::BinarySubtype::BinaryOld => {
+            out.extend_from_slice(&i32::try_from(b.bytes.len()).ok()?.to_le_bytes());
+            out.push(u8::from(b.subtype));
+            out.extend_from_slice(&b.bytes);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+fn built_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
     let mut eq = RawDocumentBuf::new();
     eq.append(cstr!("$eq"), value.clone());
     let mut cond = RawDocumentBuf::new();
@@ -168,6 +227,26 @@ mod tests {
 
     fn acme() -> RawBson {
         RawBson::String("acme".into())
+    }
+
+    #[test]
+    fn written_conditions_equal_built_ones() {
+        let values = [
+            acme(),
+            RawBson::String("ünïcode".into()),
+            RawBson::Int32(-7),
+            RawBson::Int64(1 << 40),
+            RawBson::ObjectId(bson::oid::ObjectId::from_bytes([7; 12])),
+            RawBson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }),
+            RawBson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::BinaryOld, bytes: vec![1; 3] }),
+        ];
+        for value in values {
+            assert_eq!(tenant_condition(&tid(), &value), built_condition(&tid(), &value), "{value:?}");
+        }
+        let filter = rawdoc! { "a": { "$in": [1, 2] }, "b": "x" };
+        let wrapped = wrap(Some(&filter), &tid(), &acme());
+        assert_eq!(wrapped, rawdoc! { "$and": [filter.clone(), { "tenantId": { "$eq": "acme" } }] });
+        assert!(tenantwall_protocol::validate::validate_document(wrapped.as_bytes()).is_ok());
     }
 
     #[test]

@@ -327,7 +327,8 @@ pub fn strict_bool(doc: &RawDocument, field: &str, place: &str) -> Result<bool> 
 
 /// The first key of a document, or "".
 pub fn first_key(doc: &RawDocument) -> &str {
-    doc.iter_elements().next().and_then(|e| e.ok()).map(|e| e.key().as_str()).unwrap_or_default()
+    let first = tenantwall_protocol::validate::Elements::new(doc).next();
+    first.and_then(|e| std::str::from_utf8(e.key).ok()).unwrap_or_default()
 }
 
 /// Rewrites an authenticated data command (already past the canonical parse and the generic checks) for `tenant`.

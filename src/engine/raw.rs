@@ -50,17 +50,17 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
     if edits.len() > used.len() {
         return replace_fields_decoded(doc, edits);
     }
-    // Each edited value, serialised once as a whole element of a scratch document.
-    let mut scratch = RawDocumentBuf::new();
+    // Each edited value, serialised once as a whole element (type byte, key, NUL, value).
+    let mut edited = Vec::new();
     let mut spans: [(usize, usize); 8] = [(0, 0); 8];
     for (i, (key, value)) in edits.iter().enumerate() {
         if let (Some(value), Ok(key)) = (value, <&CStr>::try_from(*key)) {
-            let start = scratch.as_bytes().len() - 1;
-            scratch.append(key, value.clone());
-            spans[i] = (start, scratch.as_bytes().len() - 1);
+            let start = edited.len();
+            write_element(key, value, &mut edited);
+            spans[i] = (start, edited.len());
         }
     }
-    let edited = scratch.as_bytes();
+    let edited = edited.as_slice();
     let mut out = Vec::with_capacity(doc.as_bytes().len() + edited.len());
     out.extend_from_slice(&[0; 4]);
     let mut elements = Elements::new(doc);
@@ -85,6 +85,51 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
     }
     out.push(0);
     finish(out).unwrap_or_else(|| replace_fields_decoded(doc, edits))
+}
+
+/// Appends `key: value` as one element. Documents, arrays, strings and the common scalars are written
+/// directly; other types go through `bson`'s builder.
+fn write_element(key: &CStr, value: &RawBson, out: &mut Vec<u8>) {
+    let name = key.as_str().as_bytes();
+    let head = |kind: u8, out: &mut Vec<u8>| {
+        out.push(kind);
+        out.extend_from_slice(name);
+        out.push(0);
+    };
+    match value {
+        RawBson::Document(d) => {
+            head(0x03, out);
+            out.extend_from_slice(d.as_bytes());
+        }
+        RawBson::Array(a) => {
+            head(0x04, out);
+            out.extend_from_slice(a.as_bytes());
+        }
+        RawBson::String(s) if i32::try_from(s.len() + 1).is_ok() => {
+            head(0x02, out);
+            out.extend_from_slice(&((s.len() + 1) as i32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        }
+        RawBson::Int32(n) => {
+            head(0x10, out);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        RawBson::Int64(n) => {
+            head(0x12, out);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        RawBson::Boolean(b) => {
+            head(0x08, out);
+            out.push(u8::from(*b));
+        }
+        other => {
+            let mut one = RawDocumentBuf::new();
+            one.append(key, other.clone());
+            let bytes = one.as_bytes();
+            out.extend_from_slice(bytes.get(4..bytes.len() - 1).unwrap_or_default());
+        }
+    }
 }
 
 /// Writes `len` as an int32 at `at` (a length placeholder); `None` when it does not fit.
@@ -217,5 +262,29 @@ mod tests {
             &[("filter", Some(RawBson::Int32(5))), ("$db", None), ("limit", Some(RawBson::Int32(1)))],
         );
         assert_eq!(out, rawdoc! { "find": "c", "filter": 5, "limit": 1 });
+    }
+
+    #[test]
+    fn written_elements_equal_built_ones() {
+        let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "$db": "app" };
+        let values = [
+            RawBson::Document(rawdoc! { "x": [1, "y"] }),
+            RawBson::Array({
+                let mut array = RawArrayBuf::new();
+                array.push(1);
+                array.push(rawdoc! { "z": null });
+                array
+            }),
+            RawBson::String("ü".into()),
+            RawBson::Int32(-1),
+            RawBson::Int64(1 << 40),
+            RawBson::Boolean(true),
+            RawBson::Double(0.5),
+            RawBson::Null,
+        ];
+        for value in values {
+            let edits = [("filter", Some(value.clone())), ("more", Some(value.clone()))];
+            assert_eq!(replace_fields(&doc, &edits), replace_fields_decoded(&doc, &edits), "{value:?}");
+        }
     }
 }
