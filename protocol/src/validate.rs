@@ -86,7 +86,7 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::default();
-    walk(bytes, 1, &mut findings)?;
+    walk(bytes, 1, false, &mut findings)?;
     Ok((doc, findings))
 }
 
@@ -139,21 +139,25 @@ fn cstring_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
 
 /// Validates the document that is exactly `doc` (its length prefix already matched against `doc.len()` and its
 /// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
-/// on the wire: the precise checks read their keys too.
-fn walk(doc: &[u8], depth: usize, findings: &mut Findings) -> Result<(), ProtocolError> {
+/// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
+/// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
+/// other key is noted as a possible repeat.
+fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
     // Elements end at or before the document's final NUL, so `elements` excludes it.
     let elements = doc.get(..doc.len().saturating_sub(1)).ok_or_else(|| invalid("document truncated"))?;
     let mut keys = Keys::default();
+    let mut index = Position::default();
     let mut pos = 4;
     while pos < elements.len() {
         let kind = elements[pos];
         let key_at = pos + 1;
         let key_len = cstring_len(elements, key_at)?;
         let key = &elements[key_at..key_at + key_len];
-        if keys.repeated(key) {
+        let repeated = if array { !index.next_is(key) } else { keys.repeated(key) };
+        if repeated {
             findings.duplicate_keys = true;
         }
         if key.first() == Some(&b'$') && JAVASCRIPT_KEYS.contains(&key) {
@@ -170,7 +174,7 @@ fn walk(doc: &[u8], depth: usize, findings: &mut Findings) -> Result<(), Protoco
             }
             0x03 | 0x04 => {
                 let len = document_at(elements, at)?;
-                walk(&elements[at..at + len], depth + 1, findings)?;
+                walk(&elements[at..at + len], depth + 1, kind == 0x04, findings)?;
                 len
             }
             0x05 => binary_len(elements, at)?,
@@ -248,8 +252,48 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk(scope, depth + 1, findings)?;
+    walk(scope, depth + 1, false, findings)?;
     Ok(size)
+}
+
+/// The next position of an array, as its decimal key.
+#[derive(Default)]
+struct Position {
+    /// Decimal digits of the current position, most significant first, in `digits[..len]`.
+    digits: [u8; 20],
+    len: usize,
+}
+
+impl Position {
+    /// Whether `key` is the next position ("0", then "1", ...), advancing either way.
+    fn next_is(&mut self, key: &[u8]) -> bool {
+        if self.len == 0 {
+            self.digits[0] = b'0';
+            self.len = 1;
+        } else {
+            // Increment the decimal string in place.
+            let mut i = self.len;
+            loop {
+                if i == 0 {
+                    if self.len == self.digits.len() {
+                        return false;
+                    }
+                    self.digits.copy_within(..self.len, 1);
+                    self.digits[0] = b'1';
+                    self.len += 1;
+                    break;
+                }
+                i -= 1;
+                if self.digits[i] == b'9' {
+                    self.digits[i] = b'0';
+                } else {
+                    self.digits[i] += 1;
+                    break;
+                }
+            }
+        }
+        key == &self.digits[..self.len]
+    }
 }
 
 /// The keys of one document seen so far: compared pairwise while there are few, hashed beyond.
@@ -516,6 +560,28 @@ mod tests {
         assert_eq!(document_len(&bytes[..bytes.len() - 1], 0, 100, "body"), Err(ProtocolError::Truncated("body")));
         assert!(matches!(document_len(bytes, 0, 5, "body"), Err(ProtocolError::DocumentTooLarge { .. })));
         assert!(matches!(document_len(&[1, 0, 0, 0, 0], 0, 100, "body"), Err(ProtocolError::InvalidBson(_))));
+    }
+
+    #[test]
+    fn array_positions_count_up_in_decimal() {
+        let mut position = Position::default();
+        for i in 0..1234 {
+            assert!(position.next_is(i.to_string().as_bytes()), "{i}");
+        }
+        assert!(!position.next_is(b"1235"));
+        assert!(position.next_is(b"1235"));
+        // Arrays whose keys are not their positions are reported as possibly repeating a key.
+        let mut odd = bson::RawDocumentBuf::new();
+        odd.append(bson::cstr!("0"), 1);
+        odd.append(bson::cstr!("0"), 2);
+        let mut doc = Vec::new();
+        doc.extend_from_slice(&((4 + 1 + 2 + odd.as_bytes().len() + 1) as i32).to_le_bytes());
+        doc.extend_from_slice(b"\x04a\0");
+        doc.extend_from_slice(odd.as_bytes());
+        doc.push(0);
+        assert!(validate_with_findings(&doc).unwrap().1.duplicate_keys());
+        let fine = rawdoc! { "a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] };
+        assert!(!validate_with_findings(fine.as_bytes()).unwrap().1.duplicate_keys());
     }
 
     #[test]
