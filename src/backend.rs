@@ -1,14 +1,16 @@
 //! Backend connections: connect (TLS when the URI asks), handshake, authenticate, send, read replies.
 //!
-//! A [`BackendTarget`] is a configured deployment plus what the proxy has learnt about it (its wire version);
-//! a [`BackendConn`] is one connection to it, owned by exactly one client connection at a time and only ever
-//! opened once that client's tenant is known. Replies are parsed and validated like client messages before
-//! anything is relayed; a backend that sends garbage or vanishes costs the client using it one error reply. An
-//! idle connection the backend closed (a restart) is found before use by a non-blocking read, and a send that
-//! fails before any byte left says so, so the caller may retry it on a fresh connection.
+//! A [`BackendTarget`] is a configured deployment plus what the proxy has learnt about it (its wire version,
+//! its service user's SCRAM keys) and its bounded pool of connections ([`crate::pool`]); a [`BackendConn`] is one
+//! connection to it, checked out by one command at a time, for one exchange, and only ever for a tenant whose
+//! data lives there. Replies are parsed and validated like client messages before anything is relayed; a backend
+//! that sends garbage or vanishes costs the command using it one error reply and the connection. An idle
+//! connection the backend closed (a restart) is found before use by a non-blocking read, and a send that fails
+//! before any byte left says so, so the caller may retry it on a fresh connection.
 //! Error text sent to clients never names a backend host; service passwords never leave this module.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::spec::BinarySubtype;
@@ -17,11 +19,12 @@ use tenantwall_protocol::{decode, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSA
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::auth::ScramClient;
+use crate::auth::{ClientKeys, ScramClient};
 use crate::codec::FrameReader;
 use crate::error::ProxyError;
 use crate::handshake::FALLBACK_MAX_WIRE_VERSION;
 use crate::policy::{BackendSpec, Credentials};
+use crate::pool::{CheckoutError, Pool, Pooled};
 
 /// Any byte stream a connection can run over (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -31,11 +34,42 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 pub type BoxStream = Box<dyn Stream>;
 
 /// A configured backend deployment.
-#[derive(Debug)]
 pub struct BackendTarget {
     pub spec: BackendSpec,
     /// Last `maxWireVersion` the backend reported; 0 until one handshake succeeded.
     observed_wire: AtomicI32,
+    pool: Arc<Pool<BackendConn>>,
+    /// The service user's SCRAM keys for the salt and iteration count the backend last sent: deriving them
+    /// (PBKDF2) costs milliseconds, and they only change when the user's password does.
+    keys: Arc<KeyCache>,
+    /// The host the last connection was opened to.
+    current_host: Arc<Mutex<Option<String>>>,
+}
+
+/// Where a target's pool reports: connections open, and SCRAM key derivations (PBKDF2 runs). The default reports
+/// nowhere (operator tools that open a connection or two).
+#[derive(Default)]
+pub struct TargetMetrics {
+    pub open: prometheus_client::metrics::gauge::Gauge,
+    pub key_derivations: prometheus_client::metrics::counter::Counter,
+}
+
+/// The service user's SCRAM keys for the salt and iteration count the backend last sent.
+struct KeyCache {
+    entry: Mutex<Option<CachedKeys>>,
+    derivations: prometheus_client::metrics::counter::Counter,
+}
+
+struct CachedKeys {
+    salt: Vec<u8>,
+    iterations: u32,
+    keys: ClientKeys,
+}
+
+impl std::fmt::Debug for BackendTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTarget").field("spec", &self.spec).finish_non_exhaustive()
+    }
 }
 
 fn unavailable(detail: String) -> ProxyError {
@@ -43,14 +77,90 @@ fn unavailable(detail: String) -> ProxyError {
 }
 
 impl BackendTarget {
-    pub fn new(spec: BackendSpec) -> Self {
-        Self { spec, observed_wire: AtomicI32::new(0) }
+    /// A target with an empty pool; `open` hears how many connections it holds.
+    pub fn new(spec: BackendSpec, metrics: TargetMetrics) -> Self {
+        let TargetMetrics { open, key_derivations } = metrics;
+        let pool = Pool::new(spec.max_connections, move |n| {
+            open.set(i64::try_from(n).unwrap_or(i64::MAX));
+        });
+        let keys = Arc::new(KeyCache { entry: Mutex::new(None), derivations: key_derivations });
+        Self { spec, observed_wire: AtomicI32::new(0), pool, keys, current_host: Arc::default() }
     }
 
-    /// Keeps what an earlier generation learnt about the same deployment (after a policy reload).
-    pub fn inherit(&self, previous: &BackendTarget) {
-        if previous.spec.hosts == self.spec.hosts {
-            self.observed_wire.store(previous.observed_wire.load(Ordering::Relaxed), Ordering::Relaxed);
+    /// The target of a reloaded policy: keeps what the previous generation learnt about the same deployment and,
+    /// when the way to reach it is unchanged (hosts, TLS settings, service user), its pool and keys, so a
+    /// reload neither drops busy connections nor opens a second pool beside the first.
+    pub fn reloaded(spec: BackendSpec, previous: &BackendTarget, metrics: TargetMetrics) -> Self {
+        let same_deployment = previous.spec.hosts == spec.hosts;
+        let same_access = same_deployment
+            && match (&previous.spec.tls, &spec.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+            && match (&previous.spec.credentials, &spec.credentials) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    a.username == b.username
+                        && a.auth_source == b.auth_source
+                        && a.password.expose() == b.password.expose()
+                }
+                _ => false,
+            };
+        let target = if same_access {
+            previous.pool.set_max(spec.max_connections);
+            Self {
+                spec,
+                observed_wire: AtomicI32::new(0),
+                pool: previous.pool.clone(),
+                keys: previous.keys.clone(),
+                current_host: previous.current_host.clone(),
+            }
+        } else {
+            Self::new(spec, metrics)
+        };
+        if same_deployment {
+            target.observed_wire.store(previous.observed_wire.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        target
+    }
+
+    /// Connections open to this backend now.
+    pub fn open_connections(&self) -> usize {
+        self.pool.open()
+    }
+
+    /// A pooled connection for one command of `tenant`: an idle one that is still usable, or a new one while the
+    /// pool is below `backends[].max_connections`, or the next one given back (round-robin across tenants),
+    /// waiting at most `wait`.
+    pub async fn checkout(
+        &self,
+        tenant: &str,
+        wait: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Pooled<BackendConn>, ProxyError> {
+        loop {
+            let checked_out = self.pool.checkout(tenant, wait, || self.connect(connect_timeout)).await;
+            let mut pooled = match checked_out {
+                Ok(pooled) => pooled,
+                Err(CheckoutError::Connect(e)) => return Err(e),
+                Err(CheckoutError::Timeout { waited, max }) => {
+                    return Err(ProxyError::PoolTimeout { waited_ms: waited.as_millis(), max })
+                }
+            };
+            if pooled.is_fresh() {
+                return Ok(pooled);
+            }
+            let usable = match pooled.get() {
+                Some(conn) => conn.is_usable().await,
+                None => false,
+            };
+            if usable {
+                return Ok(pooled);
+            }
+            // Dropping it closes it and frees its place; every dead idle connection is found this way, so the loop
+            // ends with a live one or a fresh one.
+            tracing::info!(backend = %self.spec.name, "backend connection closed while idle; discarding");
         }
     }
 
@@ -66,10 +176,19 @@ impl BackendTarget {
 
     /// Opens, handshakes and authenticates a connection to the writable member: the seed hosts in order, and
     /// the primary a replica-set member names (a mongos or a standalone is always writable).
+    ///
+    /// The host the pool's connections already reach is tried first: a mongos keeps cursors and transaction
+    /// routing state to itself, so every pooled connection must reach the same one while it is up (a getMore or
+    /// the next statement of a transaction may be checked out on any of them).
     pub async fn connect(&self, timeout: Duration) -> Result<BackendConn, ProxyError> {
         let name = &self.spec.name;
         let mut last = String::from("no hosts");
         let mut candidates: Vec<String> = self.spec.hosts.clone();
+        let current = self.current_host.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(current) = current {
+            candidates.retain(|h| *h != current);
+            candidates.insert(0, current);
+        }
         let mut tried: Vec<String> = Vec::new();
         while let Some(host) = candidates.first().cloned() {
             candidates.remove(0);
@@ -78,7 +197,10 @@ impl BackendTarget {
             }
             tried.push(host.clone());
             match tokio::time::timeout(timeout, self.connect_host(&host)).await {
-                Ok(Ok((conn, None))) => return Ok(conn),
+                Ok(Ok((conn, None))) => {
+                    *self.current_host.lock().unwrap_or_else(|e| e.into_inner()) = Some(host);
+                    return Ok(conn);
+                }
                 Ok(Ok((_, Some(primary)))) => {
                     last = format!("{host}: not the primary");
                     if let Some(primary) = primary {
@@ -117,7 +239,7 @@ impl BackendTarget {
             return Ok((conn, Some(hello.primary)));
         }
         if let Some(credentials) = &self.spec.credentials {
-            conn.authenticate(credentials).await?;
+            conn.authenticate(credentials, &self.keys).await?;
         }
         Ok((conn, None))
     }
@@ -182,6 +304,17 @@ impl BackendConn {
         Ok(reply.body().to_owned())
     }
 
+    /// Runs one command on database `db` (its `$db` is added here) and returns the reply body, whether or not
+    /// it says `ok`: for operator tools holding their own service connection (`crate::lifecycle`).
+    pub async fn command(&mut self, db: &str, mut body: RawDocumentBuf) -> Result<RawDocumentBuf, ProxyError> {
+        // The server would take the last of two `$db` fields; refuse rather than guess.
+        if body.get("$db").ok().flatten().is_some() {
+            return Err(ProxyError::Internal { detail: "command already names its $db".into() });
+        }
+        body.append(bson::cstr!("$db"), db);
+        self.call(body).await
+    }
+
     /// Sends the proxy's own hello and returns what the proxy needs of the answer.
     async fn handshake(&mut self) -> Result<BackendHello, ProxyError> {
         let hello = rawdoc! {
@@ -208,10 +341,11 @@ impl BackendConn {
         Ok(BackendHello { max_wire_version, writable, primary })
     }
 
-    /// SCRAM-SHA-256 with the backend's service credentials.
-    async fn authenticate(&mut self, credentials: &Credentials) -> Result<(), ProxyError> {
+    /// SCRAM-SHA-256 with the backend's service credentials. The keys are derived once per salt and iteration
+    /// count, on the blocking pool so the async workers keep serving, and cached in `cache`.
+    async fn authenticate(&mut self, credentials: &Credentials, cache: &KeyCache) -> Result<(), ProxyError> {
         let failed = |what: &str| unavailable(format!("authentication as {} failed: {what}", credentials.username));
-        let (mut client, first) = ScramClient::new(&credentials.username, credentials.password.expose())
+        let (client, first) = ScramClient::new(&credentials.username, credentials.password.expose())
             .map_err(|e| failed(&e.to_string()))?;
         let start = rawdoc! {
             "saslStart": 1,
@@ -227,7 +361,10 @@ impl BackendConn {
         let conversation: bson::RawBson =
             reply.get("conversationId").ok().flatten().map_or(bson::RawBson::Int32(1), bson::RawBson::from);
         let server_first = reply.get_binary("payload").map_err(|_| failed("no payload"))?.bytes.to_vec();
-        let client_final = client.handle_server_first(&server_first).map_err(|e| failed(&e.to_string()))?;
+        let server_first = client.read_server_first(&server_first).map_err(|e| failed(&e.to_string()))?;
+        let keys = client_keys(client, &server_first, cache).await.map_err(|e| failed(&e))?;
+        let (mut client, keys) = keys;
+        let client_final = client.answer(&server_first, &keys).map_err(|e| failed(&e.to_string()))?;
         let sasl_continue = |payload: Vec<u8>| {
             let mut next = RawDocumentBuf::new();
             next.append(bson::cstr!("saslContinue"), 1);
@@ -238,6 +375,8 @@ impl BackendConn {
         };
         let reply = self.call(sasl_continue(client_final)).await?;
         if !ok_of(&reply) {
+            // Perhaps the password changed since the keys were cached: derive afresh next time.
+            *cache.entry.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Err(failed(reply.get_str("errmsg").unwrap_or("saslContinue refused")));
         }
         let server_final = reply.get_binary("payload").map_err(|_| failed("no payload"))?.bytes.to_vec();
@@ -298,6 +437,32 @@ impl BackendConn {
             other => Err(ProxyError::BackendProtocol { detail: format!("backend replied with {other:?}") }),
         }
     }
+}
+
+/// The keys for `first`: cached when the salt and iteration count are the ones seen before, else derived on the
+/// blocking pool (PBKDF2 at 15,000 iterations is milliseconds of CPU an async worker must not spend) and cached.
+async fn client_keys(
+    client: ScramClient,
+    first: &crate::auth::ServerFirst,
+    cache: &KeyCache,
+) -> Result<(ScramClient, ClientKeys), String> {
+    {
+        let cached = cache.entry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cached.as_ref().filter(|c| c.salt == first.salt() && c.iterations == first.iterations()) {
+            return Ok((client, hit.keys.clone()));
+        }
+    }
+    let (salt, iterations) = (first.salt().to_vec(), first.iterations());
+    let job = tokio::task::spawn_blocking(move || {
+        let derived = client.derive_keys_for(&salt, iterations);
+        (client, derived)
+    });
+    let (client, derived) = job.await.map_err(|_| "key derivation did not finish".to_owned())?;
+    let keys = derived.map_err(|e| e.to_string())?;
+    cache.derivations.inc();
+    *cache.entry.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(CachedKeys { salt: first.salt().to_vec(), iterations, keys: keys.clone() });
+    Ok((client, keys))
 }
 
 #[cfg(test)]

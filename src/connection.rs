@@ -1,9 +1,10 @@
 //! One client connection: read a frame, decide, answer locally or relay, reply in the client's framing.
 //!
-//! Owns the per-connection state: the tenant (once known), the SASL conversation, the backend connection of
-//! that tenant, and reply ids. It must never forward a frame it has not parsed, never open a backend
-//! connection before the tenant is known, never reveal backend details in a reply, and never let one client's
-//! failure reach another: every error ends in a MongoDB-shaped reply to this client or in closing it.
+//! Owns the per-connection state: the tenant (once known), the SASL conversation and reply ids; a backend
+//! connection is checked out of the tenant's backend pool for each forwarded command. It must never forward a
+//! frame it has not parsed, never use a backend connection before the tenant is known, never reveal backend
+//! details in a reply, and never let one client's failure reach another: every error ends in a MongoDB-shaped
+//! reply to this client or in closing it.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -31,6 +32,7 @@ use crate::engine::ReplyPlan;
 use crate::error::{error_document, ErrorCode, ProxyError, Side};
 use crate::handshake::{build_info_reply, hello_reply, negotiate_compression, HelloContext};
 use crate::policy::{Policy, Tenant};
+use crate::pool::Pooled;
 use crate::sasl::{self, Outcome, SaslState};
 use crate::server::{Generation, Shared};
 use crate::session;
@@ -110,6 +112,30 @@ fn max_time_ms(body: &RawDocument) -> Option<u64> {
     (ms > 0).then_some(ms)
 }
 
+/// A connection to the tenant's backend from its pool. A backend that restarted closed its idle connections;
+/// they are found there, before a command is lost on one.
+async fn checkout(
+    shared: &Shared,
+    generation: &Generation,
+    tenant: &Tenant,
+) -> Result<Pooled<BackendConn>, ProxyError> {
+    let target = generation
+        .backends
+        .get(&tenant.backend)
+        .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
+    let limits = &generation.policy.limits;
+    let checked_out = target.checkout(&tenant.id, limits.pool_wait_timeout(), limits.backend_connect_timeout()).await;
+    if let Err(ProxyError::PoolTimeout { .. }) = &checked_out {
+        shared.metrics.pool_timeout(&tenant.backend);
+    }
+    checked_out
+}
+
+/// The connection inside a checkout (always there until it is released or dropped).
+fn connection(pooled: &mut Pooled<BackendConn>) -> Result<&mut BackendConn, ProxyError> {
+    pooled.get().ok_or_else(|| ProxyError::Internal { detail: "backend connection missing".into() })
+}
+
 /// Whether the connection goes on after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -129,8 +155,6 @@ pub struct ClientConnection {
     tenant: Option<Arc<Tenant>>,
     sasl: SaslState,
     authenticated_user: Option<String>,
-    /// The backend connection and the backend name it belongs to.
-    backend: Option<(String, BackendConn)>,
     next_reply_id: i32,
     /// The listener's replica-set face, if it has one.
     face: Option<crate::handshake::ReplicaSetFace>,
@@ -176,7 +200,6 @@ impl ClientConnection {
             tenant,
             sasl: SaslState::default(),
             authenticated_user: None,
-            backend: None,
             next_reply_id: 1,
             face: None,
             write_failed: false,
@@ -285,10 +308,8 @@ impl ClientConnection {
                 false
             }
             Some(fresh) => {
-                if fresh.backend != current.backend {
-                    // Moved to another backend: reconnect there on the next command.
-                    self.backend = None;
-                }
+                // A tenant moved to another backend reaches it from its next command: connections are checked
+                // out per command from the pool of the tenant's backend in the current generation.
                 self.tenant = Some(fresh.clone());
                 true
             }
@@ -400,6 +421,31 @@ impl ClientConnection {
         let command = Command::from_name(&name);
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
+        // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
+        // with the policy the move switched to.
+        let in_flight = match pass_gate(&self.shared, self.tenant.clone(), command).await {
+            Ok(in_flight) => in_flight,
+            Err(refusal) => {
+                if respond {
+                    self.write_doc(refusal, header.request_id, compressor).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+        };
+        // Whatever held it up (a hold, the in-flight cap), the command is decided with the policy in force now.
+        let fresh = in_flight.as_ref().map(|_| self.shared.current());
+        if fresh.as_ref().is_some_and(|fresh| !self.refresh_tenant(fresh)) {
+            return Ok(Flow::Close);
+        }
+        if fresh.as_ref().is_some_and(|fresh| fresh.number != generation.number) {
+            if let Some(refusal) = crate::gate::interrupted_transaction(msg.body()) {
+                if respond {
+                    self.write_doc(refusal, header.request_id, compressor).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+        }
+        let generation = fresh.as_deref().unwrap_or(generation);
         let decision = prepare_forward(&msg, command, self.tenant.as_deref(), &generation.policy);
         if let Some(refusal) = self.decided(generation, &decision, command, msg.body(), header.request_id) {
             if respond {
@@ -464,7 +510,6 @@ impl ClientConnection {
                     }
                     Err(error) => {
                         self.report(&error);
-                        self.backend = None;
                         if respond {
                             self.write_doc(error.reply_document(), header.request_id, compressor).await?;
                         }
@@ -645,7 +690,9 @@ impl ClientConnection {
         reply
     }
 
-    /// Forwards `msg` to the tenant's backend and relays its replies, applying `post` to each.
+    /// Forwards `msg` to the tenant's backend on a pooled connection and relays its replies, applying `post` to
+    /// each. The connection is given back to the pool as soon as the last reply is read, before the client is
+    /// written to, so a client that reads slowly holds no backend connection.
     async fn relay(
         &mut self,
         generation: &Generation,
@@ -660,44 +707,50 @@ impl ClientConnection {
         // The checksum was verified on the way in and the backend link is the proxy's own. exhaustAllowed is
         // dropped so every reply is solicited: the proxy inspects each batch, and a server may always ignore it.
         // moreToCome is dropped too, as mongos does for w:0 writes: the backend answers, the proxy reads and
-        // discards that answer, so the link stays in lock-step and failed unacknowledged writes are logged.
+        // discards that answer, so the exchange ends with one reply and the pooled connection is in lock-step.
         let strip = MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME;
         let forward = msg.with_flags(msg.flags.without(strip));
+        // The deadline covers the wait for a pooled connection and opening one too: like mongos, a command's
+        // maxTimeMS is the whole operation as the client sees it.
         let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body());
+        let mut pooled = deadline.bound(checkout(&self.shared, generation, &tenant)).await?;
         self.sending();
-        let backend = self.backend_for(generation, &tenant).await?;
-        let backend_request_id = match deadline.bound(backend.send(&forward)).await {
+        let backend_request_id = match deadline.bound(connection(&mut pooled)?.send(&forward)).await {
             Ok(id) => id,
             // The connection broke before one byte of the command left: the backend never saw it, so it is
-            // safe to send it once more on a fresh connection.
+            // safe to send it once more on another connection.
             Err(failure) if failure.nothing_sent => {
                 info!(detail = failure.error.log_detail(), "backend connection failed before sending; retrying once");
-                self.backend = None;
-                let backend = self.backend_for(generation, &tenant).await?;
-                deadline.bound(backend.send(&forward)).await?
+                drop(pooled);
+                pooled = deadline.bound(checkout(&self.shared, generation, &tenant)).await?;
+                deadline.bound(connection(&mut pooled)?.send(&forward)).await?
             }
             Err(failure) => return Err(failure.error),
         };
-        let Some((_, backend)) = self.backend.as_mut() else {
-            return Err(ProxyError::Internal { detail: "backend connection missing".into() });
-        };
         if msg.flags.more_to_come() {
-            let (_, reply) = deadline.bound(backend.read_reply(backend_request_id)).await?;
+            let (_, reply) = deadline.bound(connection(&mut pooled)?.read_reply(backend_request_id)).await?;
+            pooled.release();
             self.answered(reply.body());
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
             return Ok(());
         }
+        let mut pooled = Some(pooled);
         let mut expect = backend_request_id;
         let mut answer_to = client_request_id;
         loop {
-            let Some((_, backend)) = self.backend.as_mut() else {
+            let Some(conn) = pooled.as_mut() else {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
-            let (reply_header, reply) = deadline.bound(backend.read_reply(expect)).await?;
+            let (reply_header, reply) = deadline.bound(connection(conn)?.read_reply(expect)).await?;
             self.answered(reply.body());
             let more = reply.flags.more_to_come();
+            if !more {
+                if let Some(done) = pooled.take() {
+                    done.release();
+                }
+            }
             let reply = self.post_process(reply, post);
             let sent_id = self
                 .write_msg(&reply, answer_to, compressor)
@@ -708,31 +761,6 @@ impl ClientConnection {
             }
             expect = reply_header.request_id;
             answer_to = sent_id;
-        }
-    }
-
-    /// The tenant's backend connection: the open one if it is still usable, else a new one. A backend that
-    /// restarted closes its idle connections; they are found here, before a command is lost on one.
-    async fn backend_for(&mut self, generation: &Generation, tenant: &Tenant) -> Result<&mut BackendConn, ProxyError> {
-        if let Some((name, conn)) = self.backend.as_mut() {
-            if *name != tenant.backend {
-                self.backend = None;
-            } else if !conn.is_usable().await {
-                info!("backend connection closed while idle; opening a new one");
-                self.backend = None;
-            }
-        }
-        if self.backend.is_none() {
-            let target = generation
-                .backends
-                .get(&tenant.backend)
-                .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
-            let conn = target.connect(generation.policy.limits.backend_connect_timeout()).await?;
-            self.backend = Some((tenant.backend.clone(), conn));
-        }
-        match self.backend.as_mut() {
-            Some((_, conn)) => Ok(conn),
-            None => Err(ProxyError::Internal { detail: "backend connection missing".into() }),
         }
     }
 
@@ -882,4 +910,26 @@ impl ClientConnection {
         let frame = reply.encode(id, response_to).map_err(std::io::Error::other)?;
         self.write_frame(&frame).await
     }
+}
+
+/// Lets a forwarded command through its tenant's gate ([`crate::gate`]); the guard is held until the reply is
+/// written. Commands the proxy answers itself (handshake, `ping`, SASL) and commands before authentication
+/// never wait.
+async fn pass_gate(
+    shared: &Shared,
+    tenant: Option<Arc<Tenant>>,
+    command: Command,
+) -> Result<Option<crate::gate::InFlight>, RawDocumentBuf> {
+    use crate::command::spec::Handling;
+    let Some(tenant) = tenant else { return Ok(None) };
+    let forwarded = command
+        .spec()
+        .is_some_and(|spec| matches!(spec.handling, Handling::Forwarded | Handling::LocalUntilAuthenticated));
+    if !forwarded {
+        return Ok(None);
+    }
+    // A tenant at its cap waits as long as a command may wait for a pooled connection: the cap is the tenant's
+    // share of the pools, so that is what it stands for.
+    let cap_wait = shared.current().policy.limits.pool_wait_timeout();
+    shared.gate.enter(&tenant.id, Some(tenant.max_in_flight), cap_wait).await.map(Some)
 }

@@ -28,6 +28,8 @@ impl ErrorCode {
     pub const CURSOR_NOT_FOUND: Self = Self { code: 43, name: "CursorNotFound" };
     pub const MAX_TIME_MS_EXPIRED: Self = Self { code: 50, name: "MaxTimeMSExpired" };
     pub const NETWORK_TIMEOUT: Self = Self { code: 89, name: "NetworkTimeout" };
+    /// Drivers retry reads and retryable writes on it.
+    pub const EXCEEDED_TIME_LIMIT: Self = Self { code: 262, name: "ExceededTimeLimit" };
     pub const UNSUPPORTED_OP_QUERY_COMMAND: Self = Self { code: 352, name: "UnsupportedOpQueryCommand" };
     /// mongod's IDL parsers refuse an unknown field with this code.
     pub const UNKNOWN_FIELD: Self = Self { code: 40415, name: "Location40415" };
@@ -64,6 +66,9 @@ pub enum ProxyError {
     /// `maxTimeMS` (then the client sees MaxTimeMSExpired, as from a server), else NetworkTimeout.
     #[error("{}", if *max_time { "operation exceeded time limit" } else { "backend did not answer in time" })]
     BackendTimeout { max_time: bool, detail: String },
+    /// Every connection of the backend's pool stayed busy for the whole wait; the command was never sent.
+    #[error("timed out after {waited_ms} ms waiting for one of the {max} backend connections")]
+    PoolTimeout { waited_ms: u128, max: usize },
     /// A bug or resource failure inside the proxy.
     #[error("internal error")]
     Internal { detail: String },
@@ -77,9 +82,10 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::Protocol(_) | Self::Denied { .. } => Side::Client,
-            Self::BackendUnavailable { .. } | Self::BackendProtocol { .. } | Self::BackendTimeout { .. } => {
-                Side::Backend
-            }
+            Self::BackendUnavailable { .. }
+            | Self::BackendProtocol { .. }
+            | Self::BackendTimeout { .. }
+            | Self::PoolTimeout { .. } => Side::Backend,
             Self::Internal { .. } => Side::Internal,
         }
     }
@@ -94,6 +100,7 @@ impl ProxyError {
             Self::BackendUnavailable { .. } | Self::BackendProtocol { .. } => ErrorCode::HOST_UNREACHABLE,
             Self::BackendTimeout { max_time: true, .. } => ErrorCode::MAX_TIME_MS_EXPIRED,
             Self::BackendTimeout { max_time: false, .. } => ErrorCode::NETWORK_TIMEOUT,
+            Self::PoolTimeout { .. } => ErrorCode::EXCEEDED_TIME_LIMIT,
             Self::Internal { .. } => ErrorCode { code: 1, name: "InternalError" },
         }
     }

@@ -1,4 +1,4 @@
-//! The `tenantwall` command line: `run`, `check`, `passwd`.
+//! The `tenantwall` command line: `run`, `check`, `explain`, `test`, `surface`, `passwd`, `audit`, `move`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -64,6 +64,30 @@ enum Cmd {
         #[arg(long)]
         reply: Option<String>,
     },
+    /// Move one tenant's data to another placement (`field`, `collection` or `database`, optionally on another
+    /// backend) while the running proxy holds only that tenant's commands: copy, verify, switch the policy, resume.
+    /// Needs the proxy's `[admin]` listener with `token_env`.
+    Move {
+        /// Policy file (TOML) the proxy runs with; rewritten atomically at the switch.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Tenant id to move.
+        #[arg(long)]
+        tenant: String,
+        /// Destination: MODE[:BACKEND], e.g. `database:east`.
+        #[arg(long, value_parser = tenantwall::lifecycle::placement::Destination::parse)]
+        to: tenantwall::lifecycle::placement::Destination,
+        /// Longest the tenant may be held; the proxy ends the hold by itself after it, and a move that needs
+        /// longer is abandoned before its switch.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+        max_hold_secs: u64,
+        /// After the switch, remove the tenant's documents from where they were.
+        #[arg(long)]
+        delete_source: bool,
+        /// The proxy's admin listener, when not the policy's `[admin] address`.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
     /// Run policy test cases (TOML files of tenant, command, expected outcome).
     Test {
         /// Test files.
@@ -72,6 +96,24 @@ enum Cmd {
     },
     /// Print the command surface: every command the proxy knows and every argument it accepts.
     Surface,
+    /// Read every backend with the policy's service credentials and report isolation gaps in the data
+    /// (unstamped or foreign documents, uncovered and orphan namespaces, indexes and options that span tenants)
+    /// and each tenant's documents and sizes. Exit 0: no gap; 1: gaps found; 2: something could not be read.
+    Audit {
+        /// Policy file (TOML); backend secrets are read as `run` reads them.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print the report as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Documents per batch when scanning.
+        #[arg(long, default_value_t = tenantwall::lifecycle::client::DEFAULT_BATCH_SIZE,
+              value_parser = clap::value_parser!(i32).range(1..=100_000))]
+        batch_size: i32,
+        /// Seconds between progress lines of a long scan (on stderr); 0 reports every batch.
+        #[arg(long, default_value_t = 5)]
+        progress_secs: u64,
+    },
     /// Read a password (stdin, or a prompt on a terminal) and print its SCRAM-SHA-256 entry for a policy.
     Passwd {
         /// PBKDF2 iterations (at least 4096).
@@ -95,6 +137,18 @@ fn main() -> ExitCode {
             explain(&policy, &tenant, &db, &command, reply.as_deref())
         }
         Cmd::Test { files } => test(&files),
+        Cmd::Audit { policy, json, batch_size, progress_secs } => audit(&policy, json, batch_size, progress_secs),
+        Cmd::Move { policy, tenant, to, max_hold_secs, delete_source, admin } => {
+            let options = tenantwall::lifecycle::mover::MoveOptions {
+                policy,
+                tenant,
+                to,
+                max_hold: Duration::from_secs(max_hold_secs),
+                delete_source,
+                admin,
+            };
+            move_tenant(&options)
+        }
         Cmd::Surface => {
             print!("{}", tenantwall::command::spec::render_markdown());
             ExitCode::SUCCESS
@@ -153,6 +207,32 @@ fn explain(path: &Path, tenant: &str, db: &str, command: &str, reply: Option<&st
     }
 }
 
+fn audit(path: &Path, json: bool, batch_size: i32, progress_secs: u64) -> ExitCode {
+    use tenantwall::lifecycle::audit;
+    let policy = match Policy::load(path) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("tenantwall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantwall: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = audit::Settings { batch_size, progress_every: Duration::from_secs(progress_secs) };
+    let mut to_stderr = |line: &str| eprintln!("tenantwall audit: {line}");
+    let mut progress = audit::Progress::new(&mut to_stderr, settings.progress_every);
+    let report = runtime.block_on(audit::run(&policy, settings, &mut progress));
+    let rendered = if json { audit::render::json(&report) + "\n" } else { audit::render::text(&report) };
+    // A reader that stops early (`| head`) is not an error of the audit; its exit status still says what was found.
+    let _ = std::io::stdout().lock().write_all(rendered.as_bytes());
+    ExitCode::from(report.exit_code())
+}
+
 fn test(files: &[PathBuf]) -> ExitCode {
     let (mut passed, mut failed) = (0, 0);
     for file in files {
@@ -175,6 +255,41 @@ fn test(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn move_tenant(options: &tenantwall::lifecycle::mover::MoveOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantwall: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut progress = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    match runtime.block_on(tenantwall::lifecycle::mover::run(options, &mut progress)) {
+        Ok(report) if report.unchanged => ExitCode::SUCCESS,
+        Ok(report) => {
+            println!(
+                "moved tenant {}: {} namespace(s), {} document(s); held for {} ms",
+                options.tenant,
+                report.namespaces,
+                report.documents,
+                report.held.map_or(0, |h| h.as_millis())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tenantwall: move of tenant {} failed: {e}", options.tenant);
+            if !e.after_switch() {
+                eprintln!("tenantwall: the tenant's source data and the policy are as they were");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -238,6 +353,12 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Handlers are installed before the proxy says it listens: a signal sent as soon as a script has seen that
+        // line must be handled, not take the process down with the default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let hangup = signal(SignalKind::hangup()).ok();
+        let usr1 = signal(SignalKind::user_defined1()).ok();
+        let stop = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?))).ok();
         {
             // Scripts and tests wait for this line to learn the (possibly ephemeral) port.
             let mut out = std::io::stdout().lock();
@@ -249,9 +370,9 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             }
             let _ = out.flush();
         }
-        tokio::spawn(watch_policy(path, server.reloader()));
-        tokio::spawn(reopen_audit_log(server.reloader()));
-        server.run_until(shutdown_signal()).await;
+        tokio::spawn(watch_policy(path, server.reloader(), hangup));
+        tokio::spawn(reopen_audit_log(server.reloader(), usr1));
+        server.run_until(shutdown_signal(stop)).await;
         ExitCode::SUCCESS
     })
 }
@@ -321,9 +442,7 @@ impl FileWatch {
 
 /// Reloads on SIGHUP at once, and when the file's contents change and then stay unchanged for [`SETTLE`]
 /// (polled: cheap and portable). Deploy with an atomic rename to make the change visible all at once.
-async fn watch_policy(path: PathBuf, reloader: Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).ok();
+async fn watch_policy(path: PathBuf, reloader: Reloader, mut hangup: Option<tokio::signal::unix::Signal>) {
     let read = |p: &Path| std::fs::read(p).ok();
     let mut watch = FileWatch::new(read(&path));
     let mut poll = tokio::time::interval(POLL);
@@ -367,9 +486,8 @@ async fn watch_policy(path: PathBuf, reloader: Reloader) {
 }
 
 /// Reopens the audit log file on SIGUSR1, after an external tool rotated it.
-async fn reopen_audit_log(reloader: Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+async fn reopen_audit_log(reloader: Reloader, usr1: Option<tokio::signal::unix::Signal>) {
+    let Some(mut usr1) = usr1 else { return };
     while usr1.recv().await.is_some() {
         tracing::info!("SIGUSR1: reopening the audit log");
         reloader.reopen_audit_log();
@@ -378,11 +496,9 @@ async fn reopen_audit_log(reloader: Reloader) {
 
 /// Completes on the first SIGTERM or SIGINT, which starts the drain. A second one exits at once (status 1),
 /// for an operator who does not want to wait for the grace period.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+async fn shutdown_signal(streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>) {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-    let streams = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
-    let Ok((mut term, mut int)) = streams else {
+    let Some((mut term, mut int)) = streams else {
         tracing::warn!("cannot install signal handlers; stop the proxy with SIGKILL");
         return std::future::pending().await;
     };

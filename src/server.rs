@@ -44,13 +44,14 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
-    fn new(number: u64, policy: Policy, previous: Option<&Generation>) -> Self {
+    fn new(number: u64, policy: Policy, previous: Option<&Generation>, metrics: &Metrics) -> Self {
         let mut backends = HashMap::new();
         for spec in &policy.backends {
-            let target = BackendTarget::new(spec.clone());
-            if let Some(old) = previous.and_then(|p| p.backends.get(&spec.name)) {
-                target.inherit(old);
-            }
+            let target_metrics = metrics.backend_target(&spec.name);
+            let target = match previous.and_then(|p| p.backends.get(&spec.name)) {
+                Some(old) => BackendTarget::reloaded(spec.clone(), old, target_metrics),
+                None => BackendTarget::new(spec.clone(), target_metrics),
+            };
             backends.insert(spec.name.clone(), Arc::new(target));
         }
         Self { number, policy: Arc::new(policy), backends }
@@ -92,6 +93,8 @@ pub(crate) struct Shared {
     pub health: Health,
     /// Per-tenant command rate limits.
     pub rate: RateLimiter,
+    /// Per-tenant holds (tenant moves) and commands in flight.
+    pub gate: crate::gate::Gate,
     next_conn_id: AtomicU64,
     generations: watch::Sender<u64>,
     /// Set once when the server starts draining: connections end at their next idle moment.
@@ -116,7 +119,7 @@ impl Shared {
 
     fn swap(&self, policy: Policy) {
         let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let next = Generation::new(slot.number + 1, policy, Some(&slot));
+        let next = Generation::new(slot.number + 1, policy, Some(&slot), &self.metrics);
         let number = next.number;
         *slot = Arc::new(next);
         drop(slot);
@@ -148,6 +151,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// Swaps `policy` in for new commands and new connections. Connections whose tenant it no longer has end.
     pub fn apply(&self, policy: Policy) {
         for warning in &policy.warnings {
@@ -230,15 +237,19 @@ impl Server {
         for warning in &policy.warnings {
             warn!(%warning, "policy warning");
         }
-        let generation = Generation::new(1, policy, None);
-        // Learn every backend's wire version before the first client asks, so hellos are consistent.
+        let generation = Generation::new(1, policy, None, &metrics);
+        // Learn every backend's wire version before the first client asks, so hellos are consistent; the
+        // connection opened for it stays in the pool for the first command.
         let timeout = generation.policy.limits.backend_connect_timeout();
         let mut probes = JoinSet::new();
         for target in generation.backends.values() {
             let target = target.clone();
             probes.spawn(async move {
-                if let Err(e) = target.connect(timeout).await {
-                    warn!(detail = e.log_detail(), "backend not reachable at startup; connections will retry");
+                match target.checkout("-", timeout, timeout).await {
+                    Ok(conn) => conn.release(),
+                    Err(e) => {
+                        warn!(detail = e.log_detail(), "backend not reachable at startup; connections will retry")
+                    }
                 }
             });
         }
@@ -258,6 +269,7 @@ impl Server {
             audit,
             health: Health::default(),
             rate: RateLimiter::default(),
+            gate: crate::gate::Gate::default(),
             next_conn_id: AtomicU64::new(1),
             generations: watch::channel(1).0,
             draining: watch::channel(false).0,

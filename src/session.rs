@@ -4,7 +4,9 @@
 //! and the original (`SHA-256("tenantwall lsid\0" ‖ tenant ‖ "\0" ‖ id)`, first 16 bytes, as a UUID). Two tenants
 //! presenting the same lsid therefore reach different server sessions, and no tenant can name another's session
 //! or transaction; the mapping is the same on every proxy instance, so it survives a client moving between
-//! proxies behind a load balancer.
+//! proxies behind a load balancer. For a tenant with rules of its own, the tenant part is its
+//! [`crate::policy::Tenant::session_key`], which changes when `tenantwall move` changes those rules: sessions
+//! (and transactions) begun on the old placement do not continue on the new one.
 //!
 //! Cursors are tracked: the server cannot tell tenants apart when the proxy uses one backend user, so the proxy
 //! records which tenant each cursor id was returned to and refuses `getMore`/`killCursors` on any other id with

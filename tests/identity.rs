@@ -322,10 +322,25 @@ async fn backend_service_credentials_authenticate_with_scram() {
         inner.addr(),
         password_file.display()
     );
-    let outer = start_proxy_text(&outer_text).await;
+    let outer = start_proxy_text(&format!("{outer_text}[admin]\naddress = \"127.0.0.1:0\"\n")).await;
     let client = driver(&format!("mongodb://{}/", outer.addr())).await;
     client.database("app").collection::<Document>("orders").insert_one(doc! { "who": "acme" }).await.unwrap();
     assert_eq!(names_in(&nx, "app", "orders").await, vec!["acme"]);
+
+    // Concurrent commands open more backend connections; the service user's keys are derived once, not per
+    // connection.
+    let writes = (0..8).map(|_| {
+        let orders = client.database("app").collection::<Document>("counts");
+        tokio::spawn(async move { orders.insert_one(doc! { "n": 1 }).await.unwrap() })
+    });
+    for write in writes.collect::<Vec<_>>() {
+        write.await.unwrap();
+    }
+    let admin = outer.admin_addr().unwrap();
+    let metrics = tokio::task::spawn_blocking(move || common::http_get(admin, "/metrics", None).1).await.unwrap();
+    let open = common::metric(&metrics, "tenantwall_backend_connections{backend=\"inner\"}");
+    assert!(open >= 2.0, "the writes ran on {open} backend connection(s)");
+    assert_eq!(common::metric(&metrics, "tenantwall_backend_key_derivations_total{backend=\"inner\"}"), 1.0);
 
     // With a wrong service password the client gets an error and nothing is written.
     let bad_file = secrets.write("bad-password", "nope\n");

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bson::{rawdoc, RawDocumentBuf};
-use common::{policy, Backend, RawClient, TempDir};
+use common::{http_get as get, metric as value, policy, Backend, RawClient, TempDir};
 use tenantwall::Server;
 use tenantwall_protocol::{Message, MsgFlags, MsgHeader, OpMsg};
 
@@ -46,30 +45,6 @@ fn ops_policy(backend: &Backend, dir: &TempDir, acme_extra: &str, globex_extra: 
         backend.uri(),
         dir.0.join("audit.jsonl").display(),
     )
-}
-
-/// A blocking HTTP/1.1 GET; returns the status and the body.
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect admin");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read admin response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("response head");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|v| v.parse().ok())
-        .expect("Content-Length");
-    assert_eq!(length, body.len(), "Content-Length matches the body");
-    (status, body.to_owned())
-}
-
-/// The value of the series `series` (name and labels exactly as exported), or 0 when it is absent.
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
 /// Scrapes `/metrics` until `series` reaches `want` (a command is counted just after its reply is written, so a

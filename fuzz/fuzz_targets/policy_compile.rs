@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
     // this stays deterministic on a machine without them.
     let Ok(policy) = Policy::from_toml(text, Path::new("fuzz.toml")) else { return };
     // The lookups a request makes against whatever was compiled.
-    let _ = policy.rule_for("app", "orders");
-    let _ = policy.database_rule("app");
+    let _ = policy.rule_for("acme", "app", "orders");
+    let _ = policy.database_rule("acme", "app");
 });

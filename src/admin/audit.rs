@@ -72,10 +72,10 @@ pub fn visible_namespace(body: &RawDocument) -> Option<String> {
     }
 }
 
-/// The rule governing `namespace` (as [`visible_namespace`] gives it), for the record.
-pub fn rule_of(policy: &Policy, namespace: Option<&str>) -> Option<String> {
+/// The rule governing `namespace` (as [`visible_namespace`] gives it) for `tenant`, for the record.
+pub fn rule_of(policy: &Policy, tenant: &str, namespace: Option<&str>) -> Option<String> {
     let (db, coll) = namespace?.split_once('.').unwrap_or((namespace?, ""));
-    let rule = if coll.is_empty() { policy.any_rule_for_db(db) } else { policy.rule_for(db, coll) };
+    let rule = if coll.is_empty() { policy.any_rule_for_db(tenant, db) } else { policy.rule_for(tenant, db, coll) };
     rule.map(|r| r.describe())
 }
 

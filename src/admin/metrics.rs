@@ -100,6 +100,9 @@ pub struct Metrics {
     rate_limited: Family<TenantLabel, Counter>,
     auth_failures: Counter,
     backend_errors: Family<BackendLabel, Counter>,
+    backend_connections: Family<BackendLabel, Gauge>,
+    pool_timeouts: Family<BackendLabel, Counter>,
+    key_derivations: Family<BackendLabel, Counter>,
     policy_reloads: Family<ResultLabel, Counter>,
     policy_generation: Gauge,
     audit_dropped: Counter,
@@ -125,6 +128,9 @@ impl Metrics {
         let rate_limited = Family::<TenantLabel, Counter>::default();
         let auth_failures = Counter::default();
         let backend_errors = Family::<BackendLabel, Counter>::default();
+        let backend_connections = Family::<BackendLabel, Gauge>::default();
+        let pool_timeouts = Family::<BackendLabel, Counter>::default();
+        let key_derivations = Family::<BackendLabel, Counter>::default();
         let policy_reloads = Family::<ResultLabel, Counter>::default();
         let policy_generation = Gauge::default();
         let audit_dropped = Counter::default();
@@ -169,6 +175,21 @@ impl Metrics {
             backend_errors.clone(),
         );
         registry.register(
+            "tenantwall_backend_connections",
+            "Backend connections open now per backend (idle, busy or being opened): at most backends[].max_connections",
+            backend_connections.clone(),
+        );
+        registry.register(
+            "tenantwall_backend_pool_timeouts",
+            "Commands refused because every backend connection stayed busy for limits.pool_wait_timeout_ms",
+            pool_timeouts.clone(),
+        );
+        registry.register(
+            "tenantwall_backend_key_derivations",
+            "SCRAM key derivations (PBKDF2) for the backend's service user: once per salt and iteration count",
+            key_derivations.clone(),
+        );
+        registry.register(
             "tenantwall_policy_reloads",
             "Policy reloads by result (ok, invalid)",
             policy_reloads.clone(),
@@ -197,6 +218,9 @@ impl Metrics {
             rate_limited,
             auth_failures,
             backend_errors,
+            backend_connections,
+            pool_timeouts,
+            key_derivations,
             policy_reloads,
             policy_generation,
             audit_dropped,
@@ -224,6 +248,19 @@ impl Metrics {
 
     pub fn backend_error(&self, backend: &str) {
         self.backend_errors.get_or_create(&BackendLabel { backend: backend.to_owned() }).inc();
+    }
+
+    /// Where `backend`'s target reports (its pool's open connections, its key derivations).
+    pub fn backend_target(&self, backend: &str) -> crate::backend::TargetMetrics {
+        let label = BackendLabel { backend: backend.to_owned() };
+        crate::backend::TargetMetrics {
+            open: self.backend_connections.get_or_create(&label).clone(),
+            key_derivations: self.key_derivations.get_or_create(&label).clone(),
+        }
+    }
+
+    pub fn pool_timeout(&self, backend: &str) {
+        self.pool_timeouts.get_or_create(&BackendLabel { backend: backend.to_owned() }).inc();
     }
 
     pub fn auth_failure(&self) {

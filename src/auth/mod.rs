@@ -20,6 +20,6 @@
 mod scram;
 
 pub use scram::{
-    ClientFirst, ScramClient, ScramError, ScramServer, ScramVerifier, DEFAULT_ITERATIONS, MAX_ITERATIONS,
-    MAX_MESSAGE_LEN, MIN_ITERATIONS, MIN_SALT_LEN, SALT_LEN,
+    ClientFirst, ClientKeys, ScramClient, ScramError, ScramServer, ScramVerifier, ServerFirst, DEFAULT_ITERATIONS,
+    MAX_ITERATIONS, MAX_MESSAGE_LEN, MIN_ITERATIONS, MIN_SALT_LEN, SALT_LEN,
 };

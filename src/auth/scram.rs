@@ -589,6 +589,49 @@ enum ClientState {
     Spent,
 }
 
+/// A checked server-first-message.
+#[derive(Debug)]
+pub struct ServerFirst {
+    nonce: String,
+    salt: Vec<u8>,
+    rounds: NonZeroU32,
+    text: String,
+}
+
+impl ServerFirst {
+    /// The salt the server holds for the user.
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    /// The PBKDF2 iteration count the server holds for the user.
+    pub fn iterations(&self) -> u32 {
+        self.rounds.get()
+    }
+}
+
+/// The keys a client derives from its password, a salt and an iteration count. The same for every conversation
+/// with those three, so a client that authenticates many connections derives them once, as drivers do.
+#[derive(Clone)]
+pub struct ClientKeys {
+    client_key: Key,
+    stored_key: Key,
+    server_key: Key,
+}
+
+impl ClientKeys {
+    fn from_salted(salted: &Key) -> Self {
+        let client_key = hmac_sha256(salted, CLIENT_KEY);
+        Self { client_key, stored_key: sha256(&client_key), server_key: hmac_sha256(salted, SERVER_KEY) }
+    }
+}
+
+impl fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKeys(..)")
+    }
+}
+
 impl ScramClient {
     /// Starts a conversation; returns the client and the client-first-message (`n,,n=<user>,r=<nonce>`).
     /// The user name is escaped but not SASLprep'd (MongoDB); the password is SASLprep'd.
@@ -616,15 +659,29 @@ impl ScramClient {
     }
 
     /// Answers server-first-message with client-final-message. The server nonce must extend ours, the salt must be
-    /// valid base64 and the iteration count within [`MIN_ITERATIONS`]`..=`[`MAX_ITERATIONS`]. Runs PBKDF2.
+    /// valid base64 and the iteration count within [`MIN_ITERATIONS`]`..=`[`MAX_ITERATIONS`]. Runs PBKDF2; a caller
+    /// that authenticates often splits this into [`read_server_first`](Self::read_server_first),
+    /// [`ClientKeys::derive`] (cached per salt and iteration count) and [`answer`](Self::answer).
     pub fn handle_server_first(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let prepped_password = match std::mem::replace(&mut self.state, ClientState::Spent) {
-            ClientState::AwaitingServerFirst { prepped_password } => prepped_password,
-            other => {
-                self.state = other;
-                return Err(ScramError::OutOfOrder);
-            }
-        };
+        if !matches!(self.state, ClientState::AwaitingServerFirst { .. }) {
+            return Err(ScramError::OutOfOrder);
+        }
+        let answered = self.read_server_first(server_first).and_then(|first| {
+            let keys = self.derive_keys(&first)?;
+            self.answer(&first, &keys)
+        });
+        if answered.is_err() {
+            // A conversation that went wrong once is over.
+            self.state = ClientState::Spent;
+        }
+        answered
+    }
+
+    /// Checks server-first-message and returns what the key derivation and the answer need.
+    pub fn read_server_first(&self, server_first: &[u8]) -> Result<ServerFirst, ScramError> {
+        if !matches!(self.state, ClientState::AwaitingServerFirst { .. }) {
+            return Err(ScramError::OutOfOrder);
+        }
         let text = message_text(server_first)?;
         if text.starts_with("m=") {
             return Err(ScramError::Malformed("mandatory extensions are not supported"));
@@ -645,16 +702,37 @@ impl ScramClient {
             .ok_or(ScramError::Malformed("iteration count is not a decimal number"))?;
         let rounds = check_iterations(iterations)?;
         check_extensions(fields)?;
+        Ok(ServerFirst { nonce: nonce.to_owned(), salt, rounds, text: text.to_owned() })
+    }
 
-        let salted = salted_password(&prepped_password, &salt, rounds);
-        let client_key = hmac_sha256(&salted, CLIENT_KEY);
-        let stored_key = sha256(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{},{text},{without_proof}", self.bare);
-        let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
-        let proof = xor(&client_key, &client_signature);
+    /// Derives the keys for `first` from this conversation's password (PBKDF2: milliseconds of CPU).
+    pub fn derive_keys(&self, first: &ServerFirst) -> Result<ClientKeys, ScramError> {
+        self.derive_keys_for(&first.salt, first.rounds.get())
+    }
+
+    /// Derives the keys for a salt and iteration count (as a [`ServerFirst`] carries them).
+    pub fn derive_keys_for(&self, salt: &[u8], iterations: u32) -> Result<ClientKeys, ScramError> {
+        let rounds = check_iterations(iterations)?;
+        match &self.state {
+            ClientState::AwaitingServerFirst { prepped_password } => {
+                Ok(ClientKeys::from_salted(&salted_password(prepped_password, salt, rounds)))
+            }
+            _ => Err(ScramError::OutOfOrder),
+        }
+    }
+
+    /// The client-final-message for `first`, proved with `keys` (derived from this conversation's password with
+    /// `first`'s salt and iteration count).
+    pub fn answer(&mut self, first: &ServerFirst, keys: &ClientKeys) -> Result<Vec<u8>, ScramError> {
+        if !matches!(self.state, ClientState::AwaitingServerFirst { .. }) {
+            return Err(ScramError::OutOfOrder);
+        }
+        let without_proof = format!("c=biws,r={}", first.nonce);
+        let auth_message = format!("{},{},{without_proof}", self.bare, first.text);
+        let client_signature = hmac_sha256(&keys.stored_key, auth_message.as_bytes());
+        let proof = xor(&keys.client_key, &client_signature);
         let client_final = format!("{without_proof},p={}", BASE64.encode(proof)).into_bytes();
-        self.state = ClientState::AwaitingServerFinal { server_key: hmac_sha256(&salted, SERVER_KEY), auth_message };
+        self.state = ClientState::AwaitingServerFinal { server_key: keys.server_key, auth_message };
         Ok(client_final)
     }
 

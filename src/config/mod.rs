@@ -156,6 +156,14 @@ pub struct BackendConfig {
     /// Caps the wire version the proxy advertises for this backend (e.g. 21 to hide MongoDB 8 commands).
     #[serde(default)]
     pub max_wire_version: Option<i32>,
+    /// Connections the proxy keeps to this backend at most, shared by every client connection: commands wait
+    /// for a free one (served round-robin across tenants) up to `limits.pool_wait_timeout_ms`.
+    #[serde(default = "default_backend_connections")]
+    pub max_connections: usize,
+}
+
+fn default_backend_connections() -> usize {
+    64
 }
 
 fn default_auth_source() -> String {
@@ -196,6 +204,10 @@ pub struct TenantConfig {
     /// Connections this tenant may hold at once; an authentication beyond it is refused (none by default).
     #[serde(default)]
     pub max_connections: Option<Spanned<usize>>,
+    /// Commands of this tenant forwarded and not yet answered at once, across its connections (overrides
+    /// `limits.max_in_flight`).
+    #[serde(default)]
+    pub max_in_flight: Option<Spanned<usize>>,
 }
 
 /// A SCRAM user.
@@ -256,6 +268,10 @@ pub struct RuleConfig {
     /// alone means the same name on the tenant's own backend).
     #[serde(default)]
     pub template: Option<Spanned<String>>,
+    /// The tenants this rule applies to (default: every tenant). A rule for some tenants placed before the
+    /// general one gives them another placement (`tenantwall move` writes such rules).
+    #[serde(default)]
+    pub tenants: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 fn any_collection() -> Spanned<String> {
@@ -299,6 +315,9 @@ pub struct Limits {
     /// Milliseconds a backend may take to answer a command; a command with `maxTimeMS` gets that plus a grace
     /// period instead. On expiry the client gets an error and the backend connection is discarded.
     pub backend_timeout_ms: u64,
+    /// Milliseconds a command may wait for a free backend connection when the backend's pool is busy; then it
+    /// is answered with `ExceededTimeLimit` (262), which drivers retry.
+    pub pool_wait_timeout_ms: u64,
     /// Seconds a connection may take from accept to a known tenant.
     pub auth_timeout_secs: u64,
     /// Open cursors tracked at once, across all tenants; beyond it the least recently used record is dropped
@@ -314,6 +333,9 @@ pub struct Limits {
     pub max_time_ms: Option<u64>,
     /// Default rate limit of every tenant without its own `rate_limit` (none by default).
     pub rate_limit: Option<RateLimitConfig>,
+    /// Default cap on each tenant's commands in flight (forwarded, not yet answered) across its connections. A
+    /// command beyond it waits up to `pool_wait_timeout_ms` for one to finish, then gets 462.
+    pub max_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -332,12 +354,14 @@ impl Default for Limits {
             client_write_timeout_secs: 30,
             backend_connect_timeout_ms: 5_000,
             backend_timeout_ms: 60_000,
+            pool_wait_timeout_ms: 10_000,
             auth_timeout_secs: 60,
             max_cursors: 100_000,
             max_cursors_per_tenant: 10_000,
             shutdown_grace_secs: 30,
             max_time_ms: None,
             rate_limit: None,
+            max_in_flight: 32,
         }
     }
 }
@@ -362,6 +386,9 @@ impl Limits {
     }
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms)
+    }
+    pub fn pool_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_wait_timeout_ms)
     }
     pub fn auth_failure_window(&self) -> Duration {
         Duration::from_secs(self.auth_failure_window_secs)

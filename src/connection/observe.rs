@@ -88,7 +88,7 @@ impl ClientConnection {
             return;
         }
         let namespace = visible_namespace(body);
-        let rule = rule_of(&generation.policy, namespace.as_deref());
+        let rule = rule_of(&generation.policy, self.usage.tenant(), namespace.as_deref());
         self.shared.audit.record(AuditRecord {
             time: AuditRecord::now(),
             tenant: self.usage.tenant().to_owned(),

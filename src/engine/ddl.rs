@@ -184,8 +184,9 @@ fn map_name_filter(filter: &RawDocument, map: &mut dyn FnMut(&str) -> Result<Opt
 fn list_collections(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     let body = msg.body();
     let policy = scope.policy;
-    let rule =
-        policy.any_rule_for_db(scope.db).ok_or_else(|| Denial::unauthorized(format!("no rule allows {}", scope.db)))?;
+    let rule = policy
+        .any_rule_for_db(&scope.tenant.id, scope.db)
+        .ok_or_else(|| Denial::unauthorized(format!("no rule allows {}", scope.db)))?;
     if rule.mode() == Mode::Database {
         scope.resolve_db()?;
     } else if super::RESERVED_DATABASES.contains(&scope.db) {
@@ -219,7 +220,7 @@ fn list_databases(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, 
         Ok(match resolve(policy, &tenant, visible, None) {
             Ok(Target::Mapped { db, .. }) => Some(db),
             Ok(_) => Some(visible.to_owned()),
-            Err(_) => policy.any_rule_for_db(visible).is_some().then(|| visible.to_owned()),
+            Err(_) => policy.any_rule_for_db(&tenant, visible).is_some().then(|| visible.to_owned()),
         })
     })?;
     let body = replace_fields(body, &[("filter", Some(mapped))]);

@@ -58,7 +58,7 @@ pub fn prepare_forward(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, p
         Decision::Forward(mut plan) => {
             if let Some(tenant) = tenant {
                 let base = plan.forward.as_ref().unwrap_or(msg);
-                if let Some(bound) = crate::session::virtualize(base, &tenant.id) {
+                if let Some(bound) = crate::session::virtualize(base, &tenant.session_key) {
                     plan.forward = Some(bound);
                 }
             }

@@ -105,8 +105,8 @@ pub fn resolve<'p>(policy: &'p Policy, tenant: &str, db: &str, collection: Optio
     // Worded like a name no rule covers, so it tells nothing about whether that tenant exists.
     let unreachable = || Denial::unauthorized(format!("no rule allows {}", shown()));
     let rule = match collection {
-        Some(coll) => policy.rule_for(db, coll),
-        None => policy.database_rule(db),
+        Some(coll) => policy.rule_for(tenant, db, coll),
+        None => policy.database_rule(tenant, db),
     };
     let rule = rule.ok_or_else(unreachable)?;
     // Visible and real names are different kinds of name: a rule that keeps a name as it is must never let a
@@ -124,16 +124,28 @@ pub fn resolve<'p>(policy: &'p Policy, tenant: &str, db: &str, collection: Optio
     {
         return Err(unreachable());
     }
-    Ok(match &rule.placement {
+    // And a rule that renames must never render another tenant's real name: two rules with different templates
+    // (a tenant's own placement next to the general one) can map two tenants' visible names onto one real name
+    // (`{tenant}_{db}` gives acme's `app_globex` the name `{db}_{tenant}` gives globex's `acme_app`).
+    let target = match &rule.placement {
         Placement::Field { field, style } => Target::Field(FieldRule { rule, field, style: *style }),
         Placement::Shared => Target::Shared(rule),
         Placement::Collection(template) => {
-            Target::Mapped { rule, db: db.to_owned(), coll: collection.map(|c| template.render(tenant, c)) }
+            let coll = collection.map(|c| template.render(tenant, c));
+            if coll.as_deref().is_some_and(|real| policy.real_collection_owner(db, real, Some(tenant))) {
+                return Err(unreachable());
+            }
+            Target::Mapped { rule, db: db.to_owned(), coll }
         }
         Placement::Database(template) => {
-            Target::Mapped { rule, db: template.render(tenant, db), coll: collection.map(str::to_owned) }
+            let real = template.render(tenant, db);
+            if policy.real_database_owner(&real, Some(tenant)) {
+                return Err(unreachable());
+            }
+            Target::Mapped { rule, db: real, coll: collection.map(str::to_owned) }
         }
-    })
+    };
+    Ok(target)
 }
 
 /// What kind of reply needs names filtered, not just mapped.

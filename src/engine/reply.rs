@@ -268,7 +268,7 @@ fn visible_collection(policy: &Policy, tenant: &Tenant, visible_db: &str, real: 
     // Un-render first: a real name of the tenant's own is shown under its visible name; a real name of another
     // tenant's un-renders to nothing for this tenant and is refused by `resolve` as itself.
     let mut candidates = Vec::new();
-    for rule in policy.rules.iter().filter(|r| r.mode() == Mode::Collection && r.database.matches(visible_db)) {
+    for rule in policy.rules_of(&tenant.id).filter(|r| r.mode() == Mode::Collection && r.database.matches(visible_db)) {
         if let Some(visible) = rule.template().and_then(|t| t.unrender(&tenant.id, real)) {
             candidates.push(visible);
         }
@@ -322,7 +322,7 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<(Str
         return None;
     }
     let mut candidates = Vec::new();
-    for rule in policy.rules.iter().filter(|r| r.mode() == Mode::Database) {
+    for rule in policy.rules_of(&tenant.id).filter(|r| r.mode() == Mode::Database) {
         if let Some(visible) = rule.template().and_then(|t| t.unrender(&tenant.id, real)) {
             candidates.push(visible);
         }
@@ -333,7 +333,7 @@ fn visible_database(policy: &Policy, tenant: &Tenant, real: &str) -> Option<(Str
             return None;
         }
         let named_exactly =
-            || policy.rules.iter().any(|r| r.database.as_str() == visible && r.mode() != Mode::Database);
+            || policy.rules_of(&tenant.id).any(|r| r.database.as_str() == visible && r.mode() != Mode::Database);
         match resolve(policy, &tenant.id, &visible, None) {
             Ok(Target::Mapped { db, rule, .. }) if rule.mode() == Mode::Database => {
                 (db == real).then_some((visible, true))

@@ -163,8 +163,12 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
     let mut c = Collector { text, errors: Vec::new(), warnings: Vec::new() };
     let listeners = listeners(&mut c, file, base);
     let backends = backends(&mut c, file, base, secrets);
-    let tenants = tenants(&mut c, file);
+    let mut tenants = tenants(&mut c, file);
     let rules = rules(&mut c, file);
+    for tenant in tenants.tenants.values_mut() {
+        let key = session_key(&tenant.id, &rules);
+        Arc::make_mut(tenant).session_key = key;
+    }
     name_collisions(&mut c, file, &rules);
     limits(&mut c, file);
     let admin = admin(&mut c, file, secrets);
@@ -288,6 +292,13 @@ fn backends(c: &mut Collector<'_>, file: &PolicyFile, base: &Path, secrets: Secr
                 c.error(Some(&backend.name), format!("backends[{i}].max_wire_version"), format!("{v} is out of range"));
             }
         }
+        if !(1..=10_000).contains(&backend.max_connections) {
+            c.error(
+                Some(&backend.name),
+                format!("backends[{i}].max_connections"),
+                format!("{} is out of range (1 to 10000)", backend.max_connections),
+            );
+        }
         if let Some(uri) = uri {
             out.push(BackendSpec {
                 name: name.clone(),
@@ -295,6 +306,7 @@ fn backends(c: &mut Collector<'_>, file: &PolicyFile, base: &Path, secrets: Secr
                 tls,
                 credentials,
                 max_wire_version: backend.max_wire_version,
+                max_connections: backend.max_connections,
             });
         }
     }
@@ -449,6 +461,20 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
             if let Some(cap) = tenant.max_connections.as_ref().filter(|cap| *cap.get_ref() == 0) {
                 c.error(Some(cap), format!("tenants[{i}].max_connections"), "must be at least 1");
             }
+            if let Some(cap) = tenant.max_in_flight.as_ref().filter(|cap| *cap.get_ref() == 0) {
+                c.error(Some(cap), format!("tenants[{i}].max_in_flight"), "must be at least 1");
+            }
+            let in_flight = tenant.max_in_flight.as_ref().map_or(file.limits.max_in_flight, |cap| *cap.get_ref());
+            let pool = file.backends.iter().find(|b| b.name.get_ref() == tenant.backend.get_ref());
+            if let Some(pool) = pool.filter(|b| in_flight >= b.max_connections) {
+                let msg = format!(
+                    "tenant {id:?} may have {in_flight} commands in flight, as many as backend {:?} has connections \
+                     ({}): its slow commands alone can keep every other tenant waiting",
+                    pool.name.get_ref(),
+                    pool.max_connections
+                );
+                c.warn(Some(&tenant.id), format!("tenants[{i}].max_in_flight"), msg);
+            }
             let built = Tenant {
                 id: id.clone(),
                 value,
@@ -457,6 +483,9 @@ fn tenants(c: &mut Collector<'_>, file: &PolicyFile) -> Tenants {
                 allow_disk_use: tenant.allow_disk_use,
                 rate_limit,
                 max_connections: tenant.max_connections.as_ref().map(|cap| *cap.get_ref()),
+                max_in_flight: tenant.max_in_flight.as_ref().map_or(file.limits.max_in_flight, |cap| *cap.get_ref()),
+                // Completed once the rules are compiled.
+                session_key: id.clone(),
             };
             out.tenants.insert(id.clone(), Arc::new(built));
         }
@@ -493,35 +522,109 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
             let msg = "template applies only to modes \"collection\" and \"database\"";
             c.error(Some(t), format!("rules[{i}].template"), msg);
         }
-        let placement = placement(c, file, rule, i);
+        let tenants = rule_tenants(c, file, rule, i);
+        let placement = placement(c, file, rule, i, tenants.as_ref().map(Option::as_deref));
         let renames_database = matches!(&placement, Some(Placement::Database(t)) if !t.is_identity());
         if renames_database && rule.collection.get_ref() != "*" {
             let msg = "database rules that rename the database cover every collection: use \"*\"";
             c.error(Some(&rule.collection), format!("rules[{i}].collection"), msg);
         }
-        let (Some(database), Some(collection), Some(placement)) = (db, coll, placement) else { continue };
-        // A renamed database cannot share a database name with another rule: one command would need two real
-        // databases.
+        let (Some(database), Some(collection), Some(placement), Ok(tenants)) = (db, coll, placement, tenants) else {
+            continue;
+        };
+        let built = Rule { index: i, database, collection, placement, tenants };
+        // A renamed database cannot share a database name with another rule of the same tenant: one command would
+        // need two real databases. An earlier rule for some tenants that covers whole databases (`*`) takes each
+        // database it matches entirely for them, so a later rule never splits one: that is how a tenant's own
+        // placement overrides the general rule.
         let renames = |r: &Rule| matches!(&r.placement, Placement::Database(t) if !t.is_identity());
-        if let Some(other) =
-            out.iter().find(|other| (renames_database || renames(other)) && other.database.overlaps(&database))
-        {
+        let overrides = |earlier: &Rule| earlier.tenants.is_some() && earlier.collection.as_str() == "*";
+        if let Some(other) = out.iter().find(|other| {
+            (renames_database || renames(other))
+                && other.database.overlaps(&built.database)
+                && other.shares_tenants(&built)
+                && !overrides(other)
+        }) {
             let msg = format!("shares databases with rules[{}], but one of them renames the database", other.index);
             c.error(Some(&rule.database), format!("rules[{i}].database"), msg);
         }
-        if let Some(first) = out.iter().find(|o| o.database.overlaps(&database) && o.collection.overlaps(&collection)) {
+        // A rule for some tenants before the general one is meant to win; anything else that overlaps is worth a
+        // look.
+        if let Some(first) = out.iter().find(|o| {
+            o.database.overlaps(&built.database)
+                && o.collection.overlaps(&built.collection)
+                && o.shares_tenants(&built)
+                && !(o.tenants.is_some() && built.tenants.is_none())
+        }) {
             let msg = format!("overlaps rules[{}]; the first matching rule wins", first.index);
             c.warn(Some(&rule.database), format!("rules[{i}]"), msg);
         }
-        if let Placement::Field { .. } = placement {
+        if let Placement::Field { .. } = built.placement {
             let msg = "a tenant can learn whether another tenant's document in this shared collection has a given \
                        _id (an insert with that _id fails with a duplicate key): let drivers generate ObjectIds, \
                        or use collection mode where ids are meaningful (see the threat model)";
             c.warn(Some(&rule.collection), format!("rules[{i}]"), msg);
         }
-        out.push(Rule { index: i, database, collection, placement });
+        out.push(built);
     }
     out
+}
+
+/// [`Tenant::session_key`]: the id alone for a tenant without rules of its own (the ids every earlier version
+/// derived), else the id, a NUL (which no tenant id contains) and a digest of its own rules.
+fn session_key(tenant: &str, rules: &[Rule]) -> String {
+    let own: Vec<&Rule> = rules.iter().filter(|r| r.tenants.is_some() && r.applies_to(tenant)).collect();
+    if own.is_empty() {
+        return tenant.to_owned();
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for rule in own {
+        let (field, template) = match &rule.placement {
+            Placement::Field { field, .. } => (field.as_str(), ""),
+            Placement::Collection(t) | Placement::Database(t) => ("", t.as_str()),
+            Placement::Shared => ("", ""),
+        };
+        for part in [rule.database.as_str(), rule.collection.as_str(), rule.describe().as_str(), field, template] {
+            ctx.update(part.as_bytes());
+            ctx.update(b"\0");
+        }
+    }
+    let digest = ctx.finish();
+    let hex: String = digest.as_ref().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{tenant}\0{hex}")
+}
+
+/// A rule's `tenants`: `Ok(None)` for every tenant, `Err` after recording what was wrong.
+fn rule_tenants(
+    c: &mut Collector<'_>,
+    file: &PolicyFile,
+    rule: &crate::config::RuleConfig,
+    i: usize,
+) -> Result<Option<Vec<String>>, ()> {
+    let Some(list) = &rule.tenants else { return Ok(None) };
+    if list.get_ref().is_empty() {
+        c.error(Some(list), format!("rules[{i}].tenants"), "must name at least one tenant (or be left out)");
+        return Err(());
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut ok = true;
+    for (j, id) in list.get_ref().iter().enumerate() {
+        let id_text = id.get_ref();
+        if !file.tenants.iter().any(|t| t.id.get_ref() == id_text) {
+            c.error(Some(id), format!("rules[{i}].tenants[{j}]"), format!("no tenant {id_text:?}"));
+            ok = false;
+        } else if out.contains(id_text) {
+            c.error(Some(id), format!("rules[{i}].tenants[{j}]"), format!("tenant {id_text:?} is listed twice"));
+            ok = false;
+        } else {
+            out.push(id_text.clone());
+        }
+    }
+    if ok {
+        Ok(Some(out))
+    } else {
+        Err(())
+    }
 }
 
 /// A rule's placement, each mode's data checked; `None` after recording what was wrong.
@@ -530,6 +633,7 @@ fn placement(
     file: &PolicyFile,
     rule: &crate::config::RuleConfig,
     i: usize,
+    only: Result<Option<&[String]>, &()>,
 ) -> Option<Placement> {
     let mode = *rule.mode.get_ref();
     let template = |c: &mut Collector<'_>, default: &str| {
@@ -547,13 +651,22 @@ fn placement(
         Mode::Database => {
             let t = template(c, DEFAULT_DATABASE_TEMPLATE)?;
             if !t.has_tenant() {
-                // Same database names for every tenant are only isolated if no two tenants share a backend.
+                // Same database names are only isolated if no tenant the rule applies to shares its backend with
+                // any other tenant.
                 let mut per_backend: HashMap<&str, usize> = HashMap::new();
                 for tenant in &file.tenants {
                     *per_backend.entry(tenant.backend.get_ref()).or_default() += 1;
                 }
-                if per_backend.values().any(|n| *n > 1) {
-                    let msg = "a template without {tenant} needs every tenant on a backend of its own";
+                // A list that failed its own check counts as every tenant: the stricter reading.
+                let governed = |id: &str| match only {
+                    Ok(Some(only)) => only.iter().any(|t| t == id),
+                    Ok(None) | Err(()) => true,
+                };
+                let shared_backend = file.tenants.iter().any(|tenant| {
+                    governed(tenant.id.get_ref()) && per_backend.get(tenant.backend.get_ref().as_str()) > Some(&1)
+                });
+                if shared_backend {
+                    let msg = "a template without {tenant} needs every tenant it applies to on a backend of its own";
                     c.error(rule.template.as_ref(), format!("rules[{i}].template"), msg);
                     return None;
                 }
@@ -577,15 +690,17 @@ fn name_collisions(c: &mut Collector<'_>, file: &PolicyFile, rules: &[Rule]) {
         for other in rules.iter().filter(|o| o.index != rule.index) {
             let example = match &other.placement {
                 Placement::Collection(t) if t.has_tenant() && rule.database.overlaps(&other.database) => {
-                    tenants.iter().find_map(|tenant| {
+                    tenants.iter().filter(|tenant| other.applies_to(tenant)).find_map(|tenant| {
                         let real = t.render(tenant, &sample(&other.collection));
                         rule.collection.matches(&real).then(|| format!("{}.{real}", sample(&rule.database)))
                     })
                 }
-                Placement::Database(t) if t.has_tenant() => tenants.iter().find_map(|tenant| {
-                    let real = t.render(tenant, &sample(&other.database));
-                    rule.database.matches(&real).then_some(real)
-                }),
+                Placement::Database(t) if t.has_tenant() => {
+                    tenants.iter().filter(|tenant| other.applies_to(tenant)).find_map(|tenant| {
+                        let real = t.render(tenant, &sample(&other.database));
+                        rule.database.matches(&real).then_some(real)
+                    })
+                }
                 _ => None,
             };
             if let Some(example) = example {
@@ -693,6 +808,7 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
         ("max_unauthenticated_connections_per_ip", limits.max_unauthenticated_connections_per_ip),
         ("max_cursors", limits.max_cursors),
         ("max_cursors_per_tenant", limits.max_cursors_per_tenant),
+        ("max_in_flight", limits.max_in_flight),
     ] {
         if value == 0 {
             c.error(NONE, format!("limits.{key}"), "must be at least 1");
@@ -713,6 +829,7 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
         ("frame_timeout_secs", limits.frame_timeout_secs),
         ("backend_connect_timeout_ms", limits.backend_connect_timeout_ms),
         ("backend_timeout_ms", limits.backend_timeout_ms),
+        ("pool_wait_timeout_ms", limits.pool_wait_timeout_ms),
         ("client_write_timeout_secs", limits.client_write_timeout_secs),
         ("auth_failures_before_refusal", u64::from(limits.auth_failures_before_refusal)),
         ("auth_failure_window_secs", limits.auth_failure_window_secs),
@@ -724,5 +841,138 @@ fn limits(c: &mut Collector<'_>, file: &PolicyFile) {
     }
     if let Some(default) = &limits.rate_limit {
         rate_limit(c, default, NONE, "limits.rate_limit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{resolve, Target};
+
+    const HEAD: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+        [[backends]]\nname = \"main\"\nuri = \"mongodb://127.0.0.1:1\"\n\n\
+        [[backends]]\nname = \"own\"\nuri = \"mongodb://127.0.0.1:2\"\n\n\
+        [[tenants]]\nid = \"acme\"\nbackend = \"main\"\n\n\
+        [[tenants]]\nid = \"globex\"\nbackend = \"main\"\n\n";
+
+    fn compiled(rules: &str) -> Compilation {
+        let text = format!("{HEAD}{rules}");
+        let file = crate::config::parse(&text, Path::new("t.toml")).expect("parses");
+        compile(&file, &text, Path::new("t.toml"), Secrets::Skip)
+    }
+
+    fn errors(rules: &str) -> Vec<String> {
+        compiled(rules).errors.iter().map(|p| format!("{}@{:?}: {}", p.key, p.line, p.message)).collect()
+    }
+
+    #[test]
+    fn a_tenant_that_could_fill_its_backend_pool_is_warned_about() {
+        let rules = "[[rules]]\ndatabase = \"app\"\nmode = \"field\"\n";
+        let quiet = compiled(rules);
+        assert!(!quiet.warnings.iter().any(|w| w.key.ends_with("max_in_flight")), "{:?}", quiet.warnings);
+        let text = format!("{HEAD}{rules}").replacen(
+            "mongodb://127.0.0.1:1\"\n",
+            "mongodb://127.0.0.1:1\"\nmax_connections = 8\n",
+            1,
+        );
+        let file = crate::config::parse(&text, Path::new("t.toml")).expect("parses");
+        let small_pool = compile(&file, &text, Path::new("t.toml"), Secrets::Skip);
+        let warned: Vec<_> = small_pool.warnings.iter().filter(|w| w.key.ends_with("max_in_flight")).collect();
+        assert_eq!(warned.len(), 2, "both tenants' 32 in flight exceed 8 connections: {:?}", small_pool.warnings);
+    }
+
+    #[test]
+    fn a_rule_for_some_tenants_overrides_the_general_one_for_them_only() {
+        let rules = "[[rules]]\ndatabase = \"app\"\nmode = \"database\"\ntenants = [\"acme\"]\n\n\
+                     [[rules]]\ndatabase = \"app\"\ncollection = \"*\"\nmode = \"field\"\n";
+        let compilation = compiled(rules);
+        assert!(compilation.errors.is_empty(), "{:?}", compilation.errors);
+        let renamed_db = compilation.warnings.iter().any(|w| w.message.contains("first matching rule wins"));
+        assert!(!renamed_db, "the override is intended: {:?}", compilation.warnings);
+        let policy = compilation.policy.unwrap();
+        match resolve(&policy, "acme", "app", Some("orders")).unwrap() {
+            Target::Mapped { db, coll, .. } => assert_eq!((db.as_str(), coll.as_deref()), ("acme_app", Some("orders"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(resolve(&policy, "globex", "app", Some("orders")).unwrap(), Target::Field(_)));
+        assert_eq!(policy.rule_for("globex", "app", "orders").map(|r| r.index), Some(1));
+        assert_eq!(policy.database_rule("acme", "app").map(|r| r.index), Some(0));
+        // acme's real database is nobody's visible one, and globex has no way to name it.
+        assert!(policy.is_real_database("acme_app"));
+        assert!(!policy.is_real_database("globex_app"), "the rule gives globex no database");
+        assert!(resolve(&policy, "globex", "acme_app", Some("orders")).is_err());
+        // acme's sessions follow its placement; globex's are derived as always.
+        assert_eq!(policy.tenant("globex").unwrap().session_key, "globex");
+        let acme = &policy.tenant("acme").unwrap().session_key;
+        assert!(acme.starts_with("acme\0") && acme.len() == "acme\0".len() + 16, "{acme:?}");
+        let other =
+            compiled(&rules.replace("mode = \"database\"", "mode = \"database\"\ntemplate = \"t_{tenant}_{db}\""));
+        let other = other.policy.expect("compiles");
+        assert_ne!(&other.tenant("acme").unwrap().session_key, acme, "another placement, other sessions");
+    }
+
+    #[test]
+    fn tenant_lists_are_checked_with_their_lines() {
+        let rules = |list: &str| format!("[[rules]]\ndatabase = \"app\"\nmode = \"database\"\ntenants = {list}\n");
+        let empty = errors(&rules("[]"));
+        assert!(
+            empty.iter().any(|e| e.starts_with("rules[0].tenants@Some(23)") && e.contains("at least one")),
+            "{empty:?}"
+        );
+        let unknown = errors(&rules("[\"initech\"]"));
+        assert!(
+            unknown.iter().any(|e| e.starts_with("rules[0].tenants[0]@Some(23)") && e.contains("initech")),
+            "{unknown:?}"
+        );
+        let twice = errors(&rules("[\"acme\", \"acme\"]"));
+        assert!(twice.iter().any(|e| e.starts_with("rules[0].tenants[1]") && e.contains("twice")), "{twice:?}");
+    }
+
+    #[test]
+    fn per_tenant_names_stay_out_of_reach_of_rules_that_keep_names() {
+        // acme's own collections in app would be covered by every tenant's field rule on app.*.
+        let rules =
+            "[[rules]]\ndatabase = \"app\"\ncollection = \"orders\"\nmode = \"collection\"\ntenants = [\"acme\"]\n\n\
+                     [[rules]]\ndatabase = \"app\"\ncollection = \"*\"\nmode = \"field\"\n";
+        let found = errors(rules);
+        assert!(found.iter().any(|e| e.starts_with("rules[1]@") && e.contains("acme__orders")), "{found:?}");
+        // acme's own database would be covered by a field rule on every database.
+        let rules = "[[rules]]\ndatabase = \"app\"\nmode = \"database\"\ntenants = [\"acme\"]\n\n\
+                     [[rules]]\ndatabase = \"*\"\nmode = \"field\"\n";
+        let found = errors(rules);
+        assert!(found.iter().any(|e| e.contains("acme_app")), "{found:?}");
+        // Names exact enough not to match are fine.
+        let rules =
+            "[[rules]]\ndatabase = \"app\"\ncollection = \"orders\"\nmode = \"collection\"\ntenants = [\"acme\"]\n\n\
+                     [[rules]]\ndatabase = \"app\"\ncollection = \"orders\"\nmode = \"field\"\n";
+        assert_eq!(errors(rules), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_renamed_database_is_never_split_for_one_tenant() {
+        // The override covers only orders: acme's other collections of app would go to the renamed database.
+        let rules =
+            "[[rules]]\ndatabase = \"app\"\ncollection = \"orders\"\nmode = \"field\"\ntenants = [\"acme\"]\n\n\
+                     [[rules]]\ndatabase = \"app\"\nmode = \"database\"\n";
+        let found = errors(rules);
+        assert!(found.iter().any(|e| e.starts_with("rules[1].database") && e.contains("renames")), "{found:?}");
+        // Rules for different tenants never meet.
+        let rules = "[[rules]]\ndatabase = \"app\"\nmode = \"database\"\ntenants = [\"acme\"]\n\n\
+                     [[rules]]\ndatabase = \"app\"\ncollection = \"orders\"\nmode = \"field\"\ntenants = [\"globex\"]\n";
+        assert_eq!(errors(rules), Vec::<String>::new());
+    }
+
+    #[test]
+    fn same_names_need_a_backend_of_their_own_only_for_the_tenants_governed() {
+        let rule = "[[rules]]\ndatabase = \"app\"\nmode = \"database\"\ntemplate = \"{db}\"\ntenants = [\"acme\"]\n";
+        let found = errors(rule);
+        assert!(found.iter().any(|e| e.contains("backend of its own")), "shares main with globex: {found:?}");
+        let moved = compiled(rule).errors.is_empty();
+        assert!(!moved);
+        let text = HEAD.replace("id = \"acme\"\nbackend = \"main\"", "id = \"acme\"\nbackend = \"own\"");
+        let text = format!("{text}{rule}");
+        let file = crate::config::parse(&text, Path::new("t.toml")).unwrap();
+        let compilation = compile(&file, &text, Path::new("t.toml"), Secrets::Skip);
+        assert!(compilation.errors.is_empty(), "{:?}", compilation.errors);
     }
 }

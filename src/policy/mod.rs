@@ -45,6 +45,13 @@ pub struct Tenant {
     pub rate_limit: Option<RateLimit>,
     /// Connections the tenant may hold at once.
     pub max_connections: Option<usize>,
+    /// Commands of the tenant forwarded and not yet answered at once (its own, or `limits.max_in_flight`).
+    pub max_in_flight: usize,
+    /// What the tenant's session ids are derived from (see [`crate::session`]): its id, followed, when rules are
+    /// written for it alone, by a digest of those rules. A change of its own placement then starts new server
+    /// sessions, so a transaction begun on the old placement can never commit after the switch (its writes were
+    /// not copied); every proxy with the same policy derives the same ids.
+    pub session_key: String,
 }
 
 /// A token bucket: `per_second` tokens added each second, at most `burst` held.
@@ -110,6 +117,8 @@ pub struct BackendSpec {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub credentials: Option<Credentials>,
     pub max_wire_version: Option<i32>,
+    /// Bound on the backend's connection pool.
+    pub max_connections: usize,
 }
 
 /// A listener as configured.
@@ -145,9 +154,24 @@ pub struct Rule {
     pub database: Pattern,
     pub collection: Pattern,
     pub placement: Placement,
+    /// The tenants the rule applies to; `None`: every tenant.
+    pub tenants: Option<Vec<String>>,
 }
 
 impl Rule {
+    /// Whether the rule applies to tenant `tenant` at all (before its patterns are looked at).
+    pub fn applies_to(&self, tenant: &str) -> bool {
+        self.tenants.as_ref().is_none_or(|only| only.iter().any(|t| t == tenant))
+    }
+
+    /// Whether some tenant is governed by both rules' tenant lists.
+    pub fn shares_tenants(&self, other: &Rule) -> bool {
+        match (&self.tenants, &other.tenants) {
+            (Some(a), Some(b)) => a.iter().any(|t| b.contains(t)),
+            _ => true,
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         match self.placement {
             Placement::Field { .. } => Mode::Field,
@@ -299,42 +323,63 @@ impl Policy {
     /// Whether database `db`, as a client names it, is some tenant's real database under a database rule's
     /// template (`globex_app`).
     pub fn is_real_database(&self, db: &str) -> bool {
+        self.real_database_owner(db, None)
+    }
+
+    /// Whether `db` is the real database a rule's template gives some tenant other than `except` (all tenants with
+    /// `None`).
+    pub fn real_database_owner(&self, db: &str, except: Option<&str>) -> bool {
         self.rules.iter().any(|rule| {
             matches!(rule.placement, Placement::Database(_))
-                && rule
-                    .template()
-                    .filter(|t| t.has_tenant())
-                    .and_then(|t| t.split(db))
-                    .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.database.matches(name))
+                && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(db)).is_some_and(|(tenant, name)| {
+                    except != Some(tenant)
+                        && self.tenants.contains_key(tenant)
+                        && rule.applies_to(tenant)
+                        && rule.database.matches(name)
+                })
         })
     }
 
     /// Whether collection `collection` of `db`, as a client names it, is some tenant's real collection under a
     /// collection rule's template (`globex__invoices`).
     pub fn is_real_collection(&self, db: &str, collection: &str) -> bool {
+        self.real_collection_owner(db, collection, None)
+    }
+
+    /// Whether `collection` of `db` is the real collection a rule's template gives some tenant other than `except`.
+    pub fn real_collection_owner(&self, db: &str, collection: &str, except: Option<&str>) -> bool {
         self.rules.iter().any(|rule| {
             matches!(rule.placement, Placement::Collection(_))
                 && rule.database.matches(db)
-                && rule
-                    .template()
-                    .filter(|t| t.has_tenant())
-                    .and_then(|t| t.split(collection))
-                    .is_some_and(|(tenant, name)| self.tenants.contains_key(tenant) && rule.collection.matches(name))
+                && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(collection)).is_some_and(
+                    |(tenant, name)| {
+                        except != Some(tenant)
+                            && self.tenants.contains_key(tenant)
+                            && rule.applies_to(tenant)
+                            && rule.collection.matches(name)
+                    },
+                )
         })
     }
 
-    /// The first rule whose patterns match `db` and `collection` (names as the tenant sees them).
-    pub fn rule_for(&self, db: &str, collection: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.database.matches(db) && r.collection.matches(collection))
+    /// The rules that apply to `tenant`, in file order.
+    pub fn rules_of<'p>(&'p self, tenant: &'p str) -> impl Iterator<Item = &'p Rule> + 'p {
+        self.rules.iter().filter(move |r| r.applies_to(tenant))
     }
 
-    /// The first rule whose database pattern matches `db`, whatever its collection pattern.
-    pub fn any_rule_for_db(&self, db: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.database.matches(db))
+    /// The first of `tenant`'s rules whose patterns match `db` and `collection` (names as the tenant sees them).
+    pub fn rule_for(&self, tenant: &str, db: &str, collection: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.matches(collection))
     }
 
-    /// The first rule covering a whole database (collection pattern `*`), for database-level commands.
-    pub fn database_rule(&self, db: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.database.matches(db) && r.collection.as_str() == "*")
+    /// The first of `tenant`'s rules whose database pattern matches `db`, whatever its collection pattern.
+    pub fn any_rule_for_db(&self, tenant: &str, db: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db))
+    }
+
+    /// The first of `tenant`'s rules covering a whole database (collection pattern `*`), for database-level
+    /// commands.
+    pub fn database_rule(&self, tenant: &str, db: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.as_str() == "*")
     }
 }

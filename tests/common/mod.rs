@@ -316,3 +316,27 @@ pub fn ok(reply: &bson::RawDocumentBuf) -> f64 {
         other => panic!("no numeric ok: {other:?}"),
     }
 }
+
+/// A blocking HTTP/1.1 GET; returns the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect admin");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read admin response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("response head");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length");
+    assert_eq!(length, body.len(), "Content-Length matches the body");
+    (status, body.to_owned())
+}
+
+/// The value of the series `series` (name and labels exactly as exported), or 0 when it is absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}

@@ -1,0 +1,372 @@
+//! The per-tenant gate every forwarded command passes: holds for tenant moves, and an optional cap on commands in
+//! flight.
+//!
+//! A command of a tenant enters the gate before the policy decides it, and leaves when its reply is written
+//! (the [`InFlight`] guard). While the tenant is held, new commands wait at the gate; [`Gate::hold`] returns once
+//! the commands already past it have finished, so the mover sees the tenant's data at rest. The commands that
+//! waited are then decided with the policy in force when they pass, which is the new placement once the move
+//! switched it. A hold is bounded: at its deadline it ends by itself, whether or not anyone releases it, so a mover
+//! that dies never leaves a tenant held.
+//!
+//! What it owns: per-tenant gate state only (deadline, in-flight count, wake-ups). What it must never do: hold one
+//! tenant's commands for another tenant's move, wait without a bound, or hold commands the proxy answers itself
+//! (the caller only sends forwarded commands through it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bson::{rawdoc, RawDocumentBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::ErrorCode;
+
+/// What an overloaded server answers; with the labels below drivers back off and retry.
+const OVERLOADED: ErrorCode = ErrorCode { code: 462, name: "IngressRequestRateLimitExceeded" };
+
+/// Longest a hold may last, whatever a caller asks for.
+pub const MAX_HOLD: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct State {
+    /// The hold in force: its id and deadline.
+    hold: Option<(u64, Instant)>,
+    /// When the hold in force began, for the held time reported at release.
+    held_since: Option<Instant>,
+    in_flight: usize,
+}
+
+impl State {
+    /// The hold in force at `now`; an expired hold is ended here (it ends by itself, nobody has to release it).
+    fn live_hold(&mut self, now: Instant) -> Option<(u64, Instant)> {
+        match self.hold {
+            Some((_, deadline)) if deadline <= now => {
+                tracing::warn!("tenant hold reached its deadline and ended by itself");
+                self.hold = None;
+                self.held_since = None;
+                None
+            }
+            other => other,
+        }
+    }
+}
+
+#[derive(Default)]
+struct TenantGate {
+    state: Mutex<State>,
+    /// Woken whenever the hold ends or a command leaves.
+    changed: Notify,
+}
+
+impl TenantGate {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere mid-update; the counters are still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every tenant's gate, shared by all connections of a server.
+#[derive(Default)]
+pub struct Gate {
+    tenants: Mutex<HashMap<String, Arc<TenantGate>>>,
+    next_hold: AtomicU64,
+}
+
+/// A command of a tenant in flight; dropping it lets the gate know the command is done.
+pub struct InFlight {
+    gate: Arc<TenantGate>,
+    /// Whether the command waited at a hold on its way in (it must then be decided with the current policy).
+    pub waited: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.gate.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        drop(state);
+        self.gate.changed.notify_waiters();
+    }
+}
+
+/// A hold in force, as [`Gate::hold`] grants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub id: u64,
+    /// Time the hold waited for commands already in flight.
+    pub drained_in: Duration,
+    /// The hold ends by itself this long after it was granted.
+    pub max: Duration,
+}
+
+/// Why a hold was not granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    #[error("{in_flight} command(s) of the tenant were still in flight when the hold's bound was reached")]
+    NotDrained { in_flight: usize },
+}
+
+impl Gate {
+    fn tenant(&self, tenant: &str) -> Arc<TenantGate> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        // Every forwarded command passes here: no allocation once the tenant has its gate.
+        if let Some(gate) = tenants.get(tenant) {
+            return gate.clone();
+        }
+        tenants.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// The tenant's gate if it has one: queries never add entries (an admin request names any id).
+    fn existing(&self, tenant: &str) -> Option<Arc<TenantGate>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned()
+    }
+
+    /// Lets a command of `tenant` in: at once unless the tenant is held or at its cap. A held tenant's command
+    /// waits until the hold ends (released, or at its deadline). A command beyond `cap` waits up to `cap_wait` for
+    /// one of the tenant's commands to finish, and is otherwise refused with the returned reply.
+    pub async fn enter(
+        &self,
+        tenant: &str,
+        cap: Option<usize>,
+        cap_wait: Duration,
+    ) -> Result<InFlight, RawDocumentBuf> {
+        let gate = self.tenant(tenant);
+        let cap_deadline = Instant::now() + cap_wait;
+        let mut waited = false;
+        loop {
+            // Registered before the state is read, so a change between the read and the wait is not missed.
+            let changed = gate.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            let wake_at = {
+                let mut state = gate.lock();
+                match state.live_hold(now) {
+                    Some((_, deadline)) => {
+                        waited = true;
+                        deadline
+                    }
+                    None if cap.is_some_and(|cap| state.in_flight >= cap) => {
+                        if now >= cap_deadline {
+                            return Err(cap_refusal(tenant));
+                        }
+                        cap_deadline
+                    }
+                    None => {
+                        state.in_flight += 1;
+                        return Ok(InFlight { gate: gate.clone(), waited });
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(wake_at, changed).await;
+        }
+    }
+
+    /// Holds `tenant`: its new commands wait at the gate from now on, for at most `max` (capped at
+    /// [`MAX_HOLD`]). Returns once its commands in flight have finished; when they have not by the deadline, the
+    /// hold is ended and an error returned. Holding a held tenant again starts a new hold (a re-run mover).
+    pub async fn hold(&self, tenant: &str, max: Duration) -> Result<Hold, HoldError> {
+        let max = max.min(MAX_HOLD);
+        let gate = self.tenant(tenant);
+        let started = Instant::now();
+        let deadline = started + max;
+        let id = self.next_hold.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut state = gate.lock();
+            state.hold = Some((id, deadline));
+            state.held_since = Some(started);
+        }
+        loop {
+            let changed = gate.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let in_flight = {
+                let mut state = gate.lock();
+                if state.in_flight == 0 {
+                    return Ok(Hold { id, drained_in: started.elapsed(), max });
+                }
+                if Instant::now() >= deadline {
+                    if state.hold.is_some_and(|(held, _)| held == id) {
+                        state.hold = None;
+                        state.held_since = None;
+                    }
+                    drop(state);
+                    gate.changed.notify_waiters();
+                    return Err(HoldError::NotDrained { in_flight: gate.lock().in_flight });
+                }
+                state.in_flight
+            };
+            tracing::debug!(tenant, in_flight, "hold waiting for commands in flight");
+            let _ = tokio::time::timeout_at(deadline, changed).await;
+        }
+    }
+
+    /// Whether hold `id` of `tenant` is still in force with at least `margin` left.
+    pub fn is_held(&self, tenant: &str, id: u64, margin: Duration) -> bool {
+        let Some(gate) = self.existing(tenant) else { return false };
+        let now = Instant::now();
+        let mut state = gate.lock();
+        state.live_hold(now).is_some_and(|(held, deadline)| held == id && deadline >= now + margin)
+    }
+
+    /// Ends the tenant's hold (when `id` is given, only that hold); the waiting commands go on. Returns how long
+    /// the tenant was held, or `None` when no such hold was in force.
+    pub fn release(&self, tenant: &str, id: Option<u64>) -> Option<Duration> {
+        let gate = self.existing(tenant)?;
+        let now = Instant::now();
+        let mut state = gate.lock();
+        let (held, _) = state.live_hold(now)?;
+        if id.is_some_and(|id| id != held) {
+            return None;
+        }
+        let since = state.held_since.take();
+        state.hold = None;
+        drop(state);
+        gate.changed.notify_waiters();
+        Some(since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s)))
+    }
+
+    /// Commands of `tenant` past the gate now.
+    pub fn in_flight(&self, tenant: &str) -> usize {
+        self.existing(tenant).map_or(0, |gate| gate.lock().in_flight)
+    }
+}
+
+/// The answer to a statement of a multi-statement transaction (`autocommit: false`, not the one that starts it)
+/// that waited at a hold across a policy switch: the transaction began on the old placement, whose writes the move
+/// did not copy (they were not committed), so it must not go on. `NoSuchTransaction` with the
+/// `TransientTransactionError` label makes drivers run the whole transaction again, on the new placement.
+pub fn interrupted_transaction(body: &bson::RawDocument) -> Option<RawDocumentBuf> {
+    let in_transaction = matches!(body.get("autocommit"), Ok(Some(bson::RawBsonRef::Boolean(false))));
+    let starts = matches!(body.get("startTransaction"), Ok(Some(bson::RawBsonRef::Boolean(true))));
+    if !in_transaction || starts {
+        return None;
+    }
+    let mut labels = bson::RawArrayBuf::new();
+    labels.push("TransientTransactionError");
+    Some(rawdoc! {
+        "ok": 0.0,
+        "errmsg": "the transaction was interrupted by a move of the tenant's data; retry it",
+        "code": 251,
+        "codeName": "NoSuchTransaction",
+        "errorLabels": labels,
+    })
+}
+
+/// The reply to a command refused at the tenant's in-flight cap: an overload, so drivers back off and retry.
+fn cap_refusal(tenant: &str) -> RawDocumentBuf {
+    let mut labels = bson::RawArrayBuf::new();
+    labels.push("SystemOverloadedError");
+    labels.push("RetryableError");
+    rawdoc! {
+        "ok": 0.0,
+        "errmsg": format!("tenant {tenant} has too many commands in flight; retry later"),
+        "code": OVERLOADED.code,
+        "codeName": OVERLOADED.name,
+        "errorLabels": labels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_CAP: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_tenant_waits_and_others_do_not() {
+        let gate = Arc::new(Gate::default());
+        let hold = gate.hold("acme", Duration::from_secs(30)).await.unwrap();
+        assert_eq!(hold.drained_in, Duration::ZERO);
+        // Another tenant passes at once.
+        let other = gate.enter("globex", None, NO_CAP).await.unwrap();
+        assert!(!other.waited);
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter("acme", None, NO_CAP).await.map(|g| g.waited) }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "a held tenant's command waits");
+        assert_eq!(gate.in_flight("acme"), 0);
+        let held = gate.release("acme", Some(hold.id)).unwrap();
+        assert_eq!(held, Duration::from_secs(5));
+        assert_eq!(waiting.await.unwrap(), Ok(true));
+        assert_eq!(gate.release("acme", None), None, "nothing left to release");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_waits_for_commands_in_flight() {
+        let gate = Arc::new(Gate::default());
+        let first = gate.enter("acme", None, NO_CAP).await.unwrap();
+        let holding = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.hold("acme", Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!holding.is_finished(), "the hold waits for the command in flight");
+        drop(first);
+        let hold = holding.await.unwrap().unwrap();
+        assert_eq!(hold.drained_in, Duration::from_secs(2));
+        assert!(gate.is_held("acme", hold.id, Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_ends_by_itself_at_its_bound() {
+        let gate = Arc::new(Gate::default());
+        let hold = gate.hold("acme", Duration::from_secs(3)).await.unwrap();
+        let started = Instant::now();
+        let entered = gate.enter("acme", None, NO_CAP).await.unwrap();
+        assert!(entered.waited);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(!gate.is_held("acme", hold.id, Duration::ZERO));
+        assert_eq!(gate.release("acme", Some(hold.id)), None, "an expired hold is not released again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_that_cannot_drain_is_ended() {
+        let gate = Arc::new(Gate::default());
+        let _stuck = gate.enter("acme", None, NO_CAP).await.unwrap();
+        let error = gate.hold("acme", Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(error, HoldError::NotDrained { in_flight: 1 });
+        // Not held any more: new commands pass.
+        assert!(!gate.enter("acme", None, NO_CAP).await.unwrap().waited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_hold_is_not_released_by_an_older_id() {
+        let gate = Gate::default();
+        let old = gate.hold("acme", Duration::from_secs(30)).await.unwrap();
+        let new = gate.hold("acme", Duration::from_secs(30)).await.unwrap();
+        assert_eq!(gate.release("acme", Some(old.id)), None);
+        assert!(gate.is_held("acme", new.id, Duration::ZERO));
+        assert!(gate.release("acme", Some(new.id)).is_some());
+    }
+
+    #[test]
+    fn only_statements_inside_a_running_transaction_are_interrupted() {
+        let commit = bson::rawdoc! { "commitTransaction": 1, "txnNumber": 3_i64, "autocommit": false, "$db": "admin" };
+        let refused = interrupted_transaction(&commit).unwrap();
+        assert_eq!(refused.get_i32("code").unwrap(), 251);
+        let start = bson::rawdoc! { "insert": "o", "autocommit": false, "startTransaction": true, "$db": "app" };
+        assert!(interrupted_transaction(&start).is_none(), "a new transaction starts on the new placement");
+        assert!(interrupted_transaction(&bson::rawdoc! { "insert": "o", "$db": "app" }).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_in_flight_cap_waits_then_refuses() {
+        let gate = Arc::new(Gate::default());
+        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let refused = gate.enter("acme", Some(1), Duration::from_millis(500)).await.err().unwrap();
+        assert_eq!(refused.get_i32("code").unwrap(), 462);
+        // Another tenant is not counted against acme's cap.
+        let _other = gate.enter("globex", Some(1), NO_CAP).await.unwrap();
+        let second = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter("acme", Some(1), Duration::from_secs(10)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        assert!(second.await.unwrap(), "a slot freed within the wait admits the command");
+    }
+}

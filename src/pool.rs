@@ -1,0 +1,454 @@
+//! A bounded, fair pool of connections to one backend.
+//!
+//! Commands are checked out onto a pooled connection for one exchange (the request and every reply to it) and
+//! given back afterwards, so thousands of client connections share a few backend connections. MongoDB binds
+//! sessions, transactions and cursors to lsids and cursor ids, not to connections, and the proxy strips exhaust
+//! and answers every fire-and-forget write itself, so nothing outlives one exchange on a connection.
+//!
+//! When every connection is busy, waiting commands queue per tenant and are served round-robin across tenants,
+//! not first come first served: a tenant with a thousand commands queued delays another tenant's next command by
+//! one exchange per waiting tenant, not by a thousand.
+//!
+//! This module must never hand one connection to two commands at once, never take back a connection whose
+//! exchange did not finish (a reply may still be on its way: such a connection is closed, see [`Pooled`]), and
+//! never let the connections open, idle or busy or being opened, exceed the bound. It knows nothing of the wire
+//! protocol: the connection type and how to open one are the caller's.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// Why no connection could be checked out.
+#[derive(Debug)]
+pub enum CheckoutError<E> {
+    /// Every connection stayed busy for the whole wait.
+    Timeout { waited: Duration, max: usize },
+    /// Opening a new connection failed.
+    Connect(E),
+}
+
+/// A bounded, fair pool of `C`.
+pub struct Pool<C: Send + 'static> {
+    state: Mutex<State<C>>,
+    max: AtomicUsize,
+    /// Told the number of open connections whenever it changes (a metrics gauge).
+    on_open: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+struct State<C: Send + 'static> {
+    /// Connections nobody uses, most recently returned last (reused first, so the others can age out).
+    idle: Vec<C>,
+    /// Idle, checked out, or being opened.
+    open: usize,
+    /// Commands waiting for a connection, per tenant, in arrival order.
+    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<Grant<C>>>>,
+    /// Tenants with waiting commands, in the order they will be served.
+    turn: VecDeque<Arc<str>>,
+}
+
+impl<C: Send + 'static> State<C> {
+    /// The next waiter, round-robin across tenants: the first waiter of the tenant whose turn it is, and that
+    /// tenant goes to the back of the line if it has more.
+    fn next_waiter(&mut self) -> Option<oneshot::Sender<Grant<C>>> {
+        while let Some(tenant) = self.turn.pop_front() {
+            let Some(queue) = self.waiting.get_mut(&tenant) else { continue };
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                self.waiting.remove(&tenant);
+            } else {
+                self.turn.push_back(tenant);
+            }
+            if next.is_some() {
+                return next;
+            }
+        }
+        None
+    }
+
+    fn enqueue(&mut self, tenant: &str, waiter: oneshot::Sender<Grant<C>>) {
+        match self.waiting.get_mut(tenant) {
+            Some(queue) => queue.push_back(waiter),
+            None => {
+                let tenant: Arc<str> = Arc::from(tenant);
+                self.waiting.insert(tenant.clone(), VecDeque::from([waiter]));
+                self.turn.push_back(tenant);
+            }
+        }
+    }
+}
+
+/// What a waiter is handed: a connection another command gave back, or the right to open one.
+enum Grant<C: Send + 'static> {
+    Conn(Pooled<C>),
+    Slot(Slot<C>),
+}
+
+impl<C: Send + 'static> Pool<C> {
+    /// A pool of at most `max` connections (at least 1); `on_open` hears the number of open connections.
+    pub fn new(max: usize, on_open: impl Fn(usize) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State { idle: Vec::new(), open: 0, waiting: HashMap::new(), turn: VecDeque::new() }),
+            max: AtomicUsize::new(max.max(1)),
+            on_open: Box::new(on_open),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
+        // Nothing panics while holding the lock; a poisoned one still holds consistent counts.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bound on open connections.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now: idle, checked out, or being opened.
+    pub fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    /// Changes the bound (a policy reload). Raising it lets waiters open connections at once; lowering it
+    /// closes idle connections beyond it now and busy ones as they come back.
+    pub fn set_max(self: &Arc<Self>, max: usize) {
+        let max = max.max(1);
+        self.max.store(max, Ordering::Relaxed);
+        let mut surplus = Vec::new();
+        let mut grants = Vec::new();
+        {
+            let mut state = self.lock();
+            while state.open > max {
+                let Some(conn) = state.idle.pop() else { break };
+                state.open -= 1;
+                surplus.push(conn);
+            }
+            while state.open < max {
+                let Some(waiter) = state.next_waiter() else { break };
+                state.open += 1;
+                grants.push(waiter);
+            }
+            (self.on_open)(state.open);
+        }
+        drop(surplus);
+        for waiter in grants {
+            self.grant(waiter, Grant::Slot(Slot { pool: Some(self.clone()) }));
+        }
+    }
+
+    /// A connection for one exchange, waiting at most `wait` when all are busy. `connect` opens a new one when
+    /// the pool is below its bound; an idle connection is reused otherwise (the caller checks it is still
+    /// alive: [`Pooled::is_fresh`]).
+    pub async fn checkout<E, F, Fut>(
+        self: &Arc<Self>,
+        tenant: &str,
+        wait: Duration,
+        connect: F,
+    ) -> Result<Pooled<C>, CheckoutError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<C, E>>,
+    {
+        enum First<C: Send + 'static> {
+            Idle(C),
+            Open,
+            Wait(oneshot::Receiver<Grant<C>>),
+        }
+        let first = {
+            let mut state = self.lock();
+            if let Some(conn) = state.idle.pop() {
+                First::Idle(conn)
+            } else if state.open < self.max() {
+                state.open += 1;
+                (self.on_open)(state.open);
+                First::Open
+            } else {
+                let (tx, rx) = oneshot::channel();
+                state.enqueue(tenant, tx);
+                First::Wait(rx)
+            }
+        };
+        let waiter = match first {
+            First::Idle(conn) => return Ok(Pooled { conn: Some(conn), pool: self.clone(), fresh: false }),
+            First::Open => return Slot { pool: Some(self.clone()) }.open(connect).await,
+            First::Wait(waiter) => waiter,
+        };
+        let mut waiter = waiter;
+        let grant = match tokio::time::timeout(wait, &mut waiter).await {
+            Ok(Ok(grant)) => grant,
+            // The sender was dropped without a grant: only when the pool itself is gone.
+            Ok(Err(_)) => return Err(CheckoutError::Timeout { waited: wait, max: self.max() }),
+            Err(_) => {
+                // A grant sent just as the wait ran out is used rather than lost.
+                waiter.close();
+                match waiter.try_recv() {
+                    Ok(grant) => grant,
+                    Err(_) => return Err(CheckoutError::Timeout { waited: wait, max: self.max() }),
+                }
+            }
+        };
+        match grant {
+            Grant::Conn(conn) => Ok(conn),
+            Grant::Slot(slot) => slot.open(connect).await,
+        }
+    }
+
+    /// Hands `grant` to `waiter`, or, when the waiter gave up meanwhile, to the next one; with nobody left
+    /// waiting a connection goes idle and a slot is given back.
+    fn grant(self: &Arc<Self>, waiter: oneshot::Sender<Grant<C>>, grant: Grant<C>) {
+        let mut next = Some(waiter);
+        let mut grant = grant;
+        while let Some(waiter) = next.take() {
+            match waiter.send(grant) {
+                Ok(()) => return,
+                Err(back) => grant = back,
+            }
+            next = self.lock().next_waiter();
+        }
+        match grant {
+            Grant::Conn(mut pooled) => {
+                if let Some(conn) = pooled.conn.take() {
+                    self.give_back(conn);
+                }
+            }
+            // Dropping the slot gives it back (or to a waiter that arrived meanwhile).
+            Grant::Slot(slot) => drop(slot),
+        }
+    }
+
+    /// A connection whose exchange finished: to the next waiter, or idle.
+    fn give_back(self: &Arc<Self>, conn: C) {
+        let waiter = {
+            let mut state = self.lock();
+            if state.open > self.max() {
+                // The bound was lowered: this one goes.
+                state.open -= 1;
+                (self.on_open)(state.open);
+                drop(state);
+                drop(conn);
+                return;
+            }
+            match state.next_waiter() {
+                Some(waiter) => waiter,
+                None => {
+                    state.idle.push(conn);
+                    return;
+                }
+            }
+        };
+        self.grant(waiter, Grant::Conn(Pooled { conn: Some(conn), pool: self.clone(), fresh: false }));
+    }
+
+    /// A connection or slot that is gone: its place goes to the next waiter, or the count drops.
+    fn forget_one(self: &Arc<Self>) {
+        let waiter = {
+            let mut state = self.lock();
+            if state.open > self.max() {
+                state.open -= 1;
+                (self.on_open)(state.open);
+                return;
+            }
+            match state.next_waiter() {
+                Some(waiter) => waiter,
+                None => {
+                    state.open = state.open.saturating_sub(1);
+                    (self.on_open)(state.open);
+                    return;
+                }
+            }
+        };
+        self.grant(waiter, Grant::Slot(Slot { pool: Some(self.clone()) }));
+    }
+}
+
+/// The right to open one connection, counted in the pool's bound. Dropped unused, it is given back.
+struct Slot<C: Send + 'static> {
+    pool: Option<Arc<Pool<C>>>,
+}
+
+impl<C: Send + 'static> Slot<C> {
+    async fn open<E, F, Fut>(mut self, connect: F) -> Result<Pooled<C>, CheckoutError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<C, E>>,
+    {
+        // On failure (or cancellation) the slot is dropped, which gives it back.
+        let conn = connect().await.map_err(CheckoutError::Connect)?;
+        match self.pool.take() {
+            Some(pool) => Ok(Pooled { conn: Some(conn), pool, fresh: true }),
+            // Unreachable: a slot always has its pool until it is opened or dropped.
+            None => Err(CheckoutError::Timeout { waited: Duration::ZERO, max: 0 }),
+        }
+    }
+}
+
+impl<C: Send + 'static> Drop for Slot<C> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.forget_one();
+        }
+    }
+}
+
+/// A checked-out connection. [`release`](Self::release) it once its exchange is complete; dropped otherwise (an
+/// error, a timeout, a client that went away mid-command), it is closed, because a reply may still arrive on it.
+pub struct Pooled<C: Send + 'static> {
+    conn: Option<C>,
+    pool: Arc<Pool<C>>,
+    fresh: bool,
+}
+
+impl<C: Send + 'static> Pooled<C> {
+    /// Opened for this checkout, rather than reused from the idle list.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// The connection, for the exchange.
+    pub fn get(&mut self) -> Option<&mut C> {
+        self.conn.as_mut()
+    }
+
+    /// Gives the connection back for the next command: its exchange is complete.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn);
+        }
+    }
+}
+
+impl<C: Send + 'static> Drop for Pooled<C> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn);
+            self.pool.forget_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn counting(max: usize) -> (Arc<Pool<u32>>, Arc<AtomicU32>) {
+        let opened = Arc::new(AtomicU32::new(0));
+        (Pool::new(max, |_| {}), opened)
+    }
+
+    async fn open(pool: &Arc<Pool<u32>>, tenant: &str, opened: &Arc<AtomicU32>) -> Pooled<u32> {
+        let next = opened.fetch_add(1, Ordering::Relaxed);
+        pool.checkout(tenant, Duration::from_secs(5), || async move { Ok::<_, ()>(next) }).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_never_exceed_the_bound() {
+        let (pool, opened) = counting(2);
+        let a = open(&pool, "acme", &opened).await;
+        let b = open(&pool, "acme", &opened).await;
+        assert!(a.is_fresh() && b.is_fresh());
+        assert_eq!(pool.open(), 2);
+        a.release();
+        let c = open(&pool, "acme", &opened).await;
+        assert!(!c.is_fresh(), "the idle connection is reused");
+        assert_eq!(opened.load(Ordering::Relaxed), 3, "the third connect closure was never run");
+        assert_eq!(pool.open(), 2);
+        drop((b, c));
+        assert_eq!(pool.open(), 0, "connections dropped mid-exchange are closed, not kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pool_times_out_the_waiter() {
+        let (pool, opened) = counting(1);
+        let _busy = open(&pool, "acme", &opened).await;
+        let outcome = pool.checkout("globex", Duration::from_millis(50), || async { Ok::<u32, ()>(9) }).await;
+        assert!(matches!(outcome, Err(CheckoutError::Timeout { max: 1, .. })));
+        assert_eq!(pool.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_gives_its_slot_back() {
+        let (pool, _) = counting(1);
+        let failed = pool.checkout("acme", Duration::from_secs(1), || async { Err::<u32, _>("refused") }).await;
+        assert!(matches!(failed, Err(CheckoutError::Connect("refused"))));
+        assert_eq!(pool.open(), 0);
+        let ok = pool.checkout("acme", Duration::from_secs(1), || async { Ok::<u32, ()>(1) }).await;
+        assert!(ok.is_ok(), "the slot was given back");
+    }
+
+    /// Waiters are served round-robin across tenants: acme queued three commands before globex queued one, and
+    /// globex is served second, not fourth.
+    #[tokio::test]
+    async fn waiters_are_served_round_robin_across_tenants() {
+        let (pool, opened) = counting(1);
+        let busy = open(&pool, "acme", &opened).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, tenant) in ["acme", "acme", "acme", "globex"].into_iter().enumerate() {
+            let waiting = pool.clone();
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                let conn =
+                    waiting.checkout(tenant, Duration::from_secs(5), || async { Ok::<u32, ()>(99) }).await.unwrap();
+                order.lock().unwrap().push(format!("{tenant}{i}"));
+                tokio::task::yield_now().await;
+                conn.release();
+            }));
+            // Let each one queue before the next, so arrival order is known.
+            while pool.lock().waiting.values().map(VecDeque::len).sum::<usize>() < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        busy.release();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["acme0", "globex3", "acme1", "acme2"]);
+        assert_eq!(pool.open(), 1);
+    }
+
+    /// A connection dropped mid-exchange passes its place to a waiter, which opens a new connection.
+    #[tokio::test]
+    async fn a_discarded_connection_lets_a_waiter_open_a_new_one() {
+        let (pool, opened) = counting(1);
+        let broken = open(&pool, "acme", &opened).await;
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.checkout("globex", Duration::from_secs(5), || async { Ok::<u32, ()>(7) }).await.map(|c| c.fresh)
+            })
+        };
+        while pool.lock().waiting.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        drop(broken);
+        assert!(waiter.await.unwrap().unwrap(), "the waiter opened a fresh connection");
+        assert_eq!(pool.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn raising_the_bound_serves_waiters_and_lowering_it_closes_idle_ones() {
+        let (pool, opened) = counting(1);
+        let busy = open(&pool, "acme", &opened).await;
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.checkout("globex", Duration::from_secs(5), || async { Ok::<u32, ()>(7) })
+                    .await
+                    .map(|c| c.release())
+            })
+        };
+        while pool.lock().waiting.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        pool.set_max(2);
+        waiter.await.unwrap().unwrap();
+        busy.release();
+        assert_eq!(pool.open(), 2);
+        pool.set_max(1);
+        assert_eq!(pool.open(), 1, "the surplus idle connection is closed");
+    }
+}
