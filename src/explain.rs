@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bson::{Bson, Document, RawDocumentBuf};
 use serde::Deserialize;
-use tenantwall_protocol::{MsgFlags, OpMsg};
+use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg};
 
 use crate::command::Command;
 use crate::engine::decide::{prepare_forward, Decision};
@@ -55,7 +55,14 @@ pub fn explain_with_reply(
         command.insert("$db", db);
     }
     let raw = RawDocumentBuf::try_from(&command).map_err(|e| format!("cannot encode the command: {e}"))?;
-    let msg = OpMsg::new(MsgFlags::default(), raw);
+    // Through the wire format and back, so that the command is read exactly as a live connection reads it:
+    // validated, with what validation found in it.
+    let frame =
+        OpMsg::new(MsgFlags::default(), raw).encode(0, 0).map_err(|e| format!("cannot encode the command: {e}"))?;
+    let Message::Msg(msg) = decode(frame.freeze()).map_err(|e| format!("the command is not valid: {e}"))?.message
+    else {
+        return Err("the command did not decode as OP_MSG".into());
+    };
     let name = msg.command_name().unwrap_or_default().to_owned();
     Ok(match prepare_forward(&msg, Command::from_name(&name), Some(&tenant), policy) {
         Decision::Local(_) => Outcome::Local,

@@ -57,10 +57,10 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     let body = msg.body();
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-    if let Ok(lsid) = body.get_document("lsid") {
+    if let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") {
         edits.push(("lsid", virtual_lsid_doc(tenant, lsid).map(RawBson::Document)));
     }
-    if let Ok(list) = body.get_array("endSessions") {
+    if let Ok(Some(RawBsonRef::Array(list))) = crate::engine::raw::get(body, "endSessions") {
         let mut out = RawArrayBuf::new();
         for lsid in list.into_iter().filter_map(|v| v.ok()) {
             if let Some(new) = lsid.as_document().and_then(|d| virtual_lsid_doc(tenant, d)) {

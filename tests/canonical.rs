@@ -8,7 +8,7 @@ use bson::{rawdoc, RawBson, RawDocumentBuf};
 use tenantwall::command::Command;
 use tenantwall::engine::decide::{decide, Decision, Local};
 use tenantwall::{Policy, Tenant};
-use tenantwall_protocol::{MsgFlags, OpMsg, Sequence};
+use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg, Sequence};
 
 const POLICY: &str = r#"
 [[listeners]]
@@ -73,11 +73,22 @@ fn fields(pairs: &[(&str, RawBson)]) -> RawDocumentBuf {
     doc
 }
 
+/// The decision for `msg` as received from the wire (as built when it does not decode), checked against the
+/// decision for it as built: a decoded message carries what validation found in it, which lets the canonical
+/// parse skip its walk and inserts be stamped as bytes; both readings must agree.
 fn decide_as(id: &str, msg: &OpMsg) -> Decision {
     let policy = policy();
     let tenant = tenant(&policy, id);
     let command = Command::from_name(msg.command_name().unwrap_or_default());
-    decide(msg, command, Some(&tenant), &policy)
+    let built = decide(msg, command, Some(&tenant), &policy);
+    let frame = msg.encode(1, 0).unwrap().freeze();
+    if let Ok(Message::Msg(received)) = decode(frame).map(|d| d.message) {
+        let from_wire = decide(&received, command, Some(&tenant), &policy);
+        assert_eq!(format!("{from_wire:?}"), format!("{built:?}"), "decoded and built messages decided differently");
+        // What a live connection would forward.
+        return from_wire;
+    }
+    built
 }
 
 fn denial(id: &str, body: RawDocumentBuf) -> (i32, String) {
@@ -243,6 +254,52 @@ fn inserted_documents_with_repeated_keys_are_refused() {
         vec![Sequence::new("documents", vec![nested_dup])],
     );
     assert_eq!(denial_msg("acme", &msg).0, 2);
+}
+
+/// The documents an insert forwards, read as they would arrive at the backend.
+fn forwarded_documents(msg: &OpMsg) -> Vec<RawDocumentBuf> {
+    match decide_as("acme", msg) {
+        Decision::Forward(plan) => {
+            let out = plan.forward.expect("stamped");
+            let frame = out.encode(2, 0).unwrap().freeze();
+            let Message::Msg(out) = decode(frame).unwrap().message else { panic!("not an OP_MSG") };
+            out.sequence("documents").unwrap().documents().map(ToOwned::to_owned).collect()
+        }
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+#[test]
+fn inserted_sequences_are_stamped_and_checked_document_by_document() {
+    // Decided as built and as received (decide_as compares both): the received message takes the byte-level
+    // stamping, the built one the general path.
+    let insert = |docs: Vec<RawDocumentBuf>| {
+        OpMsg::with_sequences(
+            MsgFlags::default(),
+            rawdoc! { "insert": "orders", "$db": "app" },
+            vec![Sequence::new("documents", docs)],
+        )
+    };
+    let docs = vec![
+        rawdoc! { "_id": 1 },
+        rawdoc! { "_id": 2, "tenantId": "acme" },
+        rawdoc! { "_id": 3, "tenantIdx": 1, "n": { "$x": 1 } },
+        rawdoc! { "_id": 4, "s": "ünïcode", "code": bson::RawBson::JavaScriptCode("f()".into()) },
+    ];
+    assert_eq!(
+        forwarded_documents(&insert(docs)),
+        vec![
+            rawdoc! { "_id": 1, "tenantId": "acme" },
+            rawdoc! { "_id": 2, "tenantId": "acme" },
+            rawdoc! { "_id": 3, "tenantIdx": 1, "n": { "$x": 1 }, "tenantId": "acme" },
+            rawdoc! { "_id": 4, "s": "ünïcode", "code": bson::RawBson::JavaScriptCode("f()".into()), "tenantId": "acme" },
+        ]
+    );
+    for bad in [rawdoc! { "tenantId.x": 1 }, rawdoc! { "$set": { "a": 1 } }, rawdoc! { "tenantId": "globex" }] {
+        let (code, reason) = denial_msg("acme", &insert(vec![rawdoc! { "_id": 1 }, bad.clone()]));
+        assert_eq!(code, 13, "{bad:?}");
+        assert!(reason.contains("documents[1]"), "{reason}");
+    }
 }
 
 #[test]

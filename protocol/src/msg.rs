@@ -11,7 +11,7 @@ use nom::bytes::complete::take_till;
 use nom::number::complete::le_u32;
 
 use crate::header::backfill_len;
-use crate::validate::{document_len, validate_document};
+use crate::validate::{document_len, validate_with_findings, Findings};
 use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
 
 /// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
@@ -57,10 +57,19 @@ impl fmt::Debug for MsgFlags {
 }
 
 /// A kind-1 section: a named run of documents that stands for an array field of the command.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Sequence {
     identifier: String,
     documents: Vec<Bytes>,
+    /// What validation found in any of the documents ([`Findings::UNKNOWN`] unless parsed).
+    findings: Findings,
+}
+
+/// Sequences are equal when they say the same thing; how much is known about them does not count.
+impl PartialEq for Sequence {
+    fn eq(&self, other: &Self) -> bool {
+        self.identifier == other.identifier && self.documents == other.documents
+    }
 }
 
 impl Sequence {
@@ -69,6 +78,7 @@ impl Sequence {
         Self {
             identifier: identifier.into(),
             documents: documents.into_iter().map(|d| Bytes::from(d.into_bytes())).collect(),
+            findings: Findings::UNKNOWN,
         }
     }
 
@@ -79,7 +89,12 @@ impl Sequence {
         for doc in &documents {
             RawDocument::from_bytes(doc.as_ref()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
         }
-        Ok(Self { identifier: identifier.into(), documents })
+        Ok(Self { identifier: identifier.into(), documents, findings: Findings::UNKNOWN })
+    }
+
+    /// What validation found in the documents when they were parsed ([`Findings::UNKNOWN`] when built).
+    pub fn findings(&self) -> Findings {
+        self.findings
     }
 
     /// The documents' bytes (slices of the frame they arrived in).
@@ -113,16 +128,25 @@ impl fmt::Debug for Sequence {
 }
 
 /// A parsed OP_MSG.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct OpMsg {
     pub flags: MsgFlags,
     body: Bytes,
     sequences: Vec<Sequence>,
+    /// What validation found in the body ([`Findings::UNKNOWN`] unless parsed).
+    body_findings: Findings,
+}
+
+/// Messages are equal when they say the same thing; how much is known about them does not count.
+impl PartialEq for OpMsg {
+    fn eq(&self, other: &Self) -> bool {
+        self.flags == other.flags && self.body == other.body && self.sequences == other.sequences
+    }
 }
 
 /// Views validated bytes as a document.
 ///
-/// Every `Bytes` this module stores went through [`validate_document`], which already succeeded on exactly these
+/// Every `Bytes` this module stores went through [`validate_with_findings`], which already succeeded on exactly these
 /// bytes, and `RawDocument::from_bytes` re-checks only the length prefix and trailing NUL; failure is therefore
 /// impossible and the `expect` documents an invariant, not an input condition.
 fn raw_view(bytes: &Bytes) -> &RawDocument {
@@ -132,23 +156,28 @@ fn raw_view(bytes: &Bytes) -> &RawDocument {
 impl OpMsg {
     /// A message with a body and no sequences.
     pub fn new(flags: MsgFlags, body: RawDocumentBuf) -> Self {
-        Self { flags, body: Bytes::from(body.into_bytes()), sequences: Vec::new() }
+        Self { flags, body: Bytes::from(body.into_bytes()), sequences: Vec::new(), body_findings: Findings::UNKNOWN }
     }
 
     /// A message with a body and document sequences.
     pub fn with_sequences(flags: MsgFlags, body: RawDocumentBuf, sequences: Vec<Sequence>) -> Self {
-        Self { flags, body: Bytes::from(body.into_bytes()), sequences }
+        Self { flags, body: Bytes::from(body.into_bytes()), sequences, body_findings: Findings::UNKNOWN }
     }
 
     /// The same sections with other flags (bodies and sequences are shared, not copied).
     #[must_use]
     pub fn with_flags(&self, flags: MsgFlags) -> Self {
-        Self { flags, body: self.body.clone(), sequences: self.sequences.clone() }
+        Self { flags, body: self.body.clone(), sequences: self.sequences.clone(), body_findings: self.body_findings }
     }
 
     /// The command (or reply) document.
     pub fn body(&self) -> &RawDocument {
         raw_view(&self.body)
+    }
+
+    /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).
+    pub fn body_findings(&self) -> Findings {
+        self.body_findings
     }
 
     /// The body's bytes, for byte-for-byte forwarding.
@@ -158,7 +187,8 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        self.body().iter_elements().next().and_then(Result::ok).map(|e| e.key().as_str())
+        let first = crate::validate::Elements::new(self.body()).next()?;
+        std::str::from_utf8(first.key).ok()
     }
 
     /// The document sequences, in wire order.
@@ -198,7 +228,7 @@ impl OpMsg {
             }
         }
 
-        let mut body: Option<Bytes> = None;
+        let mut body: Option<(Bytes, Findings)> = None;
         let mut sequences: Vec<Sequence> = Vec::new();
         let mut pos = HEADER_LEN + 4;
         let sections = &frame[..end];
@@ -209,8 +239,8 @@ impl OpMsg {
                 0 => {
                     let len = document_len(sections, pos, MAX_COMMAND_SIZE, "OP_MSG body")?;
                     let doc = frame.slice(pos..pos + len);
-                    validate_document(&doc)?;
-                    if body.replace(doc).is_some() {
+                    let (_, findings) = validate_with_findings(&doc)?;
+                    if body.replace((doc, findings)).is_some() {
                         return Err(ProtocolError::MultipleBodies);
                     }
                     pos += len;
@@ -229,8 +259,8 @@ impl OpMsg {
                 other => return Err(ProtocolError::UnknownSectionKind(other)),
             }
         }
-        let body = body.ok_or(ProtocolError::NoBody)?;
-        let msg = OpMsg { flags, body, sequences };
+        let (body, body_findings) = body.ok_or(ProtocolError::NoBody)?;
+        let msg = OpMsg { flags, body, sequences, body_findings };
         for sequence in &msg.sequences {
             if msg.body().get(&sequence.identifier).ok().flatten().is_some() {
                 return Err(ProtocolError::SequenceConflictsWithBody(sequence.identifier.clone()));
@@ -297,14 +327,15 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
         .to_owned();
     let mut doc_pos = pos + 4 + name.len() + 1;
     let mut documents = Vec::new();
+    let mut findings = Findings::default();
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
         let doc = frame.slice(doc_pos..doc_pos + len);
-        validate_document(&doc)?;
+        findings = findings.union(validate_with_findings(&doc)?.1);
         documents.push(doc);
         doc_pos += len;
     }
-    Ok((Sequence { identifier, documents }, end))
+    Ok((Sequence { identifier, documents, findings }, end))
 }
 
 impl fmt::Debug for OpMsg {

@@ -33,29 +33,397 @@ pub fn document_len(buf: &[u8], at: usize, max: usize, what: &'static str) -> Re
 
 /// Walks a whole document; on success it is safe to view as `&RawDocument` anywhere.
 pub fn validate_document(bytes: &[u8]) -> Result<&RawDocument, ProtocolError> {
-    let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk(doc, 1)?;
-    Ok(doc)
+    validate_with_findings(bytes).map(|(doc, _)| doc)
 }
 
-fn walk(doc: &RawDocument, depth: usize) -> Result<(), ProtocolError> {
+/// What the validation walk noticed about a document's content while it was reading every byte anyway, so that
+/// the checks above this crate can skip a walk of their own when there is nothing to find.
+///
+/// Each finding is a "maybe": `false` is a proof of absence, `true` means "look with the precise check" (it is
+/// also set for places the precise checks do not look at, such as the scope of code with scope). Messages that
+/// were built rather than parsed carry [`Findings::UNKNOWN`], which sends every check down its precise path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Findings {
+    duplicate_keys: bool,
+    javascript: bool,
+}
+
+impl Findings {
+    /// Nothing was proved absent.
+    pub const UNKNOWN: Self = Self { duplicate_keys: true, javascript: true };
+
+    /// Some document at some depth may repeat a key.
+    pub fn duplicate_keys(self) -> bool {
+        self.duplicate_keys
+    }
+
+    /// Server-side JavaScript may be present: a code value (BSON types 0x0D and 0x0F) or a key that runs code on
+    /// the server (`$where`, `$function`, `$accumulator`), at any depth.
+    pub fn javascript(self) -> bool {
+        self.javascript
+    }
+
+    /// What either of two documents may hold.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            duplicate_keys: self.duplicate_keys || other.duplicate_keys,
+            javascript: self.javascript || other.javascript,
+        }
+    }
+}
+
+/// Keys whose values MongoDB runs as JavaScript.
+const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
+
+/// [`validate_document`], also reporting what the walk found (see [`Findings`]).
+///
+/// The walk reads the bytes directly, once: every element's type, key (UTF-8, NUL-terminated) and value are
+/// checked exactly as strictly as the `bson` crate's iterator checks them when a value is read (lengths within
+/// their container, strings UTF-8 and NUL-terminated, booleans 0 or 1, the old binary subtype's inner length,
+/// code with scope's parts), so that every later read through `RawDocument` succeeds. Nothing is allocated
+/// except for documents with more than [`PAIRWISE_MAX`] keys.
+pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
+    let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    let mut findings = Findings::default();
+    walk(bytes, 1, false, &mut findings)?;
+    Ok((doc, findings))
+}
+
+fn invalid(what: &str) -> ProtocolError {
+    ProtocolError::InvalidBson(what.to_owned())
+}
+
+fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The length of a BSON string (int32 length, UTF-8 bytes, NUL) starting at `at` within `bytes`, all of it
+/// checked. Returns the whole element size (prefix included).
+fn string_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    let len = read_i32(bytes, at).ok_or_else(|| invalid("string length truncated"))?;
+    let len = usize::try_from(len).ok().filter(|l| *l >= 1).ok_or_else(|| invalid("string length below 1"))?;
+    let start = at + 4;
+    let end = start.checked_add(len).ok_or_else(|| invalid("string length overflows"))?;
+    let body = bytes.get(start..end).ok_or_else(|| invalid("string overruns its document"))?;
+    let (last, text) = body.split_last().ok_or_else(|| invalid("string length below 1"))?;
+    if *last != 0 {
+        return Err(invalid("string not NUL-terminated"));
+    }
+    if !text.is_ascii() {
+        std::str::from_utf8(text).map_err(|_| invalid("string is not valid UTF-8"))?;
+    }
+    Ok(4 + len)
+}
+
+/// The length of a C string (bytes up to a NUL, UTF-8) starting at `at` within `bytes`, NUL excluded.
+fn cstring_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    let rest = bytes.get(at..).ok_or_else(|| invalid("C string truncated"))?;
+    // Keys are short and nearly always ASCII: one pass finds the end and whether the UTF-8 check is needed.
+    let mut ascii = true;
+    let mut len = None;
+    for (i, b) in rest.iter().enumerate() {
+        if *b == 0 {
+            len = Some(i);
+            break;
+        }
+        ascii &= *b < 0x80;
+    }
+    let len = len.ok_or_else(|| invalid("C string not NUL-terminated"))?;
+    if !ascii {
+        std::str::from_utf8(&rest[..len]).map_err(|_| invalid("C string is not valid UTF-8"))?;
+    }
+    Ok(len)
+}
+
+/// Validates the document that is exactly `doc` (its length prefix already matched against `doc.len()` and its
+/// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
+/// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
+/// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
+/// other key is noted as a possible repeat.
+fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
-    for element in doc.iter() {
-        let (_, value) = element.map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-        match value {
-            RawBsonRef::Document(inner) => walk(inner, depth + 1)?,
-            RawBsonRef::Array(inner) => {
-                let as_doc =
-                    RawDocument::from_bytes(inner.as_bytes()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-                walk(as_doc, depth + 1)?
-            }
-            RawBsonRef::JavaScriptCodeWithScope(code) => walk(code.scope, depth + 1)?,
-            _ => {}
+    // Elements end at or before the document's final NUL, so `elements` excludes it.
+    let elements = doc.get(..doc.len().saturating_sub(1)).ok_or_else(|| invalid("document truncated"))?;
+    let mut keys = Keys::default();
+    let mut index = Position::default();
+    let mut pos = 4;
+    while pos < elements.len() {
+        let kind = elements[pos];
+        let key_at = pos + 1;
+        let key_len = cstring_len(elements, key_at)?;
+        let key = &elements[key_at..key_at + key_len];
+        let repeated = if array { !index.next_is(key) } else { keys.repeated(key) };
+        if repeated {
+            findings.duplicate_keys = true;
         }
+        if key.first() == Some(&b'$') && JAVASCRIPT_KEYS.contains(&key) {
+            findings.javascript = true;
+        }
+        let at = key_at + key_len + 1;
+        let size = match kind {
+            // Double, datetime, timestamp, int64.
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x02 | 0x0E => string_len(elements, at)?,
+            0x0D => {
+                findings.javascript = true;
+                string_len(elements, at)?
+            }
+            0x03 | 0x04 => {
+                let len = document_at(elements, at)?;
+                walk(&elements[at..at + len], depth + 1, kind == 0x04, findings)?;
+                len
+            }
+            0x05 => binary_len(elements, at)?,
+            // Undefined, null, min key, max key.
+            0x06 | 0x0A | 0xFF | 0x7F => 0,
+            0x07 => 12,
+            0x08 => match elements.get(at) {
+                Some(0 | 1) => 1,
+                Some(_) => return Err(invalid("boolean must be 0 or 1")),
+                None => return Err(invalid("boolean truncated")),
+            },
+            0x0B => {
+                let pattern = cstring_len(elements, at)?;
+                let options = cstring_len(elements, at + pattern + 1)?;
+                pattern + 1 + options + 1
+            }
+            0x0C => string_len(elements, at)? + 12,
+            0x0F => {
+                findings.javascript = true;
+                code_with_scope_len(elements, at, depth, findings)?
+            }
+            0x10 => 4,
+            0x13 => 16,
+            other => return Err(ProtocolError::InvalidBson(format!("invalid element type {other:#04x}"))),
+        };
+        let end = at.checked_add(size).ok_or_else(|| invalid("element length overflows"))?;
+        if end > elements.len() {
+            return Err(invalid("element overruns its document"));
+        }
+        pos = end;
     }
     Ok(())
+}
+
+/// The length of an embedded document or array starting at `at` within `bytes`, with its prefix and final NUL
+/// checked (its elements are the caller's to walk).
+fn document_at(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    let len = read_i32(bytes, at).ok_or_else(|| invalid("document length truncated"))?;
+    let len = usize::try_from(len).ok().filter(|l| *l >= 5).ok_or_else(|| invalid("document length below 5"))?;
+    let end = at.checked_add(len).ok_or_else(|| invalid("document length overflows"))?;
+    match bytes.get(end - 1) {
+        Some(0) => Ok(len),
+        Some(_) => Err(invalid("document not NUL-terminated")),
+        None => Err(invalid("document overruns its container")),
+    }
+}
+
+/// The size of a binary value (int32 length, subtype, bytes) starting at `at`.
+fn binary_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    let len = read_i32(bytes, at).ok_or_else(|| invalid("binary length truncated"))?;
+    let len = usize::try_from(len).map_err(|_| invalid("binary length is negative"))?;
+    // The old binary subtype (2) carries its length a second time, inside the data.
+    if bytes.get(at + 4) == Some(&2) {
+        let inner = read_i32(bytes, at + 5).ok_or_else(|| invalid("old binary subtype has no inner length"))?;
+        if len < 4 || usize::try_from(inner).ok().and_then(|i| i.checked_add(4)) != Some(len) {
+            return Err(invalid("old binary subtype has a wrong inner length"));
+        }
+    }
+    // A length of i32::MAX - 4 or more makes the element's size reach i32::MAX, which bson refuses.
+    let size = len + 5;
+    if size >= i32::MAX as usize {
+        return Err(invalid("binary length exceeds the maximum"));
+    }
+    Ok(size)
+}
+
+/// The size of a code-with-scope value starting at `at`: int32 total size, the code as a string, then the scope
+/// document filling the rest exactly (walked like any document).
+fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Findings) -> Result<usize, ProtocolError> {
+    let size = read_i32(bytes, at).ok_or_else(|| invalid("code with scope length truncated"))?;
+    // The smallest: the size itself, a one-byte string (length and NUL) and an empty document.
+    let size = usize::try_from(size).ok().filter(|s| *s >= 14).ok_or_else(|| invalid("code with scope too small"))?;
+    let end = at.checked_add(size).ok_or_else(|| invalid("code with scope length overflows"))?;
+    let value = bytes.get(at..end).ok_or_else(|| invalid("code with scope overruns its document"))?;
+    let code = string_len(value, 4)?;
+    let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
+    RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    walk(scope, depth + 1, false, findings)?;
+    Ok(size)
+}
+
+/// The next position of an array, as its decimal key.
+#[derive(Default)]
+struct Position {
+    /// Decimal digits of the current position, most significant first, in `digits[..len]`.
+    digits: [u8; 20],
+    len: usize,
+}
+
+impl Position {
+    /// Whether `key` is the next position ("0", then "1", ...), advancing either way.
+    fn next_is(&mut self, key: &[u8]) -> bool {
+        if self.len == 0 {
+            self.digits[0] = b'0';
+            self.len = 1;
+        } else {
+            // Increment the decimal string in place.
+            let mut i = self.len;
+            loop {
+                if i == 0 {
+                    if self.len == self.digits.len() {
+                        return false;
+                    }
+                    self.digits.copy_within(..self.len, 1);
+                    self.digits[0] = b'1';
+                    self.len += 1;
+                    break;
+                }
+                i -= 1;
+                if self.digits[i] == b'9' {
+                    self.digits[i] = b'0';
+                } else {
+                    self.digits[i] += 1;
+                    break;
+                }
+            }
+        }
+        key == &self.digits[..self.len]
+    }
+}
+
+/// The keys of one document seen so far: compared pairwise while there are few, hashed beyond.
+#[derive(Default)]
+struct Keys<'a> {
+    small: [&'a [u8]; PAIRWISE_MAX],
+    len: usize,
+    large: Option<std::collections::HashSet<&'a [u8]>>,
+}
+
+impl<'a> Keys<'a> {
+    /// Records `key`; whether it was seen before.
+    fn repeated(&mut self, key: &'a [u8]) -> bool {
+        if let Some(set) = &mut self.large {
+            return !set.insert(key);
+        }
+        if self.len < PAIRWISE_MAX {
+            let seen = self.small[..self.len].contains(&key);
+            self.small[self.len] = key;
+            self.len += 1;
+            return seen;
+        }
+        // The std hasher is keyed per process, so a client cannot pick keys that all collide.
+        let mut set: std::collections::HashSet<&[u8]> = self.small.iter().copied().collect();
+        let seen = !set.insert(key);
+        self.large = Some(set);
+        seen
+    }
+}
+
+/// One element of a document, as bytes: its type, its key, and its value's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Element<'a> {
+    pub kind: u8,
+    pub key: &'a [u8],
+    /// The value's bytes (for a string, its length prefix, text and NUL).
+    pub value: &'a [u8],
+    /// The whole element: type byte, key, NUL and value, ready to copy into another document.
+    pub bytes: &'a [u8],
+}
+
+/// The elements of a document, read from its bytes without decoding or re-checking them: for documents that
+/// passed [`validate_document`] (or were built with `bson`'s builders), or parts of them. On any other bytes it
+/// never panics; it stops at the first element it cannot size and [`Elements::complete`] says so.
+pub struct Elements<'a> {
+    elements: &'a [u8],
+    pos: usize,
+    complete: bool,
+}
+
+impl<'a> Elements<'a> {
+    pub fn new(doc: &'a RawDocument) -> Self {
+        let bytes = doc.as_bytes();
+        Self { elements: bytes.get(..bytes.len().saturating_sub(1)).unwrap_or_default(), pos: 4, complete: true }
+    }
+
+    /// Whether every element was read (false after stopping at bytes it could not size).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Element<'a>;
+
+    fn next(&mut self) -> Option<Element<'a>> {
+        if self.pos >= self.elements.len() {
+            return None;
+        }
+        let start = self.pos;
+        let element = read_element(self.elements, start);
+        match element {
+            Some(e) => {
+                self.pos = start + e.bytes.len();
+                Some(e)
+            }
+            None => {
+                self.complete = false;
+                self.pos = self.elements.len();
+                None
+            }
+        }
+    }
+}
+
+/// The element starting at `start` within `elements`, sized without checking its contents.
+fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
+    let kind = *elements.get(start)?;
+    let rest = elements.get(start + 1..)?;
+    let key_len = rest.iter().position(|b| *b == 0)?;
+    let at = start + 1 + key_len + 1;
+    let prefixed = |extra: usize| -> Option<usize> {
+        let len = usize::try_from(read_i32(elements, at)?).ok()?;
+        len.checked_add(extra)
+    };
+    let size = match kind {
+        0x01 | 0x09 | 0x11 | 0x12 => 8,
+        0x02 | 0x0D | 0x0E => prefixed(4)?,
+        0x03 | 0x04 | 0x0F => prefixed(0)?,
+        0x05 => prefixed(5)?,
+        0x06 | 0x0A | 0xFF | 0x7F => 0,
+        0x07 => 12,
+        0x08 => 1,
+        0x0B => {
+            let pattern = elements.get(at..)?.iter().position(|b| *b == 0)?;
+            let options = elements.get(at + pattern + 1..)?.iter().position(|b| *b == 0)?;
+            pattern + 1 + options + 1
+        }
+        0x0C => prefixed(4 + 12)?,
+        0x10 => 4,
+        0x13 => 16,
+        _ => return None,
+    };
+    let end = at.checked_add(size)?;
+    Some(Element {
+        kind,
+        key: elements.get(start + 1..start + 1 + key_len)?,
+        value: elements.get(at..end)?,
+        bytes: elements.get(start..end)?,
+    })
+}
+
+/// Whether `doc` has a top-level field named `key`: `Some(false)` only when every element was read and none
+/// has that name, `None` when the bytes could not all be read (ask `bson`, which reports why).
+pub fn has_field(doc: &RawDocument, key: &str) -> Option<bool> {
+    let mut elements = Elements::new(doc);
+    if elements.any(|e| e.key == key.as_bytes()) {
+        return Some(true);
+    }
+    elements.complete().then_some(false)
 }
 
 /// Documents with more keys than this are checked for duplicates with a hash set; smaller ones by comparing
@@ -192,6 +560,28 @@ mod tests {
         assert_eq!(document_len(&bytes[..bytes.len() - 1], 0, 100, "body"), Err(ProtocolError::Truncated("body")));
         assert!(matches!(document_len(bytes, 0, 5, "body"), Err(ProtocolError::DocumentTooLarge { .. })));
         assert!(matches!(document_len(&[1, 0, 0, 0, 0], 0, 100, "body"), Err(ProtocolError::InvalidBson(_))));
+    }
+
+    #[test]
+    fn array_positions_count_up_in_decimal() {
+        let mut position = Position::default();
+        for i in 0..1234 {
+            assert!(position.next_is(i.to_string().as_bytes()), "{i}");
+        }
+        assert!(!position.next_is(b"1235"));
+        assert!(position.next_is(b"1235"));
+        // Arrays whose keys are not their positions are reported as possibly repeating a key.
+        let mut odd = bson::RawDocumentBuf::new();
+        odd.append(bson::cstr!("0"), 1);
+        odd.append(bson::cstr!("0"), 2);
+        let mut doc = Vec::new();
+        doc.extend_from_slice(&((4 + 1 + 2 + odd.as_bytes().len() + 1) as i32).to_le_bytes());
+        doc.extend_from_slice(b"\x04a\0");
+        doc.extend_from_slice(odd.as_bytes());
+        doc.push(0);
+        assert!(validate_with_findings(&doc).unwrap().1.duplicate_keys());
+        let fine = rawdoc! { "a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] };
+        assert!(!validate_with_findings(fine.as_bytes()).unwrap().1.duplicate_keys());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! fields (error 40415).
 
 use bson::{RawBsonRef, RawDocument};
+use tenantwall_protocol::validate::Elements;
 use tenantwall_protocol::OpMsg;
 
 use super::{first_key, Denial, Result};
@@ -21,13 +22,25 @@ fn unknown(place: &str, field: &str) -> Denial {
 /// Checks `body` (and `msg`'s sequences, when given) against `spec`.
 pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) -> Result<()> {
     let name = first_key(body);
-    for (i, element) in body.iter_elements().enumerate() {
-        let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
-        let key = element.key().as_str();
-        if i == 0 || spec.arguments.contains(&key) || GENERIC_ARGUMENTS.contains(&key) {
-            continue;
+    // The arguments' names compared as bytes; a document whose elements cannot all be read that way (never one
+    // that passed validation) is read again through bson below, which says what is wrong with it.
+    let mut elements = Elements::new(body);
+    for element in elements.by_ref().skip(1) {
+        let key = element.key;
+        let known = |list: &[&str]| list.iter().any(|a| a.as_bytes() == key);
+        if !known(spec.arguments) && !known(GENERIC_ARGUMENTS) {
+            return Err(unknown(name, &String::from_utf8_lossy(key)));
         }
-        return Err(unknown(name, key));
+    }
+    if !elements.complete() {
+        for (i, element) in body.iter_elements().enumerate() {
+            let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
+            let key = element.key().as_str();
+            if i == 0 || spec.arguments.contains(&key) || GENERIC_ARGUMENTS.contains(&key) {
+                continue;
+            }
+            return Err(unknown(name, key));
+        }
     }
     if let Some(msg) = sequences {
         for seq in msg.sequences() {
@@ -38,7 +51,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
                     format!("{name} takes no document sequence named {id:?}"),
                 ));
             }
-            if body.get(id).ok().flatten().is_some() {
+            if super::raw::get(body, id).ok().flatten().is_some() {
                 return Err(Denial::new(
                     ErrorCode::FAILED_TO_PARSE,
                     format!("{id} given both in the body and as a document sequence"),
@@ -48,7 +61,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
     }
     for (field, statement) in spec.statements {
         let place = format!("{name}.{field}");
-        match (sequences.and_then(|m| m.sequence(field)), body.get(field)) {
+        match (sequences.and_then(|m| m.sequence(field)), super::raw::get(body, field)) {
             (Some(seq), _) => {
                 for doc in seq.documents() {
                     check_statement(doc, *statement, &place)?;

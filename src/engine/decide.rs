@@ -83,7 +83,7 @@ const SCAN_DEPTH: usize = 200;
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
     let body = msg.body();
     let name = msg.command_name().unwrap_or_default();
-    let Ok(db) = body.get_str("$db") else {
+    let Ok(Some(RawBsonRef::String(db))) = super::raw::get(body, "$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
     };
     let Some(spec) = command.spec() else {
@@ -206,6 +206,9 @@ fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), De
     // runs, so they are walked for duplicates only. Everything else (filters, pipelines, updates, bulkWrite
     // ops) is also scanned for server-side JavaScript, in the same walk.
     let inserting = command == Command::Insert;
+    if nothing_to_find(msg, inserting) {
+        return arguments::check(msg.body(), Some(msg), spec);
+    }
     let body = walk(msg.body(), 0, Code::Scan { data: inserting.then_some("documents") });
     let found = body.map(|f| (String::new(), f)).or_else(|| {
         msg.sequences().iter().find_map(|s| {
@@ -225,6 +228,20 @@ fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), De
         None => {}
     }
     arguments::check(msg.body(), Some(msg), spec)
+}
+
+/// Whether validation already proved that the walk below would find nothing: no document in the message may
+/// repeat a key, and none may hold JavaScript where it would be looked for (inserted documents are data). The
+/// findings are "maybe"s computed while the frame was validated; any doubt sends the message down the precise
+/// walk, which also names what it finds.
+fn nothing_to_find(msg: &OpMsg, inserting: bool) -> bool {
+    let body = msg.body_findings();
+    !body.duplicate_keys()
+        && !body.javascript()
+        && msg.sequences().iter().all(|s| {
+            let found = s.findings();
+            !found.duplicate_keys() && (!found.javascript() || (inserting && s.identifier() == "documents"))
+        })
 }
 
 /// What the canonical walk found first.

@@ -13,6 +13,65 @@ use crate::policy::{FieldName, FieldRule, TenantValue};
 
 /// `{<field>: {$eq: <value>}}`.
 pub fn tenant_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
+    condition_bytes(field, value).unwrap_or_else(|| built_condition(field, value))
+}
+
+/// [`tenant_condition`] written as bytes into a buffer of the final size, for the value types a tenant value
+/// can have; `None` for any other.
+fn condition_bytes(field: &FieldName, value: &RawBson) -> Option<RawDocumentBuf> {
+    let name = field.as_str().as_bytes();
+    let mut out = Vec::with_capacity(4 + 1 + name.len() + 1 + 4 + 1 + 4 + 4 + value_len(value)? + 2);
+    out.extend_from_slice(&[0; 4]);
+    out.push(0x03);
+    out.extend_from_slice(name);
+    out.push(0);
+    let eq_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(value.element_type() as u8);
+    out.extend_from_slice(b"$eq\0");
+    write_value(value, &mut out)?;
+    out.extend_from_slice(&[0, 0]);
+    let eq_len = out.len() - 1 - eq_at;
+    super::raw::backfill(&mut out, eq_at, eq_len)?;
+    super::raw::finish(out)
+}
+
+/// The encoded size of a tenant value.
+fn value_len(value: &RawBson) -> Option<usize> {
+    Some(match value {
+        RawBson::String(s) => 4 + s.len() + 1,
+        RawBson::Int32(_) => 4,
+        RawBson::Int64(_) => 8,
+        RawBson::ObjectId(_) => 12,
+        RawBson::Binary(b) => 4 + 1 + b.bytes.len(),
+        _ => return None,
+    })
+}
+
+/// Appends a tenant value's encoding (strings, integers, ObjectIds and generic or UUID binaries; `None` for
+/// any other type, which the builder then writes).
+fn write_value(value: &RawBson, out: &mut Vec<u8>) -> Option<()> {
+    match value {
+        RawBson::String(s) => {
+            out.extend_from_slice(&i32::try_from(s.len() + 1).ok()?.to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        }
+        RawBson::Int32(n) => out.extend_from_slice(&n.to_le_bytes()),
+        RawBson::Int64(n) => out.extend_from_slice(&n.to_le_bytes()),
+        RawBson::ObjectId(id) => out.extend_from_slice(&id.bytes()),
+        // The old binary subtype repeats its length inside the data; it is left to the builder.
+        RawBson::Binary(b) if b.subtype != bson::spec::BinarySubtype::BinaryOld => {
+            out.extend_from_slice(&i32::try_from(b.bytes.len()).ok()?.to_le_bytes());
+            out.push(u8::from(b.subtype));
+            out.extend_from_slice(&b.bytes);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+fn built_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
     let mut eq = RawDocumentBuf::new();
     eq.append(cstr!("$eq"), value.clone());
     let mut cond = RawDocumentBuf::new();
@@ -33,10 +92,27 @@ pub fn stamp_stage(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
 }
 
 /// The client filter wrapped with the tenant condition (just the condition for an empty or absent filter).
+///
+/// Written as bytes into one buffer of the final size: the client's filter is copied as it came, not re-read.
 pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> RawDocumentBuf {
     let condition = tenant_condition(field, value);
-    match filter {
-        Some(f) if !f.is_empty() => {
+    let Some(f) = filter.filter(|f| !f.is_empty()) else { return condition };
+    // {"$and": ["<filter>", "<condition>"]}, the array being the document {"0": ..., "1": ...}.
+    let mut out = Vec::with_capacity(f.as_bytes().len() + condition.as_bytes().len() + 22);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(b"\x04$and\0");
+    let array_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(b"\x030\0");
+    out.extend_from_slice(f.as_bytes());
+    out.extend_from_slice(b"\x031\0");
+    out.extend_from_slice(condition.as_bytes());
+    out.extend_from_slice(&[0, 0]);
+    let array_len = out.len() - 1 - array_at;
+    match super::raw::backfill(&mut out, array_at, array_len).and_then(|()| super::raw::finish(out)) {
+        Some(wrapped) => wrapped,
+        // Only a filter near 2 GiB could get here; the builder then reports it its own way.
+        None => {
             let mut clauses = RawArrayBuf::new();
             clauses.push(f);
             clauses.push(condition);
@@ -44,7 +120,6 @@ pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) ->
             out.append(cstr!("$and"), clauses);
             out
         }
-        _ => condition,
     }
 }
 
@@ -99,10 +174,13 @@ pub fn scope_filter(
     filter: Option<&RawDocument>,
     place: &str,
 ) -> Result<Option<RawDocumentBuf>> {
-    let value = scope.value.clone();
+    // Enforce wraps whatever the filter says; only the other styles ask whether the client pinned the tenant.
+    if rule.style == Style::Enforce {
+        return Ok(Some(wrap(filter, rule.field, &scope.value)));
+    }
     let pinned = filter.is_some_and(|f| pins(f, rule.field, &scope.tenant.value));
     match rule.style {
-        Style::Enforce => Ok(Some(wrap(filter, rule.field, &value))),
+        Style::Enforce => Ok(Some(wrap(filter, rule.field, &scope.value))),
         Style::Verify if pinned => Ok(None),
         Style::Verify => {
             scope
@@ -123,7 +201,7 @@ pub fn scope_filter(
 ///
 /// [`Policy::collation_safe`]: crate::policy::Policy::collation_safe
 pub fn check_collation(scope: &mut Scope<'_>, rule: FieldRule<'_>, holder: &RawDocument, place: &str) -> Result<()> {
-    match holder.get("collation") {
+    match super::raw::get(holder, "collation") {
         Ok(None) => Ok(()),
         Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
         // Its contents are the server's to validate; whatever they say, no two tenants' values compare equal.
@@ -149,6 +227,26 @@ mod tests {
 
     fn acme() -> RawBson {
         RawBson::String("acme".into())
+    }
+
+    #[test]
+    fn written_conditions_equal_built_ones() {
+        let values = [
+            acme(),
+            RawBson::String("ünïcode".into()),
+            RawBson::Int32(-7),
+            RawBson::Int64(1 << 40),
+            RawBson::ObjectId(bson::oid::ObjectId::from_bytes([7; 12])),
+            RawBson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }),
+            RawBson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::BinaryOld, bytes: vec![1; 3] }),
+        ];
+        for value in values {
+            assert_eq!(tenant_condition(&tid(), &value), built_condition(&tid(), &value), "{value:?}");
+        }
+        let filter = rawdoc! { "a": { "$in": [1, 2] }, "b": "x" };
+        let wrapped = wrap(Some(&filter), &tid(), &acme());
+        assert_eq!(wrapped, rawdoc! { "$and": [filter.clone(), { "tenantId": { "$eq": "acme" } }] });
+        assert!(tenantwall_protocol::validate::validate_document(wrapped.as_bytes()).is_ok());
     }
 
     #[test]

@@ -339,7 +339,8 @@ pub fn strict_bool(doc: &RawDocument, field: &str, place: &str) -> Result<bool> 
 
 /// The first key of a document, or "".
 pub fn first_key(doc: &RawDocument) -> &str {
-    doc.iter_elements().next().and_then(|e| e.ok()).map(|e| e.key().as_str()).unwrap_or_default()
+    let first = tenantwall_protocol::validate::Elements::new(doc).next();
+    first.and_then(|e| std::str::from_utf8(e.key).ok()).unwrap_or_default()
 }
 
 /// Rewrites an authenticated data command (already past the canonical parse and the generic checks) for `tenant`.
@@ -399,7 +400,7 @@ fn limit_edits(
 ) -> Vec<(&'static str, Option<RawBson>)> {
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let (Some(cap), true) = (tenant.max_time_ms, limits.time) {
-        let asked = match body.get("maxTimeMS") {
+        let asked = match raw::get(body, "maxTimeMS") {
             Ok(Some(RawBsonRef::Int32(n))) => u64::try_from(n).ok(),
             Ok(Some(RawBsonRef::Int64(n))) => u64::try_from(n).ok(),
             Ok(Some(RawBsonRef::Double(n))) if n >= 0.0 => Some(n as u64),

@@ -3,6 +3,7 @@
 use bson::raw::CStr;
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
+use tenantwall_protocol::validate::Elements;
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::{Denial, Result};
@@ -12,9 +13,141 @@ fn malformed(what: impl Into<String>) -> Denial {
     Denial::new(ErrorCode::FAILED_TO_PARSE, what)
 }
 
+/// `doc.get(key)` for documents that passed validation (or were built with `bson`), without re-reading every
+/// key as UTF-8: the keys are compared as bytes, and a document, string or number value is viewed directly.
+/// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup.
+pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
+    let mut elements = Elements::new(doc);
+    let Some(found) = elements.find(|e| e.key == key.as_bytes()) else {
+        if elements.complete() {
+            return Ok(None);
+        }
+        return doc.get(key);
+    };
+    let value = found.value;
+    let direct = match found.kind {
+        0x03 => RawDocument::from_bytes(value).ok().map(RawBsonRef::Document),
+        0x02 => value
+            .get(4..value.len().saturating_sub(1))
+            .and_then(|text| std::str::from_utf8(text).ok())
+            .map(RawBsonRef::String),
+        0x10 => value.try_into().ok().map(|b| RawBsonRef::Int32(i32::from_le_bytes(b))),
+        0x12 => value.try_into().ok().map(|b| RawBsonRef::Int64(i64::from_le_bytes(b))),
+        0x01 => value.try_into().ok().map(|b| RawBsonRef::Double(f64::from_le_bytes(b))),
+        _ => None,
+    };
+    match direct {
+        Some(value) => Ok(Some(value)),
+        None => doc.get(key),
+    }
+}
+
 /// `doc` with top-level fields replaced (`Some`) or dropped (`None`); fields named in `edits` but absent from
-/// `doc` are appended. Order is preserved, so the command name stays first.
+/// `doc` are appended. Order is preserved, so the command name stays first. Untouched elements are copied as
+/// bytes; only the edited values are serialised.
 pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> RawDocumentBuf {
+    let mut used = [false; 8];
+    if edits.len() > used.len() {
+        return replace_fields_decoded(doc, edits);
+    }
+    // Each edited value, serialised once as a whole element (type byte, key, NUL, value).
+    let mut edited = Vec::new();
+    let mut spans: [(usize, usize); 8] = [(0, 0); 8];
+    for (i, (key, value)) in edits.iter().enumerate() {
+        if let (Some(value), Ok(key)) = (value, <&CStr>::try_from(*key)) {
+            let start = edited.len();
+            write_element(key, value, &mut edited);
+            spans[i] = (start, edited.len());
+        }
+    }
+    let edited = edited.as_slice();
+    let mut out = Vec::with_capacity(doc.as_bytes().len() + edited.len());
+    out.extend_from_slice(&[0; 4]);
+    let mut elements = Elements::new(doc);
+    for element in elements.by_ref() {
+        match edits.iter().position(|(k, _)| k.as_bytes() == element.key) {
+            Some(i) => {
+                used[i] = true;
+                out.extend_from_slice(edited.get(spans[i].0..spans[i].1).unwrap_or_default());
+            }
+            None => out.extend_from_slice(element.bytes),
+        }
+    }
+    // A document that cannot be read element by element as bytes (never one that passed validation) is
+    // rebuilt through `bson`, which skips what it cannot read, as before.
+    if !elements.complete() {
+        return replace_fields_decoded(doc, edits);
+    }
+    for (i, span) in spans.iter().enumerate().take(edits.len()) {
+        if !used[i] {
+            out.extend_from_slice(edited.get(span.0..span.1).unwrap_or_default());
+        }
+    }
+    out.push(0);
+    finish(out).unwrap_or_else(|| replace_fields_decoded(doc, edits))
+}
+
+/// Appends `key: value` as one element. Documents, arrays, strings and the common scalars are written
+/// directly; other types go through `bson`'s builder.
+fn write_element(key: &CStr, value: &RawBson, out: &mut Vec<u8>) {
+    let name = key.as_str().as_bytes();
+    let head = |kind: u8, out: &mut Vec<u8>| {
+        out.push(kind);
+        out.extend_from_slice(name);
+        out.push(0);
+    };
+    match value {
+        RawBson::Document(d) => {
+            head(0x03, out);
+            out.extend_from_slice(d.as_bytes());
+        }
+        RawBson::Array(a) => {
+            head(0x04, out);
+            out.extend_from_slice(a.as_bytes());
+        }
+        RawBson::String(s) if i32::try_from(s.len() + 1).is_ok() => {
+            head(0x02, out);
+            out.extend_from_slice(&((s.len() + 1) as i32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        }
+        RawBson::Int32(n) => {
+            head(0x10, out);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        RawBson::Int64(n) => {
+            head(0x12, out);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        RawBson::Boolean(b) => {
+            head(0x08, out);
+            out.push(u8::from(*b));
+        }
+        other => {
+            let mut one = RawDocumentBuf::new();
+            one.append(key, other.clone());
+            let bytes = one.as_bytes();
+            out.extend_from_slice(bytes.get(4..bytes.len() - 1).unwrap_or_default());
+        }
+    }
+}
+
+/// Writes `len` as an int32 at `at` (a length placeholder); `None` when it does not fit.
+pub fn backfill(out: &mut [u8], at: usize, len: usize) -> Option<()> {
+    let len = i32::try_from(len).ok()?;
+    out.get_mut(at..at.checked_add(4)?)?.copy_from_slice(&len.to_le_bytes());
+    Some(())
+}
+
+/// Back-fills the length of a document written as bytes; `None` when it would not fit BSON's int32 length.
+pub fn finish(mut out: Vec<u8>) -> Option<RawDocumentBuf> {
+    let len = out.len();
+    backfill(&mut out, 0, len)?;
+    RawDocumentBuf::from_bytes(out).ok()
+}
+
+/// [`replace_fields`] through `bson`'s element reader and builder.
+fn replace_fields_decoded(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> RawDocumentBuf {
     let mut out = RawDocumentBuf::new();
     let mut used = vec![false; edits.len()];
     for element in doc.iter_elements().filter_map(|e| e.ok()) {
@@ -129,5 +262,29 @@ mod tests {
             &[("filter", Some(RawBson::Int32(5))), ("$db", None), ("limit", Some(RawBson::Int32(1)))],
         );
         assert_eq!(out, rawdoc! { "find": "c", "filter": 5, "limit": 1 });
+    }
+
+    #[test]
+    fn written_elements_equal_built_ones() {
+        let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "$db": "app" };
+        let values = [
+            RawBson::Document(rawdoc! { "x": [1, "y"] }),
+            RawBson::Array({
+                let mut array = RawArrayBuf::new();
+                array.push(1);
+                array.push(rawdoc! { "z": null });
+                array
+            }),
+            RawBson::String("ü".into()),
+            RawBson::Int32(-1),
+            RawBson::Int64(1 << 40),
+            RawBson::Boolean(true),
+            RawBson::Double(0.5),
+            RawBson::Null,
+        ];
+        for value in values {
+            let edits = [("filter", Some(value.clone())), ("more", Some(value.clone()))];
+            assert_eq!(replace_fields(&doc, &edits), replace_fields_decoded(&doc, &edits), "{value:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ pub fn command_collection(body: &RawDocument) -> Result<&str> {
 
 /// An optional document field.
 pub fn optional_document<'a>(body: &'a RawDocument, field: &str) -> Result<Option<&'a RawDocument>> {
-    match body.get(field) {
+    match super::raw::get(body, field) {
         Ok(None) => Ok(None),
         Ok(Some(RawBsonRef::Document(d))) => Ok(Some(d)),
         _ => Err(Denial::new(ErrorCode::FAILED_TO_PARSE, format!("{field} must be a document"))),

@@ -2,8 +2,9 @@
 //! replacements stamped, anything that could change or remove the tenant value refused.
 
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
-use bytes::Bytes;
-use tenantwall_protocol::OpMsg;
+use bytes::{Bytes, BytesMut};
+use tenantwall_protocol::validate::Elements;
+use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::filter::{check_collation, scope_filter, stamp_stage};
 use super::raw::{append_field, logical_array, rename_collection, replace_fields, with_logical_array};
@@ -135,6 +136,13 @@ pub fn stamp(
 }
 
 fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<Option<OpMsg>> {
+    if let (Style::Enforce, Some(seq)) = (rule.style, msg.sequence("documents")) {
+        // Validation proved that no inserted document repeats a key, which is what the per-document check
+        // would look for first; otherwise the general path below finds and names the repeat.
+        if !seq.findings().duplicate_keys() {
+            return stamp_sequence(msg, seq, scope, rule).map(Some);
+        }
+    }
     let docs = logical_array(msg, "documents")?;
     let originals: Vec<Bytes> = match msg.sequence("documents") {
         Some(seq) => seq.document_bytes().to_vec(),
@@ -155,6 +163,67 @@ fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<Opt
         return Ok(None);
     }
     Ok(Some(with_logical_array(msg, "documents", out, &[])?))
+}
+
+/// Enforce-style stamping of a `documents` sequence as bytes: a document that does not carry the tenant field
+/// (and has no key the checks refuse) is copied as it came with the tenant field appended and its length
+/// rewritten, all into one buffer; any other document goes through [`stamp`], which checks and refuses or
+/// restamps it exactly as for a body array. The sequence's documents passed validation and carry no repeated
+/// key (the caller checked the findings), so reading their keys as bytes is reading them as the server does.
+fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<OpMsg> {
+    let field = rule.field.as_str().as_bytes();
+    // The tenant field as a whole element, serialised once: type byte, name, NUL, value.
+    let mut one = RawDocumentBuf::new();
+    one.append(rule.field.as_cstr(), scope.value.clone());
+    let element = one.as_bytes().get(4..one.as_bytes().len() - 1).unwrap_or_default();
+    let originals = seq.document_bytes();
+    let total: usize = originals.iter().map(|d| d.len() + element.len()).sum();
+    let mut out = BytesMut::with_capacity(total);
+    // Where each document ends in `out`: they are split off once the buffer is complete.
+    let mut ends = Vec::with_capacity(originals.len());
+    for (i, original) in originals.iter().enumerate() {
+        let doc = RawDocument::from_bytes(original.as_ref()).map_err(|e| malformed(e.to_string()))?;
+        let mut elements = Elements::new(doc);
+        // Plain: no `$` key, and neither the tenant field nor a path below it (`tenantIdx` is another field).
+        let plain = elements.by_ref().all(|e| {
+            let tenant = e.key.strip_prefix(field).is_some_and(|rest| matches!(rest.first(), None | Some(b'.')));
+            e.key.first() != Some(&b'$') && !tenant
+        });
+        let stamped_len = original.len() + element.len();
+        match (plain && elements.complete(), i32::try_from(stamped_len)) {
+            (true, Ok(len)) => {
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(original.get(4..original.len() - 1).unwrap_or_default());
+                out.extend_from_slice(element);
+                out.extend_from_slice(&[0]);
+            }
+            _ => match stamp(scope, rule, doc, &|| format!("documents[{i}]"))? {
+                Some(stamped) => out.extend_from_slice(stamped.as_bytes()),
+                None => out.extend_from_slice(original),
+            },
+        }
+        ends.push(out.len());
+    }
+    let mut all = out.freeze();
+    let mut documents = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for end in ends {
+        documents.push(all.split_to(end - start));
+        start = end;
+    }
+    let invalid = |e: tenantwall_protocol::ProtocolError| malformed(e.to_string());
+    let sequences = msg
+        .sequences()
+        .iter()
+        .map(|s| {
+            if s.identifier() == "documents" {
+                Sequence::from_bytes("documents", std::mem::take(&mut documents)).map_err(invalid)
+            } else {
+                Ok(s.clone())
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(OpMsg::with_sequences(msg.flags, msg.body().to_owned(), sequences))
 }
 
 /// Applies `edit` to every statement of an `updates`/`deletes` array.

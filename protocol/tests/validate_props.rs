@@ -1,0 +1,149 @@
+//! The byte-level validation walk against the `bson` crate's own reading: on any bytes (valid documents of
+//! every element type, then mutated), it accepts exactly what `bson` reads without an error at every depth, and
+//! its findings never miss a duplicate key or server-side JavaScript.
+
+use bson::oid::ObjectId;
+use bson::spec::BinarySubtype;
+use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use proptest::prelude::*;
+use tenantwall_protocol::validate::{validate_with_findings, MAX_DEPTH};
+
+/// What validation used to be: `bson`'s iterator, every value read, at every depth (code with scope included).
+fn reference(bytes: &[u8]) -> bool {
+    fn walk(doc: &RawDocument, depth: usize) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        doc.iter().all(|element| match element {
+            Err(_) => false,
+            Ok((_, RawBsonRef::Document(d))) => walk(d, depth + 1),
+            Ok((_, RawBsonRef::Array(a))) => RawDocument::from_bytes(a.as_bytes()).is_ok_and(|d| walk(d, depth + 1)),
+            Ok((_, RawBsonRef::JavaScriptCodeWithScope(c))) => walk(c.scope, depth + 1),
+            Ok(_) => true,
+        })
+    }
+    RawDocument::from_bytes(bytes).is_ok_and(|d| walk(d, 1))
+}
+
+/// Whether any document or array at any depth repeats a key, or holds JavaScript (as the proxy's canonical
+/// walk looks for them: keys of arrays included, the scope of code with scope not entered).
+fn precise(doc: &RawDocument) -> (bool, bool) {
+    let mut keys = Vec::new();
+    let (mut duplicate, mut javascript) = (false, false);
+    for element in doc.iter_elements().filter_map(Result::ok) {
+        let key = element.key().as_str();
+        duplicate |= keys.contains(&key);
+        keys.push(key);
+        javascript |= ["$where", "$function", "$accumulator"].contains(&key);
+        let inner = match element.value() {
+            Ok(RawBsonRef::Document(d)) => precise(d),
+            Ok(RawBsonRef::Array(a)) => RawDocument::from_bytes(a.as_bytes()).map(precise).unwrap_or_default(),
+            Ok(RawBsonRef::JavaScriptCode(_) | RawBsonRef::JavaScriptCodeWithScope(_)) => (false, true),
+            _ => (false, false),
+        };
+        duplicate |= inner.0;
+        javascript |= inner.1;
+    }
+    (duplicate, javascript)
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("$where".to_owned()), "[a-z$é]{0,4}"]
+}
+
+fn value() -> impl Strategy<Value = RawBson> {
+    let leaf = prop_oneof![
+        any::<f64>().prop_map(RawBson::Double),
+        "[a-zé\u{0}]{0,6}".prop_map(RawBson::String),
+        prop::collection::vec(any::<u8>(), 0..6)
+            .prop_map(|bytes| RawBson::Binary(bson::Binary { subtype: BinarySubtype::Generic, bytes })),
+        prop::collection::vec(any::<u8>(), 0..6)
+            .prop_map(|bytes| RawBson::Binary(bson::Binary { subtype: BinarySubtype::BinaryOld, bytes })),
+        Just(RawBson::Undefined),
+        any::<[u8; 12]>().prop_map(|b| RawBson::ObjectId(ObjectId::from_bytes(b))),
+        any::<bool>().prop_map(RawBson::Boolean),
+        any::<i64>().prop_map(|ms| RawBson::DateTime(bson::DateTime::from_millis(ms))),
+        Just(RawBson::Null),
+        ("[a-z]{0,3}", "[imsx]{0,2}").prop_map(|(p, o)| RawBson::RegularExpression(bson::Regex {
+            pattern: bson::raw::CString::try_from(p).unwrap(),
+            options: bson::raw::CString::try_from(o).unwrap(),
+        })),
+        "[a-z();]{0,6}".prop_map(RawBson::JavaScriptCode),
+        "[a-z]{0,4}".prop_map(RawBson::Symbol),
+        any::<i32>().prop_map(RawBson::Int32),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(time, increment)| RawBson::Timestamp(bson::Timestamp { time, increment })),
+        any::<i64>().prop_map(RawBson::Int64),
+        any::<[u8; 16]>().prop_map(|b| RawBson::Decimal128(bson::Decimal128::from_bytes(b))),
+        Just(RawBson::MinKey),
+        Just(RawBson::MaxKey),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec((key(), inner.clone()), 0..4).prop_map(|fields| RawBson::Document(build(fields))),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|items| {
+                let mut array = bson::RawArrayBuf::new();
+                for item in items {
+                    array.push(item);
+                }
+                RawBson::Array(array)
+            }),
+            ("[a-z]{0,4}", prop::collection::vec((key(), inner), 0..3)).prop_map(|(code, fields)| {
+                RawBson::JavaScriptCodeWithScope(bson::RawJavaScriptCodeWithScope { code, scope: build(fields) })
+            }),
+        ]
+    })
+}
+
+fn build(fields: Vec<(String, RawBson)>) -> RawDocumentBuf {
+    let mut doc = RawDocumentBuf::new();
+    for (k, v) in fields {
+        if let Ok(k) = bson::raw::CString::try_from(k) {
+            doc.append(k, v);
+        }
+    }
+    doc
+}
+
+fn document() -> impl Strategy<Value = RawDocumentBuf> {
+    prop::collection::vec((key(), value()), 0..6).prop_map(build)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn accepts_what_bson_reads_and_finds_what_is_there(doc in document()) {
+        let bytes = doc.as_bytes();
+        let checked = validate_with_findings(bytes);
+        prop_assert_eq!(checked.is_ok(), reference(bytes));
+        if let Ok((view, findings)) = checked {
+            let (duplicate, javascript) = precise(view);
+            prop_assert!(findings.duplicate_keys() || !duplicate);
+            prop_assert!(findings.javascript() || !javascript);
+        }
+    }
+
+    #[test]
+    fn mutated_documents_are_judged_as_bson_judges_them(
+        doc in document(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let mut bytes = doc.into_bytes();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        let checked = validate_with_findings(&bytes);
+        prop_assert_eq!(checked.is_ok(), reference(&bytes), "{:?}", bytes);
+        if let Ok((view, findings)) = checked {
+            let (duplicate, javascript) = precise(view);
+            prop_assert!(findings.duplicate_keys() || !duplicate);
+            prop_assert!(findings.javascript() || !javascript);
+        }
+    }
+}
