@@ -437,7 +437,9 @@ impl ClientConnection {
         if fresh.as_ref().is_some_and(|fresh| !self.refresh_tenant(fresh)) {
             return Ok(Flow::Close);
         }
-        if fresh.as_ref().is_some_and(|fresh| fresh.number != generation.number) {
+        // A transaction statement held across a switch of the tenant's placement must not go on there.
+        let waited = in_flight.as_ref().is_some_and(|guard| guard.waited);
+        if waited && fresh.as_ref().is_some_and(|fresh| fresh.number != generation.number) {
             if let Some(refusal) = crate::gate::interrupted_transaction(msg.body()) {
                 if respond {
                     self.write_doc(refusal, header.request_id, compressor).await?;
