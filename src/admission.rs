@@ -116,6 +116,8 @@ pub struct Admission {
     unauthenticated: Arc<Semaphore>,
     pub auth: AuthThrottle,
     refusals: RateLimitedLog,
+    /// Frames refused as malformed or oversized: one hostile client can send thousands a second.
+    frames: RateLimitedLog,
 }
 
 impl Admission {
@@ -129,6 +131,7 @@ impl Admission {
             )),
             auth: AuthThrottle::default(),
             refusals: RateLimitedLog::new(LOG_WINDOW),
+            frames: RateLimitedLog::new(LOG_WINDOW),
         }
     }
 
@@ -154,6 +157,14 @@ impl Admission {
     pub fn log_refusal(&self, ip: IpAddr, why: Refusal) {
         if let Some(suppressed) = self.refusals.allow() {
             warn!(client.addr = %ip, reason = why.as_str(), suppressed, "refusing new connections");
+        }
+    }
+
+    /// Logs a refused frame (malformed, oversized, a protocol error that closes the connection), at most once per
+    /// window with how many went unlogged before it; every one is counted in the protocol error statistics.
+    pub fn log_refused_frame(&self, ip: IpAddr, opcode: &dyn std::fmt::Display, error: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.frames.allow() {
+            warn!(client.addr = %ip, %opcode, %error, suppressed, "refusing frame");
         }
     }
 

@@ -267,10 +267,13 @@ impl ClientConnection {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    if !matches!(e, ReadError::Io(_)) {
+                    if matches!(e, ReadError::Io(_)) {
+                        debug!(error = %e, "closing connection");
+                    } else {
+                        // Oversized or stalled frames: what a flood sends, so logged once per window.
                         Stats::incr(&self.shared.stats.protocol_errors);
+                        self.shared.admission.log_refused_frame(self.peer, &"-", &e);
                     }
-                    info!(error = %e, "closing connection");
                     break;
                 }
             };
@@ -388,7 +391,7 @@ impl ClientConnection {
     /// A frame that did not parse: reply like a server would, or close when the stream cannot be trusted.
     async fn refuse_frame(&mut self, header: MsgHeader, error: ProtocolError) -> std::io::Result<Flow> {
         Stats::incr(&self.shared.stats.protocol_errors);
-        warn!(error = %error, opcode = %header.op_code, "refusing frame");
+        self.shared.admission.log_refused_frame(self.peer, &header.op_code, &error);
         match error {
             ProtocolError::UnsupportedOpCode(op) if OpCode(op) == OpCode::GET_MORE => {
                 self.legacy_failure(header.request_id).await?;

@@ -560,3 +560,30 @@ fn run_serves_the_admin_listener_counts_rejected_reloads_and_reopens_the_audit_l
     drop(child);
     assert!(!std::fs::read_to_string(&stderr).unwrap().contains("panicked"));
 }
+
+/// A flood of broken frames (a hostile client reconnecting and sending garbage) is logged once per window with a
+/// count, not once per frame, so it cannot fill the log; the proxy keeps serving.
+#[test]
+fn refused_frames_are_logged_once_per_window_not_once_each() {
+    let backend = Backend::start();
+    let dir = TempDir::new("frame-flood");
+    let policy = dir.write("policy.toml", &policy_text(&backend.uri(), ""));
+    let (_child, addr, stderr) = run_proxy(&policy, &dir);
+    for _ in 0..200 {
+        let mut garbage = std::net::TcpStream::connect(addr).unwrap();
+        // A header announcing a 1 GB message: refused before anything is buffered.
+        let mut frame = (1_000_000_000_i32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0u8; 12]);
+        let _ = garbage.write_all(&frame);
+        let _ = std::io::Read::read(&mut garbage, &mut [0u8; 16]);
+    }
+    let mut client = common::RawClient::connect(addr);
+    let reply = common::command(&mut client, &common::msg(bson::rawdoc! { "ping": 1, "$db": "admin" }));
+    assert_eq!(common::ok(&reply), 1.0);
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    let logged = text.lines().filter(|l| l.contains("refusing frame")).count();
+    assert!((1..=2).contains(&logged), "{logged} lines for 200 refused frames:\n{text}");
+    // Each connection is still logged once at INFO when accepted, as mongod does; nothing at WARN per frame.
+    let warnings = text.lines().filter(|l| l.contains(" WARN ")).count();
+    assert!(warnings <= 3, "{warnings} warnings for 200 refused frames:\n{text}");
+}
