@@ -1,24 +1,10 @@
 //! Hand-built edge cases for the byte-level validation walk, each judged against `bson`'s own reading (every
 //! value read at every depth), and the findings checked against what is really there.
 
-use bson::{RawBsonRef, RawDocument};
-use tenantwall_protocol::validate::{validate_with_findings, MAX_DEPTH};
+mod oracle;
 
-fn reference(bytes: &[u8]) -> bool {
-    fn walk(doc: &RawDocument, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        doc.iter().all(|element| match element {
-            Err(_) => false,
-            Ok((_, RawBsonRef::Document(d))) => walk(d, depth + 1),
-            Ok((_, RawBsonRef::Array(a))) => RawDocument::from_bytes(a.as_bytes()).is_ok_and(|d| walk(d, depth + 1)),
-            Ok((_, RawBsonRef::JavaScriptCodeWithScope(c))) => walk(c.scope, depth + 1),
-            Ok(_) => true,
-        })
-    }
-    RawDocument::from_bytes(bytes).is_ok_and(|d| walk(d, 1))
-}
+use oracle::reference;
+use tenantwall_protocol::validate::validate_with_findings;
 
 /// A document around `elements` (prefix and final NUL added).
 fn doc(elements: &[u8]) -> Vec<u8> {

@@ -6,24 +6,10 @@ use bson::oid::ObjectId;
 use bson::spec::BinarySubtype;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use proptest::prelude::*;
-use tenantwall_protocol::validate::{validate_with_findings, MAX_DEPTH};
+mod oracle;
 
-/// What validation used to be: `bson`'s iterator, every value read, at every depth (code with scope included).
-fn reference(bytes: &[u8]) -> bool {
-    fn walk(doc: &RawDocument, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        doc.iter().all(|element| match element {
-            Err(_) => false,
-            Ok((_, RawBsonRef::Document(d))) => walk(d, depth + 1),
-            Ok((_, RawBsonRef::Array(a))) => RawDocument::from_bytes(a.as_bytes()).is_ok_and(|d| walk(d, depth + 1)),
-            Ok((_, RawBsonRef::JavaScriptCodeWithScope(c))) => walk(c.scope, depth + 1),
-            Ok(_) => true,
-        })
-    }
-    RawDocument::from_bytes(bytes).is_ok_and(|d| walk(d, 1))
-}
+use oracle::reference;
+use tenantwall_protocol::validate::validate_with_findings;
 
 /// Whether any document or array at any depth repeats a key, or holds JavaScript (as the proxy's canonical
 /// walk looks for them: keys of arrays included, the scope of code with scope not entered).
