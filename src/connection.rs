@@ -426,7 +426,8 @@ impl ClientConnection {
         let respond = !msg.flags.more_to_come();
         // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
         // with the policy the move switched to.
-        let in_flight = match pass_gate(&self.shared, self.tenant.clone(), command).await {
+        let cap_wait = generation.policy.limits.pool_wait_timeout();
+        let in_flight = match pass_gate(&self.shared, self.tenant.clone(), command, cap_wait).await {
             Ok(in_flight) => in_flight,
             Err(refusal) => {
                 if respond {
@@ -924,6 +925,7 @@ async fn pass_gate(
     shared: &Shared,
     tenant: Option<Arc<Tenant>>,
     command: Command,
+    cap_wait: Duration,
 ) -> Result<Option<crate::gate::InFlight>, RawDocumentBuf> {
     use crate::command::spec::Handling;
     let Some(tenant) = tenant else { return Ok(None) };
@@ -933,8 +935,7 @@ async fn pass_gate(
     if !forwarded {
         return Ok(None);
     }
-    // A tenant at its cap waits as long as a command may wait for a pooled connection: the cap is the tenant's
-    // share of the pools, so that is what it stands for.
-    let cap_wait = shared.current().policy.limits.pool_wait_timeout();
+    // A tenant at its cap waits as long as a command may wait for a pooled connection (`cap_wait`): the cap is
+    // the tenant's share of the pools, so that is what it stands for.
     shared.gate.enter(&tenant.id, Some(tenant.max_in_flight), cap_wait).await.map(Some)
 }
