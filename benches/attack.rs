@@ -168,6 +168,16 @@ async fn victim(addr: SocketAddr, duration: Duration) -> (Duration, Duration, us
     (pick(0.50), pick(0.99), latencies.len())
 }
 
+/// Where the attackers connect from: another address than the victim's, as another machine would.
+const ATTACKER_SOURCE: &str = "127.0.0.2:0";
+
+/// An attacker's connection, from [`ATTACKER_SOURCE`].
+async fn connect_attacker(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(ATTACKER_SOURCE.parse().map_err(std::io::Error::other)?)?;
+    socket.connect(addr).await
+}
+
 /// A zstd bomb: about 2 KB on the wire, 47 MB once inflated.
 fn zstd_bomb() -> Bytes {
     let body = rawdoc! { "insert": "items", "documents": [{ "pad": "x".repeat(15_000_000) }, { "pad": "y".repeat(15_000_000) }, { "pad": "z".repeat(15_000_000) }], "$db": "app" };
@@ -183,7 +193,7 @@ async fn bombers(addr: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) 
         let (bomb, stop, sent) = (bomb.clone(), stop.clone(), sent.clone());
         tasks.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { continue };
+                let Ok(mut stream) = connect_attacker(addr).await else { continue };
                 let mut buf = vec![0u8; 64 * 1024];
                 while !stop.load(Ordering::Relaxed) {
                     if stream.write_all(&bomb).await.is_err() {
@@ -219,7 +229,7 @@ async fn floods(addr: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
             let started = Instant::now();
             let mut mine = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { continue };
+                let Ok(mut stream) = connect_attacker(addr).await else { continue };
                 for chunk in message.chunks(256 * 1024) {
                     let due = started + Duration::from_secs_f64(mine as f64 / FLOOD_RATE);
                     tokio::time::sleep_until(due.into()).await;

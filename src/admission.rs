@@ -9,6 +9,13 @@
 //! `limits.auth_failures_before_refusal` attempts are refused without running SCRAM. Floods are logged once per
 //! window, never once per event. State is bounded: counters live in fixed-size LRU tables.
 //!
+//! Protocol violations before authentication (a frame refused as oversized, malformed, stalled or a compression
+//! bomb) are counted per source address in the same way. After a few, the source's next connections are held at
+//! accept, unread, for a delay that doubles with each further violation, before they are served. A client that
+//! is refused from its first bytes would otherwise reconnect at once, thousands of times a second, and the
+//! accepting, admitting and closing alone would take a core from the tenants being served; held, its
+//! connections cost an idle task each, and their number is bounded by the per-source caps.
+//!
 //! What it must never do: log a password or a SASL payload, or let one tenant's failures lock out a source or a
 //! user it did not name.
 
@@ -118,6 +125,8 @@ pub struct Admission {
     refusals: RateLimitedLog,
     /// Frames refused as malformed or oversized: one hostile client can send thousands a second.
     frames: RateLimitedLog,
+    /// Protocol violations before authentication, per source address.
+    violations: Mutex<LruCache<IpAddr, Failures>>,
 }
 
 impl Admission {
@@ -132,6 +141,30 @@ impl Admission {
             auth: AuthThrottle::default(),
             refusals: RateLimitedLog::new(LOG_WINDOW),
             frames: RateLimitedLog::new(LOG_WINDOW),
+            violations: Mutex::new(LruCache::new(NonZeroUsize::new(TRACKED).unwrap_or(NonZeroUsize::MIN))),
+        }
+    }
+
+    /// Records a protocol violation by an unauthenticated connection from `ip`.
+    pub fn violation(&self, ip: IpAddr, limits: &Limits) {
+        if count_failure(&mut lock(&self.violations), ip, limits) {
+            warn!(
+                client.addr = %ip,
+                window_secs = limits.auth_failure_window_secs,
+                "repeated protocol violations before authentication from this source; holding its new connections"
+            );
+        }
+    }
+
+    /// How long a new connection from `ip` is held, unread, before it is served: `None` for a source without
+    /// repeated violations. Past `auth_failures_before_refusal` the hold stays at its longest rather than
+    /// becoming a refusal: a refused client would reconnect at once, which is the churn the hold prevents.
+    pub fn hold_for(&self, ip: IpAddr, limits: &Limits) -> Option<Duration> {
+        let verdict = verdict_for(lock(&self.violations).peek(&ip), limits, Instant::now());
+        match verdict {
+            Verdict::Allow => None,
+            Verdict::Delay(d) => Some(d),
+            Verdict::Refuse => Some(MAX_DELAY),
         }
     }
 
@@ -377,6 +410,29 @@ mod tests {
         assert_eq!(throttle.check(other, Some("someone-else"), &limits), Verdict::Allow);
         throttle.succeeded("app");
         assert_eq!(throttle.check(other, Some("app"), &limits), Verdict::Allow);
+    }
+
+    #[test]
+    fn violations_hold_the_sources_new_connections_longer_each_time() {
+        let limits = Limits { auth_failures_before_refusal: 6, ..Limits::default() };
+        let admission = Admission::new(&limits);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut holds = Vec::new();
+        for _ in 0..10 {
+            holds.push(admission.hold_for(ip, &limits));
+            admission.violation(ip, &limits);
+        }
+        assert_eq!(&holds[..4], &[None, None, None, Some(FIRST_DELAY)]);
+        assert_eq!(holds[5], Some(FIRST_DELAY * 4));
+        // Never a refusal at accept: the longest hold, however many violations.
+        assert_eq!(holds[9], Some(MAX_DELAY));
+        assert_eq!(admission.hold_for(other, &limits), None);
+        // Authentication failures and violations are counted apart.
+        assert_eq!(admission.auth.check(ip, None, &limits), Verdict::Allow);
+        // The count ends with its window.
+        let limits = Limits { auth_failure_window_secs: 0, ..limits };
+        assert_eq!(admission.hold_for(ip, &limits), None);
     }
 
     #[test]

@@ -273,6 +273,7 @@ impl ClientConnection {
                         // Oversized or stalled frames: what a flood sends, so logged once per window.
                         Stats::incr(&self.shared.stats.protocol_errors);
                         self.shared.admission.log_refused_frame(self.peer, &"-", &e);
+                        self.count_violation();
                     }
                     break;
                 }
@@ -388,10 +389,19 @@ impl ClientConnection {
         }
     }
 
+    /// Counts a refused frame against the source while the connection has no tenant: repeated ones hold the
+    /// source's next connections at accept. A tenant's own client is not a stranger flooding the listener.
+    fn count_violation(&self) {
+        if self.tenant.is_none() {
+            self.shared.admission.violation(self.peer, &self.shared.current().policy.limits);
+        }
+    }
+
     /// A frame that did not parse: reply like a server would, or close when the stream cannot be trusted.
     async fn refuse_frame(&mut self, header: MsgHeader, error: ProtocolError) -> std::io::Result<Flow> {
         Stats::incr(&self.shared.stats.protocol_errors);
         self.shared.admission.log_refused_frame(self.peer, &header.op_code, &error);
+        self.count_violation();
         match error {
             ProtocolError::UnsupportedOpCode(op) if OpCode(op) == OpCode::GET_MORE => {
                 self.legacy_failure(header.request_id).await?;

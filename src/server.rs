@@ -386,10 +386,21 @@ async fn accept_loop(
         let span = info_span!("conn", client.addr = %peer, conn.id = id, tenant = tracing::field::Empty);
         let shared = shared.clone();
         let config = config.clone();
+        // Violations are counted on connections that must authenticate, and held there: a listener bound to a
+        // tenant serves only that tenant's own clients.
+        let hold = match config.tenant {
+            None => shared.admission.hold_for(peer.ip(), &shared.current().policy.limits),
+            Some(_) => None,
+        };
         connections.spawn(
             async move {
                 Stats::incr(&shared.stats.connections_open);
-                if let Some((stream, claim)) = establish(stream, &config, &shared).await {
+                let ready = match hold {
+                    Some(hold) => held(&shared, hold).await,
+                    None => true,
+                };
+                let established = if ready { establish(stream, &config, &shared).await } else { None };
+                if let Some((stream, claim)) = established {
                     let mut admitted = admitted;
                     if claim.is_some() {
                         // SNI or a client certificate named the tenant.
@@ -419,6 +430,17 @@ async fn accept_loop(
         }
     }
     connections.shutdown().await;
+}
+
+/// Holds a new connection from a source that repeatedly broke the protocol, unread, for `hold`; false when the
+/// server began draining meanwhile (nothing was asked yet, so the connection just closes).
+async fn held(shared: &Shared, hold: Duration) -> bool {
+    Stats::incr(&shared.stats.connections_held);
+    let mut drain = shared.draining();
+    tokio::select! {
+        _ = tokio::time::sleep(hold) => true,
+        _ = drain.wait_for(|d| *d) => false,
+    }
 }
 
 /// Completes TLS and resolves the tenant claimed by the listener, SNI and client certificate. `None` closes the

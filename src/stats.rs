@@ -11,6 +11,8 @@ pub struct Stats {
     pub connections_open: AtomicU64,
     /// Connections closed at accept by a connection limit.
     pub connections_refused: AtomicU64,
+    /// Connections held unread at accept because their source repeatedly broke the protocol before authenticating.
+    pub connections_held: AtomicU64,
     pub commands: AtomicU64,
     pub denied: AtomicU64,
     pub protocol_errors: AtomicU64,

@@ -428,3 +428,41 @@ async fn one_source_of_idle_sockets_does_not_keep_other_clients_from_authenticat
     let reply = legit.call(rawdoc! { "find": "items", "$db": "app" }).await.unwrap();
     assert_eq!(ok(&reply), 1.0, "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_breaking_the_protocol_before_authenticating_has_its_next_connections_held() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start();
+    let proxy = start_proxy_text(&two_user_policy(&backend, "")).await;
+    let (addr, bound_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+    // Bombs refused from their first bytes, each on a new connection, as a flood reconnects: 7 violations. The
+    // first three cost nothing; the connections after them are already held (0.2, 0.4, 0.8 and 1.6 s).
+    let bomb = compress_frame(&padded_insert(2_000_000), Compressor::Zstd).unwrap();
+    let bombing = Instant::now();
+    for _ in 0..7 {
+        let mut raw = Raw::connect_from("127.0.0.1", addr).await;
+        let _ = raw.writer.write_all(&bomb).await;
+        assert!(raw.reader.next_frame().await.ok().flatten().is_none(), "a bomb was answered");
+    }
+    assert!(bombing.elapsed() >= Duration::from_millis(3_000), "bombs held only {:?}", bombing.elapsed());
+    // The source's next connection is held unread: a ping gets no answer for a while (3.2 s now)...
+    let mut held = Raw::connect_from("127.0.0.1", addr).await;
+    let started = Instant::now();
+    let ping = tokio::spawn(async move { held.call(rawdoc! { "ping": 1, "$db": "admin" }).await });
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!ping.is_finished(), "a connection from the flooding source was served at once");
+    // A listener bound to a tenant does not hold its connections, whatever their source...
+    let mut bound = Raw::connect_from("127.0.0.1", bound_addr).await;
+    assert!(bound.serves().await);
+    assert!(!ping.is_finished(), "the held connection was served before its hold ended");
+    // ...and another source is served, and authenticates.
+    let mut other = Raw::connect_from("127.0.0.2", addr).await;
+    let done = other.scram("app", "secret").await.unwrap();
+    assert!(done.get_bool("done").unwrap_or(false), "{done:?}");
+    // The hold ends and the connection is then served like any other.
+    let reply = ping.await.unwrap().expect("the held connection was closed instead of served");
+    assert_eq!(ok(&reply), 1.0, "{reply:?}");
+    assert!(started.elapsed() >= Duration::from_millis(3_200), "held only {:?}", started.elapsed());
+    // Four bombing connections and the ping's.
+    assert_eq!(proxy.stats().connections_held.load(std::sync::atomic::Ordering::Relaxed), 5);
+}
