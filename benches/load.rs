@@ -170,14 +170,35 @@ const BENCH_PASSWORD: &str = "load-bench-password";
 struct Cell {
     throughput: f64,
     latencies: Latencies,
+    /// CPU time the watched process spent in the measured window, all its threads, user and system.
+    cpu: Option<Duration>,
+    /// Context switches of the watched process in the window: (voluntary, involuntary).
+    switches: (u64, u64),
+    /// The measured window.
+    window: Duration,
+}
+
+impl Cell {
+    /// The watched process's CPU time per command of the window, in µs.
+    fn cpu_per_command_us(&self) -> Option<f64> {
+        let commands = self.throughput * self.window.as_secs_f64();
+        self.cpu.filter(|_| commands > 0.0).map(|cpu| cpu.as_secs_f64() * 1e6 / commands)
+    }
+
+    /// The watched process's context switches per command of the window: (voluntary, involuntary).
+    fn switches_per_command(&self) -> (f64, f64) {
+        let commands = (self.throughput * self.window.as_secs_f64()).max(1.0);
+        (self.switches.0 as f64 / commands, self.switches.1 as f64 / commands)
+    }
 }
 
 /// `clients` driver clients (each its own `mongodb::Client` with one pooled connection, as that many
 /// single-threaded app processes would be) send `find_one` by key back to back; every find must find its
 /// document. With `own_filter` the clients scope the filter to their tenant themselves, as an app behind a plain
 /// relay has to, in exactly the shape tenantwall forwards (`tenantwall explain` shows it), so the backend does the
-/// same work on every path; through tenantwall they leave that to the proxy. Returns what the measured window saw.
-async fn driver_load(uri: &str, clients: usize, own_filter: bool) -> Cell {
+/// same work on every path; through tenantwall they leave that to the proxy. Returns what the measured window saw,
+/// with the CPU time process `watch` (the relay in the path) spent in it.
+async fn driver_load(uri: &str, clients: usize, own_filter: bool, watch: Option<u32>, window: Duration) -> Cell {
     let filter = move |k: i32| {
         if own_filter {
             doc! { "$and": [{ "k": k }, { "tenantId": { "$eq": "acme" } }] }
@@ -197,7 +218,16 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool) -> Cell {
         handles.push((client, items));
     }
     let start = Instant::now() + WARMUP;
-    let stop = start + MEASURE;
+    let stop = start + window;
+    let cpu = watch.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let before = (harness::cpu_time(pid), harness::context_switches(pid));
+            tokio::time::sleep_until(stop.into()).await;
+            let after = (harness::cpu_time(pid), harness::context_switches(pid));
+            (after.0.saturating_sub(before.0), (after.1 .0 - before.1 .0, after.1 .1 - before.1 .1))
+        })
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for (c, (client, items)) in handles.into_iter().enumerate() {
         tasks.spawn(async move {
@@ -223,7 +253,11 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool) -> Cell {
     while let Some(latencies) = tasks.join_next().await {
         all.extend(latencies.expect("client task"));
     }
-    Cell { throughput: all.len() as f64 / MEASURE.as_secs_f64(), latencies: Latencies::new(all) }
+    let (cpu, switches) = match cpu {
+        Some(task) => task.await.map_or((None, (0, 0)), |(cpu, switches)| (Some(cpu), switches)),
+        None => (None, (0, 0)),
+    };
+    Cell { throughput: all.len() as f64 / window.as_secs_f64(), latencies: Latencies::new(all), cpu, switches, window }
 }
 
 /// A tenantwall process in front of `backend` with one SCRAM user for tenant `acme` and a field-mode rule on
@@ -265,7 +299,7 @@ async fn compare_backend(
                 row.push(None);
                 continue;
             };
-            let cell = driver_load(uri, clients, !path.starts_with("tenantwall")).await;
+            let cell = driver_load(uri, clients, !path.starts_with("tenantwall"), None, MEASURE).await;
             println!(
                 "| {backend_name} | {path} | {clients} | {:.0} cmd/s | {:.0} µs | {:.0} µs |",
                 cell.throughput,
@@ -329,6 +363,147 @@ async fn compare() {
     for line in ratios {
         println!("{line}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Quick A/B: the fast stub only, 1 and 64 clients, several interleaved rounds, other proxy builds beside this one.
+
+/// Client counts of the quick mode: the two issue 10's goals are about (the first is the latency one, the last
+/// the throughput one). `TW_QUICK_CLIENTS=1` (a comma-separated list) runs other counts, e.g. one alone for a
+/// syscall count.
+const QUICK_CLIENTS: [usize; 2] = [1, 64];
+/// Rounds of the quick mode unless `TW_LOAD_ROUNDS` says otherwise.
+const QUICK_ROUNDS: usize = 3;
+
+/// A tenantwall build the quick mode measures: a label, its executable and its async worker threads.
+struct Variant {
+    label: String,
+    exe: std::path::PathBuf,
+    workers: Option<String>,
+}
+
+/// The builds to compare: `TW_PROXY_VARIANTS="label=path[@workers];..."`, where an empty path is this build;
+/// by default this build alone, with `TW_PROXY_WORKERS` threads.
+fn quick_variants() -> Vec<Variant> {
+    let this = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tenantwall"));
+    let Ok(spec) = std::env::var("TW_PROXY_VARIANTS") else {
+        return vec![Variant {
+            label: "tenantwall".into(),
+            exe: this,
+            workers: std::env::var("TW_PROXY_WORKERS").ok(),
+        }];
+    };
+    spec.split(';')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            let (label, rest) = v.split_once('=').expect("TW_PROXY_VARIANTS entry is label=path[@workers]");
+            let (exe, workers) = match rest.split_once('@') {
+                Some((exe, workers)) => (exe, Some(workers.to_owned())),
+                None => (rest, None),
+            };
+            let exe = if exe.is_empty() { this.clone() } else { std::path::PathBuf::from(exe) };
+            Variant { label: label.trim().to_owned(), exe, workers }
+        })
+        .collect()
+}
+
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `cargo bench --bench load -- quick`: direct, HAProxy and each tenantwall variant against the fast stub at 1
+/// and 64 clients, for `TW_LOAD_ROUNDS` rounds of `TW_QUICK_SECS` windows (default 3 s); the order of the paths rotates from round to round so that no
+/// path always runs first or last. Prints every cell, then per variant the median over rounds of each round's
+/// ratios (each round's tenantwall cell against the same round's HAProxy cell).
+async fn quick() {
+    let rounds = std::env::var("TW_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(QUICK_ROUNDS);
+    // Shorter windows and more rounds spread bursts of noise from the rest of the machine over more samples.
+    let window = std::env::var("TW_QUICK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(MEASURE, Duration::from_secs_f64);
+    let haproxy_exe = harness::find_or_install_haproxy().expect("the quick mode compares against HAProxy");
+    let scratch = Scratch::new("load-quick");
+    let verifier = ScramVerifier::generate(BENCH_PASSWORD, DEFAULT_ITERATIONS).expect("verifier");
+    let stub = stub::fast_stub_backend().await;
+    let relay = Haproxy::start(&haproxy_exe, stub).expect("HAProxy");
+    let variants = quick_variants();
+    let counts: Vec<usize> = match std::env::var("TW_QUICK_CLIENTS") {
+        Ok(list) => list.split(',').map(|n| n.trim().parse().expect("TW_QUICK_CLIENTS: client counts")).collect(),
+        Err(_) => QUICK_CLIENTS.to_vec(),
+    };
+    // (label, URI, the relay's pid)
+    let mut paths = vec![
+        ("direct".to_owned(), format!("mongodb://{stub}/?directConnection=true"), None),
+        ("HAProxy".to_owned(), format!("mongodb://{}/?directConnection=true", relay.addr), Some(relay.pid())),
+    ];
+    let mut proxies = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let policy = scratch.write(
+            &format!("quick{i}.toml"),
+            &format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"b\"\nuri = \"mongodb://{stub}/\"\n\n\
+                 [[tenants]]\nid = \"acme\"\nbackend = \"b\"\nusers = [{{ name = \"{BENCH_USER}\", scram = \"{verifier}\" }}]\n\n\
+                 [[rules]]\ndatabase = \"app\"\ncollection = \"items\"\nmode = \"field\"\n"
+            ),
+        );
+        let proxy = ProxyProcess::start_with(&policy, &variant.exe, variant.workers.clone());
+        eprintln!("load: {} is pid {} ({})", variant.label, proxy.pid(), variant.exe.display());
+        paths.push((
+            variant.label.clone(),
+            format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0]),
+            Some(proxy.pid()),
+        ));
+        proxies.push(proxy);
+    }
+    println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    println!("| round | path | clients | throughput | p50 | p99 | relay CPU per command | relay context switches per command (voluntary / involuntary) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // cells[round][clients index][path index] = (throughput, p50 µs, relay CPU µs per command)
+    let mut cells = vec![vec![vec![(0.0, 0.0, f64::NAN); paths.len()]; counts.len()]; rounds];
+    for (round, round_cells) in cells.iter_mut().enumerate() {
+        for (c, &clients) in counts.iter().enumerate() {
+            for k in 0..paths.len() {
+                let p = (k + round) % paths.len();
+                let (path, uri, pid) = &paths[p];
+                let cell = driver_load(uri, clients, p < 2, *pid, window).await;
+                let cpu = cell.cpu_per_command_us().unwrap_or(f64::NAN);
+                let (voluntary, involuntary) = cell.switches_per_command();
+                println!(
+                    "| {round} | {path} | {clients} | {:.0} cmd/s | {:.0} µs | {:.0} µs | {cpu:.1} µs | {voluntary:.2} / {involuntary:.2} |",
+                    cell.throughput,
+                    cell.latencies.p50_us(),
+                    cell.latencies.p99_us()
+                );
+                round_cells[c][p] = (cell.throughput, cell.latencies.p50_us(), cpu);
+            }
+        }
+    }
+    println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    println!();
+    let (first, last) = (counts[0], counts.len() - 1);
+    let most = counts[last];
+    println!("| path | p50, {first} client(s) (median) | throughput, {most} clients (median) | p50 / HAProxy's, {first} | added p50 / HAProxy's, {first} | throughput / HAProxy's, {most} | relay CPU per command, {first} / {most} |");
+    println!("|---|---|---|---|---|---|---|");
+    for (p, (path, _, _)) in paths.iter().enumerate() {
+        let p50 = median(cells.iter().map(|r| r[0][p].1).collect());
+        let tput = median(cells.iter().map(|r| r[last][p].0).collect());
+        let ratio = median(cells.iter().map(|r| r[0][p].1 / r[0][1].1).collect());
+        let added = median(cells.iter().map(|r| (r[0][p].1 - r[0][0].1) / (r[0][1].1 - r[0][0].1)).collect());
+        let tratio = median(cells.iter().map(|r| r[last][p].0 / r[last][1].0).collect());
+        let cpu_first = median(cells.iter().map(|r| r[0][p].2).collect());
+        let cpu_most = median(cells.iter().map(|r| r[last][p].2).collect());
+        println!(
+            "| {path} | {p50:.0} µs | {tput:.0} cmd/s | {ratio:.2}× | {added:.2}× | {tratio:.2}× | {cpu_first:.1} / {cpu_most:.1} µs |"
+        );
+    }
+    drop(proxies);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -918,7 +1093,7 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let mode = ["raw", "noisy", "many", "stub-server"].into_iter().find(|m| args.iter().any(|a| a == m));
+    let mode = ["raw", "noisy", "many", "stub-server", "quick"].into_iter().find(|m| args.iter().any(|a| a == m));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         match mode {
@@ -926,6 +1101,7 @@ fn main() {
             Some("noisy") => noisy_neighbour().await,
             Some("many") => many().await,
             Some("stub-server") => stub_server().await,
+            Some("quick") => quick().await,
             _ => compare().await,
         }
     });
