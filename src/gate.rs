@@ -51,57 +51,14 @@ impl State {
 #[derive(Default)]
 struct TenantGate {
     state: Mutex<State>,
-    /// Woken when the hold ends, and when the last command in flight leaves while a hold is in force.
+    /// Woken whenever the hold ends or a command leaves.
     changed: Notify,
-    /// Woken once per command that leaves: one slot under the cap for one waiting command (a notification
-    /// nobody waits for is kept for the next one). Waking every waiter for each slot would wake the whole queue
-    /// of a tenant at its cap once per command, to let one of them in.
-    slot_freed: Notify,
-}
-
-/// What a command that cannot pass yet waits for, and until when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// The hold in force, at most until its deadline.
-    Hold(Instant),
-    /// A slot under the cap, at most until the command's cap deadline.
-    Cap(Instant),
-}
-
-/// Whether a command may pass the gate now.
-enum Pass {
-    /// Passed: it is counted in flight.
-    In,
-    /// At the cap past its deadline.
-    Refused,
-    Wait(Wait),
 }
 
 impl TenantGate {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere mid-update; the counters are still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Lets a command in when neither a hold nor the cap stops it (counting it in flight), or says what it
-    /// waits for.
-    fn pass(&self, cap: Option<usize>, cap_deadline: Instant) -> Pass {
-        let now = Instant::now();
-        let mut state = self.lock();
-        match state.live_hold(now) {
-            Some((_, deadline)) => Pass::Wait(Wait::Hold(deadline)),
-            None if cap.is_some_and(|cap| state.in_flight >= cap) => {
-                if now >= cap_deadline {
-                    Pass::Refused
-                } else {
-                    Pass::Wait(Wait::Cap(cap_deadline))
-                }
-            }
-            None => {
-                state.in_flight += 1;
-                Pass::In
-            }
-        }
     }
 }
 
@@ -123,13 +80,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
-        let drained = state.in_flight == 0 && state.hold.is_some();
         drop(state);
-        self.gate.slot_freed.notify_one();
-        if drained {
-            // A hold waits for this (a hold past its deadline that nobody has ended yet is woken for nothing).
-            self.gate.changed.notify_waiters();
-        }
+        self.gate.changed.notify_waiters();
     }
 }
 
@@ -178,33 +130,31 @@ impl Gate {
         let cap_deadline = Instant::now() + cap_wait;
         let mut waited = false;
         loop {
-            // Nearly every command passes at once, without registering for a wake-up.
-            let wait = match gate.pass(cap, cap_deadline) {
-                Pass::In => return Ok(InFlight { gate, waited }),
-                Pass::Refused => return Err(cap_refusal(tenant)),
-                Pass::Wait(wait) => wait,
-            };
-            waited |= matches!(wait, Wait::Hold(_));
-            // Registered for what it waits for, then the state is read again: a change between that read and
-            // the wait is not missed.
-            let woken = match wait {
-                Wait::Hold(_) => gate.changed.notified(),
-                Wait::Cap(_) => gate.slot_freed.notified(),
-            };
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            match gate.pass(cap, cap_deadline) {
-                Pass::In => return Ok(InFlight { gate: gate.clone(), waited }),
-                Pass::Refused => return Err(cap_refusal(tenant)),
-                Pass::Wait(again) if again == wait => {
-                    let (Wait::Hold(until) | Wait::Cap(until)) = wait;
-                    // A notification this command received and did not use (it timed out, or passed on its
-                    // next read) goes to the next waiter when `woken` is dropped.
-                    let _ = tokio::time::timeout_at(until, woken).await;
+            // Registered before the state is read, so a change between the read and the wait is not missed.
+            let changed = gate.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            let wake_at = {
+                let mut state = gate.lock();
+                match state.live_hold(now) {
+                    Some((_, deadline)) => {
+                        waited = true;
+                        deadline
+                    }
+                    None if cap.is_some_and(|cap| state.in_flight >= cap) => {
+                        if now >= cap_deadline {
+                            return Err(cap_refusal(tenant));
+                        }
+                        cap_deadline
+                    }
+                    None => {
+                        state.in_flight += 1;
+                        return Ok(InFlight { gate: gate.clone(), waited });
+                    }
                 }
-                // It now waits for something else: register for that instead.
-                Pass::Wait(_) => {}
-            }
+            };
+            let _ = tokio::time::timeout_at(wake_at, changed).await;
         }
     }
 
@@ -404,33 +354,5 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(first);
         assert!(second.await.unwrap(), "a slot freed within the wait admits the command");
-    }
-
-    /// Each command that leaves lets exactly one waiting command in, and no freed slot is lost: with a cap of
-    /// two and five commands queued behind it, all five pass as slots free up, never more than two at once.
-    #[tokio::test(start_paused = true)]
-    async fn each_freed_slot_admits_one_waiting_command() {
-        let gate = Arc::new(Gate::default());
-        let mut running = vec![
-            gate.enter("acme", Some(2), NO_CAP).await.unwrap(),
-            gate.enter("acme", Some(2), NO_CAP).await.unwrap(),
-        ];
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for _ in 0..5 {
-            let (gate, tx) = (gate.clone(), tx.clone());
-            tokio::spawn(async move {
-                let _ = tx.send(gate.enter("acme", Some(2), Duration::from_secs(60)).await);
-            });
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(rx.try_recv().is_err(), "nobody passes a full gate");
-        for _ in 0..5 {
-            drop(running.remove(0));
-            let admitted = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
-            running.push(admitted.expect("a freed slot admits a waiter").unwrap().unwrap());
-            assert_eq!(gate.in_flight("acme"), 2);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            assert!(rx.try_recv().is_err(), "one slot, one command");
-        }
     }
 }
