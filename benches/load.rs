@@ -443,13 +443,16 @@ async fn quick() {
         ("direct".to_owned(), format!("mongodb://{stub}/?directConnection=true"), None),
         ("HAProxy".to_owned(), format!("mongodb://{}/?directConnection=true", relay.addr), Some(relay.pid())),
     ];
+    // TW_QUICK_MAX_IN_FLIGHT sets the tenant's in-flight cap (default: the policy default), e.g. low enough that
+    // most clients queue at the gate.
+    let cap = std::env::var("TW_QUICK_MAX_IN_FLIGHT").map(|n| format!("max_in_flight = {n}\n")).unwrap_or_default();
     let mut proxies = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
         let policy = scratch.write(
             &format!("quick{i}.toml"),
             &format!(
                 "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"b\"\nuri = \"mongodb://{stub}/\"\n\n\
-                 [[tenants]]\nid = \"acme\"\nbackend = \"b\"\nusers = [{{ name = \"{BENCH_USER}\", scram = \"{verifier}\" }}]\n\n\
+                 [[tenants]]\nid = \"acme\"\nbackend = \"b\"\nusers = [{{ name = \"{BENCH_USER}\", scram = \"{verifier}\" }}]\n{cap}\n\
                  [[rules]]\ndatabase = \"app\"\ncollection = \"items\"\nmode = \"field\"\n"
             ),
         );
