@@ -99,6 +99,21 @@ fn find_frame() -> Bytes {
     OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap().freeze()
 }
 
+/// The find the load harness's clients send through the proxy (`benches/load.rs`): `find_one` by key from the
+/// official Rust driver, with the implicit session every driver attaches.
+fn driver_find_frame() -> Bytes {
+    let lsid = bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: (0u8..16).collect() };
+    let body = rawdoc! {
+        "find": "orders",
+        "filter": { "k": 42 },
+        "limit": 1,
+        "singleBatch": true,
+        "lsid": { "id": lsid },
+        "$db": "shop",
+    };
+    OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap().freeze()
+}
+
 fn aggregate_frame() -> Bytes {
     let body = rawdoc! {
         "aggregate": "orders",
@@ -271,6 +286,7 @@ fn count(spec: &str) {
         "find_5_clauses" => find_frame(),
         "aggregate_lookup" => aggregate_frame(),
         "insert_1000" => insert_frame(1000),
+        "find_driver" => driver_find_frame(),
         // Not a criterion case: a long array, as `$in` lists and reply batches have.
         "find_in_1000" => {
             let mut ids = bson::RawArrayBuf::new();

@@ -55,6 +55,43 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
 /// `msg` with every lsid (the generic `lsid` argument, and the list of `endSessions`) replaced by the tenant's
 /// own. `None` when the command carries no session.
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+    patched(msg, tenant).or_else(|| rebuilt(msg, tenant))
+}
+
+/// [`virtualize`] for the shape every driver sends on every command (an `lsid` whose one `id` is a 16-byte
+/// binary, and no `endSessions` list): the same bytes [`rebuilt`] produces, made by copying the body and
+/// overwriting the id's subtype and 16 bytes where they sit, instead of re-serialising the session document and
+/// the body around it. `None` for any other shape. The body passed the canonical parse, so it has one `lsid`.
+fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+    let body = msg.body();
+    let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") else { return None };
+    if crate::engine::raw::get(body, "endSessions").ok().flatten().is_some() {
+        return None;
+    }
+    if lsid.iter_elements().filter(|e| e.as_ref().is_ok_and(|e| e.key() == "id")).count() != 1 {
+        return None;
+    }
+    let Ok(Some(RawBsonRef::Binary(id))) = lsid.get("id") else { return None };
+    let bytes = body.as_bytes();
+    // The id is a view into the body: where it starts there. A binary value is its length (i32), its subtype,
+    // then the data; every position is checked against the body before it is written.
+    let at = (id.bytes.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+    let length_at = at.checked_sub(5)?;
+    if id.bytes.len() != 16
+        || bytes.get(length_at..length_at + 4)? != 16i32.to_le_bytes()
+        || bytes.get(at..at + 16)? != id.bytes
+    {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    *out.get_mut(at - 1)? = u8::from(BinarySubtype::Uuid);
+    out.get_mut(at..at + 16)?.copy_from_slice(&virtual_lsid(tenant, id.bytes));
+    let body = RawDocumentBuf::from_bytes(out).ok()?;
+    Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec()))
+}
+
+/// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
+fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     let body = msg.body();
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") {
@@ -340,6 +377,44 @@ mod tests {
         let out = virtualize(&end, "acme").unwrap();
         let listed = out.body().get_array("endSessions").unwrap().get_document(0).unwrap().get_binary("id").unwrap();
         assert_eq!(listed.bytes, virtual_lsid("acme", &id).as_slice());
+    }
+
+    /// The in-place patch makes exactly the bytes the rebuild makes, for every shape it takes, and leaves every
+    /// other shape to the rebuild.
+    #[test]
+    fn the_patched_lsid_is_the_rebuilt_one_byte_for_byte() {
+        let binary = |subtype: BinarySubtype, len: u8| bson::Binary { subtype, bytes: (1..=len).collect() };
+        let uuid = binary(BinarySubtype::Uuid, 16);
+        let bodies = [
+            (rawdoc! { "find": "c", "filter": { "k": 1 }, "lsid": { "id": uuid.clone() }, "$db": "app" }, true),
+            (rawdoc! { "lsid": { "id": uuid.clone() }, "find": "c", "$db": "app" }, true),
+            (rawdoc! { "find": "c", "$db": "app", "lsid": { "uid": [1, 2], "id": uuid.clone(), "z": 1 } }, true),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::UuidOld, 16) }, "$db": "app" }, true),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Generic, 16) }, "$db": "app" }, true),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 15) }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 17) }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "lsid": { "id": "not binary" }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "lsid": { "id": uuid.clone(), "id": uuid.clone() }, "$db": "app" }, false),
+            (
+                rawdoc! { "endSessions": [{ "id": uuid.clone() }], "lsid": { "id": uuid.clone() }, "$db": "admin" },
+                false,
+            ),
+            (rawdoc! { "find": "c", "lsid": "not a document", "$db": "app" }, false),
+            (rawdoc! { "find": "c", "$db": "app" }, false),
+        ];
+        for (body, takes) in bodies {
+            let msg = OpMsg::with_sequences(
+                MsgFlags(MsgFlags::EXHAUST_ALLOWED),
+                body.clone(),
+                vec![tenantwall_protocol::Sequence::new("documents", vec![rawdoc! { "_id": 1 }])],
+            );
+            let patched = patched(&msg, "acme");
+            assert_eq!(patched.is_some(), takes, "{body:?}");
+            if let Some(patched) = patched {
+                assert_eq!(Some(patched), rebuilt(&msg, "acme"), "{body:?}");
+            }
+            assert_eq!(virtualize(&msg, "acme"), rebuilt(&msg, "acme"), "{body:?}");
+        }
     }
 
     #[test]
