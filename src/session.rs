@@ -308,7 +308,11 @@ pub fn get_more_namespace(body: &RawDocument, cursor: &CursorPlan) -> Result<(),
 
 /// The cursor id of a reply (`cursor.id`), if it has one.
 pub fn reply_cursor_id(body: &RawDocument) -> Option<i64> {
-    body.get_document("cursor").ok()?.get_i64("id").ok()
+    let cursor = crate::engine::raw::get_document(body, "cursor")?;
+    match crate::engine::raw::get(cursor, "id") {
+        Ok(Some(RawBsonRef::Int64(id))) => Some(id),
+        _ => None,
+    }
 }
 
 /// The cursor ids a `killCursors` names.

@@ -146,7 +146,8 @@ impl ClientConnection {
 
 /// Documents in a cursor reply's batch.
 fn batch_len(reply: &RawDocument) -> Option<u64> {
-    let cursor = reply.get_document("cursor").ok()?;
-    let batch = cursor.get_array("firstBatch").or_else(|_| cursor.get_array("nextBatch")).ok()?;
-    Some(batch.into_iter().count() as u64)
+    use crate::engine::raw::{array_len, get_document};
+    let cursor = get_document(reply, "cursor")?;
+    let n = array_len(cursor, "firstBatch").or_else(|| array_len(cursor, "nextBatch"))?;
+    u64::try_from(n).ok()
 }
