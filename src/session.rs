@@ -43,6 +43,50 @@ pub fn virtual_lsid(tenant: &str, id: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Virtual ids a thread computed lately. Drivers pool their sessions, so the same few lsids come back command
+/// after command, and the SHA-256 is most of what virtualising one costs; the mapping is a pure function of the
+/// key, so a hit is exactly what computing it again would give. Bounded per thread.
+struct RecentLsids {
+    /// Key: the tenant part, a NUL, then the 16-byte id (the id's length is fixed, so the split is never in
+    /// doubt); value: the virtual id.
+    map: LruCache<Box<[u8]>, [u8; 16]>,
+    /// The key being looked up, built here so that a hit allocates nothing.
+    scratch: Vec<u8>,
+}
+
+/// Entries of [`RecentLsids`] per thread: about 64 KiB at most.
+const RECENT_LSIDS: usize = 512;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<RecentLsids> = std::cell::RefCell::new(RecentLsids {
+        map: LruCache::new(std::num::NonZeroUsize::new(RECENT_LSIDS).unwrap_or(std::num::NonZeroUsize::MIN)),
+        scratch: Vec::new(),
+    });
+}
+
+/// [`virtual_lsid`] of a 16-byte id, remembered per thread ([`RecentLsids`]).
+fn virtual_uuid(tenant: &str, id: &[u8; 16]) -> [u8; 16] {
+    let compute = || {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&virtual_lsid(tenant, id));
+        out
+    };
+    RECENT.with(|recent| {
+        let Ok(mut recent) = recent.try_borrow_mut() else { return compute() };
+        let RecentLsids { map, scratch } = &mut *recent;
+        scratch.clear();
+        scratch.extend_from_slice(tenant.as_bytes());
+        scratch.push(0);
+        scratch.extend_from_slice(id);
+        if let Some(hit) = map.get(scratch.as_slice()) {
+            return *hit;
+        }
+        let computed = compute();
+        map.put(scratch.as_slice().into(), computed);
+        computed
+    })
+}
+
 fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> {
     let id = match lsid.get("id") {
         Ok(Some(RawBsonRef::Binary(bin))) => bin.bytes,
@@ -72,6 +116,7 @@ fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
         return None;
     }
     let Ok(Some(RawBsonRef::Binary(id))) = lsid.get("id") else { return None };
+    let uuid: &[u8; 16] = id.bytes.try_into().ok()?;
     let bytes = body.as_bytes();
     // The id is a view into the body: where it starts there. A binary value is its length (i32), its subtype,
     // then the data; every position is checked against the body before it is written.
@@ -85,7 +130,7 @@ fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     }
     let mut out = bytes.to_vec();
     *out.get_mut(at - 1)? = u8::from(BinarySubtype::Uuid);
-    out.get_mut(at..at + 16)?.copy_from_slice(&virtual_lsid(tenant, id.bytes));
+    out.get_mut(at..at + 16)?.copy_from_slice(&virtual_uuid(tenant, uuid));
     let body = RawDocumentBuf::from_bytes(out).ok()?;
     Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec()))
 }
@@ -418,6 +463,20 @@ mod tests {
                 assert_eq!(Some(patched), rebuilt(&msg, "acme"), "{body:?}");
             }
             assert_eq!(virtualize(&msg, "acme"), rebuilt(&msg, "acme"), "{body:?}");
+        }
+    }
+
+    /// Remembered virtual ids are the computed ones, per tenant, also once older ones were evicted.
+    #[test]
+    fn remembered_virtual_ids_are_the_computed_ones() {
+        for round in 0..2 {
+            for n in 0..(RECENT_LSIDS + 10) {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                for tenant in ["acme", "globex", "acme\0x"] {
+                    assert_eq!(virtual_uuid(tenant, &id).as_slice(), virtual_lsid(tenant, &id), "{round} {n} {tenant}");
+                }
+            }
         }
     }
 
