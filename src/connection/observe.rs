@@ -126,11 +126,11 @@ impl ClientConnection {
     pub(super) fn done(&mut self, command: Command, started: Instant) {
         let observed = std::mem::take(&mut self.observed);
         let outcome = observed.outcome.unwrap_or(Outcome::Denied);
-        self.shared.metrics.command(&self.usage, command, outcome);
+        self.shared.metrics.command(&mut self.usage, command, outcome);
         self.usage.command_duration.observe(started.elapsed().as_secs_f64());
         if let (Some(took), Some(tenant)) = (observed.backend, &self.tenant) {
             self.usage.backend_time.inc_by(took.as_secs_f64());
-            self.shared.metrics.backend_duration(&tenant.backend, took);
+            self.shared.metrics.backend_duration(&mut self.usage, &tenant.backend, took);
         }
     }
 
