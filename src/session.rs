@@ -68,23 +68,27 @@ thread_local! {
 fn virtual_uuid(tenant: &str, id: &[u8; 16]) -> [u8; 16] {
     let compute = || {
         let mut out = [0u8; 16];
+        // Cannot panic: a virtual id is always the first 16 bytes of a SHA-256.
         out.copy_from_slice(&virtual_lsid(tenant, id));
         out
     };
-    RECENT.with(|recent| {
-        let Ok(mut recent) = recent.try_borrow_mut() else { return compute() };
-        let RecentLsids { map, scratch } = &mut *recent;
-        scratch.clear();
-        scratch.extend_from_slice(tenant.as_bytes());
-        scratch.push(0);
-        scratch.extend_from_slice(id);
-        if let Some(hit) = map.get(scratch.as_slice()) {
-            return *hit;
-        }
-        let computed = compute();
-        map.put(scratch.as_slice().into(), computed);
-        computed
-    })
+    // `try_with`: a thread being torn down has no memory left, and computes.
+    RECENT
+        .try_with(|recent| {
+            let Ok(mut recent) = recent.try_borrow_mut() else { return compute() };
+            let RecentLsids { map, scratch } = &mut *recent;
+            scratch.clear();
+            scratch.extend_from_slice(tenant.as_bytes());
+            scratch.push(0);
+            scratch.extend_from_slice(id);
+            if let Some(hit) = map.get(scratch.as_slice()) {
+                return *hit;
+            }
+            let computed = compute();
+            map.put(scratch.as_slice().into(), computed);
+            computed
+        })
+        .unwrap_or_else(|_| compute())
 }
 
 fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> {
