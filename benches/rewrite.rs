@@ -47,7 +47,9 @@
 //! runs one case's raw path 200 times without criterion (and `:0` for the setup alone). `find_in_1000` (a find
 //! with a 1,000-id `$in`, counted only) is the long-array shape: 197,481 instructions with array keys compared
 //! to their positions, 852,431 when validation hashed them to note repeats (the bench cases above pay about 1%
-//! more for the position check on their two-element arrays).
+//! more for the position check on their two-element arrays). `find_driver` (counted only) is the find the load
+//! harness's driver sends (`find_one` by key with its implicit session): 23,131 instructions with the lsid
+//! virtualised by rebuilding the body, 18,979 with its id overwritten in place (2026-11-28).
 //!
 //! The raw path includes everything a live command pays: full BSON validation of the frame, the generic checks
 //! (duplicate keys at every depth, the argument surface, the JavaScript scan), rule lookup, the rewrite and the
