@@ -6,7 +6,9 @@
 //! or transaction; the mapping is the same on every proxy instance, so it survives a client moving between
 //! proxies behind a load balancer. For a tenant with rules of its own, the tenant part is its
 //! [`crate::policy::Tenant::session_key`], which changes when `tenantwall move` changes those rules: sessions
-//! (and transactions) begun on the old placement do not continue on the new one.
+//! (and transactions) begun on the old placement do not continue on the new one. Each worker thread remembers
+//! the ids it derived lately (bounded, least recently used out): a cache of a pure function, so it changes
+//! nothing of the above, and a new proxy instance derives the same ids.
 //!
 //! Cursors are tracked: the server cannot tell tenants apart when the proxy uses one backend user, so the proxy
 //! records which tenant each cursor id was returned to and refuses `getMore`/`killCursors` on any other id with
