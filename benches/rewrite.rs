@@ -47,7 +47,9 @@
 //! runs one case's raw path 200 times without criterion (and `:0` for the setup alone). `find_in_1000` (a find
 //! with a 1,000-id `$in`, counted only) is the long-array shape: 197,481 instructions with array keys compared
 //! to their positions, 852,431 when validation hashed them to note repeats (the bench cases above pay about 1%
-//! more for the position check on their two-element arrays).
+//! more for the position check on their two-element arrays). `find_driver` (counted only) is the find the load
+//! harness's driver sends (`find_one` by key with its implicit session): 23,131 instructions with the lsid
+//! virtualised by rebuilding the body, 18,979 with its id overwritten in place (2026-11-28).
 //!
 //! The raw path includes everything a live command pays: full BSON validation of the frame, the generic checks
 //! (duplicate keys at every depth, the argument surface, the JavaScript scan), rule lookup, the rewrite and the
@@ -94,6 +96,21 @@ fn find_frame() -> Bytes {
         },
         "sort": { "createdAt": -1 },
         "limit": 50,
+        "$db": "shop",
+    };
+    OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap().freeze()
+}
+
+/// The find the load harness's clients send through the proxy (`benches/load.rs`): `find_one` by key from the
+/// official Rust driver, with the implicit session every driver attaches.
+fn driver_find_frame() -> Bytes {
+    let lsid = bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: (0u8..16).collect() };
+    let body = rawdoc! {
+        "find": "orders",
+        "filter": { "k": 42 },
+        "limit": 1,
+        "singleBatch": true,
+        "lsid": { "id": lsid },
         "$db": "shop",
     };
     OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap().freeze()
@@ -271,6 +288,7 @@ fn count(spec: &str) {
         "find_5_clauses" => find_frame(),
         "aggregate_lookup" => aggregate_frame(),
         "insert_1000" => insert_frame(1000),
+        "find_driver" => driver_find_frame(),
         // Not a criterion case: a long array, as `$in` lists and reply batches have.
         "find_in_1000" => {
             let mut ids = bson::RawArrayBuf::new();

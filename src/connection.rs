@@ -102,7 +102,7 @@ impl BackendDeadline {
 
 /// A positive `maxTimeMS`, whichever numeric type carries it (0 means no limit, as on the server).
 fn max_time_ms(body: &RawDocument) -> Option<u64> {
-    let ms = match body.get("maxTimeMS").ok().flatten()? {
+    let ms = match crate::engine::raw::get(body, "maxTimeMS").ok().flatten()? {
         RawBsonRef::Int32(v) => u64::try_from(v).ok()?,
         RawBsonRef::Int64(v) => u64::try_from(v).ok()?,
         // Saturating float-to-int conversion; NaN becomes 0 and is ignored.

@@ -6,7 +6,9 @@
 //! or transaction; the mapping is the same on every proxy instance, so it survives a client moving between
 //! proxies behind a load balancer. For a tenant with rules of its own, the tenant part is its
 //! [`crate::policy::Tenant::session_key`], which changes when `tenantwall move` changes those rules: sessions
-//! (and transactions) begun on the old placement do not continue on the new one.
+//! (and transactions) begun on the old placement do not continue on the new one. Each worker thread remembers
+//! the ids it derived lately (bounded, least recently used out): a cache of a pure function, so it changes
+//! nothing of the above, and a new proxy instance derives the same ids.
 //!
 //! Cursors are tracked: the server cannot tell tenants apart when the proxy uses one backend user, so the proxy
 //! records which tenant each cursor id was returned to and refuses `getMore`/`killCursors` on any other id with
@@ -43,6 +45,54 @@ pub fn virtual_lsid(tenant: &str, id: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Virtual ids a thread computed lately. Drivers pool their sessions, so the same few lsids come back command
+/// after command, and the SHA-256 is most of what virtualising one costs; the mapping is a pure function of the
+/// key, so a hit is exactly what computing it again would give. Bounded per thread.
+struct RecentLsids {
+    /// Key: the tenant part, a NUL, then the 16-byte id (the id's length is fixed, so the split is never in
+    /// doubt); value: the virtual id.
+    map: LruCache<Box<[u8]>, [u8; 16]>,
+    /// The key being looked up, built here so that a hit allocates nothing.
+    scratch: Vec<u8>,
+}
+
+/// Entries of [`RecentLsids`] per thread: about 64 KiB at most.
+const RECENT_LSIDS: usize = 512;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<RecentLsids> = std::cell::RefCell::new(RecentLsids {
+        map: LruCache::new(std::num::NonZeroUsize::new(RECENT_LSIDS).unwrap_or(std::num::NonZeroUsize::MIN)),
+        scratch: Vec::new(),
+    });
+}
+
+/// [`virtual_lsid`] of a 16-byte id, remembered per thread ([`RecentLsids`]).
+fn virtual_uuid(tenant: &str, id: &[u8; 16]) -> [u8; 16] {
+    let compute = || {
+        let mut out = [0u8; 16];
+        // Cannot panic: a virtual id is always the first 16 bytes of a SHA-256.
+        out.copy_from_slice(&virtual_lsid(tenant, id));
+        out
+    };
+    // `try_with`: a thread being torn down has no memory left, and computes.
+    RECENT
+        .try_with(|recent| {
+            let Ok(mut recent) = recent.try_borrow_mut() else { return compute() };
+            let RecentLsids { map, scratch } = &mut *recent;
+            scratch.clear();
+            scratch.extend_from_slice(tenant.as_bytes());
+            scratch.push(0);
+            scratch.extend_from_slice(id);
+            if let Some(hit) = map.get(scratch.as_slice()) {
+                return *hit;
+            }
+            let computed = compute();
+            map.put(scratch.as_slice().into(), computed);
+            computed
+        })
+        .unwrap_or_else(|_| compute())
+}
+
 fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> {
     let id = match lsid.get("id") {
         Ok(Some(RawBsonRef::Binary(bin))) => bin.bytes,
@@ -55,6 +105,44 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
 /// `msg` with every lsid (the generic `lsid` argument, and the list of `endSessions`) replaced by the tenant's
 /// own. `None` when the command carries no session.
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+    patched(msg, tenant).or_else(|| rebuilt(msg, tenant))
+}
+
+/// [`virtualize`] for the shape every driver sends on every command (an `lsid` whose one `id` is a 16-byte
+/// binary, and no `endSessions` list): the same bytes [`rebuilt`] produces, made by copying the body and
+/// overwriting the id's subtype and 16 bytes where they sit, instead of re-serialising the session document and
+/// the body around it. `None` for any other shape. The body passed the canonical parse, so it has one `lsid`.
+fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+    let body = msg.body();
+    let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") else { return None };
+    if crate::engine::raw::get(body, "endSessions").ok().flatten().is_some() {
+        return None;
+    }
+    if lsid.iter_elements().filter(|e| e.as_ref().is_ok_and(|e| e.key() == "id")).count() != 1 {
+        return None;
+    }
+    let Ok(Some(RawBsonRef::Binary(id))) = lsid.get("id") else { return None };
+    let uuid: &[u8; 16] = id.bytes.try_into().ok()?;
+    let bytes = body.as_bytes();
+    // The id is a view into the body: where it starts there. A binary value is its length (i32), its subtype,
+    // then the data; every position is checked against the body before it is written.
+    let at = (id.bytes.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+    let length_at = at.checked_sub(5)?;
+    if id.bytes.len() != 16
+        || bytes.get(length_at..length_at + 4)? != 16i32.to_le_bytes()
+        || bytes.get(at..at + 16)? != id.bytes
+    {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    *out.get_mut(at - 1)? = u8::from(BinarySubtype::Uuid);
+    out.get_mut(at..at + 16)?.copy_from_slice(&virtual_uuid(tenant, uuid));
+    let body = RawDocumentBuf::from_bytes(out).ok()?;
+    Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec()))
+}
+
+/// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
+fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     let body = msg.body();
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") {
@@ -271,7 +359,11 @@ pub fn get_more_namespace(body: &RawDocument, cursor: &CursorPlan) -> Result<(),
 
 /// The cursor id of a reply (`cursor.id`), if it has one.
 pub fn reply_cursor_id(body: &RawDocument) -> Option<i64> {
-    body.get_document("cursor").ok()?.get_i64("id").ok()
+    let cursor = crate::engine::raw::get_document(body, "cursor")?;
+    match crate::engine::raw::get(cursor, "id") {
+        Ok(Some(RawBsonRef::Int64(id))) => Some(id),
+        _ => None,
+    }
 }
 
 /// The cursor ids a `killCursors` names.
@@ -340,6 +432,58 @@ mod tests {
         let out = virtualize(&end, "acme").unwrap();
         let listed = out.body().get_array("endSessions").unwrap().get_document(0).unwrap().get_binary("id").unwrap();
         assert_eq!(listed.bytes, virtual_lsid("acme", &id).as_slice());
+    }
+
+    /// The in-place patch makes exactly the bytes the rebuild makes, for every shape it takes, and leaves every
+    /// other shape to the rebuild.
+    #[test]
+    fn the_patched_lsid_is_the_rebuilt_one_byte_for_byte() {
+        let binary = |subtype: BinarySubtype, len: u8| bson::Binary { subtype, bytes: (1..=len).collect() };
+        let uuid = binary(BinarySubtype::Uuid, 16);
+        let bodies = [
+            (rawdoc! { "find": "c", "filter": { "k": 1 }, "lsid": { "id": uuid.clone() }, "$db": "app" }, true),
+            (rawdoc! { "lsid": { "id": uuid.clone() }, "find": "c", "$db": "app" }, true),
+            (rawdoc! { "find": "c", "$db": "app", "lsid": { "uid": [1, 2], "id": uuid.clone(), "z": 1 } }, true),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::UuidOld, 16) }, "$db": "app" }, true),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Generic, 16) }, "$db": "app" }, true),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 15) }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 17) }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "lsid": { "id": "not binary" }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "lsid": { "id": uuid.clone(), "id": uuid.clone() }, "$db": "app" }, false),
+            (
+                rawdoc! { "endSessions": [{ "id": uuid.clone() }], "lsid": { "id": uuid.clone() }, "$db": "admin" },
+                false,
+            ),
+            (rawdoc! { "find": "c", "lsid": "not a document", "$db": "app" }, false),
+            (rawdoc! { "find": "c", "$db": "app" }, false),
+        ];
+        for (body, takes) in bodies {
+            let msg = OpMsg::with_sequences(
+                MsgFlags(MsgFlags::EXHAUST_ALLOWED),
+                body.clone(),
+                vec![tenantwall_protocol::Sequence::new("documents", vec![rawdoc! { "_id": 1 }])],
+            );
+            let patched = patched(&msg, "acme");
+            assert_eq!(patched.is_some(), takes, "{body:?}");
+            if let Some(patched) = patched {
+                assert_eq!(Some(patched), rebuilt(&msg, "acme"), "{body:?}");
+            }
+            assert_eq!(virtualize(&msg, "acme"), rebuilt(&msg, "acme"), "{body:?}");
+        }
+    }
+
+    /// Remembered virtual ids are the computed ones, per tenant, also once older ones were evicted.
+    #[test]
+    fn remembered_virtual_ids_are_the_computed_ones() {
+        for round in 0..2 {
+            for n in 0..(RECENT_LSIDS + 10) {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                for tenant in ["acme", "globex", "acme\0x"] {
+                    assert_eq!(virtual_uuid(tenant, &id).as_slice(), virtual_lsid(tenant, &id), "{round} {n} {tenant}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,14 +21,21 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `tenantwall run --policy <policy>` and waits for its "listening on" lines.
     pub fn start(policy: &Path) -> ProxyProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantwall"))
+        // TW_PROXY_WORKERS sets the proxy's async worker threads alone (tokio reads TOKIO_WORKER_THREADS), to
+        // compare runtime shapes without changing the load generator's.
+        Self::start_with(policy, Path::new(env!("CARGO_BIN_EXE_tenantwall")), std::env::var("TW_PROXY_WORKERS").ok())
+    }
+
+    /// [`ProxyProcess::start`] with another tenantwall executable (an A/B comparison of two builds) and, when
+    /// given, that many async worker threads.
+    pub fn start_with(policy: &Path, exe: &Path, workers: Option<String>) -> ProxyProcess {
+        let mut child = Command::new(exe)
             .args(["run", "--policy"])
             .arg(policy)
             // Warnings (the open-file limit, policy hints) would interleave with the tables; errors still show.
             .env("RUST_LOG", "tenantwall=error")
-            // TW_PROXY_WORKERS sets the proxy's async worker threads alone (tokio reads TOKIO_WORKER_THREADS), to
-            // compare runtime shapes without changing the load generator's.
-            .envs(std::env::var("TW_PROXY_WORKERS").ok().map(|n| ("TOKIO_WORKER_THREADS", n)))
+            .env_remove("TOKIO_WORKER_THREADS")
+            .envs(workers.map(|n| ("TOKIO_WORKER_THREADS", n)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -101,6 +108,35 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time process `pid` has spent so far, all its threads, user and system (the scheduler's nanosecond
+/// counts in `/proc/<pid>/task/*/schedstat`); zero when it cannot be read.
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()))
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Context switches of process `pid` so far, all its threads: (voluntary, involuntary), from
+/// `/proc/<pid>/task/*/status`. A voluntary one is a thread going to sleep (waiting for I/O or a lock), an
+/// involuntary one a thread preempted while it could still run.
+pub fn context_switches(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (0, 0) };
+    let mut counts = (0, 0);
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        counts.0 += field("voluntary_ctxt_switches:");
+        counts.1 += field("nonvoluntary_ctxt_switches:");
+    }
+    counts
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -276,6 +312,12 @@ impl Haproxy {
             return Err(format!("{} did not start listening on {addr}: {}", exe.display(), log.trim()));
         }
         Ok(haproxy)
+    }
+}
+
+impl Haproxy {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

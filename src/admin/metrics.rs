@@ -235,15 +235,39 @@ impl Metrics {
         out
     }
 
-    /// Counts one command.
-    pub fn command(&self, tenant: &TenantMetrics, command: Command, outcome: Outcome) {
-        let labels =
-            CommandLabels { tenant: tenant.tenant.clone(), command: command_label(command), outcome: outcome.as_str() };
-        self.commands.get_or_create(&labels).inc();
+    /// Counts one command of the connection holding `tenant`.
+    pub fn command(&self, tenant: &mut TenantMetrics, command: Command, outcome: Outcome) {
+        // A connection mostly repeats one command: its last series is kept, and the family (a lock and a hash
+        // of the labels) is asked only when the command or outcome changes. Series are never removed.
+        match &tenant.last_command {
+            Some((key, counter)) if *key == (command, outcome) => {
+                counter.inc();
+            }
+            _ => {
+                let labels = CommandLabels {
+                    tenant: tenant.tenant.clone(),
+                    command: command_label(command),
+                    outcome: outcome.as_str(),
+                };
+                let counter = self.commands.get_or_create(&labels).clone();
+                counter.inc();
+                tenant.last_command = Some(((command, outcome), counter));
+            }
+        }
     }
 
-    pub fn backend_duration(&self, backend: &str, took: Duration) {
-        self.backend_duration.get_or_create(&BackendLabel { backend: backend.to_owned() }).observe(took.as_secs_f64());
+    /// Time `backend` took to answer a command of the connection holding `tenant` (its last backend's series is
+    /// kept, as in [`Metrics::command`]).
+    pub fn backend_duration(&self, tenant: &mut TenantMetrics, backend: &str, took: Duration) {
+        match &tenant.last_backend {
+            Some((name, histogram)) if name.as_str() == backend => histogram.observe(took.as_secs_f64()),
+            _ => {
+                let histogram =
+                    self.backend_duration.get_or_create(&BackendLabel { backend: backend.to_owned() }).clone();
+                histogram.observe(took.as_secs_f64());
+                tenant.last_backend = Some((backend.to_owned(), histogram));
+            }
+        }
     }
 
     pub fn backend_error(&self, backend: &str) {
@@ -314,6 +338,8 @@ impl Metrics {
             connections,
             rate_limited: self.rate_limited.get_or_create(&label).clone(),
             tenant: label.tenant,
+            last_command: None,
+            last_backend: None,
         };
         (before, handles)
     }
@@ -329,6 +355,10 @@ pub struct TenantMetrics {
     pub documents_returned: Counter,
     connections: Gauge,
     pub rate_limited: Counter,
+    /// The series of the last command counted ([`Metrics::command`]).
+    last_command: Option<((Command, Outcome), Counter)>,
+    /// The series of the last backend timed ([`Metrics::backend_duration`]).
+    last_backend: Option<(String, Histogram)>,
 }
 
 impl TenantMetrics {
@@ -368,12 +398,22 @@ mod tests {
     #[test]
     fn command_labels_come_from_the_surface() {
         let metrics = Arc::new(Metrics::new());
-        let conn = metrics.connection("acme");
-        metrics.command(&conn, Command::from_name("find"), Outcome::Forwarded);
-        metrics.command(&conn, Command::from_name("frobnicate"), Outcome::Denied);
+        let mut conn = metrics.connection("acme");
+        metrics.command(&mut conn, Command::from_name("find"), Outcome::Forwarded);
+        metrics.command(&mut conn, Command::from_name("frobnicate"), Outcome::Denied);
+        // The same command again, and back: each counted on its own series.
+        metrics.command(&mut conn, Command::from_name("frobnicate"), Outcome::Denied);
+        metrics.command(&mut conn, Command::from_name("find"), Outcome::Forwarded);
+        metrics.command(&mut conn, Command::from_name("find"), Outcome::Denied);
+        metrics.backend_duration(&mut conn, "b1", Duration::from_millis(1));
+        metrics.backend_duration(&mut conn, "b1", Duration::from_millis(1));
+        metrics.backend_duration(&mut conn, "b2", Duration::from_millis(1));
         let text = metrics.encode();
-        assert!(text.contains(r#"tenantwall_commands_total{tenant="acme",command="find",outcome="forwarded"} 1"#));
-        assert!(text.contains(r#"tenantwall_commands_total{tenant="acme",command="unknown",outcome="denied"} 1"#));
+        assert!(text.contains(r#"tenantwall_commands_total{tenant="acme",command="find",outcome="forwarded"} 2"#));
+        assert!(text.contains(r#"tenantwall_commands_total{tenant="acme",command="find",outcome="denied"} 1"#));
+        assert!(text.contains(r#"tenantwall_commands_total{tenant="acme",command="unknown",outcome="denied"} 2"#));
+        assert!(text.contains(r#"_count{backend="b1"} 2"#), "{text}");
+        assert!(text.contains(r#"_count{backend="b2"} 1"#), "{text}");
         assert!(!text.contains("frobnicate"));
     }
 }

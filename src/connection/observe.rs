@@ -126,11 +126,11 @@ impl ClientConnection {
     pub(super) fn done(&mut self, command: Command, started: Instant) {
         let observed = std::mem::take(&mut self.observed);
         let outcome = observed.outcome.unwrap_or(Outcome::Denied);
-        self.shared.metrics.command(&self.usage, command, outcome);
+        self.shared.metrics.command(&mut self.usage, command, outcome);
         self.usage.command_duration.observe(started.elapsed().as_secs_f64());
         if let (Some(took), Some(tenant)) = (observed.backend, &self.tenant) {
             self.usage.backend_time.inc_by(took.as_secs_f64());
-            self.shared.metrics.backend_duration(&tenant.backend, took);
+            self.shared.metrics.backend_duration(&mut self.usage, &tenant.backend, took);
         }
     }
 
@@ -146,7 +146,8 @@ impl ClientConnection {
 
 /// Documents in a cursor reply's batch.
 fn batch_len(reply: &RawDocument) -> Option<u64> {
-    let cursor = reply.get_document("cursor").ok()?;
-    let batch = cursor.get_array("firstBatch").or_else(|_| cursor.get_array("nextBatch")).ok()?;
-    Some(batch.into_iter().count() as u64)
+    use crate::engine::raw::{array_len, get_document};
+    let cursor = get_document(reply, "cursor")?;
+    let n = array_len(cursor, "firstBatch").or_else(|| array_len(cursor, "nextBatch"))?;
+    u64::try_from(n).ok()
 }

@@ -42,6 +42,32 @@ pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<Ra
     }
 }
 
+/// The document under `key` ([`get`]), `None` when `key` is absent or holds something else.
+pub fn get_document<'a>(doc: &'a RawDocument, key: &str) -> Option<&'a RawDocument> {
+    match get(doc, key) {
+        Ok(Some(RawBsonRef::Document(found))) => Some(found),
+        _ => None,
+    }
+}
+
+/// How many items the array under `key` holds, `None` when `key` is absent or holds something else: the
+/// answer of `doc.get_array(key)` and counting its items, read as bytes. Bytes the scan cannot read are left to
+/// `bson`.
+pub fn array_len(doc: &RawDocument, key: &str) -> Option<usize> {
+    let mut elements = Elements::new(doc);
+    let counted = match elements.find(|e| e.key == key.as_bytes()) {
+        Some(found) if found.kind == 0x04 => RawDocument::from_bytes(found.value).ok().and_then(|array| {
+            let mut items = Elements::new(array);
+            let n = items.by_ref().count();
+            items.complete().then_some(n)
+        }),
+        Some(_) => return None,
+        None if elements.complete() => return None,
+        None => None,
+    };
+    counted.or_else(|| doc.get_array(key).ok().map(|array| array.into_iter().count()))
+}
+
 /// `doc` with top-level fields replaced (`Some`) or dropped (`None`); fields named in `edits` but absent from
 /// `doc` are appended. Order is preserved, so the command name stays first. Untouched elements are copied as
 /// bytes; only the edited values are serialised.
@@ -253,6 +279,25 @@ pub fn rename_collection(msg: &OpMsg, visible: &str, real: &str) -> Option<OpMsg
 mod tests {
     use super::*;
     use bson::rawdoc;
+
+    /// The byte-level lookups answer what `bson`'s do.
+    #[test]
+    fn array_len_and_get_document_agree_with_bson() {
+        let doc = rawdoc! {
+            "cursor": { "id": 0i64, "firstBatch": [{ "_id": 1 }, { "_id": 2 }, 3], "empty": [] },
+            "writeErrors": "not an array",
+            "ok": 1.0,
+        };
+        let cursor = get_document(&doc, "cursor").unwrap();
+        assert_eq!(cursor, doc.get_document("cursor").unwrap());
+        assert_eq!(get_document(&doc, "ok"), None);
+        assert_eq!(get_document(&doc, "missing"), None);
+        for key in ["firstBatch", "empty", "id", "missing"] {
+            let expected = cursor.get_array(key).ok().map(|a| a.into_iter().count());
+            assert_eq!(array_len(cursor, key), expected, "{key}");
+        }
+        assert_eq!(array_len(&doc, "writeErrors"), None);
+    }
 
     #[test]
     fn replace_keeps_order_and_appends_missing() {

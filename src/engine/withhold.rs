@@ -16,7 +16,7 @@
 
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
-use super::raw::replace_fields;
+use super::raw::{get, get_document, replace_fields};
 
 /// Codes whose messages never quote stored data: transient and topology errors, timeouts, transactions,
 /// authorisation. Everything else has its text withheld on shared namespaces.
@@ -59,7 +59,7 @@ pub struct Withhold {
 }
 
 fn code(doc: &RawDocument) -> Option<i32> {
-    match doc.get("code") {
+    match get(doc, "code") {
         Ok(Some(RawBsonRef::Int32(c))) => Some(c),
         Ok(Some(RawBsonRef::Int64(c))) => i32::try_from(c).ok(),
         Ok(Some(RawBsonRef::Double(c))) => Some(c as i32),
@@ -75,10 +75,11 @@ pub fn withhold(body: &RawDocument, rule: &Withhold) -> Option<RawDocumentBuf> {
             edits.extend(fixed);
         }
     }
-    if let Ok(errors) = body.get_array("writeErrors") {
+    // Every reply passes here: lookups read the keys as bytes (`get`), and only what is there is decoded.
+    if let Ok(Some(RawBsonRef::Array(errors))) = get(body, "writeErrors") {
         edits.push(("writeErrors", Some(RawBson::Array(each_error(errors, rule)))));
     }
-    if let Ok(wce) = body.get_document("writeConcernError") {
+    if let Some(wce) = get_document(body, "writeConcernError") {
         if let Some(c) = code(wce) {
             if let Some(fixed) = error_edits(wce, c, rule) {
                 edits.push(("writeConcernError", Some(RawBson::Document(replace_fields(wce, &fixed)))));
@@ -86,7 +87,7 @@ pub fn withhold(body: &RawDocument, rule: &Withhold) -> Option<RawDocumentBuf> {
         }
     }
     // bulkWrite (MongoDB 8) reports each operation as a cursor item: `{ok: 0, idx, code, errmsg, keyValue...}`.
-    if let (true, Ok(cursor)) = (rule.results_in_cursor, body.get_document("cursor")) {
+    if let (true, Some(cursor)) = (rule.results_in_cursor, get_document(body, "cursor")) {
         for batch in ["firstBatch", "nextBatch"] {
             if let Ok(items) = cursor.get_array(batch) {
                 if items.into_iter().any(|i| matches!(i, Ok(RawBsonRef::Document(d)) if code(d).is_some())) {
