@@ -607,6 +607,40 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
     Some(Element { kind, key: bytes.get(1..1 + key_len)?, value: bytes.get(2 + key_len..)?, bytes })
 }
 
+/// The top-level element named `key` of a document that passed [`validate_document`] (or was built with
+/// `bson`'s builders), found by comparing keys as bytes: `Some(None)` when every element was read and none has
+/// that name, `None` when the bytes could not all be read up to it (ask `bson`, which reports why). Keys are
+/// compared only when their length is the one asked for.
+#[inline]
+pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>> {
+    let bytes = doc.as_bytes();
+    let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
+    let mut pos = 4;
+    while let Some(&kind) = elements.get(pos) {
+        let key_at = pos + 1;
+        let key_len = nul_at(elements, key_at)?;
+        if key_len == key.len() && elements.get(key_at..key_at + key_len)? == key {
+            return read_element(elements, pos).map(Some);
+        }
+        let at = key_at + key_len + 1;
+        let prefixed =
+            |extra: usize| -> Option<usize> { usize::try_from(read_i32(elements, at)?).ok()?.checked_add(extra) };
+        let size = match kind {
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x02 | 0x0D | 0x0E => prefixed(4)?,
+            0x03 | 0x04 | 0x0F => prefixed(0)?,
+            0x10 => 4,
+            0x08 => 1,
+            0x06 | 0x0A | 0xFF | 0x7F => 0,
+            0x07 => 12,
+            0x13 => 16,
+            _ => read_element(elements, pos)?.value.len(),
+        };
+        pos = at.checked_add(size)?;
+    }
+    (pos == elements.len()).then_some(None)
+}
+
 /// Whether `keep` holds for every top-level key of the document whose bytes are `bytes` (one that passed
 /// [`validate_document`]), stopping at the first that fails; `None` when the bytes cannot all be read as
 /// elements (never for a validated document). The keys are found without building [`Element`]s, for loops
