@@ -615,13 +615,49 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
 pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>> {
     let bytes = doc.as_bytes();
     let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
+    let mut found = None;
+    scan(elements, |start, _, element_key| {
+        if element_key == key {
+            found = Some(start);
+            return false;
+        }
+        true
+    })?;
+    match found {
+        Some(start) => read_element(elements, start).map(Some),
+        None => Some(None),
+    }
+}
+
+/// Where the top-level element named `key` is within the bytes of `doc` (type byte to the end of its value),
+/// reading every element (for documents that passed [`validate_document`] or were built with `bson`'s
+/// builders): `Some(None)` when none has that name, `None` when the bytes cannot all be read as elements or
+/// more than one element has that name.
+#[inline]
+pub fn unique_field_span(doc: &RawDocument, key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
+    let bytes = doc.as_bytes();
+    let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
+    let mut found = None;
+    let mut repeated = false;
+    let complete = scan(elements, |start, end, element_key| {
+        if element_key == key {
+            repeated |= found.replace(start..end).is_some();
+        }
+        !repeated
+    })?;
+    (complete && !repeated).then_some(found)
+}
+
+/// Reads the elements of `elements` (a document's bytes without its final NUL) from the first, handing
+/// `visit` each one's start, end and key until it returns `false`. `Some(true)` when every element was read,
+/// `Some(false)` when `visit` stopped early, `None` when the bytes could not be read as elements. Values are
+/// sized, not checked: for validated documents.
+#[inline(always)]
+fn scan<'a>(elements: &'a [u8], mut visit: impl FnMut(usize, usize, &'a [u8]) -> bool) -> Option<bool> {
     let mut pos = 4;
     while let Some(&kind) = elements.get(pos) {
         let key_at = pos + 1;
         let key_len = nul_at(elements, key_at)?;
-        if key_len == key.len() && elements.get(key_at..key_at + key_len)? == key {
-            return read_element(elements, pos).map(Some);
-        }
         let at = key_at + key_len + 1;
         let prefixed =
             |extra: usize| -> Option<usize> { usize::try_from(read_i32(elements, at)?).ok()?.checked_add(extra) };
@@ -636,9 +672,13 @@ pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>
             0x13 => 16,
             _ => read_element(elements, pos)?.value.len(),
         };
-        pos = at.checked_add(size)?;
+        let end = at.checked_add(size).filter(|end| *end <= elements.len())?;
+        if !visit(pos, end, elements.get(key_at..key_at + key_len)?) {
+            return Some(false);
+        }
+        pos = end;
     }
-    (pos == elements.len()).then_some(None)
+    Some(pos == elements.len())
 }
 
 /// Whether `keep` holds for every top-level key of the document whose bytes are `bytes` (one that passed
@@ -646,32 +686,9 @@ pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>
 /// elements (never for a validated document). The keys are found without building [`Element`]s, for loops
 /// that read only keys (stamping a sequence's documents).
 #[inline]
-pub fn all_keys(bytes: &[u8], mut keep: impl FnMut(&[u8]) -> bool) -> Option<bool> {
+pub fn all_keys<'a>(bytes: &'a [u8], mut keep: impl FnMut(&'a [u8]) -> bool) -> Option<bool> {
     let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
-    let mut pos = 4;
-    while let Some(&kind) = elements.get(pos) {
-        let key_at = pos + 1;
-        let key_len = nul_at(elements, key_at)?;
-        if !keep(elements.get(key_at..key_at + key_len)?) {
-            return Some(false);
-        }
-        let at = key_at + key_len + 1;
-        let prefixed =
-            |extra: usize| -> Option<usize> { usize::try_from(read_i32(elements, at)?).ok()?.checked_add(extra) };
-        let size = match kind {
-            0x01 | 0x09 | 0x11 | 0x12 => 8,
-            0x02 | 0x0D | 0x0E => prefixed(4)?,
-            0x03 | 0x04 | 0x0F => prefixed(0)?,
-            0x10 => 4,
-            0x08 => 1,
-            0x06 | 0x0A | 0xFF | 0x7F => 0,
-            0x07 => 12,
-            0x13 => 16,
-            _ => read_element(elements, pos)?.value.len(),
-        };
-        pos = at.checked_add(size)?;
-    }
-    (pos == elements.len()).then_some(true)
+    scan(elements, |_, _, key| keep(key))
 }
 
 /// Whether `doc` has a top-level field named `key`: `Some(false)` only when every element was read and none
@@ -862,6 +879,22 @@ mod tests {
         // Bytes that are not a document are never read past their end.
         assert_eq!(all_keys(&[9, 0, 0, 0, 0x10, b'a', 0, 1], |_| true), None);
         assert_eq!(all_keys(&[], |_| true), None);
+    }
+
+    #[test]
+    fn fields_are_found_by_their_bytes() {
+        let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "limit": 5, "$db": "app" };
+        let found = field(&doc, b"filter").unwrap().unwrap();
+        assert_eq!((found.kind, found.key, found.value), (0x03, &b"filter"[..], rawdoc! { "a": 1 }.as_bytes()));
+        assert!(field(&doc, b"filte").unwrap().is_none());
+        assert!(field(&doc, b"a").unwrap().is_none());
+        let span = unique_field_span(&doc, b"limit").unwrap().unwrap();
+        assert_eq!(doc.as_bytes()[span], *b"\x10limit\0\x05\0\0\0");
+        assert_eq!(unique_field_span(&doc, b"absent"), Some(None));
+        let mut repeated = doc.clone();
+        repeated.append(bson::cstr!("limit"), 6);
+        assert_eq!(unique_field_span(&repeated, b"limit"), None);
+        assert!(unique_field_span(&repeated, b"find").unwrap().is_some());
     }
 
     #[test]

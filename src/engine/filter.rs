@@ -231,11 +231,11 @@ pub fn scope_filter(
 ) -> Result<Option<RawDocumentBuf>> {
     // Enforce wraps whatever the filter says; only the other styles ask whether the client pinned the tenant.
     if rule.style == Style::Enforce {
-        return Ok(Some(wrap(filter, rule.field, &scope.value)));
+        return Ok(Some(wrap(filter, rule.field, scope.value)));
     }
     let pinned = filter.is_some_and(|f| pins(f, rule.field, &scope.tenant.value));
     match rule.style {
-        Style::Enforce => Ok(Some(wrap(filter, rule.field, &scope.value))),
+        Style::Enforce => Ok(Some(wrap(filter, rule.field, scope.value))),
         Style::Verify if pinned => Ok(None),
         Style::Verify => {
             scope

@@ -222,7 +222,7 @@ pub struct Scope<'a> {
     /// The command's database as the tenant names it.
     pub db: &'a str,
     /// The tenant value as raw BSON, for building conditions and stamps.
-    pub value: RawBson,
+    pub value: &'a RawBson,
     pub audit: Vec<String>,
     /// Set when any namespace touched is one other tenants share (field or shared mode): errors are withheld.
     pub shared: Option<Withhold>,
@@ -237,7 +237,7 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
-        let value = tenant.value.raw().clone();
+        let value = tenant.value.raw();
         let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
         Ok(Self {
             tenant,

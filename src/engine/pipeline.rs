@@ -573,7 +573,7 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
             Ok(None) => {}
             Ok(Some(RawBsonRef::String("replace" | "keepExisting" | "merge" | "fail"))) => {}
             Ok(Some(RawBsonRef::Array(stages))) => {
-                let stamped = stamped_pipeline(rule, stages, &scope.value, "$merge.whenMatched")?;
+                let stamped = stamped_pipeline(rule, stages, scope.value, "$merge.whenMatched")?;
                 edits.push(("whenMatched", Some(RawBson::Array(stamped))));
             }
             _ => return Err(malformed("$merge.whenMatched must be replace, keepExisting, merge, fail or a pipeline")),
@@ -599,5 +599,5 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         (RawBsonRef::Document(d), false) => stage(cstr!("$merge"), replace_fields(d, &edits)),
         _ => return Err(malformed("$merge needs into")),
     };
-    Ok(StageOut::Replace(vec![stamp_stage(rule.field, &scope.value), merged]))
+    Ok(StageOut::Replace(vec![stamp_stage(rule.field, scope.value), merged]))
 }

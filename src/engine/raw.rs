@@ -3,7 +3,7 @@
 use bson::raw::CStr;
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
-use tenantwall_protocol::validate::{field, Element, Elements};
+use tenantwall_protocol::validate::{field, unique_field_span, Element, Elements};
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::{Denial, Result};
@@ -111,32 +111,21 @@ pub fn replace_field_with(
     extra: usize,
     write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
 ) -> Option<RawDocumentBuf> {
-    let mut out = Vec::with_capacity(doc.as_bytes().len() + key.len() + 2 + extra);
-    out.extend_from_slice(&[0; 4]);
-    let head = |out: &mut Vec<u8>| {
-        out.push(kind);
-        out.extend_from_slice(key.as_bytes());
-        out.push(0);
-    };
-    let mut write = Some(write);
-    let mut elements = Elements::new(doc);
-    for element in elements.by_ref() {
-        if element.key != key.as_bytes() {
-            out.extend_from_slice(element.bytes);
-            continue;
-        }
-        // A repeated key (refused before any rewrite) is left to the general way, which edits every copy.
-        let write = write.take()?;
-        head(&mut out);
-        write(&mut out)?;
-    }
-    if !elements.complete() || key.as_bytes().contains(&0) {
+    let bytes = doc.as_bytes();
+    // The elements before and after the one replaced are copied as they are, each run at once.
+    let end = bytes.len().checked_sub(1)?;
+    let span = unique_field_span(doc, key.as_bytes())?.unwrap_or(end..end);
+    if key.as_bytes().contains(&0) {
         return None;
     }
-    if let Some(write) = write {
-        head(&mut out);
-        write(&mut out)?;
-    }
+    let mut out = Vec::with_capacity(bytes.len() + key.len() + 2 + extra);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(bytes.get(4..span.start)?);
+    out.push(kind);
+    out.extend_from_slice(key.as_bytes());
+    out.push(0);
+    write(&mut out)?;
+    out.extend_from_slice(bytes.get(span.end..end)?);
     out.push(0);
     finish(out)
 }

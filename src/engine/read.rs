@@ -48,7 +48,7 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     if rule.style == Style::Enforce {
         // The wrapped filter written straight into the forwarded body; what scope_filter would return.
         let extra = filter.map_or(0, |f| f.as_bytes().len()) + 64 + rule.field.as_str().len();
-        let value = &scope.value;
+        let value = scope.value;
         if let Some(body) =
             replace_field_with(body, filter_field, 0x03, extra, |out| wrap_into(out, filter, rule.field, value))
         {

@@ -340,9 +340,9 @@ pub fn check_update(
             Ok(Some(RawBson::Document(new)))
         }
         RawBsonRef::Array(stages) => match rule.style {
-            Style::Enforce => Ok(Some(RawBson::Array(stamped_pipeline(rule, stages, &scope.value, place)?))),
+            Style::Enforce => Ok(Some(RawBson::Array(stamped_pipeline(rule, stages, scope.value, place)?))),
             _ => {
-                stamped_pipeline(rule, stages, &scope.value, place)?;
+                stamped_pipeline(rule, stages, scope.value, place)?;
                 scope.violation(rule, format!("{place}: pipeline updates can only be enforced, not verified"))?;
                 Ok(None)
             }
