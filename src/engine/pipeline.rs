@@ -499,7 +499,7 @@ fn owned_write(scope: &mut Scope<'_>, name: &str, value: RawBsonRef<'_>) -> Resu
     let Target::Mapped { db: real_db, coll: Some(real_coll), .. } = target else {
         return Err(Denial::unauthorized(format!("{name} may only write into the tenant's own collections")));
     };
-    if db.is_none() && real_coll == coll && real_db == scope.names.real_db {
+    if db.is_none() && real_coll == coll && real_db == scope.real_db() {
         return Ok(StageOut::Same);
     }
     let mut ns = RawDocumentBuf::new();
