@@ -137,6 +137,28 @@ pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), 
     Ok((doc, findings))
 }
 
+/// [`validate_with_findings`] for callers that keep the bytes and need only the findings (the parser, once per
+/// document of a sequence): the same checks and the same errors, without viewing the bytes as a document.
+pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
+    if !has_document_shape(bytes) {
+        // `bson` says why, in its words, as validate_with_findings would.
+        RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    }
+    let mut findings = Findings::default();
+    walk(bytes, 1, false, &mut findings)?;
+    Ok(findings)
+}
+
+/// What `RawDocument::from_bytes` checks, inline: at least five bytes, a length prefix equal to their number,
+/// and a final NUL. Where this says no, `from_bytes` refuses the bytes (and reports why).
+#[inline]
+pub fn has_document_shape(bytes: &[u8]) -> bool {
+    match (bytes.first_chunk::<4>(), bytes.last()) {
+        (Some(prefix), Some(0)) => bytes.len() >= 5 && usize::try_from(i32::from_le_bytes(*prefix)) == Ok(bytes.len()),
+        _ => false,
+    }
+}
+
 fn invalid(what: &str) -> ProtocolError {
     ProtocolError::InvalidBson(what.to_owned())
 }
