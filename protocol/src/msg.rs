@@ -188,7 +188,7 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        let first = crate::validate::Elements::new(self.body()).next()?;
+        let first = crate::validate::Elements::of_bytes(&self.body).next()?;
         std::str::from_utf8(first.key).ok()
     }
 

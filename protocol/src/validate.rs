@@ -89,11 +89,11 @@ impl Findings {
 /// Whether `key` (whose first eight bytes are `word`) holds a dot: for a key of up to seven bytes, the word
 /// alone answers (its padding is NUL, never a dot).
 #[inline(always)]
-fn has_dot(key: &[u8], word: u64) -> bool {
-    if key.len() < 8 {
+fn has_dot<'a>(len: usize, word: u64, key: impl FnOnce() -> &'a [u8]) -> bool {
+    if len < 8 {
         return nul_in(word ^ u64::from_le_bytes([b'.'; 8])).is_some();
     }
-    key.contains(&b'.')
+    key().contains(&b'.')
 }
 
 /// Whether a key starts with `$` or holds a dot.
@@ -133,7 +133,7 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::default();
-    walk(bytes, 1, false, &mut findings)?;
+    walk::<false>(bytes, 1, &mut findings)?;
     Ok((doc, findings))
 }
 
@@ -145,7 +145,7 @@ pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
         RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     }
     let mut findings = Findings::default();
-    walk(bytes, 1, false, &mut findings)?;
+    walk::<false>(bytes, 1, &mut findings)?;
     Ok(findings)
 }
 
@@ -298,8 +298,8 @@ fn nul_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
 /// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
 /// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
-/// other key is noted as a possible repeat.
-fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Result<(), ProtocolError> {
+/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are.
+fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
@@ -315,23 +315,25 @@ fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Resul
             None => self::key_at(elements, key_at)?,
         };
         // Within `elements`: the key's NUL was found there.
-        let key = elements.get(key_at..key_at + key_len).unwrap_or_default();
+        // The key as bytes, for the uncommon paths (the common ones need only its length and first word).
+        let key = || elements.get(key_at..key_at + key_len).unwrap_or_default();
         // One repeat anywhere is all the finding records: once it is set, keys need not be compared.
         if !findings.duplicate_keys {
-            let repeated = if array { !index.next_is(key, word) } else { keys.repeated(elements, pos, key, word) };
+            let repeated =
+                if ARRAY { !index.next_is(key, word) } else { keys.repeated(elements, pos, key, key_len, word) };
             if repeated {
                 findings.duplicate_keys = true;
             }
         }
         if word as u8 == b'$' {
-            if JAVASCRIPT_KEYS.contains(&key) {
+            if JAVASCRIPT_KEYS.contains(&key()) {
                 findings.javascript = true;
             }
             if depth == 1 {
                 findings.odd_top_key = true;
             }
         }
-        if depth == 1 && has_dot(key, word) {
+        if depth == 1 && has_dot(key_len, word, key) {
             findings.odd_top_key = true;
         }
         let at = key_at + key_len + 1;
@@ -349,7 +351,11 @@ fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Resul
             0x03 | 0x04 => {
                 let len = document_at(elements, at)?;
                 let inner = elements.get(at..at + len).ok_or_else(|| invalid("document overruns its container"))?;
-                walk(inner, depth + 1, kind == 0x04, findings)?;
+                if kind == 0x04 {
+                    walk::<true>(inner, depth + 1, findings)?;
+                } else {
+                    walk::<false>(inner, depth + 1, findings)?;
+                }
                 len
             }
             0x05 => binary_len(elements, at)?,
@@ -432,7 +438,7 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk(scope, depth + 1, false, findings)?;
+    walk::<false>(scope, depth + 1, findings)?;
     Ok(size)
 }
 
@@ -451,14 +457,14 @@ impl Position {
     /// Whether `key` (whose first eight bytes are `word`, [`key_at`]) is the next position ("0", then "1",
     /// ...), advancing either way.
     #[inline(always)]
-    fn next_is(&mut self, key: &[u8], word: u64) -> bool {
+    fn next_is<'a>(&mut self, key: impl FnOnce() -> &'a [u8], word: u64) -> bool {
         // The first ten positions (most arrays' whole length) are one digit, which the word is alone.
         if self.count < 10 {
             self.count += 1;
             return word == u64::from(b'0') + self.count - 1;
         }
         self.count += 1;
-        self.next_long(key)
+        self.next_long(key())
     }
 
     /// [`Position::next_is`] from the eleventh position on.
@@ -508,9 +514,16 @@ struct Keys<'a> {
 impl<'a> Keys<'a> {
     /// Records `key`, the key of the element starting at `start` within `elements` (`word` its first eight
     /// bytes); whether an earlier element of the same document has the same key.
-    fn repeated(&mut self, elements: &'a [u8], start: usize, key: &'a [u8], word: u64) -> bool {
+    fn repeated(
+        &mut self,
+        elements: &'a [u8],
+        start: usize,
+        key: impl FnOnce() -> &'a [u8],
+        len: usize,
+        word: u64,
+    ) -> bool {
         if let Some(set) = &mut self.large {
-            return !set.insert(key);
+            return !set.insert(key());
         }
         let before = || Elements { elements: elements.get(..start).unwrap_or_default(), pos: 4, complete: true };
         if self.count == PAIRWISE_MAX {
@@ -518,17 +531,18 @@ impl<'a> Keys<'a> {
             let mut earlier = before();
             let mut set: std::collections::HashSet<&[u8]> = earlier.by_ref().map(|e| e.key).collect();
             // The earlier elements were validated; were they somehow unreadable, the answer is "maybe".
-            let seen = !set.insert(key) || !earlier.complete();
+            let seen = !set.insert(key()) || !earlier.complete();
             self.large = Some(set);
             return seen;
         }
         self.count += 1;
-        let bit = word_bit(word, key.len());
+        let bit = word_bit(word, len);
         if self.filter & bit == 0 {
             self.filter |= bit;
             return false;
         }
         let mut earlier = before();
+        let key = key();
         earlier.by_ref().any(|e| e.key == key) || !earlier.complete()
     }
 }
@@ -862,15 +876,15 @@ mod tests {
     #[test]
     fn array_positions_count_up_in_decimal() {
         let mut position = Position::default();
-        let mut next_is = |key: &[u8]| position.next_is(key, first_word(key));
+        let mut next_is = |key: &[u8]| position.next_is(|| key, first_word(key));
         for i in 0..1234 {
             assert!(next_is(i.to_string().as_bytes()), "{i}");
         }
         assert!(!next_is(b"1235"));
         assert!(next_is(b"1235"));
         let mut position = Position::default();
-        assert!(!position.next_is(b"00", first_word(b"00")));
-        assert!(position.next_is(b"1", first_word(b"1")));
+        assert!(!position.next_is(|| b"00", first_word(b"00")));
+        assert!(position.next_is(|| b"1", first_word(b"1")));
         // Arrays whose keys are not their positions are reported as possibly repeating a key.
         let mut odd = bson::RawDocumentBuf::new();
         odd.append(bson::cstr!("0"), 1);
