@@ -42,6 +42,8 @@ pub fn validate_document(bytes: &[u8]) -> Result<&RawDocument, ProtocolError> {
 /// Each finding is a "maybe": `false` is a proof of absence, `true` means "look with the precise check" (it is
 /// also set for places the precise checks do not look at, such as the scope of code with scope). Messages that
 /// were built rather than parsed carry [`Findings::UNKNOWN`], which sends every check down its precise path.
+/// The top-level keys are summarised too ([`Findings::top_level_plain_without`]), so that stamping a
+/// sequence's documents need not read their keys again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Findings {
     duplicate_keys: bool,
@@ -738,7 +740,8 @@ pub fn has_field(doc: &RawDocument, key: &str) -> Option<bool> {
 }
 
 /// Documents with more keys than this are checked for duplicates with a hash set; smaller ones by comparing
-/// keys pairwise, which is faster for the few keys a command document usually has.
+/// keys pairwise ([`first_duplicate_key`]) or through a filter of hashed keys (the validation walk), which is
+/// faster for the few keys a command document usually has.
 const PAIRWISE_MAX: usize = 16;
 
 /// The first key that repeats at the top level of `doc`. Servers and drivers disagree about which duplicate
