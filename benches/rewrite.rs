@@ -4,26 +4,31 @@
 //!
 //! Run: `cargo bench --bench rewrite` (add `-- --quick` for a fast pass).
 //!
-//! Results (2026-11-27, 2-core x86_64 VM shared with other builds; criterion median, `--warm-up-time 1
-//! --measurement-time 3`, load average 1.6–2.0 during both runs, one after the other):
+//! Results (2026-11-28, 2-core x86_64 VM shared with other builds; criterion median, `--warm-up-time 1
+//! --measurement-time 3`, load average 1.1–1.8 during the run):
 //!
 //! | case                                        | raw (tenantwall)               | baseline (`bson::Document`) | speed-up |
 //! |---------------------------------------------|--------------------------------|-----------------------------|----------|
-//! | find, 5-clause filter                       | 1.86 µs                        | 9.05 µs                     | 4.9×     |
-//! | aggregate, $lookup with a sub-pipeline      | 5.29 µs                        | 21.7 µs                     | 4.1×     |
-//! | insert, 1,000 documents (sequence), stamped | 224 µs (91 kB: 0.38 GiB/s)     | 2.56 ms (0.03 GiB/s)        | 11×      |
+//! | find, 5-clause filter                       | 1.07 µs                        | 7.84 µs                     | 7.3×     |
+//! | aggregate, $lookup with a sub-pipeline      | 5.43 µs                        | 25.5 µs                     | 4.7×     |
+//! | insert, 1,000 documents (sequence), stamped | 138 µs (91 kB: 0.62 GiB/s)     | 2.12 ms (0.04 GiB/s)        | 15×      |
 //!
-//! The same run of the raw path before the byte-level work (commit 7bb33a1, with this file's `prepare_forward`
-//! path): 9.30 µs, 12.2 µs, 1.74 ms. (The medians were taken one commit before array keys were compared with
-//! their positions, which costs these cases about 1% more instructions.) Wall times move with the load; instruction counts do not, so they are what
-//! proves a change. Per iteration, from `valgrind --tool=callgrind` on `REWRITE_COUNT=<case>:<n>` runs (see
-//! below; setup subtracted with an `n = 0` run):
+//! A second run of the raw paths a minute later gave 1.27 µs, 5.12 µs and 157 µs: on this machine wall times
+//! move by 15% from one run to the next. The previous results (2026-11-27, commit af8cfc4, load average
+//! 1.6–2.0): 1.86 µs, 5.29 µs, 224 µs (0.38 GiB/s); before the byte-level work (commit 7bb33a1, with this
+//! file's `prepare_forward` path): 9.30 µs, 12.2 µs, 1.74 ms. Wall times move with the load; instruction counts
+//! do not, so they are what proves a change. Per iteration, from `valgrind --tool=callgrind` on
+//! `REWRITE_COUNT=<case>:<n>` runs (see below; setup subtracted with an `n = 0` run):
 //!
-//! | case                 | before (7bb33a1) | after      | ratio |
-//! |----------------------|------------------|------------|-------|
-//! | find_5_clauses       | 62,907           | 16,474     | 3.8×  |
-//! | aggregate_lookup     | 119,386          | 55,963     | 2.1×  |
-//! | insert_1000          | 15,913,204       | 2,382,771  | 6.7×  |
+//! | case                 | 7bb33a1          | af8cfc4    | now        | af8cfc4 → now |
+//! |----------------------|------------------|------------|------------|---------------|
+//! | find_5_clauses       | 62,907           | 16,474     | 10,924     | 1.5×          |
+//! | aggregate_lookup     | 119,386          | 55,963     | 49,731     | 1.13×         |
+//! | insert_1000          | 15,913,204       | 2,382,771  | 1,307,027  | 1.8×          |
+//!
+//! Issue 10's goals are 500 ns for the find and 1 GiB/s of stamped documents: neither is met yet. At about ten
+//! instructions a nanosecond here, they mean roughly 5,000 instructions for the find and 900 per inserted
+//! document.
 //!
 //! Where the instructions went, and what took them out: validation read every element through bson's iterator
 //! (now one byte-level walk, which also notes whether any document may repeat a key or hold JavaScript, so the
@@ -31,25 +36,34 @@
 //! byte comparisons); rewrites re-serialised every untouched element with reallocations (now copied as bytes into
 //! a buffer of the final size); enforce-style scoping asked whether the client had pinned the tenant (only verify
 //! and audit need it); inserts were stamped by rebuilding each document (now copied with the tenant element
-//! appended). What remains, per the profile: the validation walk itself (about 1,200 instructions per inserted
-//! 91-byte document, 4,000 for the find's body), reading the sequence documents' keys to stamp them (about 500
-//! per document), and the pieces still built with bson's builders (aggregate stages, session ids).
+//! appended). Since af8cfc4: the walk reads keys eight bytes at a time (NUL and non-ASCII found in one word),
+//! notes repeats through a 64-bit filter of hashed keys (keys are compared only on a collision), and keeps a
+//! filter of each document's top-level keys, so that stamping a sequence reads no keys again when none can be
+//! the tenant field, a `$` key or a dotted one; top-level lookups compare key lengths before bytes and size
+//! elements without building them; the scoped filter is written straight into the forwarded body; the scope
+//! clones neither the tenant value nor the database name. What remains, per the profile: the validation walk
+//! (about 930 instructions per inserted 91-byte document, of 1,307: some 60 per element and 100 per nested
+//! document or array; 3,100 for the find's body), stamping (about 190 per document, mostly copying and one
+//! `Bytes` per document), and for the find some eight separate passes over the body's top-level keys (250 to
+//! 550 instructions each: `$db`, collation, filter, the argument check, the session fields, the rewrite), the
+//! per-request allocations and the encode; the pieces still built with bson's builders (aggregate stages,
+//! session ids) are the aggregate's.
 //!
-//! Hostile shapes (same run; before in brackets):
+//! Hostile shapes (same run; af8cfc4's in brackets):
 //!
 //! | case                                                        | time     |
 //! |-------------------------------------------------------------|----------|
-//! | 100,000-key `ping` before authentication: the live path     | 3.5 ns (refused at the header by the 64 KiB pre-auth cap) |
-//! | the same frame decoded and decided anyway                   | 11.2 ms [5.9 ms]: validation now hashes the keys of documents with more than 16, to note repeats |
-//! | 100,000-key filter after authentication, decoded and scoped | 8.8 ms [33.7 ms] (linear in the 1.2 MB sent) |
+//! | 100,000-key `ping` before authentication: the live path     | 2.5 ns [3.5 ns] (refused at the header by the 64 KiB pre-auth cap) |
+//! | the same frame decoded and decided anyway                   | 6.2 ms [11.2 ms]: validation hashes the keys of documents with more than 16, to note repeats |
+//! | 100,000-key filter after authentication, decoded and scoped | 5.5 ms [8.8 ms] (linear in the 1.2 MB sent) |
 //!
 //! Instruction counts: `REWRITE_COUNT=find_5_clauses:200 valgrind --tool=callgrind target/release/deps/rewrite-*`
 //! runs one case's raw path 200 times without criterion (and `:0` for the setup alone). `find_in_1000` (a find
-//! with a 1,000-id `$in`, counted only) is the long-array shape: 197,481 instructions with array keys compared
-//! to their positions, 852,431 when validation hashed them to note repeats (the bench cases above pay about 1%
-//! more for the position check on their two-element arrays). `find_driver` (counted only) is the find the load
-//! harness's driver sends (`find_one` by key with its implicit session): 23,131 instructions with the lsid
-//! virtualised by rebuilding the body, 18,979 with its id overwritten in place (2026-11-28).
+//! with a 1,000-id `$in`, counted only) is the long-array shape: 141,912 instructions (197,481 at af8cfc4, with
+//! array keys compared to their positions; 852,431 when validation hashed them to note repeats). `find_driver`
+//! (counted only) is the find the load harness's driver sends (`find_one` by key with its implicit session):
+//! 23,131 instructions at af8cfc4 with the lsid virtualised by rebuilding the body, 18,979 with its id
+//! overwritten in place (2026-11-28, before the validation changes above).
 //!
 //! The raw path includes everything a live command pays: full BSON validation of the frame, the generic checks
 //! (duplicate keys at every depth, the argument surface, the JavaScript scan), rule lookup, the rewrite and the

@@ -23,6 +23,7 @@ use bson::spec::BinarySubtype;
 use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use lru::LruCache;
 use ring::digest;
+use tenantwall_protocol::validate::all_keys;
 use tenantwall_protocol::OpMsg;
 
 use crate::engine::raw::replace_fields;
@@ -144,11 +145,22 @@ fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
 fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     let body = msg.body();
+    // One pass over the keys says which of the two fields are there; only those are looked up.
+    let (mut lsid, mut end_sessions) = (false, false);
+    let read = all_keys(body.as_bytes(), |key| {
+        lsid |= key == b"lsid";
+        end_sessions |= key == b"endSessions";
+        true
+    });
+    if read.is_none() {
+        (lsid, end_sessions) = (true, true);
+    }
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-    if let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") {
+    if let Some(Ok(Some(RawBsonRef::Document(lsid)))) = lsid.then(|| crate::engine::raw::get(body, "lsid")) {
         edits.push(("lsid", virtual_lsid_doc(tenant, lsid).map(RawBson::Document)));
     }
-    if let Ok(Some(RawBsonRef::Array(list))) = crate::engine::raw::get(body, "endSessions") {
+    if let Some(Ok(Some(RawBsonRef::Array(list)))) = end_sessions.then(|| crate::engine::raw::get(body, "endSessions"))
+    {
         let mut out = RawArrayBuf::new();
         for lsid in list.into_iter().filter_map(|v| v.ok()) {
             if let Some(new) = lsid.as_document().and_then(|d| virtual_lsid_doc(tenant, d)) {

@@ -11,7 +11,7 @@ use nom::bytes::complete::take_till;
 use nom::number::complete::le_u32;
 
 use crate::header::backfill_len;
-use crate::validate::{document_len, validate_with_findings, Findings};
+use crate::validate::{document_len, findings_of, has_document_shape, Findings};
 use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
 
 /// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
@@ -86,7 +86,7 @@ impl Sequence {
     /// that untouched documents can be forwarded without copying. Only the O(1) shape (length prefix and
     /// trailing NUL) is re-checked here; that is the invariant the borrowed views rely on.
     pub fn from_bytes(identifier: impl Into<String>, documents: Vec<Bytes>) -> Result<Self, ProtocolError> {
-        for doc in &documents {
+        for doc in documents.iter().filter(|doc| !has_document_shape(doc)) {
             RawDocument::from_bytes(doc.as_ref()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
         }
         Ok(Self { identifier: identifier.into(), documents, findings: Findings::UNKNOWN })
@@ -146,9 +146,10 @@ impl PartialEq for OpMsg {
 
 /// Views validated bytes as a document.
 ///
-/// Every `Bytes` this module stores went through [`validate_with_findings`], which already succeeded on exactly these
-/// bytes, and `RawDocument::from_bytes` re-checks only the length prefix and trailing NUL; failure is therefore
-/// impossible and the `expect` documents an invariant, not an input condition.
+/// Every `Bytes` this module stores went through the validation walk ([`findings_of`]) or the same shape check,
+/// which already succeeded on exactly these bytes, and `RawDocument::from_bytes` re-checks only the length prefix
+/// and trailing NUL; failure is therefore impossible and the `expect` documents an invariant, not an input
+/// condition.
 fn raw_view(bytes: &Bytes) -> &RawDocument {
     RawDocument::from_bytes(bytes.as_ref()).expect("stored OP_MSG documents are validated when stored")
 }
@@ -187,7 +188,7 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        let first = crate::validate::Elements::new(self.body()).next()?;
+        let first = crate::validate::Elements::of_bytes(&self.body).next()?;
         std::str::from_utf8(first.key).ok()
     }
 
@@ -239,7 +240,7 @@ impl OpMsg {
                 0 => {
                     let len = document_len(sections, pos, MAX_COMMAND_SIZE, "OP_MSG body")?;
                     let doc = frame.slice(pos..pos + len);
-                    let (_, findings) = validate_with_findings(&doc)?;
+                    let findings = findings_of(&doc)?;
                     if body.replace((doc, findings)).is_some() {
                         return Err(ProtocolError::MultipleBodies);
                     }
@@ -331,7 +332,7 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
         let doc = frame.slice(doc_pos..doc_pos + len);
-        findings = findings.union(validate_with_findings(&doc)?.1);
+        findings = findings.union(findings_of(&doc)?);
         documents.push(doc);
         doc_pos += len;
     }

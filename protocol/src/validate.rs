@@ -42,15 +42,21 @@ pub fn validate_document(bytes: &[u8]) -> Result<&RawDocument, ProtocolError> {
 /// Each finding is a "maybe": `false` is a proof of absence, `true` means "look with the precise check" (it is
 /// also set for places the precise checks do not look at, such as the scope of code with scope). Messages that
 /// were built rather than parsed carry [`Findings::UNKNOWN`], which sends every check down its precise path.
+/// The top-level keys are summarised too ([`Findings::top_level_plain_without`]), so that stamping a
+/// sequence's documents need not read their keys again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Findings {
     duplicate_keys: bool,
     javascript: bool,
+    /// The top-level keys, hashed into a filter (a bit per key, [`key_bit`]); all bits set when not known.
+    top_keys: u64,
+    /// Some top-level key starts with `$` or holds a dot.
+    odd_top_key: bool,
 }
 
 impl Findings {
     /// Nothing was proved absent.
-    pub const UNKNOWN: Self = Self { duplicate_keys: true, javascript: true };
+    pub const UNKNOWN: Self = Self { duplicate_keys: true, javascript: true, top_keys: u64::MAX, odd_top_key: true };
 
     /// Some document at some depth may repeat a key.
     pub fn duplicate_keys(self) -> bool {
@@ -63,14 +69,57 @@ impl Findings {
         self.javascript
     }
 
+    /// Whether it is proved that no top-level key is `key`, starts with `$` or holds a dot (so that none is a
+    /// path below `key` either). `false` means "maybe": read the keys. For a `key` that itself starts with `$`
+    /// or holds a dot, nothing is proved.
+    pub fn top_level_plain_without(self, key: &[u8]) -> bool {
+        !self.odd_top_key && !odd_key(key) && self.top_keys & key_bit(key) == 0
+    }
+
     /// What either of two documents may hold.
     #[must_use]
     pub fn union(self, other: Self) -> Self {
         Self {
             duplicate_keys: self.duplicate_keys || other.duplicate_keys,
             javascript: self.javascript || other.javascript,
+            top_keys: self.top_keys | other.top_keys,
+            odd_top_key: self.odd_top_key || other.odd_top_key,
         }
     }
+}
+
+/// Whether `key` (whose first eight bytes are `word`) holds a dot: for a key of up to seven bytes, the word
+/// alone answers (its padding is NUL, never a dot).
+#[inline(always)]
+fn has_dot<'a>(len: usize, word: u64, key: impl FnOnce() -> &'a [u8]) -> bool {
+    if len < 8 {
+        return nul_in(word ^ u64::from_le_bytes([b'.'; 8])).is_some();
+    }
+    key().contains(&b'.')
+}
+
+/// Whether a key starts with `$` or holds a dot.
+fn odd_key(key: &[u8]) -> bool {
+    key.first() == Some(&b'$') || key.contains(&b'.')
+}
+
+/// The filter bit of a key: a hash of its length and first eight bytes (as a little-endian word, zero-padded).
+fn key_bit(key: &[u8]) -> u64 {
+    word_bit(first_word(key), key.len())
+}
+
+/// A key's first eight bytes as a little-endian word, zero-padded (what [`key_at`] returns with its length).
+fn first_word(key: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let head = key.get(..8).unwrap_or(key);
+    word.get_mut(..head.len()).unwrap_or_default().copy_from_slice(head);
+    u64::from_le_bytes(word)
+}
+
+/// [`key_bit`] from the key's first word and length.
+#[inline(always)]
+fn word_bit(word: u64, len: usize) -> u64 {
+    1u64 << ((word ^ (len as u64).rotate_right(8)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
 }
 
 /// Keys whose values MongoDB runs as JavaScript.
@@ -86,14 +135,37 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::default();
-    walk(bytes, 1, false, &mut findings)?;
+    walk::<false>(bytes, 1, &mut findings)?;
     Ok((doc, findings))
+}
+
+/// [`validate_with_findings`] for callers that keep the bytes and need only the findings (the parser, once per
+/// document of a sequence): the same checks and the same errors, without viewing the bytes as a document.
+pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
+    if !has_document_shape(bytes) {
+        // `bson` says why, in its words, as validate_with_findings would.
+        RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    }
+    let mut findings = Findings::default();
+    walk::<false>(bytes, 1, &mut findings)?;
+    Ok(findings)
+}
+
+/// What `RawDocument::from_bytes` checks, inline: at least five bytes, a length prefix equal to their number,
+/// and a final NUL. Where this says no, `from_bytes` refuses the bytes (and reports why).
+#[inline]
+pub fn has_document_shape(bytes: &[u8]) -> bool {
+    match (bytes.first_chunk::<4>(), bytes.last()) {
+        (Some(prefix), Some(0)) => bytes.len() >= 5 && usize::try_from(i32::from_le_bytes(*prefix)) == Ok(bytes.len()),
+        _ => false,
+    }
 }
 
 fn invalid(what: &str) -> ProtocolError {
     ProtocolError::InvalidBson(what.to_owned())
 }
 
+#[inline(always)]
 fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -117,32 +189,119 @@ fn string_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
     Ok(4 + len)
 }
 
+/// [`string_len`] for the common case, inlined into the walk: an ASCII string that is all there. `None` for
+/// anything else, which [`string_len`] then reads and refuses or accepts.
+#[inline(always)]
+fn short_string(bytes: &[u8], at: usize) -> Option<usize> {
+    let len = usize::try_from(read_i32(bytes, at)?).ok().filter(|l| *l >= 1)?;
+    let body = bytes.get(at.checked_add(4)?..at.checked_add(4 + len)?)?;
+    let (last, text) = body.split_last()?;
+    (*last == 0 && text.is_ascii()).then_some(4 + len)
+}
+
+/// [`key_at`] for the common case, inlined into the walk: an ASCII key of at most seven bytes with eight bytes
+/// to read. `None` for anything else, which [`key_at`] then reads and refuses or accepts.
+#[inline(always)]
+fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
+    let chunk: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    let word = u64::from_le_bytes(chunk);
+    let len = nul_in(word)?;
+    let key = low_bytes(word, len);
+    (key & HIGH_BITS == 0).then_some((len, key))
+}
+
 /// The length of a C string (bytes up to a NUL, UTF-8) starting at `at` within `bytes`, NUL excluded.
 fn cstring_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    key_at(bytes, at).map(|(len, _)| len)
+}
+
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` below byte `n` (`n` < 8), the rest cleared.
+fn low_bytes(word: u64, n: usize) -> u64 {
+    word & ((1u64 << (8 * n)) - 1)
+}
+
+/// The index of the first NUL in an 8-byte little-endian word, if any. The classic zero-byte test: a borrow
+/// only runs upwards from a zero byte, so the lowest flagged byte is always a real NUL.
+#[inline(always)]
+fn nul_in(word: u64) -> Option<usize> {
+    let zero = word.wrapping_sub(LOW_BITS) & !word & HIGH_BITS;
+    (zero != 0).then(|| (zero.trailing_zeros() / 8) as usize)
+}
+
+/// The C string (key, regex pattern or options) starting at `at` within `bytes`, checked: its length (NUL
+/// excluded) and its first eight bytes as a little-endian word (zero-padded), which keys are hashed by.
+///
+/// Keys are short and nearly always ASCII: they are read eight bytes at a time, the NUL and any non-ASCII byte
+/// found in the same pass, so the UTF-8 check runs only for keys that need it.
+fn key_at(bytes: &[u8], at: usize) -> Result<(usize, u64), ProtocolError> {
     let rest = bytes.get(at..).ok_or_else(|| invalid("C string truncated"))?;
-    // Keys are short and nearly always ASCII: one pass finds the end and whether the UTF-8 check is needed.
-    let mut ascii = true;
-    let mut len = None;
-    for (i, b) in rest.iter().enumerate() {
-        if *b == 0 {
-            len = Some(i);
+    let mut high = 0u64;
+    let mut first = None;
+    let mut chunks = rest.chunks_exact(8);
+    let mut base = 0;
+    let mut found = None;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        if let Some(i) = nul_in(word) {
+            let below = low_bytes(word, i);
+            high |= below;
+            first.get_or_insert(below);
+            found = Some(base + i);
             break;
         }
-        ascii &= *b < 0x80;
+        high |= word;
+        first.get_or_insert(word);
+        base += 8;
     }
-    let len = len.ok_or_else(|| invalid("C string not NUL-terminated"))?;
-    if !ascii {
-        std::str::from_utf8(&rest[..len]).map_err(|_| invalid("C string is not valid UTF-8"))?;
+    let len = match found {
+        Some(len) => len,
+        None => {
+            // Fewer than eight bytes left: one at a time.
+            let tail = chunks.remainder();
+            let i = tail.iter().position(|b| *b == 0).ok_or_else(|| invalid("C string not NUL-terminated"))?;
+            let mut word = [0u8; 8];
+            word[..i].copy_from_slice(&tail[..i]);
+            let word = u64::from_le_bytes(word);
+            high |= word;
+            first.get_or_insert(word);
+            base + i
+        }
+    };
+    if high & HIGH_BITS != 0 {
+        let key = rest.get(..len).ok_or_else(|| invalid("C string truncated"))?;
+        std::str::from_utf8(key).map_err(|_| invalid("C string is not valid UTF-8"))?;
     }
-    Ok(len)
+    Ok((len, first.unwrap_or(0)))
+}
+
+/// The length of a C string (bytes up to a NUL) starting at `at`, unchecked beyond finding the NUL.
+#[inline(always)]
+fn nul_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let rest = bytes.get(at..)?;
+    let mut chunks = rest.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if let Some(i) = nul_in(u64::from_le_bytes(word)) {
+            return Some(base + i);
+        }
+        base += 8;
+    }
+    chunks.remainder().iter().position(|b| *b == 0).map(|i| base + i)
 }
 
 /// Validates the document that is exactly `doc` (its length prefix already matched against `doc.len()` and its
 /// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
 /// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
 /// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
-/// other key is noted as a possible repeat.
-fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Result<(), ProtocolError> {
+/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are.
+fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
@@ -151,30 +310,54 @@ fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Resul
     let mut keys = Keys::default();
     let mut index = Position::default();
     let mut pos = 4;
-    while pos < elements.len() {
-        let kind = elements[pos];
+    while let Some(&kind) = elements.get(pos) {
         let key_at = pos + 1;
-        let key_len = cstring_len(elements, key_at)?;
-        let key = &elements[key_at..key_at + key_len];
-        let repeated = if array { !index.next_is(key) } else { keys.repeated(key) };
-        if repeated {
-            findings.duplicate_keys = true;
+        let (key_len, word) = match short_key(elements, key_at) {
+            Some(short) => short,
+            None => self::key_at(elements, key_at)?,
+        };
+        // Within `elements`: the key's NUL was found there.
+        // The key as bytes, for the uncommon paths (the common ones need only its length and first word).
+        let key = || elements.get(key_at..key_at + key_len).unwrap_or_default();
+        // One repeat anywhere is all the finding records: once it is set, keys need not be compared.
+        if !findings.duplicate_keys {
+            let repeated =
+                if ARRAY { !index.next_is(key, word) } else { keys.repeated(elements, pos, key, key_len, word) };
+            if repeated {
+                findings.duplicate_keys = true;
+            }
         }
-        if key.first() == Some(&b'$') && JAVASCRIPT_KEYS.contains(&key) {
-            findings.javascript = true;
+        if word as u8 == b'$' {
+            if JAVASCRIPT_KEYS.contains(&key()) {
+                findings.javascript = true;
+            }
+            if depth == 1 {
+                findings.odd_top_key = true;
+            }
+        }
+        if depth == 1 && has_dot(key_len, word, key) {
+            findings.odd_top_key = true;
         }
         let at = key_at + key_len + 1;
         let size = match kind {
             // Double, datetime, timestamp, int64.
             0x01 | 0x09 | 0x11 | 0x12 => 8,
-            0x02 | 0x0E => string_len(elements, at)?,
+            0x02 | 0x0E => match short_string(elements, at) {
+                Some(size) => size,
+                None => string_len(elements, at)?,
+            },
             0x0D => {
                 findings.javascript = true;
                 string_len(elements, at)?
             }
             0x03 | 0x04 => {
                 let len = document_at(elements, at)?;
-                walk(&elements[at..at + len], depth + 1, kind == 0x04, findings)?;
+                let inner = elements.get(at..at + len).ok_or_else(|| invalid("document overruns its container"))?;
+                if kind == 0x04 {
+                    walk::<true>(inner, depth + 1, findings)?;
+                } else {
+                    walk::<false>(inner, depth + 1, findings)?;
+                }
                 len
             }
             0x05 => binary_len(elements, at)?,
@@ -205,6 +388,11 @@ fn walk(doc: &[u8], depth: usize, array: bool, findings: &mut Findings) -> Resul
             return Err(invalid("element overruns its document"));
         }
         pos = end;
+    }
+    if depth == 1 {
+        // The filter holds every top-level key only if each was recorded: no more than the filter takes, and
+        // none skipped because a repeat had already been found.
+        findings.top_keys = if findings.duplicate_keys || keys.large.is_some() { u64::MAX } else { keys.filter };
     }
     Ok(())
 }
@@ -252,24 +440,40 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk(scope, depth + 1, false, findings)?;
+    walk::<false>(scope, depth + 1, findings)?;
     Ok(size)
 }
 
 /// The next position of an array, as its decimal key.
 #[derive(Default)]
 struct Position {
-    /// Decimal digits of the current position, most significant first, in `digits[..len]`.
+    /// Positions compared so far.
+    count: u64,
+    /// Decimal digits of the current position from the eleventh on, most significant first, in
+    /// `digits[..len]`.
     digits: [u8; 20],
     len: usize,
 }
 
 impl Position {
-    /// Whether `key` is the next position ("0", then "1", ...), advancing either way.
-    fn next_is(&mut self, key: &[u8]) -> bool {
+    /// Whether `key` (whose first eight bytes are `word`, [`key_at`]) is the next position ("0", then "1",
+    /// ...), advancing either way.
+    #[inline(always)]
+    fn next_is<'a>(&mut self, key: impl FnOnce() -> &'a [u8], word: u64) -> bool {
+        // The first ten positions (most arrays' whole length) are one digit, which the word is alone.
+        if self.count < 10 {
+            self.count += 1;
+            return word == u64::from(b'0') + self.count - 1;
+        }
+        self.count += 1;
+        self.next_long(key())
+    }
+
+    /// [`Position::next_is`] from the eleventh position on.
+    fn next_long(&mut self, key: &[u8]) -> bool {
         if self.len == 0 {
-            self.digits[0] = b'0';
-            self.len = 1;
+            self.digits[..2].copy_from_slice(b"10");
+            self.len = 2;
         } else {
             // Increment the decimal string in place.
             let mut i = self.len;
@@ -296,31 +500,52 @@ impl Position {
     }
 }
 
-/// The keys of one document seen so far: compared pairwise while there are few, hashed beyond.
+/// The keys of one document seen so far, for noting a repeat.
+///
+/// The first [`PAIRWISE_MAX`] keys are hashed into a 64-bit filter (by their length and first eight bytes): a
+/// key whose bit is still clear is new, and nothing is stored or compared. Only a key whose bit is already set
+/// is compared with the keys before it, read again from the document (at most [`PAIRWISE_MAX`] of them), so a
+/// document of distinct keys costs a multiplication per key. Beyond that many keys they go into a hash set.
 #[derive(Default)]
 struct Keys<'a> {
-    small: [&'a [u8]; PAIRWISE_MAX],
-    len: usize,
+    filter: u64,
+    count: usize,
     large: Option<std::collections::HashSet<&'a [u8]>>,
 }
 
 impl<'a> Keys<'a> {
-    /// Records `key`; whether it was seen before.
-    fn repeated(&mut self, key: &'a [u8]) -> bool {
+    /// Records `key`, the key of the element starting at `start` within `elements` (`word` its first eight
+    /// bytes); whether an earlier element of the same document has the same key.
+    fn repeated(
+        &mut self,
+        elements: &'a [u8],
+        start: usize,
+        key: impl FnOnce() -> &'a [u8],
+        len: usize,
+        word: u64,
+    ) -> bool {
         if let Some(set) = &mut self.large {
-            return !set.insert(key);
+            return !set.insert(key());
         }
-        if self.len < PAIRWISE_MAX {
-            let seen = self.small[..self.len].contains(&key);
-            self.small[self.len] = key;
-            self.len += 1;
+        let before = || Elements { elements: elements.get(..start).unwrap_or_default(), pos: 4, complete: true };
+        if self.count == PAIRWISE_MAX {
+            // The std hasher is keyed per process, so a client cannot pick keys that all collide.
+            let mut earlier = before();
+            let mut set: std::collections::HashSet<&[u8]> = earlier.by_ref().map(|e| e.key).collect();
+            // The earlier elements were validated; were they somehow unreadable, the answer is "maybe".
+            let seen = !set.insert(key()) || !earlier.complete();
+            self.large = Some(set);
             return seen;
         }
-        // The std hasher is keyed per process, so a client cannot pick keys that all collide.
-        let mut set: std::collections::HashSet<&[u8]> = self.small.iter().copied().collect();
-        let seen = !set.insert(key);
-        self.large = Some(set);
-        seen
+        self.count += 1;
+        let bit = word_bit(word, len);
+        if self.filter & bit == 0 {
+            self.filter |= bit;
+            return false;
+        }
+        let mut earlier = before();
+        let key = key();
+        earlier.by_ref().any(|e| e.key == key) || !earlier.complete()
     }
 }
 
@@ -345,8 +570,16 @@ pub struct Elements<'a> {
 }
 
 impl<'a> Elements<'a> {
+    #[inline]
     pub fn new(doc: &'a RawDocument) -> Self {
-        let bytes = doc.as_bytes();
+        Self::of_bytes(doc.as_bytes())
+    }
+
+    /// The elements of the document whose bytes are `bytes`, for bytes that were validated but are held as
+    /// bytes (a sequence's documents): the same reading as [`Elements::new`], without viewing them as a
+    /// document first.
+    #[inline]
+    pub fn of_bytes(bytes: &'a [u8]) -> Self {
         Self { elements: bytes.get(..bytes.len().saturating_sub(1)).unwrap_or_default(), pos: 4, complete: true }
     }
 
@@ -359,6 +592,7 @@ impl<'a> Elements<'a> {
 impl<'a> Iterator for Elements<'a> {
     type Item = Element<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Element<'a>> {
         if self.pos >= self.elements.len() {
             return None;
@@ -380,10 +614,10 @@ impl<'a> Iterator for Elements<'a> {
 }
 
 /// The element starting at `start` within `elements`, sized without checking its contents.
+#[inline(always)]
 fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
     let kind = *elements.get(start)?;
-    let rest = elements.get(start + 1..)?;
-    let key_len = rest.iter().position(|b| *b == 0)?;
+    let key_len = nul_at(elements, start + 1)?;
     let at = start + 1 + key_len + 1;
     let prefixed = |extra: usize| -> Option<usize> {
         let len = usize::try_from(read_i32(elements, at)?).ok()?;
@@ -398,8 +632,8 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
         0x07 => 12,
         0x08 => 1,
         0x0B => {
-            let pattern = elements.get(at..)?.iter().position(|b| *b == 0)?;
-            let options = elements.get(at + pattern + 1..)?.iter().position(|b| *b == 0)?;
+            let pattern = nul_at(elements, at)?;
+            let options = nul_at(elements, at + pattern + 1)?;
             pattern + 1 + options + 1
         }
         0x0C => prefixed(4 + 12)?,
@@ -407,13 +641,92 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
         0x13 => 16,
         _ => return None,
     };
-    let end = at.checked_add(size)?;
-    Some(Element {
-        kind,
-        key: elements.get(start + 1..start + 1 + key_len)?,
-        value: elements.get(at..end)?,
-        bytes: elements.get(start..end)?,
-    })
+    let bytes = elements.get(start..at.checked_add(size)?)?;
+    Some(Element { kind, key: bytes.get(1..1 + key_len)?, value: bytes.get(2 + key_len..)?, bytes })
+}
+
+/// The top-level element named `key` of a document that passed [`validate_document`] (or was built with
+/// `bson`'s builders), found by comparing keys as bytes: `Some(None)` when every element was read and none has
+/// that name, `None` when the bytes could not all be read up to it (ask `bson`, which reports why). Keys are
+/// compared only when their length is the one asked for.
+#[inline]
+pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>> {
+    let bytes = doc.as_bytes();
+    let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
+    let mut found = None;
+    scan(elements, |start, _, element_key| {
+        if element_key == key {
+            found = Some(start);
+            return false;
+        }
+        true
+    })?;
+    match found {
+        Some(start) => read_element(elements, start).map(Some),
+        None => Some(None),
+    }
+}
+
+/// Where the top-level element named `key` is within the bytes of `doc` (type byte to the end of its value),
+/// reading every element (for documents that passed [`validate_document`] or were built with `bson`'s
+/// builders): `Some(None)` when none has that name, `None` when the bytes cannot all be read as elements or
+/// more than one element has that name.
+#[inline]
+pub fn unique_field_span(doc: &RawDocument, key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
+    let bytes = doc.as_bytes();
+    let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
+    let mut found = None;
+    let mut repeated = false;
+    let complete = scan(elements, |start, end, element_key| {
+        if element_key == key {
+            repeated |= found.replace(start..end).is_some();
+        }
+        !repeated
+    })?;
+    (complete && !repeated).then_some(found)
+}
+
+/// Reads the elements of `elements` (a document's bytes without its final NUL) from the first, handing
+/// `visit` each one's start, end and key until it returns `false`. `Some(true)` when every element was read,
+/// `Some(false)` when `visit` stopped early, `None` when the bytes could not be read as elements. Values are
+/// sized, not checked: for validated documents.
+#[inline(always)]
+fn scan<'a>(elements: &'a [u8], mut visit: impl FnMut(usize, usize, &'a [u8]) -> bool) -> Option<bool> {
+    let mut pos = 4;
+    while let Some(&kind) = elements.get(pos) {
+        let key_at = pos + 1;
+        let key_len = nul_at(elements, key_at)?;
+        let at = key_at + key_len + 1;
+        let prefixed =
+            |extra: usize| -> Option<usize> { usize::try_from(read_i32(elements, at)?).ok()?.checked_add(extra) };
+        let size = match kind {
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x02 | 0x0D | 0x0E => prefixed(4)?,
+            0x03 | 0x04 | 0x0F => prefixed(0)?,
+            0x10 => 4,
+            0x08 => 1,
+            0x06 | 0x0A | 0xFF | 0x7F => 0,
+            0x07 => 12,
+            0x13 => 16,
+            _ => read_element(elements, pos)?.value.len(),
+        };
+        let end = at.checked_add(size).filter(|end| *end <= elements.len())?;
+        if !visit(pos, end, elements.get(key_at..key_at + key_len)?) {
+            return Some(false);
+        }
+        pos = end;
+    }
+    Some(pos == elements.len())
+}
+
+/// Whether `keep` holds for every top-level key of the document whose bytes are `bytes` (one that passed
+/// [`validate_document`]), stopping at the first that fails; `None` when the bytes cannot all be read as
+/// elements (never for a validated document). The keys are found without building [`Element`]s, for loops
+/// that read only keys (stamping a sequence's documents).
+#[inline]
+pub fn all_keys<'a>(bytes: &'a [u8], mut keep: impl FnMut(&'a [u8]) -> bool) -> Option<bool> {
+    let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
+    scan(elements, |_, _, key| keep(key))
 }
 
 /// Whether `doc` has a top-level field named `key`: `Some(false)` only when every element was read and none
@@ -427,7 +740,8 @@ pub fn has_field(doc: &RawDocument, key: &str) -> Option<bool> {
 }
 
 /// Documents with more keys than this are checked for duplicates with a hash set; smaller ones by comparing
-/// keys pairwise, which is faster for the few keys a command document usually has.
+/// keys pairwise ([`first_duplicate_key`]) or through a filter of hashed keys (the validation walk), which is
+/// faster for the few keys a command document usually has.
 const PAIRWISE_MAX: usize = 16;
 
 /// The first key that repeats at the top level of `doc`. Servers and drivers disagree about which duplicate
@@ -565,11 +879,15 @@ mod tests {
     #[test]
     fn array_positions_count_up_in_decimal() {
         let mut position = Position::default();
+        let mut next_is = |key: &[u8]| position.next_is(|| key, first_word(key));
         for i in 0..1234 {
-            assert!(position.next_is(i.to_string().as_bytes()), "{i}");
+            assert!(next_is(i.to_string().as_bytes()), "{i}");
         }
-        assert!(!position.next_is(b"1235"));
-        assert!(position.next_is(b"1235"));
+        assert!(!next_is(b"1235"));
+        assert!(next_is(b"1235"));
+        let mut position = Position::default();
+        assert!(!position.next_is(|| b"00", first_word(b"00")));
+        assert!(position.next_is(|| b"1", first_word(b"1")));
         // Arrays whose keys are not their positions are reported as possibly repeating a key.
         let mut odd = bson::RawDocumentBuf::new();
         odd.append(bson::cstr!("0"), 1);
@@ -582,6 +900,40 @@ mod tests {
         assert!(validate_with_findings(&doc).unwrap().1.duplicate_keys());
         let fine = rawdoc! { "a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] };
         assert!(!validate_with_findings(fine.as_bytes()).unwrap().1.duplicate_keys());
+    }
+
+    #[test]
+    fn all_keys_reads_every_top_level_key() {
+        let doc = rawdoc! { "a": 1, "b": { "c": "d" }, "e": [1, 2], "f": 0.5, "g": null, "h": bson::Regex { pattern: bson::cstr!("x").into(), options: bson::cstr!("i").into() } };
+        let mut keys = Vec::new();
+        assert_eq!(
+            all_keys(doc.as_bytes(), |k| {
+                keys.push(k.to_vec());
+                true
+            }),
+            Some(true)
+        );
+        assert_eq!(keys, [&b"a"[..], b"b", b"e", b"f", b"g", b"h"]);
+        assert_eq!(all_keys(doc.as_bytes(), |k| k != b"e"), Some(false));
+        // Bytes that are not a document are never read past their end.
+        assert_eq!(all_keys(&[9, 0, 0, 0, 0x10, b'a', 0, 1], |_| true), None);
+        assert_eq!(all_keys(&[], |_| true), None);
+    }
+
+    #[test]
+    fn fields_are_found_by_their_bytes() {
+        let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "limit": 5, "$db": "app" };
+        let found = field(&doc, b"filter").unwrap().unwrap();
+        assert_eq!((found.kind, found.key, found.value), (0x03, &b"filter"[..], rawdoc! { "a": 1 }.as_bytes()));
+        assert!(field(&doc, b"filte").unwrap().is_none());
+        assert!(field(&doc, b"a").unwrap().is_none());
+        let span = unique_field_span(&doc, b"limit").unwrap().unwrap();
+        assert_eq!(doc.as_bytes()[span], *b"\x10limit\0\x05\0\0\0");
+        assert_eq!(unique_field_span(&doc, b"absent"), Some(None));
+        let mut repeated = doc.clone();
+        repeated.append(bson::cstr!("limit"), 6);
+        assert_eq!(unique_field_span(&repeated, b"limit"), None);
+        assert!(unique_field_span(&repeated, b"find").unwrap().is_some());
     }
 
     #[test]

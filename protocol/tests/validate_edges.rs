@@ -118,6 +118,25 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         }),
         ("array of arrays", doc(&el(4, b"a", &doc(&el(4, b"0", &doc(&el(0x10, b"0", &i32le(1)))))))),
         ("trailing bytes after top-level", cat(&[&doc(&[]), &[0]])),
+        // Keys are read eight bytes at a time when eight are there: lengths around the word, non-ASCII bytes in
+        // and after the first word, and keys that end too close to the document's end for a whole word.
+        ("key, seven bytes", doc(&el(0x0A, b"abcdefg", &[]))),
+        ("key, eight bytes", doc(&el(0x0A, b"abcdefgh", &[]))),
+        ("key, nine bytes", doc(&el(0x0A, b"abcdefghi", &[]))),
+        ("key, sixteen bytes", doc(&el(0x0A, b"abcdefghijklmnop", &[]))),
+        ("key, two-byte UTF-8 in the first word", doc(&el(0x0A, "aé".as_bytes(), &[]))),
+        ("key, UTF-8 after the first word", doc(&el(0x0A, "abcdefghé".as_bytes(), &[]))),
+        ("key, bad UTF-8 after the first word", doc(&el(0x0A, b"abcdefgh\xff", &[]))),
+        ("key, UTF-8 split by the word", doc(&el(0x0A, "abcdefgé".as_bytes(), &[]))),
+        ("key, truncated UTF-8 at the word's end", doc(&el(0x0A, b"abcdefg\xc3", &[]))),
+        ("key, 0x80 before its NUL", doc(&el(0x0A, b"a\x80", &[]))),
+        ("key, unterminated at the end", cat(&[&i32le(8), &[0x0A, b'a', b'b', 0]])),
+        ("key, last element short", doc(&cat(&[&el(0x10, b"long key", &i32le(1)), &el(0x0A, b"z", &[])]))),
+        ("key, last element short, bad UTF-8", doc(&cat(&[&el(0x10, b"k", &i32le(1)), &el(0x0A, b"\xff", &[])]))),
+        ("string, ASCII", doc(&el(2, b"s", &string(b"SKU-000001")))),
+        ("string, UTF-8", doc(&el(2, b"s", &string("żółw".as_bytes())))),
+        ("string, bad UTF-8 after ASCII", doc(&el(2, b"s", &string(b"abcdefghij\xff")))),
+        ("string, length overruns by one", doc(&el(2, b"s", &cat(&[&i32le(3), b"ab"])))),
         ("length prefix too small", cat(&[&i32le(4), &[0]])),
         ("length prefix negative", cat(&[&i32le(-5), &[0]])),
     ]
@@ -134,6 +153,37 @@ fn hand_built_edges_are_judged_as_bson_judges_them() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn top_level_keys_are_summarised_for_stamping() {
+    let int = i32le(1);
+    let plain = |elements: &[u8], key: &[u8]| {
+        validate_with_findings(&doc(elements)).expect("valid").1.top_level_plain_without(key)
+    };
+    let keys = cat(&[
+        &el(0x10, b"_id", &int),
+        &el(0x10, b"a longer key", &int),
+        &el(3, b"sub", &doc(&el(0x10, b"tenantId", &int))),
+    ]);
+    // Proved absent only when it is: nested keys do not count, top-level ones do.
+    assert!(plain(&keys, b"tenantId"));
+    assert!(!plain(&keys, b"_id"));
+    assert!(!plain(&keys, b"a longer key"));
+    assert!(!plain(&cat(&[&keys, &el(0x10, b"tenantId", &int)]), b"tenantId"));
+    // `$` keys and dotted keys (a path below the field, or anything else) are never proved plain.
+    assert!(!plain(&cat(&[&keys, &el(0x10, b"tenantId.x", &int)]), b"tenantId"));
+    assert!(!plain(&cat(&[&keys, &el(0x10, b"a.b", &int)]), b"tenantId"));
+    assert!(!plain(&cat(&[&keys, &el(0x10, b"a long key.with a dot", &int)]), b"tenantId"));
+    assert!(!plain(&cat(&[&keys, &el(0x10, b"$x", &int)]), b"tenantId"));
+    assert!(!plain(&keys, b"$tenant"));
+    assert!(!plain(&keys, b"meta.tenant"));
+    // Past the keys the filter takes, and after a repeat, nothing is proved.
+    let wide: Vec<u8> = (0..40).flat_map(|i| el(0x10, format!("k{i}").as_bytes(), &int)).collect();
+    assert!(!plain(&wide, b"tenantId"));
+    let repeat = cat(&[&el(0x10, b"k", &int), &el(0x10, b"k", &int)]);
+    assert!(!plain(&repeat, b"tenantId"));
+    assert!(!plain(&el(3, b"d", &doc(&repeat)), b"tenantId"));
 }
 
 fn findings(bytes: &[u8]) -> (bool, bool) {

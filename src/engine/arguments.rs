@@ -4,7 +4,7 @@
 //! fields (error 40415).
 
 use bson::{RawBsonRef, RawDocument};
-use tenantwall_protocol::validate::Elements;
+use tenantwall_protocol::validate::all_keys;
 use tenantwall_protocol::OpMsg;
 
 use super::{first_key, Denial, Result};
@@ -21,25 +21,31 @@ fn unknown(place: &str, field: &str) -> Denial {
 
 /// Checks `body` (and `msg`'s sequences, when given) against `spec`.
 pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) -> Result<()> {
-    let name = first_key(body);
+    // The command name, for messages only.
+    let name = || first_key(body);
     // The arguments' names compared as bytes; a document whose elements cannot all be read that way (never one
     // that passed validation) is read again through bson below, which says what is wrong with it.
-    let mut elements = Elements::new(body);
-    for element in elements.by_ref().skip(1) {
-        let key = element.key;
+    let mut first = true;
+    let mut unknown_key = None;
+    let read = all_keys(body.as_bytes(), |key| {
         let known = |list: &[&str]| list.iter().any(|a| a.as_bytes() == key);
-        if !known(spec.arguments) && !known(GENERIC_ARGUMENTS) {
-            return Err(unknown(name, &String::from_utf8_lossy(key)));
+        if std::mem::take(&mut first) || known(spec.arguments) || known(GENERIC_ARGUMENTS) {
+            return true;
         }
+        unknown_key = Some(key);
+        false
+    });
+    if let Some(key) = unknown_key {
+        return Err(unknown(name(), &String::from_utf8_lossy(key)));
     }
-    if !elements.complete() {
+    if read.is_none() {
         for (i, element) in body.iter_elements().enumerate() {
             let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
             let key = element.key().as_str();
             if i == 0 || spec.arguments.contains(&key) || GENERIC_ARGUMENTS.contains(&key) {
                 continue;
             }
-            return Err(unknown(name, key));
+            return Err(unknown(name(), key));
         }
     }
     if let Some(msg) = sequences {
@@ -48,7 +54,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
             if !spec.sequences.contains(&id) {
                 return Err(Denial::new(
                     ErrorCode::UNKNOWN_FIELD,
-                    format!("{name} takes no document sequence named {id:?}"),
+                    format!("{} takes no document sequence named {id:?}", name()),
                 ));
             }
             if super::raw::get(body, id).ok().flatten().is_some() {
@@ -60,7 +66,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
         }
     }
     for (field, statement) in spec.statements {
-        let place = format!("{name}.{field}");
+        let place = format!("{}.{field}", name());
         match (sequences.and_then(|m| m.sequence(field)), super::raw::get(body, field)) {
             (Some(seq), _) => {
                 for doc in seq.documents() {

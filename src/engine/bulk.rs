@@ -107,7 +107,7 @@ fn resolve_namespaces<'p>(msg: &OpMsg, scope: &mut Scope<'p>) -> Result<(Vec<Tar
                 renamed = true;
                 let real_ns = RawBson::String(format!("{real_db}.{real_coll}"));
                 entry = Bytes::from(replace_fields(info, &[("ns", Some(real_ns))]).into_bytes());
-                scope.names.colls.push((real_coll.clone(), coll.to_owned()));
+                scope.names_mut().colls.push((real_coll.clone(), coll.to_owned()));
             }
             _ => {}
         }

@@ -241,7 +241,7 @@ fn rename(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPla
             .ok_or_else(|| Denial::new(ErrorCode::INVALID_NAMESPACE, format!("{field} is not db.collection")))?;
         match resolve(scope.policy, &scope.tenant.id, db, Some(coll))? {
             Target::Mapped { db: real_db, coll: Some(real_coll), .. } => {
-                scope.names.colls.push((real_coll.clone(), coll.to_owned()));
+                scope.names_mut().colls.push((real_coll.clone(), coll.to_owned()));
                 edits.push((field, Some(RawBson::String(format!("{real_db}.{real_coll}")))));
             }
             target => {

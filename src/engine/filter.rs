@@ -123,6 +123,61 @@ pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) ->
     }
 }
 
+/// [`wrap`] written at the end of `out` (a buffer being filled with the command it goes into); `None`, with
+/// nothing written, for a tenant value type [`tenant_condition`] does not write as bytes or a filter too large
+/// for BSON's lengths, which [`wrap`] then builds.
+pub fn wrap_into(out: &mut Vec<u8>, filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> Option<()> {
+    let name = field.as_str().as_bytes();
+    let condition = 4 + 1 + name.len() + 1 + 4 + 1 + 4 + value_len(value)? + 2;
+    let filter = filter.filter(|f| !f.is_empty());
+    let client = filter.map_or(0, |f| f.as_bytes().len());
+    // The whole wrapped filter's length must fit an int32.
+    i32::try_from(client + condition + 22).ok()?;
+    out.reserve(client + condition + 22);
+    let start = out.len();
+    let write_condition = |out: &mut Vec<u8>| -> Option<()> {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.push(0x03);
+        out.extend_from_slice(name);
+        out.push(0);
+        let eq_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.push(value.element_type() as u8);
+        out.extend_from_slice(b"$eq\0");
+        write_value(value, out)?;
+        out.extend_from_slice(&[0, 0]);
+        let eq_len = out.len() - 1 - eq_at;
+        super::raw::backfill(out, eq_at, eq_len)?;
+        let len = out.len() - at;
+        super::raw::backfill(out, at, len)
+    };
+    let written = match filter {
+        None => write_condition(out),
+        Some(f) => {
+            // {"$and": ["<filter>", "<condition>"]}, the array being the document {"0": ..., "1": ...}.
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(b"\x04$and\0");
+            let array_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(b"\x030\0");
+            out.extend_from_slice(f.as_bytes());
+            out.extend_from_slice(b"\x031\0");
+            write_condition(out).and_then(|()| {
+                out.extend_from_slice(&[0, 0]);
+                let array_len = out.len() - 1 - array_at;
+                super::raw::backfill(out, array_at, array_len)?;
+                let len = out.len() - start;
+                super::raw::backfill(out, start, len)
+            })
+        }
+    };
+    if written.is_none() {
+        out.truncate(start);
+    }
+    written
+}
+
 /// Whether a filter pins `field` to exactly `value` (verify style): `{field: v}`, `{field: {$eq: v}}`,
 /// `{field: {$in: [v]}}`, at the top level or in a top-level `$and`, where `v` equals the tenant value as the
 /// server compares (a double 42.0 pins the tenant 42). Duplicate keys never count as pinned.
@@ -176,11 +231,11 @@ pub fn scope_filter(
 ) -> Result<Option<RawDocumentBuf>> {
     // Enforce wraps whatever the filter says; only the other styles ask whether the client pinned the tenant.
     if rule.style == Style::Enforce {
-        return Ok(Some(wrap(filter, rule.field, &scope.value)));
+        return Ok(Some(wrap(filter, rule.field, scope.value)));
     }
     let pinned = filter.is_some_and(|f| pins(f, rule.field, &scope.tenant.value));
     match rule.style {
-        Style::Enforce => Ok(Some(wrap(filter, rule.field, &scope.value))),
+        Style::Enforce => Ok(Some(wrap(filter, rule.field, scope.value))),
         Style::Verify if pinned => Ok(None),
         Style::Verify => {
             scope
@@ -240,13 +295,27 @@ mod tests {
             RawBson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }),
             RawBson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::BinaryOld, bytes: vec![1; 3] }),
         ];
-        for value in values {
-            assert_eq!(tenant_condition(&tid(), &value), built_condition(&tid(), &value), "{value:?}");
+        for value in &values {
+            assert_eq!(tenant_condition(&tid(), value), built_condition(&tid(), value), "{value:?}");
         }
         let filter = rawdoc! { "a": { "$in": [1, 2] }, "b": "x" };
         let wrapped = wrap(Some(&filter), &tid(), &acme());
         assert_eq!(wrapped, rawdoc! { "$and": [filter.clone(), { "tenantId": { "$eq": "acme" } }] });
         assert!(tenantwall_protocol::validate::validate_document(wrapped.as_bytes()).is_ok());
+        // Written in place, at the end of a buffer, the same bytes; nothing for a value it does not write.
+        let empty = rawdoc! {};
+        for filter in [Some(filter.as_ref()), None, Some(empty.as_ref())] {
+            for value in values.iter().take(6) {
+                let mut out = vec![7];
+                assert_eq!(wrap_into(&mut out, filter, &tid(), value), Some(()));
+                assert_eq!(out[1..], *wrap(filter, &tid(), value).as_bytes(), "{value:?}");
+            }
+            for value in [RawBson::Double(1.0), values[6].clone()] {
+                let mut out = vec![7];
+                assert_eq!(wrap_into(&mut out, filter, &tid(), &value), None);
+                assert_eq!(out, [7]);
+            }
+        }
     }
 
     #[test]

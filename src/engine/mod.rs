@@ -222,12 +222,13 @@ pub struct Scope<'a> {
     /// The command's database as the tenant names it.
     pub db: &'a str,
     /// The tenant value as raw BSON, for building conditions and stamps.
-    pub value: RawBson,
+    pub value: &'a RawBson,
     pub audit: Vec<String>,
     /// Set when any namespace touched is one other tenants share (field or shared mode): errors are withheld.
     pub shared: Option<Withhold>,
-    /// Names renamed so far, to map back in the reply.
-    pub names: Names,
+    /// Names renamed so far, to map back in the reply; `None` while nothing is renamed (most commands), so
+    /// that nothing is allocated for them.
+    names: Option<Names>,
     /// `{collation: ...}` of an aggregate: its joins inherit it, so every field-mode namespace they read is
     /// checked against it too.
     pub inherited_collation: Option<bson::RawDocumentBuf>,
@@ -237,8 +238,7 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(tenant: &'a Tenant, policy: &'a Policy, db: &'a str) -> Result<Self> {
-        let value = tenant.value.raw().clone();
-        let names = Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() };
+        let value = tenant.value.raw();
         Ok(Self {
             tenant,
             policy,
@@ -246,10 +246,34 @@ impl<'a> Scope<'a> {
             value,
             audit: Vec::new(),
             shared: None,
-            names,
+            names: None,
             inherited_collation: None,
             host_bearing: false,
         })
+    }
+
+    /// The names renamed so far, to note another.
+    pub fn names_mut(&mut self) -> &mut Names {
+        let db = self.db;
+        self.names.get_or_insert_with(|| Names { visible_db: db.to_owned(), real_db: db.to_owned(), colls: Vec::new() })
+    }
+
+    /// The real database of the command so far.
+    pub fn real_db(&self) -> &str {
+        self.names.as_ref().map_or(self.db, |n| &n.real_db)
+    }
+
+    /// The names renamed so far, to map back in the reply.
+    pub fn names(&self) -> Names {
+        match &self.names {
+            Some(names) => names.clone(),
+            None => Names { visible_db: self.db.to_owned(), real_db: self.db.to_owned(), colls: Vec::new() },
+        }
+    }
+
+    /// Whether anything was renamed.
+    fn renamed(&self) -> bool {
+        self.names.as_ref().is_some_and(|n| !n.is_identity())
     }
 
     /// A rule violation: refused under enforce and verify, noted under audit.
@@ -294,18 +318,19 @@ impl<'a> Scope<'a> {
         match target {
             Target::Field(_) | Target::Shared(_) => {}
             Target::Mapped { db, coll, .. } => {
-                if *db != self.names.real_db {
-                    if self.names.real_db != self.db {
+                if *db != self.real_db() {
+                    if self.real_db() != self.db {
                         return Err(Denial::new(
                             ErrorCode::INVALID_NAMESPACE,
                             "one command cannot span two tenant databases",
                         ));
                     }
-                    self.names.real_db = db.clone();
+                    self.names_mut().real_db = db.clone();
                 }
                 if let (Some(real), Some(visible)) = (coll, collection) {
-                    if !self.names.colls.iter().any(|(r, _)| r == real) {
-                        self.names.colls.push((real.clone(), visible.to_owned()));
+                    let names = self.names_mut();
+                    if !names.colls.iter().any(|(r, _)| r == real) {
+                        names.colls.push((real.clone(), visible.to_owned()));
                     }
                 }
             }
@@ -357,11 +382,11 @@ pub fn plan(
         Command::Explain => explain(msg, &mut scope)?,
         _ => dispatch(msg, command, &mut scope)?,
     };
-    let forward = with_real_db(forward, msg, &scope.names);
+    let forward = with_real_db(forward, msg, scope.names.as_ref());
     let limits = Limits { time: spec.limited || command == Command::Explain, disk: spec.limited };
     let forward = with_resource_limits(forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
-    let names = (!scope.names.is_identity() || reply.kind == ReplyKind::ListCollections).then(|| scope.names.clone());
+    let names = (scope.renamed() || reply.kind == ReplyKind::ListCollections).then(|| scope.names());
     let reply = ReplyPlan { withhold: scope.shared.clone(), names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
@@ -384,6 +409,10 @@ fn with_resource_limits(
     command: Command,
     tenant: &Tenant,
 ) -> Option<OpMsg> {
+    // Nothing to apply for a tenant without limits (most of them): the body is not read.
+    if tenant.max_time_ms.is_none() && tenant.allow_disk_use != Some(false) {
+        return forward;
+    }
     let base = forward.as_ref().unwrap_or(original);
     let edits = limit_edits(base.body(), limits, command, tenant);
     if edits.is_empty() {
@@ -458,10 +487,10 @@ fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Opt
 }
 
 /// The forwarded command with `$db` set to the real database, when it differs.
-fn with_real_db(forward: Option<OpMsg>, original: &OpMsg, names: &Names) -> Option<OpMsg> {
-    if names.real_db == names.visible_db {
+fn with_real_db(forward: Option<OpMsg>, original: &OpMsg, names: Option<&Names>) -> Option<OpMsg> {
+    let Some(names) = names.filter(|n| n.real_db != n.visible_db) else {
         return forward;
-    }
+    };
     let base = forward.unwrap_or_else(|| original.clone());
     let body = raw::replace_fields(base.body(), &[("$db", Some(RawBson::String(names.real_db.clone())))]);
     Some(OpMsg::with_sequences(base.flags, body, base.sequences().to_vec()))
@@ -541,7 +570,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
     let disk_only = Limits { time: false, disk: inner_spec.limited };
     let rewritten = with_resource_limits(rewritten, &inner_msg, disk_only, inner_command, scope.tenant);
     let reply = ReplyPlan { kind: ReplyKind::Explain, ..inner_reply };
-    let renamed_db = scope.names.real_db != scope.names.visible_db;
+    let renamed_db = scope.real_db() != scope.db;
     let rewritten = match rewritten {
         Some(rewritten) => rewritten,
         // The inner `$db` must follow the outer one even when nothing else in the inner command changed.
@@ -550,7 +579,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
     };
     let mut inner = rewritten.body().to_owned();
     if renamed_db && inner.get("$db").ok().flatten().is_some() {
-        inner = raw::replace_fields(&inner, &[("$db", Some(RawBson::String(scope.names.real_db.clone())))]);
+        inner = raw::replace_fields(&inner, &[("$db", Some(RawBson::String(scope.real_db().to_owned())))]);
     }
     let new_body = raw::replace_fields(body, &[("explain", Some(RawBson::Document(inner)))]);
     Ok((Some(OpMsg::new(msg.flags, new_body)), reply))

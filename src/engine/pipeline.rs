@@ -499,7 +499,7 @@ fn owned_write(scope: &mut Scope<'_>, name: &str, value: RawBsonRef<'_>) -> Resu
     let Target::Mapped { db: real_db, coll: Some(real_coll), .. } = target else {
         return Err(Denial::unauthorized(format!("{name} may only write into the tenant's own collections")));
     };
-    if db.is_none() && real_coll == coll && real_db == scope.names.real_db {
+    if db.is_none() && real_coll == coll && real_db == scope.real_db() {
         return Ok(StageOut::Same);
     }
     let mut ns = RawDocumentBuf::new();
@@ -573,7 +573,7 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
             Ok(None) => {}
             Ok(Some(RawBsonRef::String("replace" | "keepExisting" | "merge" | "fail"))) => {}
             Ok(Some(RawBsonRef::Array(stages))) => {
-                let stamped = stamped_pipeline(rule, stages, &scope.value, "$merge.whenMatched")?;
+                let stamped = stamped_pipeline(rule, stages, scope.value, "$merge.whenMatched")?;
                 edits.push(("whenMatched", Some(RawBson::Array(stamped))));
             }
             _ => return Err(malformed("$merge.whenMatched must be replace, keepExisting, merge, fail or a pipeline")),
@@ -599,5 +599,5 @@ fn merge(scope: &mut Scope<'_>, value: RawBsonRef<'_>) -> Result<StageOut> {
         (RawBsonRef::Document(d), false) => stage(cstr!("$merge"), replace_fields(d, &edits)),
         _ => return Err(malformed("$merge needs into")),
     };
-    Ok(StageOut::Replace(vec![stamp_stage(rule.field, &scope.value), merged]))
+    Ok(StageOut::Replace(vec![stamp_stage(rule.field, scope.value), merged]))
 }

@@ -3,7 +3,7 @@
 use bson::raw::CStr;
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
-use tenantwall_protocol::validate::Elements;
+use tenantwall_protocol::validate::{field, unique_field_span, Element, Elements};
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::{Denial, Result};
@@ -17,15 +17,22 @@ fn malformed(what: impl Into<String>) -> Denial {
 /// key as UTF-8: the keys are compared as bytes, and a document, string or number value is viewed directly.
 /// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup.
 pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
-    let mut elements = Elements::new(doc);
-    let Some(found) = elements.find(|e| e.key == key.as_bytes()) else {
-        if elements.complete() {
-            return Ok(None);
-        }
-        return doc.get(key);
+    let found = match field(doc, key.as_bytes()) {
+        Some(Some(found)) => found,
+        Some(None) => return Ok(None),
+        None => return doc.get(key),
     };
-    let value = found.value;
-    let direct = match found.kind {
+    match view(found) {
+        Some(value) => Ok(Some(value)),
+        None => doc.get(key),
+    }
+}
+
+/// An element's value viewed directly, for a document, string or number value; `None` for any other type (or
+/// bytes that do not read as one), which `bson` then reads.
+pub fn view(element: Element<'_>) -> Option<RawBsonRef<'_>> {
+    let value = element.value;
+    match element.kind {
         0x03 => RawDocument::from_bytes(value).ok().map(RawBsonRef::Document),
         0x02 => value
             .get(4..value.len().saturating_sub(1))
@@ -35,10 +42,6 @@ pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<Ra
         0x12 => value.try_into().ok().map(|b| RawBsonRef::Int64(i64::from_le_bytes(b))),
         0x01 => value.try_into().ok().map(|b| RawBsonRef::Double(f64::from_le_bytes(b))),
         _ => None,
-    };
-    match direct {
-        Some(value) => Ok(Some(value)),
-        None => doc.get(key),
     }
 }
 
@@ -76,8 +79,16 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
     if edits.len() > used.len() {
         return replace_fields_decoded(doc, edits);
     }
-    // Each edited value, serialised once as a whole element (type byte, key, NUL, value).
-    let mut edited = Vec::new();
+    // Each edited value, serialised once as a whole element (type byte, key, NUL, value), into a buffer of
+    // about the right size (documents and arrays, the large edits, exactly).
+    let sized = |value: &RawBson| match value {
+        RawBson::Document(d) => d.as_bytes().len(),
+        RawBson::Array(a) => a.as_bytes().len(),
+        RawBson::String(s) => 4 + s.len() + 1,
+        _ => 16,
+    };
+    let mut edited =
+        Vec::with_capacity(edits.iter().map(|(key, value)| 2 + key.len() + value.as_ref().map_or(0, sized)).sum());
     let mut spans: [(usize, usize); 8] = [(0, 0); 8];
     for (i, (key, value)) in edits.iter().enumerate() {
         if let (Some(value), Ok(key)) = (value, <&CStr>::try_from(*key)) {
@@ -111,6 +122,38 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
     }
     out.push(0);
     finish(out).unwrap_or_else(|| replace_fields_decoded(doc, edits))
+}
+
+/// `doc` with the top-level field `key` replaced by (or, when absent, appended as) a value of BSON type `kind`
+/// that `write` appends to the buffer it is given, in place: no value is built on its own and copied again.
+/// `extra` is about how many bytes `write` adds. `None` when `write` could not write the value (it then says
+/// so, having written nothing), when the document cannot be read element by element as bytes (never one that
+/// passed validation), when it repeats `key`, or when the result would not fit BSON's length: the caller then
+/// edits the document the general way.
+pub fn replace_field_with(
+    doc: &RawDocument,
+    key: &str,
+    kind: u8,
+    extra: usize,
+    write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+) -> Option<RawDocumentBuf> {
+    let bytes = doc.as_bytes();
+    // The elements before and after the one replaced are copied as they are, each run at once.
+    let end = bytes.len().checked_sub(1)?;
+    let span = unique_field_span(doc, key.as_bytes())?.unwrap_or(end..end);
+    if key.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + key.len() + 2 + extra);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(bytes.get(4..span.start)?);
+    out.push(kind);
+    out.extend_from_slice(key.as_bytes());
+    out.push(0);
+    write(&mut out)?;
+    out.extend_from_slice(bytes.get(span.end..end)?);
+    out.push(0);
+    finish(out)
 }
 
 /// Appends `key: value` as one element. Documents, arrays, strings and the common scalars are written
@@ -307,6 +350,24 @@ mod tests {
             &[("filter", Some(RawBson::Int32(5))), ("$db", None), ("limit", Some(RawBson::Int32(1)))],
         );
         assert_eq!(out, rawdoc! { "find": "c", "filter": 5, "limit": 1 });
+    }
+
+    #[test]
+    fn fields_written_in_place_equal_replaced_ones() {
+        let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "$db": "app" };
+        let value = rawdoc! { "x": [1, "y"] };
+        let write = |out: &mut Vec<u8>| {
+            out.extend_from_slice(value.as_bytes());
+            Some(())
+        };
+        for key in ["filter", "find", "$db", "absent"] {
+            let edits = [(key, Some(RawBson::Document(value.clone())))];
+            assert_eq!(replace_field_with(&doc, key, 0x03, 0, write), Some(replace_fields(&doc, &edits)), "{key}");
+        }
+        assert_eq!(replace_field_with(&doc, "filter", 0x03, 0, |_| None), None);
+        let mut repeated = doc.clone();
+        repeated.append(bson::cstr!("filter"), 1);
+        assert_eq!(replace_field_with(&repeated, "filter", 0x03, 0, write), None);
     }
 
     #[test]

@@ -1,17 +1,24 @@
 //! `find`, `count` and `distinct`: one filter each, scoped for field-mode collections.
 
 use bson::{RawBson, RawBsonRef, RawDocument};
+use tenantwall_protocol::validate::Elements;
 use tenantwall_protocol::OpMsg;
 
-use super::filter::{check_collation, scope_filter};
-use super::raw::{rename_collection, replace_fields};
+use super::filter::{check_collation, scope_filter, wrap_into};
+use super::raw::{rename_collection, replace_field_with, replace_fields};
 use super::{first_key, Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
+use crate::config::Style;
 use crate::error::ErrorCode;
 
 /// The collection a command names in its first field.
 pub fn command_collection(body: &RawDocument) -> Result<&str> {
-    match body.iter_elements().next().and_then(|e| e.ok()).map(|e| e.value()) {
+    let first = match Elements::new(body).next().and_then(super::raw::view) {
+        // Viewed directly; any value it cannot view is read through bson.
+        Some(value) => Some(Ok(value)),
+        None => body.iter_elements().next().and_then(|e| e.ok()).map(|e| e.value()),
+    };
+    match first {
         Some(Ok(RawBsonRef::String(c))) if !c.is_empty() => Ok(c),
         _ => Err(Denial::new(ErrorCode::INVALID_NAMESPACE, format!("{} needs a collection name", first_key(body)))),
     }
@@ -38,6 +45,16 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     };
     check_collation(scope, rule, body, "the command")?;
     let filter = optional_document(body, filter_field)?;
+    if rule.style == Style::Enforce {
+        // The wrapped filter written straight into the forwarded body; what scope_filter would return.
+        let extra = filter.map_or(0, |f| f.as_bytes().len()) + 64 + rule.field.as_str().len();
+        let value = scope.value;
+        if let Some(body) =
+            replace_field_with(body, filter_field, 0x03, extra, |out| wrap_into(out, filter, rule.field, value))
+        {
+            return Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply));
+        }
+    }
     match scope_filter(scope, rule, filter, filter_field)? {
         Some(scoped) => {
             let body = replace_fields(body, &[(filter_field, Some(RawBson::Document(scoped)))]);

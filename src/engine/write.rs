@@ -3,7 +3,7 @@
 
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::{Bytes, BytesMut};
-use tenantwall_protocol::validate::Elements;
+use tenantwall_protocol::validate::all_keys;
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::filter::{check_collation, scope_filter, stamp_stage};
@@ -177,27 +177,29 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
     one.append(rule.field.as_cstr(), scope.value.clone());
     let element = one.as_bytes().get(4..one.as_bytes().len() - 1).unwrap_or_default();
     let originals = seq.document_bytes();
+    // Validation hashed every document's top-level keys: when none can be the tenant field, start with `$` or
+    // hold a dot, every document is plain without reading its keys again.
+    let all_plain = seq.findings().top_level_plain_without(field);
     let total: usize = originals.iter().map(|d| d.len() + element.len()).sum();
     let mut out = BytesMut::with_capacity(total);
     // Where each document ends in `out`: they are split off once the buffer is complete.
     let mut ends = Vec::with_capacity(originals.len());
     for (i, original) in originals.iter().enumerate() {
-        let doc = RawDocument::from_bytes(original.as_ref()).map_err(|e| malformed(e.to_string()))?;
-        let mut elements = Elements::new(doc);
         // Plain: no `$` key, and neither the tenant field nor a path below it (`tenantIdx` is another field).
-        let plain = elements.by_ref().all(|e| {
-            let tenant = e.key.strip_prefix(field).is_some_and(|rest| matches!(rest.first(), None | Some(b'.')));
-            e.key.first() != Some(&b'$') && !tenant
-        });
+        let plain = all_plain
+            || all_keys(original, |key| {
+                let tenant = key.strip_prefix(field).is_some_and(|rest| matches!(rest.first(), None | Some(b'.')));
+                key.first() != Some(&b'$') && !tenant
+            }) == Some(true);
         let stamped_len = original.len() + element.len();
-        match (plain && elements.complete(), i32::try_from(stamped_len)) {
+        match (plain, i32::try_from(stamped_len)) {
             (true, Ok(len)) => {
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(original.get(4..original.len() - 1).unwrap_or_default());
                 out.extend_from_slice(element);
                 out.extend_from_slice(&[0]);
             }
-            _ => match stamp(scope, rule, doc, &|| format!("documents[{i}]"))? {
+            _ => match stamp(scope, rule, raw_document(original)?, &|| format!("documents[{i}]"))? {
                 Some(stamped) => out.extend_from_slice(stamped.as_bytes()),
                 None => out.extend_from_slice(original),
             },
@@ -224,6 +226,10 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(OpMsg::with_sequences(msg.flags, msg.body().to_owned(), sequences))
+}
+
+fn raw_document(bytes: &[u8]) -> Result<&RawDocument> {
+    RawDocument::from_bytes(bytes).map_err(|e| malformed(e.to_string()))
 }
 
 /// Applies `edit` to every statement of an `updates`/`deletes` array.
@@ -334,9 +340,9 @@ pub fn check_update(
             Ok(Some(RawBson::Document(new)))
         }
         RawBsonRef::Array(stages) => match rule.style {
-            Style::Enforce => Ok(Some(RawBson::Array(stamped_pipeline(rule, stages, &scope.value, place)?))),
+            Style::Enforce => Ok(Some(RawBson::Array(stamped_pipeline(rule, stages, scope.value, place)?))),
             _ => {
-                stamped_pipeline(rule, stages, &scope.value, place)?;
+                stamped_pipeline(rule, stages, scope.value, place)?;
                 scope.violation(rule, format!("{place}: pipeline updates can only be enforced, not verified"))?;
                 Ok(None)
             }
