@@ -27,6 +27,8 @@ use tenantwall_protocol::validate::all_keys;
 use tenantwall_protocol::OpMsg;
 
 use crate::engine::raw::replace_fields;
+use crate::engine::Denial;
+use crate::error::ErrorCode;
 
 /// Server-side idle cursors time out after 10 minutes by default; keep records a while longer.
 const CURSOR_TTL: Duration = Duration::from_secs(30 * 60);
@@ -92,6 +94,54 @@ fn virtual_uuid(tenant: &str, id: &[u8; 16]) -> [u8; 16] {
             computed
         })
         .unwrap_or_else(|_| compute())
+}
+
+/// The only session shape forwarded: a document whose one field `id` is a UUID (binary subtype 4, 16 bytes),
+/// as every driver sends and as mongod requires. Anything else would be re-derived into a valid id the server
+/// would never have accepted (or dropped, turning the command session-less), so it is refused: the proxy must
+/// not read a session differently from the server.
+fn check_lsid(lsid: RawBsonRef<'_>, place: &str) -> Result<(), Denial> {
+    let wrong = |what: &str| Denial::new(ErrorCode::TYPE_MISMATCH, format!("{place} must be {what}"));
+    let RawBsonRef::Document(lsid) = lsid else { return Err(wrong("a document")) };
+    let mut fields = 0;
+    for element in lsid.iter_elements() {
+        let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
+        fields += 1;
+        if element.key().as_str() != "id" {
+            return Err(Denial::new(
+                ErrorCode::UNKNOWN_FIELD,
+                format!(
+                    "BSON field '{place}.{}' is an unknown field (a session is {{id: UUID}})",
+                    element.key().as_str()
+                ),
+            ));
+        }
+        match element.value() {
+            Ok(RawBsonRef::Binary(id)) if id.subtype == BinarySubtype::Uuid && id.bytes.len() == 16 => {}
+            _ => return Err(wrong("{id: UUID} (binary subtype 4, 16 bytes)")),
+        }
+    }
+    if fields != 1 {
+        return Err(wrong("{id: UUID}"));
+    }
+    Ok(())
+}
+
+/// Checks every session a command names (its `lsid`, and `endSessions`' list) before any is virtualised.
+pub fn check_sessions(body: &RawDocument) -> Result<(), Denial> {
+    if let Ok(Some(lsid)) = crate::engine::raw::get(body, "lsid") {
+        check_lsid(lsid, "lsid")?;
+    }
+    if let Ok(Some(list)) = crate::engine::raw::get(body, "endSessions") {
+        let RawBsonRef::Array(list) = list else {
+            return Err(Denial::new(ErrorCode::TYPE_MISMATCH, "endSessions takes an array of sessions"));
+        };
+        for lsid in list {
+            let lsid = lsid.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
+            check_lsid(lsid, "endSessions")?;
+        }
+    }
+    Ok(())
 }
 
 fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> {

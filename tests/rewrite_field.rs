@@ -647,3 +647,58 @@ fn sessions_are_virtualised_per_tenant() {
     assert_ne!(a, g);
     assert_ne!(a, lsid.bytes);
 }
+
+#[test]
+fn only_sessions_shaped_as_mongod_requires_are_forwarded() {
+    use bson::spec::BinarySubtype;
+    let uuid = |bytes: Vec<u8>| bson::Binary { subtype: BinarySubtype::Uuid, bytes };
+    // A longer id would be hashed into a valid session id the server never saw (and, for a tenant with rules of
+    // its own, into another placement's session); mongod refuses all of these shapes itself.
+    let shapes = [
+        doc! { "id": uuid(vec![9; 33]) },
+        doc! { "id": uuid(vec![9; 15]) },
+        doc! { "id": bson::Binary { subtype: BinarySubtype::Generic, bytes: vec![9; 16] } },
+        doc! { "id": bson::Binary { subtype: BinarySubtype::UuidOld, bytes: vec![9; 16] } },
+        doc! { "id": "not-binary" },
+        doc! { "id": uuid(vec![9; 16]), "uid": bson::Binary { subtype: BinarySubtype::Generic, bytes: vec![1; 32] } },
+        doc! {},
+    ];
+    for lsid in shapes {
+        let (code, reason) = denied(doc! { "find": "orders", "lsid": lsid.clone() });
+        assert!(code == 14 || code == 40415, "{lsid}: {code} {reason}");
+        let end = doc! { "endSessions": [{ "id": uuid(vec![9; 16]) }, lsid.clone()] };
+        match explain(&policy(), "acme", end, "admin").unwrap() {
+            Outcome::Denied { code, .. } => assert!(code == 14 || code == 40415, "endSessions with {lsid}: {code}"),
+            other => panic!("endSessions with {lsid}: {other:?}"),
+        }
+    }
+    // Not a document at all: refused rather than forwarded as sent.
+    assert_eq!(denied(doc! { "find": "orders", "lsid": "x" }).0, 14);
+    assert_eq!(denied(doc! { "find": "orders", "lsid": uuid(vec![9; 16]) }).0, 14);
+    let end = doc! { "endSessions": [{ "id": uuid(vec![9; 16]) }] };
+    assert!(matches!(explain(&policy(), "acme", end, "admin").unwrap(), Outcome::Forwarded { .. }));
+    // The shape drivers send is forwarded, virtualised.
+    let forwarded = forwarded(doc! { "find": "orders", "lsid": { "id": uuid(vec![9; 16]) } });
+    let id = forwarded.get_document("lsid").unwrap().get("id").cloned();
+    assert!(
+        matches!(id, Some(Bson::Binary(ref b)) if b.subtype == BinarySubtype::Uuid && b.bytes != vec![9; 16]),
+        "{id:?}"
+    );
+}
+
+#[test]
+fn explain_refuses_session_fields_inside_the_explained_command() {
+    let lsid = doc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![9; 16] } };
+    for inner in [
+        doc! { "find": "orders", "lsid": lsid.clone() },
+        doc! { "find": "orders", "txnNumber": 1i64 },
+        doc! { "find": "orders", "autocommit": false },
+        doc! { "find": "orders", "startTransaction": true },
+    ] {
+        let (code, reason) = denied(doc! { "explain": inner.clone() });
+        assert_eq!(code, 40415, "{inner}: {reason}");
+    }
+    // With the session on explain itself, it is forwarded (and the session virtualised).
+    let out = forwarded(doc! { "explain": { "find": "orders" }, "lsid": lsid });
+    assert!(out.get_document("lsid").is_ok(), "{out}");
+}

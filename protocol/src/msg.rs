@@ -328,7 +328,7 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
         .to_owned();
     let mut doc_pos = pos + 4 + name.len() + 1;
     let mut documents = Vec::new();
-    let mut findings = Findings::default();
+    let mut findings = Findings::NOTHING_YET;
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
         let doc = frame.slice(doc_pos..doc_pos + len);

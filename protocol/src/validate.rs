@@ -44,7 +44,7 @@ pub fn validate_document(bytes: &[u8]) -> Result<&RawDocument, ProtocolError> {
 /// were built rather than parsed carry [`Findings::UNKNOWN`], which sends every check down its precise path.
 /// The top-level keys are summarised too ([`Findings::top_level_plain_without`]), so that stamping a
 /// sequence's documents need not read their keys again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Findings {
     duplicate_keys: bool,
     javascript: bool,
@@ -57,6 +57,11 @@ pub struct Findings {
 impl Findings {
     /// Nothing was proved absent.
     pub const UNKNOWN: Self = Self { duplicate_keys: true, javascript: true, top_keys: u64::MAX, odd_top_key: true };
+
+    /// Where a walk starts: nothing found yet. Only a walk that then reads every byte may hand it out (hence not
+    /// `Default`, which would let a caller claim proofs no walk made).
+    pub(crate) const NOTHING_YET: Self =
+        Self { duplicate_keys: false, javascript: false, top_keys: 0, odd_top_key: false };
 
     /// Some document at some depth may repeat a key.
     pub fn duplicate_keys(self) -> bool {
@@ -134,7 +139,7 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 /// except for documents with more than [`PAIRWISE_MAX`] keys.
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    let mut findings = Findings::default();
+    let mut findings = Findings::NOTHING_YET;
     walk::<false>(bytes, 1, &mut findings)?;
     Ok((doc, findings))
 }
@@ -146,7 +151,7 @@ pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
         // `bson` says why, in its words, as validate_with_findings would.
         RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     }
-    let mut findings = Findings::default();
+    let mut findings = Findings::NOTHING_YET;
     walk::<false>(bytes, 1, &mut findings)?;
     Ok(findings)
 }
@@ -502,20 +507,24 @@ impl Position {
 
 /// The keys of one document seen so far, for noting a repeat.
 ///
-/// The first [`PAIRWISE_MAX`] keys are hashed into a 64-bit filter (by their length and first eight bytes): a
-/// key whose bit is still clear is new, and nothing is stored or compared. Only a key whose bit is already set
-/// is compared with the keys before it, read again from the document (at most [`PAIRWISE_MAX`] of them), so a
-/// document of distinct keys costs a multiplication per key. Beyond that many keys they go into a hash set.
+/// The first [`PAIRWISE_MAX`] keys are hashed into a 64-bit filter (by their length and first eight bytes) and
+/// their place (offset, length, first eight bytes) is noted. A key whose bit is still clear is new, and nothing
+/// is compared. Only a key whose bit is already set is compared with the noted keys: length and first word
+/// first, the bytes only when both agree. The filter's hash is fixed, so a client can choose keys that collide;
+/// that costs it at most [`PAIRWISE_MAX`] cheap comparisons per key, never a re-read of the values before it.
+/// Beyond that many keys they go into a hash set (keyed per process).
 #[derive(Default)]
 struct Keys<'a> {
     filter: u64,
     count: usize,
+    /// `(offset of the key in the elements, key length, first eight bytes)` of the first keys.
+    noted: [(usize, usize, u64); PAIRWISE_MAX],
     large: Option<std::collections::HashSet<&'a [u8]>>,
 }
 
 impl<'a> Keys<'a> {
     /// Records `key`, the key of the element starting at `start` within `elements` (`word` its first eight
-    /// bytes); whether an earlier element of the same document has the same key.
+    /// bytes, `len` its length); whether an earlier element of the same document has the same key.
     fn repeated(
         &mut self,
         elements: &'a [u8],
@@ -524,28 +533,29 @@ impl<'a> Keys<'a> {
         len: usize,
         word: u64,
     ) -> bool {
+        let key_of = |&(at, len, _): &(usize, usize, u64)| elements.get(at..at + len).unwrap_or_default();
         if let Some(set) = &mut self.large {
             return !set.insert(key());
         }
-        let before = || Elements { elements: elements.get(..start).unwrap_or_default(), pos: 4, complete: true };
+        let noted = self.noted.get(..self.count).unwrap_or_default();
         if self.count == PAIRWISE_MAX {
-            // The std hasher is keyed per process, so a client cannot pick keys that all collide.
-            let mut earlier = before();
-            let mut set: std::collections::HashSet<&[u8]> = earlier.by_ref().map(|e| e.key).collect();
-            // The earlier elements were validated; were they somehow unreadable, the answer is "maybe".
-            let seen = !set.insert(key()) || !earlier.complete();
+            let mut set: std::collections::HashSet<&[u8]> = noted.iter().map(key_of).collect();
+            let seen = !set.insert(key());
             self.large = Some(set);
             return seen;
         }
-        self.count += 1;
         let bit = word_bit(word, len);
-        if self.filter & bit == 0 {
-            self.filter |= bit;
-            return false;
+        let seen = self.filter & bit != 0 && {
+            let key = key();
+            noted.iter().any(|n| n.1 == len && n.2 == word && key_of(n) == key)
+        };
+        if let Some(slot) = self.noted.get_mut(self.count) {
+            // The key follows the element's type byte.
+            *slot = (start + 1, len, word);
         }
-        let mut earlier = before();
-        let key = key();
-        earlier.by_ref().any(|e| e.key == key) || !earlier.complete()
+        self.count += 1;
+        self.filter |= bit;
+        seen
     }
 }
 
@@ -825,6 +835,40 @@ fn deep_array(array: &bson::RawArray, depth: usize) -> Option<String> {
 mod tests {
     use super::*;
     use bson::rawdoc;
+
+    /// Keys that all land on one bit of the repeat filter (its hash is fixed, so a client can find them too).
+    fn colliding_keys(n: usize) -> Vec<String> {
+        let bit_of = |k: &str| {
+            let (len, word) = key_at(format!("{k}\0").as_bytes(), 0).unwrap();
+            word_bit(word, len)
+        };
+        let target = bit_of("k0");
+        (0..).map(|i| format!("k{i}")).filter(|k| bit_of(k) == target).take(n).collect()
+    }
+
+    #[test]
+    fn keys_colliding_in_the_filter_are_told_apart_and_repeats_among_them_found() {
+        let keys = colliding_keys(PAIRWISE_MAX);
+        let mut doc = bson::RawDocumentBuf::new();
+        for key in &keys {
+            doc.append(bson::raw::CString::try_from(key.as_str()).unwrap(), "x".repeat(1_000));
+        }
+        let (_, findings) = validate_with_findings(doc.as_bytes()).unwrap();
+        assert!(!findings.duplicate_keys(), "distinct keys sharing a bit were taken for a repeat");
+        // A repeat of any of them, below the hash set's threshold and at it, is found.
+        for repeat in [&keys[1], &keys[PAIRWISE_MAX - 1]] {
+            let mut short = bson::RawDocumentBuf::new();
+            for key in &keys[..PAIRWISE_MAX - 2] {
+                short.append(bson::raw::CString::try_from(key.as_str()).unwrap(), 1);
+            }
+            short.append(bson::raw::CString::try_from(repeat.as_str()).unwrap(), 2);
+            let expected = keys[..PAIRWISE_MAX - 2].contains(repeat);
+            assert_eq!(validate_with_findings(short.as_bytes()).unwrap().1.duplicate_keys(), expected, "{repeat}");
+            let mut full = doc.clone();
+            full.append(bson::raw::CString::try_from(repeat.as_str()).unwrap(), 2);
+            assert!(validate_with_findings(full.as_bytes()).unwrap().1.duplicate_keys(), "{repeat}");
+        }
+    }
 
     #[test]
     fn accepts_nested_documents() {

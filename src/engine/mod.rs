@@ -546,6 +546,9 @@ fn cursor_command(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Resul
     Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply))
 }
 
+/// Generic arguments that name a session or a transaction.
+const SESSION_ARGUMENTS: [&str; 4] = ["lsid", "txnNumber", "autocommit", "startTransaction"];
+
 /// `explain` of a command: the inner command gets exactly the rewrite it would get on its own.
 fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
     let body = msg.body();
@@ -559,6 +562,15 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         _ => return Err(Denial::unauthorized(format!("explain of {inner_name} is not allowed"))),
     };
     arguments::check(inner, None, inner_spec)?;
+    // Sessions and transactions are the outer command's: inside, they would reach the server unvirtualised.
+    for field in SESSION_ARGUMENTS {
+        if raw::get(inner, field).ok().flatten().is_some() {
+            return Err(Denial::new(
+                ErrorCode::UNKNOWN_FIELD,
+                format!("explain's inner command may not carry {field}; send it with explain itself"),
+            ));
+        }
+    }
     match inner.get("$db") {
         Ok(None) => {}
         Ok(Some(RawBsonRef::String(d))) if d == scope.db => {}
