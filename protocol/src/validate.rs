@@ -507,24 +507,24 @@ impl Position {
 
 /// The keys of one document seen so far, for noting a repeat.
 ///
-/// The first [`PAIRWISE_MAX`] keys are hashed into a 64-bit filter (by their length and first eight bytes) and
-/// their place (offset, length, first eight bytes) is noted. A key whose bit is still clear is new, and nothing
-/// is compared. Only a key whose bit is already set is compared with the noted keys: length and first word
-/// first, the bytes only when both agree. The filter's hash is fixed, so a client can choose keys that collide;
-/// that costs it at most [`PAIRWISE_MAX`] cheap comparisons per key, never a re-read of the values before it.
-/// Beyond that many keys they go into a hash set (keyed per process).
+/// The first [`PAIRWISE_MAX`] keys are hashed into a 64-bit filter (by their length and first eight bytes): a
+/// key whose bit is still clear is new, and nothing is stored or compared. At the first key whose bit is already
+/// set, the keys before it are read again from the document, once, and kept; from then on every key is kept
+/// and compared with the kept ones. The filter's hash is fixed, so a client can choose keys that collide: that
+/// costs it one extra read of a document's keys, never one per colliding key. Beyond [`PAIRWISE_MAX`] keys they
+/// go into a hash set (keyed per process).
 #[derive(Default)]
 struct Keys<'a> {
     filter: u64,
     count: usize,
-    /// `(offset of the key in the elements, key length, first eight bytes)` of the first keys.
-    noted: [(usize, usize, u64); PAIRWISE_MAX],
+    /// Every key so far, once a collision made them worth keeping.
+    kept: Option<Vec<&'a [u8]>>,
     large: Option<std::collections::HashSet<&'a [u8]>>,
 }
 
 impl<'a> Keys<'a> {
     /// Records `key`, the key of the element starting at `start` within `elements` (`word` its first eight
-    /// bytes, `len` its length); whether an earlier element of the same document has the same key.
+    /// bytes); whether an earlier element of the same document has the same key.
     fn repeated(
         &mut self,
         elements: &'a [u8],
@@ -533,28 +533,41 @@ impl<'a> Keys<'a> {
         len: usize,
         word: u64,
     ) -> bool {
-        let key_of = |&(at, len, _): &(usize, usize, u64)| elements.get(at..at + len).unwrap_or_default();
         if let Some(set) = &mut self.large {
             return !set.insert(key());
         }
-        let noted = self.noted.get(..self.count).unwrap_or_default();
+        // The keys before this element, read again from the document (validated already); `None` were they
+        // somehow unreadable, which then answers "maybe".
+        let earlier = || {
+            let mut elements = Elements { elements: elements.get(..start).unwrap_or_default(), pos: 4, complete: true };
+            let keys: Vec<&[u8]> = elements.by_ref().map(|e| e.key).collect();
+            elements.complete().then_some(keys)
+        };
         if self.count == PAIRWISE_MAX {
-            let mut set: std::collections::HashSet<&[u8]> = noted.iter().map(key_of).collect();
+            // The std hasher is keyed per process, so a client cannot pick keys that all collide.
+            let Some(before) = self.kept.take().or_else(earlier) else { return true };
+            let mut set: std::collections::HashSet<&[u8]> = before.into_iter().collect();
             let seen = !set.insert(key());
             self.large = Some(set);
             return seen;
         }
-        let bit = word_bit(word, len);
-        let seen = self.filter & bit != 0 && {
-            let key = key();
-            noted.iter().any(|n| n.1 == len && n.2 == word && key_of(n) == key)
-        };
-        if let Some(slot) = self.noted.get_mut(self.count) {
-            // The key follows the element's type byte.
-            *slot = (start + 1, len, word);
-        }
         self.count += 1;
-        self.filter |= bit;
+        let bit = word_bit(word, len);
+        if self.filter & bit == 0 {
+            self.filter |= bit;
+            if let Some(kept) = &mut self.kept {
+                kept.push(key());
+            }
+            return false;
+        }
+        if self.kept.is_none() {
+            let Some(before) = earlier() else { return true };
+            self.kept = Some(before);
+        }
+        let key = key();
+        let Some(kept) = &mut self.kept else { return true };
+        let seen = kept.contains(&key);
+        kept.push(key);
         seen
     }
 }

@@ -58,11 +58,10 @@ pub fn prepare_forward(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, p
         Decision::Forward(mut plan) => {
             if let Some(tenant) = tenant {
                 let base = plan.forward.as_ref().unwrap_or(msg);
-                if let Err(denial) = crate::session::check_sessions(base.body()) {
-                    return Decision::Deny(denial);
-                }
-                if let Some(bound) = crate::session::virtualize(base, &tenant.session_key) {
-                    plan.forward = Some(bound);
+                match crate::session::virtualize(base, &tenant.session_key) {
+                    Ok(Some(bound)) => plan.forward = Some(bound),
+                    Ok(None) => {}
+                    Err(denial) => return Decision::Deny(denial),
                 }
             }
             Decision::Forward(plan)
