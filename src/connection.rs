@@ -273,7 +273,10 @@ impl ClientConnection {
                         // Oversized or stalled frames: what a flood sends, so logged once per window.
                         Stats::incr(&self.shared.stats.protocol_errors);
                         self.shared.admission.log_refused_frame(self.peer, &"-", &e);
-                        self.count_violation();
+                        // Waiting for the shared buffer budget is the server's pressure, not the client's doing.
+                        if !matches!(e, ReadError::Budget(_)) {
+                            self.count_violation();
+                        }
                     }
                     break;
                 }
