@@ -120,7 +120,10 @@
 //!   load generator and the stub want the other core anyway. At 1 client it landed in the slow mode more often
 //!   (p50 medians 226 vs 69, 165 vs 87, 64 vs 73 µs). The default stays one worker per core: one worker caps the
 //!   proxy at one core wherever it has more, and this box cannot say what a dedicated proxy host would see. A
-//!   proxy sharing a small machine with its clients can set `TOKIO_WORKER_THREADS=1`.
+//!   proxy sharing a small machine with its clients can set `TOKIO_WORKER_THREADS=1`. A fourth run, on the final
+//!   code of 2026-11-28 with the machine otherwise quiet (01:23, load average 1.4–1.7, 9 rounds of 1.5 s, every
+//!   path in the slow mode that night: HAProxy 193 µs at 1 client): two workers 1.37× at 1 client and 0.92× at
+//!   64; one worker 1.31× and 1.02× (22.0 against 31.1 µs of CPU per command at 64, HAProxy 18.5).
 //!
 //! nx-27017 (single-threaded Python) bounds its rows, so there the differences between paths are noise (and the in-flight
 //! cap shows as a low p50 with a long p99 at 64 clients). A first version of this harness had the direct and
