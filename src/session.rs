@@ -148,12 +148,9 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
     Some(replace_fields(lsid, &[("id", Some(RawBson::Binary(new_id)))]))
 }
 
-/// `msg` with every lsid (the generic `lsid` argument, and the list of `endSessions`) replaced by the tenant's
-/// own. `None` when the command carries no session; a denial when a session is not shaped as mongod requires
-/// ([`check_lsid`]).
-pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
-    let body = msg.body();
-    // One pass over the keys says which of the two fields are there; only those are looked up.
+/// Whether `body` has an `lsid` and an `endSessions` field, in one pass over its keys (both "maybe" when its
+/// keys cannot be read that way), so that only those present are looked up.
+fn session_fields(body: &RawDocument) -> (bool, bool) {
     let (mut lsid, mut end_sessions) = (false, false);
     let read = all_keys(body.as_bytes(), |key| {
         lsid |= key == b"lsid";
@@ -161,8 +158,17 @@ pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
         true
     });
     if read.is_none() {
-        (lsid, end_sessions) = (true, true);
+        return (true, true);
     }
+    (lsid, end_sessions)
+}
+
+/// `msg` with every lsid (the generic `lsid` argument, and the list of `endSessions`) replaced by the tenant's
+/// own. `None` when the command carries no session; a denial when a session is not shaped as mongod requires
+/// ([`check_lsid`]).
+pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
+    let body = msg.body();
+    let (lsid, end_sessions) = session_fields(body);
     if !lsid && !end_sessions {
         return Ok(None);
     }
@@ -211,16 +217,7 @@ fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
 fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     let body = msg.body();
-    // One pass over the keys says which of the two fields are there; only those are looked up.
-    let (mut lsid, mut end_sessions) = (false, false);
-    let read = all_keys(body.as_bytes(), |key| {
-        lsid |= key == b"lsid";
-        end_sessions |= key == b"endSessions";
-        true
-    });
-    if read.is_none() {
-        (lsid, end_sessions) = (true, true);
-    }
+    let (lsid, end_sessions) = session_fields(body);
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Some(Ok(Some(RawBsonRef::Document(lsid)))) = lsid.then(|| crate::engine::raw::get(body, "lsid")) {
         edits.push(("lsid", virtual_lsid_doc(tenant, lsid).map(RawBson::Document)));

@@ -20,7 +20,20 @@ pub fn tenant_condition(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
 /// can have; `None` for any other.
 fn condition_bytes(field: &FieldName, value: &RawBson) -> Option<RawDocumentBuf> {
     let name = field.as_str().as_bytes();
-    let mut out = Vec::with_capacity(4 + 1 + name.len() + 1 + 4 + 1 + 4 + 4 + value_len(value)? + 2);
+    let mut out = Vec::with_capacity(condition_len(name, value)?);
+    write_condition(&mut out, name, value)?;
+    RawDocumentBuf::from_bytes(out).ok()
+}
+
+/// The encoded size of `{<name>: {$eq: <value>}}`; `None` for a value type not written as bytes.
+fn condition_len(name: &[u8], value: &RawBson) -> Option<usize> {
+    Some(4 + 1 + name.len() + 1 + 4 + 1 + 4 + value_len(value)? + 2)
+}
+
+/// `{<name>: {$eq: <value>}}` written at the end of `out`, both lengths back-filled; `None` for a value type not
+/// written as bytes (`out` then holds a partial document, which the caller discards).
+fn write_condition(out: &mut Vec<u8>, name: &[u8], value: &RawBson) -> Option<()> {
+    let at = out.len();
     out.extend_from_slice(&[0; 4]);
     out.push(0x03);
     out.extend_from_slice(name);
@@ -29,11 +42,12 @@ fn condition_bytes(field: &FieldName, value: &RawBson) -> Option<RawDocumentBuf>
     out.extend_from_slice(&[0; 4]);
     out.push(value.element_type() as u8);
     out.extend_from_slice(b"$eq\0");
-    write_value(value, &mut out)?;
+    write_value(value, out)?;
     out.extend_from_slice(&[0, 0]);
     let eq_len = out.len() - 1 - eq_at;
-    super::raw::backfill(&mut out, eq_at, eq_len)?;
-    super::raw::finish(out)
+    super::raw::backfill(out, eq_at, eq_len)?;
+    let len = out.len() - at;
+    super::raw::backfill(out, at, len)
 }
 
 /// The encoded size of a tenant value.
@@ -128,32 +142,15 @@ pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) ->
 /// for BSON's lengths, which [`wrap`] then builds.
 pub fn wrap_into(out: &mut Vec<u8>, filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> Option<()> {
     let name = field.as_str().as_bytes();
-    let condition = 4 + 1 + name.len() + 1 + 4 + 1 + 4 + value_len(value)? + 2;
+    let condition = condition_len(name, value)?;
     let filter = filter.filter(|f| !f.is_empty());
     let client = filter.map_or(0, |f| f.as_bytes().len());
     // The whole wrapped filter's length must fit an int32.
     i32::try_from(client + condition + 22).ok()?;
     out.reserve(client + condition + 22);
     let start = out.len();
-    let write_condition = |out: &mut Vec<u8>| -> Option<()> {
-        let at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        out.push(0x03);
-        out.extend_from_slice(name);
-        out.push(0);
-        let eq_at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        out.push(value.element_type() as u8);
-        out.extend_from_slice(b"$eq\0");
-        write_value(value, out)?;
-        out.extend_from_slice(&[0, 0]);
-        let eq_len = out.len() - 1 - eq_at;
-        super::raw::backfill(out, eq_at, eq_len)?;
-        let len = out.len() - at;
-        super::raw::backfill(out, at, len)
-    };
     let written = match filter {
-        None => write_condition(out),
+        None => write_condition(out, name, value),
         Some(f) => {
             // {"$and": ["<filter>", "<condition>"]}, the array being the document {"0": ..., "1": ...}.
             out.extend_from_slice(&[0; 4]);
@@ -163,7 +160,7 @@ pub fn wrap_into(out: &mut Vec<u8>, filter: Option<&RawDocument>, field: &FieldN
             out.extend_from_slice(b"\x030\0");
             out.extend_from_slice(f.as_bytes());
             out.extend_from_slice(b"\x031\0");
-            write_condition(out).and_then(|()| {
+            write_condition(out, name, value).and_then(|()| {
                 out.extend_from_slice(&[0, 0]);
                 let array_len = out.len() - 1 - array_at;
                 super::raw::backfill(out, array_at, array_len)?;
