@@ -109,32 +109,22 @@ pub fn stamp_stage(field: &FieldName, value: &RawBson) -> RawDocumentBuf {
 ///
 /// Written as bytes into one buffer of the final size: the client's filter is copied as it came, not re-read.
 pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> RawDocumentBuf {
-    let condition = tenant_condition(field, value);
-    let Some(f) = filter.filter(|f| !f.is_empty()) else { return condition };
-    // {"$and": ["<filter>", "<condition>"]}, the array being the document {"0": ..., "1": ...}.
-    let mut out = Vec::with_capacity(f.as_bytes().len() + condition.as_bytes().len() + 22);
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(b"\x04$and\0");
-    let array_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(b"\x030\0");
-    out.extend_from_slice(f.as_bytes());
-    out.extend_from_slice(b"\x031\0");
-    out.extend_from_slice(condition.as_bytes());
-    out.extend_from_slice(&[0, 0]);
-    let array_len = out.len() - 1 - array_at;
-    match super::raw::backfill(&mut out, array_at, array_len).and_then(|()| super::raw::finish(out)) {
-        Some(wrapped) => wrapped,
-        // Only a filter near 2 GiB could get here; the builder then reports it its own way.
-        None => {
-            let mut clauses = RawArrayBuf::new();
-            clauses.push(f);
-            clauses.push(condition);
-            let mut out = RawDocumentBuf::new();
-            out.append(cstr!("$and"), clauses);
-            out
+    let mut out = Vec::new();
+    if wrap_into(&mut out, filter, field, value).is_some() {
+        if let Ok(wrapped) = RawDocumentBuf::from_bytes(out) {
+            return wrapped;
         }
     }
+    // A tenant value type not written as bytes, or a filter near 2 GiB: the builder, which reports the latter
+    // its own way.
+    let condition = tenant_condition(field, value);
+    let Some(f) = filter.filter(|f| !f.is_empty()) else { return condition };
+    let mut clauses = RawArrayBuf::new();
+    clauses.push(f);
+    clauses.push(condition);
+    let mut out = RawDocumentBuf::new();
+    out.append(cstr!("$and"), clauses);
+    out
 }
 
 /// [`wrap`] written at the end of `out` (a buffer being filled with the command it goes into); `None`, with
@@ -299,13 +289,28 @@ mod tests {
         let wrapped = wrap(Some(&filter), &tid(), &acme());
         assert_eq!(wrapped, rawdoc! { "$and": [filter.clone(), { "tenantId": { "$eq": "acme" } }] });
         assert!(tenantwall_protocol::validate::validate_document(wrapped.as_bytes()).is_ok());
-        // Written in place, at the end of a buffer, the same bytes; nothing for a value it does not write.
+        // Written in place, at the end of a buffer, the bytes the builder makes; nothing for a value it does not
+        // write, which `wrap` then builds the same way.
         let empty = rawdoc! {};
         for filter in [Some(filter.as_ref()), None, Some(empty.as_ref())] {
+            let built = |value: &RawBson| match filter.filter(|f| !f.is_empty()) {
+                Some(f) => {
+                    let mut clauses = RawArrayBuf::new();
+                    clauses.push(f);
+                    clauses.push(built_condition(&tid(), value));
+                    let mut out = RawDocumentBuf::new();
+                    out.append(cstr!("$and"), clauses);
+                    out
+                }
+                None => built_condition(&tid(), value),
+            };
             for value in values.iter().take(6) {
                 let mut out = vec![7];
                 assert_eq!(wrap_into(&mut out, filter, &tid(), value), Some(()));
-                assert_eq!(out[1..], *wrap(filter, &tid(), value).as_bytes(), "{value:?}");
+                assert_eq!(out[1..], *built(value).as_bytes(), "{value:?}");
+            }
+            for value in [RawBson::Double(1.0), values[6].clone()] {
+                assert_eq!(wrap(filter, &tid(), &value), built(&value), "{value:?}");
             }
             for value in [RawBson::Double(1.0), values[6].clone()] {
                 let mut out = vec![7];
