@@ -4,34 +4,12 @@
 
 use bson::oid::ObjectId;
 use bson::spec::BinarySubtype;
-use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{RawBson, RawDocumentBuf};
 use proptest::prelude::*;
 mod oracle;
 
-use oracle::reference;
+use oracle::{precise, reference};
 use tenantwall_protocol::validate::validate_with_findings;
-
-/// Whether any document or array at any depth repeats a key, or holds JavaScript (as the proxy's canonical
-/// walk looks for them: keys of arrays included, the scope of code with scope not entered).
-fn precise(doc: &RawDocument) -> (bool, bool) {
-    let mut keys = Vec::new();
-    let (mut duplicate, mut javascript) = (false, false);
-    for element in doc.iter_elements().filter_map(Result::ok) {
-        let key = element.key().as_str();
-        duplicate |= keys.contains(&key);
-        keys.push(key);
-        javascript |= ["$where", "$function", "$accumulator"].contains(&key);
-        let inner = match element.value() {
-            Ok(RawBsonRef::Document(d)) => precise(d),
-            Ok(RawBsonRef::Array(a)) => RawDocument::from_bytes(a.as_bytes()).map(precise).unwrap_or_default(),
-            Ok(RawBsonRef::JavaScriptCode(_) | RawBsonRef::JavaScriptCodeWithScope(_)) => (false, true),
-            _ => (false, false),
-        };
-        duplicate |= inner.0;
-        javascript |= inner.1;
-    }
-    (duplicate, javascript)
-}
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("$where".to_owned()), "[a-z$é]{0,4}"]
