@@ -172,25 +172,30 @@ pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
     if !lsid && !end_sessions {
         return Ok(None);
     }
-    if let Some(Ok(Some(value))) = lsid.then(|| crate::engine::raw::get(body, "lsid")) {
+    let lsid = lsid.then(|| crate::engine::raw::get(body, "lsid").ok().flatten()).flatten();
+    if let Some(value) = lsid {
         check_lsid(value, "lsid")?;
     }
-    if let Some(Ok(Some(value))) = end_sessions.then(|| crate::engine::raw::get(body, "endSessions")) {
+    let end_sessions = end_sessions.then(|| crate::engine::raw::get(body, "endSessions").ok().flatten()).flatten();
+    if let Some(value) = end_sessions {
         check_end_sessions(value)?;
     }
-    Ok(patched(msg, tenant).or_else(|| rebuilt(msg, tenant)))
+    // The shape every driver sends on every command: patched in place.
+    if let (Some(RawBsonRef::Document(lsid)), None) = (lsid, end_sessions) {
+        if let Some(bound) = patched(msg, lsid, tenant) {
+            return Ok(Some(bound));
+        }
+    }
+    Ok(rebuilt(msg, tenant))
 }
 
 /// [`virtualize`] for the shape every driver sends on every command (an `lsid` whose one `id` is a 16-byte
 /// binary, and no `endSessions` list): the same bytes [`rebuilt`] produces, made by copying the body and
 /// overwriting the id's subtype and 16 bytes where they sit, instead of re-serialising the session document and
-/// the body around it. `None` for any other shape. The body passed the canonical parse, so it has one `lsid`.
-fn patched(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+/// the body around it. `lsid` is the body's own (a view into it; the body passed the canonical parse, so it has
+/// one). `None` for any other shape.
+fn patched(msg: &OpMsg, lsid: &RawDocument, tenant: &str) -> Option<OpMsg> {
     let body = msg.body();
-    let Ok(Some(RawBsonRef::Document(lsid))) = crate::engine::raw::get(body, "lsid") else { return None };
-    if crate::engine::raw::get(body, "endSessions").ok().flatten().is_some() {
-        return None;
-    }
     if lsid.iter_elements().filter(|e| e.as_ref().is_ok_and(|e| e.key() == "id")).count() != 1 {
         return None;
     }
@@ -509,43 +514,52 @@ mod tests {
         assert_eq!(listed.bytes, virtual_lsid("acme", &id).as_slice());
     }
 
-    /// The in-place patch makes exactly the bytes the rebuild makes, for every shape it takes, and leaves every
-    /// other shape to the rebuild.
+    /// The in-place patch makes exactly the bytes the rebuild makes, for every shape that reaches it; shapes
+    /// mongod refuses are refused before either path runs.
     #[test]
     fn the_patched_lsid_is_the_rebuilt_one_byte_for_byte() {
         let binary = |subtype: BinarySubtype, len: u8| bson::Binary { subtype, bytes: (1..=len).collect() };
         let uuid = binary(BinarySubtype::Uuid, 16);
+        // (body, whether virtualize takes it at all, whether the patch does)
         let bodies = [
-            (rawdoc! { "find": "c", "filter": { "k": 1 }, "lsid": { "id": uuid.clone() }, "$db": "app" }, true),
-            (rawdoc! { "lsid": { "id": uuid.clone() }, "find": "c", "$db": "app" }, true),
-            (rawdoc! { "find": "c", "$db": "app", "lsid": { "uid": [1, 2], "id": uuid.clone(), "z": 1 } }, true),
-            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::UuidOld, 16) }, "$db": "app" }, true),
-            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Generic, 16) }, "$db": "app" }, true),
-            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 15) }, "$db": "app" }, false),
-            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 17) }, "$db": "app" }, false),
-            (rawdoc! { "find": "c", "lsid": { "id": "not binary" }, "$db": "app" }, false),
-            (rawdoc! { "find": "c", "lsid": { "id": uuid.clone(), "id": uuid.clone() }, "$db": "app" }, false),
+            (rawdoc! { "find": "c", "filter": { "k": 1 }, "lsid": { "id": uuid.clone() }, "$db": "app" }, true, true),
+            (rawdoc! { "lsid": { "id": uuid.clone() }, "find": "c", "$db": "app" }, true, true),
             (
                 rawdoc! { "endSessions": [{ "id": uuid.clone() }], "lsid": { "id": uuid.clone() }, "$db": "admin" },
+                true,
                 false,
             ),
-            (rawdoc! { "find": "c", "lsid": "not a document", "$db": "app" }, false),
-            (rawdoc! { "find": "c", "$db": "app" }, false),
+            (rawdoc! { "endSessions": [{ "id": uuid.clone() }], "$db": "admin" }, true, false),
+            (rawdoc! { "find": "c", "$db": "app" }, true, false),
+            (
+                rawdoc! { "find": "c", "$db": "app", "lsid": { "uid": [1, 2], "id": uuid.clone(), "z": 1 } },
+                false,
+                false,
+            ),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::UuidOld, 16) }, "$db": "app" }, false, false),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Generic, 16) }, "$db": "app" }, false, false),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 15) }, "$db": "app" }, false, false),
+            (rawdoc! { "find": "c", "lsid": { "id": binary(BinarySubtype::Uuid, 17) }, "$db": "app" }, false, false),
+            (rawdoc! { "find": "c", "lsid": { "id": "not binary" }, "$db": "app" }, false, false),
+            (rawdoc! { "find": "c", "lsid": "not a document", "$db": "app" }, false, false),
+            (rawdoc! { "find": "c", "lsid": { "id": uuid.clone(), "id": uuid.clone() }, "$db": "app" }, false, false),
         ];
-        for (body, takes) in bodies {
+        for (body, takes, patches) in bodies {
             let msg = OpMsg::with_sequences(
                 MsgFlags(MsgFlags::EXHAUST_ALLOWED),
                 body.clone(),
                 vec![tenantwall_protocol::Sequence::new("documents", vec![rawdoc! { "_id": 1 }])],
             );
-            let patched = patched(&msg, "acme");
-            assert_eq!(patched.is_some(), takes, "{body:?}");
-            if let Some(patched) = patched {
-                assert_eq!(Some(patched), rebuilt(&msg, "acme"), "{body:?}");
-            }
-            // Shapes mongod refuses are refused before either path runs.
-            if let Ok(virtualized) = virtualize(&msg, "acme") {
+            let virtualized = virtualize(&msg, "acme");
+            assert_eq!(virtualized.is_ok(), takes, "{body:?}");
+            if let Ok(virtualized) = virtualized {
                 assert_eq!(virtualized, rebuilt(&msg, "acme"), "{body:?}");
+            }
+            if patches {
+                let Ok(Some(RawBsonRef::Document(lsid))) = msg.body().get("lsid") else { panic!("{body:?}") };
+                let patched = patched(&msg, lsid, "acme");
+                assert!(patched.is_some(), "{body:?}");
+                assert_eq!(patched, rebuilt(&msg, "acme"), "{body:?}");
             }
         }
     }
