@@ -35,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod tls;
+pub mod workers;
 
 pub use policy::{Policy, Tenant};
 pub use server::{Reloader, Server, ServerHandle};

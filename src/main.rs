@@ -4,10 +4,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use tenantwall::auth::ScramVerifier;
+use tenantwall::workers::Workers;
 use tenantwall::{config, explain};
 use tenantwall::{Policy, Reloader, Server};
 use tracing_subscriber::EnvFilter;
@@ -338,16 +340,25 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
         }
     };
     raise_fd_limit(policy.limits.max_connections);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The control runtime accepts, handles signals, the admin listener and health checks; connections are
+    // served on the workers, one single-threaded runtime per core (`tenantwall::workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tenantwall: cannot start runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let workers = match Workers::start(tenantwall::workers::default_count()) {
+        Ok(workers) => Arc::new(workers),
+        Err(e) => {
+            eprintln!("tenantwall: cannot start worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     runtime.block_on(async move {
         let server = match Server::bind(policy, listen).await {
-            Ok(server) => server,
+            Ok(server) => server.with_workers(workers),
             Err(e) => {
                 eprintln!("tenantwall: {e}");
                 return ExitCode::FAILURE;

@@ -5,6 +5,12 @@
 //! sessions, transactions and cursors to lsids and cursor ids, not to connections, and the proxy strips exhaust
 //! and answers every fire-and-forget write itself, so nothing outlives one exchange on a connection.
 //!
+//! Each connection remembers the worker thread it was opened on ([`crate::workers::shard`]), whose event loop
+//! its socket is registered with. A checkout takes an idle connection of its own worker first, then opens a new
+//! one while below the bound, and only then takes another worker's idle one (which works, at the price of that
+//! worker being woken for each reply). Below the bound, a proxy with several workers may so hold more
+//! connections than one with a single worker would; never more than the bound.
+//!
 //! When every connection is busy, waiting commands queue per tenant and are served round-robin across tenants,
 //! not first come first served: a tenant with a thousand commands queued delays another tenant's next command by
 //! one exchange per waiting tenant, not by a thousand.
@@ -40,8 +46,9 @@ pub struct Pool<C: Send + 'static> {
 }
 
 struct State<C: Send + 'static> {
-    /// Connections nobody uses, most recently returned last (reused first, so the others can age out).
-    idle: Vec<C>,
+    /// Connections nobody uses, with the worker each was opened on; most recently returned last (reused first,
+    /// so the others can age out).
+    idle: Vec<(usize, C)>,
     /// Idle, checked out, or being opened.
     open: usize,
     /// Commands waiting for a connection, per tenant, in arrival order.
@@ -122,7 +129,7 @@ impl<C: Send + 'static> Pool<C> {
         {
             let mut state = self.lock();
             while state.open > max {
-                let Some(conn) = state.idle.pop() else { break };
+                let Some((_, conn)) = state.idle.pop() else { break };
                 state.open -= 1;
                 surplus.push(conn);
             }
@@ -153,18 +160,21 @@ impl<C: Send + 'static> Pool<C> {
         Fut: Future<Output = Result<C, E>>,
     {
         enum First<C: Send + 'static> {
-            Idle(C),
+            Idle((usize, C)),
             Open,
             Wait(oneshot::Receiver<Grant<C>>),
         }
+        let here = crate::workers::shard();
         let first = {
             let mut state = self.lock();
-            if let Some(conn) = state.idle.pop() {
-                First::Idle(conn)
+            if let Some(at) = state.idle.iter().rposition(|(shard, _)| *shard == here) {
+                First::Idle(state.idle.remove(at))
             } else if state.open < self.max() {
                 state.open += 1;
                 (self.on_open)(state.open);
                 First::Open
+            } else if let Some(other) = state.idle.pop() {
+                First::Idle(other)
             } else {
                 let (tx, rx) = oneshot::channel();
                 state.enqueue(tenant, tx);
@@ -172,7 +182,9 @@ impl<C: Send + 'static> Pool<C> {
             }
         };
         let waiter = match first {
-            First::Idle(conn) => return Ok(Pooled { conn: Some(conn), pool: self.clone(), fresh: false }),
+            First::Idle((shard, conn)) => {
+                return Ok(Pooled { conn: Some(conn), shard, pool: self.clone(), fresh: false })
+            }
             First::Open => return Slot { pool: Some(self.clone()) }.open(connect).await,
             First::Wait(waiter) => waiter,
         };
@@ -211,7 +223,7 @@ impl<C: Send + 'static> Pool<C> {
         match grant {
             Grant::Conn(mut pooled) => {
                 if let Some(conn) = pooled.conn.take() {
-                    self.give_back(conn);
+                    self.give_back(pooled.shard, conn);
                 }
             }
             // Dropping the slot gives it back (or to a waiter that arrived meanwhile).
@@ -219,8 +231,8 @@ impl<C: Send + 'static> Pool<C> {
         }
     }
 
-    /// A connection whose exchange finished: to the next waiter, or idle.
-    fn give_back(self: &Arc<Self>, conn: C) {
+    /// A connection (opened on worker `shard`) whose exchange finished: to the next waiter, or idle.
+    fn give_back(self: &Arc<Self>, shard: usize, conn: C) {
         let waiter = {
             let mut state = self.lock();
             if state.open > self.max() {
@@ -234,12 +246,12 @@ impl<C: Send + 'static> Pool<C> {
             match state.next_waiter() {
                 Some(waiter) => waiter,
                 None => {
-                    state.idle.push(conn);
+                    state.idle.push((shard, conn));
                     return;
                 }
             }
         };
-        self.grant(waiter, Grant::Conn(Pooled { conn: Some(conn), pool: self.clone(), fresh: false }));
+        self.grant(waiter, Grant::Conn(Pooled { conn: Some(conn), shard, pool: self.clone(), fresh: false }));
     }
 
     /// A connection or slot that is gone: its place goes to the next waiter, or the count drops.
@@ -278,7 +290,7 @@ impl<C: Send + 'static> Slot<C> {
         // On failure (or cancellation) the slot is dropped, which gives it back.
         let conn = connect().await.map_err(CheckoutError::Connect)?;
         match self.pool.take() {
-            Some(pool) => Ok(Pooled { conn: Some(conn), pool, fresh: true }),
+            Some(pool) => Ok(Pooled { conn: Some(conn), shard: crate::workers::shard(), pool, fresh: true }),
             // Unreachable: a slot always has its pool until it is opened or dropped.
             None => Err(CheckoutError::Timeout { waited: Duration::ZERO, max: 0 }),
         }
@@ -297,6 +309,8 @@ impl<C: Send + 'static> Drop for Slot<C> {
 /// error, a timeout, a client that went away mid-command), it is closed, because a reply may still arrive on it.
 pub struct Pooled<C: Send + 'static> {
     conn: Option<C>,
+    /// The worker it was opened on.
+    shard: usize,
     pool: Arc<Pool<C>>,
     fresh: bool,
 }
@@ -315,7 +329,7 @@ impl<C: Send + 'static> Pooled<C> {
     /// Gives the connection back for the next command: its exchange is complete.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.give_back(conn);
+            self.pool.give_back(self.shard, conn);
         }
     }
 }
@@ -450,5 +464,42 @@ mod tests {
         assert_eq!(pool.open(), 2);
         pool.set_max(1);
         assert_eq!(pool.open(), 1, "the surplus idle connection is closed");
+    }
+
+    /// Checks a connection out on worker `index` and gives it back at once: (its number, whether it was opened
+    /// for this checkout).
+    fn on_worker(workers: &crate::workers::Workers, index: usize, pool: &Arc<Pool<u32>>, next: u32) -> (u32, bool) {
+        let pool = pool.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.worker(index).unwrap().handle().spawn(async move {
+            let mut conn =
+                pool.checkout("acme", Duration::from_secs(1), || async move { Ok::<_, ()>(next) }).await.unwrap();
+            let seen = (*conn.get().unwrap(), conn.is_fresh());
+            conn.release();
+            tx.send(seen).unwrap();
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_worker_reuses_its_own_connections_opens_below_the_bound_and_borrows_only_at_it() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let pool: Arc<Pool<u32>> = Pool::new(2, |_| {});
+        assert_eq!(on_worker(&workers, 0, &pool, 10), (10, true));
+        // Worker 1 does not take worker 0's idle connection while it may open its own.
+        assert_eq!(on_worker(&workers, 1, &pool, 11), (11, true));
+        assert_eq!(pool.open(), 2);
+        // Each worker gets its own back, though the other's was returned last.
+        assert_eq!(on_worker(&workers, 0, &pool, 12), (10, false));
+        assert_eq!(on_worker(&workers, 1, &pool, 13), (11, false));
+        assert_eq!(on_worker(&workers, 0, &pool, 14), (10, false));
+        // At the bound, another worker's idle connection is used rather than waiting.
+        let pool: Arc<Pool<u32>> = Pool::new(1, |_| {});
+        assert_eq!(on_worker(&workers, 0, &pool, 20), (20, true));
+        assert_eq!(on_worker(&workers, 1, &pool, 21), (20, false));
+        assert_eq!(pool.open(), 1);
+        // The borrowed connection still belongs to worker 0: given back, it is worker 0's again, while worker 1
+        // would borrow it again.
+        assert_eq!(on_worker(&workers, 0, &pool, 22), (20, false));
     }
 }

@@ -35,6 +35,7 @@ use crate::ratelimit::RateLimiter;
 use crate::session::Cursors;
 use crate::stats::Stats;
 use crate::tls::subject_string;
+use crate::workers::Workers;
 
 /// One policy and the backend targets built from it.
 pub(crate) struct Generation {
@@ -142,6 +143,8 @@ pub struct Server {
     /// The admin HTTP listener, when `[admin]` is configured.
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    /// Where connections are served: the worker threads, or (without them) the runtime the server runs on.
+    workers: Option<Arc<Workers>>,
 }
 
 /// Swaps policies into a running server.
@@ -274,7 +277,15 @@ impl Server {
             generations: watch::channel(1).0,
             draining: watch::channel(false).0,
         });
-        Ok(Server { listeners, admin, shared })
+        Ok(Server { listeners, admin, shared, workers: None })
+    }
+
+    /// Serves each accepted connection on one of `workers` (the least busy), rather than on the runtime the
+    /// server itself runs on, which then only accepts, answers the admin listener and handles signals.
+    #[must_use]
+    pub fn with_workers(mut self, workers: Arc<Workers>) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     /// The bound addresses (with the real port when the policy asked for port 0).
@@ -302,7 +313,8 @@ impl Server {
         let mut tasks = JoinSet::new();
         let (stop_tx, stop_rx) = watch::channel(false);
         for (listener, config) in self.listeners {
-            tasks.spawn(accept_loop(listener, Arc::new(config), self.shared.clone(), limit.clone(), stop_rx.clone()));
+            let serve = Serve { config: Arc::new(config), shared: self.shared.clone(), workers: self.workers.clone() };
+            tasks.spawn(accept_loop(listener, serve, limit.clone(), stop_rx.clone()));
         }
         let mut operator = JoinSet::new();
         if let Some(admin) = self.admin {
@@ -342,13 +354,15 @@ impl Server {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What an accept loop hands its connections: the listener's settings, the server's state, and where to run them.
+struct Serve {
     config: Arc<Listener>,
     shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+    workers: Option<Arc<Workers>>,
+}
+
+async fn accept_loop(listener: TcpListener, serve: Serve, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+    let Serve { config, shared, workers } = serve;
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -392,7 +406,7 @@ async fn accept_loop(
             None => shared.admission.hold_for(peer.ip(), &shared.current().policy.limits),
             Some(_) => None,
         };
-        connections.spawn(
+        let serve = move |stream: TcpStream| {
             async move {
                 Stats::incr(&shared.stats.connections_open);
                 let ready = match hold {
@@ -414,7 +428,32 @@ async fn accept_loop(
                 shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             }
-            .instrument(span),
+            .instrument(span)
+        };
+        let Some(workers) = &workers else {
+            connections.spawn(serve(stream));
+            continue;
+        };
+        // The socket leaves this runtime's event loop for the worker's, where the connection's task registers
+        // it again.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        let worker = workers.pick();
+        let serving = worker.serving();
+        connections.spawn_on(
+            async move {
+                let _serving = serving;
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve(stream).await,
+                    Err(e) => warn!(error = %e, "the worker cannot take the connection"),
+                }
+            },
+            worker.handle(),
         );
     }
     // Listening stops here (the listener is dropped); open connections close themselves once idle.
