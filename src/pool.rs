@@ -9,7 +9,10 @@
 //! its socket is registered with. A checkout takes an idle connection of its own worker first, then opens a new
 //! one while below the bound, and only then takes another worker's idle one (which works, at the price of that
 //! worker being woken for each reply). Below the bound, a proxy with several workers may so hold more
-//! connections than one with a single worker would; never more than the bound.
+//! connections than one with a single worker would; never more than the bound. A connection given back to
+//! waiting commands goes to the tenant whose turn it is, as below, and within that tenant's queue to an early
+//! command on the connection's own worker when there is one ([`Queue::pop`]), the first passed over at most
+//! twice in a row.
 //!
 //! When every connection is busy, waiting commands queue per tenant and are served round-robin across tenants,
 //! not first come first served: a tenant with a thousand commands queued delays another tenant's next command by
@@ -52,19 +55,49 @@ struct State<C: Send + 'static> {
     /// Idle, checked out, or being opened.
     open: usize,
     /// Commands waiting for a connection, per tenant, in arrival order.
-    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<Grant<C>>>>,
+    waiting: HashMap<Arc<str>, Queue<C>>,
     /// Tenants with waiting commands, in the order they will be served.
     turn: VecDeque<Arc<str>>,
 }
 
+/// One tenant's waiting commands, each with the worker it waits on.
+struct Queue<C: Send + 'static> {
+    waiters: VecDeque<(usize, oneshot::Sender<Grant<C>>)>,
+    /// How often the first waiter has been passed over for one on the worker of the connection handed out.
+    head_passed: usize,
+}
+
+/// How far into a tenant's queue a waiter on the connection's own worker is looked for.
+const SAME_WORKER_WINDOW: usize = 4;
+/// How often the first waiter of a tenant may be passed over for one on the connection's own worker.
+const MAX_PASSED: usize = 2;
+
+impl<C: Send + 'static> Queue<C> {
+    /// The next waiter of this tenant: the first, or, for a connection of worker `shard`, an early one waiting
+    /// on that worker, so that its replies need not wake another thread; the first is passed over at most
+    /// [`MAX_PASSED`] times in a row, so nobody waits on for it.
+    fn pop(&mut self, shard: Option<usize>) -> Option<oneshot::Sender<Grant<C>>> {
+        let (first, _) = self.waiters.front()?;
+        let at = match shard {
+            Some(shard) if *first != shard && self.head_passed < MAX_PASSED => {
+                self.waiters.iter().take(SAME_WORKER_WINDOW).position(|(s, _)| *s == shard).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        self.head_passed = if at == 0 { 0 } else { self.head_passed + 1 };
+        self.waiters.remove(at).map(|(_, tx)| tx)
+    }
+}
+
 impl<C: Send + 'static> State<C> {
-    /// The next waiter, round-robin across tenants: the first waiter of the tenant whose turn it is, and that
-    /// tenant goes to the back of the line if it has more.
-    fn next_waiter(&mut self) -> Option<oneshot::Sender<Grant<C>>> {
+    /// The next waiter, round-robin across tenants: a waiter of the tenant whose turn it is (its first, or for a
+    /// connection of worker `shard` an early one on that worker, [`Queue::pop`]), and that tenant goes to the
+    /// back of the line if it has more.
+    fn next_waiter(&mut self, shard: Option<usize>) -> Option<oneshot::Sender<Grant<C>>> {
         while let Some(tenant) = self.turn.pop_front() {
             let Some(queue) = self.waiting.get_mut(&tenant) else { continue };
-            let next = queue.pop_front();
-            if queue.is_empty() {
+            let next = queue.pop(shard);
+            if queue.waiters.is_empty() {
                 self.waiting.remove(&tenant);
             } else {
                 self.turn.push_back(tenant);
@@ -77,11 +110,12 @@ impl<C: Send + 'static> State<C> {
     }
 
     fn enqueue(&mut self, tenant: &str, waiter: oneshot::Sender<Grant<C>>) {
+        let waiter = (crate::workers::shard(), waiter);
         match self.waiting.get_mut(tenant) {
-            Some(queue) => queue.push_back(waiter),
+            Some(queue) => queue.waiters.push_back(waiter),
             None => {
                 let tenant: Arc<str> = Arc::from(tenant);
-                self.waiting.insert(tenant.clone(), VecDeque::from([waiter]));
+                self.waiting.insert(tenant.clone(), Queue { waiters: VecDeque::from([waiter]), head_passed: 0 });
                 self.turn.push_back(tenant);
             }
         }
@@ -119,6 +153,12 @@ impl<C: Send + 'static> Pool<C> {
         self.lock().open
     }
 
+    /// Commands waiting now, for tests.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.lock().waiting.values().map(|q| q.waiters.len()).sum()
+    }
+
     /// Changes the bound (a policy reload). Raising it lets waiters open connections at once; lowering it
     /// closes idle connections beyond it now and busy ones as they come back.
     pub fn set_max(self: &Arc<Self>, max: usize) {
@@ -134,7 +174,7 @@ impl<C: Send + 'static> Pool<C> {
                 surplus.push(conn);
             }
             while state.open < max {
-                let Some(waiter) = state.next_waiter() else { break };
+                let Some(waiter) = state.next_waiter(None) else { break };
                 state.open += 1;
                 grants.push(waiter);
             }
@@ -211,6 +251,10 @@ impl<C: Send + 'static> Pool<C> {
     /// Hands `grant` to `waiter`, or, when the waiter gave up meanwhile, to the next one; with nobody left
     /// waiting a connection goes idle and a slot is given back.
     fn grant(self: &Arc<Self>, waiter: oneshot::Sender<Grant<C>>, grant: Grant<C>) {
+        let shard = match &grant {
+            Grant::Conn(pooled) => Some(pooled.shard),
+            Grant::Slot(_) => None,
+        };
         let mut next = Some(waiter);
         let mut grant = grant;
         while let Some(waiter) = next.take() {
@@ -218,7 +262,7 @@ impl<C: Send + 'static> Pool<C> {
                 Ok(()) => return,
                 Err(back) => grant = back,
             }
-            next = self.lock().next_waiter();
+            next = self.lock().next_waiter(shard);
         }
         match grant {
             Grant::Conn(mut pooled) => {
@@ -243,7 +287,7 @@ impl<C: Send + 'static> Pool<C> {
                 drop(conn);
                 return;
             }
-            match state.next_waiter() {
+            match state.next_waiter(Some(shard)) {
                 Some(waiter) => waiter,
                 None => {
                     state.idle.push((shard, conn));
@@ -263,7 +307,7 @@ impl<C: Send + 'static> Pool<C> {
                 (self.on_open)(state.open);
                 return;
             }
-            match state.next_waiter() {
+            match state.next_waiter(None) {
                 Some(waiter) => waiter,
                 None => {
                     state.open = state.open.saturating_sub(1);
@@ -412,7 +456,7 @@ mod tests {
                 conn.release();
             }));
             // Let each one queue before the next, so arrival order is known.
-            while pool.lock().waiting.values().map(VecDeque::len).sum::<usize>() < i + 1 {
+            while pool.waiting() < i + 1 {
                 tokio::task::yield_now().await;
             }
         }
@@ -501,5 +545,43 @@ mod tests {
         // The borrowed connection still belongs to worker 0: given back, it is worker 0's again, while worker 1
         // would borrow it again.
         assert_eq!(on_worker(&workers, 0, &pool, 22), (20, false));
+    }
+
+    #[test]
+    fn a_connection_given_back_goes_to_an_early_waiter_on_its_own_worker_without_starving_the_first() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let pool: Arc<Pool<u32>> = Pool::new(1, |_| {});
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Worker 0 opens the only connection and holds it.
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = pool.clone();
+        workers.worker(0).unwrap().handle().spawn(async move {
+            let conn = holder.checkout("acme", Duration::from_secs(5), || async { Ok::<_, ()>(1) }).await.unwrap();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.await;
+            conn.release();
+        });
+        held_rx.recv().unwrap();
+        // Six commands of one tenant queue, in this order, on these workers.
+        for (label, worker) in [("a", 1), ("b", 0), ("c", 1), ("d", 0), ("e", 0), ("f", 0)] {
+            let (waiting, order) = (pool.clone(), order.clone());
+            let queued = pool.waiting() + 1;
+            workers.worker(worker).unwrap().handle().spawn(async move {
+                let conn = waiting.checkout("acme", Duration::from_secs(5), || async { Ok::<_, ()>(2) }).await.unwrap();
+                order.lock().unwrap().push(label);
+                conn.release();
+            });
+            while pool.waiting() < queued {
+                std::thread::yield_now();
+            }
+        }
+        release_tx.send(()).unwrap();
+        while order.lock().unwrap().len() < 6 {
+            std::thread::yield_now();
+        }
+        // The connection is worker 0's: b and d, waiting there, go before a, which is passed over twice and no
+        // more; then e and f before c, likewise.
+        assert_eq!(*order.lock().unwrap(), ["b", "d", "a", "e", "f", "c"]);
     }
 }

@@ -21,9 +21,12 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `tenantwall run --policy <policy>` and waits for its "listening on" lines.
     pub fn start(policy: &Path) -> ProxyProcess {
-        // TW_PROXY_WORKERS sets the proxy's async worker threads alone (tokio reads TOKIO_WORKER_THREADS), to
-        // compare runtime shapes without changing the load generator's.
-        Self::start_with(policy, Path::new(env!("CARGO_BIN_EXE_tenantwall")), std::env::var("TW_PROXY_WORKERS").ok())
+        // TW_PROXY_WORKERS sets the proxy's worker threads alone (it reads TOKIO_WORKER_THREADS), to compare
+        // runtime shapes without changing the load generator's; TW_PROXY_EXE runs another build (copied aside
+        // before a change) in any mode, for a before/after run.
+        let exe = std::env::var_os("TW_PROXY_EXE")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tenantwall")), PathBuf::from);
+        Self::start_with(policy, &exe, std::env::var("TW_PROXY_WORKERS").ok())
     }
 
     /// [`ProxyProcess::start`] with another tenantwall executable (an A/B comparison of two builds) and, when
