@@ -140,7 +140,9 @@ impl BackendTarget {
         connect_timeout: Duration,
     ) -> Result<Pooled<BackendConn>, ProxyError> {
         loop {
-            let checked_out = self.pool.checkout(tenant, wait, || self.connect(connect_timeout)).await;
+            // Boxed: opening a connection (TCP, TLS, handshake, SCRAM) is a large future that nearly every checkout
+            // never runs, and unboxed it would be part of, and copied with, every command's checkout.
+            let checked_out = self.pool.checkout(tenant, wait, || Box::pin(self.connect(connect_timeout))).await;
             let mut pooled = match checked_out {
                 Ok(pooled) => pooled,
                 Err(CheckoutError::Connect(e)) => return Err(e),
