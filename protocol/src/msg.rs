@@ -10,8 +10,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use nom::bytes::complete::take_till;
 use nom::number::complete::le_u32;
 
+use crate::fields::{Fields, TopLevel};
 use crate::header::backfill_len;
-use crate::validate::{document_len, findings_of, has_document_shape, Findings};
+use crate::validate::{document_len, findings_and_index_of, findings_of, has_document_shape, Findings};
 use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
 
 /// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
@@ -135,6 +136,10 @@ pub struct OpMsg {
     sequences: Vec<Sequence>,
     /// What validation found in the body ([`Findings::UNKNOWN`] unless parsed).
     body_findings: Findings,
+    /// Where the body's top-level elements are, as validation found them in `body` (not known unless parsed):
+    /// only ever set together with `body`, from its own bytes. On the heap: messages are moved by value through
+    /// the engine several times, and an index held inline would make every move copy twice as much.
+    body_index: TopLevel,
 }
 
 /// Messages are equal when they say the same thing; how much is known about them does not count.
@@ -157,23 +162,47 @@ fn raw_view(bytes: &Bytes) -> &RawDocument {
 impl OpMsg {
     /// A message with a body and no sequences.
     pub fn new(flags: MsgFlags, body: RawDocumentBuf) -> Self {
-        Self { flags, body: Bytes::from(body.into_bytes()), sequences: Vec::new(), body_findings: Findings::UNKNOWN }
+        Self {
+            flags,
+            body: Bytes::from(body.into_bytes()),
+            sequences: Vec::new(),
+            body_findings: Findings::UNKNOWN,
+            body_index: TopLevel::default(),
+        }
     }
 
     /// A message with a body and document sequences.
     pub fn with_sequences(flags: MsgFlags, body: RawDocumentBuf, sequences: Vec<Sequence>) -> Self {
-        Self { flags, body: Bytes::from(body.into_bytes()), sequences, body_findings: Findings::UNKNOWN }
+        Self {
+            flags,
+            body: Bytes::from(body.into_bytes()),
+            sequences,
+            body_findings: Findings::UNKNOWN,
+            body_index: TopLevel::default(),
+        }
     }
 
     /// The same sections with other flags (bodies and sequences are shared, not copied).
     #[must_use]
     pub fn with_flags(&self, flags: MsgFlags) -> Self {
-        Self { flags, body: self.body.clone(), sequences: self.sequences.clone(), body_findings: self.body_findings }
+        Self {
+            flags,
+            body: self.body.clone(),
+            sequences: self.sequences.clone(),
+            body_findings: self.body_findings,
+            body_index: self.body_index.clone(),
+        }
     }
 
     /// The command (or reply) document.
     pub fn body(&self) -> &RawDocument {
         raw_view(&self.body)
+    }
+
+    /// The body, read by key through the index validation made of its top-level elements when it was parsed
+    /// (by scanning its bytes when it was built).
+    pub fn body_fields(&self) -> Fields<'_> {
+        Fields::indexed(self.body(), &self.body_index)
     }
 
     /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).
@@ -188,7 +217,7 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        let first = crate::validate::Elements::of_bytes(&self.body).next()?;
+        let first = self.body_fields().first()?;
         std::str::from_utf8(first.key).ok()
     }
 
@@ -229,7 +258,7 @@ impl OpMsg {
             }
         }
 
-        let mut body: Option<(Bytes, Findings)> = None;
+        let mut body: Option<(Bytes, Findings, TopLevel)> = None;
         let mut sequences: Vec<Sequence> = Vec::new();
         let mut pos = HEADER_LEN + 4;
         let sections = &frame[..end];
@@ -240,8 +269,9 @@ impl OpMsg {
                 0 => {
                     let len = document_len(sections, pos, MAX_COMMAND_SIZE, "OP_MSG body")?;
                     let doc = frame.slice(pos..pos + len);
-                    let findings = findings_of(&doc)?;
-                    if body.replace((doc, findings)).is_some() {
+                    let mut index = TopLevel::empty();
+                    let findings = findings_and_index_of(&doc, &mut index)?;
+                    if body.replace((doc, findings, index)).is_some() {
                         return Err(ProtocolError::MultipleBodies);
                     }
                     pos += len;
@@ -260,10 +290,11 @@ impl OpMsg {
                 other => return Err(ProtocolError::UnknownSectionKind(other)),
             }
         }
-        let (body, body_findings) = body.ok_or(ProtocolError::NoBody)?;
-        let msg = OpMsg { flags, body, sequences, body_findings };
+        let (body, body_findings, body_index) = body.ok_or(ProtocolError::NoBody)?;
+        let msg = OpMsg { flags, body, sequences, body_findings, body_index };
         for sequence in &msg.sequences {
-            if msg.body().get(&sequence.identifier).ok().flatten().is_some() {
+            // Bytes that could not be read by key (never validated ones) count as a conflict.
+            if !matches!(msg.body_fields().field(sequence.identifier.as_bytes()), Some(None)) {
                 return Err(ProtocolError::SequenceConflictsWithBody(sequence.identifier.clone()));
             }
         }

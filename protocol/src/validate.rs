@@ -7,6 +7,7 @@
 
 use bson::{RawBsonRef, RawDocument};
 
+use crate::fields::TopLevel;
 use crate::ProtocolError;
 
 /// Deepest nesting accepted (the server's default `maxBSONDepth` is 200; it counts the top level too).
@@ -140,8 +141,17 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::NOTHING_YET;
-    walk::<false>(bytes, 1, &mut findings)?;
+    walk::<false, false>(bytes, 1, &mut findings, None)?;
     Ok((doc, findings))
+}
+
+/// [`validate_with_findings`], also noting where each top-level element is ([`TopLevel`]).
+#[cfg(test)]
+pub(crate) fn validate_with_index(bytes: &[u8]) -> Result<(&RawDocument, Findings, TopLevel), ProtocolError> {
+    let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    let mut index = TopLevel::empty();
+    let findings = findings_and_index_of(bytes, &mut index)?;
+    Ok((doc, findings, index))
 }
 
 /// [`validate_with_findings`] for callers that keep the bytes and need only the findings (the parser, once per
@@ -152,7 +162,18 @@ pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
         RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     }
     let mut findings = Findings::NOTHING_YET;
-    walk::<false>(bytes, 1, &mut findings)?;
+    walk::<false, false>(bytes, 1, &mut findings, None)?;
+    Ok(findings)
+}
+
+/// [`findings_of`], also noting in `index` (empty when given) where each top-level element is: for a
+/// message's body, which is then read by key several times ([`crate::fields::Fields`]).
+pub(crate) fn findings_and_index_of(bytes: &[u8], index: &mut TopLevel) -> Result<Findings, ProtocolError> {
+    if !has_document_shape(bytes) {
+        RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    }
+    let mut findings = Findings::NOTHING_YET;
+    walk::<false, true>(bytes, 1, &mut findings, Some(index))?;
     Ok(findings)
 }
 
@@ -305,8 +326,15 @@ fn nul_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
 /// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
 /// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
-/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are.
-fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) -> Result<(), ProtocolError> {
+/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are. With `INDEX` (for a
+/// message body's top level), `top` is told where each element starts and where its key ends; the other walks
+/// (every nested document, every document of a sequence) are compiled without that step.
+fn walk<const ARRAY: bool, const INDEX: bool>(
+    doc: &[u8],
+    depth: usize,
+    findings: &mut Findings,
+    mut top: Option<&mut TopLevel>,
+) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
@@ -359,9 +387,9 @@ fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) ->
                 let len = document_at(elements, at)?;
                 let inner = elements.get(at..at + len).ok_or_else(|| invalid("document overruns its container"))?;
                 if kind == 0x04 {
-                    walk::<true>(inner, depth + 1, findings)?;
+                    walk::<true, false>(inner, depth + 1, findings, None)?;
                 } else {
-                    walk::<false>(inner, depth + 1, findings)?;
+                    walk::<false, false>(inner, depth + 1, findings, None)?;
                 }
                 len
             }
@@ -391,6 +419,11 @@ fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) ->
         let end = at.checked_add(size).ok_or_else(|| invalid("element length overflows"))?;
         if end > elements.len() {
             return Err(invalid("element overruns its document"));
+        }
+        if INDEX {
+            if let Some(top) = top.as_deref_mut() {
+                top.push(pos, key_at + key_len);
+            }
         }
         pos = end;
     }
@@ -445,7 +478,7 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk::<false>(scope, depth + 1, findings)?;
+    walk::<false, false>(scope, depth + 1, findings, None)?;
     Ok(size)
 }
 

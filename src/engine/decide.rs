@@ -85,7 +85,7 @@ const SCAN_DEPTH: usize = 200;
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
     let body = msg.body();
     let name = msg.command_name().unwrap_or_default();
-    let Ok(Some(RawBsonRef::String(db))) = super::raw::get(body, "$db") else {
+    let Ok(Some(RawBsonRef::String(db))) = super::raw::get(msg.body_fields(), "$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
     };
     let Some(spec) = command.spec() else {
@@ -209,7 +209,7 @@ fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), De
     // ops) is also scanned for server-side JavaScript, in the same walk.
     let inserting = command == Command::Insert;
     if nothing_to_find(msg, inserting) {
-        return arguments::check(msg.body(), Some(msg), spec);
+        return arguments::check(msg.body_fields(), Some(msg), spec);
     }
     let body = walk(msg.body(), 0, Code::Scan { data: inserting.then_some("documents") });
     let found = body.map(|f| (String::new(), f)).or_else(|| {
@@ -229,7 +229,7 @@ fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), De
         }
         None => {}
     }
-    arguments::check(msg.body(), Some(msg), spec)
+    arguments::check(msg.body_fields(), Some(msg), spec)
 }
 
 /// Whether validation already proved that the walk below would find nothing: no document in the message may

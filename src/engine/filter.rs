@@ -5,6 +5,7 @@
 //! field can only narrow the result further.
 
 use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::validate::first_duplicate_key;
 
 use super::{Result, Scope};
@@ -242,7 +243,12 @@ pub fn scope_filter(
 /// unless the policy's tenant values cannot be made equal by any collation ([`Policy::collation_safe`]).
 ///
 /// [`Policy::collation_safe`]: crate::policy::Policy::collation_safe
-pub fn check_collation(scope: &mut Scope<'_>, rule: FieldRule<'_>, holder: &RawDocument, place: &str) -> Result<()> {
+pub fn check_collation<'a>(
+    scope: &mut Scope<'_>,
+    rule: FieldRule<'_>,
+    holder: impl Into<Fields<'a>>,
+    place: &str,
+) -> Result<()> {
     match super::raw::get(holder, "collation") {
         Ok(None) => Ok(()),
         Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),

@@ -561,7 +561,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         Some(spec) if spec.explainable => spec,
         _ => return Err(Denial::unauthorized(format!("explain of {inner_name} is not allowed"))),
     };
-    arguments::check(inner, None, inner_spec)?;
+    arguments::check(inner.into(), None, inner_spec)?;
     // Sessions and transactions are the outer command's: inside, they would reach the server unvirtualised.
     for field in SESSION_ARGUMENTS {
         if raw::get(inner, field).ok().flatten().is_some() {

@@ -3,7 +3,8 @@
 use bson::raw::CStr;
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
-use tenantwall_protocol::validate::{field, unique_field_span, Element, Elements};
+use tenantwall_protocol::fields::Fields;
+use tenantwall_protocol::validate::{Element, Elements};
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::{Denial, Result};
@@ -15,9 +16,15 @@ fn malformed(what: impl Into<String>) -> Denial {
 
 /// `doc.get(key)` for documents that passed validation (or were built with `bson`), without re-reading every
 /// key as UTF-8: the keys are compared as bytes, and a document, string or number value is viewed directly.
-/// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup.
-pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
-    let found = match field(doc, key.as_bytes()) {
+/// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup. A parsed body
+/// ([`OpMsg::body_fields`]) is read through its index of top-level elements.
+pub fn get<'a>(
+    doc: impl Into<Fields<'a>>,
+    key: &str,
+) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
+    let fields = doc.into();
+    let doc = fields.doc();
+    let found = match fields.field(key.as_bytes()) {
         Some(Some(found)) => found,
         Some(None) => return Ok(None),
         None => return doc.get(key),
@@ -46,7 +53,7 @@ pub fn view(element: Element<'_>) -> Option<RawBsonRef<'_>> {
 }
 
 /// The document under `key` ([`get`]), `None` when `key` is absent or holds something else.
-pub fn get_document<'a>(doc: &'a RawDocument, key: &str) -> Option<&'a RawDocument> {
+pub fn get_document<'a>(doc: impl Into<Fields<'a>>, key: &str) -> Option<&'a RawDocument> {
     match get(doc, key) {
         Ok(Some(RawBsonRef::Document(found))) => Some(found),
         _ => None,
@@ -130,17 +137,18 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
 /// so, having written nothing), when the document cannot be read element by element as bytes (never one that
 /// passed validation), when it repeats `key`, or when the result would not fit BSON's length: the caller then
 /// edits the document the general way.
-pub fn replace_field_with(
-    doc: &RawDocument,
+pub fn replace_field_with<'a>(
+    doc: impl Into<Fields<'a>>,
     key: &str,
     kind: u8,
     extra: usize,
     write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
 ) -> Option<RawDocumentBuf> {
-    let bytes = doc.as_bytes();
+    let fields = doc.into();
+    let bytes = fields.doc().as_bytes();
     // The elements before and after the one replaced are copied as they are, each run at once.
     let end = bytes.len().checked_sub(1)?;
-    let span = unique_field_span(doc, key.as_bytes())?.unwrap_or(end..end);
+    let span = fields.unique_field_span(key.as_bytes())?.unwrap_or(end..end);
     if key.as_bytes().contains(&0) {
         return None;
     }

@@ -1,7 +1,7 @@
 //! `find`, `count` and `distinct`: one filter each, scoped for field-mode collections.
 
 use bson::{RawBson, RawBsonRef, RawDocument};
-use tenantwall_protocol::validate::Elements;
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::OpMsg;
 
 use super::filter::{check_collation, scope_filter, wrap_into};
@@ -12,8 +12,10 @@ use crate::config::Style;
 use crate::error::ErrorCode;
 
 /// The collection a command names in its first field.
-pub fn command_collection(body: &RawDocument) -> Result<&str> {
-    let first = match Elements::new(body).next().and_then(super::raw::view) {
+pub fn command_collection<'a>(body: impl Into<Fields<'a>>) -> Result<&'a str> {
+    let fields = body.into();
+    let body = fields.doc();
+    let first = match fields.first().and_then(super::raw::view) {
         // Viewed directly; any value it cannot view is read through bson.
         Some(value) => Some(Ok(value)),
         None => body.iter_elements().next().and_then(|e| e.ok()).map(|e| e.value()),
@@ -25,7 +27,7 @@ pub fn command_collection(body: &RawDocument) -> Result<&str> {
 }
 
 /// An optional document field.
-pub fn optional_document<'a>(body: &'a RawDocument, field: &str) -> Result<Option<&'a RawDocument>> {
+pub fn optional_document<'a>(body: impl Into<Fields<'a>>, field: &str) -> Result<Option<&'a RawDocument>> {
     match super::raw::get(body, field) {
         Ok(None) => Ok(None),
         Ok(Some(RawBsonRef::Document(d))) => Ok(Some(d)),
@@ -34,7 +36,7 @@ pub fn optional_document<'a>(body: &'a RawDocument, field: &str) -> Result<Optio
 }
 
 pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPlan)> {
-    let body = msg.body();
+    let body = msg.body_fields();
     let coll = command_collection(body)?;
     let filter_field = if command == Command::Find { "filter" } else { "query" };
     let reply = ReplyPlan { record_cursor: command == Command::Find, ..ReplyPlan::default() };
@@ -57,7 +59,7 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     }
     match scope_filter(scope, rule, filter, filter_field)? {
         Some(scoped) => {
-            let body = replace_fields(body, &[(filter_field, Some(RawBson::Document(scoped)))]);
+            let body = replace_fields(body.doc(), &[(filter_field, Some(RawBson::Document(scoped)))]);
             Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply))
         }
         None => Ok((None, reply)),

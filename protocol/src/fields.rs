@@ -1,0 +1,278 @@
+//! The top-level fields of a parsed command body, found once.
+//!
+//! A command's body is read by key several times on the way through the proxy (`$db`, the argument check, the
+//! filter, the collation, the sessions, the rewrite). The validation walk reads every top-level element anyway;
+//! it notes where each one starts and where its key ends ([`TopLevel`]), and [`Fields`] answers the lookups from
+//! that small array instead of reading the bytes again. It owns only that bookkeeping: every answer is exactly
+//! what a fresh scan of the same bytes gives ([`validate::field`], [`validate::unique_field_span`],
+//! [`validate::all_keys`]), repeated keys included, and a document without an index (built, not parsed, or with
+//! more top-level elements than the index holds) is scanned as before. It must never be handed positions that
+//! were not found in the very bytes it is asked about: the index is kept next to the body it was made from, and
+//! every position is checked against the bytes before use, so a wrong one would answer "could not read", not
+//! panic.
+
+use std::ops::Range;
+
+use bson::RawDocument;
+
+use crate::validate::{self, Element};
+
+/// Top-level elements an index holds; bodies with more are scanned. Drivers send a dozen at most.
+pub const TOP_LEVEL_MAX: usize = 16;
+
+/// Where each top-level element of one document starts and where its key ends (offsets into the document's
+/// bytes), in order, as the validation walk found them. Element `i` ends where element `i + 1` starts, and the
+/// last one at the document's final NUL.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TopLevel {
+    /// `(element start, key end)`; the key is `bytes[start + 1..key_end]`. At most [`TOP_LEVEL_MAX`].
+    spans: Vec<(u32, u32)>,
+    /// Whether `spans` holds every element (`false` for a document that was not walked, or had more elements).
+    known: bool,
+}
+
+impl TopLevel {
+    /// Where a walk starts: no element yet, room for as many as the index holds. Only the walk fills one, so
+    /// only this crate makes one.
+    pub(crate) fn empty() -> Self {
+        Self { spans: Vec::with_capacity(TOP_LEVEL_MAX), known: true }
+    }
+
+    /// Notes the next element (`start` its type byte, `key_end` its key's NUL); once more elements came than
+    /// the index holds, it is no longer known.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, start: usize, key_end: usize) {
+        match (u32::try_from(start), u32::try_from(key_end)) {
+            (Ok(start), Ok(key_end)) if self.known && self.spans.len() < TOP_LEVEL_MAX => {
+                self.spans.push((start, key_end));
+            }
+            _ => self.known = false,
+        }
+    }
+
+    /// Whether the index is known.
+    pub fn is_known(&self) -> bool {
+        self.known
+    }
+}
+
+impl std::fmt::Debug for TopLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.known {
+            true => f.debug_list().entries(&self.spans).finish(),
+            false => f.write_str("TopLevel(unknown)"),
+        }
+    }
+}
+
+/// A document read by its top-level keys, through its [`TopLevel`] index when it has one.
+#[derive(Clone, Copy)]
+pub struct Fields<'a> {
+    doc: &'a RawDocument,
+    /// The spans of `doc`'s elements, when known.
+    spans: Option<&'a [(u32, u32)]>,
+}
+
+impl<'a> From<&'a RawDocument> for Fields<'a> {
+    /// A document without an index: every lookup reads its bytes.
+    fn from(doc: &'a RawDocument) -> Self {
+        Self { doc, spans: None }
+    }
+}
+
+impl<'a> From<&'a bson::RawDocumentBuf> for Fields<'a> {
+    /// A document without an index: every lookup reads its bytes.
+    fn from(doc: &'a bson::RawDocumentBuf) -> Self {
+        Self { doc, spans: None }
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// `doc` read through `index`, which must have been made by walking exactly `doc`'s bytes (it is checked
+    /// against them as it is used, never trusted to index within them). Only this crate pairs the two (a parsed
+    /// message's body with its own index, [`crate::OpMsg::body_fields`]).
+    pub(crate) fn indexed(doc: &'a RawDocument, index: &'a TopLevel) -> Self {
+        Self { doc, spans: index.known.then_some(index.spans.as_slice()) }
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &'a RawDocument {
+        self.doc
+    }
+
+    /// The element at index position `i`, or `None` when its span does not fit the bytes.
+    #[inline]
+    fn element(&self, spans: &[(u32, u32)], i: usize) -> Option<Element<'a>> {
+        let bytes = self.doc.as_bytes();
+        let &(start, key_end) = spans.get(i)?;
+        let end = match spans.get(i + 1) {
+            Some(&(next, _)) => next as usize,
+            None => bytes.len().checked_sub(1)?,
+        };
+        let element = bytes.get(start as usize..end)?;
+        let key_len = (key_end as usize).checked_sub(start as usize + 1)?;
+        Some(Element {
+            kind: *element.first()?,
+            key: element.get(1..1 + key_len)?,
+            value: element.get(key_len + 2..)?,
+            bytes: element,
+        })
+    }
+
+    /// The key of the element at index position `i`.
+    #[inline]
+    fn key(&self, span: (u32, u32)) -> Option<&'a [u8]> {
+        self.doc.as_bytes().get(span.0 as usize + 1..span.1 as usize)
+    }
+
+    /// [`validate::field`]: the first top-level element named `key`; `Some(None)` when none is, `None` when the
+    /// bytes could not be read.
+    #[inline]
+    pub fn field(&self, key: &[u8]) -> Option<Option<Element<'a>>> {
+        let Some(spans) = self.spans else { return validate::field(self.doc, key) };
+        for (i, span) in spans.iter().enumerate() {
+            // Compare lengths first: most keys differ in length.
+            if (span.1 as usize).wrapping_sub(span.0 as usize + 1) == key.len() && self.key(*span)? == key {
+                return self.element(spans, i).map(Some);
+            }
+        }
+        Some(None)
+    }
+
+    /// [`validate::unique_field_span`]: where the element named `key` is within the document's bytes;
+    /// `Some(None)` when none is, `None` when more than one is or the bytes could not be read.
+    #[inline]
+    pub fn unique_field_span(&self, key: &[u8]) -> Option<Option<Range<usize>>> {
+        let Some(spans) = self.spans else { return validate::unique_field_span(self.doc, key) };
+        let mut found = None;
+        for (i, span) in spans.iter().enumerate() {
+            if (span.1 as usize).wrapping_sub(span.0 as usize + 1) == key.len() && self.key(*span)? == key {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(i);
+            }
+        }
+        let Some(i) = found else { return Some(None) };
+        let element = self.element(spans, i)?;
+        let start = spans.get(i)?.0 as usize;
+        Some(Some(start..start + element.bytes.len()))
+    }
+
+    /// [`validate::all_keys`]: whether `keep` holds for every top-level key, stopping at the first that fails;
+    /// `None` when the bytes could not be read.
+    #[inline]
+    pub fn all_keys(&self, mut keep: impl FnMut(&'a [u8]) -> bool) -> Option<bool> {
+        let Some(spans) = self.spans else { return validate::all_keys(self.doc.as_bytes(), keep) };
+        for span in spans {
+            if !keep(self.key(*span)?) {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
+    /// The first element (the command name's), `None` for an empty document or bytes that cannot be read.
+    #[inline]
+    pub fn first(&self) -> Option<Element<'a>> {
+        match self.spans {
+            Some(spans) => self.element(spans, 0),
+            None => validate::Elements::new(self.doc).next(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{field, validate_with_index};
+    use bson::{cstr, rawdoc, RawDocumentBuf};
+
+    /// Every lookup through the index answers what the scan answers, for every key the document has and some
+    /// it has not.
+    fn agree(doc: &RawDocument) {
+        let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
+        let indexed = Fields::indexed(doc, &index);
+        let scanned = Fields::from(doc);
+        let mut keys: Vec<Vec<u8>> = validate::Elements::new(doc).map(|e| e.key.to_vec()).collect();
+        keys.extend([b"".to_vec(), b"absent".to_vec(), b"$db".to_vec(), b"a\xc3\xa9".to_vec()]);
+        for key in &keys {
+            let (a, b) = (indexed.field(key), scanned.field(key));
+            assert_eq!(a.map(|e| e.map(|e| e.bytes)), b.map(|e| e.map(|e| e.bytes)), "{key:?}");
+            let element = a.flatten();
+            assert_eq!(
+                element.map(|e| (e.kind, e.key, e.value)),
+                field(doc, key).flatten().map(|e| (e.kind, e.key, e.value))
+            );
+            assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key), "{key:?}");
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert_eq!(
+            indexed.all_keys(|k| {
+                a.push(k);
+                true
+            }),
+            scanned.all_keys(|k| {
+                b.push(k);
+                true
+            })
+        );
+        assert_eq!(a, b);
+        for stop in 0..a.len() {
+            let (mut i, mut j) = (0, 0);
+            let stops_at = |n: &mut usize| {
+                *n += 1;
+                *n <= stop
+            };
+            assert_eq!(indexed.all_keys(|_| stops_at(&mut i)), scanned.all_keys(|_| stops_at(&mut j)));
+            assert_eq!(i, j);
+        }
+        assert_eq!(indexed.first().map(|e| e.bytes), scanned.first().map(|e| e.bytes));
+    }
+
+    #[test]
+    fn the_index_answers_what_a_scan_answers() {
+        let regex = bson::Regex { pattern: cstr!("a.b").into(), options: cstr!("i").into() };
+        let docs = [
+            rawdoc! {},
+            rawdoc! { "find": "orders", "filter": { "a": 1 }, "limit": 5, "$db": "shop" },
+            rawdoc! { "a": 1.5, "é": "x", "long key of many bytes": [1, { "b": 2 }], "r": regex, "n": null, "b": true },
+            rawdoc! { "": 1, "x": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] } },
+        ];
+        for doc in &docs {
+            agree(doc);
+        }
+        // Repeated keys: the first found, no unique span.
+        let mut repeated = RawDocumentBuf::new();
+        repeated.append(cstr!("limit"), 1);
+        repeated.append(cstr!("b"), "x");
+        repeated.append(cstr!("limit"), 2);
+        agree(&repeated);
+        let (_, _, index) = validate_with_index(repeated.as_bytes()).unwrap();
+        let fields = Fields::indexed(&repeated, &index);
+        assert_eq!(fields.unique_field_span(b"limit"), None);
+        assert_eq!(fields.field(b"limit").unwrap().unwrap().value, 1i32.to_le_bytes());
+        // At the index's capacity it is known; one more element and it is not, and the scan answers.
+        for n in [TOP_LEVEL_MAX - 1, TOP_LEVEL_MAX, TOP_LEVEL_MAX + 1, 100] {
+            let mut doc = RawDocumentBuf::new();
+            for i in 0..n {
+                doc.append(bson::raw::CString::try_from(format!("k{i}")).unwrap(), i as i32);
+            }
+            let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
+            assert_eq!(index.is_known(), n <= TOP_LEVEL_MAX, "{n}");
+            agree(&doc);
+        }
+    }
+
+    #[test]
+    fn positions_that_do_not_fit_the_bytes_read_as_unreadable() {
+        let doc = rawdoc! { "a": 1, "bb": 2 };
+        let other = rawdoc! { "a": 1 };
+        let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
+        // An index of other bytes never panics and never reads past them.
+        let fields = Fields::indexed(&other, &index);
+        assert!(fields.field(b"bb").is_none());
+        assert!(fields.unique_field_span(b"bb").is_none());
+        assert_eq!(fields.all_keys(|_| true), None);
+    }
+}
