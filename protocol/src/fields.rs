@@ -66,44 +66,56 @@ impl std::fmt::Debug for TopLevel {
 }
 
 /// A document read by its top-level keys, through its [`TopLevel`] index when it has one.
+///
+/// It holds the document's bytes, not a `&RawDocument`: lookups need only the bytes, and viewing them as a
+/// document (which re-checks their shape) is left to the callers that need one ([`Fields::doc`]).
 #[derive(Clone, Copy)]
 pub struct Fields<'a> {
-    doc: &'a RawDocument,
-    /// The spans of `doc`'s elements, when known.
+    /// The bytes of a document: made from a `&RawDocument` or from a parsed body, so they have its shape.
+    bytes: &'a [u8],
+    /// The spans of the document's elements, when known.
     spans: Option<&'a [(u32, u32)]>,
 }
 
 impl<'a> From<&'a RawDocument> for Fields<'a> {
     /// A document without an index: every lookup reads its bytes.
     fn from(doc: &'a RawDocument) -> Self {
-        Self { doc, spans: None }
+        Self { bytes: doc.as_bytes(), spans: None }
     }
 }
 
 impl<'a> From<&'a bson::RawDocumentBuf> for Fields<'a> {
     /// A document without an index: every lookup reads its bytes.
     fn from(doc: &'a bson::RawDocumentBuf) -> Self {
-        Self { doc, spans: None }
+        Self { bytes: doc.as_bytes(), spans: None }
     }
 }
 
 impl<'a> Fields<'a> {
-    /// `doc` read through `index`, which must have been made by walking exactly `doc`'s bytes (it is checked
+    /// `doc` (a document's bytes) read through `index`, which must have been made by walking exactly them (it is checked
     /// against them as it is used, never trusted to index within them). Only this crate pairs the two (a parsed
     /// message's body with its own index, [`crate::OpMsg::body_fields`]).
-    pub(crate) fn indexed(doc: &'a RawDocument, index: &'a TopLevel) -> Self {
-        Self { doc, spans: index.known.then_some(index.spans.as_slice()) }
+    pub(crate) fn indexed(doc: &'a [u8], index: &'a TopLevel) -> Self {
+        Self { bytes: doc, spans: index.known.then_some(index.spans.as_slice()) }
     }
 
     /// The document.
     pub fn doc(&self) -> &'a RawDocument {
-        self.doc
+        // The bytes came from a `&RawDocument` (or a parsed body, which passed the same check and more), and
+        // `from_bytes` checks only that shape again: failure is impossible, and the `expect` documents an
+        // invariant, not an input condition.
+        RawDocument::from_bytes(self.bytes).expect("Fields are made from documents")
+    }
+
+    /// The document's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 
     /// The element at index position `i`, or `None` when its span does not fit the bytes.
     #[inline]
     fn element(&self, spans: &[(u32, u32)], i: usize) -> Option<Element<'a>> {
-        let bytes = self.doc.as_bytes();
+        let bytes = self.bytes;
         let &(start, key_end) = spans.get(i)?;
         let end = match spans.get(i + 1) {
             Some(&(next, _)) => next as usize,
@@ -122,14 +134,14 @@ impl<'a> Fields<'a> {
     /// The key of the element at index position `i`.
     #[inline]
     fn key(&self, span: (u32, u32)) -> Option<&'a [u8]> {
-        self.doc.as_bytes().get(span.0 as usize + 1..span.1 as usize)
+        self.bytes.get(span.0 as usize + 1..span.1 as usize)
     }
 
     /// [`validate::field`]: the first top-level element named `key`; `Some(None)` when none is, `None` when the
     /// bytes could not be read.
     #[inline]
     pub fn field(&self, key: &[u8]) -> Option<Option<Element<'a>>> {
-        let Some(spans) = self.spans else { return validate::field(self.doc, key) };
+        let Some(spans) = self.spans else { return validate::field_of_bytes(self.bytes, key) };
         for (i, span) in spans.iter().enumerate() {
             // Compare lengths first: most keys differ in length.
             if (span.1 as usize).wrapping_sub(span.0 as usize + 1) == key.len() && self.key(*span)? == key {
@@ -143,7 +155,7 @@ impl<'a> Fields<'a> {
     /// `Some(None)` when none is, `None` when more than one is or the bytes could not be read.
     #[inline]
     pub fn unique_field_span(&self, key: &[u8]) -> Option<Option<Range<usize>>> {
-        let Some(spans) = self.spans else { return validate::unique_field_span(self.doc, key) };
+        let Some(spans) = self.spans else { return validate::unique_field_span_of_bytes(self.bytes, key) };
         let mut found = None;
         for (i, span) in spans.iter().enumerate() {
             if (span.1 as usize).wrapping_sub(span.0 as usize + 1) == key.len() && self.key(*span)? == key {
@@ -163,7 +175,7 @@ impl<'a> Fields<'a> {
     /// `None` when the bytes could not be read.
     #[inline]
     pub fn all_keys(&self, mut keep: impl FnMut(&'a [u8]) -> bool) -> Option<bool> {
-        let Some(spans) = self.spans else { return validate::all_keys(self.doc.as_bytes(), keep) };
+        let Some(spans) = self.spans else { return validate::all_keys(self.bytes, keep) };
         for span in spans {
             if !keep(self.key(*span)?) {
                 return Some(false);
@@ -177,7 +189,7 @@ impl<'a> Fields<'a> {
     pub fn first(&self) -> Option<Element<'a>> {
         match self.spans {
             Some(spans) => self.element(spans, 0),
-            None => validate::Elements::new(self.doc).next(),
+            None => validate::Elements::of_bytes(self.bytes).next(),
         }
     }
 }
@@ -192,7 +204,7 @@ mod tests {
     /// it has not.
     fn agree(doc: &RawDocument) {
         let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
-        let indexed = Fields::indexed(doc, &index);
+        let indexed = Fields::indexed(doc.as_bytes(), &index);
         let scanned = Fields::from(doc);
         let mut keys: Vec<Vec<u8>> = validate::Elements::new(doc).map(|e| e.key.to_vec()).collect();
         keys.extend([b"".to_vec(), b"absent".to_vec(), b"$db".to_vec(), b"a\xc3\xa9".to_vec()]);
@@ -249,7 +261,7 @@ mod tests {
         repeated.append(cstr!("limit"), 2);
         agree(&repeated);
         let (_, _, index) = validate_with_index(repeated.as_bytes()).unwrap();
-        let fields = Fields::indexed(&repeated, &index);
+        let fields = Fields::indexed(repeated.as_bytes(), &index);
         assert_eq!(fields.unique_field_span(b"limit"), None);
         assert_eq!(fields.field(b"limit").unwrap().unwrap().value, 1i32.to_le_bytes());
         // At the index's capacity it is known; one more element and it is not, and the scan answers.
@@ -270,7 +282,7 @@ mod tests {
         let other = rawdoc! { "a": 1 };
         let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
         // An index of other bytes never panics and never reads past them.
-        let fields = Fields::indexed(&other, &index);
+        let fields = Fields::indexed(other.as_bytes(), &index);
         assert!(fields.field(b"bb").is_none());
         assert!(fields.unique_field_span(b"bb").is_none());
         assert_eq!(fields.all_keys(|_| true), None);

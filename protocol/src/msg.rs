@@ -202,7 +202,7 @@ impl OpMsg {
     /// The body, read by key through the index validation made of its top-level elements when it was parsed
     /// (by scanning its bytes when it was built).
     pub fn body_fields(&self) -> Fields<'_> {
-        Fields::indexed(self.body(), &self.body_index)
+        Fields::indexed(&self.body, &self.body_index)
     }
 
     /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).
@@ -358,7 +358,7 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
         .map_err(|_| ProtocolError::Malformed("document sequence identifier is not UTF-8"))?
         .to_owned();
     let mut doc_pos = pos + 4 + name.len() + 1;
-    let mut documents = Vec::new();
+    let mut documents = Vec::with_capacity(count_documents(&sections[..end], doc_pos));
     let mut findings = Findings::NOTHING_YET;
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
@@ -368,6 +368,23 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
         doc_pos += len;
     }
     Ok((Sequence { identifier, documents, findings }, end))
+}
+
+/// How many documents a sequence's region (`region[at..]`) holds, counted by their length prefixes alone (each
+/// at least 5, so there are never more than a fifth of the region's bytes), for sizing the list of them once:
+/// an estimate, which the parse then checks document by document.
+fn count_documents(region: &[u8], mut at: usize) -> usize {
+    let mut count = 0;
+    while let Some(prefix) = region.get(at..).and_then(<[u8]>::first_chunk::<4>) {
+        match usize::try_from(i32::from_le_bytes(*prefix)) {
+            Ok(len) if len >= 5 => {
+                count += 1;
+                at = at.saturating_add(len);
+            }
+            _ => break,
+        }
+    }
+    count
 }
 
 impl fmt::Debug for OpMsg {

@@ -217,20 +217,44 @@ fn string_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
 
 /// [`string_len`] for the common case, inlined into the walk: an ASCII string that is all there. `None` for
 /// anything else, which [`string_len`] then reads and refuses or accepts.
+///
+/// Text of up to sixteen bytes is checked for ASCII a word at a time: up to seven bytes as one word read from
+/// where it starts (the bytes after it masked off), eight to sixteen as two words that overlap (the first eight
+/// and the last eight).
 #[inline(always)]
 fn short_string(bytes: &[u8], at: usize) -> Option<usize> {
     let len = usize::try_from(read_i32(bytes, at)?).ok().filter(|l| *l >= 1)?;
-    let body = bytes.get(at.checked_add(4)?..at.checked_add(4 + len)?)?;
-    let (last, text) = body.split_last()?;
-    (*last == 0 && text.is_ascii()).then_some(4 + len)
+    let start = at.checked_add(4)?;
+    let nul = start.checked_add(len - 1)?;
+    // The NUL within the bytes puts the whole text within them too.
+    if *bytes.get(nul)? != 0 {
+        return None;
+    }
+    let text = len - 1;
+    let high = match text {
+        0..=7 => word_at(bytes, start).map(|word| low_bytes(word, text)),
+        8..=16 => word_at(bytes, start).zip(word_at(bytes, nul - 8)).map(|(first, last)| first | last),
+        _ => None,
+    };
+    let ascii = match high {
+        Some(high) => high & HIGH_BITS == 0,
+        None => bytes.get(start..nul)?.is_ascii(),
+    };
+    ascii.then_some(4 + len)
+}
+
+/// The eight bytes at `at` as a little-endian word, if there are eight.
+#[inline(always)]
+fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
 }
 
 /// [`key_at`] for the common case, inlined into the walk: an ASCII key of at most seven bytes with eight bytes
 /// to read. `None` for anything else, which [`key_at`] then reads and refuses or accepts.
 #[inline(always)]
 fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
-    let chunk: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
-    let word = u64::from_le_bytes(chunk);
+    let word = word_at(bytes, at)?;
     let len = nul_in(word)?;
     let key = low_bytes(word, len);
     (key & HIGH_BITS == 0).then_some((len, key))
@@ -707,7 +731,12 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
 /// compared only when their length is the one asked for.
 #[inline]
 pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>> {
-    let bytes = doc.as_bytes();
+    field_of_bytes(doc.as_bytes(), key)
+}
+
+/// [`field`] of a document's bytes.
+#[inline]
+pub(crate) fn field_of_bytes<'a>(bytes: &'a [u8], key: &[u8]) -> Option<Option<Element<'a>>> {
     let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
     let mut found = None;
     scan(elements, |start, _, element_key| {
@@ -729,7 +758,12 @@ pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>
 /// more than one element has that name.
 #[inline]
 pub fn unique_field_span(doc: &RawDocument, key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
-    let bytes = doc.as_bytes();
+    unique_field_span_of_bytes(doc.as_bytes(), key)
+}
+
+/// [`unique_field_span`] of a document's bytes.
+#[inline]
+pub(crate) fn unique_field_span_of_bytes(bytes: &[u8], key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
     let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
     let mut found = None;
     let mut repeated = false;

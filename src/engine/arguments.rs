@@ -21,9 +21,8 @@ fn unknown(place: &str, field: &str) -> Denial {
 
 /// Checks `body` (and `msg`'s sequences, when given) against `spec`.
 pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) -> Result<()> {
-    let body = fields.doc();
     // The command name, for messages only.
-    let name = || first_key(body);
+    let name = || first_key(fields.doc());
     // The arguments' names compared as bytes; a document whose elements cannot all be read that way (never one
     // that passed validation) is read again through bson below, which says what is wrong with it.
     let mut first = true;
@@ -40,7 +39,7 @@ pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) 
         return Err(unknown(name(), &String::from_utf8_lossy(key)));
     }
     if read.is_none() {
-        for (i, element) in body.iter_elements().enumerate() {
+        for (i, element) in fields.doc().iter_elements().enumerate() {
             let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
             let key = element.key().as_str();
             if i == 0 || spec.arguments.contains(&key) || GENERIC_ARGUMENTS.contains(&key) {

@@ -83,7 +83,6 @@ const SCAN_DEPTH: usize = 200;
 /// duplicate keys at any depth, then the command's argument list — so that no later stage can read a field
 /// differently from the server.
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
-    let body = msg.body();
     let name = msg.command_name().unwrap_or_default();
     let Ok(Some(RawBsonRef::String(db))) = super::raw::get(msg.body_fields(), "$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
@@ -113,7 +112,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         }
         Database::Tenant if RESERVED_DATABASES.contains(&db) => {
             // mongosh's db.currentOp() is `aggregate: 1` on admin with a `$currentOp` stage.
-            if command == Command::Aggregate && leads_with(body, "$currentOp") {
+            if command == Command::Aggregate && leads_with(msg.body(), "$currentOp") {
                 return deny(ErrorCode::UNAUTHORIZED, forbidden_reason("currentOp"));
             }
             return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));

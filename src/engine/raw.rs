@@ -23,15 +23,14 @@ pub fn get<'a>(
     key: &str,
 ) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
     let fields = doc.into();
-    let doc = fields.doc();
     let found = match fields.field(key.as_bytes()) {
         Some(Some(found)) => found,
         Some(None) => return Ok(None),
-        None => return doc.get(key),
+        None => return fields.doc().get(key),
     };
     match view(found) {
         Some(value) => Ok(Some(value)),
-        None => doc.get(key),
+        None => fields.doc().get(key),
     }
 }
 
@@ -145,7 +144,7 @@ pub fn replace_field_with<'a>(
     write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
 ) -> Option<RawDocumentBuf> {
     let fields = doc.into();
-    let bytes = fields.doc().as_bytes();
+    let bytes = fields.bytes();
     // The elements before and after the one replaced are copied as they are, each run at once.
     let end = bytes.len().checked_sub(1)?;
     let span = fields.unique_field_span(key.as_bytes())?.unwrap_or(end..end);

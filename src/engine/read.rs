@@ -14,15 +14,17 @@ use crate::error::ErrorCode;
 /// The collection a command names in its first field.
 pub fn command_collection<'a>(body: impl Into<Fields<'a>>) -> Result<&'a str> {
     let fields = body.into();
-    let body = fields.doc();
     let first = match fields.first().and_then(super::raw::view) {
         // Viewed directly; any value it cannot view is read through bson.
         Some(value) => Some(Ok(value)),
-        None => body.iter_elements().next().and_then(|e| e.ok()).map(|e| e.value()),
+        None => fields.doc().iter_elements().next().and_then(|e| e.ok()).map(|e| e.value()),
     };
     match first {
         Some(Ok(RawBsonRef::String(c))) if !c.is_empty() => Ok(c),
-        _ => Err(Denial::new(ErrorCode::INVALID_NAMESPACE, format!("{} needs a collection name", first_key(body)))),
+        _ => Err(Denial::new(
+            ErrorCode::INVALID_NAMESPACE,
+            format!("{} needs a collection name", first_key(fields.doc())),
+        )),
     }
 }
 
