@@ -58,10 +58,18 @@ impl fmt::Debug for MsgFlags {
 }
 
 /// A kind-1 section: a named run of documents that stands for an array field of the command.
+///
+/// The documents are held as they travel, one after another in one buffer (a slice of the frame they arrived
+/// in, when parsed), with where each one ends: a thousand inserted documents are one shared buffer and a list of
+/// offsets, not a thousand reference-counted slices to make, count and drop.
 #[derive(Clone)]
 pub struct Sequence {
     identifier: String,
-    documents: Vec<Bytes>,
+    /// The documents, back to back.
+    data: Bytes,
+    /// Where each document ends in `data`: document `i` is `data[ends[i - 1]..ends[i]]` (the first starts at 0),
+    /// and the last ends at `data`'s end. Every document has a document's shape (checked when stored).
+    ends: Vec<usize>,
     /// What validation found in any of the documents ([`Findings::UNKNOWN`] unless parsed).
     findings: Findings,
 }
@@ -69,28 +77,54 @@ pub struct Sequence {
 /// Sequences are equal when they say the same thing; how much is known about them does not count.
 impl PartialEq for Sequence {
     fn eq(&self, other: &Self) -> bool {
-        self.identifier == other.identifier && self.documents == other.documents
+        self.identifier == other.identifier && self.data == other.data && self.ends == other.ends
     }
 }
 
 impl Sequence {
     /// Builds a sequence from already validated documents.
     pub fn new(identifier: impl Into<String>, documents: Vec<RawDocumentBuf>) -> Self {
-        Self {
-            identifier: identifier.into(),
-            documents: documents.into_iter().map(|d| Bytes::from(d.into_bytes())).collect(),
-            findings: Findings::UNKNOWN,
+        let mut data = BytesMut::with_capacity(documents.iter().map(|d| d.as_bytes().len()).sum());
+        let mut ends = Vec::with_capacity(documents.len());
+        for doc in &documents {
+            data.extend_from_slice(doc.as_bytes());
+            ends.push(data.len());
         }
+        Self { identifier: identifier.into(), data: data.freeze(), ends, findings: Findings::UNKNOWN }
     }
 
-    /// Builds a sequence from document bytes that were validated when parsed or built with bson's builders, so
-    /// that untouched documents can be forwarded without copying. Only the O(1) shape (length prefix and
-    /// trailing NUL) is re-checked here; that is the invariant the borrowed views rely on.
+    /// Builds a sequence from document bytes that were validated when parsed or built with bson's builders. Only
+    /// the O(1) shape (length prefix and trailing NUL) is re-checked here; that is the invariant the borrowed
+    /// views rely on. The documents are copied into one buffer.
     pub fn from_bytes(identifier: impl Into<String>, documents: Vec<Bytes>) -> Result<Self, ProtocolError> {
-        for doc in documents.iter().filter(|doc| !has_document_shape(doc)) {
-            RawDocument::from_bytes(doc.as_ref()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+        let mut data = BytesMut::with_capacity(documents.iter().map(Bytes::len).sum());
+        let mut ends = Vec::with_capacity(documents.len());
+        for doc in &documents {
+            check_shape(doc)?;
+            data.extend_from_slice(doc);
+            ends.push(data.len());
         }
-        Ok(Self { identifier: identifier.into(), documents, findings: Findings::UNKNOWN })
+        Ok(Self { identifier: identifier.into(), data: data.freeze(), ends, findings: Findings::UNKNOWN })
+    }
+
+    /// Builds a sequence from documents already back to back in `data`, document `i` ending at `ends[i]` (the
+    /// first starting at 0, the last ending at `data`'s end), each validated when parsed or built with bson's
+    /// builders. The shape of each, and that the ends cover `data` in order, is checked here.
+    pub fn from_concatenated(
+        identifier: impl Into<String>,
+        data: Bytes,
+        ends: Vec<usize>,
+    ) -> Result<Self, ProtocolError> {
+        let mut start = 0;
+        for &end in &ends {
+            let doc = data.get(start..end).ok_or(ProtocolError::Malformed("document sequence ends out of order"))?;
+            check_shape(doc)?;
+            start = end;
+        }
+        if start != data.len() {
+            return Err(ProtocolError::Malformed("document sequence ends short of its data"));
+        }
+        Ok(Self { identifier: identifier.into(), data, ends, findings: Findings::UNKNOWN })
     }
 
     /// What validation found in the documents when they were parsed ([`Findings::UNKNOWN`] when built).
@@ -98,9 +132,23 @@ impl Sequence {
         self.findings
     }
 
-    /// The documents' bytes (slices of the frame they arrived in).
-    pub fn document_bytes(&self) -> &[Bytes] {
-        &self.documents
+    /// The bytes of document `i` (`i` below [`Sequence::len`]; empty otherwise, never a panic).
+    fn document(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(usize::MAX),
+            None => 0,
+        };
+        self.ends.get(i).and_then(|&end| self.data.get(start..end)).unwrap_or_default()
+    }
+
+    /// The documents' bytes, in order.
+    pub fn document_bytes(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.ends.len()).map(|i| self.document(i))
+    }
+
+    /// The documents' bytes as shared slices of the buffer they are held in, in order (no copy).
+    pub fn shared_documents(&self) -> impl ExactSizeIterator<Item = Bytes> + '_ {
+        (0..self.ends.len()).map(|i| self.data.slice_ref(self.document(i)))
     }
 
     /// The field name this sequence stands for (`documents`, `updates`, `deletes`, `ops`, `nsInfo`).
@@ -110,16 +158,26 @@ impl Sequence {
 
     /// The documents, in order.
     pub fn documents(&self) -> impl ExactSizeIterator<Item = &RawDocument> + '_ {
-        self.documents.iter().map(raw_view)
+        self.document_bytes().map(raw_view)
     }
 
     pub fn len(&self) -> usize {
-        self.documents.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.documents.is_empty()
+        self.ends.is_empty()
     }
+}
+
+/// That `doc` has a document's shape (length prefix, final NUL), as `RawDocument::from_bytes` checks it, with
+/// its error when not.
+#[inline]
+fn check_shape(doc: &[u8]) -> Result<(), ProtocolError> {
+    if !has_document_shape(doc) {
+        RawDocument::from_bytes(doc).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Sequence {
@@ -151,12 +209,12 @@ impl PartialEq for OpMsg {
 
 /// Views validated bytes as a document.
 ///
-/// Every `Bytes` this module stores went through the validation walk ([`findings_of`]) or the same shape check,
-/// which already succeeded on exactly these bytes, and `RawDocument::from_bytes` re-checks only the length prefix
-/// and trailing NUL; failure is therefore impossible and the `expect` documents an invariant, not an input
-/// condition.
-fn raw_view(bytes: &Bytes) -> &RawDocument {
-    RawDocument::from_bytes(bytes.as_ref()).expect("stored OP_MSG documents are validated when stored")
+/// Every document this module stores went through the validation walk ([`findings_of`]) or the same shape
+/// check, which already succeeded on exactly these bytes, and `RawDocument::from_bytes` re-checks only the
+/// length prefix and trailing NUL; failure is therefore impossible and the `expect` documents an invariant, not
+/// an input condition.
+fn raw_view(bytes: &[u8]) -> &RawDocument {
+    RawDocument::from_bytes(bytes).expect("stored OP_MSG documents are validated when stored")
 }
 
 impl OpMsg {
@@ -304,11 +362,7 @@ impl OpMsg {
     /// Encodes a whole frame. The CRC-32C trailer is recomputed when `flags` has checksumPresent.
     pub fn encode(&self, request_id: i32, response_to: i32) -> Result<BytesMut, ProtocolError> {
         let payload: usize = self.body.len()
-            + self
-                .sequences
-                .iter()
-                .map(|s| 1 + 4 + s.identifier.len() + 1 + s.documents.iter().map(Bytes::len).sum::<usize>())
-                .sum::<usize>();
+            + self.sequences.iter().map(|s| 1 + 4 + s.identifier.len() + 1 + s.data.len()).sum::<usize>();
         let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + payload + 4);
         MsgHeader { message_length: 0, request_id, response_to, op_code: OpCode::MSG }.write(&mut out);
         out.put_u32_le(self.flags.0);
@@ -320,9 +374,7 @@ impl OpMsg {
             out.put_i32_le(0);
             out.put_slice(sequence.identifier.as_bytes());
             out.put_u8(0);
-            for doc in &sequence.documents {
-                out.put_slice(doc);
-            }
+            out.put_slice(&sequence.data);
             let size = out.len() - size_at;
             backfill_len(&mut out, size_at, size)?;
         }
@@ -357,17 +409,20 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
     let identifier = std::str::from_utf8(name)
         .map_err(|_| ProtocolError::Malformed("document sequence identifier is not UTF-8"))?
         .to_owned();
-    let mut doc_pos = pos + 4 + name.len() + 1;
-    let mut documents = Vec::with_capacity(count_documents(&sections[..end], doc_pos));
+    let first = pos + 4 + name.len() + 1;
+    let mut doc_pos = first;
+    let mut ends = Vec::with_capacity(count_documents(&sections[..end], doc_pos));
     let mut findings = Findings::NOTHING_YET;
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
-        let doc = frame.slice(doc_pos..doc_pos + len);
-        findings = findings.union(findings_of(&doc)?);
-        documents.push(doc);
+        let doc = sections.get(doc_pos..doc_pos + len).ok_or(ProtocolError::Truncated("sequence document"))?;
+        findings = findings.union(findings_of(doc)?);
         doc_pos += len;
+        ends.push(doc_pos - first);
     }
-    Ok((Sequence { identifier, documents, findings }, end))
+    // The documents filled the section exactly: they are its bytes from the first on.
+    let data = frame.slice(first..end);
+    Ok((Sequence { identifier, data, ends, findings }, end))
 }
 
 /// How many documents a sequence's region (`region[at..]`) holds, counted by their length prefixes alone (each
@@ -425,6 +480,33 @@ mod tests {
         assert_eq!(parsed.command_name(), Some("insert"));
         assert_eq!(parsed.sequence("documents").unwrap().len(), 2);
         assert_eq!(parsed.encode(11, 0).unwrap().freeze(), bytes);
+    }
+
+    #[test]
+    fn sequences_hold_their_documents_back_to_back() {
+        let docs = vec![rawdoc! { "_id": 1 }, rawdoc! {}, rawdoc! { "_id": 2, "x": "y" }];
+        let built = Sequence::new("documents", docs.clone());
+        let shared: Vec<Bytes> = docs.iter().map(|d| Bytes::copy_from_slice(d.as_bytes())).collect();
+        assert_eq!(Sequence::from_bytes("documents", shared.clone()).unwrap(), built);
+        assert_eq!(built.len(), 3);
+        assert_eq!(built.document_bytes().collect::<Vec<_>>(), docs.iter().map(|d| d.as_bytes()).collect::<Vec<_>>());
+        assert_eq!(built.shared_documents().collect::<Vec<_>>(), shared);
+        assert_eq!(built.documents().collect::<Vec<_>>(), docs.iter().map(|d| d.as_ref()).collect::<Vec<_>>());
+        let data = Bytes::from(shared.concat());
+        let ends = vec![docs[0].as_bytes().len(), docs[0].as_bytes().len() + 5, data.len()];
+        assert_eq!(Sequence::from_concatenated("documents", data.clone(), ends.clone()).unwrap(), built);
+        // Ends out of order, short of the data or past it, and a split that is not two documents are refused.
+        for bad in [
+            vec![ends[1], ends[0], ends[2]],
+            ends[..2].to_vec(),
+            vec![ends[0], ends[1], ends[2] + 1],
+            vec![3, data.len()],
+        ] {
+            assert!(Sequence::from_concatenated("documents", data.clone(), bad.clone()).is_err(), "{bad:?}");
+        }
+        let empty = Sequence::from_concatenated("documents", Bytes::new(), Vec::new()).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.document_bytes().count(), 0);
     }
 
     #[test]
