@@ -128,6 +128,17 @@ pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) ->
     out
 }
 
+/// How many bytes [`wrap_into`] writes for `filter`; `None` when it writes nothing (a tenant value type not
+/// written as bytes).
+pub fn wrapped_len(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> Option<usize> {
+    let condition = condition_len(field.as_str().as_bytes(), value)?;
+    Some(match filter.filter(|f| !f.is_empty()) {
+        // {"$and": ["<filter>", "<condition>"]}: see wrap_into.
+        Some(f) => f.as_bytes().len() + condition + 22,
+        None => condition,
+    })
+}
+
 /// [`wrap`] written at the end of `out` (a buffer being filled with the command it goes into); `None`, with
 /// nothing written, for a tenant value type [`tenant_condition`] does not write as bytes or a filter too large
 /// for BSON's lengths, which [`wrap`] then builds.
@@ -313,6 +324,7 @@ mod tests {
             for value in values.iter().take(6) {
                 let mut out = vec![7];
                 assert_eq!(wrap_into(&mut out, filter, &tid(), value), Some(()));
+                assert_eq!(wrapped_len(filter, &tid(), value), Some(out.len() - 1), "{value:?}");
                 assert_eq!(out[1..], *built(value).as_bytes(), "{value:?}");
             }
             for value in [RawBson::Double(1.0), values[6].clone()] {

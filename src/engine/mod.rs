@@ -387,7 +387,7 @@ pub fn plan(
     let forward = with_resource_limits(forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (scope.renamed() || reply.kind == ReplyKind::ListCollections).then(|| scope.names());
-    let reply = ReplyPlan { withhold: scope.shared.clone(), names, ..reply };
+    let reply = ReplyPlan { withhold: scope.shared.take(), names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
 

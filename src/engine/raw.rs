@@ -132,10 +132,10 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
 
 /// `doc` with the top-level field `key` replaced by (or, when absent, appended as) a value of BSON type `kind`
 /// that `write` appends to the buffer it is given, in place: no value is built on its own and copied again.
-/// `extra` is about how many bytes `write` adds. `None` when `write` could not write the value (it then says
-/// so, having written nothing), when the document cannot be read element by element as bytes (never one that
-/// passed validation), when it repeats `key`, or when the result would not fit BSON's length: the caller then
-/// edits the document the general way.
+/// `extra` is how many bytes `write` adds (the buffer is allocated for exactly that; more only costs a
+/// reallocation). `None` when `write` could not write the value (it then says so, having written nothing), when
+/// the document cannot be read element by element as bytes (never one that passed validation), when it repeats
+/// `key`, or when the result would not fit BSON's length: the caller then edits the document the general way.
 pub fn replace_field_with<'a>(
     doc: impl Into<Fields<'a>>,
     key: &str,
@@ -151,7 +151,9 @@ pub fn replace_field_with<'a>(
     if key.as_bytes().contains(&0) {
         return None;
     }
-    let mut out = Vec::with_capacity(bytes.len() + key.len() + 2 + extra);
+    // The final size when `write` adds `extra` bytes: a buffer filled exactly becomes the forwarded message's
+    // `Bytes` without another allocation.
+    let mut out = Vec::with_capacity(bytes.len() - span.len() + key.len() + 2 + extra);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(bytes.get(4..span.start)?);
     out.push(kind);

@@ -4,7 +4,7 @@ use bson::{RawBson, RawBsonRef, RawDocument};
 use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::OpMsg;
 
-use super::filter::{check_collation, scope_filter, wrap_into};
+use super::filter::{check_collation, scope_filter, wrap_into, wrapped_len};
 use super::raw::{rename_collection, replace_field_with, replace_fields};
 use super::{first_key, Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
@@ -51,8 +51,8 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
     let filter = optional_document(body, filter_field)?;
     if rule.style == Style::Enforce {
         // The wrapped filter written straight into the forwarded body; what scope_filter would return.
-        let extra = filter.map_or(0, |f| f.as_bytes().len()) + 64 + rule.field.as_str().len();
         let value = scope.value;
+        let extra = wrapped_len(filter, rule.field, value).unwrap_or(0);
         if let Some(body) =
             replace_field_with(body, filter_field, 0x03, extra, |out| wrap_into(out, filter, rule.field, value))
         {
