@@ -23,44 +23,99 @@ pub const TOP_LEVEL_MAX: usize = 16;
 /// Where each top-level element of one document starts and where its key ends (offsets into the document's
 /// bytes), in order, as the validation walk found them. Element `i` ends where element `i + 1` starts, and the
 /// last one at the document's final NUL.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// Held inline and small (offsets of 16 bits: bodies of 64 KiB or more, rare, are not indexed), so that a
+/// message carries it without an allocation of its own and moves of a message stay cheap.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TopLevel {
-    /// `(element start, key end)`; the key is `bytes[start + 1..key_end]`. At most [`TOP_LEVEL_MAX`].
-    spans: Vec<(u32, u32)>,
-    /// Whether `spans` holds every element (`false` for a document that was not walked, or had more elements).
-    known: bool,
+    /// `(element start, key end)` in `spans[..len]`; the key is `bytes[start + 1..key_end]`.
+    spans: [(u16, u16); TOP_LEVEL_MAX],
+    /// How many of `spans` are set; [`TopLevel::UNKNOWN`] when the index is not known.
+    len: u8,
+}
+
+impl Default for TopLevel {
+    /// Not known: lookups read the bytes.
+    fn default() -> Self {
+        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: Self::UNKNOWN }
+    }
 }
 
 impl TopLevel {
-    /// Where a walk starts: no element yet, room for as many as the index holds. Only the walk fills one, so
-    /// only this crate makes one.
+    /// The `len` of an index that is not known.
+    const UNKNOWN: u8 = u8::MAX;
+
+    /// Where a walk starts: no element yet. Only the walk fills one, so only this crate makes one.
     pub(crate) fn empty() -> Self {
-        Self { spans: Vec::with_capacity(TOP_LEVEL_MAX), known: true }
+        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: 0 }
     }
 
     /// Notes the next element (`start` its type byte, `key_end` its key's NUL); once more elements came than
-    /// the index holds, it is no longer known.
+    /// the index holds, or one lies beyond what its offsets reach, it is no longer known.
     #[inline(always)]
     pub(crate) fn push(&mut self, start: usize, key_end: usize) {
-        match (u32::try_from(start), u32::try_from(key_end)) {
-            (Ok(start), Ok(key_end)) if self.known && self.spans.len() < TOP_LEVEL_MAX => {
-                self.spans.push((start, key_end));
+        match (self.spans.get_mut(usize::from(self.len)), u16::try_from(start), u16::try_from(key_end)) {
+            (Some(span), Ok(start), Ok(key_end)) => {
+                *span = (start, key_end);
+                self.len += 1;
             }
-            _ => self.known = false,
+            _ => self.len = Self::UNKNOWN,
         }
     }
 
     /// Whether the index is known.
     pub fn is_known(&self) -> bool {
-        self.known
+        usize::from(self.len) <= TOP_LEVEL_MAX
+    }
+
+    /// The spans, when known.
+    fn spans(&self) -> Option<&[(u16, u16)]> {
+        self.spans.get(..usize::from(self.len))
+    }
+
+    /// The index of the document made from this one's by replacing its element at `span` (or, for an empty
+    /// `span` at the document's final NUL, appending there) with an element whose key is `key_len` bytes long
+    /// and which ends at `new_end`: the elements before it are where they were, those after it are where they
+    /// were moved by the difference in length. Not known when this one is not, or when an offset does not fit.
+    pub(crate) fn replaced(&self, span: Range<usize>, key_len: usize, new_end: usize) -> TopLevel {
+        let appended = span.is_empty();
+        let (Some(old), Ok(start), Ok(key_end), Ok(old_end), Ok(new_end)) = (
+            self.spans(),
+            u16::try_from(span.start),
+            u16::try_from(span.start.saturating_add(1 + key_len)),
+            u16::try_from(span.end),
+            u16::try_from(new_end),
+        ) else {
+            return Self::default();
+        };
+        // An offset at or after the old element's end, where it is once that element ends at `new_end`.
+        let moved = |at: u16| at.checked_sub(old_end).and_then(|after| after.checked_add(new_end));
+        let mut index = Self::empty();
+        for &(at, end) in old {
+            let (at, end) = if at < start {
+                (at, end)
+            } else if at == start && !appended {
+                (at, key_end)
+            } else {
+                match (moved(at), moved(end)) {
+                    (Some(at), Some(end)) => (at, end),
+                    _ => return Self::default(),
+                }
+            };
+            index.push(usize::from(at), usize::from(end));
+        }
+        if appended {
+            index.push(usize::from(start), usize::from(key_end));
+        }
+        index
     }
 }
 
 impl std::fmt::Debug for TopLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.known {
-            true => f.debug_list().entries(&self.spans).finish(),
-            false => f.write_str("TopLevel(unknown)"),
+        match self.spans() {
+            Some(spans) => f.debug_list().entries(spans).finish(),
+            None => f.write_str("TopLevel(unknown)"),
         }
     }
 }
@@ -74,7 +129,7 @@ pub struct Fields<'a> {
     /// The bytes of a document: made from a `&RawDocument` or from a parsed body, so they have its shape.
     bytes: &'a [u8],
     /// The spans of the document's elements, when known.
-    spans: Option<&'a [(u32, u32)]>,
+    spans: Option<&'a [(u16, u16)]>,
 }
 
 impl<'a> From<&'a RawDocument> for Fields<'a> {
@@ -96,7 +151,7 @@ impl<'a> Fields<'a> {
     /// against them as it is used, never trusted to index within them). Only this crate pairs the two (a parsed
     /// message's body with its own index, [`crate::OpMsg::body_fields`]).
     pub(crate) fn indexed(doc: &'a [u8], index: &'a TopLevel) -> Self {
-        Self { bytes: doc, spans: index.known.then_some(index.spans.as_slice()) }
+        Self { bytes: doc, spans: index.spans() }
     }
 
     /// The document.
@@ -114,15 +169,15 @@ impl<'a> Fields<'a> {
 
     /// The element at index position `i`, or `None` when its span does not fit the bytes.
     #[inline]
-    fn element(&self, spans: &[(u32, u32)], i: usize) -> Option<Element<'a>> {
+    fn element(&self, spans: &[(u16, u16)], i: usize) -> Option<Element<'a>> {
         let bytes = self.bytes;
         let &(start, key_end) = spans.get(i)?;
         let end = match spans.get(i + 1) {
-            Some(&(next, _)) => next as usize,
+            Some(&(next, _)) => usize::from(next),
             None => bytes.len().checked_sub(1)?,
         };
-        let element = bytes.get(start as usize..end)?;
-        let key_len = (key_end as usize).checked_sub(start as usize + 1)?;
+        let element = bytes.get(usize::from(start)..end)?;
+        let key_len = usize::from(key_end).checked_sub(usize::from(start) + 1)?;
         Some(Element {
             kind: *element.first()?,
             key: element.get(1..1 + key_len)?,
@@ -133,8 +188,8 @@ impl<'a> Fields<'a> {
 
     /// The key of the element at index position `i`.
     #[inline]
-    fn key(&self, span: (u32, u32)) -> Option<&'a [u8]> {
-        self.bytes.get(span.0 as usize + 1..span.1 as usize)
+    fn key(&self, span: (u16, u16)) -> Option<&'a [u8]> {
+        self.bytes.get(usize::from(span.0) + 1..usize::from(span.1))
     }
 
     /// [`validate::field`]: the first top-level element named `key`; `Some(None)` when none is, `None` when the
@@ -144,7 +199,7 @@ impl<'a> Fields<'a> {
         let Some(spans) = self.spans else { return validate::field_of_bytes(self.bytes, key) };
         for (i, span) in spans.iter().enumerate() {
             // Compare lengths first: most keys differ in length.
-            if (span.1 as usize).wrapping_sub(span.0 as usize + 1) == key.len() && self.key(*span)? == key {
+            if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key {
                 return self.element(spans, i).map(Some);
             }
         }
@@ -158,7 +213,7 @@ impl<'a> Fields<'a> {
         let Some(spans) = self.spans else { return validate::unique_field_span_of_bytes(self.bytes, key) };
         let mut found = None;
         for (i, span) in spans.iter().enumerate() {
-            if (span.1 as usize).wrapping_sub(span.0 as usize + 1) == key.len() && self.key(*span)? == key {
+            if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key {
                 if found.is_some() {
                     return None;
                 }
@@ -167,7 +222,7 @@ impl<'a> Fields<'a> {
         }
         let Some(i) = found else { return Some(None) };
         let element = self.element(spans, i)?;
-        let start = spans.get(i)?.0 as usize;
+        let start = usize::from(spans.get(i)?.0);
         Some(Some(start..start + element.bytes.len()))
     }
 
@@ -264,6 +319,12 @@ mod tests {
         let fields = Fields::indexed(repeated.as_bytes(), &index);
         assert_eq!(fields.unique_field_span(b"limit"), None);
         assert_eq!(fields.field(b"limit").unwrap().unwrap().value, 1i32.to_le_bytes());
+        // Elements beyond what 16-bit offsets reach: not known, and the scan answers.
+        let mut large = rawdoc! { "find": "c", "big": "x".repeat(70_000) };
+        large.append(cstr!("after"), 1);
+        let (_, _, index) = validate_with_index(large.as_bytes()).unwrap();
+        assert!(!index.is_known());
+        agree(&large);
         // At the index's capacity it is known; one more element and it is not, and the scan answers.
         for n in [TOP_LEVEL_MAX - 1, TOP_LEVEL_MAX, TOP_LEVEL_MAX + 1, 100] {
             let mut doc = RawDocumentBuf::new();

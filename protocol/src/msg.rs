@@ -195,8 +195,8 @@ pub struct OpMsg {
     /// What validation found in the body ([`Findings::UNKNOWN`] unless parsed).
     body_findings: Findings,
     /// Where the body's top-level elements are, as validation found them in `body` (not known unless parsed):
-    /// only ever set together with `body`, from its own bytes. On the heap: messages are moved by value through
-    /// the engine several times, and an index held inline would make every move copy twice as much.
+    /// only ever set together with `body`, from its own bytes (or derived from the index of the body it was
+    /// edited from, [`OpMsg::with_body_field`]).
     body_index: TopLevel,
 }
 
@@ -248,7 +248,7 @@ impl OpMsg {
             body: self.body.clone(),
             sequences: self.sequences.clone(),
             body_findings: self.body_findings,
-            body_index: self.body_index.clone(),
+            body_index: self.body_index,
         }
     }
 
@@ -261,6 +261,55 @@ impl OpMsg {
     /// (by scanning its bytes when it was built).
     pub fn body_fields(&self) -> Fields<'_> {
         Fields::indexed(&self.body, &self.body_index)
+    }
+
+    /// This message with its body's top-level field `key` replaced by (or, when absent, appended as) a value of
+    /// BSON type `kind` that `write` appends to the buffer it is given, in place; flags and sequences as they
+    /// are. `extra` is how many bytes `write` adds (the buffer is allocated for exactly that; more only costs a
+    /// reallocation). The elements before and after the one replaced are copied as they are, each run at once,
+    /// and the new body's index of top-level elements is this one's with them moved ([`Self::body_fields`]
+    /// stays a lookup, not a scan).
+    ///
+    /// `None` when `write` could not write the value (it then says so, having written nothing), when the body
+    /// repeats `key` or cannot be read element by element, when `key` holds a NUL, or when the result would not
+    /// fit BSON's length: the caller then edits the body the general way.
+    pub fn with_body_field(
+        &self,
+        key: &str,
+        kind: u8,
+        extra: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+    ) -> Option<OpMsg> {
+        let fields = self.body_fields();
+        let bytes = fields.bytes();
+        let end = bytes.len().checked_sub(1)?;
+        let span = fields.unique_field_span(key.as_bytes())?.unwrap_or(end..end);
+        if key.as_bytes().contains(&0) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len() - span.len() + key.len() + 2 + extra);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(bytes.get(4..span.start)?);
+        out.push(kind);
+        out.extend_from_slice(key.as_bytes());
+        out.push(0);
+        write(&mut out)?;
+        let new_end = out.len();
+        out.extend_from_slice(bytes.get(span.end..end)?);
+        out.push(0);
+        let len = i32::try_from(out.len()).ok()?;
+        out.get_mut(..4)?.copy_from_slice(&len.to_le_bytes());
+        // The shape every stored body has (`raw_view` relies on it).
+        if !has_document_shape(&out) {
+            return None;
+        }
+        Some(OpMsg {
+            flags: self.flags,
+            body_index: self.body_index.replaced(span, key.len(), new_end),
+            body: Bytes::from(out),
+            sequences: self.sequences.clone(),
+            body_findings: Findings::UNKNOWN,
+        })
     }
 
     /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).

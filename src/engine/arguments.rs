@@ -28,7 +28,10 @@ pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) 
     let mut first = true;
     let mut unknown_key = None;
     let read = fields.all_keys(|key| {
-        let known = |list: &[&str]| list.iter().any(|a| a.as_bytes() == key);
+        // Lengths and first bytes rule out nearly every name before any bytes are compared in full.
+        let known = |list: &[&str]| {
+            list.iter().any(|a| a.len() == key.len() && a.as_bytes().first() == key.first() && a.as_bytes() == key)
+        };
         if std::mem::take(&mut first) || known(spec.arguments) || known(GENERIC_ARGUMENTS) {
             return true;
         }

@@ -5,7 +5,7 @@ use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::OpMsg;
 
 use super::filter::{check_collation, scope_filter, wrap_into, wrapped_len};
-use super::raw::{rename_collection, replace_field_with, replace_fields};
+use super::raw::{rename_collection, replace_fields};
 use super::{first_key, Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
 use crate::config::Style;
@@ -53,10 +53,10 @@ pub fn rewrite(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(
         // The wrapped filter written straight into the forwarded body; what scope_filter would return.
         let value = scope.value;
         let extra = wrapped_len(filter, rule.field, value).unwrap_or(0);
-        if let Some(body) =
-            replace_field_with(body, filter_field, 0x03, extra, |out| wrap_into(out, filter, rule.field, value))
+        if let Some(scoped) =
+            msg.with_body_field(filter_field, 0x03, extra, |out| wrap_into(out, filter, rule.field, value))
         {
-            return Ok((Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec())), reply));
+            return Ok((Some(scoped), reply));
         }
     }
     match scope_filter(scope, rule, filter, filter_field)? {
