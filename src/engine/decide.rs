@@ -83,25 +83,26 @@ const SCAN_DEPTH: usize = 200;
 /// duplicate keys at any depth, then the command's argument list — so that no later stage can read a field
 /// differently from the server.
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
-    let name = msg.command_name().unwrap_or_default();
+    // The command name, for messages only.
+    let name = || msg.command_name().unwrap_or_default();
     let Ok(Some(RawBsonRef::String(db))) = super::raw::get(msg.body_fields(), "$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
     };
     let Some(spec) = command.spec() else {
         return match command {
             Command::Forbidden(name) => deny(ErrorCode::UNAUTHORIZED, forbidden_reason(name)),
-            _ => deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'")),
+            _ => deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{}'", name())),
         };
     };
     match (spec.handling, tenant) {
         (Handling::Local, _) => return local(command),
         (Handling::LocalAfterAuthentication, Some(_)) => return Decision::Local(Local::Tool(command)),
         (Handling::LocalUntilAuthenticated, None) => return Decision::Local(Local::EndSessions),
-        (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication")),
+        (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {} requires authentication", name())),
         (Handling::Forwarded | Handling::LocalUntilAuthenticated, Some(_)) => {}
     }
     let Some(tenant) = tenant else {
-        return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication"));
+        return deny(ErrorCode::UNAUTHORIZED, format!("command {} requires authentication", name()));
     };
     if let Err(denial) = canonical(msg, command, spec) {
         return Decision::Deny(denial);
