@@ -73,39 +73,29 @@ impl TopLevel {
         self.spans.get(..usize::from(self.len))
     }
 
-    /// The index of the document made from this one's by replacing its element at `span` (or, for an empty
-    /// `span` at the document's final NUL, appending there) with an element whose key is `key_len` bytes long
-    /// and which ends at `new_end`: the elements before it are where they were, those after it are where they
-    /// were moved by the difference in length. Not known when this one is not, or when an offset does not fit.
+    /// The index of the document made from this one's by replacing its element at `span` with an element of the
+    /// same key (or, for an empty `span` at the document's final NUL, appending an element whose key is
+    /// `key_len` bytes long) that ends at `new_end`: the elements before it are where they were (the replaced one
+    /// too: it starts where it did, and its key ends where it did), those after it are where they were moved by
+    /// the difference in length. Not known when this one is not, or when an offset does not fit.
     pub(crate) fn replaced(&self, span: Range<usize>, key_len: usize, new_end: usize) -> TopLevel {
-        let appended = span.is_empty();
-        let (Some(old), Ok(start), Ok(key_end), Ok(old_end), Ok(new_end)) = (
-            self.spans(),
-            u16::try_from(span.start),
-            u16::try_from(span.start.saturating_add(1 + key_len)),
-            u16::try_from(span.end),
-            u16::try_from(new_end),
-        ) else {
+        let (true, Ok(old_end), Ok(new_end)) = (self.is_known(), u16::try_from(span.end), u16::try_from(new_end))
+        else {
             return Self::default();
         };
-        // An offset at or after the old element's end, where it is once that element ends at `new_end`.
-        let moved = |at: u16| at.checked_sub(old_end).and_then(|after| after.checked_add(new_end));
-        let mut index = Self::empty();
-        for &(at, end) in old {
-            let (at, end) = if at < start {
-                (at, end)
-            } else if at == start && !appended {
-                (at, key_end)
-            } else {
-                match (moved(at), moved(end)) {
-                    (Some(at), Some(end)) => (at, end),
-                    _ => return Self::default(),
-                }
-            };
-            index.push(usize::from(at), usize::from(end));
+        let mut index = *self;
+        if span.is_empty() {
+            index.push(span.start, span.start.saturating_add(1 + key_len));
+            return index;
         }
-        if appended {
-            index.push(usize::from(start), usize::from(key_end));
+        for (at, key_end) in index.spans.iter_mut().take(usize::from(self.len)).filter(|(at, _)| *at >= old_end) {
+            match (
+                at.checked_sub(old_end).and_then(|after| after.checked_add(new_end)),
+                key_end.checked_sub(old_end).and_then(|after| after.checked_add(new_end)),
+            ) {
+                (Some(moved_at), Some(moved_key_end)) => (*at, *key_end) = (moved_at, moved_key_end),
+                _ => return Self::default(),
+            }
         }
         index
     }
