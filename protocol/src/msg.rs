@@ -174,10 +174,17 @@ impl Sequence {
 /// its error when not.
 #[inline]
 fn check_shape(doc: &[u8]) -> Result<(), ProtocolError> {
-    if !has_document_shape(doc) {
-        RawDocument::from_bytes(doc).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    match has_document_shape(doc) {
+        true => Ok(()),
+        false => shape_error(doc),
     }
-    Ok(())
+}
+
+/// Why `doc` is not shaped as a document, in `bson`'s words.
+#[cold]
+#[inline(never)]
+fn shape_error(doc: &[u8]) -> Result<(), ProtocolError> {
+    RawDocument::from_bytes(doc).map(|_| ()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))
 }
 
 impl fmt::Debug for Sequence {

@@ -175,12 +175,13 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
     // The tenant field as a whole element, serialised once: type byte, name, NUL, value.
     let mut one = RawDocumentBuf::new();
     one.append(rule.field.as_cstr(), scope.value.clone());
-    let element = one.as_bytes().get(4..one.as_bytes().len() - 1).unwrap_or_default();
+    // Followed by a document's final NUL: what every plain document ends with once stamped.
+    let tail = one.as_bytes().get(4..).unwrap_or_default();
     let originals = seq.document_bytes();
     // Validation hashed every document's top-level keys: when none can be the tenant field, start with `$` or
     // hold a dot, every document is plain without reading its keys again.
     let all_plain = seq.findings().top_level_plain_without(field);
-    let total: usize = seq.document_bytes().map(|d| d.len() + element.len()).sum();
+    let total: usize = seq.document_bytes().map(|d| d.len().saturating_sub(1) + tail.len()).sum();
     let mut out = BytesMut::with_capacity(total);
     // Where each document ends in `out`: the sequence is made of the buffer and these once it is complete.
     let mut ends = Vec::with_capacity(originals.len());
@@ -191,13 +192,12 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
                 let tenant = key.strip_prefix(field).is_some_and(|rest| matches!(rest.first(), None | Some(b'.')));
                 key.first() != Some(&b'$') && !tenant
             }) == Some(true);
-        let stamped_len = original.len() + element.len();
+        let stamped_len = original.len().saturating_sub(1) + tail.len();
         match (plain, i32::try_from(stamped_len)) {
             (true, Ok(len)) => {
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(original.get(4..original.len() - 1).unwrap_or_default());
-                out.extend_from_slice(element);
-                out.extend_from_slice(&[0]);
+                out.extend_from_slice(tail);
             }
             _ => match stamp(scope, rule, raw_document(original)?, &|| format!("documents[{i}]"))? {
                 Some(stamped) => out.extend_from_slice(stamped.as_bytes()),
