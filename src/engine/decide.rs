@@ -36,7 +36,9 @@ pub enum Local {
 pub enum Decision {
     Local(Local),
     /// Forward to the tenant's backend: the plan says what (rewritten or unchanged) and what the reply needs.
-    Forward(Plan),
+    /// Boxed: a plan (the message to forward and the reply's needs) is large, and the decision is moved through
+    /// every layer above.
+    Forward(Box<Plan>),
     /// Refused: one [`Denial`] from the check that found it to the error reply on the wire.
     Deny(Denial),
 }
@@ -121,7 +123,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         Database::Admin | Database::Tenant | Database::Any => {}
     }
     match engine::plan(msg, command, spec, db, tenant, policy) {
-        Ok(plan) => Decision::Forward(plan),
+        Ok(plan) => Decision::Forward(Box::new(plan)),
         Err(denial) => Decision::Deny(denial),
     }
 }
