@@ -20,20 +20,29 @@
 //! do not, so they are what proves a change. Per iteration, from `valgrind --tool=callgrind` on
 //! `REWRITE_COUNT=<case>:<n>` runs (see below; setup subtracted with an `n = 0` run):
 //!
-//! | case                 | 7bb33a1          | af8cfc4    | now        | af8cfc4 → now |
-//! |----------------------|------------------|------------|------------|---------------|
-//! | find_5_clauses       | 62,907           | 16,474     | 10,991     | 1.5×          |
-//! | aggregate_lookup     | 119,386          | 55,963     | 50,150     | 1.12×         |
-//! | insert_1000          | 15,913,204       | 2,382,771  | 1,340,113  | 1.8×          |
+//! | case                 | 7bb33a1          | af8cfc4    | 2026-11-28 | af8cfc4 → 2026-11-28 | 5a708df    | now        | 5a708df → now |
+//! |----------------------|------------------|------------|------------|----------------------|------------|------------|---------------|
+//! | find_5_clauses       | 62,907           | 16,474     | 10,991     | 1.5×                 | 10,954     | 9,313      | 1.18×         |
+//! | find_driver          |                  | 23,131     | 13,444     | 1.7×                 | 12,183     | 10,157     | 1.20×         |
+//! | aggregate_lookup     | 119,386          | 55,963     | 50,150     | 1.12×                | 50,166     | 49,309     | 1.02×         |
+//! | insert_1000          | 15,913,204       | 2,382,771  | 1,340,113  | 1.8×                 | 1,340,083  | 1,271,231  | 1.05×         |
+//! | insert_1000, without `rep movsb` |      |            |            |                      | 1,331,903  | 1,161,284  | 1.15×         |
+//! | find_in_1000         |                  | 197,481    | 142,964    | 1.4×                 | 143,475    | 138,183    | 1.04×         |
 //!
-//! The "now" column is the final state of 2026-11-28: the criterion medians above were taken just before two
-//! later changes that cost a little (sessions checked for mongod's shape in the pass that finds them; the
-//! repeat filter keeping a document's keys after its first collision, so that chosen colliding keys cannot make
-//! the walk re-read earlier values), which moved the counts from 10,924 / 49,731 / 1,307,027.
+//! The "2026-11-28" column is the final state of that day's first round: the criterion medians above were taken
+//! just before two later changes that cost a little (sessions checked for mongod's shape in the pass that finds
+//! them; the repeat filter keeping a document's keys after its first collision, so that chosen colliding keys
+//! cannot make the walk re-read earlier values), which moved the counts from 10,924 / 49,731 / 1,307,027. The
+//! "5a708df" column is the same code measured again at the start of the second round (its find_driver includes
+//! the later in-place lsid patch), and "now" is the end of that round. Callgrind counts each iteration of glibc's
+//! `rep movsb` (the memcpy path for copies of a few kilobytes and more) as one instruction, that is one per byte
+//! copied: since the encode copies a sequence's stamped documents in one call instead of one call per document,
+//! about 110,000 of the insert's count is that one 100 kB copy (8,180 at 5a708df), which the row without
+//! `rep movsb` leaves out.
 //!
 //! Issue 10's goals are 500 ns for the find and 1 GiB/s of stamped documents: neither is met yet. At about ten
-//! instructions a nanosecond here, they mean roughly 5,000 instructions for the find and 900 per inserted
-//! document.
+//! instructions a nanosecond here, they mean roughly 5,000 instructions for the find (now 9,313) and 850 to 900
+//! per inserted document (now about 1,160 without the one large copy, 1,270 with it).
 //!
 //! Where the instructions went, and what took them out: validation read every element through bson's iterator
 //! (now one byte-level walk, which also notes whether any document may repeat a key or hold JavaScript, so the
@@ -46,13 +55,22 @@
 //! filter of each document's top-level keys, so that stamping a sequence reads no keys again when none can be
 //! the tenant field, a `$` key or a dotted one; top-level lookups compare key lengths before bytes and size
 //! elements without building them; the scoped filter is written straight into the forwarded body; the scope
-//! clones neither the tenant value nor the database name. What remains, per the profile: the validation walk
-//! (about 930 instructions per inserted 91-byte document, of 1,307: some 60 per element and 100 per nested
-//! document or array; 3,100 for the find's body), stamping (about 190 per document, mostly copying and one
-//! `Bytes` per document), and for the find some eight separate passes over the body's top-level keys (250 to
-//! 550 instructions each: `$db`, collation, filter, the argument check, the session fields, the rewrite), the
-//! per-request allocations and the encode; the pieces still built with bson's builders (aggregate stages,
-//! session ids) are the aggregate's.
+//! clones neither the tenant value nor the database name. Since 5a708df: the validation walk of a message's body
+//! also notes where each top-level element starts and where its key ends (`fields::TopLevel`, inline, 16
+//! elements of a body under 64 KiB), and the body's lookups (`$db`, collation, filter, the argument check, the
+//! session fields, the rewrite's, the command name) read that index through `fields::Fields` instead of
+//! re-walking the bytes, and without viewing them as a `RawDocument` again; the scoped find body is written by
+//! `OpMsg::with_body_field`, which moves the index along, at its final size; a sequence's documents are one
+//! buffer and a list of ends (no `Bytes` per document to make, count and drop) and stamping hands its buffer over
+//! the same way; strings of up to 16 bytes are checked for ASCII a word or two at a time; a sequence's list of
+//! documents is sized once; exact rule patterns are compared, not glob-walked; the command name is read only
+//! for refusals; the withheld-errors note is moved, not cloned. What remains, per the profile: the validation
+//! walk (about 920 instructions per inserted 91-byte document: some 80 per element and 100 per nested document
+//! or array, mostly the per-element checks and the call per level; 3,100 of the find's 9,313), stamping (about
+//! 150 per document, mostly copying), the moves of the message and plan between the layers (about 850
+//! instructions of memcpy for the find), the allocations left (the forwarded body, the encoded frame, the
+//! withheld-errors note's tenant field, the boxed plan) and the scan of the argument lists; the pieces still
+//! built with bson's builders (aggregate stages, session ids) are the aggregate's.
 //!
 //! Hostile shapes (same run; af8cfc4's in brackets):
 //!
@@ -64,7 +82,7 @@
 //!
 //! Instruction counts: `REWRITE_COUNT=find_5_clauses:200 valgrind --tool=callgrind target/release/deps/rewrite-*`
 //! runs one case's raw path 200 times without criterion (and `:0` for the setup alone). `find_in_1000` (a find
-//! with a 1,000-id `$in`, counted only) is the long-array shape: 142,964 instructions (197,481 at af8cfc4, with
+//! with a 1,000-id `$in`, counted only) is the long-array shape: 138,183 instructions (197,481 at af8cfc4, with
 //! array keys compared to their positions; 852,431 when validation hashed them to note repeats). `find_driver`
 //! (counted only) is the find the load harness's driver sends (`find_one` by key with its implicit session):
 //! 23,131 instructions at af8cfc4 with the lsid virtualised by rebuilding the body, 18,979 with its id

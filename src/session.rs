@@ -23,7 +23,7 @@ use bson::spec::BinarySubtype;
 use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use lru::LruCache;
 use ring::digest;
-use tenantwall_protocol::validate::all_keys;
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::OpMsg;
 
 use crate::engine::raw::replace_fields;
@@ -150,9 +150,9 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
 
 /// Whether `body` has an `lsid` and an `endSessions` field, in one pass over its keys (both "maybe" when its
 /// keys cannot be read that way), so that only those present are looked up.
-fn session_fields(body: &RawDocument) -> (bool, bool) {
+fn session_fields(body: Fields<'_>) -> (bool, bool) {
     let (mut lsid, mut end_sessions) = (false, false);
-    let read = all_keys(body.as_bytes(), |key| {
+    let read = body.all_keys(|key| {
         lsid |= key == b"lsid";
         end_sessions |= key == b"endSessions";
         true
@@ -167,7 +167,7 @@ fn session_fields(body: &RawDocument) -> (bool, bool) {
 /// own. `None` when the command carries no session; a denial when a session is not shaped as mongod requires
 /// ([`check_lsid`]).
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
-    let body = msg.body();
+    let body = msg.body_fields();
     let (lsid, end_sessions) = session_fields(body);
     if !lsid && !end_sessions {
         return Ok(None);
@@ -221,7 +221,7 @@ fn patched(msg: &OpMsg, lsid: &RawDocument, tenant: &str) -> Option<OpMsg> {
 
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
 fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
-    let body = msg.body();
+    let body = msg.body_fields();
     let (lsid, end_sessions) = session_fields(body);
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Some(Ok(Some(RawBsonRef::Document(lsid)))) = lsid.then(|| crate::engine::raw::get(body, "lsid")) {
@@ -241,7 +241,7 @@ fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
         return None;
     }
     // A malformed lsid would be dropped here, never forwarded; [`virtualize`] has refused those already.
-    Some(OpMsg::with_sequences(msg.flags, replace_fields(body, &edits), msg.sequences().to_vec()))
+    Some(OpMsg::with_sequences(msg.flags, replace_fields(body.doc(), &edits), msg.sequences().to_vec()))
 }
 
 /// `(backend, cursor id)`, the backend named by a small number so that lookups do not allocate.

@@ -15,6 +15,7 @@
 
 pub mod compression;
 pub mod error;
+pub mod fields;
 pub mod frame;
 pub mod header;
 pub mod legacy;

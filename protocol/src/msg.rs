@@ -10,8 +10,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use nom::bytes::complete::take_till;
 use nom::number::complete::le_u32;
 
+use crate::fields::{Fields, TopLevel};
 use crate::header::backfill_len;
-use crate::validate::{document_len, findings_of, has_document_shape, Findings};
+use crate::validate::{document_len, findings_and_index_of, findings_of, has_document_shape, Findings};
 use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
 
 /// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
@@ -57,10 +58,18 @@ impl fmt::Debug for MsgFlags {
 }
 
 /// A kind-1 section: a named run of documents that stands for an array field of the command.
+///
+/// The documents are held as they travel, one after another in one buffer (a slice of the frame they arrived
+/// in, when parsed), with where each one ends: a thousand inserted documents are one shared buffer and a list of
+/// offsets, not a thousand reference-counted slices to make, count and drop.
 #[derive(Clone)]
 pub struct Sequence {
     identifier: String,
-    documents: Vec<Bytes>,
+    /// The documents, back to back.
+    data: Bytes,
+    /// Where each document ends in `data`: document `i` is `data[ends[i - 1]..ends[i]]` (the first starts at 0),
+    /// and the last ends at `data`'s end. Every document has a document's shape (checked when stored).
+    ends: Vec<usize>,
     /// What validation found in any of the documents ([`Findings::UNKNOWN`] unless parsed).
     findings: Findings,
 }
@@ -68,28 +77,54 @@ pub struct Sequence {
 /// Sequences are equal when they say the same thing; how much is known about them does not count.
 impl PartialEq for Sequence {
     fn eq(&self, other: &Self) -> bool {
-        self.identifier == other.identifier && self.documents == other.documents
+        self.identifier == other.identifier && self.data == other.data && self.ends == other.ends
     }
 }
 
 impl Sequence {
     /// Builds a sequence from already validated documents.
     pub fn new(identifier: impl Into<String>, documents: Vec<RawDocumentBuf>) -> Self {
-        Self {
-            identifier: identifier.into(),
-            documents: documents.into_iter().map(|d| Bytes::from(d.into_bytes())).collect(),
-            findings: Findings::UNKNOWN,
+        let mut data = BytesMut::with_capacity(documents.iter().map(|d| d.as_bytes().len()).sum());
+        let mut ends = Vec::with_capacity(documents.len());
+        for doc in &documents {
+            data.extend_from_slice(doc.as_bytes());
+            ends.push(data.len());
         }
+        Self { identifier: identifier.into(), data: data.freeze(), ends, findings: Findings::UNKNOWN }
     }
 
-    /// Builds a sequence from document bytes that were validated when parsed or built with bson's builders, so
-    /// that untouched documents can be forwarded without copying. Only the O(1) shape (length prefix and
-    /// trailing NUL) is re-checked here; that is the invariant the borrowed views rely on.
+    /// Builds a sequence from document bytes that were validated when parsed or built with bson's builders. Only
+    /// the O(1) shape (length prefix and trailing NUL) is re-checked here; that is the invariant the borrowed
+    /// views rely on. The documents are copied into one buffer.
     pub fn from_bytes(identifier: impl Into<String>, documents: Vec<Bytes>) -> Result<Self, ProtocolError> {
-        for doc in documents.iter().filter(|doc| !has_document_shape(doc)) {
-            RawDocument::from_bytes(doc.as_ref()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+        let mut data = BytesMut::with_capacity(documents.iter().map(Bytes::len).sum());
+        let mut ends = Vec::with_capacity(documents.len());
+        for doc in &documents {
+            check_shape(doc)?;
+            data.extend_from_slice(doc);
+            ends.push(data.len());
         }
-        Ok(Self { identifier: identifier.into(), documents, findings: Findings::UNKNOWN })
+        Ok(Self { identifier: identifier.into(), data: data.freeze(), ends, findings: Findings::UNKNOWN })
+    }
+
+    /// Builds a sequence from documents already back to back in `data`, document `i` ending at `ends[i]` (the
+    /// first starting at 0, the last ending at `data`'s end), each validated when parsed or built with bson's
+    /// builders. The shape of each, and that the ends cover `data` in order, is checked here.
+    pub fn from_concatenated(
+        identifier: impl Into<String>,
+        data: Bytes,
+        ends: Vec<usize>,
+    ) -> Result<Self, ProtocolError> {
+        let mut start = 0;
+        for &end in &ends {
+            let doc = data.get(start..end).ok_or(ProtocolError::Malformed("document sequence ends out of order"))?;
+            check_shape(doc)?;
+            start = end;
+        }
+        if start != data.len() {
+            return Err(ProtocolError::Malformed("document sequence ends short of its data"));
+        }
+        Ok(Self { identifier: identifier.into(), data, ends, findings: Findings::UNKNOWN })
     }
 
     /// What validation found in the documents when they were parsed ([`Findings::UNKNOWN`] when built).
@@ -97,9 +132,23 @@ impl Sequence {
         self.findings
     }
 
-    /// The documents' bytes (slices of the frame they arrived in).
-    pub fn document_bytes(&self) -> &[Bytes] {
-        &self.documents
+    /// The bytes of document `i` (`i` below [`Sequence::len`]; empty otherwise, never a panic).
+    fn document(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(usize::MAX),
+            None => 0,
+        };
+        self.ends.get(i).and_then(|&end| self.data.get(start..end)).unwrap_or_default()
+    }
+
+    /// The documents' bytes, in order.
+    pub fn document_bytes(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.ends.len()).map(|i| self.document(i))
+    }
+
+    /// The documents' bytes as shared slices of the buffer they are held in, in order (no copy).
+    pub fn shared_documents(&self) -> impl ExactSizeIterator<Item = Bytes> + '_ {
+        (0..self.ends.len()).map(|i| self.data.slice_ref(self.document(i)))
     }
 
     /// The field name this sequence stands for (`documents`, `updates`, `deletes`, `ops`, `nsInfo`).
@@ -109,16 +158,33 @@ impl Sequence {
 
     /// The documents, in order.
     pub fn documents(&self) -> impl ExactSizeIterator<Item = &RawDocument> + '_ {
-        self.documents.iter().map(raw_view)
+        self.document_bytes().map(raw_view)
     }
 
     pub fn len(&self) -> usize {
-        self.documents.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.documents.is_empty()
+        self.ends.is_empty()
     }
+}
+
+/// That `doc` has a document's shape (length prefix, final NUL), as `RawDocument::from_bytes` checks it, with
+/// its error when not.
+#[inline]
+fn check_shape(doc: &[u8]) -> Result<(), ProtocolError> {
+    match has_document_shape(doc) {
+        true => Ok(()),
+        false => shape_error(doc),
+    }
+}
+
+/// Why `doc` is not shaped as a document, in `bson`'s words.
+#[cold]
+#[inline(never)]
+fn shape_error(doc: &[u8]) -> Result<(), ProtocolError> {
+    RawDocument::from_bytes(doc).map(|_| ()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))
 }
 
 impl fmt::Debug for Sequence {
@@ -135,6 +201,10 @@ pub struct OpMsg {
     sequences: Vec<Sequence>,
     /// What validation found in the body ([`Findings::UNKNOWN`] unless parsed).
     body_findings: Findings,
+    /// Where the body's top-level elements are, as validation found them in `body` (not known unless parsed):
+    /// only ever set together with `body`, from its own bytes (or derived from the index of the body it was
+    /// edited from, [`OpMsg::with_body_field`]).
+    body_index: TopLevel,
 }
 
 /// Messages are equal when they say the same thing; how much is known about them does not count.
@@ -146,34 +216,107 @@ impl PartialEq for OpMsg {
 
 /// Views validated bytes as a document.
 ///
-/// Every `Bytes` this module stores went through the validation walk ([`findings_of`]) or the same shape check,
-/// which already succeeded on exactly these bytes, and `RawDocument::from_bytes` re-checks only the length prefix
-/// and trailing NUL; failure is therefore impossible and the `expect` documents an invariant, not an input
-/// condition.
-fn raw_view(bytes: &Bytes) -> &RawDocument {
-    RawDocument::from_bytes(bytes.as_ref()).expect("stored OP_MSG documents are validated when stored")
+/// Every document this module stores went through the validation walk ([`findings_of`]) or the same shape
+/// check, which already succeeded on exactly these bytes, and `RawDocument::from_bytes` re-checks only the
+/// length prefix and trailing NUL; failure is therefore impossible and the `expect` documents an invariant, not
+/// an input condition.
+fn raw_view(bytes: &[u8]) -> &RawDocument {
+    RawDocument::from_bytes(bytes).expect("stored OP_MSG documents are validated when stored")
 }
 
 impl OpMsg {
     /// A message with a body and no sequences.
     pub fn new(flags: MsgFlags, body: RawDocumentBuf) -> Self {
-        Self { flags, body: Bytes::from(body.into_bytes()), sequences: Vec::new(), body_findings: Findings::UNKNOWN }
+        Self {
+            flags,
+            body: Bytes::from(body.into_bytes()),
+            sequences: Vec::new(),
+            body_findings: Findings::UNKNOWN,
+            body_index: TopLevel::default(),
+        }
     }
 
     /// A message with a body and document sequences.
     pub fn with_sequences(flags: MsgFlags, body: RawDocumentBuf, sequences: Vec<Sequence>) -> Self {
-        Self { flags, body: Bytes::from(body.into_bytes()), sequences, body_findings: Findings::UNKNOWN }
+        Self {
+            flags,
+            body: Bytes::from(body.into_bytes()),
+            sequences,
+            body_findings: Findings::UNKNOWN,
+            body_index: TopLevel::default(),
+        }
     }
 
     /// The same sections with other flags (bodies and sequences are shared, not copied).
     #[must_use]
     pub fn with_flags(&self, flags: MsgFlags) -> Self {
-        Self { flags, body: self.body.clone(), sequences: self.sequences.clone(), body_findings: self.body_findings }
+        Self {
+            flags,
+            body: self.body.clone(),
+            sequences: self.sequences.clone(),
+            body_findings: self.body_findings,
+            body_index: self.body_index,
+        }
     }
 
     /// The command (or reply) document.
     pub fn body(&self) -> &RawDocument {
         raw_view(&self.body)
+    }
+
+    /// The body, read by key through the index validation made of its top-level elements when it was parsed
+    /// (by scanning its bytes when it was built).
+    pub fn body_fields(&self) -> Fields<'_> {
+        Fields::indexed(&self.body, &self.body_index)
+    }
+
+    /// This message with its body's top-level field `key` replaced by (or, when absent, appended as) a value of
+    /// BSON type `kind` that `write` appends to the buffer it is given, in place; flags and sequences as they
+    /// are. `extra` is how many bytes `write` adds (the buffer is allocated for exactly that; more only costs a
+    /// reallocation). The elements before and after the one replaced are copied as they are, each run at once,
+    /// and the new body's index of top-level elements is this one's with them moved ([`Self::body_fields`]
+    /// stays a lookup, not a scan).
+    ///
+    /// `None` when `write` could not write the value (it then says so, having written nothing), when the body
+    /// repeats `key` or cannot be read element by element, when `key` holds a NUL, or when the result would not
+    /// fit BSON's length: the caller then edits the body the general way.
+    pub fn with_body_field(
+        &self,
+        key: &str,
+        kind: u8,
+        extra: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+    ) -> Option<OpMsg> {
+        let fields = self.body_fields();
+        let bytes = fields.bytes();
+        let end = bytes.len().checked_sub(1)?;
+        let span = fields.unique_field_span(key.as_bytes())?.unwrap_or(end..end);
+        if key.as_bytes().contains(&0) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len() - span.len() + key.len() + 2 + extra);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(bytes.get(4..span.start)?);
+        out.push(kind);
+        out.extend_from_slice(key.as_bytes());
+        out.push(0);
+        write(&mut out)?;
+        let new_end = out.len();
+        out.extend_from_slice(bytes.get(span.end..end)?);
+        out.push(0);
+        let len = i32::try_from(out.len()).ok()?;
+        out.get_mut(..4)?.copy_from_slice(&len.to_le_bytes());
+        // The shape every stored body has (`raw_view` relies on it).
+        if !has_document_shape(&out) {
+            return None;
+        }
+        Some(OpMsg {
+            flags: self.flags,
+            body_index: self.body_index.replaced(span, key.len(), new_end),
+            body: Bytes::from(out),
+            sequences: self.sequences.clone(),
+            body_findings: Findings::UNKNOWN,
+        })
     }
 
     /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).
@@ -188,7 +331,7 @@ impl OpMsg {
 
     /// The command name: the body's first key.
     pub fn command_name(&self) -> Option<&str> {
-        let first = crate::validate::Elements::of_bytes(&self.body).next()?;
+        let first = self.body_fields().first()?;
         std::str::from_utf8(first.key).ok()
     }
 
@@ -229,7 +372,7 @@ impl OpMsg {
             }
         }
 
-        let mut body: Option<(Bytes, Findings)> = None;
+        let mut body: Option<(Bytes, Findings, TopLevel)> = None;
         let mut sequences: Vec<Sequence> = Vec::new();
         let mut pos = HEADER_LEN + 4;
         let sections = &frame[..end];
@@ -240,8 +383,9 @@ impl OpMsg {
                 0 => {
                     let len = document_len(sections, pos, MAX_COMMAND_SIZE, "OP_MSG body")?;
                     let doc = frame.slice(pos..pos + len);
-                    let findings = findings_of(&doc)?;
-                    if body.replace((doc, findings)).is_some() {
+                    let mut index = TopLevel::empty();
+                    let findings = findings_and_index_of(&doc, &mut index)?;
+                    if body.replace((doc, findings, index)).is_some() {
                         return Err(ProtocolError::MultipleBodies);
                     }
                     pos += len;
@@ -260,10 +404,11 @@ impl OpMsg {
                 other => return Err(ProtocolError::UnknownSectionKind(other)),
             }
         }
-        let (body, body_findings) = body.ok_or(ProtocolError::NoBody)?;
-        let msg = OpMsg { flags, body, sequences, body_findings };
+        let (body, body_findings, body_index) = body.ok_or(ProtocolError::NoBody)?;
+        let msg = OpMsg { flags, body, sequences, body_findings, body_index };
         for sequence in &msg.sequences {
-            if msg.body().get(&sequence.identifier).ok().flatten().is_some() {
+            // Bytes that could not be read by key (never validated ones) count as a conflict.
+            if !matches!(msg.body_fields().field(sequence.identifier.as_bytes()), Some(None)) {
                 return Err(ProtocolError::SequenceConflictsWithBody(sequence.identifier.clone()));
             }
         }
@@ -273,11 +418,7 @@ impl OpMsg {
     /// Encodes a whole frame. The CRC-32C trailer is recomputed when `flags` has checksumPresent.
     pub fn encode(&self, request_id: i32, response_to: i32) -> Result<BytesMut, ProtocolError> {
         let payload: usize = self.body.len()
-            + self
-                .sequences
-                .iter()
-                .map(|s| 1 + 4 + s.identifier.len() + 1 + s.documents.iter().map(Bytes::len).sum::<usize>())
-                .sum::<usize>();
+            + self.sequences.iter().map(|s| 1 + 4 + s.identifier.len() + 1 + s.data.len()).sum::<usize>();
         let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + payload + 4);
         MsgHeader { message_length: 0, request_id, response_to, op_code: OpCode::MSG }.write(&mut out);
         out.put_u32_le(self.flags.0);
@@ -289,9 +430,7 @@ impl OpMsg {
             out.put_i32_le(0);
             out.put_slice(sequence.identifier.as_bytes());
             out.put_u8(0);
-            for doc in &sequence.documents {
-                out.put_slice(doc);
-            }
+            out.put_slice(&sequence.data);
             let size = out.len() - size_at;
             backfill_len(&mut out, size_at, size)?;
         }
@@ -326,17 +465,37 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
     let identifier = std::str::from_utf8(name)
         .map_err(|_| ProtocolError::Malformed("document sequence identifier is not UTF-8"))?
         .to_owned();
-    let mut doc_pos = pos + 4 + name.len() + 1;
-    let mut documents = Vec::new();
+    let first = pos + 4 + name.len() + 1;
+    let mut doc_pos = first;
+    let mut ends = Vec::with_capacity(count_documents(&sections[..end], doc_pos));
     let mut findings = Findings::NOTHING_YET;
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
-        let doc = frame.slice(doc_pos..doc_pos + len);
-        findings = findings.union(findings_of(&doc)?);
-        documents.push(doc);
+        let doc = sections.get(doc_pos..doc_pos + len).ok_or(ProtocolError::Truncated("sequence document"))?;
+        findings = findings.union(findings_of(doc)?);
         doc_pos += len;
+        ends.push(doc_pos - first);
     }
-    Ok((Sequence { identifier, documents, findings }, end))
+    // The documents filled the section exactly: they are its bytes from the first on.
+    let data = frame.slice(first..end);
+    Ok((Sequence { identifier, data, ends, findings }, end))
+}
+
+/// How many documents a sequence's region (`region[at..]`) holds, counted by their length prefixes alone (each
+/// at least 5, so there are never more than a fifth of the region's bytes), for sizing the list of them once:
+/// an estimate, which the parse then checks document by document.
+fn count_documents(region: &[u8], mut at: usize) -> usize {
+    let mut count = 0;
+    while let Some(prefix) = region.get(at..).and_then(<[u8]>::first_chunk::<4>) {
+        match usize::try_from(i32::from_le_bytes(*prefix)) {
+            Ok(len) if len >= 5 => {
+                count += 1;
+                at = at.saturating_add(len);
+            }
+            _ => break,
+        }
+    }
+    count
 }
 
 impl fmt::Debug for OpMsg {
@@ -377,6 +536,33 @@ mod tests {
         assert_eq!(parsed.command_name(), Some("insert"));
         assert_eq!(parsed.sequence("documents").unwrap().len(), 2);
         assert_eq!(parsed.encode(11, 0).unwrap().freeze(), bytes);
+    }
+
+    #[test]
+    fn sequences_hold_their_documents_back_to_back() {
+        let docs = vec![rawdoc! { "_id": 1 }, rawdoc! {}, rawdoc! { "_id": 2, "x": "y" }];
+        let built = Sequence::new("documents", docs.clone());
+        let shared: Vec<Bytes> = docs.iter().map(|d| Bytes::copy_from_slice(d.as_bytes())).collect();
+        assert_eq!(Sequence::from_bytes("documents", shared.clone()).unwrap(), built);
+        assert_eq!(built.len(), 3);
+        assert_eq!(built.document_bytes().collect::<Vec<_>>(), docs.iter().map(|d| d.as_bytes()).collect::<Vec<_>>());
+        assert_eq!(built.shared_documents().collect::<Vec<_>>(), shared);
+        assert_eq!(built.documents().collect::<Vec<_>>(), docs.iter().map(|d| d.as_ref()).collect::<Vec<_>>());
+        let data = Bytes::from(shared.concat());
+        let ends = vec![docs[0].as_bytes().len(), docs[0].as_bytes().len() + 5, data.len()];
+        assert_eq!(Sequence::from_concatenated("documents", data.clone(), ends.clone()).unwrap(), built);
+        // Ends out of order, short of the data or past it, and a split that is not two documents are refused.
+        for bad in [
+            vec![ends[1], ends[0], ends[2]],
+            ends[..2].to_vec(),
+            vec![ends[0], ends[1], ends[2] + 1],
+            vec![3, data.len()],
+        ] {
+            assert!(Sequence::from_concatenated("documents", data.clone(), bad.clone()).is_err(), "{bad:?}");
+        }
+        let empty = Sequence::from_concatenated("documents", Bytes::new(), Vec::new()).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.document_bytes().count(), 0);
     }
 
     #[test]

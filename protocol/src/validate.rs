@@ -7,6 +7,7 @@
 
 use bson::{RawBsonRef, RawDocument};
 
+use crate::fields::TopLevel;
 use crate::ProtocolError;
 
 /// Deepest nesting accepted (the server's default `maxBSONDepth` is 200; it counts the top level too).
@@ -140,8 +141,17 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::NOTHING_YET;
-    walk::<false>(bytes, 1, &mut findings)?;
+    walk::<false, false>(bytes, 1, &mut findings, None)?;
     Ok((doc, findings))
+}
+
+/// [`validate_with_findings`], also noting where each top-level element is ([`TopLevel`]).
+#[cfg(test)]
+pub(crate) fn validate_with_index(bytes: &[u8]) -> Result<(&RawDocument, Findings, TopLevel), ProtocolError> {
+    let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    let mut index = TopLevel::empty();
+    let findings = findings_and_index_of(bytes, &mut index)?;
+    Ok((doc, findings, index))
 }
 
 /// [`validate_with_findings`] for callers that keep the bytes and need only the findings (the parser, once per
@@ -152,7 +162,18 @@ pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
         RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     }
     let mut findings = Findings::NOTHING_YET;
-    walk::<false>(bytes, 1, &mut findings)?;
+    walk::<false, false>(bytes, 1, &mut findings, None)?;
+    Ok(findings)
+}
+
+/// [`findings_of`], also noting in `index` (empty when given) where each top-level element is: for a
+/// message's body, which is then read by key several times ([`crate::fields::Fields`]).
+pub(crate) fn findings_and_index_of(bytes: &[u8], index: &mut TopLevel) -> Result<Findings, ProtocolError> {
+    if !has_document_shape(bytes) {
+        RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+    }
+    let mut findings = Findings::NOTHING_YET;
+    walk::<false, true>(bytes, 1, &mut findings, Some(index))?;
     Ok(findings)
 }
 
@@ -196,20 +217,44 @@ fn string_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
 
 /// [`string_len`] for the common case, inlined into the walk: an ASCII string that is all there. `None` for
 /// anything else, which [`string_len`] then reads and refuses or accepts.
+///
+/// Text of up to sixteen bytes is checked for ASCII a word at a time: up to seven bytes as one word read from
+/// where it starts (the bytes after it masked off), eight to sixteen as two words that overlap (the first eight
+/// and the last eight).
 #[inline(always)]
 fn short_string(bytes: &[u8], at: usize) -> Option<usize> {
     let len = usize::try_from(read_i32(bytes, at)?).ok().filter(|l| *l >= 1)?;
-    let body = bytes.get(at.checked_add(4)?..at.checked_add(4 + len)?)?;
-    let (last, text) = body.split_last()?;
-    (*last == 0 && text.is_ascii()).then_some(4 + len)
+    let start = at.checked_add(4)?;
+    let nul = start.checked_add(len - 1)?;
+    // The NUL within the bytes puts the whole text within them too.
+    if *bytes.get(nul)? != 0 {
+        return None;
+    }
+    let text = len - 1;
+    let high = match text {
+        0..=7 => word_at(bytes, start).map(|word| low_bytes(word, text)),
+        8..=16 => word_at(bytes, start).zip(word_at(bytes, nul - 8)).map(|(first, last)| first | last),
+        _ => None,
+    };
+    let ascii = match high {
+        Some(high) => high & HIGH_BITS == 0,
+        None => bytes.get(start..nul)?.is_ascii(),
+    };
+    ascii.then_some(4 + len)
+}
+
+/// The eight bytes at `at` as a little-endian word, if there are eight.
+#[inline(always)]
+fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
 }
 
 /// [`key_at`] for the common case, inlined into the walk: an ASCII key of at most seven bytes with eight bytes
 /// to read. `None` for anything else, which [`key_at`] then reads and refuses or accepts.
 #[inline(always)]
 fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
-    let chunk: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
-    let word = u64::from_le_bytes(chunk);
+    let word = word_at(bytes, at)?;
     let len = nul_in(word)?;
     let key = low_bytes(word, len);
     (key & HIGH_BITS == 0).then_some((len, key))
@@ -305,8 +350,15 @@ fn nul_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
 /// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
 /// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
-/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are.
-fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) -> Result<(), ProtocolError> {
+/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are. With `INDEX` (for a
+/// message body's top level), `top` is told where each element starts and where its key ends; the other walks
+/// (every nested document, every document of a sequence) are compiled without that step.
+fn walk<const ARRAY: bool, const INDEX: bool>(
+    doc: &[u8],
+    depth: usize,
+    findings: &mut Findings,
+    mut top: Option<&mut TopLevel>,
+) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
@@ -359,9 +411,9 @@ fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) ->
                 let len = document_at(elements, at)?;
                 let inner = elements.get(at..at + len).ok_or_else(|| invalid("document overruns its container"))?;
                 if kind == 0x04 {
-                    walk::<true>(inner, depth + 1, findings)?;
+                    walk::<true, false>(inner, depth + 1, findings, None)?;
                 } else {
-                    walk::<false>(inner, depth + 1, findings)?;
+                    walk::<false, false>(inner, depth + 1, findings, None)?;
                 }
                 len
             }
@@ -391,6 +443,11 @@ fn walk<const ARRAY: bool>(doc: &[u8], depth: usize, findings: &mut Findings) ->
         let end = at.checked_add(size).ok_or_else(|| invalid("element length overflows"))?;
         if end > elements.len() {
             return Err(invalid("element overruns its document"));
+        }
+        if INDEX {
+            if let Some(top) = top.as_deref_mut() {
+                top.push(pos, key_at + key_len);
+            }
         }
         pos = end;
     }
@@ -445,7 +502,7 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk::<false>(scope, depth + 1, findings)?;
+    walk::<false, false>(scope, depth + 1, findings, None)?;
     Ok(size)
 }
 
@@ -674,7 +731,12 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
 /// compared only when their length is the one asked for.
 #[inline]
 pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>> {
-    let bytes = doc.as_bytes();
+    field_of_bytes(doc.as_bytes(), key)
+}
+
+/// [`field`] of a document's bytes.
+#[inline]
+pub(crate) fn field_of_bytes<'a>(bytes: &'a [u8], key: &[u8]) -> Option<Option<Element<'a>>> {
     let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
     let mut found = None;
     scan(elements, |start, _, element_key| {
@@ -696,7 +758,12 @@ pub fn field<'a>(doc: &'a RawDocument, key: &[u8]) -> Option<Option<Element<'a>>
 /// more than one element has that name.
 #[inline]
 pub fn unique_field_span(doc: &RawDocument, key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
-    let bytes = doc.as_bytes();
+    unique_field_span_of_bytes(doc.as_bytes(), key)
+}
+
+/// [`unique_field_span`] of a document's bytes.
+#[inline]
+pub(crate) fn unique_field_span_of_bytes(bytes: &[u8], key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
     let elements = bytes.get(..bytes.len().checked_sub(1)?)?;
     let mut found = None;
     let mut repeated = false;

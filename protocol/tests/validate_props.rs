@@ -1,6 +1,7 @@
 //! The byte-level validation walk against the `bson` crate's own reading: on any bytes (valid documents of
 //! every element type, then mutated), it accepts exactly what `bson` reads without an error at every depth, and
-//! its findings never miss a duplicate key or server-side JavaScript.
+//! its findings never miss a duplicate key or server-side JavaScript; and a parsed body's index of top-level
+//! elements answers every lookup exactly as a scan of its bytes does.
 
 use bson::oid::ObjectId;
 use bson::spec::BinarySubtype;
@@ -9,7 +10,9 @@ use proptest::prelude::*;
 mod oracle;
 
 use oracle::{precise, reference};
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::validate::validate_with_findings;
+use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg};
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("$where".to_owned()), "[a-z$é]{0,4}"]
@@ -108,6 +111,53 @@ proptest! {
             let (duplicate, javascript) = precise(view);
             prop_assert!(findings.duplicate_keys() || !duplicate);
             prop_assert!(findings.javascript() || !javascript);
+        }
+    }
+
+    #[test]
+    fn a_parsed_body_is_read_by_key_as_its_bytes_are(
+        doc in document(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        let mut frame = OpMsg::new(MsgFlags::default(), doc).encode(1, 0).unwrap().to_vec();
+        // The body starts after the header, the flags and the section kind.
+        let body_at = 16 + 4 + 1;
+        for (at, value) in flips {
+            let i = body_at + at.index(frame.len() - body_at);
+            frame[i] = value;
+        }
+        let Ok(decoded) = decode(bytes::Bytes::from(frame)) else { return Ok(()) };
+        let Message::Msg(msg) = decoded.message else { return Ok(()) };
+        let indexed = msg.body_fields();
+        let scanned = Fields::from(msg.body());
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        scanned.all_keys(|k| { keys.push(k.to_vec()); true });
+        keys.extend([b"a".to_vec(), b"b".to_vec(), b"$where".to_vec(), b"".to_vec(), "é".as_bytes().to_vec()]);
+        for key in &keys {
+            let (a, b) = (indexed.field(key), scanned.field(key));
+            prop_assert_eq!(a.map(|e| e.map(|e| (e.kind, e.key, e.value, e.bytes))), b.map(|e| e.map(|e| (e.kind, e.key, e.value, e.bytes))));
+            prop_assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key));
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        prop_assert_eq!(indexed.all_keys(|k| { a.push(k); true }), scanned.all_keys(|k| { b.push(k); true }));
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(indexed.first().map(|e| e.bytes), scanned.first().map(|e| e.bytes));
+        // A body with a field written in place carries an index moved from this one's: it too answers as a
+        // scan of its bytes does.
+        for key in keys.iter().filter_map(|k| std::str::from_utf8(k).ok()) {
+            let Some(edited) = msg.with_body_field(key, 0x10, 4, |out| {
+                out.extend_from_slice(&7i32.to_le_bytes());
+                Some(())
+            }) else { continue };
+            let (indexed, scanned) = (edited.body_fields(), Fields::from(edited.body()));
+            for key in &keys {
+                let (a, b) = (indexed.field(key), scanned.field(key));
+                prop_assert_eq!(a.map(|e| e.map(|e| e.bytes)), b.map(|e| e.map(|e| e.bytes)));
+                prop_assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key));
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            prop_assert_eq!(indexed.all_keys(|k| { a.push(k); true }), scanned.all_keys(|k| { b.push(k); true }));
+            prop_assert_eq!(a, b);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! fields (error 40415).
 
 use bson::{RawBsonRef, RawDocument};
-use tenantwall_protocol::validate::all_keys;
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::OpMsg;
 
 use super::{first_key, Denial, Result};
@@ -20,15 +20,18 @@ fn unknown(place: &str, field: &str) -> Denial {
 }
 
 /// Checks `body` (and `msg`'s sequences, when given) against `spec`.
-pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) -> Result<()> {
+pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) -> Result<()> {
     // The command name, for messages only.
-    let name = || first_key(body);
+    let name = || first_key(fields.doc());
     // The arguments' names compared as bytes; a document whose elements cannot all be read that way (never one
     // that passed validation) is read again through bson below, which says what is wrong with it.
     let mut first = true;
     let mut unknown_key = None;
-    let read = all_keys(body.as_bytes(), |key| {
-        let known = |list: &[&str]| list.iter().any(|a| a.as_bytes() == key);
+    let read = fields.all_keys(|key| {
+        // Lengths and first bytes rule out nearly every name before any bytes are compared in full.
+        let known = |list: &[&str]| {
+            list.iter().any(|a| a.len() == key.len() && a.as_bytes().first() == key.first() && a.as_bytes() == key)
+        };
         if std::mem::take(&mut first) || known(spec.arguments) || known(GENERIC_ARGUMENTS) {
             return true;
         }
@@ -39,7 +42,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
         return Err(unknown(name(), &String::from_utf8_lossy(key)));
     }
     if read.is_none() {
-        for (i, element) in body.iter_elements().enumerate() {
+        for (i, element) in fields.doc().iter_elements().enumerate() {
             let element = element.map_err(|e| Denial::new(ErrorCode::FAILED_TO_PARSE, e.to_string()))?;
             let key = element.key().as_str();
             if i == 0 || spec.arguments.contains(&key) || GENERIC_ARGUMENTS.contains(&key) {
@@ -57,7 +60,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
                     format!("{} takes no document sequence named {id:?}", name()),
                 ));
             }
-            if super::raw::get(body, id).ok().flatten().is_some() {
+            if super::raw::get(fields, id).ok().flatten().is_some() {
                 return Err(Denial::new(
                     ErrorCode::FAILED_TO_PARSE,
                     format!("{id} given both in the body and as a document sequence"),
@@ -67,7 +70,7 @@ pub fn check(body: &RawDocument, sequences: Option<&OpMsg>, spec: &CommandSpec) 
     }
     for (field, statement) in spec.statements {
         let place = format!("{}.{field}", name());
-        match (sequences.and_then(|m| m.sequence(field)), super::raw::get(body, field)) {
+        match (sequences.and_then(|m| m.sequence(field)), super::raw::get(fields, field)) {
             (Some(seq), _) => {
                 for doc in seq.documents() {
                     check_statement(doc, *statement, &place)?;

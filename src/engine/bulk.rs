@@ -51,14 +51,14 @@ pub fn rewrite(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, Rep
         let edited = match kind {
             "insert" => {
                 let doc =
-                    optional_document(op, "document")?.ok_or_else(|| malformed(format!("{place} needs document")))?;
+                    optional_document(*op, "document")?.ok_or_else(|| malformed(format!("{place} needs document")))?;
                 stamp(scope, rule, doc, &|| format!("{place}.document"))?
                     .map(|stamped| replace_fields(op, &[("document", Some(RawBson::Document(stamped)))]))
             }
             "update" => update_statement(scope, rule, op, &place, "filter", "updateMods")?,
             "delete" => {
-                check_collation(scope, rule, op, &place)?;
-                let filter = optional_document(op, "filter")?;
+                check_collation(scope, rule, *op, &place)?;
+                let filter = optional_document(*op, "filter")?;
                 scope_filter(scope, rule, filter, &format!("{place}.filter"))?
                     .map(|scoped| replace_fields(op, &[("filter", Some(RawBson::Document(scoped)))]))
             }

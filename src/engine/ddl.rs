@@ -298,7 +298,7 @@ fn per_tenant_indexes(
         let key = index.get_document("key").map_err(|_| malformed(format!("{place}.key must be a document")))?;
         // An index collation compares the tenant field too: tenant values it finds equal would share uniqueness.
         if let Ok(Some(_)) = index.get("collation") {
-            super::filter::check_collation(scope, rule, index, &format!("{ns}: index {name}"))?;
+            super::filter::check_collation(scope, rule, *index, &format!("{ns}: index {name}"))?;
         }
         if first_key(key) == field {
             // Unique on the tenant field alone caps every tenant at one document.

@@ -36,7 +36,9 @@ pub enum Local {
 pub enum Decision {
     Local(Local),
     /// Forward to the tenant's backend: the plan says what (rewritten or unchanged) and what the reply needs.
-    Forward(Plan),
+    /// Boxed: a plan (the message to forward and the reply's needs) is large, and the decision is moved through
+    /// every layer above.
+    Forward(Box<Plan>),
     /// Refused: one [`Denial`] from the check that found it to the error reply on the wire.
     Deny(Denial),
 }
@@ -83,26 +85,26 @@ const SCAN_DEPTH: usize = 200;
 /// duplicate keys at any depth, then the command's argument list — so that no later stage can read a field
 /// differently from the server.
 pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &Policy) -> Decision {
-    let body = msg.body();
-    let name = msg.command_name().unwrap_or_default();
-    let Ok(Some(RawBsonRef::String(db))) = super::raw::get(body, "$db") else {
+    // The command name, for messages only.
+    let name = || msg.command_name().unwrap_or_default();
+    let Ok(Some(RawBsonRef::String(db))) = super::raw::get(msg.body_fields(), "$db") else {
         return deny(ErrorCode::MISSING_DB, "OP_MSG requests require a $db argument");
     };
     let Some(spec) = command.spec() else {
         return match command {
             Command::Forbidden(name) => deny(ErrorCode::UNAUTHORIZED, forbidden_reason(name)),
-            _ => deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'")),
+            _ => deny(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{}'", name())),
         };
     };
     match (spec.handling, tenant) {
         (Handling::Local, _) => return local(command),
         (Handling::LocalAfterAuthentication, Some(_)) => return Decision::Local(Local::Tool(command)),
         (Handling::LocalUntilAuthenticated, None) => return Decision::Local(Local::EndSessions),
-        (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication")),
+        (_, None) => return deny(ErrorCode::UNAUTHORIZED, format!("command {} requires authentication", name())),
         (Handling::Forwarded | Handling::LocalUntilAuthenticated, Some(_)) => {}
     }
     let Some(tenant) = tenant else {
-        return deny(ErrorCode::UNAUTHORIZED, format!("command {name} requires authentication"));
+        return deny(ErrorCode::UNAUTHORIZED, format!("command {} requires authentication", name()));
     };
     if let Err(denial) = canonical(msg, command, spec) {
         return Decision::Deny(denial);
@@ -113,7 +115,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         }
         Database::Tenant if RESERVED_DATABASES.contains(&db) => {
             // mongosh's db.currentOp() is `aggregate: 1` on admin with a `$currentOp` stage.
-            if command == Command::Aggregate && leads_with(body, "$currentOp") {
+            if command == Command::Aggregate && leads_with(msg.body(), "$currentOp") {
                 return deny(ErrorCode::UNAUTHORIZED, forbidden_reason("currentOp"));
             }
             return deny(ErrorCode::UNAUTHORIZED, format!("database {db} is not reachable through tenantwall"));
@@ -121,7 +123,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         Database::Admin | Database::Tenant | Database::Any => {}
     }
     match engine::plan(msg, command, spec, db, tenant, policy) {
-        Ok(plan) => Decision::Forward(plan),
+        Ok(plan) => Decision::Forward(Box::new(plan)),
         Err(denial) => Decision::Deny(denial),
     }
 }
@@ -209,7 +211,7 @@ fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), De
     // ops) is also scanned for server-side JavaScript, in the same walk.
     let inserting = command == Command::Insert;
     if nothing_to_find(msg, inserting) {
-        return arguments::check(msg.body(), Some(msg), spec);
+        return arguments::check(msg.body_fields(), Some(msg), spec);
     }
     let body = walk(msg.body(), 0, Code::Scan { data: inserting.then_some("documents") });
     let found = body.map(|f| (String::new(), f)).or_else(|| {
@@ -229,7 +231,7 @@ fn canonical(msg: &OpMsg, command: Command, spec: &CommandSpec) -> Result<(), De
         }
         None => {}
     }
-    arguments::check(msg.body(), Some(msg), spec)
+    arguments::check(msg.body_fields(), Some(msg), spec)
 }
 
 /// Whether validation already proved that the walk below would find nothing: no document in the message may

@@ -5,6 +5,7 @@
 //! field can only narrow the result further.
 
 use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::validate::first_duplicate_key;
 
 use super::{Result, Scope};
@@ -127,6 +128,17 @@ pub fn wrap(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) ->
     out
 }
 
+/// How many bytes [`wrap_into`] writes for `filter`; `None` when it writes nothing (a tenant value type not
+/// written as bytes).
+pub fn wrapped_len(filter: Option<&RawDocument>, field: &FieldName, value: &RawBson) -> Option<usize> {
+    let condition = condition_len(field.as_str().as_bytes(), value)?;
+    Some(match filter.filter(|f| !f.is_empty()) {
+        // {"$and": ["<filter>", "<condition>"]}: see wrap_into.
+        Some(f) => f.as_bytes().len() + condition + 22,
+        None => condition,
+    })
+}
+
 /// [`wrap`] written at the end of `out` (a buffer being filled with the command it goes into); `None`, with
 /// nothing written, for a tenant value type [`tenant_condition`] does not write as bytes or a filter too large
 /// for BSON's lengths, which [`wrap`] then builds.
@@ -242,7 +254,12 @@ pub fn scope_filter(
 /// unless the policy's tenant values cannot be made equal by any collation ([`Policy::collation_safe`]).
 ///
 /// [`Policy::collation_safe`]: crate::policy::Policy::collation_safe
-pub fn check_collation(scope: &mut Scope<'_>, rule: FieldRule<'_>, holder: &RawDocument, place: &str) -> Result<()> {
+pub fn check_collation<'a>(
+    scope: &mut Scope<'_>,
+    rule: FieldRule<'_>,
+    holder: impl Into<Fields<'a>>,
+    place: &str,
+) -> Result<()> {
     match super::raw::get(holder, "collation") {
         Ok(None) => Ok(()),
         Ok(Some(RawBsonRef::Document(c))) if c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
@@ -307,6 +324,7 @@ mod tests {
             for value in values.iter().take(6) {
                 let mut out = vec![7];
                 assert_eq!(wrap_into(&mut out, filter, &tid(), value), Some(()));
+                assert_eq!(wrapped_len(filter, &tid(), value), Some(out.len() - 1), "{value:?}");
                 assert_eq!(out[1..], *built(value).as_bytes(), "{value:?}");
             }
             for value in [RawBson::Double(1.0), values[6].clone()] {

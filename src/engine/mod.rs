@@ -387,7 +387,7 @@ pub fn plan(
     let forward = with_resource_limits(forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (scope.renamed() || reply.kind == ReplyKind::ListCollections).then(|| scope.names());
-    let reply = ReplyPlan { withhold: scope.shared.clone(), names, ..reply };
+    let reply = ReplyPlan { withhold: scope.shared.take(), names, ..reply };
     Ok(Plan { forward, reply, audit: scope.audit })
 }
 
@@ -561,7 +561,7 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         Some(spec) if spec.explainable => spec,
         _ => return Err(Denial::unauthorized(format!("explain of {inner_name} is not allowed"))),
     };
-    arguments::check(inner, None, inner_spec)?;
+    arguments::check(inner.into(), None, inner_spec)?;
     // Sessions and transactions are the outer command's: inside, they would reach the server unvirtualised.
     for field in SESSION_ARGUMENTS {
         if raw::get(inner, field).ok().flatten().is_some() {

@@ -3,7 +3,8 @@
 use bson::raw::CStr;
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
-use tenantwall_protocol::validate::{field, unique_field_span, Element, Elements};
+use tenantwall_protocol::fields::Fields;
+use tenantwall_protocol::validate::{Element, Elements};
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::{Denial, Result};
@@ -15,16 +16,21 @@ fn malformed(what: impl Into<String>) -> Denial {
 
 /// `doc.get(key)` for documents that passed validation (or were built with `bson`), without re-reading every
 /// key as UTF-8: the keys are compared as bytes, and a document, string or number value is viewed directly.
-/// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup.
-pub fn get<'a>(doc: &'a RawDocument, key: &str) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
-    let found = match field(doc, key.as_bytes()) {
+/// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup. A parsed body
+/// ([`OpMsg::body_fields`]) is read through its index of top-level elements.
+pub fn get<'a>(
+    doc: impl Into<Fields<'a>>,
+    key: &str,
+) -> std::result::Result<Option<RawBsonRef<'a>>, bson::error::Error> {
+    let fields = doc.into();
+    let found = match fields.field(key.as_bytes()) {
         Some(Some(found)) => found,
         Some(None) => return Ok(None),
-        None => return doc.get(key),
+        None => return fields.doc().get(key),
     };
     match view(found) {
         Some(value) => Ok(Some(value)),
-        None => doc.get(key),
+        None => fields.doc().get(key),
     }
 }
 
@@ -46,7 +52,7 @@ pub fn view(element: Element<'_>) -> Option<RawBsonRef<'_>> {
 }
 
 /// The document under `key` ([`get`]), `None` when `key` is absent or holds something else.
-pub fn get_document<'a>(doc: &'a RawDocument, key: &str) -> Option<&'a RawDocument> {
+pub fn get_document<'a>(doc: impl Into<Fields<'a>>, key: &str) -> Option<&'a RawDocument> {
     match get(doc, key) {
         Ok(Some(RawBsonRef::Document(found))) => Some(found),
         _ => None,
@@ -122,38 +128,6 @@ pub fn replace_fields(doc: &RawDocument, edits: &[(&str, Option<RawBson>)]) -> R
     }
     out.push(0);
     finish(out).unwrap_or_else(|| replace_fields_decoded(doc, edits))
-}
-
-/// `doc` with the top-level field `key` replaced by (or, when absent, appended as) a value of BSON type `kind`
-/// that `write` appends to the buffer it is given, in place: no value is built on its own and copied again.
-/// `extra` is about how many bytes `write` adds. `None` when `write` could not write the value (it then says
-/// so, having written nothing), when the document cannot be read element by element as bytes (never one that
-/// passed validation), when it repeats `key`, or when the result would not fit BSON's length: the caller then
-/// edits the document the general way.
-pub fn replace_field_with(
-    doc: &RawDocument,
-    key: &str,
-    kind: u8,
-    extra: usize,
-    write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
-) -> Option<RawDocumentBuf> {
-    let bytes = doc.as_bytes();
-    // The elements before and after the one replaced are copied as they are, each run at once.
-    let end = bytes.len().checked_sub(1)?;
-    let span = unique_field_span(doc, key.as_bytes())?.unwrap_or(end..end);
-    if key.as_bytes().contains(&0) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() + key.len() + 2 + extra);
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(bytes.get(4..span.start)?);
-    out.push(kind);
-    out.extend_from_slice(key.as_bytes());
-    out.push(0);
-    write(&mut out)?;
-    out.extend_from_slice(bytes.get(span.end..end)?);
-    out.push(0);
-    finish(out)
 }
 
 /// Appends `key: value` as one element. Documents, arrays, strings and the common scalars are written
@@ -352,6 +326,36 @@ mod tests {
         assert_eq!(out, rawdoc! { "find": "c", "filter": 5, "limit": 1 });
     }
 
+    /// The body of a message parsed from `body`'s frame (so that it carries the index validation made).
+    fn parsed(body: RawDocumentBuf) -> OpMsg {
+        let frame = OpMsg::new(tenantwall_protocol::MsgFlags::default(), body).encode(1, 0).unwrap().freeze();
+        match tenantwall_protocol::decode(frame).unwrap().message {
+            tenantwall_protocol::Message::Msg(msg) => msg,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every top-level lookup through the message's index answers what a scan of its body answers.
+    fn index_agrees(msg: &OpMsg) {
+        let (indexed, scanned) = (msg.body_fields(), Fields::from(msg.body()));
+        let mut keys = Vec::new();
+        scanned.all_keys(|k| {
+            keys.push(k);
+            true
+        });
+        for key in keys.iter().copied().chain([&b"absent"[..], b"filte"]) {
+            let (a, b) = (indexed.field(key), scanned.field(key));
+            assert_eq!(a.map(|e| e.map(|e| e.bytes)), b.map(|e| e.map(|e| e.bytes)), "{key:?}");
+            assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key), "{key:?}");
+        }
+        let mut listed = Vec::new();
+        indexed.all_keys(|k| {
+            listed.push(k);
+            true
+        });
+        assert_eq!(listed, keys);
+    }
+
     #[test]
     fn fields_written_in_place_equal_replaced_ones() {
         let doc = rawdoc! { "find": "c", "filter": { "a": 1 }, "$db": "app" };
@@ -360,14 +364,30 @@ mod tests {
             out.extend_from_slice(value.as_bytes());
             Some(())
         };
-        for key in ["filter", "find", "$db", "absent"] {
-            let edits = [(key, Some(RawBson::Document(value.clone())))];
-            assert_eq!(replace_field_with(&doc, key, 0x03, 0, write), Some(replace_fields(&doc, &edits)), "{key}");
+        let built = OpMsg::new(tenantwall_protocol::MsgFlags::default(), doc.clone());
+        for msg in [built, parsed(doc.clone())] {
+            for key in ["filter", "find", "$db", "absent"] {
+                let edits = [(key, Some(RawBson::Document(value.clone())))];
+                let written = msg.with_body_field(key, 0x03, value.as_bytes().len(), write).unwrap();
+                assert_eq!(written.body(), replace_fields(&doc, &edits).as_ref(), "{key}");
+                index_agrees(&written);
+                // And again, on the body written with a moved index.
+                let again = written.with_body_field("find", 0x03, 0, write).unwrap();
+                index_agrees(&again);
+            }
+            assert!(msg.with_body_field("filter", 0x03, 0, |_| None).is_none());
         }
-        assert_eq!(replace_field_with(&doc, "filter", 0x03, 0, |_| None), None);
         let mut repeated = doc.clone();
         repeated.append(bson::cstr!("filter"), 1);
-        assert_eq!(replace_field_with(&repeated, "filter", 0x03, 0, write), None);
+        assert!(parsed(repeated).with_body_field("filter", 0x03, 0, write).is_none());
+        // A body at the index's capacity: appending makes the index unknown, never wrong.
+        let mut full = RawDocumentBuf::new();
+        for i in 0..tenantwall_protocol::fields::TOP_LEVEL_MAX {
+            full.append(bson::raw::CString::try_from(format!("k{i}")).unwrap(), i as i32);
+        }
+        let full = parsed(full);
+        index_agrees(&full.with_body_field("k3", 0x03, 0, write).unwrap());
+        index_agrees(&full.with_body_field("k99", 0x03, 0, write).unwrap());
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<Opt
     }
     let docs = logical_array(msg, "documents")?;
     let originals: Vec<Bytes> = match msg.sequence("documents") {
-        Some(seq) => seq.document_bytes().to_vec(),
+        Some(seq) => seq.shared_documents().collect(),
         None => docs.iter().map(|d| Bytes::copy_from_slice(d.as_bytes())).collect(),
     };
     let mut out = Vec::with_capacity(docs.len());
@@ -175,29 +175,29 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
     // The tenant field as a whole element, serialised once: type byte, name, NUL, value.
     let mut one = RawDocumentBuf::new();
     one.append(rule.field.as_cstr(), scope.value.clone());
-    let element = one.as_bytes().get(4..one.as_bytes().len() - 1).unwrap_or_default();
+    // Followed by a document's final NUL: what every plain document ends with once stamped.
+    let tail = one.as_bytes().get(4..).unwrap_or_default();
     let originals = seq.document_bytes();
     // Validation hashed every document's top-level keys: when none can be the tenant field, start with `$` or
     // hold a dot, every document is plain without reading its keys again.
     let all_plain = seq.findings().top_level_plain_without(field);
-    let total: usize = originals.iter().map(|d| d.len() + element.len()).sum();
+    let total: usize = seq.document_bytes().map(|d| d.len().saturating_sub(1) + tail.len()).sum();
     let mut out = BytesMut::with_capacity(total);
-    // Where each document ends in `out`: they are split off once the buffer is complete.
+    // Where each document ends in `out`: the sequence is made of the buffer and these once it is complete.
     let mut ends = Vec::with_capacity(originals.len());
-    for (i, original) in originals.iter().enumerate() {
+    for (i, original) in originals.enumerate() {
         // Plain: no `$` key, and neither the tenant field nor a path below it (`tenantIdx` is another field).
         let plain = all_plain
             || all_keys(original, |key| {
                 let tenant = key.strip_prefix(field).is_some_and(|rest| matches!(rest.first(), None | Some(b'.')));
                 key.first() != Some(&b'$') && !tenant
             }) == Some(true);
-        let stamped_len = original.len() + element.len();
+        let stamped_len = original.len().saturating_sub(1) + tail.len();
         match (plain, i32::try_from(stamped_len)) {
             (true, Ok(len)) => {
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(original.get(4..original.len() - 1).unwrap_or_default());
-                out.extend_from_slice(element);
-                out.extend_from_slice(&[0]);
+                out.extend_from_slice(tail);
             }
             _ => match stamp(scope, rule, raw_document(original)?, &|| format!("documents[{i}]"))? {
                 Some(stamped) => out.extend_from_slice(stamped.as_bytes()),
@@ -206,21 +206,15 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
         }
         ends.push(out.len());
     }
-    let mut all = out.freeze();
-    let mut documents = Vec::with_capacity(ends.len());
-    let mut start = 0;
-    for end in ends {
-        documents.push(all.split_to(end - start));
-        start = end;
-    }
     let invalid = |e: tenantwall_protocol::ProtocolError| malformed(e.to_string());
+    let mut stamped = Some((out.freeze(), ends));
     let sequences = msg
         .sequences()
         .iter()
-        .map(|s| {
-            if s.identifier() == "documents" {
-                Sequence::from_bytes("documents", std::mem::take(&mut documents)).map_err(invalid)
-            } else {
+        .map(|s| match (s.identifier() == "documents", stamped.take()) {
+            (true, Some((data, ends))) => Sequence::from_concatenated("documents", data, ends).map_err(invalid),
+            (_, unused) => {
+                stamped = unused;
                 Ok(s.clone())
             }
         })

@@ -740,7 +740,7 @@ fn index_for(
     let body = bson::rawdoc! { "createIndexes": step.vcoll.as_str(), "indexes": indexes, "$db": step.vdb.as_str() };
     let msg = tenantwall_protocol::OpMsg::new(tenantwall_protocol::MsgFlags::default(), body);
     let plan = match crate::engine::decide::decide(&msg, Command::CreateIndexes, Some(tenant), new) {
-        Decision::Forward(plan) => plan,
+        Decision::Forward(plan) => *plan,
         Decision::Deny(denial) => {
             return Err(refuse(format!("would be refused by the proxy at {}: {}", step.visible, denial.reason)))
         }

@@ -9,6 +9,8 @@ use crate::config::Mode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
     text: String,
+    /// The pattern has no `*`: a name matches it only by being equal to it.
+    exact: bool,
 }
 
 /// Characters MongoDB forbids in database names (besides NUL), minus `*` which is our glob.
@@ -38,7 +40,7 @@ impl Pattern {
                 return Err(format!("{text:?}: database names are at most 63 bytes"));
             }
         }
-        Ok(Self { text: text.to_owned() })
+        Ok(Self { text: text.to_owned(), exact: !text.contains('*') })
     }
 
     pub fn as_str(&self) -> &str {
@@ -47,6 +49,10 @@ impl Pattern {
 
     /// Whether `name` matches, byte for byte.
     pub fn matches(&self, name: &str) -> bool {
+        // Most rules name their namespaces exactly: one comparison, no glob walk.
+        if self.exact {
+            return self.text == name;
+        }
         glob_match(self.text.as_bytes(), name.as_bytes())
     }
 
@@ -265,6 +271,17 @@ mod tests {
         assert!(!Pattern::parse("a*b*c", true).unwrap().matches("aXbYbZ"));
         // Cyrillic І is not Latin I.
         assert!(!Pattern::parse("tenantId", true).unwrap().matches("tenant\u{0406}d"));
+    }
+
+    #[test]
+    fn exact_patterns_match_as_the_glob_walk_does() {
+        let names = ["orders", "Orders", "orders ", "order", "ordersx", "", "ordérs", "orders\u{0}"];
+        for pattern in ["orders", "ordérs", "o", "order"] {
+            let p = Pattern::parse(pattern, true).unwrap();
+            for name in names {
+                assert_eq!(p.matches(name), glob_match(pattern.as_bytes(), name.as_bytes()), "{pattern} {name:?}");
+            }
+        }
     }
 
     #[test]
