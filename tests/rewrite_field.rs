@@ -702,3 +702,31 @@ fn explain_refuses_session_fields_inside_the_explained_command() {
     let out = forwarded(doc! { "explain": { "find": "orders" }, "lsid": lsid });
     assert!(out.get_document("lsid").is_ok(), "{out}");
 }
+
+#[test]
+fn an_insert_built_with_two_documents_sequences_is_refused_not_half_stamped() {
+    // The parser refuses a repeated sequence, so only a message built in the proxy could carry two; were one to
+    // reach the rewrite, the second's documents must not go out unstamped.
+    use tenantwall::command::Command;
+    use tenantwall::engine::decide::{prepare_forward, Decision};
+    use tenantwall_protocol::{MsgFlags, OpMsg, Sequence};
+    let policy = policy();
+    let acme = policy.tenant("acme").map(|t| &**t);
+    let documents = |tenant: &str| Sequence::new("documents", vec![bson::rawdoc! { "_id": 1, "note": tenant }]);
+    let body = bson::rawdoc! { "insert": "orders", "$db": "app" };
+    let one = OpMsg::with_sequences(MsgFlags::default(), body.clone(), vec![documents("a")]);
+    assert!(matches!(prepare_forward(&one, Command::from_name("insert"), acme, &policy), Decision::Forward(_)));
+    // Another sequence before the documents: refused, or the documents go out stamped.
+    let other = Sequence::new("other", vec![bson::rawdoc! { "x": 1 }]);
+    let mixed = OpMsg::with_sequences(MsgFlags::default(), body.clone(), vec![other, documents("a")]);
+    if let Decision::Forward(plan) = prepare_forward(&mixed, Command::from_name("insert"), acme, &policy) {
+        let sent = plan.forward.expect("the documents are stamped");
+        let stamped = sent.sequence("documents").expect("documents");
+        assert!(stamped.documents().all(|d| d.get_str("tenantId").ok() == Some("acme")), "{sent:?}");
+    }
+    let two = OpMsg::with_sequences(MsgFlags::default(), body, vec![documents("a"), documents("b")]);
+    match prepare_forward(&two, Command::from_name("insert"), acme, &policy) {
+        Decision::Forward(plan) => panic!("forwarded: {:?}", plan.forward),
+        _refused => {}
+    }
+}

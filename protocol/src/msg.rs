@@ -132,7 +132,8 @@ impl Sequence {
         self.findings
     }
 
-    /// The bytes of document `i` (`i` below [`Sequence::len`]; empty otherwise, never a panic).
+    /// The bytes of document `i` (`i` below [`Sequence::len`]; empty otherwise, never a panic here: every
+    /// constructor checks the ends against the data, so within the length this is always a document).
     fn document(&self, i: usize) -> &[u8] {
         let start = match i.checked_sub(1) {
             Some(before) => self.ends.get(before).copied().unwrap_or(usize::MAX),
@@ -481,14 +482,22 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
     Ok((Sequence { identifier, data, ends, findings }, end))
 }
 
-/// How many documents a sequence's region (`region[at..]`) holds, counted by their length prefixes alone (each
-/// at least 5, so there are never more than a fifth of the region's bytes), for sizing the list of them once:
-/// an estimate, which the parse then checks document by document.
+/// Most documents the list of a sequence's documents is sized for before they are validated: the message may
+/// not have been authenticated yet, and its documents may all turn out invalid, so what is reserved up front is
+/// bounded (32 KiB of ends); a longer sequence grows the list as its documents pass.
+const PRESIZED_DOCUMENTS: usize = 4096;
+
+/// How many documents a sequence's region (`region[at..]`) holds, counted by their length prefixes and final
+/// NULs alone, up to [`PRESIZED_DOCUMENTS`], for sizing the list of them once: an estimate, which the parse then
+/// checks document by document.
 fn count_documents(region: &[u8], mut at: usize) -> usize {
     let mut count = 0;
     while let Some(prefix) = region.get(at..).and_then(<[u8]>::first_chunk::<4>) {
+        if count == PRESIZED_DOCUMENTS {
+            break;
+        }
         match usize::try_from(i32::from_le_bytes(*prefix)) {
-            Ok(len) if len >= 5 => {
+            Ok(len) if len >= 5 && region.get(at.saturating_add(len - 1)) == Some(&0) => {
                 count += 1;
                 at = at.saturating_add(len);
             }
@@ -512,6 +521,20 @@ impl fmt::Debug for OpMsg {
 mod tests {
     use super::*;
     use bson::rawdoc;
+
+    #[test]
+    fn a_sequence_is_presized_only_for_documents_that_look_whole_and_never_beyond_the_cap() {
+        // Five-byte "documents" without their final NUL: nothing is reserved for what will be refused.
+        let fake: Vec<u8> = [5u8, 0, 0, 0, 1].repeat(100_000);
+        assert_eq!(count_documents(&fake, 0), 0);
+        // Real empty documents are counted, up to the cap.
+        let empty: Vec<u8> = [5u8, 0, 0, 0, 0].repeat(10);
+        assert_eq!(count_documents(&empty, 0), 10);
+        let many: Vec<u8> = [5u8, 0, 0, 0, 0].repeat(100_000);
+        assert_eq!(count_documents(&many, 0), PRESIZED_DOCUMENTS);
+        // A document running past the region is not counted.
+        assert_eq!(count_documents(&[9u8, 0, 0, 0, 0], 0), 0);
+    }
 
     fn frame_of(msg: &OpMsg) -> (MsgHeader, Bytes) {
         let bytes = msg.encode(11, 0).unwrap().freeze();

@@ -240,6 +240,11 @@ pub fn array_documents<'a>(value: RawBsonRef<'a>, what: &str) -> Result<Vec<&'a 
 /// The documents of a command's array field, wherever it travels (body array or kind-1 sequence). Having it in
 /// both places is refused.
 pub fn logical_array<'m>(msg: &'m OpMsg, field: &str) -> Result<Vec<&'m RawDocument>> {
+    // The parser refuses a repeated sequence; a message built with one would have its second one forwarded
+    // as it came by any rewrite that reads the first.
+    if msg.sequences().iter().filter(|s| s.identifier() == field).count() > 1 {
+        return Err(malformed(format!("more than one {field} document sequence")));
+    }
     let in_body = msg.body().get(field).ok().flatten();
     match (msg.sequence(field), in_body) {
         (Some(_), Some(_)) => Err(malformed(format!("{field} given both in the body and as a document sequence"))),
@@ -263,10 +268,13 @@ pub fn with_logical_array(
         let mut sequences = Vec::with_capacity(msg.sequences().len());
         let mut docs = Some(docs);
         for seq in msg.sequences() {
-            if let (true, Some(docs)) = (seq.identifier() == field, docs.take()) {
-                sequences.push(Sequence::from_bytes(field, docs).map_err(invalid)?);
-            } else {
-                sequences.push(seq.clone());
+            match (seq.identifier() == field, docs.take()) {
+                (true, Some(docs)) => sequences.push(Sequence::from_bytes(field, docs).map_err(invalid)?),
+                (true, None) => return Err(malformed(format!("more than one {field} document sequence"))),
+                (false, unused) => {
+                    docs = unused;
+                    sequences.push(seq.clone());
+                }
             }
         }
         return Ok(OpMsg::with_sequences(msg.flags, body, sequences));

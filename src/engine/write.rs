@@ -213,7 +213,9 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
         .iter()
         .map(|s| match (s.identifier() == "documents", stamped.take()) {
             (true, Some((data, ends))) => Sequence::from_concatenated("documents", data, ends).map_err(invalid),
-            (_, unused) => {
+            // The parser refuses a repeated sequence; were one built, its documents would go out unstamped.
+            (true, None) => Err(malformed("more than one documents sequence".to_owned())),
+            (false, unused) => {
                 stamped = unused;
                 Ok(s.clone())
             }
