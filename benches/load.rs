@@ -114,7 +114,40 @@
 //!   instead of 20–145 ms (waking everyone lets the client that just finished barge back in while others starve)
 //!   but 13.9–18.6k instead of 17.0–28.0k commands/s; at the default cap no change. The unfairness at a saturated
 //!   cap is real and left for its own change.
-//! - Runtime shape (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
+//! - **Runtime shape, changed (2026-11-28, second round):** `tenantwall run` now serves connections on one
+//!   single-threaded runtime per core (`src/workers.rs`): a connection stays on the worker it was given at
+//!   accept, with its sockets and timers on that worker's own event loop, and the pool prefers connections the
+//!   worker opened. Paired quick runs (9 rounds of 1.5 s; `before` the work-stealing runtime with two workers,
+//!   `after` the per-core runtimes plus the second round of instruction work in `benches/rewrite.rs`):
+//!
+//!   | run (load average) | path | p50 / HAProxy's, 1 | throughput / HAProxy's, 64 | CPU per command, 1 / 64 |
+//!   |---|---|---|---|---|
+//!   | 02:00, 3.4 (a build beside it), 7 rounds | work-stealing, 2 workers | 0.96× | 0.99× | 42.4 / 21.6 µs |
+//!   |  | work-stealing, 1 worker | 1.16× | 1.05× | 53.5 / 19.7 µs |
+//!   |  | per-core runtimes | 1.06× | 1.13× | 27.4 / 16.7 µs |
+//!   | 02:27, 2.5–4.1 | work-stealing, 2 workers | 1.11× | 1.02× | 39.7 / 26.1 µs |
+//!   |  | per-core runtimes | 1.12× | 1.00× | 25.0 / 17.9 µs |
+//!   | 03:24, 2.2–3.0 | before | 1.20× | 0.92× | 31.4 / 27.7 µs |
+//!   |  | after | 1.16× | 1.05× | 51.6 / 17.2 µs |
+//!
+//!   HAProxy took 13.6–18.3 µs of CPU per command in the same runs. At 64 clients the per-core runtimes take
+//!   a third less CPU per command than the work-stealing one did, about HAProxy's own, and the throughput
+//!   goal (≥ 0.95×) was met in all three runs. The 1-client goal (≤ 1.10×) was not: in the rounds where
+//!   every path ran in the machine's fast mode, tenantwall's p50 was 59–60 µs against HAProxy's 53 µs (1.13×;
+//!   direct 25 µs), with 19 µs of CPU per command against HAProxy's 13 µs: the parse, checks and rewrite a
+//!   byte relay does not do (about 31,000 user-space instructions per command by callgrind on the proxy, of
+//!   which the request's decode and decision about 12,000 and tokio's I/O, timers and scheduling about 7,000).
+//!   The 1-client CPU column moves with the machine's mode, not with the code (the 51.6 µs above is the median
+//!   of rounds most of which caught the slow mode). Below the bound, each worker opening its own backend
+//!   connections may hold more of them than one worker would, never more than `max_connections`.
+//!   At saturation (`-- many`, closed loop, 10,000 clients sharing 64 backend connections) the per-core
+//!   runtimes serve 7,750–7,960 commands/s against 8,910–9,840 for the work-stealing runtime in alternating
+//!   runs, with p50 1.1–1.2 s against 0.41–0.45 s but p99 2.8–2.9 s against 4.9–5.4 s: commands are served
+//!   in their order rather than letting the one just finished barge back in. Peak RSS with 10,000 clients
+//!   fell from 178 to 139 MiB, because the command's checkout no longer carries the future that opens a
+//!   backend connection (boxed: 2,640 → 864 bytes per waiting command). The attack bench (`benches/attack.rs`)
+//!   still runs the proxy in process on a work-stealing runtime.
+//! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
 //!   load generator and the stub want the other core anyway. At 1 client it landed in the slow mode more often

@@ -13,7 +13,9 @@
 //! | aggregate, $lookup with a sub-pipeline      | 5.43 µs                        | 25.5 µs                     | 4.7×     |
 //! | insert, 1,000 documents (sequence), stamped | 138 µs (91 kB: 0.62 GiB/s)     | 2.12 ms (0.04 GiB/s)        | 15×      |
 //!
-//! A second run of the raw paths a minute later gave 1.27 µs, 5.12 µs and 157 µs: on this machine wall times
+//! After the second round (the field index below; 2026-11-28 03:23, load average 2.2–2.4 with a build running
+//! beside it): 1.02 µs, 6.81 µs and 153 µs (0.57 GiB/s), no better than the noise of this machine; the
+//! instruction counts below are the measure. A second run of the first round's raw paths a minute later gave 1.27 µs, 5.12 µs and 157 µs: on this machine wall times
 //! move by 15% from one run to the next. The previous results (2026-11-27, commit af8cfc4, load average
 //! 1.6–2.0): 1.86 µs, 5.29 µs, 224 µs (0.38 GiB/s); before the byte-level work (commit 7bb33a1, with this
 //! file's `prepare_forward` path): 9.30 µs, 12.2 µs, 1.74 ms. Wall times move with the load; instruction counts
