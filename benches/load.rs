@@ -129,10 +129,12 @@
 //!   |  | per-core runtimes | 1.12× | 1.00× | 25.0 / 17.9 µs |
 //!   | 03:24, 2.2–3.0 | before | 1.20× | 0.92× | 31.4 / 27.7 µs |
 //!   |  | after | 1.16× | 1.05× | 51.6 / 17.2 µs |
+//!   | 03:37, 2.0–2.2, nothing else running, every path in the slow mode (HAProxy 187 µs) | before | 1.49× | 0.79× | 89.5 / 37.1 µs |
+//!   |  | after | 1.27× | 1.03× | 82.1 / 22.8 µs |
 //!
-//!   HAProxy took 13.6–18.3 µs of CPU per command in the same runs. At 64 clients the per-core runtimes take
+//!   HAProxy took 13.6–18.3 µs of CPU per command at 64 clients in the same runs (18.0 in the last). At 64 clients the per-core runtimes take
 //!   a third less CPU per command than the work-stealing one did, about HAProxy's own, and the throughput
-//!   goal (≥ 0.95×) was met in all three runs. The 1-client goal (≤ 1.10×) was not: in the rounds where
+//!   goal (≥ 0.95×) was met in all four runs. The 1-client goal (≤ 1.10×) was not: in the rounds where
 //!   every path ran in the machine's fast mode, tenantwall's p50 was 59–60 µs against HAProxy's 53 µs (1.13×;
 //!   direct 25 µs), with 19 µs of CPU per command against HAProxy's 13 µs: the parse, checks and rewrite a
 //!   byte relay does not do (about 31,000 user-space instructions per command by callgrind on the proxy, of
@@ -140,11 +142,13 @@
 //!   The 1-client CPU column moves with the machine's mode, not with the code (the 51.6 µs above is the median
 //!   of rounds most of which caught the slow mode). Below the bound, each worker opening its own backend
 //!   connections may hold more of them than one worker would, never more than `max_connections`.
-//!   At saturation (`-- many`, closed loop, 10,000 clients sharing 64 backend connections) the per-core
-//!   runtimes serve 7,750–7,960 commands/s against 8,910–9,840 for the work-stealing runtime in alternating
-//!   runs, with p50 1.1–1.2 s against 0.41–0.45 s but p99 2.8–2.9 s against 4.9–5.4 s: commands are served
-//!   in their order rather than letting the one just finished barge back in. Peak RSS with 10,000 clients
-//!   fell from 178 to 139 MiB, because the command's checkout no longer carries the future that opens a
+//!   At saturation (`-- many`, closed loop, 10,000 clients sharing 64 backend connections; alternating runs on
+//!   the quiet machine at 03:36) the per-core runtimes serve 11,500–14,490 commands/s against 11,940–11,990 for
+//!   the work-stealing runtime, with p50 0.65–0.84 s against 0.33 s but p99 1.7–1.8 s against 4.1–4.2 s:
+//!   commands are served in their order rather than letting the one just finished barge back in. (Earlier
+//!   runs beside a build gave 7,750–7,960 against 8,910–9,840, with the same shape of latencies; without the
+//!   pool's preference for waiters on the connection's own worker, 5,500–7,400.) RSS with 10,000 clients fell
+//!   from 175–178 to 136–141 MiB, because the command's checkout no longer carries the future that opens a
 //!   backend connection (boxed: 2,640 → 864 bytes per waiting command). The attack bench (`benches/attack.rs`)
 //!   still runs the proxy in process on a work-stealing runtime.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
