@@ -2,7 +2,9 @@
 //!
 //! The server binds every listener of the policy, accepts connections up to `limits.max_connections`, completes
 //! TLS, resolves what the listener, the SNI name and the client certificate say about the tenant (they must
-//! agree), and runs each connection in its own task under a tracing span with `client.addr` and `conn.id`.
+//! agree), and runs each connection in its own task under a tracing span with `client.addr` and `conn.id`: on
+//! one of the worker threads when the server was given them ([`crate::workers`], what `tenantwall run` does),
+//! else on the runtime the server runs on (tests, embedding).
 //! A reload builds a new [`Generation`] and swaps it in whole; connections read the current generation for each
 //! command, and are told about swaps so that connections of removed tenants end.
 //!
@@ -406,7 +408,8 @@ async fn accept_loop(listener: TcpListener, serve: Serve, limit: Arc<Semaphore>,
             None => shared.admission.hold_for(peer.ip(), &shared.current().policy.limits),
             Some(_) => None,
         };
-        let serve = move |stream: TcpStream| {
+        // The connection's whole life, wherever it runs.
+        let run = move |stream: TcpStream| {
             async move {
                 Stats::incr(&shared.stats.connections_open);
                 let ready = match hold {
@@ -431,7 +434,7 @@ async fn accept_loop(listener: TcpListener, serve: Serve, limit: Arc<Semaphore>,
             .instrument(span)
         };
         let Some(workers) = &workers else {
-            connections.spawn(serve(stream));
+            connections.spawn(run(stream));
             continue;
         };
         // The socket leaves this runtime's event loop for the worker's, where the connection's task registers
@@ -449,7 +452,7 @@ async fn accept_loop(listener: TcpListener, serve: Serve, limit: Arc<Semaphore>,
             async move {
                 let _serving = serving;
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => serve(stream).await,
+                    Ok(stream) => run(stream).await,
                     Err(e) => warn!(error = %e, "the worker cannot take the connection"),
                 }
             },
