@@ -237,16 +237,22 @@ pub fn array_documents<'a>(value: RawBsonRef<'a>, what: &str) -> Result<Vec<&'a 
         .collect()
 }
 
+/// The sequence `field` of `msg`, refusing a message with more than one: the parser refuses a repeated
+/// sequence, but a message built with one would have its second forwarded as it came by any rewrite that reads
+/// the first. Rewrites read a command's sequence through this.
+pub fn only_sequence<'m>(msg: &'m OpMsg, field: &str) -> Result<Option<&'m Sequence>> {
+    let mut named = msg.sequences().iter().filter(|s| s.identifier() == field);
+    match (named.next(), named.next()) {
+        (first, None) => Ok(first),
+        _ => Err(malformed(format!("more than one {field} document sequence"))),
+    }
+}
+
 /// The documents of a command's array field, wherever it travels (body array or kind-1 sequence). Having it in
 /// both places is refused.
 pub fn logical_array<'m>(msg: &'m OpMsg, field: &str) -> Result<Vec<&'m RawDocument>> {
-    // The parser refuses a repeated sequence; a message built with one would have its second one forwarded
-    // as it came by any rewrite that reads the first.
-    if msg.sequences().iter().filter(|s| s.identifier() == field).count() > 1 {
-        return Err(malformed(format!("more than one {field} document sequence")));
-    }
     let in_body = msg.body().get(field).ok().flatten();
-    match (msg.sequence(field), in_body) {
+    match (only_sequence(msg, field)?, in_body) {
         (Some(_), Some(_)) => Err(malformed(format!("{field} given both in the body and as a document sequence"))),
         (Some(seq), None) => Ok(seq.documents().collect()),
         (None, Some(value)) => array_documents(value, field),

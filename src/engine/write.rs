@@ -7,7 +7,7 @@ use tenantwall_protocol::validate::all_keys;
 use tenantwall_protocol::{OpMsg, Sequence};
 
 use super::filter::{check_collation, scope_filter, stamp_stage};
-use super::raw::{append_field, logical_array, rename_collection, replace_fields, with_logical_array};
+use super::raw::{append_field, logical_array, only_sequence, rename_collection, replace_fields, with_logical_array};
 use super::read::{command_collection, optional_document};
 use super::{Denial, ReplyPlan, Result, Scope, Target};
 use crate::command::Command;
@@ -136,7 +136,7 @@ pub fn stamp(
 }
 
 fn insert(msg: &OpMsg, scope: &mut Scope<'_>, rule: FieldRule<'_>) -> Result<Option<OpMsg>> {
-    if let (Style::Enforce, Some(seq)) = (rule.style, msg.sequence("documents")) {
+    if let (Style::Enforce, Some(seq)) = (rule.style, only_sequence(msg, "documents")?) {
         // Validation proved that no inserted document repeats a key, which is what the per-document check
         // would look for first; otherwise the general path below finds and names the repeat.
         if !seq.findings().duplicate_keys() {
@@ -213,7 +213,7 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
         .iter()
         .map(|s| match (s.identifier() == "documents", stamped.take()) {
             (true, Some((data, ends))) => Sequence::from_concatenated("documents", data, ends).map_err(invalid),
-            // The parser refuses a repeated sequence; were one built, its documents would go out unstamped.
+            // Refused before stamping (`only_sequence`); never forwarded unstamped here either.
             (true, None) => Err(malformed("more than one documents sequence".to_owned())),
             (false, unused) => {
                 stamped = unused;
