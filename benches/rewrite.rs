@@ -103,6 +103,15 @@ use tenantwall::engine::decide::{decide, prepare_forward, Decision};
 use tenantwall::Policy;
 use tenantwall_protocol::{decode, Message, MsgFlags, OpMsg, Sequence};
 
+// The allocator the `tenantwall` binary runs with (src/main.rs), so that the allocations on this path cost
+// here what they cost in the proxy.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const POLICY: &str = r#"
 [[listeners]]
 address = "127.0.0.1:0"
