@@ -167,6 +167,10 @@ fn session_fields(body: Fields<'_>) -> (bool, bool) {
 /// own. `None` when the command carries no session; a denial when a session is not shaped as mongod requires
 /// ([`check_lsid`]).
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
+    // The shape every driver sends on every command: patched in place.
+    if let Some(bound) = in_place(msg, tenant) {
+        return Ok(Some(bound));
+    }
     let body = msg.body_fields();
     let (lsid, end_sessions) = session_fields(body);
     if !lsid && !end_sessions {
@@ -180,43 +184,33 @@ pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
     if let Some(value) = end_sessions {
         check_end_sessions(value)?;
     }
-    // The shape every driver sends on every command: patched in place.
-    if let (Some(RawBsonRef::Document(lsid)), None) = (lsid, end_sessions) {
-        if let Some(bound) = patched(msg, lsid, tenant) {
-            return Ok(Some(bound));
-        }
-    }
     Ok(rebuilt(msg, tenant))
 }
 
-/// [`virtualize`] for the shape every driver sends on every command (an `lsid` whose one `id` is a 16-byte
-/// binary, and no `endSessions` list): the same bytes [`rebuilt`] produces, made by copying the body and
-/// overwriting the id's subtype and 16 bytes where they sit, instead of re-serialising the session document and
-/// the body around it. `lsid` is the body's own (a view into it; the body passed the canonical parse, so it has
-/// one). `None` for any other shape.
-fn patched(msg: &OpMsg, lsid: &RawDocument, tenant: &str) -> Option<OpMsg> {
-    let body = msg.body();
-    if lsid.iter_elements().filter(|e| e.as_ref().is_ok_and(|e| e.key() == "id")).count() != 1 {
+/// The bytes of an `lsid` value that [`check_lsid`] accepts, up to its id's 16 bytes: the document's length
+/// (30), one element `id` that is a binary of 16 bytes of subtype 4 (UUID). After the id, the document's NUL.
+const LSID_HEAD: [u8; 13] = [30, 0, 0, 0, 0x05, b'i', b'd', 0, 16, 0, 0, 0, 0x04];
+
+/// [`virtualize`] for the shape every driver sends on every command (one `lsid` that is `{id: UUID}`, and no
+/// `endSessions`): the same bytes [`rebuilt`] produces, made by copying the body and overwriting the id's 16
+/// bytes where they sit, read through the body's index of top-level fields, instead of re-serialising the
+/// session document and the body around it. A session that `check_lsid` accepts has exactly these bytes, so
+/// only those are compared; `None` for any other shape, which the general path then checks and rebuilds.
+fn in_place(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+    let body = msg.body_fields();
+    if !matches!(body.field(b"endSessions"), Some(None)) {
         return None;
     }
-    let Ok(Some(RawBsonRef::Binary(id))) = lsid.get("id") else { return None };
-    let uuid: &[u8; 16] = id.bytes.try_into().ok()?;
-    let bytes = body.as_bytes();
-    // The id is a view into the body: where it starts there. A binary value is its length (i32), its subtype,
-    // then the data; every position is checked against the body before it is written.
-    let at = (id.bytes.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
-    let length_at = at.checked_sub(5)?;
-    if id.bytes.len() != 16
-        || bytes.get(length_at..length_at + 4)? != 16i32.to_le_bytes()
-        || bytes.get(at..at + 16)? != id.bytes
-    {
+    let span = body.unique_field_span(b"lsid")??;
+    // The element: its type byte, `lsid` and its NUL, then the value.
+    let element = body.bytes().get(span)?;
+    let value = element.get(6..)?;
+    let (head, rest) = value.split_first_chunk::<13>()?;
+    let (uuid, end) = rest.split_first_chunk::<16>()?;
+    if element.first() != Some(&0x03) || *head != LSID_HEAD || end != [0] {
         return None;
     }
-    let mut out = bytes.to_vec();
-    *out.get_mut(at - 1)? = u8::from(BinarySubtype::Uuid);
-    out.get_mut(at..at + 16)?.copy_from_slice(&virtual_uuid(tenant, uuid));
-    let body = RawDocumentBuf::from_bytes(out).ok()?;
-    Some(OpMsg::with_sequences(msg.flags, body, msg.sequences().to_vec()))
+    msg.with_binary_overwritten("lsid", "id", &virtual_uuid(tenant, uuid))
 }
 
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
@@ -438,7 +432,7 @@ pub fn get_more_namespace(body: &RawDocument, cursor: &CursorPlan) -> Result<(),
 }
 
 /// The cursor id of a reply (`cursor.id`), if it has one.
-pub fn reply_cursor_id(body: &RawDocument) -> Option<i64> {
+pub fn reply_cursor_id<'a>(body: impl Into<Fields<'a>>) -> Option<i64> {
     let cursor = crate::engine::raw::get_document(body, "cursor")?;
     match crate::engine::raw::get(cursor, "id") {
         Ok(Some(RawBsonRef::Int64(id))) => Some(id),
@@ -514,6 +508,14 @@ mod tests {
         assert_eq!(listed.bytes, virtual_lsid("acme", &id).as_slice());
     }
 
+    fn parse(msg: &OpMsg) -> OpMsg {
+        let frame = msg.encode(1, 0).unwrap().freeze();
+        match tenantwall_protocol::decode(frame).unwrap().message {
+            tenantwall_protocol::Message::Msg(parsed) => parsed,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The in-place patch makes exactly the bytes the rebuild makes, for every shape that reaches it; shapes
     /// mongod refuses are refused before either path runs.
     #[test]
@@ -555,11 +557,19 @@ mod tests {
             if let Ok(virtualized) = virtualized {
                 assert_eq!(virtualized, rebuilt(&msg, "acme"), "{body:?}");
             }
-            if patches {
-                let Ok(Some(RawBsonRef::Document(lsid))) = msg.body().get("lsid") else { panic!("{body:?}") };
-                let patched = patched(&msg, lsid, "acme");
-                assert!(patched.is_some(), "{body:?}");
-                assert_eq!(patched, rebuilt(&msg, "acme"), "{body:?}");
+            // Parsed as from the wire too, so that the index of top-level fields is what the patch reads.
+            let parsed = parse(&msg);
+            for msg in [&msg, &parsed] {
+                let patched = in_place(msg, "acme");
+                assert_eq!(patched.is_some(), patches, "{body:?}");
+                if let Some(patched) = patched {
+                    assert_eq!(Some(&patched), rebuilt(msg, "acme").as_ref(), "{body:?}");
+                    // The index carried over answers as a fresh scan of the new bytes does.
+                    for key in ["find", "filter", "lsid", "endSessions", "$db", "absent"] {
+                        let scanned = Fields::from(patched.body()).field(key.as_bytes()).map(|e| e.map(|e| e.bytes));
+                        assert_eq!(patched.body_fields().field(key.as_bytes()).map(|e| e.map(|e| e.bytes)), scanned);
+                    }
+                }
             }
         }
     }

@@ -320,6 +320,47 @@ impl OpMsg {
         })
     }
 
+    /// This message with the data of the binary value at `outer.inner` (a top-level document `outer` holding
+    /// one element `inner`, a binary of exactly `data.len()` bytes) replaced by `data`; flags, sequences and
+    /// everything else as they are. No length, key or type changes, so the new body has the old one's shape
+    /// and its index of top-level elements is the old one's ([`Self::body_fields`] stays a lookup).
+    ///
+    /// `None` (nothing written) unless the body has `outer` exactly once and as a document, which has `inner`
+    /// exactly once and as a binary of that length whose subtype is not the old binary subtype (2, whose data
+    /// begins with a second length that the data would overwrite).
+    pub fn with_binary_overwritten(&self, outer: &str, inner: &str, data: &[u8]) -> Option<OpMsg> {
+        let fields = self.body_fields();
+        let bytes = fields.bytes();
+        let outer_span = fields.unique_field_span(outer.as_bytes())??;
+        // The element: type byte, key, NUL, then the value.
+        let value_at = outer_span.start + 1 + outer.len() + 1;
+        if bytes.get(outer_span.start) != Some(&0x03) || value_at > outer_span.end {
+            return None;
+        }
+        let document = bytes.get(value_at..outer_span.end)?;
+        let inner_span = crate::validate::unique_field_span_of_bytes(document, inner.as_bytes())??;
+        // In the inner element: type byte, key, NUL, the binary's length, its subtype, then its data.
+        let length_at = inner_span.start + 1 + inner.len() + 1;
+        let data_at = length_at + 5;
+        let length = document.get(length_at..length_at + 4)?;
+        if document.get(inner_span.start) != Some(&0x05)
+            || usize::try_from(i32::from_le_bytes(length.try_into().ok()?)).ok()? != data.len()
+            || document.get(length_at + 4) == Some(&2)
+            || data_at + data.len() != inner_span.end
+        {
+            return None;
+        }
+        let mut out = bytes.to_vec();
+        out.get_mut(value_at + data_at..value_at + inner_span.end)?.copy_from_slice(data);
+        Some(OpMsg {
+            flags: self.flags,
+            body: Bytes::from(out),
+            sequences: self.sequences.clone(),
+            body_findings: Findings::UNKNOWN,
+            body_index: self.body_index,
+        })
+    }
+
     /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).
     pub fn body_findings(&self) -> Findings {
         self.body_findings
@@ -559,6 +600,41 @@ mod tests {
         assert_eq!(parsed.command_name(), Some("insert"));
         assert_eq!(parsed.sequence("documents").unwrap().len(), 2);
         assert_eq!(parsed.encode(11, 0).unwrap().freeze(), bytes);
+    }
+
+    /// Only a binary of exactly the data's length, found once at the path, is overwritten; the rest of the
+    /// message and the index of its body stay as they were.
+    #[test]
+    fn a_binary_is_overwritten_only_where_it_is_exactly_what_was_asked_for() {
+        let binary = |subtype: u8, len: u8| bson::Binary { subtype: subtype.into(), bytes: (1..=len).collect() };
+        let parsed = |body: RawDocumentBuf| {
+            let (header, bytes) = frame_of(&OpMsg::new(MsgFlags::default(), body));
+            OpMsg::parse(&header, &bytes).unwrap()
+        };
+        let data = [0xAB; 16];
+        let msg = parsed(rawdoc! { "find": "c", "lsid": { "x": 1, "id": binary(4, 16) }, "$db": "app" });
+        let out = msg.with_binary_overwritten("lsid", "id", &data).unwrap();
+        let id = out.body().get_document("lsid").unwrap().get_binary("id").unwrap();
+        assert_eq!((id.subtype, id.bytes), (4.into(), &data[..]));
+        assert_eq!(out.body().get_document("lsid").unwrap().get_i32("x").unwrap(), 1);
+        assert_eq!(out.body().as_bytes().len(), msg.body().as_bytes().len());
+        assert_eq!(out.body_index, msg.body_index);
+        assert!(out.body_index.is_known());
+        crate::validate::validate_document(out.body().as_bytes()).unwrap();
+        let refused = [
+            rawdoc! { "find": "c", "lsid": { "id": binary(4, 15) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "id": binary(4, 17) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "id": binary(2, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "id": "sixteen bytes..." }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "di": binary(4, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "id": binary(4, 16), "id": binary(4, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": [binary(4, 16)], "$db": "app" },
+            rawdoc! { "find": "c", "id": binary(4, 16), "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "id": binary(4, 16) }, "lsid": { "id": binary(4, 16) }, "$db": "app" },
+        ];
+        for body in refused {
+            assert_eq!(parsed(body.clone()).with_binary_overwritten("lsid", "id", &data), None, "{body:?}");
+        }
     }
 
     #[test]
