@@ -14,10 +14,12 @@ use std::time::Duration;
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
+use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::{
     decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -79,7 +81,7 @@ struct BackendDeadline {
 impl BackendDeadline {
     /// `limits.backend_timeout_ms`, or the command's own `maxTimeMS` (as forwarded, so after the tenant's cap)
     /// plus a grace period.
-    fn for_command(limits: &Limits, body: &RawDocument) -> Self {
+    fn for_command(limits: &Limits, body: Fields<'_>) -> Self {
         let (allowed, max_time) = match max_time_ms(body) {
             Some(ms) => (Duration::from_millis(ms).saturating_add(MAX_TIME_GRACE), true),
             None => (limits.backend_timeout(), false),
@@ -100,8 +102,32 @@ impl BackendDeadline {
     }
 }
 
+/// What the server told a connection between two of its commands.
+enum Control {
+    /// The policy was reloaded.
+    Reloaded,
+    /// The server drains.
+    Draining,
+    /// The server is gone.
+    Closed,
+}
+
+/// The next of the server's events for a connection, handing its receivers back for the next wait; the drain
+/// is waited for only until the connection knows of it.
+async fn next_control(
+    mut generations: watch::Receiver<u64>,
+    mut drain: watch::Receiver<bool>,
+    draining: bool,
+) -> (Control, watch::Receiver<u64>, watch::Receiver<bool>) {
+    let event = tokio::select! {
+        changed = generations.changed() => if changed.is_ok() { Control::Reloaded } else { Control::Closed },
+        _ = drain.wait_for(|d| *d), if !draining => Control::Draining,
+    };
+    (event, generations, drain)
+}
+
 /// A positive `maxTimeMS`, whichever numeric type carries it (0 means no limit, as on the server).
-fn max_time_ms(body: &RawDocument) -> Option<u64> {
+fn max_time_ms(body: Fields<'_>) -> Option<u64> {
     let ms = match crate::engine::raw::get(body, "maxTimeMS").ok().flatten()? {
         RawBsonRef::Int32(v) => u64::try_from(v).ok()?,
         RawBsonRef::Int64(v) => u64::try_from(v).ok()?,
@@ -153,6 +179,9 @@ pub struct ClientConnection {
     claimed: Option<String>,
     /// The tenant, once identified (by claim or SCRAM).
     tenant: Option<Arc<Tenant>>,
+    /// The generation whose policy `tenant` was last read from: a command in the same generation finds the
+    /// same tenant there, so it is looked up again only after a reload.
+    tenant_read_in: Option<u64>,
     sasl: SaslState,
     authenticated_user: Option<String>,
     next_reply_id: i32,
@@ -197,6 +226,7 @@ impl ClientConnection {
             reader,
             writer: write,
             claimed,
+            tenant_read_in: tenant.as_ref().map(|_| generation.number),
             tenant,
             sasl: SaslState::default(),
             authenticated_user: None,
@@ -229,10 +259,15 @@ impl ClientConnection {
                 return;
             }
         }
-        let mut generations = self.shared.subscribe();
-        let mut drain = self.shared.draining();
+        // The server's own events (a reload, the drain) and the authentication deadline are futures that live
+        // across commands: made anew on each pass through the select below, each would register with its
+        // channel or the timer wheel and deregister again for every command.
+        let drain = self.shared.draining();
+        let mut control = Box::pin(next_control(self.shared.subscribe(), drain.clone(), false));
         let mut draining = false;
-        let auth_deadline = Instant::now() + self.shared.current().policy.limits.auth_timeout();
+        let auth_deadline =
+            tokio::time::sleep_until(Instant::now() + self.shared.current().policy.limits.auth_timeout());
+        tokio::pin!(auth_deadline);
         loop {
             {
                 // Limits follow reloads, and the pre-authentication cap lifts once the tenant is known.
@@ -243,24 +278,30 @@ impl ClientConnection {
             }
             let next = tokio::select! {
                 next = self.reader.next_frame() => next,
-                changed = generations.changed() => {
-                    if changed.is_err() || !self.refresh_tenant(&self.shared.current()) {
-                        break;
+                (event, generations, drain) = &mut control => {
+                    match event {
+                        Control::Closed => break,
+                        Control::Reloaded => {
+                            if !self.refresh_tenant(&self.shared.current()) {
+                                break;
+                            }
+                        }
+                        Control::Draining => {
+                            // Idle: close now. A message already arriving is read, answered, and then the
+                            // connection ends.
+                            draining = true;
+                            if !self.reader.in_message() {
+                                debug!("server draining; closing idle connection");
+                                break;
+                            }
+                        }
                     }
+                    control.set(next_control(generations, drain, draining));
                     continue;
                 }
-                _ = tokio::time::sleep_until(auth_deadline), if self.tenant.is_none() => {
+                _ = &mut auth_deadline, if self.tenant.is_none() => {
                     info!("no tenant identified in time; closing");
                     break;
-                }
-                _ = drain.wait_for(|d| *d), if !draining => {
-                    // Idle: close now. A message already arriving is read, answered, and then the connection ends.
-                    draining = true;
-                    if !self.reader.in_message() {
-                        debug!("server draining; closing idle connection");
-                        break;
-                    }
-                    continue;
                 }
             };
             let frame = match next {
@@ -309,6 +350,9 @@ impl ClientConnection {
     /// Re-reads the tenant from `generation`. False when the tenant was removed: the connection must end.
     fn refresh_tenant(&mut self, generation: &Generation) -> bool {
         let Some(current) = &self.tenant else { return true };
+        if self.tenant_read_in == Some(generation.number) {
+            return true;
+        }
         match generation.policy.tenant(&current.id) {
             None => {
                 info!(tenant = %current.id, "tenant removed from the policy; closing");
@@ -318,6 +362,7 @@ impl ClientConnection {
                 // A tenant moved to another backend reaches it from its next command: connections are checked
                 // out per command from the pool of the tenant's backend in the current generation.
                 self.tenant = Some(fresh.clone());
+                self.tenant_read_in = Some(generation.number);
                 true
             }
         }
@@ -671,6 +716,7 @@ impl ClientConnection {
                         self.shared.admission.auth.succeeded(&user);
                         tracing::Span::current().record("tenant", tenant.as_str());
                         self.tenant = Some(t.clone());
+                        self.tenant_read_in = Some(generation.number);
                         self.authenticated_user = Some(user);
                         (reply, Flow::Continue)
                     }
@@ -731,7 +777,7 @@ impl ClientConnection {
         let forward = msg.with_flags(msg.flags.without(strip));
         // The deadline covers the wait for a pooled connection and opening one too: like mongos, a command's
         // maxTimeMS is the whole operation as the client sees it.
-        let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body());
+        let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body_fields());
         let mut pooled = deadline.bound(checkout(&self.shared, generation, &tenant)).await?;
         self.sending();
         let backend_request_id = match deadline.bound(connection(&mut pooled)?.send(&forward)).await {
@@ -749,7 +795,7 @@ impl ClientConnection {
         if msg.flags.more_to_come() {
             let (_, reply) = deadline.bound(connection(&mut pooled)?.read_reply(backend_request_id)).await?;
             pooled.release();
-            self.answered(reply.body());
+            self.answered(reply.body_fields());
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
@@ -763,7 +809,7 @@ impl ClientConnection {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
             let (reply_header, reply) = deadline.bound(connection(conn)?.read_reply(expect)).await?;
-            self.answered(reply.body());
+            self.answered(reply.body_fields());
             let more = reply.flags.more_to_come();
             if !more {
                 if let Some(done) = pooled.take() {
@@ -786,7 +832,7 @@ impl ClientConnection {
     /// Applies what the plan asked of the reply: cursor ownership, and withholding other tenants' values.
     fn post_process(&self, reply: OpMsg, post: &ReplyPost) -> OpMsg {
         let flags = reply.flags.without(MsgFlags::CHECKSUM_PRESENT);
-        let body = reply.body();
+        let body = reply.body_fields();
         if post.plan.record_cursor {
             let tenant = &post.tenant;
             match (session::reply_cursor_id(body), &post.get_more) {
@@ -796,13 +842,14 @@ impl ClientConnection {
                     self.shared.cursors.record(&tenant.backend, id, &tenant.id, plan.clone())
                 }
                 (Some(id), None) => {
-                    let plan = session::CursorPlan { reply: post.plan.clone(), ns: session::reply_cursor_ns(body) };
+                    let plan =
+                        session::CursorPlan { reply: post.plan.clone(), ns: session::reply_cursor_ns(body.doc()) };
                     self.shared.cursors.record(&tenant.backend, id, &tenant.id, Arc::new(plan));
                 }
             }
         }
         if !post.not_found.is_empty() {
-            if let Some(merged) = session::add_not_found(body, &post.not_found) {
+            if let Some(merged) = session::add_not_found(body.doc(), &post.not_found) {
                 return OpMsg::with_sequences(flags, merged, reply.sequences().to_vec());
             }
         }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bson::RawDocument;
+use tenantwall_protocol::fields::Fields;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -112,7 +113,7 @@ impl ClientConnection {
     }
 
     /// The backend answered with `reply` (before it is rewritten for the client).
-    pub(super) fn answered(&mut self, reply: &RawDocument) {
+    pub(super) fn answered(&mut self, reply: Fields<'_>) {
         self.observed.outcome = Some(Outcome::Forwarded);
         if let Some(sent) = self.observed.sent.take() {
             *self.observed.backend.get_or_insert_default() += sent.elapsed();
@@ -145,7 +146,7 @@ impl ClientConnection {
 }
 
 /// Documents in a cursor reply's batch.
-fn batch_len(reply: &RawDocument) -> Option<u64> {
+fn batch_len(reply: Fields<'_>) -> Option<u64> {
     use crate::engine::raw::{array_len, get_document};
     let cursor = get_document(reply, "cursor")?;
     let n = array_len(cursor, "firstBatch").or_else(|| array_len(cursor, "nextBatch"))?;

@@ -16,17 +16,24 @@ use crate::engine::raw::replace_fields;
 use crate::engine::withhold::withhold;
 use crate::engine::{resolve, Names, ReplyKind, ReplyPlan, Target, RESERVED_DATABASES};
 use crate::policy::{Policy, Tenant};
+use tenantwall_protocol::fields::Fields;
 
 /// Explain output nests deeply but not without bound.
 const MAX_DEPTH: usize = 64;
 
 /// Everything the plan asks of a reply; `None` when the reply goes back as it came.
-pub fn rewrite_reply(body: &RawDocument, plan: &ReplyPlan, policy: &Policy, tenant: &Tenant) -> Option<RawDocumentBuf> {
+pub fn rewrite_reply<'a>(
+    body: impl Into<Fields<'a>>,
+    plan: &ReplyPlan,
+    policy: &Policy,
+    tenant: &Tenant,
+) -> Option<RawDocumentBuf> {
+    let body = body.into();
     let mut current: Option<RawDocumentBuf> = None;
     if let Some(rule) = &plan.withhold {
         current = withhold(body, rule);
     }
-    let view = |c: &Option<RawDocumentBuf>| -> RawDocumentBuf { c.clone().unwrap_or_else(|| body.to_owned()) };
+    let view = |c: &Option<RawDocumentBuf>| -> RawDocumentBuf { c.clone().unwrap_or_else(|| body.doc().to_owned()) };
     match plan.kind {
         ReplyKind::ListCollections => {
             let names = plan.names.clone().unwrap_or_default();

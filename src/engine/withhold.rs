@@ -15,6 +15,7 @@
 //! `cursor.firstBatch`/`nextBatch`.
 
 use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use tenantwall_protocol::fields::Fields;
 
 use super::raw::{get, get_document, replace_fields};
 
@@ -58,7 +59,7 @@ pub struct Withhold {
     pub results_in_cursor: bool,
 }
 
-fn code(doc: &RawDocument) -> Option<i32> {
+fn code<'a>(doc: impl Into<Fields<'a>>) -> Option<i32> {
     match get(doc, "code") {
         Ok(Some(RawBsonRef::Int32(c))) => Some(c),
         Ok(Some(RawBsonRef::Int64(c))) => i32::try_from(c).ok(),
@@ -67,11 +68,13 @@ fn code(doc: &RawDocument) -> Option<i32> {
     }
 }
 
-/// `body` with every error's data withheld, or `None` when it carries no error to change.
-pub fn withhold(body: &RawDocument, rule: &Withhold) -> Option<RawDocumentBuf> {
+/// `body` with every error's data withheld, or `None` when it carries no error to change. A parsed reply's
+/// body is read through its index of top-level fields (`OpMsg::body_fields`): every reply passes here.
+pub fn withhold<'a>(body: impl Into<Fields<'a>>, rule: &Withhold) -> Option<RawDocumentBuf> {
+    let body = body.into();
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Some(c) = code(body) {
-        if let Some(fixed) = error_edits(body, c, rule) {
+        if let Some(fixed) = error_edits(body.doc(), c, rule) {
             edits.extend(fixed);
         }
     }
@@ -97,7 +100,7 @@ pub fn withhold(body: &RawDocument, rule: &Withhold) -> Option<RawDocumentBuf> {
             }
         }
     }
-    (!edits.is_empty()).then(|| replace_fields(body, &edits))
+    (!edits.is_empty()).then(|| replace_fields(body.doc(), &edits))
 }
 
 fn each_error(items: &bson::RawArray, rule: &Withhold) -> RawArrayBuf {
