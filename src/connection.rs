@@ -6,7 +6,6 @@
 //! details in a reply, and never let one client's failure reach another: every error ends in a MongoDB-shaped
 //! reply to this client or in closing it.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,17 +88,29 @@ impl BackendDeadline {
         Self { at: Instant::now() + allowed, max_time, allowed }
     }
 
-    /// Runs one backend operation within the deadline.
-    async fn bound<T, E: From<ProxyError>>(&self, op: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-        match tokio::time::timeout_at(self.at, op).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::BackendTimeout {
-                max_time: self.max_time,
-                detail: format!("no reply from the backend within {} ms", self.allowed.as_millis()),
-            }
-            .into()),
+    /// The error of an operation still unfinished at the deadline.
+    fn expired(&self) -> ProxyError {
+        ProxyError::BackendTimeout {
+            max_time: self.max_time,
+            detail: format!("no reply from the backend within {} ms", self.allowed.as_millis()),
         }
     }
+}
+
+/// Runs one backend operation (an expression yielding `Result<_, E>` with `E: From<ProxyError>`) until
+/// `$timer`, a pinned `Sleep` at the [`BackendDeadline`] `$deadline`, fires. The operation is polled first, so
+/// one that is ready at once never touches the timer; one timer serves all of a command's operations, and it
+/// is registered with the timer wheel once, at the first operation that has to wait. A macro rather than a
+/// function taking the operation: the operation's future (a checkout's is most of a kilobyte) is built where
+/// it is polled instead of being moved into a wrapper future and again into a `Timeout`.
+macro_rules! within {
+    ($timer:expr, $deadline:expr, $op:expr) => {
+        tokio::select! {
+            biased;
+            result = $op => result,
+            () = &mut $timer => Err($deadline.expired().into()),
+        }
+    };
 }
 
 /// What the server told a connection between two of its commands.
@@ -778,22 +789,24 @@ impl ClientConnection {
         // The deadline covers the wait for a pooled connection and opening one too: like mongos, a command's
         // maxTimeMS is the whole operation as the client sees it.
         let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body_fields());
-        let mut pooled = deadline.bound(checkout(&self.shared, generation, &tenant)).await?;
+        let timer = tokio::time::sleep_until(deadline.at);
+        tokio::pin!(timer);
+        let mut pooled = within!(timer, deadline, checkout(&self.shared, generation, &tenant))?;
         self.sending();
-        let backend_request_id = match deadline.bound(connection(&mut pooled)?.send(&forward)).await {
+        let backend_request_id = match within!(timer, deadline, connection(&mut pooled)?.send(&forward)) {
             Ok(id) => id,
             // The connection broke before one byte of the command left: the backend never saw it, so it is
             // safe to send it once more on another connection.
             Err(failure) if failure.nothing_sent => {
                 info!(detail = failure.error.log_detail(), "backend connection failed before sending; retrying once");
                 drop(pooled);
-                pooled = deadline.bound(checkout(&self.shared, generation, &tenant)).await?;
-                deadline.bound(connection(&mut pooled)?.send(&forward)).await?
+                pooled = within!(timer, deadline, checkout(&self.shared, generation, &tenant))?;
+                within!(timer, deadline, connection(&mut pooled)?.send(&forward))?
             }
             Err(failure) => return Err(failure.error),
         };
         if msg.flags.more_to_come() {
-            let (_, reply) = deadline.bound(connection(&mut pooled)?.read_reply(backend_request_id)).await?;
+            let (_, reply) = within!(timer, deadline, connection(&mut pooled)?.read_reply(backend_request_id))?;
             pooled.release();
             self.answered(reply.body_fields());
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
@@ -808,7 +821,7 @@ impl ClientConnection {
             let Some(conn) = pooled.as_mut() else {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
-            let (reply_header, reply) = deadline.bound(connection(conn)?.read_reply(expect)).await?;
+            let (reply_header, reply) = within!(timer, deadline, connection(conn)?.read_reply(expect))?;
             self.answered(reply.body_fields());
             let more = reply.flags.more_to_come();
             if !more {
