@@ -12,7 +12,7 @@ use nom::number::complete::le_u32;
 
 use crate::fields::{Fields, TopLevel};
 use crate::header::backfill_len;
-use crate::validate::{document_len, findings_and_index_of, findings_of, has_document_shape, Findings};
+use crate::validate::{add_findings_of, document_len, findings_and_index_of, has_document_shape, Findings};
 use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
 
 /// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
@@ -217,7 +217,7 @@ impl PartialEq for OpMsg {
 
 /// Views validated bytes as a document.
 ///
-/// Every document this module stores went through the validation walk ([`findings_of`]) or the same shape
+/// Every document this module stores went through the validation walk ([`add_findings_of`]) or the same shape
 /// check, which already succeeded on exactly these bytes, and `RawDocument::from_bytes` re-checks only the
 /// length prefix and trailing NUL; failure is therefore impossible and the `expect` documents an invariant, not
 /// an input condition.
@@ -514,7 +514,7 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
         let doc = sections.get(doc_pos..doc_pos + len).ok_or(ProtocolError::Truncated("sequence document"))?;
-        findings = findings.union(findings_of(doc)?);
+        add_findings_of(doc, &mut findings)?;
         doc_pos += len;
         ends.push(doc_pos - first);
     }

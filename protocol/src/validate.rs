@@ -157,13 +157,28 @@ pub(crate) fn validate_with_index(bytes: &[u8]) -> Result<(&RawDocument, Finding
 /// [`validate_with_findings`] for callers that keep the bytes and need only the findings (the parser, once per
 /// document of a sequence): the same checks and the same errors, without viewing the bytes as a document.
 pub fn findings_of(bytes: &[u8]) -> Result<Findings, ProtocolError> {
+    let mut findings = Findings::NOTHING_YET;
+    add_findings_of(bytes, &mut findings)?;
+    Ok(findings)
+}
+
+/// [`findings_of`], adding what it finds to `findings` (which then holds their [`Findings::union`]): for the
+/// documents of a sequence, which are known by what any of them may hold. Every finding of the walk only ever
+/// grows, so walking into the union is the union of walks.
+#[inline]
+pub(crate) fn add_findings_of(bytes: &[u8], findings: &mut Findings) -> Result<(), ProtocolError> {
     if !has_document_shape(bytes) {
         // `bson` says why, in its words, as validate_with_findings would.
-        RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
+        shape_error(bytes)?;
     }
-    let mut findings = Findings::NOTHING_YET;
-    walk::<false, false>(bytes, 1, &mut findings, None)?;
-    Ok(findings)
+    walk::<false, false>(bytes, 1, findings, None)
+}
+
+/// Why `bytes` do not have a document's shape ([`has_document_shape`]), in `bson`'s words.
+#[cold]
+#[inline(never)]
+fn shape_error(bytes: &[u8]) -> Result<(), ProtocolError> {
+    RawDocument::from_bytes(bytes).map(|_| ()).map_err(|e| ProtocolError::InvalidBson(e.to_string()))
 }
 
 /// [`findings_of`], also noting in `index` (empty when given) where each top-level element is: for a
@@ -187,6 +202,8 @@ pub fn has_document_shape(bytes: &[u8]) -> bool {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn invalid(what: &str) -> ProtocolError {
     ProtocolError::InvalidBson(what.to_owned())
 }
@@ -218,9 +235,10 @@ fn string_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
 /// [`string_len`] for the common case, inlined into the walk: an ASCII string that is all there. `None` for
 /// anything else, which [`string_len`] then reads and refuses or accepts.
 ///
-/// Text of up to sixteen bytes is checked for ASCII a word at a time: up to seven bytes as one word read from
-/// where it starts (the bytes after it masked off), eight to sixteen as two words that overlap (the first eight
-/// and the last eight).
+/// Text of up to sixteen bytes is checked for ASCII a word at a time: up to seven bytes as the one word that
+/// ends at the NUL (the bytes before the text masked off; a word ending there is always within the document,
+/// while one starting at the text is not for a short string at a document's end), eight to sixteen as two words
+/// that overlap (the first eight and the last eight).
 #[inline(always)]
 fn short_string(bytes: &[u8], at: usize) -> Option<usize> {
     let len = usize::try_from(read_i32(bytes, at)?).ok().filter(|l| *l >= 1)?;
@@ -231,9 +249,11 @@ fn short_string(bytes: &[u8], at: usize) -> Option<usize> {
         return None;
     }
     let text = len - 1;
-    let high = match text {
-        0..=7 => word_at(bytes, start).map(|word| low_bytes(word, text)),
-        8..=16 => word_at(bytes, start).zip(word_at(bytes, nul - 8)).map(|(first, last)| first | last),
+    let last = nul.checked_sub(8).and_then(|before| word_at(bytes, before));
+    let high = match (text, last) {
+        // The text is the word's last `text` bytes.
+        (0..=7, Some(last)) => Some(last & !(u64::MAX >> (8 * text))),
+        (8..=16, Some(last)) => word_at(bytes, start).map(|first| first | last),
         _ => None,
     };
     let ascii = match high {
@@ -255,9 +275,13 @@ fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
 #[inline(always)]
 fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
     let word = word_at(bytes, at)?;
-    let len = nul_in(word)?;
-    let key = low_bytes(word, len);
-    (key & HIGH_BITS == 0).then_some((len, key))
+    let zero = zero_bytes(word);
+    if zero == 0 {
+        return None;
+    }
+    // The bits below the first NUL's flag, less its byte: the key's bytes.
+    let key = word & ((zero ^ (zero - 1)) >> 8);
+    (key & HIGH_BITS == 0).then_some(((zero.trailing_zeros() / 8) as usize, key))
 }
 
 /// The length of a C string (bytes up to a NUL, UTF-8) starting at `at` within `bytes`, NUL excluded.
@@ -277,8 +301,15 @@ fn low_bytes(word: u64, n: usize) -> u64 {
 /// only runs upwards from a zero byte, so the lowest flagged byte is always a real NUL.
 #[inline(always)]
 fn nul_in(word: u64) -> Option<usize> {
-    let zero = word.wrapping_sub(LOW_BITS) & !word & HIGH_BITS;
+    let zero = zero_bytes(word);
     (zero != 0).then(|| (zero.trailing_zeros() / 8) as usize)
+}
+
+/// The high bit of each byte of `word` that may be NUL, the lowest one set being the first NUL ([`nul_in`]);
+/// zero when there is none.
+#[inline(always)]
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(LOW_BITS) & !word & HIGH_BITS
 }
 
 /// The C string (key, regex pattern or options) starting at `at` within `bytes`, checked: its length (NUL
@@ -364,7 +395,7 @@ fn walk<const ARRAY: bool, const INDEX: bool>(
     }
     // Elements end at or before the document's final NUL, so `elements` excludes it.
     let elements = doc.get(..doc.len().saturating_sub(1)).ok_or_else(|| invalid("document truncated"))?;
-    let mut keys = Keys::default();
+    let mut keys = Keys::new();
     let mut index = Position::default();
     let mut pos = 4;
     while let Some(&kind) = elements.get(pos) {
@@ -408,14 +439,13 @@ fn walk<const ARRAY: bool, const INDEX: bool>(
                 string_len(elements, at)?
             }
             0x03 | 0x04 => {
-                let len = document_at(elements, at)?;
-                let inner = elements.get(at..at + len).ok_or_else(|| invalid("document overruns its container"))?;
+                let inner = document_at(elements, at)?;
                 if kind == 0x04 {
                     walk::<true, false>(inner, depth + 1, findings, None)?;
                 } else {
                     walk::<false, false>(inner, depth + 1, findings, None)?;
                 }
-                len
+                inner.len()
             }
             0x05 => binary_len(elements, at)?,
             // Undefined, null, min key, max key.
@@ -453,22 +483,24 @@ fn walk<const ARRAY: bool, const INDEX: bool>(
     }
     if depth == 1 {
         // The filter holds every top-level key only if each was recorded: no more than the filter takes, and
-        // none skipped because a repeat had already been found.
-        findings.top_keys = if findings.duplicate_keys || keys.large.is_some() { u64::MAX } else { keys.filter };
+        // none skipped because a repeat had already been found. Added to what is there: the findings may be
+        // those of the documents before this one ([`add_findings_of`]).
+        findings.top_keys |= if findings.duplicate_keys || !keys.filter_complete() { u64::MAX } else { keys.filter };
     }
     Ok(())
 }
 
-/// The length of an embedded document or array starting at `at` within `bytes`, with its prefix and final NUL
-/// checked (its elements are the caller's to walk).
-fn document_at(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
+/// The embedded document or array starting at `at` within `bytes`, with its prefix and final NUL checked (its
+/// elements are the caller's to walk).
+#[inline(always)]
+fn document_at(bytes: &[u8], at: usize) -> Result<&[u8], ProtocolError> {
     let len = read_i32(bytes, at).ok_or_else(|| invalid("document length truncated"))?;
     let len = usize::try_from(len).ok().filter(|l| *l >= 5).ok_or_else(|| invalid("document length below 5"))?;
     let end = at.checked_add(len).ok_or_else(|| invalid("document length overflows"))?;
-    match bytes.get(end - 1) {
-        Some(0) => Ok(len),
-        Some(_) => Err(invalid("document not NUL-terminated")),
-        None => Err(invalid("document overruns its container")),
+    let inner = bytes.get(at..end).ok_or_else(|| invalid("document overruns its container"))?;
+    match inner.last() {
+        Some(0) => Ok(inner),
+        _ => Err(invalid("document not NUL-terminated")),
     }
 }
 
@@ -570,18 +602,38 @@ impl Position {
 /// and compared with the kept ones. The filter's hash is fixed, so a client can choose keys that collide: that
 /// costs it one extra read of a document's keys, never one per colliding key. Beyond [`PAIRWISE_MAX`] keys they
 /// go into a hash set (keyed per process).
-#[derive(Default)]
+///
+/// Nearly every document is done with while only the filter is in use, so that state is the one tested per key
+/// ([`Keys::filter_only`]) and everything else is out of line ([`Keys::repeated_slow`]).
 struct Keys<'a> {
     filter: u64,
-    count: usize,
-    /// Every key so far, once a collision made them worth keeping.
-    kept: Option<Vec<&'a [u8]>>,
-    large: Option<std::collections::HashSet<&'a [u8]>>,
+    /// How many more keys the filter alone takes: [`PAIRWISE_MAX`] at first, zero once it took that many or
+    /// once a collision made the keys worth keeping.
+    filter_only: usize,
+    /// What replaces the filter alone (nothing while it is in use).
+    slow: Slow<'a>,
+}
+
+/// The rare states of [`Keys`].
+enum Slow<'a> {
+    /// The filter alone (or, once it took [`PAIRWISE_MAX`] keys, a hash set is next).
+    None,
+    /// Every key so far (no more than [`PAIRWISE_MAX`]), since a collision made them worth keeping; the filter
+    /// still takes each key's bit.
+    Kept(Vec<&'a [u8]>),
+    /// Every key so far, past [`PAIRWISE_MAX`] keys.
+    Large(std::collections::HashSet<&'a [u8]>),
 }
 
 impl<'a> Keys<'a> {
+    #[inline(always)]
+    fn new() -> Self {
+        Self { filter: 0, filter_only: PAIRWISE_MAX, slow: Slow::None }
+    }
+
     /// Records `key`, the key of the element starting at `start` within `elements` (`word` its first eight
     /// bytes); whether an earlier element of the same document has the same key.
+    #[inline(always)]
     fn repeated(
         &mut self,
         elements: &'a [u8],
@@ -590,9 +642,19 @@ impl<'a> Keys<'a> {
         len: usize,
         word: u64,
     ) -> bool {
-        if let Some(set) = &mut self.large {
-            return !set.insert(key());
+        let bit = word_bit(word, len);
+        if self.filter_only != 0 && self.filter & bit == 0 {
+            self.filter |= bit;
+            self.filter_only -= 1;
+            return false;
         }
+        self.repeated_slow(elements, start, key(), bit)
+    }
+
+    /// [`Keys::repeated`] for a key the filter alone does not answer (`bit` is its filter bit).
+    #[cold]
+    #[inline(never)]
+    fn repeated_slow(&mut self, elements: &'a [u8], start: usize, key: &'a [u8], bit: u64) -> bool {
         // The keys before this element, read again from the document (validated already); `None` were they
         // somehow unreadable, which then answers "maybe".
         let earlier = || {
@@ -600,32 +662,39 @@ impl<'a> Keys<'a> {
             let keys: Vec<&[u8]> = elements.by_ref().map(|e| e.key).collect();
             elements.complete().then_some(keys)
         };
-        if self.count == PAIRWISE_MAX {
-            // The std hasher is keyed per process, so a client cannot pick keys that all collide.
-            let Some(before) = self.kept.take().or_else(earlier) else { return true };
-            let mut set: std::collections::HashSet<&[u8]> = before.into_iter().collect();
-            let seen = !set.insert(key());
-            self.large = Some(set);
-            return seen;
-        }
-        self.count += 1;
-        let bit = word_bit(word, len);
-        if self.filter & bit == 0 {
-            self.filter |= bit;
-            if let Some(kept) = &mut self.kept {
-                kept.push(key());
+        let before = match &mut self.slow {
+            Slow::Large(set) => return !set.insert(key),
+            Slow::Kept(kept) if kept.len() < PAIRWISE_MAX => {
+                self.filter |= bit;
+                let seen = kept.contains(&key);
+                kept.push(key);
+                return seen;
             }
-            return false;
-        }
-        if self.kept.is_none() {
-            let Some(before) = earlier() else { return true };
-            self.kept = Some(before);
-        }
-        let key = key();
-        let Some(kept) = &mut self.kept else { return true };
-        let seen = kept.contains(&key);
-        kept.push(key);
+            Slow::Kept(kept) => std::mem::take(kept),
+            Slow::None => {
+                let Some(mut before) = earlier() else { return true };
+                if self.filter_only != 0 {
+                    // A collision within the filter's keys: from now on they are kept and compared.
+                    self.filter_only = 0;
+                    let seen = before.contains(&key);
+                    before.push(key);
+                    self.slow = Slow::Kept(before);
+                    return seen;
+                }
+                before
+            }
+        };
+        // Past PAIRWISE_MAX keys. The std hasher is keyed per process, so a client cannot pick keys that all
+        // collide.
+        let mut set: std::collections::HashSet<&[u8]> = before.into_iter().collect();
+        let seen = !set.insert(key);
+        self.slow = Slow::Large(set);
         seen
+    }
+
+    /// Whether the filter holds every key recorded (it does until a hash set replaces it).
+    fn filter_complete(&self) -> bool {
+        !matches!(self.slow, Slow::Large(_))
     }
 }
 
@@ -947,6 +1016,101 @@ mod tests {
             let mut full = doc.clone();
             full.append(bson::raw::CString::try_from(repeat.as_str()).unwrap(), 2);
             assert!(validate_with_findings(full.as_bytes()).unwrap().1.duplicate_keys(), "{repeat}");
+        }
+    }
+
+    #[test]
+    fn the_filter_alone_kept_keys_and_the_hash_set_hand_over_at_their_thresholds() {
+        // Distinct keys, two of which share a filter bit, the second at each position up to past the switch to
+        // the hash set; then the same with the second repeating the first instead.
+        let pair = colliding_keys(2);
+        let plain: Vec<String> =
+            (0..).map(|i| format!("p{i}")).filter(|k| !pair.contains(k)).take(PAIRWISE_MAX + 2).collect();
+        for total in [PAIRWISE_MAX - 1, PAIRWISE_MAX, PAIRWISE_MAX + 1, PAIRWISE_MAX + 2] {
+            for second in 1..total {
+                for repeat in [false, true] {
+                    let mut keys: Vec<&str> = plain[..total - 2].iter().map(String::as_str).collect();
+                    keys.insert(0, &pair[0]);
+                    keys.insert(second, if repeat { &pair[0] } else { &pair[1] });
+                    let doc = with_keys(&keys);
+                    let findings = validate_with_findings(doc.as_bytes()).unwrap().1;
+                    let case = format!("{total} keys, the second of the pair at {second}, repeated: {repeat}");
+                    assert_eq!(findings.duplicate_keys(), repeat, "{case}");
+                    // The top-level keys are summarised exactly when the filter took every one.
+                    let summarised = !repeat && total <= PAIRWISE_MAX;
+                    assert_eq!(findings.top_level_plain_without(b"absent"), summarised, "{case}");
+                    assert_eq!(findings.top_keys == u64::MAX, !summarised, "{case}");
+                }
+            }
+            // Without a collision: the filter alone, then the hash set.
+            let keys: Vec<&str> = plain[..total].iter().map(String::as_str).collect();
+            let findings = validate_with_findings(with_keys(&keys).as_bytes()).unwrap().1;
+            assert!(!findings.duplicate_keys(), "{total}");
+            assert_eq!(findings.top_keys == u64::MAX, total > PAIRWISE_MAX, "{total}");
+            let mut repeated = keys.clone();
+            repeated.push(keys[total - 1]);
+            assert!(validate_with_findings(with_keys(&repeated).as_bytes()).unwrap().1.duplicate_keys(), "{total}");
+        }
+    }
+
+    #[test]
+    fn a_sequence_s_findings_are_the_union_of_its_documents() {
+        let docs = [
+            rawdoc! { "a": 1 },
+            rawdoc! { "b": { "$where": "x" } },
+            with_keys(&["c", "c"]),
+            rawdoc! { "$d": 1 },
+            rawdoc! { "e.f": [1, 2] },
+            with_keys(
+                &(0..PAIRWISE_MAX + 1)
+                    .map(|i| format!("k{i}"))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            ),
+        ];
+        for first in &docs {
+            for second in &docs {
+                let mut added = Findings::NOTHING_YET;
+                add_findings_of(first.as_bytes(), &mut added).unwrap();
+                add_findings_of(second.as_bytes(), &mut added).unwrap();
+                let union = findings_of(first.as_bytes()).unwrap().union(findings_of(second.as_bytes()).unwrap());
+                assert_eq!(added, union, "{first:?} then {second:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_strings_are_checked_wherever_they_end() {
+        // Strings of every short length, last in their document (where fewer than eight bytes follow their
+        // text) and not, with a lone continuation byte at each place or none: only ASCII passes.
+        for len in 0..20i32 {
+            for last in [true, false] {
+                for bad in std::iter::once(None).chain((0..len).map(Some)) {
+                    let text: Vec<u8> = (0..len).map(|i| if Some(i) == bad { 0x80 } else { b'a' }).collect();
+                    let mut element = vec![0x02, b's', 0];
+                    element.extend_from_slice(&(len + 1).to_le_bytes());
+                    element.extend_from_slice(&text);
+                    element.push(0);
+                    let mut body = Vec::new();
+                    if !last {
+                        body.extend_from_slice(&element);
+                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
+                    } else {
+                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
+                        body.extend_from_slice(&element);
+                    }
+                    let mut doc = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+                    doc.extend_from_slice(&body);
+                    doc.push(0);
+                    assert_eq!(validate_document(&doc).is_ok(), bad.is_none(), "{len} {last} {bad:?}");
+                    assert_eq!(
+                        validate_document(&doc).is_ok(),
+                        RawDocument::from_bytes(&doc).unwrap().iter().all(|e| e.is_ok())
+                    );
+                }
+            }
         }
     }
 
