@@ -136,13 +136,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         // The caller is done with the previous frame.
         self.returned = None;
         loop {
-            if !self.buf.is_empty() && self.deadline.is_none() {
-                self.deadline = self.frame_timeout.map(|limit| Instant::now() + limit);
-            }
             let complete = check_frame(&self.buf, self.max_len)?;
             if self.buf.len() >= 4 {
                 // check_frame validated the announced length, so it is bounded by max_len.
                 let announced = i32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                // The frame's clock starts with its first bytes; a frame that came whole in one read and needs
+                // no budget never waits, so it does not read the clock.
+                if complete.is_none() || self.must_pay(announced) {
+                    self.start_deadline();
+                }
                 self.pay(announced).await?;
                 if let Some(len) = complete {
                     self.deadline = None;
@@ -152,6 +154,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(announced.saturating_sub(self.buf.len()));
             } else if self.buf.capacity() - self.buf.len() < INITIAL_BUFFER / 2 {
                 self.buf.reserve(INITIAL_BUFFER);
+            }
+            if !self.buf.is_empty() {
+                self.start_deadline();
             }
             let read = match (self.buf.is_empty(), self.deadline) {
                 // Between frames a connection may idle as long as it likes (drivers keep pools).
@@ -171,15 +176,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         !self.buf.is_empty()
     }
 
+    /// Starts the frame's deadline, unless it runs already.
+    fn start_deadline(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = self.frame_timeout.map(|limit| Instant::now() + limit);
+        }
+    }
+
+    /// Whether a frame of `len` bytes still has to be paid for out of the budget ([`Self::pay`] waits then).
+    fn must_pay(&self, len: usize) -> bool {
+        self.budget.is_some() && self.paid.is_none() && len > Budget::SMALL
+    }
+
     /// Pays for a frame of `len` bytes (once per frame), waiting for the budget within the frame deadline.
     async fn pay(&mut self, len: usize) -> Result<(), ReadError> {
+        if !self.must_pay(len) {
+            return Ok(());
+        }
         let Some(budget) = &self.budget else { return Ok(()) };
-        if self.paid.is_some() {
-            return Ok(());
-        }
-        if len <= Budget::SMALL {
-            return Ok(());
-        }
         let permit = match self.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, budget.acquire(len))
                 .await

@@ -12,7 +12,6 @@
 //! tenant's commands for another tenant's move, wait without a bound, or hold commands the proxy answers itself
 //! (the caller only sends forwarded commands through it).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,6 +19,8 @@ use std::time::Duration;
 use bson::{rawdoc, RawDocumentBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::names::NameMap;
 
 /// Longest a hold may last, whatever a caller asks for.
 pub const MAX_HOLD: Duration = Duration::from_secs(600);
@@ -65,7 +66,7 @@ impl TenantGate {
 /// Every tenant's gate, shared by all connections of a server.
 #[derive(Default)]
 pub struct Gate {
-    tenants: Mutex<HashMap<String, Arc<TenantGate>>>,
+    tenants: Mutex<NameMap<String, Arc<TenantGate>>>,
     next_hold: AtomicU64,
 }
 

@@ -27,6 +27,7 @@ pub mod explain;
 pub mod gate;
 pub mod handshake;
 pub mod lifecycle;
+pub mod names;
 pub mod policy;
 pub mod pool;
 pub mod ratelimit;

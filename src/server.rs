@@ -13,7 +13,6 @@
 //! connections with a command in flight end after answering it, and whatever is left after
 //! `limits.shutdown_grace_secs` is closed.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +31,7 @@ use crate::admission::{Admission, Refusal};
 use crate::backend::{BackendTarget, BoxStream};
 use crate::codec::Budget;
 use crate::connection::ClientConnection;
+use crate::names::NameMap;
 use crate::policy::{Listener, Policy};
 use crate::ratelimit::RateLimiter;
 use crate::session::Cursors;
@@ -43,12 +43,12 @@ use crate::workers::Workers;
 pub(crate) struct Generation {
     pub number: u64,
     pub policy: Arc<Policy>,
-    pub backends: HashMap<String, Arc<BackendTarget>>,
+    pub backends: NameMap<String, Arc<BackendTarget>>,
 }
 
 impl Generation {
     fn new(number: u64, policy: Policy, previous: Option<&Generation>, metrics: &Metrics) -> Self {
-        let mut backends = HashMap::new();
+        let mut backends = NameMap::default();
         for spec in &policy.backends {
             let target_metrics = metrics.backend_target(&spec.name);
             let target = match previous.and_then(|p| p.backends.get(&spec.name)) {
