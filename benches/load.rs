@@ -108,8 +108,9 @@
 //! - Tracing costs nothing measurable: one span per connection, none per command. There is no task hop per
 //!   command: the client's task runs the whole backend exchange. A pool checkout is a mutex pop and push (about
 //!   1% of the profile with the probe).
-//! - Not kept, because the numbers did not support them: keeping the serve loop's reload and drain waits across
-//!   commands (no change beyond noise); waking one waiter per freed in-flight slot instead of all of them. The
+//! - Not kept, because the numbers did not support them: waking one waiter per freed in-flight slot instead of
+//!   all of them (keeping the serve loop's reload and drain waits across commands, first tried here with no
+//!   change beyond wall-time noise, was kept in the third round below, where instruction counts showed it). The
 //!   latter, measured with the cap at 4 (`TW_QUICK_MAX_IN_FLIGHT=4`, 64 clients, 5 rounds): p99 7.5–11.6 ms
 //!   instead of 20–145 ms (waking everyone lets the client that just finished barge back in while others starve)
 //!   but 13.9–18.6k instead of 17.0–28.0k commands/s; at the default cap no change. The unfairness at a saturated
@@ -151,6 +152,37 @@
 //!   from 175–178 to 136–141 MiB, because the command's checkout no longer carries the future that opens a
 //!   backend connection (boxed: 2,640 → 864 bytes per waiting command). The attack bench (`benches/attack.rs`)
 //!   still runs the proxy in process on a work-stealing runtime.
+//! - **Third round (2026-11-28 morning): the connection's own work per command.** Callgrind on the proxy in the
+//!   quick mode at 1 client (2.5 s window, instructions of the connection's task divided by `prepare_forward`
+//!   calls; tokio's driver and scheduler come on top, about 5,000 more), each step on top of the last:
+//!
+//!   | step | instructions per command |
+//!   |---|---|
+//!   | start of the round (the per-core runtimes above) | 28,558 |
+//!   | reply lookups (cursor id, batch size, error fields) and the request's `maxTimeMS` read through the parsed bodies' index of top-level fields; the tenant looked up in the policy again only after a reload; the driver's `lsid` overwritten in place by its exact bytes, keeping the body's index (`OpMsg::with_binary_overwritten`) | 25,899 |
+//!   | the reload, drain and authentication waits kept across commands instead of registering with their channels and deregistering for every command | 24,932 |
+//!   | the tenant gate passed without registering for a wake-up or reading the clock when there is no hold and room under the cap | 24,564 |
+//!   | one timer per forwarded command, polled after each backend operation (`within!`), instead of a `Timeout` around each operation's future (each moved twice: a checkout's is most of a kilobyte) | 23,429 |
+//!   | a whole frame reads no clock; maps keyed by policy-defined names (backends, tenant gates) hashed with FNV-1a instead of SipHash | 22,852 |
+//!
+//!   −20% in all; with the validation walk's own work (`benches/rewrite.rs`, third round) merged after the last
+//!   step. Paired quick runs (`before` the start of the round, `after` its end), the machine in its slow mode
+//!   throughout (direct 102–130 µs, HAProxy 207–229 µs at 1 client, where the fast mode gives about 25 and 53):
+//!
+//!   | run (load average) | path | p50 / HAProxy's, 1 | added / HAProxy's, 1 | throughput / HAProxy's, 64 | CPU per command, 1 / 64 |
+//!   |---|---|---|---|---|---|
+//!   | 05:05, 1.2–1.9, 9 rounds | before | 1.23× | 1.44× | 1.06× | 93.8 / 25.6 µs |
+//!   |  | after (without the last step) | 1.06× | 1.16× | 1.07× | 92.3 / 24.1 µs |
+//!   | 05:24, 1.2–1.7, 9 rounds | before | 1.26× | 1.60× | 1.07× | 97.7 / 26.2 µs |
+//!   |  | after | 1.36× | 1.87× | 1.01× | 89.0 / 24.8 µs |
+//!   | 05:41, 0.8–1.3, 15 rounds, 1 client only | before | 1.34× | 1.79× | - | 97.2 µs |
+//!   |  | after | 1.30× | 1.74× | - | 88.1 µs |
+//!
+//!   HAProxy took 50.7–65.7 µs of CPU per command at 1 client and 21.3–21.7 µs at 64 in these runs. The CPU per
+//!   command fell by 6–10% at both counts, as the instruction counts say; the 1-client ratios moved both ways
+//!   with the slow mode's scheduling, which decides them more than the proxy's 23,000 instructions (about 8 µs)
+//!   do. The throughput goal stayed met; the 1-client goal (≤ 1.10×) was met in one run and not in two, and no
+//!   run caught the fast mode.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the

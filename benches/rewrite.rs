@@ -74,6 +74,29 @@
 //! withheld-errors note's tenant field, the boxed plan) and the scan of the argument lists; the pieces still
 //! built with bson's builders (aggregate stages, session ids) are the aggregate's.
 //!
+//! **Third round (2026-11-28 morning).** This bench now runs with the allocator the proxy runs with (jemalloc
+//! unless built otherwise, as `src/main.rs` chooses): before, its allocations were the system allocator's. With
+//! it, at 94e3f48 (the round's start) and at its end, instructions per iteration (callgrind, `setarch -R`, setup
+//! subtracted; the same binary moves by about 1% from build to build with code layout):
+//!
+//! | case             | 94e3f48   | now       |        |
+//! |------------------|-----------|-----------|--------|
+//! | find_5_clauses   | 9,175     | 8,862     | −3%    |
+//! | find_driver      | 10,147    | 8,788     | −13%   |
+//! | aggregate_lookup | 50,206    | 49,892    | −1%    |
+//! | insert_1000      | 1,297,802 | 1,165,454 | −10%   |
+//! | find_in_1000     | 138,799   | 146,312   | +5%    |
+//!
+//! What changed: the validation walk keeps its one common state (only the 64-bit filter in use) in one counter
+//! tested per key, with everything else out of line; short keys and strings are read a word at a time to their
+//! NUL, also at the end of a document; a sequence's documents are walked into one set of findings instead of one
+//! per document merged afterwards; the driver's `lsid` is overwritten in place by its exact bytes through the
+//! body's index (find_driver). The long-array case lost about 7 instructions per element, not found in the time
+//! there was (comparing positions of up to seven digits as one word, tried, gained nothing). Criterion medians
+//! after it (load average 1.0–1.5, three runs a few minutes apart): 0.99–1.39 µs for the find, 5.27 µs for the
+//! aggregate, 96–125 µs for the insert (0.68–0.90 GiB/s of documents). Neither goal is met: the find needs about
+//! 4,500 instructions, the insert about 850 per document (now 1,165).
+//!
 //! Hostile shapes (same run; af8cfc4's in brackets):
 //!
 //! | case                                                        | time     |
