@@ -108,7 +108,9 @@ macro_rules! within {
         tokio::select! {
             biased;
             result = $op => result,
-            () = &mut $timer => Err($deadline.expired().into()),
+            // Outside the task's cooperative budget, as `Timeout` polls its own timer: an operation that used
+            // the budget up (many ready reads of a large reply) must not keep an elapsed timer from firing.
+            () = tokio::task::unconstrained(&mut $timer) => Err($deadline.expired().into()),
         }
     };
 }
@@ -131,6 +133,7 @@ async fn next_control(
     draining: bool,
 ) -> (Control, watch::Receiver<u64>, watch::Receiver<bool>) {
     let event = tokio::select! {
+        biased;
         changed = generations.changed() => if changed.is_ok() { Control::Reloaded } else { Control::Closed },
         _ = drain.wait_for(|d| *d), if !draining => Control::Draining,
     };
