@@ -177,11 +177,13 @@
 //!   |  | after | 1.36× | 1.87× | 1.01× | 89.0 / 24.8 µs |
 //!   | 05:41, 0.8–1.3, 15 rounds, 1 client only | before | 1.34× | 1.79× | - | 97.2 µs |
 //!   |  | after | 1.30× | 1.74× | - | 88.1 µs |
+//!   | 05:45, 0.5–0.8, 9 rounds, 1 client only | before | 1.36× | 1.82× | - | 99.0 µs |
+//!   |  | after | 1.21× | 1.50× | - | 85.4 µs |
 //!
 //!   HAProxy took 50.7–65.7 µs of CPU per command at 1 client and 21.3–21.7 µs at 64 in these runs. The CPU per
 //!   command fell by 6–10% at both counts, as the instruction counts say; the 1-client ratios moved both ways
 //!   with the slow mode's scheduling, which decides them more than the proxy's 23,000 instructions (about 8 µs)
-//!   do. The throughput goal stayed met; the 1-client goal (≤ 1.10×) was met in one run and not in two, and no
+//!   do. The throughput goal stayed met; the 1-client goal (≤ 1.10×) was met in one run and not in three, and no
 //!   run caught the fast mode.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
