@@ -325,8 +325,8 @@ impl OpMsg {
     /// everything else as they are. No length, key or type changes, so the new body has the old one's shape
     /// and its index of top-level elements is the old one's ([`Self::body_fields`] stays a lookup).
     ///
-    /// `None` (nothing written) unless the body has `outer` exactly once and as a document, which has `inner`
-    /// exactly once and as a binary of that length whose subtype is not the old binary subtype (2, whose data
+    /// `None` (nothing written) unless the body has `outer` exactly once and as a document, whose one element
+    /// is `inner`, a binary of that length whose subtype is not the old binary subtype (2, whose data
     /// begins with a second length that the data would overwrite).
     pub fn with_binary_overwritten(&self, outer: &str, inner: &str, data: &[u8]) -> Option<OpMsg> {
         let fields = self.body_fields();
@@ -347,6 +347,9 @@ impl OpMsg {
             || usize::try_from(i32::from_le_bytes(length.try_into().ok()?)).ok()? != data.len()
             || document.get(length_at + 4) == Some(&2)
             || data_at + data.len() != inner_span.end
+            // `inner` is the document's one element: it starts after the length and ends at the final NUL.
+            || inner_span.start != 4
+            || inner_span.end + 1 != document.len()
         {
             return None;
         }
@@ -612,16 +615,18 @@ mod tests {
             OpMsg::parse(&header, &bytes).unwrap()
         };
         let data = [0xAB; 16];
-        let msg = parsed(rawdoc! { "find": "c", "lsid": { "x": 1, "id": binary(4, 16) }, "$db": "app" });
+        let msg = parsed(rawdoc! { "find": "c", "lsid": { "id": binary(4, 16) }, "filter": { "x": 1 }, "$db": "app" });
         let out = msg.with_binary_overwritten("lsid", "id", &data).unwrap();
         let id = out.body().get_document("lsid").unwrap().get_binary("id").unwrap();
         assert_eq!((id.subtype, id.bytes), (4.into(), &data[..]));
-        assert_eq!(out.body().get_document("lsid").unwrap().get_i32("x").unwrap(), 1);
+        assert_eq!(out.body().get_document("filter").unwrap().get_i32("x").unwrap(), 1);
         assert_eq!(out.body().as_bytes().len(), msg.body().as_bytes().len());
         assert_eq!(out.body_index, msg.body_index);
         assert!(out.body_index.is_known());
         crate::validate::validate_document(out.body().as_bytes()).unwrap();
         let refused = [
+            rawdoc! { "find": "c", "lsid": { "x": 1, "id": binary(4, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "id": binary(4, 16), "x": 1 }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": binary(4, 15) }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": binary(4, 17) }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": binary(2, 16) }, "$db": "app" },
