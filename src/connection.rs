@@ -290,8 +290,15 @@ impl ClientConnection {
                 self.reader.set_max_len(limits.message_limit(self.tenant.is_some()));
                 self.reader.set_frame_timeout(Some(limits.frame_timeout()));
             }
+            // Polled in this order, the reader last: a client that always has a frame queued must not keep
+            // the authentication deadline or the server's events from being seen (that would let a client that
+            // never authenticates outlive `auth_timeout` by flooding pings).
             let next = tokio::select! {
-                next = self.reader.next_frame() => next,
+                biased;
+                _ = &mut auth_deadline, if self.tenant.is_none() => {
+                    info!("no tenant identified in time; closing");
+                    break;
+                }
                 (event, generations, drain) = &mut control => {
                     match event {
                         Control::Closed => break,
@@ -313,10 +320,7 @@ impl ClientConnection {
                     control.set(next_control(generations, drain, draining));
                     continue;
                 }
-                _ = &mut auth_deadline, if self.tenant.is_none() => {
-                    info!("no tenant identified in time; closing");
-                    break;
-                }
+                next = self.reader.next_frame() => next,
             };
             let frame = match next {
                 Ok(Some(frame)) => frame,

@@ -283,6 +283,34 @@ impl Raw {
         self.call(next).await
     }
 
+    /// Writes pings back to back, never waiting for a reply (a task drains the replies), until the proxy closes
+    /// the connection or `limit` passes. Returns how many were answered.
+    async fn flood_pings_until_closed(self, limit: Duration) -> usize {
+        use tokio::io::AsyncWriteExt;
+        let Raw { mut reader, mut writer, mut next_id } = self;
+        let drain = tokio::spawn(async move {
+            let mut answered = 0;
+            while let Ok(Ok(Some(_))) = tokio::time::timeout(limit, reader.next_frame()).await {
+                answered += 1;
+            }
+            answered
+        });
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let mut pings = Vec::new();
+            for _ in 0..16 {
+                next_id += 1;
+                let ping = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "$db": "admin" });
+                pings.extend_from_slice(&ping.encode(next_id, 0).unwrap());
+            }
+            match tokio::time::timeout(limit, writer.write_all(&pings)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        drain.await.unwrap()
+    }
+
     /// Whether the proxy answers a ping on this connection (false: it closed it).
     async fn serves(&mut self) -> bool {
         self.call(rawdoc! { "ping": 1, "$db": "admin" }).await.is_some()
@@ -465,4 +493,28 @@ async fn a_source_breaking_the_protocol_before_authenticating_has_its_next_conne
     assert!(started.elapsed() >= Duration::from_millis(3_200), "held only {:?}", started.elapsed());
     // Four bombing connections and the ping's.
     assert_eq!(proxy.stats().connections_held.load(std::sync::atomic::Ordering::Relaxed), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_tenant_is_closed_at_the_auth_timeout_however_busy() {
+    let backend = Backend::start();
+    let proxy = start_proxy_text(&two_user_policy(&backend, "auth_timeout_secs = 1\n")).await;
+    let (scram_addr, bound_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+    let mut idle = Raw::connect_from("127.0.0.1", scram_addr).await;
+    let busy = Raw::connect_from("127.0.0.1", scram_addr).await;
+    let mut authenticated = Raw::connect_from("127.0.0.1", scram_addr).await;
+    let done = authenticated.scram("app", "secret").await.unwrap();
+    assert!(done.get_bool("done").unwrap_or(false), "{done:?}");
+    let mut bound = Raw::connect_from("127.0.0.1", bound_addr).await;
+    // A client that writes pings back to back always has a frame ready for the proxy to read: the deadline must still
+    // win. Bounded so that a proxy which never closes fails the test instead of hanging it.
+    let started = Instant::now();
+    let answered = busy.flood_pings_until_closed(Duration::from_secs(20)).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "a busy unauthenticated client outlived auth_timeout");
+    assert!(answered > 0, "the busy client was never served");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before auth_timeout: {:?}", started.elapsed());
+    assert!(!idle.serves().await, "an idle unauthenticated client outlived auth_timeout");
+    // Connections with a tenant, by SCRAM or by their listener, are not subject to it.
+    assert!(authenticated.serves().await, "an authenticated connection was closed at auth_timeout");
+    assert!(bound.serves().await, "a tenant-bound connection was closed at auth_timeout");
 }
