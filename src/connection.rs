@@ -815,7 +815,7 @@ impl ClientConnection {
         if msg.flags.more_to_come() {
             let (_, reply) = within!(timer, deadline, connection(&mut pooled)?.read_reply(backend_request_id))?;
             pooled.release();
-            self.answered(reply.body_fields());
+            self.answered(&session::ReplyCursor::of(reply.body_fields()));
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
@@ -829,14 +829,15 @@ impl ClientConnection {
                 return Err(ProxyError::Internal { detail: "backend connection missing".into() });
             };
             let (reply_header, reply) = within!(timer, deadline, connection(conn)?.read_reply(expect))?;
-            self.answered(reply.body_fields());
+            let cursor = session::ReplyCursor::of(reply.body_fields());
+            self.answered(&cursor);
             let more = reply.flags.more_to_come();
             if !more {
                 if let Some(done) = pooled.take() {
                     done.release();
                 }
             }
-            let reply = self.post_process(reply, post);
+            let reply = self.post_process(reply, post, &cursor);
             let sent_id = self
                 .write_msg(&reply, answer_to, compressor)
                 .await
@@ -850,12 +851,12 @@ impl ClientConnection {
     }
 
     /// Applies what the plan asked of the reply: cursor ownership, and withholding other tenants' values.
-    fn post_process(&self, reply: OpMsg, post: &ReplyPost) -> OpMsg {
+    fn post_process(&self, reply: OpMsg, post: &ReplyPost, cursor: &session::ReplyCursor) -> OpMsg {
         let flags = reply.flags.without(MsgFlags::CHECKSUM_PRESENT);
         let body = reply.body_fields();
         if post.plan.record_cursor {
             let tenant = &post.tenant;
-            match (session::reply_cursor_id(body), &post.get_more) {
+            match (cursor.id, &post.get_more) {
                 (Some(0), Some((requested, _))) => self.shared.cursors.release(&tenant.backend, *requested),
                 (Some(0), None) | (None, _) => {}
                 (Some(id), Some((_, plan))) => {

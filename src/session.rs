@@ -24,6 +24,7 @@ use bson::{cstr, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use lru::LruCache;
 use ring::digest;
 use tenantwall_protocol::fields::Fields;
+use tenantwall_protocol::validate::{Element, Elements};
 use tenantwall_protocol::OpMsg;
 
 use crate::engine::raw::replace_fields;
@@ -431,12 +432,73 @@ pub fn get_more_namespace(body: &RawDocument, cursor: &CursorPlan) -> Result<(),
     }
 }
 
-/// The cursor id of a reply (`cursor.id`), if it has one.
-pub fn reply_cursor_id<'a>(body: impl Into<Fields<'a>>) -> Option<i64> {
-    let cursor = crate::engine::raw::get_document(body, "cursor")?;
-    match crate::engine::raw::get(cursor, "id") {
-        Ok(Some(RawBsonRef::Int64(id))) => Some(id),
-        _ => None,
+/// What the proxy reads of a reply's `cursor` document: its id and how many documents its batch holds. Every
+/// forwarded reply is read for both (the cursor table, the documents-returned metric), so they are read in one
+/// pass over the cursor's elements; bytes that pass cannot read are read as before ([`ReplyCursor::read_apart`]),
+/// and the answer is always what reading each on its own gives.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyCursor {
+    /// `cursor.id` (its first occurrence) when it is an int64, as mongod sends it.
+    pub id: Option<i64>,
+    /// The items of `cursor.firstBatch`, or else of `cursor.nextBatch` (each the first occurrence of its key,
+    /// and an array).
+    pub batch_len: Option<u64>,
+}
+
+impl ReplyCursor {
+    /// The reply body's cursor, read once.
+    pub fn of<'a>(body: impl Into<Fields<'a>>) -> Self {
+        let Some(cursor) = crate::engine::raw::get_document(body, "cursor") else { return Self::default() };
+        let (mut id, mut first, mut next) = (None, None, None);
+        let mut elements = Elements::new(cursor);
+        for element in elements.by_ref() {
+            let slot = match element.key {
+                b"id" => &mut id,
+                b"firstBatch" => &mut first,
+                b"nextBatch" => &mut next,
+                _ => continue,
+            };
+            slot.get_or_insert(element);
+        }
+        let batch = |found: Option<Element<'_>>| -> Option<Option<usize>> {
+            match found {
+                None => Some(None),
+                Some(e) if e.kind != 0x04 => Some(None),
+                Some(e) => {
+                    let mut items = Elements::of_bytes(e.value);
+                    let n = items.by_ref().count();
+                    items.complete().then_some(Some(n))
+                }
+            }
+        };
+        let (Some(first), Some(next), true) = (batch(first), batch(next), elements.complete()) else {
+            return Self::read_apart(cursor);
+        };
+        let id = match id {
+            Some(e) if e.kind == 0x12 => match crate::engine::raw::view(e) {
+                Some(RawBsonRef::Int64(id)) => Some(id),
+                _ => return Self::read_apart(cursor),
+            },
+            _ => None,
+        };
+        Self { id, batch_len: first.or(next).and_then(|n| u64::try_from(n).ok()) }
+    }
+
+    /// [`ReplyCursor::read_apart`] of a whole reply body.
+    #[cfg(test)]
+    fn read_apart_of(body: &RawDocument) -> Self {
+        crate::engine::raw::get_document(body, "cursor").map(Self::read_apart).unwrap_or_default()
+    }
+
+    /// Each of the two read on its own, through `bson` where the bytes need it.
+    fn read_apart(cursor: &RawDocument) -> Self {
+        use crate::engine::raw::{array_len, get};
+        let id = match get(cursor, "id") {
+            Ok(Some(RawBsonRef::Int64(id))) => Some(id),
+            _ => None,
+        };
+        let batch_len = array_len(cursor, "firstBatch").or_else(|| array_len(cursor, "nextBatch"));
+        Self { id, batch_len: batch_len.and_then(|n| u64::try_from(n).ok()) }
     }
 }
 
@@ -489,6 +551,44 @@ mod tests {
     use super::*;
     use bson::rawdoc;
     use tenantwall_protocol::MsgFlags;
+
+    /// `ReplyCursor::of` against `bson`'s own reading of the same reply: the first `cursor`, its first `id` if an
+    /// int64, and the items of its first `firstBatch` if an array, or else of its first `nextBatch`.
+    #[test]
+    fn a_reply_cursor_read_in_one_pass_is_what_bson_reads() {
+        fn oracle(body: &RawDocument) -> ReplyCursor {
+            let Ok(cursor) = body.get_document("cursor") else { return ReplyCursor::default() };
+            let id = cursor.get_i64("id").ok();
+            let count = |key| cursor.get_array(key).ok().map(|a| a.into_iter().count() as u64);
+            ReplyCursor { id, batch_len: count("firstBatch").or_else(|| count("nextBatch")) }
+        }
+        let bodies = [
+            rawdoc! { "ok": 1.0 },
+            rawdoc! { "cursor": 7_i64, "ok": 1.0 },
+            rawdoc! { "cursor": { "firstBatch": [{ "a": 1 }, { "a": 2 }], "id": 0_i64, "ns": "app.c" }, "ok": 1.0 },
+            rawdoc! { "cursor": { "id": 99_i64, "ns": "app.c", "nextBatch": [] }, "ok": 1.0 },
+            rawdoc! { "cursor": { "id": 5_i32, "firstBatch": [1, 2, 3] }, "ok": 1.0 },
+            rawdoc! { "cursor": { "id": "x", "firstBatch": "not an array", "nextBatch": [1] }, "ok": 1.0 },
+            rawdoc! { "cursor": { "id": 1_i32, "id": 2_i64, "firstBatch": [1], "firstBatch": [1, 2] }, "ok": 1.0 },
+            rawdoc! { "cursor": { "id": 3_i64, "id": 4_i64, "nextBatch": [1, 2], "firstBatch": [] }, "ok": 1.0 },
+            rawdoc! { "cursor": {}, "ok": 1.0 },
+            rawdoc! { "ok": 1.0, "cursor": { "id": i64::MAX, "firstBatch": [[1], { "b": [2] }] }, "cursor": { "id": 1_i64 } },
+        ];
+        for body in &bodies {
+            let expected = oracle(body);
+            // Read through a document alone and through a parsed body's index: the same answer.
+            assert_eq!(ReplyCursor::of(body.as_ref()), expected, "{body:?}");
+            let msg = OpMsg::new(MsgFlags::default(), body.clone()).encode(1, 0).unwrap().freeze();
+            let tenantwall_protocol::Message::Msg(parsed) = tenantwall_protocol::decode(msg).unwrap().message else {
+                panic!("not an OP_MSG")
+            };
+            assert_eq!(ReplyCursor::of(parsed.body_fields()), expected, "{body:?}");
+            assert_eq!(ReplyCursor::read_apart_of(body), expected, "{body:?}");
+        }
+        // The ones with a cursor said something.
+        assert_eq!(ReplyCursor::of(bodies[2].as_ref()), ReplyCursor { id: Some(0), batch_len: Some(2) });
+        assert_eq!(ReplyCursor::of(bodies[5].as_ref()), ReplyCursor { id: None, batch_len: Some(1) });
+    }
 
     #[test]
     fn lsids_differ_per_tenant_and_are_stable() {

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use bson::RawDocument;
-use tenantwall_protocol::fields::Fields;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -113,12 +112,12 @@ impl ClientConnection {
     }
 
     /// The backend answered with `reply` (before it is rewritten for the client).
-    pub(super) fn answered(&mut self, reply: Fields<'_>) {
+    pub(super) fn answered(&mut self, cursor: &crate::session::ReplyCursor) {
         self.observed.outcome = Some(Outcome::Forwarded);
         if let Some(sent) = self.observed.sent.take() {
             *self.observed.backend.get_or_insert_default() += sent.elapsed();
         }
-        if let Some(n) = batch_len(reply) {
+        if let Some(n) = cursor.batch_len {
             self.usage.documents_returned.inc_by(n);
         }
     }
@@ -143,12 +142,4 @@ impl ClientConnection {
         }
         claimed
     }
-}
-
-/// Documents in a cursor reply's batch.
-fn batch_len(reply: Fields<'_>) -> Option<u64> {
-    use crate::engine::raw::{array_len, get_document};
-    let cursor = get_document(reply, "cursor")?;
-    let n = array_len(cursor, "firstBatch").or_else(|| array_len(cursor, "nextBatch"))?;
-    u64::try_from(n).ok()
 }
