@@ -40,6 +40,7 @@ use crate::session;
 use crate::stats::Stats;
 
 mod observe;
+mod woken;
 
 /// A forwarded command after cursor ownership was checked.
 struct BoundCursors {
@@ -277,7 +278,9 @@ impl ClientConnection {
         // across commands: made anew on each pass through the select below, each would register with its
         // channel or the timer wheel and deregister again for every command.
         let drain = self.shared.draining();
-        let mut control = Box::pin(next_control(self.shared.subscribe(), drain.clone(), false));
+        // Polled only once the channels woke it: a wait with nothing new would still lock each channel's
+        // list of waiters at every pass.
+        let mut control = woken::Woken::new(next_control(self.shared.subscribe(), drain.clone(), false));
         let mut draining = false;
         let auth_deadline =
             tokio::time::sleep_until(Instant::now() + self.shared.current().policy.limits.auth_timeout());
