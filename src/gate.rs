@@ -52,8 +52,13 @@ impl State {
 #[derive(Default)]
 struct TenantGate {
     state: Mutex<State>,
-    /// Woken whenever the hold ends or a command leaves.
+    /// Woken (all waiters) whenever a hold ends, and when a command leaves while a hold is in force (the mover
+    /// waits for the tenant's commands to finish).
     changed: Notify,
+    /// Woken (one waiter, the longest waiting) whenever a command leaves: a command waiting at the in-flight cap
+    /// takes the freed slot. One, not all: with hundreds waiting, waking every one for each slot would have all
+    /// but one of them run only to wait again, for every command that finishes.
+    slot_freed: Notify,
 }
 
 impl TenantGate {
@@ -81,8 +86,13 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
+        let held = state.hold.is_some();
         drop(state);
-        self.gate.changed.notify_waiters();
+        // With nobody waiting this stores one wake-up for the next waiter, who then looks at the state again.
+        self.gate.slot_freed.notify_one();
+        if held {
+            self.gate.changed.notify_waiters();
+        }
     }
 }
 
@@ -141,23 +151,27 @@ impl Gate {
         let cap_deadline = Instant::now() + cap_wait;
         let mut waited = false;
         loop {
-            // Registered before the state is read, so a change between the read and the wait is not missed.
-            let changed = gate.changed.notified();
-            tokio::pin!(changed);
+            // Both registered before the state is read, so a change between the read and the wait is not missed.
+            // The one not waited on is dropped; a slot handed to it is then passed on to the next waiter (what
+            // `Notified` does when dropped after `notify_one` chose it).
+            // Boxed (this is the slow path) so that dropping one really ends its registration.
+            let mut changed = Box::pin(gate.changed.notified());
+            let mut slot_freed = Box::pin(gate.slot_freed.notified());
             changed.as_mut().enable();
+            slot_freed.as_mut().enable();
             let now = Instant::now();
-            let wake_at = {
+            let held_until = {
                 let mut state = gate.lock();
                 match state.live_hold(now) {
                     Some((_, deadline)) => {
                         waited = true;
-                        deadline
+                        Some(deadline)
                     }
                     None if cap.is_some_and(|cap| state.in_flight >= cap) => {
                         if now >= cap_deadline {
                             return Err(cap_refusal(tenant));
                         }
-                        cap_deadline
+                        None
                     }
                     None => {
                         state.in_flight += 1;
@@ -165,7 +179,16 @@ impl Gate {
                     }
                 }
             };
-            let _ = tokio::time::timeout_at(wake_at, changed).await;
+            match held_until {
+                Some(deadline) => {
+                    drop(slot_freed);
+                    let _ = tokio::time::timeout_at(deadline, changed).await;
+                }
+                None => {
+                    drop(changed);
+                    let _ = tokio::time::timeout_at(cap_deadline, slot_freed).await;
+                }
+            }
         }
     }
 
@@ -348,6 +371,92 @@ mod tests {
         let start = bson::rawdoc! { "insert": "o", "autocommit": false, "startTransaction": true, "$db": "app" };
         assert!(interrupted_transaction(&start).is_none(), "a new transaction starts on the new placement");
         assert!(interrupted_transaction(&bson::rawdoc! { "insert": "o", "$db": "app" }).is_none());
+    }
+
+    /// Spawns a command of acme waiting at a cap of one; its result says whether it entered, and it holds the
+    /// slot until `leave` is told.
+    fn waiter(
+        gate: &Arc<Gate>,
+        entered: &Arc<Mutex<Vec<usize>>>,
+        n: usize,
+    ) -> (tokio::task::JoinHandle<bool>, tokio::sync::oneshot::Sender<()>) {
+        let (leave, left) = tokio::sync::oneshot::channel::<()>();
+        let (gate, entered) = (gate.clone(), entered.clone());
+        let task = tokio::spawn(async move {
+            let Ok(_slot) = gate.enter("acme", Some(1), Duration::from_secs(60)).await else { return false };
+            entered.lock().unwrap().push(n);
+            let _ = left.await;
+            true
+        });
+        (task, leave)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_at_the_cap_enter_one_per_freed_slot_in_the_order_they_came() {
+        let gate = Arc::new(Gate::default());
+        let entered = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let (mut tasks, mut leaves) = (Vec::new(), Vec::new());
+        for n in 1..=5 {
+            let (task, leave) = waiter(&gate, &entered, n);
+            tasks.push(task);
+            leaves.push(leave);
+            // Each registers before the next comes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(entered.lock().unwrap().is_empty());
+        drop(first);
+        for (n, leave) in (1..=5).zip(leaves) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(*entered.lock().unwrap(), (1..=n).collect::<Vec<_>>(), "one enters per freed slot, in order");
+            assert_eq!(gate.in_flight("acme"), 1);
+            let _ = leave.send(());
+        }
+        for task in tasks {
+            assert!(task.await.unwrap());
+        }
+        assert_eq!(gate.in_flight("acme"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_handed_to_a_command_that_went_away_goes_to_the_next() {
+        let gate = Arc::new(Gate::default());
+        let entered = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let (gone, _keep) = waiter(&gate, &entered, 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (next, leave_next) = waiter(&gate, &entered, 2);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The slot is handed to the first waiter, whose connection closes before it runs.
+        drop(first);
+        gone.abort();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*entered.lock().unwrap(), vec![2], "the freed slot was lost with the command that went away");
+        let _ = leave_next.send(());
+        assert!(next.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_at_the_cap_when_a_hold_begins_waits_for_the_hold_too() {
+        let gate = Arc::new(Gate::default());
+        let entered = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let (task, leave) = waiter(&gate, &entered, 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let holding = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.hold("acme", Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(first);
+        let hold = holding.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(entered.lock().unwrap().is_empty(), "entered a held tenant");
+        gate.release("acme", Some(hold.id)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*entered.lock().unwrap(), vec![1]);
+        let _ = leave.send(());
+        assert!(task.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
