@@ -32,19 +32,27 @@ struct State {
     /// When the hold in force began, for the held time reported at release.
     held_since: Option<Instant>,
     in_flight: usize,
+    /// Holds begun so far: a command that waited while this changed waited across a hold, even if it never saw
+    /// the hold in force (it slept at the cap through all of it).
+    holds_begun: u64,
+    /// The in-flight cap, as the latest command to arrive was given it (the policy in force): every command
+    /// waiting at the cap measures against the same one, so a slot freed is never left to a waiter whose
+    /// older, tighter cap keeps it out while another could enter.
+    cap: Option<usize>,
 }
 
 impl State {
-    /// The hold in force at `now`; an expired hold is ended here (it ends by itself, nobody has to release it).
-    fn live_hold(&mut self, now: Instant) -> Option<(u64, Instant)> {
+    /// The hold in force at `now`; an expired hold is ended here (it ends by itself, nobody has to release it),
+    /// and the second value says so: the caller then wakes the commands waiting on [`TenantGate::changed`].
+    fn live_hold(&mut self, now: Instant) -> (Option<(u64, Instant)>, bool) {
         match self.hold {
             Some((_, deadline)) if deadline <= now => {
                 tracing::warn!("tenant hold reached its deadline and ended by itself");
                 self.hold = None;
                 self.held_since = None;
-                None
+                (None, true)
             }
-            other => other,
+            other => (other, false),
         }
     }
 }
@@ -53,7 +61,8 @@ impl State {
 struct TenantGate {
     state: Mutex<State>,
     /// Woken (all waiters) whenever a hold ends, and when a command leaves while a hold is in force (the mover
-    /// waits for the tenant's commands to finish).
+    /// waits for the tenant's commands to finish). Commands waiting at the cap listen here too, so that the end of
+    /// a hold lets every one of them look again.
     changed: Notify,
     /// Woken (one waiter, the longest waiting) whenever a command leaves: a command waiting at the in-flight cap
     /// takes the freed slot. One, not all: with hundreds waiting, waking every one for each slot would have all
@@ -111,6 +120,23 @@ pub struct Hold {
 pub enum HoldError {
     #[error("{in_flight} command(s) of the tenant were still in flight when the hold's bound was reached")]
     NotDrained { in_flight: usize },
+    #[error("the hold was released or replaced before the tenant's commands in flight finished")]
+    Ended,
+}
+
+/// What a command at the gate waits for.
+enum Wait {
+    /// The end of the hold in force (released, or at this deadline).
+    Hold(Instant),
+    /// A slot under the cap, or a hold's beginning or end.
+    Cap,
+}
+
+/// Wakes the commands waiting on a hold's end when `ended` says one ended by its deadline just now.
+fn notify_hold_ended(gate: &TenantGate, ended: bool) {
+    if ended {
+        gate.changed.notify_waiters();
+    }
 }
 
 impl Gate {
@@ -140,53 +166,69 @@ impl Gate {
         let gate = self.tenant(tenant);
         // Nearly every command: no hold, below the cap. It passes without registering for a wake-up or reading
         // the clock.
-        {
+        let holds_before = {
             let mut state = gate.lock();
+            state.cap = cap;
             if state.hold.is_none() && cap.is_none_or(|cap| state.in_flight < cap) {
                 state.in_flight += 1;
                 drop(state);
                 return Ok(InFlight { gate, waited: false });
             }
-        }
+            state.holds_begun
+        };
         let cap_deadline = Instant::now() + cap_wait;
         let mut waited = false;
         loop {
             // Both registered before the state is read, so a change between the read and the wait is not missed.
-            // The one not waited on is dropped; a slot handed to it is then passed on to the next waiter (what
-            // `Notified` does when dropped after `notify_one` chose it).
-            // Boxed (this is the slow path) so that dropping one really ends its registration.
+            // Boxed (this is the slow path) so that dropping one really ends its registration: a freed slot
+            // handed to a wait that is dropped unused goes on to the next waiter (what `Notified` does when
+            // dropped after `notify_one` chose it).
             let mut changed = Box::pin(gate.changed.notified());
             let mut slot_freed = Box::pin(gate.slot_freed.notified());
             changed.as_mut().enable();
             slot_freed.as_mut().enable();
             let now = Instant::now();
-            let held_until = {
+            let (wait, hold_ended) = {
                 let mut state = gate.lock();
-                match state.live_hold(now) {
+                let (hold, ended) = state.live_hold(now);
+                let wait = match hold {
                     Some((_, deadline)) => {
                         waited = true;
-                        Some(deadline)
+                        Wait::Hold(deadline)
                     }
-                    None if cap.is_some_and(|cap| state.in_flight >= cap) => {
+                    None if state.cap.is_some_and(|cap| state.in_flight >= cap) => {
                         if now >= cap_deadline {
+                            drop(state);
+                            notify_hold_ended(&gate, ended);
                             return Err(cap_refusal(tenant));
                         }
-                        None
+                        Wait::Cap
                     }
                     None => {
                         state.in_flight += 1;
+                        // A hold that began and ended while this command slept at the cap counts as waited.
+                        waited |= state.holds_begun != holds_before;
+                        drop(state);
+                        notify_hold_ended(&gate, ended);
                         return Ok(InFlight { gate: gate.clone(), waited });
                     }
-                }
+                };
+                (wait, ended)
             };
-            match held_until {
-                Some(deadline) => {
+            notify_hold_ended(&gate, hold_ended);
+            match wait {
+                Wait::Hold(deadline) => {
                     drop(slot_freed);
                     let _ = tokio::time::timeout_at(deadline, changed).await;
                 }
-                None => {
-                    drop(changed);
-                    let _ = tokio::time::timeout_at(cap_deadline, slot_freed).await;
+                Wait::Cap => {
+                    let either = async {
+                        tokio::select! {
+                            () = &mut slot_freed => {}
+                            () = &mut changed => {}
+                        }
+                    };
+                    let _ = tokio::time::timeout_at(cap_deadline, either).await;
                 }
             }
         }
@@ -205,6 +247,7 @@ impl Gate {
             let mut state = gate.lock();
             state.hold = Some((id, deadline));
             state.held_since = Some(started);
+            state.holds_begun += 1;
         }
         loop {
             let changed = gate.changed.notified();
@@ -212,6 +255,10 @@ impl Gate {
             changed.as_mut().enable();
             let in_flight = {
                 let mut state = gate.lock();
+                if state.hold.is_none_or(|(held, _)| held != id) {
+                    // Released, or replaced by a newer hold, while this one waited: it is not in force.
+                    return Err(HoldError::Ended);
+                }
                 if state.in_flight == 0 {
                     return Ok(Hold { id, drained_in: started.elapsed(), max });
                 }
@@ -236,7 +283,10 @@ impl Gate {
         let Some(gate) = self.existing(tenant) else { return false };
         let now = Instant::now();
         let mut state = gate.lock();
-        state.live_hold(now).is_some_and(|(held, deadline)| held == id && deadline >= now + margin)
+        let (hold, ended) = state.live_hold(now);
+        drop(state);
+        notify_hold_ended(&gate, ended);
+        hold.is_some_and(|(held, deadline)| held == id && deadline >= now + margin)
     }
 
     /// Ends the tenant's hold (when `id` is given, only that hold); the waiting commands go on. Returns how long
@@ -245,7 +295,12 @@ impl Gate {
         let gate = self.existing(tenant)?;
         let now = Instant::now();
         let mut state = gate.lock();
-        let (held, _) = state.live_hold(now)?;
+        let (hold, ended) = state.live_hold(now);
+        let Some((held, _)) = hold else {
+            drop(state);
+            notify_hold_ended(&gate, ended);
+            return None;
+        };
         if id.is_some_and(|id| id != held) {
             return None;
         }
@@ -457,6 +512,73 @@ mod tests {
         assert_eq!(*entered.lock().unwrap(), vec![1]);
         let _ = leave.send(());
         assert!(task.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_slept_at_the_cap_through_a_whole_hold_has_waited() {
+        let gate = Arc::new(Gate::default());
+        let cap = Some(2);
+        let (a, b) = (gate.enter("acme", cap, NO_CAP).await.unwrap(), gate.enter("acme", cap, NO_CAP).await.unwrap());
+        let mut waiters = Vec::new();
+        for _ in 0..3 {
+            let gate = gate.clone();
+            waiters.push(tokio::spawn(async move {
+                let slot = gate.enter("acme", cap, Duration::from_secs(60)).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                slot.waited
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let holding = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.hold("acme", Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop((a, b));
+        let hold = holding.await.unwrap().unwrap();
+        gate.release("acme", Some(hold.id)).unwrap();
+        // Two enter at the release; the third only when one of them leaves, after the hold is over. It too was
+        // waiting while the hold was in force, and must be decided as such.
+        for waiter in waiters {
+            assert!(waiter.await.unwrap(), "a command that waited across a hold did not say so");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_released_before_the_tenant_drained_ends_at_once() {
+        let gate = Arc::new(Gate::default());
+        let _stuck = gate.enter("acme", None, NO_CAP).await.unwrap();
+        let holding = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.hold("acme", Duration::from_secs(300)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        assert!(gate.release("acme", None).is_some());
+        assert_eq!(holding.await.unwrap(), Err(HoldError::Ended));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited {:?} for a hold no longer in force",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_waiting_at_the_cap_measure_against_the_cap_now_in_force() {
+        let gate = Arc::new(Gate::default());
+        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let tight = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter("acme", Some(1), Duration::from_secs(60)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // A reload raised the cap to 2: the next command enters beside the first.
+        let _loose = gate.enter("acme", Some(2), NO_CAP).await.unwrap();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(tight.is_finished(), "the freed slot was left unused under the cap now in force");
+        assert!(tight.await.unwrap());
+        assert_eq!(gate.in_flight("acme"), 1);
     }
 
     #[tokio::test(start_paused = true)]

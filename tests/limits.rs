@@ -500,6 +500,8 @@ async fn a_connection_without_a_tenant_is_closed_at_the_auth_timeout_however_bus
     let backend = Backend::start();
     let proxy = start_proxy_text(&two_user_policy(&backend, "auth_timeout_secs = 1\n")).await;
     let (scram_addr, bound_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+    // Before the busy client connects: its authentication clock starts at accept, after this.
+    let started = Instant::now();
     let mut idle = Raw::connect_from("127.0.0.1", scram_addr).await;
     let busy = Raw::connect_from("127.0.0.1", scram_addr).await;
     let mut authenticated = Raw::connect_from("127.0.0.1", scram_addr).await;
@@ -508,7 +510,6 @@ async fn a_connection_without_a_tenant_is_closed_at_the_auth_timeout_however_bus
     let mut bound = Raw::connect_from("127.0.0.1", bound_addr).await;
     // A client that writes pings back to back always has a frame ready for the proxy to read: the deadline must still
     // win. Bounded so that a proxy which never closes fails the test instead of hanging it.
-    let started = Instant::now();
     let answered = busy.flood_pings_until_closed(Duration::from_secs(20)).await;
     assert!(started.elapsed() < Duration::from_secs(20), "a busy unauthenticated client outlived auth_timeout");
     assert!(answered > 0, "the busy client was never served");

@@ -4,7 +4,7 @@
 //! `watch` receivers: polling one that has nothing new still locks its channel's waiter list to check the
 //! waker, and the connection's loop polls them each time it runs, twice per command. [`Woken`] polls its future
 //! with a waker of its own, which notes the wake-up before passing it to the task; until that happens, a poll
-//! answers `Pending` at the cost of one atomic swap.
+//! answers `Pending` at the cost of an uncontended lock (to keep the task's waker current) and one atomic swap.
 //!
 //! It must never drop a wake-up: the note is set before the task is woken, and cleared before the future is
 //! polled, so a wake-up that comes during that poll leaves the note set for the next one. The task's waker is
