@@ -185,6 +185,41 @@
 //!   with the slow mode's scheduling, which decides them more than the proxy's 23,000 instructions (about 8 µs)
 //!   do. The throughput goal stayed met; the 1-client goal (≤ 1.10×) was met in one run and not in three, and no
 //!   run caught the fast mode.
+//! - **Fourth round (2026-11-28, 07:00–08:20): the reply path, the waits, and the in-flight cap.** Same
+//!   measure, each step on top of the last:
+//!
+//!   | step | instructions per command |
+//!   |---|---|
+//!   | start of the round (the third round's end, with the serve loop's select now biased: the authentication deadline and the server's events before the reader) | 22,960 |
+//!   | a reply's cursor read once for both its id (cursor table) and its batch size (metric), `session::ReplyCursor`; withholding reads the reply's top-level keys once before looking any field up | 22,016 |
+//!   | the reload and drain wait polled only once its channels woke it (`connection/woken.rs`), not twice per command | 21,160 |
+//!   | the generic arguments matched at once; the gate's finishing command wakes one waiter at the cap (`notify_one`) and the hold waiters only while a hold is in force | 20,953 |
+//!
+//!   −8.7% (the whole process, tokio included: 26,978 → 24,909). The gate change is the one that shows under
+//!   load: every command that finished used to wake every command waiting at its tenant's cap, so with 100
+//!   clients per tenant and the default cap of 32, each finished command ran some 68 tasks that then waited
+//!   again. `-- many`, closed loop, 10,000 clients: 12,269 / 13,177 commands/s before, 27,218 / 27,985 / 27,286
+//!   / 28,903 after (p50 714 / 683 ms → 331–349 ms, p99 1.94–1.96 s → 0.96–1.02 s), alternating builds.
+//!   Paired quick runs (slow mode throughout: direct 86–127 µs, HAProxy 171–213 µs at 1 client):
+//!
+//!   | run | path | p50 / HAProxy's, 1 | added / HAProxy's, 1 | throughput / HAProxy's, 64 | CPU per command, 1 / 64 |
+//!   |---|---|---|---|---|---|
+//!   | 07:40, 5 rounds | start of the round | 1.21× | 1.38× | 1.06× | 66.3 / 17.8 µs |
+//!   |  | after the gate change | 1.13× | 1.22× | 1.03× | 66.1 / 16.9 µs |
+//!   | 07:52, 7 rounds | start of the round | 1.29× | 1.61× | 1.06× | 88.0 / 22.9 µs |
+//!   |  | end of the round | 1.36× | 1.89× | 1.04× | 89.1 / 22.6 µs |
+//!
+//!   Where the 1-client gap is, from `/proc/<pid>/stat` over a 1-client run (3 rounds of 3 s, about 35,000
+//!   commands each): tenantwall 36 µs of user and 54 µs of system time per command, HAProxy 12 µs and 56 µs.
+//!   The kernel's share is the same (strace: one `epoll_wait`, `recvfrom` and `sendto` per direction, no
+//!   futex, about 1.9 voluntary context switches per command, like HAProxy); the difference is user time, three
+//!   times what 25,000 instructions take at a normal rate: in the slow mode, with client, stub and proxy sharing
+//!   two cores, the proxy's code and data are cold at every command. So the next lever is the memory a command
+//!   touches, not the instruction count alone: the connection's task future is 23 KiB (`handle_frame`'s 10.7,
+//!   `handle_msg`'s 5.0 and `relay`'s 1.8 KiB nested, each awaited future's prefix copied twice, 768 bytes for
+//!   `handle_msg`'s). Boxing `handle_msg`'s future (serve future 23 → 4 KiB; +1.3% instructions; −29 MiB idle
+//!   RSS with 10,000 clients) gave 12–15% less CPU per command at 1 client in two 9-round runs and nothing in a
+//!   third: not kept on that evidence; worth a longer run.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
@@ -245,19 +280,21 @@
 //! open-file limit; the limit is raised with `rlimit` (to the hard limit, or further as root where the kernel
 //! allows), and the clients are capped to fit under it. About 30 s.
 //!
-//! Latest run (2026-11-27, with the backend pool and the per-tenant in-flight cap; same machine, load average
-//! 4-5): 10,000 clients connected and authenticated in 7.4 s; proxy RSS 9 MiB before they came.
+//! Latest run (2026-11-28 08:10, after the gate wakes one waiter per freed slot; load average 1.3): proxy RSS 9
+//! MiB before the clients came.
 //!
 //! | phase                                | commands/s | p50       | p99       | backend conns (gauge / TCP) | proxy RSS |
 //! |--------------------------------------|------------|-----------|-----------|-----------------------------|-----------|
-//! | connected, idle                      | -          | -         | -         | 1 / 1                       | 155 MiB   |
-//! | first find of every client, at once  | -          | 457 ms    | 703 ms    | 64 / 64                     | 157 MiB   |
-//! | 1 find/s per client                  | 9,076      | 0.76 ms   | 59.5 ms   | 64 / 64                     | 158 MiB   |
-//! | closed loop                          | 13,473     | 286 ms    | 3.76 s    | 64 / 64                     | 157 MiB   |
+//! | connected, idle                      | -          | -         | -         | 1 / 1                       | 129 MiB   |
+//! | first find of every client, at once  | -          | 204 ms    | 333 ms    | 64 / 64                     | 134 MiB   |
+//! | 1 find/s per client                  | 9,084      | 0.48 ms   | 3.20 ms   | 64 / 64                     | 134 MiB   |
+//! | closed loop                          | 28,903     | 331 ms    | 956 ms    | 64 / 64                     | 135 MiB   |
 //!
-//! The run before the in-flight cap: closed loop 21,503 commands/s, p99 642 ms; the rest within noise.
+//! Before that change (the same session, alternating builds): closed loop 12,269–13,177 commands/s, p50
+//! 683–714 ms, p99 1.94–1.96 s; the rest within noise. The run of 2026-11-27 (before the in-flight cap):
+//! closed loop 21,503 commands/s, p99 642 ms.
 //!
-//! Issue 10's goal: ≤ 64 backend connections and ≤ 200 MiB for 10,000 clients; met, with the RSS (about 15 KiB per
+//! Issue 10's goal: ≤ 64 backend connections and ≤ 200 MiB for 10,000 clients; met, with the RSS (about 13 KiB per
 //! idle client connection) the closer of the two. The one idle backend connection is the admin listener's health
 //! check. Before the pool, 9,744 clients (all this machine's 20,000 open files allowed with a backend connection
 //! each) held 9,744 backend connections and 168 MiB.

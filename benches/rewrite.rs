@@ -97,6 +97,28 @@
 //! aggregate, 96–125 µs for the insert (0.68–0.90 GiB/s of documents). Neither goal is met: the find needs about
 //! 4,500 instructions, the insert about 850 per document (now 1,165).
 //!
+//! **Fourth round (2026-11-28, 07:00–08:20).** The tenant is now looked up once, outside the measured path, as
+//! a connection looks it up once when it authenticates (before, each iteration paid a SipHash lookup of the
+//! tenant, about 220 instructions). Instructions per iteration, counted as above but over more iterations
+//! (2,000 for the finds, 500 for the aggregate, 200 for the long array, 20 for the insert: at 200 the finds'
+//! first iterations add about 1%); the round's start (8ad5a3e, rebuilt) and its end:
+//!
+//! | case             | 8ad5a3e   | now       |        |
+//! |------------------|-----------|-----------|--------|
+//! | find_5_clauses   | 8,832     | 8,660     | −2%    |
+//! | find_driver      | 8,608     | 8,320     | −3%    |
+//! | aggregate_lookup | 49,684    | 49,412    | −1%    |
+//! | insert_1000      | 1,166,566 | 1,163,373 | —      |
+//! | find_in_1000     | 143,985   | 142,558   | −1%    |
+//!
+//! Besides the tenant lookup, only the argument check changed on this path (the generic arguments matched at
+//! once instead of after a walk of the command's own list); the round's other work was on the connection's
+//! side (`benches/load.rs`, fourth round). Criterion medians (two runs, load average 1.3): 0.97–1.41 µs for the
+//! find, 5.2–5.3 µs for the aggregate, 96–117 µs for the insert (0.72–0.89 GiB/s). Neither goal is met; the
+//! profile is as the third round left it: the validation walk a third of the find and two thirds of the insert,
+//! then the moves of the message and plan between the layers (about 600 instructions of `memcpy` for the find,
+//! structs of 144 to 768 bytes), the argument check, and the field lookups.
+//!
 //! Hostile shapes (same run; af8cfc4's in brackets):
 //!
 //! | case                                                        | time     |
