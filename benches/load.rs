@@ -218,8 +218,8 @@
 //!   touches, not the instruction count alone: the connection's task future is 23 KiB (`handle_frame`'s 10.7,
 //!   `handle_msg`'s 5.0 and `relay`'s 1.8 KiB nested, each awaited future's prefix copied twice, 768 bytes for
 //!   `handle_msg`'s). Boxing `handle_msg`'s future (serve future 23 → 4 KiB; +1.3% instructions; −29 MiB idle
-//!   RSS with 10,000 clients) gave 12–15% less CPU per command at 1 client in two 9-round runs and nothing in a
-//!   third: not kept on that evidence; worth a longer run.
+//!   RSS with 10,000 clients) gave 12–15% less CPU per command at 1 client in two 9-round runs, nothing in a
+//!   third, and 3% less in a 15-round run (76.7 → 74.6 µs; p50 239 → 232 µs): not kept on that evidence.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
