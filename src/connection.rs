@@ -6,8 +6,10 @@
 //! details in a reply, and never let one client's failure reach another: every error ends in a MongoDB-shaped
 //! reply to this client or in closing it.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -980,12 +982,20 @@ impl ClientConnection {
         if self.write_failed {
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "an earlier write failed"));
         }
-        let limit = self.shared.current().policy.limits.client_write_timeout();
-        let outcome = match tokio::time::timeout(limit, self.writer.write_all(frame)).await {
-            Ok(written) => written,
-            Err(_) => {
-                info!(timeout = ?limit, "client does not read its replies; closing");
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client write timed out"))
+        let mut write = std::pin::pin!(self.writer.write_all(frame));
+        // A reply nearly always fits the socket's buffer at once: only a write that has to wait reads the clock
+        // and arms the timeout.
+        let outcome = match std::future::poll_fn(|cx| Poll::Ready(Future::poll(write.as_mut(), cx))).await {
+            Poll::Ready(written) => written,
+            Poll::Pending => {
+                let limit = self.shared.current().policy.limits.client_write_timeout();
+                match tokio::time::timeout(limit, write).await {
+                    Ok(written) => written,
+                    Err(_) => {
+                        info!(timeout = ?limit, "client does not read its replies; closing");
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client write timed out"))
+                    }
+                }
             }
         };
         self.write_failed = outcome.is_err();
