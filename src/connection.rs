@@ -448,7 +448,7 @@ impl ClientConnection {
         match decoded.message {
             Message::Msg(msg) => {
                 let command = Command::from_name(msg.command_name().unwrap_or_default());
-                let flow = self.handle_msg(&generation, decoded.header, msg, decoded.compressor).await;
+                let flow = self.handle_msg(&generation, decoded.header, msg, command, decoded.compressor).await;
                 self.done(command, started);
                 flow
             }
@@ -498,11 +498,12 @@ impl ClientConnection {
         generation: &Generation,
         header: MsgHeader,
         msg: OpMsg,
+        command: Command,
         compressor: Option<Compressor>,
     ) -> std::io::Result<Flow> {
         Stats::incr(&self.shared.stats.commands);
-        let name = msg.command_name().unwrap_or_default().to_owned();
-        let command = Command::from_name(&name);
+        // For the logs only (`command` is what was made of it): borrowed, the message outlives every use.
+        let name = msg.command_name().unwrap_or_default();
         debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
         // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
