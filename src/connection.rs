@@ -587,7 +587,7 @@ impl ClientConnection {
                     tenant: tenant.clone(),
                     policy: generation.policy.clone(),
                 };
-                match self.relay(generation, header.request_id, &forward, compressor, &post).await {
+                match self.relay(generation, header.request_id, forward, compressor, &post).await {
                     Ok(()) => {
                         for id in killed {
                             self.shared.cursors.release(&tenant.backend, id);
@@ -786,7 +786,7 @@ impl ClientConnection {
         &mut self,
         generation: &Generation,
         client_request_id: i32,
-        msg: &OpMsg,
+        mut forward: OpMsg,
         compressor: Option<Compressor>,
         post: &ReplyPost,
     ) -> Result<(), ProxyError> {
@@ -798,10 +798,11 @@ impl ClientConnection {
         // moreToCome is dropped too, as mongos does for w:0 writes: the backend answers, the proxy reads and
         // discards that answer, so the exchange ends with one reply and the pooled connection is in lock-step.
         let strip = MsgFlags::CHECKSUM_PRESENT | MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME;
-        let forward = msg.with_flags(msg.flags.without(strip));
+        let more_to_come = forward.flags.more_to_come();
+        forward.flags = forward.flags.without(strip);
         // The deadline covers the wait for a pooled connection and opening one too: like mongos, a command's
         // maxTimeMS is the whole operation as the client sees it.
-        let deadline = BackendDeadline::for_command(&generation.policy.limits, msg.body_fields());
+        let deadline = BackendDeadline::for_command(&generation.policy.limits, forward.body_fields());
         let timer = tokio::time::sleep_until(deadline.at);
         tokio::pin!(timer);
         let mut pooled = within!(timer, deadline, checkout(&self.shared, generation, &tenant))?;
@@ -818,7 +819,7 @@ impl ClientConnection {
             }
             Err(failure) => return Err(failure.error),
         };
-        if msg.flags.more_to_come() {
+        if more_to_come {
             let (_, reply) = within!(timer, deadline, connection(&mut pooled)?.read_reply(backend_request_id))?;
             pooled.release();
             self.answered(&session::ReplyCursor::of(reply.body_fields()));
@@ -883,7 +884,9 @@ impl ClientConnection {
         if let Some(rewritten) = reply::rewrite_reply(body, &post.plan, &post.policy, &post.tenant) {
             return OpMsg::with_sequences(flags, rewritten, reply.sequences().to_vec());
         }
-        reply.with_flags(flags)
+        let mut reply = reply;
+        reply.flags = flags;
+        reply
     }
 
     /// Legacy OP_QUERY: only the handshake on `<db>.$cmd` is served, as servers since 5.1 do.
