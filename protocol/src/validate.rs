@@ -284,43 +284,6 @@ fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
     (key & HIGH_BITS == 0).then_some(((zero.trailing_zeros() / 8) as usize, key))
 }
 
-/// [`short_key`] for keys of eight to fifteen ASCII bytes (`singleBatch`, `$clusterTime`, `writeConcern`): the
-/// first word without a NUL and the NUL in the second, both read whole. `None` for anything else (a key not
-/// all ASCII, longer, or too near the end of `bytes` for two words), which [`key_at`] then reads byte by byte.
-fn medium_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
-    let first = word_at(bytes, at)?;
-    if zero_bytes(first) != 0 || first & HIGH_BITS != 0 {
-        return None;
-    }
-    let second = word_at(bytes, at.checked_add(8)?)?;
-    let zero = zero_bytes(second);
-    if zero == 0 {
-        return None;
-    }
-    let tail = second & ((zero ^ (zero - 1)) >> 8);
-    (tail & HIGH_BITS == 0).then_some((8 + (zero.trailing_zeros() / 8) as usize, first))
-}
-
-/// [`short_key`] for a key within the last eight bytes of `bytes` (the last element of a small document, `{k:
-/// 42}`), where no word starts at the key: the word that ends with `bytes` is read and shifted down to the key.
-/// The zeros shifted in are not bytes of the document, so a NUL found among them is no NUL: `None` then, as
-/// for a key that is not ASCII, and [`key_at`] reads it byte by byte (and refuses it).
-fn tail_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
-    let remaining = bytes.len().checked_sub(at).filter(|r| (1..8).contains(r))?;
-    let start = bytes.len().checked_sub(8)?;
-    let word = word_at(bytes, start)? >> (8 * (at - start));
-    let zero = zero_bytes(word);
-    if zero == 0 {
-        return None;
-    }
-    let len = (zero.trailing_zeros() / 8) as usize;
-    if len >= remaining {
-        return None;
-    }
-    let key = word & ((zero ^ (zero - 1)) >> 8);
-    (key & HIGH_BITS == 0).then_some((len, key))
-}
-
 /// The length of a C string (bytes up to a NUL, UTF-8) starting at `at` within `bytes`, NUL excluded.
 fn cstring_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
     key_at(bytes, at).map(|(len, _)| len)
@@ -355,9 +318,6 @@ fn zero_bytes(word: u64) -> u64 {
 /// Keys are short and nearly always ASCII: they are read eight bytes at a time, the NUL and any non-ASCII byte
 /// found in the same pass, so the UTF-8 check runs only for keys that need it.
 fn key_at(bytes: &[u8], at: usize) -> Result<(usize, u64), ProtocolError> {
-    if let Some(found) = medium_key(bytes, at).or_else(|| tail_key(bytes, at)) {
-        return Ok(found);
-    }
     let rest = bytes.get(at..).ok_or_else(|| invalid("C string truncated"))?;
     let mut high = 0u64;
     let mut first = None;
@@ -1155,6 +1115,30 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_runs_into_the_end_of_its_document_is_refused() {
+        // `{<type 0x10> key...}` with no NUL after the key before the document's own final NUL, at every short
+        // length, at the top level and nested: refused, as bson refuses it.
+        for len in 0..12usize {
+            let mut body = vec![0x10u8];
+            body.extend((0..len).map(|i| b'a' + i as u8));
+            let mut inner = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+            inner.extend_from_slice(&body);
+            inner.push(0);
+            assert!(validate_document(&inner).is_err(), "{len}");
+            // And the key itself is refused where it is read, not only by the overrun after it.
+            let elements = &inner[..inner.len() - 1];
+            assert!(key_at(elements, 5).is_err(), "{len}: a key without its NUL was read");
+            assert!(RawDocument::from_bytes(&inner).map_or(true, |d| d.iter().any(|e| e.is_err())));
+            let mut outer = vec![0x03, b'd', 0];
+            outer.extend_from_slice(&inner);
+            let mut doc = ((outer.len() + 5) as i32).to_le_bytes().to_vec();
+            doc.extend_from_slice(&outer);
+            doc.push(0);
+            assert!(validate_document(&doc).is_err(), "nested {len}");
+        }
+    }
+
+    #[test]
     fn keys_of_every_length_are_read_wherever_they_end() {
         // Keys of every length up to 24, last in their document (few bytes after them) and not, all ASCII, with a
         // lone continuation byte, or with a two-byte character at each place: the walk accepts what bson
@@ -1194,30 +1178,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    #[test]
-    fn a_key_that_runs_into_the_end_of_its_document_is_refused() {
-        // `{<type 0x10> key...}` with no NUL after the key before the document's own final NUL, at every short
-        // length, at the top level and nested: refused, as bson refuses it.
-        for len in 0..12usize {
-            let mut body = vec![0x10u8];
-            body.extend((0..len).map(|i| b'a' + i as u8));
-            let mut inner = ((body.len() + 5) as i32).to_le_bytes().to_vec();
-            inner.extend_from_slice(&body);
-            inner.push(0);
-            assert!(validate_document(&inner).is_err(), "{len}");
-            // And the key itself is refused where it is read, not only by the overrun after it.
-            let elements = &inner[..inner.len() - 1];
-            assert!(key_at(elements, 5).is_err(), "{len}: a key without its NUL was read");
-            assert!(RawDocument::from_bytes(&inner).map_or(true, |d| d.iter().any(|e| e.is_err())));
-            let mut outer = vec![0x03, b'd', 0];
-            outer.extend_from_slice(&inner);
-            let mut doc = ((outer.len() + 5) as i32).to_le_bytes().to_vec();
-            doc.extend_from_slice(&outer);
-            doc.push(0);
-            assert!(validate_document(&doc).is_err(), "nested {len}");
         }
     }
 
