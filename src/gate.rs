@@ -349,6 +349,12 @@ mod tests {
 
     const NO_CAP: Duration = Duration::from_secs(1);
 
+    /// A mover holding acme, in a task of its own.
+    fn spawn_hold(gate: &Arc<Gate>, max: Duration) -> tokio::task::JoinHandle<Result<Hold, HoldError>> {
+        let gate = gate.clone();
+        tokio::spawn(async move { gate.hold("acme", max).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_held_tenant_waits_and_others_do_not() {
         let gate = Arc::new(Gate::default());
@@ -374,10 +380,7 @@ mod tests {
     async fn hold_waits_for_commands_in_flight() {
         let gate = Arc::new(Gate::default());
         let first = gate.enter("acme", None, NO_CAP).await.unwrap();
-        let holding = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.hold("acme", Duration::from_secs(30)).await }
-        });
+        let holding = spawn_hold(&gate, Duration::from_secs(30));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!holding.is_finished(), "the hold waits for the command in flight");
         drop(first);
@@ -498,10 +501,7 @@ mod tests {
         let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
         let (task, leave) = waiter(&gate, &entered, 1);
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let holding = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.hold("acme", Duration::from_secs(30)).await }
-        });
+        let holding = spawn_hold(&gate, Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(1)).await;
         drop(first);
         let hold = holding.await.unwrap().unwrap();
@@ -529,10 +529,7 @@ mod tests {
             }));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let holding = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.hold("acme", Duration::from_secs(30)).await }
-        });
+        let holding = spawn_hold(&gate, Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(1)).await;
         drop((a, b));
         let hold = holding.await.unwrap().unwrap();
@@ -548,10 +545,7 @@ mod tests {
     async fn a_hold_released_before_the_tenant_drained_ends_at_once() {
         let gate = Arc::new(Gate::default());
         let _stuck = gate.enter("acme", None, NO_CAP).await.unwrap();
-        let holding = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.hold("acme", Duration::from_secs(300)).await }
-        });
+        let holding = spawn_hold(&gate, Duration::from_secs(300));
         tokio::time::sleep(Duration::from_secs(1)).await;
         let started = Instant::now();
         assert!(gate.release("acme", None).is_some());
