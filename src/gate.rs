@@ -43,16 +43,18 @@ struct State {
 
 impl State {
     /// The hold in force at `now`; an expired hold is ended here (it ends by itself, nobody has to release it),
-    /// and the second value says so: the caller then wakes the commands waiting on [`TenantGate::changed`].
-    fn live_hold(&mut self, now: Instant) -> (Option<(u64, Instant)>, bool) {
+    /// and the commands waiting on `changed` ([`TenantGate::changed`]) are woken as a release wakes them. (Waking
+    /// under the state's lock is safe: nothing holds a `Notify`'s own lock while taking this one.)
+    fn live_hold(&mut self, now: Instant, changed: &Notify) -> Option<(u64, Instant)> {
         match self.hold {
             Some((_, deadline)) if deadline <= now => {
                 tracing::warn!("tenant hold reached its deadline and ended by itself");
                 self.hold = None;
                 self.held_since = None;
-                (None, true)
+                changed.notify_waiters();
+                None
             }
-            other => (other, false),
+            other => other,
         }
     }
 }
@@ -132,13 +134,6 @@ enum Wait {
     Cap,
 }
 
-/// Wakes the commands waiting on a hold's end when `ended` says one ended by its deadline just now.
-fn notify_hold_ended(gate: &TenantGate, ended: bool) {
-    if ended {
-        gate.changed.notify_waiters();
-    }
-}
-
 impl Gate {
     fn tenant(&self, tenant: &str) -> Arc<TenantGate> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
@@ -188,18 +183,15 @@ impl Gate {
             changed.as_mut().enable();
             slot_freed.as_mut().enable();
             let now = Instant::now();
-            let (wait, hold_ended) = {
+            let wait = {
                 let mut state = gate.lock();
-                let (hold, ended) = state.live_hold(now);
-                let wait = match hold {
+                match state.live_hold(now, &gate.changed) {
                     Some((_, deadline)) => {
                         waited = true;
                         Wait::Hold(deadline)
                     }
                     None if state.cap.is_some_and(|cap| state.in_flight >= cap) => {
                         if now >= cap_deadline {
-                            drop(state);
-                            notify_hold_ended(&gate, ended);
                             return Err(cap_refusal(tenant));
                         }
                         Wait::Cap
@@ -208,14 +200,10 @@ impl Gate {
                         state.in_flight += 1;
                         // A hold that began and ended while this command slept at the cap counts as waited.
                         waited |= state.holds_begun != holds_before;
-                        drop(state);
-                        notify_hold_ended(&gate, ended);
                         return Ok(InFlight { gate: gate.clone(), waited });
                     }
-                };
-                (wait, ended)
+                }
             };
-            notify_hold_ended(&gate, hold_ended);
             match wait {
                 Wait::Hold(deadline) => {
                     drop(slot_freed);
@@ -283,10 +271,7 @@ impl Gate {
         let Some(gate) = self.existing(tenant) else { return false };
         let now = Instant::now();
         let mut state = gate.lock();
-        let (hold, ended) = state.live_hold(now);
-        drop(state);
-        notify_hold_ended(&gate, ended);
-        hold.is_some_and(|(held, deadline)| held == id && deadline >= now + margin)
+        state.live_hold(now, &gate.changed).is_some_and(|(held, deadline)| held == id && deadline >= now + margin)
     }
 
     /// Ends the tenant's hold (when `id` is given, only that hold); the waiting commands go on. Returns how long
@@ -295,12 +280,7 @@ impl Gate {
         let gate = self.existing(tenant)?;
         let now = Instant::now();
         let mut state = gate.lock();
-        let (hold, ended) = state.live_hold(now);
-        let Some((held, _)) = hold else {
-            drop(state);
-            notify_hold_ended(&gate, ended);
-            return None;
-        };
+        let (held, _) = state.live_hold(now, &gate.changed)?;
         if id.is_some_and(|id| id != held) {
             return None;
         }
@@ -431,6 +411,13 @@ mod tests {
         assert!(interrupted_transaction(&bson::rawdoc! { "insert": "o", "$db": "app" }).is_none());
     }
 
+    /// A gate with acme at a cap of one: the command in flight, and the list [`waiter`]s note their entry in.
+    async fn at_a_cap_of_one() -> (Arc<Gate>, Arc<Mutex<Vec<usize>>>, InFlight) {
+        let gate = Arc::new(Gate::default());
+        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        (gate, Arc::new(Mutex::new(Vec::new())), first)
+    }
+
     /// Spawns a command of acme waiting at a cap of one; its result says whether it entered, and it holds the
     /// slot until `leave` is told.
     fn waiter(
@@ -451,9 +438,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn commands_at_the_cap_enter_one_per_freed_slot_in_the_order_they_came() {
-        let gate = Arc::new(Gate::default());
-        let entered = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let (gate, entered, first) = at_a_cap_of_one().await;
         let (mut tasks, mut leaves) = (Vec::new(), Vec::new());
         for n in 1..=5 {
             let (task, leave) = waiter(&gate, &entered, n);
@@ -478,9 +463,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_handed_to_a_command_that_went_away_goes_to_the_next() {
-        let gate = Arc::new(Gate::default());
-        let entered = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let (gate, entered, first) = at_a_cap_of_one().await;
         let (gone, _keep) = waiter(&gate, &entered, 1);
         tokio::time::sleep(Duration::from_millis(1)).await;
         let (next, leave_next) = waiter(&gate, &entered, 2);
@@ -496,9 +479,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_command_at_the_cap_when_a_hold_begins_waits_for_the_hold_too() {
-        let gate = Arc::new(Gate::default());
-        let entered = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
+        let (gate, entered, first) = at_a_cap_of_one().await;
         let (task, leave) = waiter(&gate, &entered, 1);
         tokio::time::sleep(Duration::from_millis(1)).await;
         let holding = spawn_hold(&gate, Duration::from_secs(30));

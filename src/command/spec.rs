@@ -12,23 +12,42 @@
 
 use super::Command;
 
-/// Generic arguments a client may send with any forwarded command (generic_argument.idl, the ones drivers
-/// send). Internal ones (`$audit`, `$client`, `shardVersion`, `$tenant`, `rawData`, ...) are absent, so refused.
-pub const GENERIC_ARGUMENTS: &[&str] = &[
-    "$db",
-    "apiVersion",
-    "apiStrict",
-    "apiDeprecationErrors",
-    "maxTimeMS",
-    "readConcern",
-    "writeConcern",
-    "lsid",
-    "txnNumber",
-    "autocommit",
-    "startTransaction",
-    "comment",
-    "$readPreference",
-    "$clusterTime",
+/// Defines [`GENERIC_ARGUMENTS`] and [`is_generic_argument`] from one list, so the two cannot disagree.
+macro_rules! generic_arguments {
+    ($($name:literal),* $(,)?) => {
+        /// Generic arguments a client may send with any forwarded command (generic_argument.idl, the ones
+        /// drivers send). Internal ones (`$audit`, `$client`, `shardVersion`, `$tenant`, `rawData`, ...) are
+        /// absent, so refused.
+        pub const GENERIC_ARGUMENTS: &[&str] = &[$(
+            match std::str::from_utf8($name) {
+                Ok(name) => name,
+                Err(_) => panic!("generic argument names are UTF-8"),
+            }
+        ),*];
+
+        /// Whether `key` is one of [`GENERIC_ARGUMENTS`]: a `match`, decided by the key's length and bytes at
+        /// once, for the argument check every command passes (most carry several: `$db`, `lsid`, `$clusterTime`).
+        pub fn is_generic_argument(key: &[u8]) -> bool {
+            matches!(key, $($name)|*)
+        }
+    };
+}
+
+generic_arguments![
+    b"$db",
+    b"apiVersion",
+    b"apiStrict",
+    b"apiDeprecationErrors",
+    b"maxTimeMS",
+    b"readConcern",
+    b"writeConcern",
+    b"lsid",
+    b"txnNumber",
+    b"autocommit",
+    b"startTransaction",
+    b"comment",
+    b"$readPreference",
+    b"$clusterTime",
 ];
 
 /// How the proxy handles a command.

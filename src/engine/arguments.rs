@@ -8,7 +8,7 @@ use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::OpMsg;
 
 use super::{first_key, Denial, Result};
-use crate::command::spec::{Statement, BULK_DELETE, BULK_INSERT, BULK_UPDATE, GENERIC_ARGUMENTS};
+use crate::command::spec::{is_generic_argument, Statement, BULK_DELETE, BULK_INSERT, BULK_UPDATE, GENERIC_ARGUMENTS};
 use crate::command::CommandSpec;
 use crate::error::ErrorCode;
 
@@ -16,29 +16,6 @@ fn unknown(place: &str, field: &str) -> Denial {
     Denial::new(
         ErrorCode::UNKNOWN_FIELD,
         format!("BSON field '{place}.{field}' is an unknown field (not in tenantwall's command surface)"),
-    )
-}
-
-/// Whether `key` is one of [`GENERIC_ARGUMENTS`]: most commands carry several (`$db`, `lsid`, `$clusterTime`),
-/// and a `match` is decided by the key's length and bytes at once instead of a walk of both lists. A test keeps
-/// it equal to the list.
-fn generic(key: &[u8]) -> bool {
-    matches!(
-        key,
-        b"$db"
-            | b"apiVersion"
-            | b"apiStrict"
-            | b"apiDeprecationErrors"
-            | b"maxTimeMS"
-            | b"readConcern"
-            | b"writeConcern"
-            | b"lsid"
-            | b"txnNumber"
-            | b"autocommit"
-            | b"startTransaction"
-            | b"comment"
-            | b"$readPreference"
-            | b"$clusterTime"
     )
 }
 
@@ -55,7 +32,7 @@ pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) 
         let known = |list: &[&str]| {
             list.iter().any(|a| a.len() == key.len() && a.as_bytes().first() == key.first() && a.as_bytes() == key)
         };
-        if std::mem::take(&mut first) || generic(key) || known(spec.arguments) {
+        if std::mem::take(&mut first) || is_generic_argument(key) || known(spec.arguments) {
             return true;
         }
         unknown_key = Some(key);
@@ -156,7 +133,7 @@ mod tests {
     #[test]
     fn the_generic_match_is_the_generic_list() {
         for name in GENERIC_ARGUMENTS {
-            assert!(generic(name.as_bytes()), "{name} is generic but not matched");
+            assert!(is_generic_argument(name.as_bytes()), "{name} is generic but not matched");
         }
         // Every key of every command spec, and near misses of the generic names: matched only if listed.
         let near = GENERIC_ARGUMENTS.iter().flat_map(|n| [n.to_uppercase(), format!("{n}x"), n[1..].to_owned()]);
@@ -167,7 +144,7 @@ mod tests {
             .filter_map(|c| crate::command::Command::from_name(c).spec())
             .flat_map(|s| s.arguments.iter().map(|a| a.to_string()));
         for key in near.chain(specs).chain(["".to_owned(), "$".to_owned(), "db".to_owned()]) {
-            if generic(key.as_bytes()) {
+            if is_generic_argument(key.as_bytes()) {
                 assert!(GENERIC_ARGUMENTS.contains(&key.as_str()), "{key} matched but not listed");
             }
         }
