@@ -141,7 +141,7 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::NOTHING_YET;
-    walk::<false, false>(bytes, 1, &mut findings, None)?;
+    walk::<false, true, false>(bytes, 1, &mut findings, None)?;
     Ok((doc, findings))
 }
 
@@ -171,7 +171,7 @@ pub(crate) fn add_findings_of(bytes: &[u8], findings: &mut Findings) -> Result<(
         // `bson` says why, in its words, as validate_with_findings would.
         shape_error(bytes)?;
     }
-    walk::<false, false>(bytes, 1, findings, None)
+    walk::<false, true, false>(bytes, 1, findings, None)
 }
 
 /// Why `bytes` do not have a document's shape ([`has_document_shape`]), in `bson`'s words.
@@ -188,7 +188,7 @@ pub(crate) fn findings_and_index_of(bytes: &[u8], index: &mut TopLevel) -> Resul
         RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     }
     let mut findings = Findings::NOTHING_YET;
-    walk::<false, true>(bytes, 1, &mut findings, Some(index))?;
+    walk::<false, true, true>(bytes, 1, &mut findings, Some(index))?;
     Ok(findings)
 }
 
@@ -210,8 +210,7 @@ fn invalid(what: &str) -> ProtocolError {
 
 #[inline(always)]
 fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
-    let b = bytes.get(at..at.checked_add(4)?)?;
-    Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    bytes.get(at..)?.first_chunk::<4>().map(|b| i32::from_le_bytes(*b))
 }
 
 /// The length of a BSON string (int32 length, UTF-8 bytes, NUL) starting at `at` within `bytes`, all of it
@@ -232,35 +231,34 @@ fn string_len(bytes: &[u8], at: usize) -> Result<usize, ProtocolError> {
     Ok(4 + len)
 }
 
-/// [`string_len`] for the common case, inlined into the walk: an ASCII string that is all there. `None` for
-/// anything else, which [`string_len`] then reads and refuses or accepts.
+/// [`string_len`] for the common case, inlined into the walk: ASCII text of at most fifteen bytes that is all
+/// there. `None` for anything else, which [`string_len`] then reads and refuses or accepts.
 ///
-/// Text of up to sixteen bytes is checked for ASCII a word at a time: up to seven bytes as the one word that
-/// ends at the NUL (the bytes before the text masked off; a word ending there is always within the document,
-/// while one starting at the text is not for a short string at a document's end), eight to sixteen as two words
-/// that overlap (the first eight and the last eight).
+/// The word that ends at the NUL (inclusive) holds the NUL as its top byte and up to seven bytes of text below
+/// it: one load checks the terminator and, masked to the text, that the text is ASCII. Text of eight to fifteen
+/// bytes takes its first eight bytes too (the two words overlap). A word ending at the NUL always lies within
+/// the document, as the length prefix and key come before the text; one starting at the text need not.
 #[inline(always)]
 fn short_string(bytes: &[u8], at: usize) -> Option<usize> {
-    let len = usize::try_from(read_i32(bytes, at)?).ok().filter(|l| *l >= 1)?;
-    let start = at.checked_add(4)?;
-    let nul = start.checked_add(len - 1)?;
-    // The NUL within the bytes puts the whole text within them too.
-    if *bytes.get(nul)? != 0 {
+    let len = read_i32(bytes, at)?;
+    // `len` counts the NUL: one to sixteen.
+    if !(1..=16).contains(&len) {
         return None;
     }
-    let text = len - 1;
-    let last = nul.checked_sub(8).and_then(|before| word_at(bytes, before));
-    let high = match (text, last) {
-        // The text is the word's last `text` bytes.
-        (0..=7, Some(last)) => Some(last & !(u64::MAX >> (8 * text))),
-        (8..=16, Some(last)) => word_at(bytes, start).map(|first| first | last),
-        _ => None,
+    let text = len as usize - 1;
+    // No overflow: `at + 4` is within `bytes` (the prefix was read) and `len` is at most sixteen.
+    let nul = at + 3 + len as usize;
+    let last = word_at(bytes, nul.checked_sub(7)?)?;
+    if last >> 56 != 0 {
+        return None;
+    }
+    let high = if text <= 7 {
+        // The text's bytes and the NUL: the word's top `text + 1` bytes.
+        last & (u64::MAX << (8 * (7 - text)))
+    } else {
+        last | word_at(bytes, at + 4)?
     };
-    let ascii = match high {
-        Some(high) => high & HIGH_BITS == 0,
-        None => bytes.get(start..nul)?.is_ascii(),
-    };
-    ascii.then_some(4 + len)
+    (high & HIGH_BITS == 0).then_some(4 + len as usize)
 }
 
 /// The eight bytes at `at` as a little-endian word, if there are eight.
@@ -381,10 +379,11 @@ fn nul_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// last byte checked to be NUL by the caller), recording findings. Arrays are walked as the documents they are
 /// on the wire (the precise checks read their keys too); keys that are the positions "0", "1", ... in order
 /// cannot repeat, so an array's keys are compared with their positions instead of with each other, and any
-/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are. With `INDEX` (for a
-/// message body's top level), `top` is told where each element starts and where its key ends; the other walks
-/// (every nested document, every document of a sequence) are compiled without that step.
-fn walk<const ARRAY: bool, const INDEX: bool>(
+/// other key is noted as a possible repeat. `ARRAY` says which of the two the bytes are. `TOP` is set for a
+/// document at depth 1 (a message's body, a sequence's document), whose keys are summarised in the findings.
+/// With `INDEX` (for a message body's top level), `top` is told where each element starts and where its key
+/// ends; the other walks (every nested document, every document of a sequence) are compiled without that step.
+fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
     doc: &[u8],
     depth: usize,
     findings: &mut Findings,
@@ -400,32 +399,39 @@ fn walk<const ARRAY: bool, const INDEX: bool>(
     let mut pos = 4;
     while let Some(&kind) = elements.get(pos) {
         let key_at = pos + 1;
-        let (key_len, word) = match short_key(elements, key_at) {
-            Some(short) => short,
-            None => self::key_at(elements, key_at)?,
-        };
-        // Within `elements`: the key's NUL was found there.
-        // The key as bytes, for the uncommon paths (the common ones need only its length and first word).
-        let key = || elements.get(key_at..key_at + key_len).unwrap_or_default();
-        // One repeat anywhere is all the finding records: once it is set, keys need not be compared.
-        if !findings.duplicate_keys {
-            let repeated =
-                if ARRAY { !index.next_is(key, word) } else { keys.repeated(elements, pos, key, key_len, word) };
-            if repeated {
-                findings.duplicate_keys = true;
+        // An array's key that is its next one-digit position is all the checks below would pass: ASCII, not
+        // `$`, no dot, no repeat. Nearly every array element is one of those.
+        let key_len = if ARRAY && index.next_is_digit(elements, key_at) {
+            1
+        } else {
+            let (key_len, word) = match short_key(elements, key_at) {
+                Some(short) => short,
+                None => self::key_at(elements, key_at)?,
+            };
+            // Within `elements`: the key's NUL was found there.
+            // The key as bytes, for the uncommon paths (the common ones need only its length and first word).
+            let key = || elements.get(key_at..key_at + key_len).unwrap_or_default();
+            // One repeat anywhere is all the finding records: once it is set, keys need not be compared.
+            if !findings.duplicate_keys {
+                let repeated =
+                    if ARRAY { !index.next_is(key, word) } else { keys.repeated(elements, pos, key, key_len, word) };
+                if repeated {
+                    findings.duplicate_keys = true;
+                }
             }
-        }
-        if word as u8 == b'$' {
-            if JAVASCRIPT_KEYS.contains(&key()) {
-                findings.javascript = true;
+            if word as u8 == b'$' {
+                if JAVASCRIPT_KEYS.contains(&key()) {
+                    findings.javascript = true;
+                }
+                if TOP {
+                    findings.odd_top_key = true;
+                }
             }
-            if depth == 1 {
+            if TOP && has_dot(key_len, word, key) {
                 findings.odd_top_key = true;
             }
-        }
-        if depth == 1 && has_dot(key_len, word, key) {
-            findings.odd_top_key = true;
-        }
+            key_len
+        };
         let at = key_at + key_len + 1;
         let size = match kind {
             // Double, datetime, timestamp, int64.
@@ -441,9 +447,9 @@ fn walk<const ARRAY: bool, const INDEX: bool>(
             0x03 | 0x04 => {
                 let inner = document_at(elements, at)?;
                 if kind == 0x04 {
-                    walk::<true, false>(inner, depth + 1, findings, None)?;
+                    walk::<true, false, false>(inner, depth + 1, findings, None)?;
                 } else {
-                    walk::<false, false>(inner, depth + 1, findings, None)?;
+                    walk::<false, false, false>(inner, depth + 1, findings, None)?;
                 }
                 inner.len()
             }
@@ -481,7 +487,7 @@ fn walk<const ARRAY: bool, const INDEX: bool>(
         }
         pos = end;
     }
-    if depth == 1 {
+    if TOP {
         // The filter holds every top-level key only if each was recorded: no more than the filter takes, and
         // none skipped because a repeat had already been found. Added to what is there: the findings may be
         // those of the documents before this one ([`add_findings_of`]).
@@ -534,7 +540,7 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk::<false, false>(scope, depth + 1, findings, None)?;
+    walk::<false, false, false>(scope, depth + 1, findings, None)?;
     Ok(size)
 }
 
@@ -550,6 +556,17 @@ struct Position {
 }
 
 impl Position {
+    /// Whether the key at `at` within `elements` is the next position and has one digit ("0" to "9"), read as
+    /// the digit and its NUL; advancing only then. `false` says nothing: the key is then read as any key and
+    /// compared with [`Position::next_is`].
+    #[inline(always)]
+    fn next_is_digit(&mut self, elements: &[u8], at: usize) -> bool {
+        let next = self.count < 10
+            && elements.get(at..).and_then(<[u8]>::first_chunk::<2>) == Some(&[b'0' + self.count as u8, 0]);
+        self.count += u64::from(next);
+        next
+    }
+
     /// Whether `key` (whose first eight bytes are `word`, [`key_at`]) is the next position ("0", then "1",
     /// ...), advancing either way.
     #[inline(always)]
@@ -1109,6 +1126,35 @@ mod tests {
                         validate_document(&doc).is_ok(),
                         RawDocument::from_bytes(&doc).unwrap().iter().all(|e| e.is_ok())
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_strings_without_their_nul_are_refused_wherever_they_end() {
+        // The byte where a string's NUL belongs is something else: refused as bson refuses it, however long the
+        // text and whatever follows.
+        for len in 0..20i32 {
+            for last in [true, false] {
+                for terminator in [b'a', 0x80, 0x01] {
+                    let mut element = vec![0x02, b's', 0];
+                    element.extend_from_slice(&(len + 1).to_le_bytes());
+                    element.extend(std::iter::repeat(b'a').take(len as usize));
+                    element.push(terminator);
+                    let mut body = Vec::new();
+                    if last {
+                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
+                        body.extend_from_slice(&element);
+                    } else {
+                        body.extend_from_slice(&element);
+                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
+                    }
+                    let mut doc = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+                    doc.extend_from_slice(&body);
+                    doc.push(0);
+                    assert!(validate_document(&doc).is_err(), "{len} {last} {terminator}");
+                    assert!(RawDocument::from_bytes(&doc).unwrap().iter().any(|e| e.is_err()), "{len} {last}");
                 }
             }
         }
