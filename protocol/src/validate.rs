@@ -1140,7 +1140,7 @@ mod tests {
                 for terminator in [b'a', 0x80, 0x01] {
                     let mut element = vec![0x02, b's', 0];
                     element.extend_from_slice(&(len + 1).to_le_bytes());
-                    element.extend(std::iter::repeat(b'a').take(len as usize));
+                    element.extend(std::iter::repeat_n(b'a', len as usize));
                     element.push(terminator);
                     let mut body = Vec::new();
                     if last {
@@ -1218,7 +1218,13 @@ mod tests {
                     assert_eq!(walked.is_ok(), by_bson, "{len} {last} {odd:?}");
                     if let Ok((_, findings)) = walked {
                         let mut keys = Vec::new();
-                        assert_eq!(all_keys(&doc, |k| keys.push(k.to_vec()) == ()), Some(true));
+                        assert_eq!(
+                            all_keys(&doc, |k| {
+                                keys.push(k.to_vec());
+                                true
+                            }),
+                            Some(true)
+                        );
                         assert!(keys.contains(&key), "{len} {last} {odd:?}: {keys:?}");
                         assert!(!findings.top_level_plain_without(&key), "{len} {last} {odd:?}: not in the filter");
                     }
