@@ -29,6 +29,12 @@ value = 42
 backend = "b"
 sni = ["globex"]
 
+[[tenants]]
+id = "umbrella"
+value = "umbrella-corporation-research-division-raccoon-city-laboratories-0001"
+backend = "b"
+sni = ["umbrella"]
+
 [[rules]]
 database = "app"
 collection = "orders"
@@ -258,7 +264,11 @@ fn inserted_documents_with_repeated_keys_are_refused() {
 
 /// The documents an insert forwards, read as they would arrive at the backend.
 fn forwarded_documents(msg: &OpMsg) -> Vec<RawDocumentBuf> {
-    match decide_as("acme", msg) {
+    forwarded_documents_for("acme", msg)
+}
+
+fn forwarded_documents_for(id: &str, msg: &OpMsg) -> Vec<RawDocumentBuf> {
+    match decide_as(id, msg) {
         Decision::Forward(plan) => {
             let out = plan.forward.expect("stamped");
             let frame = out.encode(2, 0).unwrap().freeze();
@@ -299,6 +309,30 @@ fn inserted_sequences_are_stamped_and_checked_document_by_document() {
         let (code, reason) = denial_msg("acme", &insert(vec![rawdoc! { "_id": 1 }, bad.clone()]));
         assert_eq!(code, 13, "{bad:?}");
         assert!(reason.contains("documents[1]"), "{reason}");
+    }
+}
+
+#[test]
+fn inserted_sequences_are_stamped_alike_whatever_the_length_of_the_tenant_value() {
+    // A short string, a number, and a string whose element is longer than the block the byte-level stamping
+    // writes at once: each document ends with exactly the tenant's element, decoded and built alike.
+    let policy = policy();
+    for id in ["acme", "globex", "umbrella"] {
+        let value = policy.tenant(id).unwrap().value.raw().clone();
+        let docs: Vec<RawDocumentBuf> = (0..5).map(|i| rawdoc! { "_id": i, "s": "x".repeat(i as usize * 7) }).collect();
+        let msg = OpMsg::with_sequences(
+            MsgFlags::default(),
+            rawdoc! { "insert": "orders", "$db": "app" },
+            vec![Sequence::new("documents", docs.clone())],
+        );
+        let expected: Vec<RawDocumentBuf> = docs
+            .into_iter()
+            .map(|mut d| {
+                d.append(bson::cstr!("tenantId"), value.clone());
+                d
+            })
+            .collect();
+        assert_eq!(forwarded_documents_for(id, &msg), expected, "{id}");
     }
 }
 
@@ -440,7 +474,7 @@ fn numerically_equal_tenant_values_are_a_check_error() {
         1,
     );
     let err = Policy::from_toml(&text, std::path::Path::new("values.toml")).unwrap_err().to_string();
-    assert!(err.contains("tenants[2].value") && err.contains("same tenant value as tenants[1]"), "{err}");
+    assert!(err.contains("tenants[3].value") && err.contains("same tenant value as tenants[1]"), "{err}");
     for bad in ["{ \"$numberDouble\" = \"7\" }", "{ \"$numberDecimal\" = \"7\" }", "true"] {
         let text = POLICY.replace("value = 42", &format!("value = {bad}"));
         assert!(Policy::from_toml(&text, std::path::Path::new("values.toml")).is_err(), "{bad}");

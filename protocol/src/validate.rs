@@ -447,7 +447,10 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
             0x03 | 0x04 => {
                 let inner = document_at(elements, at)?;
                 if kind == 0x04 {
-                    walk::<true, false, false>(inner, depth + 1, findings, None)?;
+                    // Most arrays are short lists of plain values: those are read here, without a call.
+                    if depth >= MAX_DEPTH || !plain_short_array(inner) {
+                        walk::<true, false, false>(inner, depth + 1, findings, None)?;
+                    }
                 } else {
                     walk::<false, false, false>(inner, depth + 1, findings, None)?;
                 }
@@ -494,6 +497,46 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
         findings.top_keys |= if findings.duplicate_keys || !keys.filter_complete() { u64::MAX } else { keys.filter };
     }
     Ok(())
+}
+
+/// Whether `array` (an array's bytes, prefix and final NUL checked by [`document_at`]) holds at most ten
+/// elements keyed by their positions, each a number, a date, a timestamp, an ObjectId, a boolean, a null (or
+/// undefined, min key, max key) or a string [`short_string`] takes: an array [`walk`] accepts with nothing to
+/// note. `false` for anything else, which the walk then reads (and accepts, notes or refuses). One level deeper
+/// than the array's container, which the caller checks against the depth cap.
+#[inline(always)]
+fn plain_short_array(array: &[u8]) -> bool {
+    let Some(elements) = array.get(..array.len().saturating_sub(1)) else { return false };
+    let mut pos = 4;
+    let mut position = b'0';
+    while let Some(&kind) = elements.get(pos) {
+        if position > b'9' || elements.get(pos + 1..).and_then(<[u8]>::first_chunk::<2>) != Some(&[position, 0]) {
+            return false;
+        }
+        let at = pos + 3;
+        let size = match kind {
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x10 => 4,
+            0x07 => 12,
+            0x13 => 16,
+            0x06 | 0x0A | 0xFF | 0x7F => 0,
+            0x08 => match elements.get(at) {
+                Some(0 | 1) => 1,
+                _ => return false,
+            },
+            0x02 | 0x0E => match short_string(elements, at) {
+                Some(size) => size,
+                None => return false,
+            },
+            _ => return false,
+        };
+        pos = at + size;
+        if pos > elements.len() {
+            return false;
+        }
+        position += 1;
+    }
+    true
 }
 
 /// The embedded document or array starting at `at` within `bytes`, with its prefix and final NUL checked (its
@@ -1271,6 +1314,30 @@ mod tests {
             bytes = outer;
         }
         assert!(matches!(validate_document(&bytes), Err(ProtocolError::InvalidBson(m)) if m.contains("nesting")));
+    }
+
+    #[test]
+    fn a_short_array_of_plain_values_counts_towards_the_depth_cap() {
+        // `[1]` inside `levels` documents: the array is at depth `levels + 1`.
+        let nested = |levels: usize| {
+            let mut bytes = vec![12, 0, 0, 0, 0x10, b'0', 0, 1, 0, 0, 0, 0];
+            let mut kind = 4;
+            for _ in 0..levels {
+                let len = bytes.len() + 4 + 3 + 1;
+                let mut outer = (len as i32).to_le_bytes().to_vec();
+                outer.extend_from_slice(&[kind, b'a', 0]);
+                outer.extend_from_slice(&bytes);
+                outer.push(0);
+                bytes = outer;
+                kind = 3;
+            }
+            bytes
+        };
+        assert!(validate_document(&nested(MAX_DEPTH - 1)).is_ok());
+        assert!(matches!(
+            validate_document(&nested(MAX_DEPTH)),
+            Err(ProtocolError::InvalidBson(m)) if m.contains("nesting")
+        ));
     }
 
     #[test]

@@ -228,3 +228,46 @@ fn findings_see_every_repeat_and_every_script() {
     assert!(findings(&doc(&el(0x0F, b"c", &cws(b"", &doc(&[]))))).1);
     assert!(!findings(&doc(&el(0x0E, b"$where1", &string(b"1")))).1);
 }
+
+#[test]
+fn short_arrays_of_plain_values_are_judged_as_bson_judges_them() {
+    // Every kind of value the walk reads in a short array without a call, good and bad, in arrays of one to
+    // eleven elements (ten is the most read that way), whole and with the last value cut short.
+    let text = |bytes: &[u8]| string(bytes);
+    let values: Vec<(u8, Vec<u8>)> = vec![
+        (0x01, 1.5f64.to_le_bytes().to_vec()),
+        (0x09, 7i64.to_le_bytes().to_vec()),
+        (0x11, 7i64.to_le_bytes().to_vec()),
+        (0x12, 7i64.to_le_bytes().to_vec()),
+        (0x10, i32le(7)),
+        (0x07, vec![1; 12]),
+        (0x13, vec![1; 16]),
+        (0x06, vec![]),
+        (0x0A, vec![]),
+        (0xFF, vec![]),
+        (0x7F, vec![]),
+        (0x08, vec![1]),
+        (0x08, vec![2]),
+        (0x02, text(b"ab")),
+        (0x02, text("\u{e9}".as_bytes())),
+        (0x02, text(&[0xFF])),
+        (0x02, text(&[b'a'; 15])),
+        (0x02, text(&[b'a'; 16])),
+        (0x02, cat(&[&i32le(0), b"\0"])),
+        (0x02, cat(&[&i32le(3), b"ab"])),
+        (0x0E, text(b"x")),
+        (0x0D, text(b"x")),
+        (0x03, doc(&[])),
+    ];
+    for (kind, value) in &values {
+        for n in [1, 2, 10, 11] {
+            let elements: Vec<u8> = (0..n).flat_map(|i: i32| el(*kind, i.to_string().as_bytes(), value)).collect();
+            let whole = doc(&el(4, b"a", &doc(&elements)));
+            assert_eq!(validate_with_findings(&whole).is_ok(), reference(&whole), "{kind:#04x} {value:?} x{n}");
+            if let Some((_, cut)) = elements.split_last() {
+                let cut = doc(&el(4, b"a", &doc(cut)));
+                assert_eq!(validate_with_findings(&cut).is_ok(), reference(&cut), "{kind:#04x} {value:?} x{n} cut");
+            }
+        }
+    }
+}
