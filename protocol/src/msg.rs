@@ -12,7 +12,9 @@ use nom::number::complete::le_u32;
 
 use crate::fields::{Fields, TopLevel};
 use crate::header::backfill_len;
-use crate::validate::{add_findings_of, document_len, findings_and_index_of, has_document_shape, Findings};
+use crate::validate::{
+    add_findings_after, document_len, findings_and_index_of, has_document_shape, Findings, LastKeys,
+};
 use crate::{MsgHeader, OpCode, ProtocolError, HEADER_LEN, MAX_BSON_OBJECT_SIZE, MAX_COMMAND_SIZE};
 
 /// Most document sequences a server accepts in one message (bulkWrite uses two: `ops` and `nsInfo`).
@@ -514,10 +516,11 @@ fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequenc
     let mut doc_pos = first;
     let mut ends = Vec::with_capacity(estimate_documents(&sections[..end], doc_pos));
     let mut findings = Findings::NOTHING_YET;
+    let mut last = LastKeys::NONE;
     while doc_pos < end {
         let len = document_len(&sections[..end], doc_pos, MAX_BSON_OBJECT_SIZE + 16 * 1024, "sequence document")?;
         let doc = sections.get(doc_pos..doc_pos + len).ok_or(ProtocolError::Truncated("sequence document"))?;
-        add_findings_of(doc, &mut findings)?;
+        add_findings_after(doc, &mut findings, &mut last)?;
         doc_pos += len;
         ends.push(doc_pos - first);
     }

@@ -141,7 +141,7 @@ const JAVASCRIPT_KEYS: [&[u8]; 3] = [b"$where", b"$function", b"$accumulator"];
 pub fn validate_with_findings(bytes: &[u8]) -> Result<(&RawDocument, Findings), ProtocolError> {
     let doc = RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     let mut findings = Findings::NOTHING_YET;
-    walk::<false, true, false>(bytes, 1, &mut findings, None)?;
+    walk::<false, true, false>(bytes, 1, &mut findings, None, None)?;
     Ok((doc, findings))
 }
 
@@ -171,7 +171,72 @@ pub(crate) fn add_findings_of(bytes: &[u8], findings: &mut Findings) -> Result<(
         // `bson` says why, in its words, as validate_with_findings would.
         shape_error(bytes)?;
     }
-    walk::<false, true, false>(bytes, 1, findings, None)
+    walk::<false, true, false>(bytes, 1, findings, None, None)
+}
+
+/// [`add_findings_of`] for the next document of a sequence: `last` holds the top-level keys of the document
+/// before it when they were all plain (see [`LastKeys`]), and then holds this one's.
+#[inline]
+pub(crate) fn add_findings_after(
+    bytes: &[u8],
+    findings: &mut Findings,
+    last: &mut LastKeys,
+) -> Result<(), ProtocolError> {
+    if !has_document_shape(bytes) {
+        // `bson` says why, in its words, as validate_with_findings would.
+        shape_error(bytes)?;
+    }
+    walk::<false, true, false>(bytes, 1, findings, None, Some(last))
+}
+
+/// The top-level keys of the last document of a sequence, when each was ASCII of at most seven bytes, none
+/// started with `$` or held a dot, none repeated, and there were at most [`PAIRWISE_MAX`]: what the documents
+/// of one insert nearly always share. A document whose keys are the same, in the same order, from the first,
+/// would have the same findings for them; the walk then compares each key with the last document's as one
+/// masked word and skips the checks of keys (the repeat filter is carried along). At the first key that differs
+/// it checks the rest as usual, having proved nothing lost: the keys before it were those of the last document.
+/// Values are always read and checked.
+pub(crate) struct LastKeys {
+    /// How many keys are known (zero: none, compare nothing).
+    len: usize,
+    /// Each key's bytes as a little-endian word, zero-padded (its NUL included as a zero byte).
+    words: [u64; PAIRWISE_MAX],
+    /// Each key's length.
+    lens: [u8; PAIRWISE_MAX],
+    /// The repeat filter ([`Keys`]) after each key.
+    filters: [u64; PAIRWISE_MAX],
+}
+
+impl LastKeys {
+    /// Nothing known.
+    pub(crate) const NONE: Self =
+        Self { len: 0, words: [0; PAIRWISE_MAX], lens: [0; PAIRWISE_MAX], filters: [0; PAIRWISE_MAX] };
+
+    /// The key at `at` within `elements`, if it is the last document's key at `place` (which the caller keeps
+    /// below [`LastKeys::len`]): its length and the repeat filter after it.
+    #[inline(always)]
+    fn same_key(&self, place: usize, elements: &[u8], at: usize) -> Option<(usize, u64)> {
+        let len = usize::from(*self.lens.get(place)?);
+        let word = word_at(elements, at)?;
+        // The key's bytes and its NUL: `len` is at most seven, so they are within the word.
+        let mask = u64::MAX >> (8 * (7 - len.min(7)));
+        (word & mask == *self.words.get(place)?).then(|| (len, self.filters[place.min(PAIRWISE_MAX - 1)]))
+    }
+
+    /// Records the key at `place` of the document being walked (its word, its length, the filter after it);
+    /// `false` when there is no room for it.
+    #[inline(always)]
+    fn note(&mut self, place: usize, word: u64, len: usize, filter: u64) -> bool {
+        match (self.words.get_mut(place), self.lens.get_mut(place), self.filters.get_mut(place)) {
+            (Some(w), Some(l), Some(f)) => {
+                *w = word;
+                *l = len as u8;
+                *f = filter;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why `bytes` do not have a document's shape ([`has_document_shape`]), in `bson`'s words.
@@ -188,7 +253,7 @@ pub(crate) fn findings_and_index_of(bytes: &[u8], index: &mut TopLevel) -> Resul
         RawDocument::from_bytes(bytes).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
     }
     let mut findings = Findings::NOTHING_YET;
-    walk::<false, true, true>(bytes, 1, &mut findings, Some(index))?;
+    walk::<false, true, true>(bytes, 1, &mut findings, Some(index), None)?;
     Ok(findings)
 }
 
@@ -388,6 +453,7 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
     depth: usize,
     findings: &mut Findings,
     mut top: Option<&mut TopLevel>,
+    mut last: Option<&mut LastKeys>,
 ) -> Result<(), ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError::InvalidBson(format!("nesting deeper than {MAX_DEPTH} levels")));
@@ -397,13 +463,32 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
     let mut keys = Keys::new();
     let mut index = Position::default();
     let mut pos = 4;
+    // The element's place in the document, and how many of the last document's keys this one has repeated so
+    // far, from the first, while it still does (none once a key differs, or when nothing is known).
+    let mut place = 0;
+    let mut following = match &last {
+        Some(last) if TOP && !findings.duplicate_keys => last.len,
+        _ => 0,
+    };
+    // Whether this document's keys can be the next one's [`LastKeys`].
+    let mut plain = TOP && last.is_some() && !findings.duplicate_keys;
     while let Some(&kind) = elements.get(pos) {
         let key_at = pos + 1;
+        let followed = match last.as_deref() {
+            Some(last) if TOP && place < following => last.same_key(place, elements, key_at),
+            _ => None,
+        };
         // An array's key that is its next one-digit position is all the checks below would pass: ASCII, not
         // `$`, no dot, no repeat. Nearly every array element is one of those.
         let key_len = if ARRAY && index.next_is_digit(elements, key_at) {
             1
+        } else if let Some((key_len, filter)) = followed {
+            // The same key as the last document's at this place, after the same keys before it: the checks
+            // below found nothing for it there, and would find nothing here.
+            keys.follow(filter);
+            key_len
         } else {
+            following = 0;
             let (key_len, word) = match short_key(elements, key_at) {
                 Some(short) => short,
                 None => self::key_at(elements, key_at)?,
@@ -427,8 +512,13 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
                     findings.odd_top_key = true;
                 }
             }
-            if TOP && has_dot(key_len, word, key) {
+            let dot = TOP && has_dot(key_len, word, key);
+            if dot {
                 findings.odd_top_key = true;
+            }
+            if let Some(last) = last.as_deref_mut() {
+                plain =
+                    plain && key_len < 8 && word as u8 != b'$' && !dot && last.note(place, word, key_len, keys.filter);
             }
             key_len
         };
@@ -449,10 +539,10 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
                 if kind == 0x04 {
                     // Most arrays are short lists of plain values: those are read here, without a call.
                     if depth >= MAX_DEPTH || !plain_short_array(inner) {
-                        walk::<true, false, false>(inner, depth + 1, findings, None)?;
+                        walk::<true, false, false>(inner, depth + 1, findings, None, None)?;
                     }
                 } else {
-                    walk::<false, false, false>(inner, depth + 1, findings, None)?;
+                    walk::<false, false, false>(inner, depth + 1, findings, None, None)?;
                 }
                 inner.len()
             }
@@ -489,6 +579,12 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
             }
         }
         pos = end;
+        place += 1;
+    }
+    if let Some(last) = last {
+        // Known for the next document only if every key was recorded, none repeated, and the filter alone
+        // answered for all of them (no key kept for comparing).
+        last.len = if plain && !findings.duplicate_keys && keys.filter_alone() { place } else { 0 };
     }
     if TOP {
         // The filter holds every top-level key only if each was recorded: no more than the filter takes, and
@@ -583,7 +679,7 @@ fn code_with_scope_len(bytes: &[u8], at: usize, depth: usize, findings: &mut Fin
     let code = string_len(value, 4)?;
     let scope = value.get(4 + code..).ok_or_else(|| invalid("code with scope truncated"))?;
     RawDocument::from_bytes(scope).map_err(|e| ProtocolError::InvalidBson(e.to_string()))?;
-    walk::<false, false, false>(scope, depth + 1, findings, None)?;
+    walk::<false, false, false>(scope, depth + 1, findings, None, None)?;
     Ok(size)
 }
 
@@ -750,6 +846,19 @@ impl<'a> Keys<'a> {
         let seen = !set.insert(key);
         self.slow = Slow::Large(set);
         seen
+    }
+
+    /// Takes a key the last document of a sequence had at the same place after the same keys ([`LastKeys`]):
+    /// `filter` is the filter after it there.
+    #[inline(always)]
+    fn follow(&mut self, filter: u64) {
+        self.filter = filter;
+        self.filter_only = self.filter_only.saturating_sub(1);
+    }
+
+    /// Whether the filter alone has answered for every key so far (no key kept for comparing).
+    fn filter_alone(&self) -> bool {
+        matches!(self.slow, Slow::None)
     }
 
     /// Whether the filter holds every key recorded (it does until a hash set replaces it).
@@ -1139,6 +1248,67 @@ mod tests {
                 assert_eq!(added, union, "{first:?} then {second:?}");
             }
         }
+    }
+
+    #[test]
+    fn documents_that_repeat_the_last_ones_keys_are_found_as_if_each_was_walked_alone() {
+        // Documents around the keys `a`, `bb`, `ccc`: the same keys, a prefix of them, more of them, one that
+        // differs in a byte or a length, a repeat, `$` and dotted keys, the tenant field, values that hold
+        // scripts or repeats under a shared key, more keys than the filter takes, keys that collide in it.
+        let colliding = colliding_keys(3);
+        let colliding: Vec<&str> = colliding.iter().map(String::as_str).collect();
+        let wide: Vec<String> = (0..PAIRWISE_MAX + 1).map(|i| format!("k{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let docs = [
+            rawdoc! { "a": 1, "bb": 2, "ccc": 3 },
+            rawdoc! { "a": "x", "bb": [1], "ccc": {} },
+            rawdoc! { "a": 1, "bb": 2 },
+            rawdoc! { "a": 1, "bb": 2, "ccc": 3, "d": 4 },
+            with_keys(&["a", "bb", "a"]),
+            with_keys(&["a", "bb", "ccc", "bb"]),
+            rawdoc! { "a": 1, "bb": 2, "$where": 1 },
+            rawdoc! { "a": 1, "bb": 2, "c.d": 1 },
+            rawdoc! { "a": 1, "bc": 2, "ccc": 3 },
+            rawdoc! { "a": 1, "b": 2, "ccc": 3 },
+            rawdoc! { "a": 1, "bb": 2, "tenantId": 1 },
+            rawdoc! { "a": { "$where": "x" }, "bb": 2, "ccc": 3 },
+            rawdoc! { "a": 1, "bb": with_keys(&["x", "x"]), "ccc": 3 },
+            rawdoc! { "a": 1, "bb": 2, "cccdefg": 3 },
+            rawdoc! { "a": 1, "bb": 2, "cccdefgh": 3 },
+            rawdoc! { "a": 1, "bb": 2, "cccdefghi": 3 },
+            with_keys(&wide),
+            with_keys(&colliding),
+            rawdoc! {},
+        ];
+        for first in &docs {
+            for second in &docs {
+                for third in &docs {
+                    let mut added = Findings::NOTHING_YET;
+                    let mut last = LastKeys::NONE;
+                    let mut union = Findings::NOTHING_YET;
+                    for doc in [first, second, third] {
+                        add_findings_after(doc.as_bytes(), &mut added, &mut last).unwrap();
+                        union = union.union(findings_of(doc.as_bytes()).unwrap());
+                    }
+                    assert_eq!(added, union, "{first:?}, {second:?}, {third:?}");
+                    // And each on its own, after the others' keys.
+                    let mut last = LastKeys::NONE;
+                    for doc in [first, second, third] {
+                        let mut alone = Findings::NOTHING_YET;
+                        add_findings_after(doc.as_bytes(), &mut alone, &mut last).unwrap();
+                        assert_eq!(alone, findings_of(doc.as_bytes()).unwrap(), "{doc:?} after the others");
+                    }
+                }
+            }
+        }
+        // Values are read whatever the keys: a bad one after the same keys is refused.
+        let mut bad = rawdoc! { "a": 1, "bb": 2, "ccc": "x" }.into_bytes();
+        let at = bad.len() - 3;
+        bad[at] = 0xFF;
+        let mut findings = Findings::NOTHING_YET;
+        let mut last = LastKeys::NONE;
+        add_findings_after(rawdoc! { "a": 1, "bb": 2, "ccc": "y" }.as_bytes(), &mut findings, &mut last).unwrap();
+        assert!(add_findings_after(&bad, &mut findings, &mut last).is_err());
     }
 
     #[test]
