@@ -134,24 +134,20 @@ impl Sequence {
         self.findings
     }
 
-    /// The bytes of document `i` (`i` below [`Sequence::len`]; empty otherwise, never a panic here: every
-    /// constructor checks the ends against the data, so within the length this is always a document).
-    fn document(&self, i: usize) -> &[u8] {
-        let start = match i.checked_sub(1) {
-            Some(before) => self.ends.get(before).copied().unwrap_or(usize::MAX),
-            None => 0,
-        };
-        self.ends.get(i).and_then(|&end| self.data.get(start..end)).unwrap_or_default()
-    }
-
     /// The documents' bytes, in order.
     pub fn document_bytes(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        (0..self.ends.len()).map(|i| self.document(i))
+        DocumentBytes { data: &self.data, ends: self.ends.iter(), start: 0 }
+    }
+
+    /// How many bytes the documents take in all (their lengths summed).
+    pub fn documents_len(&self) -> usize {
+        // Every constructor checks that the documents fill the data exactly.
+        self.data.len()
     }
 
     /// The documents' bytes as shared slices of the buffer they are held in, in order (no copy).
     pub fn shared_documents(&self) -> impl ExactSizeIterator<Item = Bytes> + '_ {
-        (0..self.ends.len()).map(|i| self.data.slice_ref(self.document(i)))
+        self.document_bytes().map(|d| self.data.slice_ref(d))
     }
 
     /// The field name this sequence stands for (`documents`, `updates`, `deletes`, `ops`, `nsInfo`).
@@ -549,6 +545,32 @@ fn estimate_documents(region: &[u8], at: usize) -> usize {
     }
 }
 
+/// [`Sequence::document_bytes`]: each document runs from where the one before it ended.
+struct DocumentBytes<'a> {
+    data: &'a [u8],
+    ends: std::slice::Iter<'a, usize>,
+    start: usize,
+}
+
+impl<'a> Iterator for DocumentBytes<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let end = *self.ends.next()?;
+        // Within the data for every sequence a constructor made; empty (never a panic) otherwise.
+        let doc = self.data.get(self.start..end).unwrap_or_default();
+        self.start = end;
+        Some(doc)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ends.size_hint()
+    }
+}
+
+impl ExactSizeIterator for DocumentBytes<'_> {}
+
 impl fmt::Debug for OpMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpMsg")
@@ -597,6 +619,9 @@ mod tests {
         let got: Vec<&[u8]> = parsed.sequences()[0].document_bytes().collect();
         let want: Vec<&[u8]> = docs.iter().map(|d| d.as_bytes()).collect();
         assert_eq!(got, want);
+        assert_eq!(parsed.sequences()[0].documents_len(), want.iter().map(|d| d.len()).sum::<usize>());
+        let shared: Vec<Bytes> = parsed.sequences()[0].shared_documents().collect();
+        assert_eq!(shared, want);
     }
 
     fn frame_of(msg: &OpMsg) -> (MsgHeader, Bytes) {

@@ -181,7 +181,8 @@ fn stamp_sequence(msg: &OpMsg, seq: &Sequence, scope: &mut Scope<'_>, rule: Fiel
     // Validation hashed every document's top-level keys: when none can be the tenant field, start with `$` or
     // hold a dot, every document is plain without reading its keys again.
     let all_plain = seq.findings().top_level_plain_without(field);
-    let total: usize = seq.document_bytes().map(|d| d.len().saturating_sub(1) + tail.len()).sum();
+    // Each document loses its final NUL and gains the tail (which ends with one).
+    let total = seq.documents_len().saturating_add(seq.len().saturating_mul(tail.len().saturating_sub(1)));
     // The tail is written as a fixed-size block and the buffer cut back to its true length: one store of a
     // constant size instead of a call to copy a few bytes, per document. The block's spare bytes past the last
     // document need room too.
