@@ -248,13 +248,18 @@ fn document_bytes(frame: &Bytes) -> u64 {
     msg.sequences().iter().flat_map(|s| s.document_bytes()).map(|d| d.len() as u64).sum()
 }
 
-/// tenantwall's path: parse, decide and rewrite for the tenant, encode what is forwarded. The tenant is found
-/// once, outside the measured path, as a connection finds it once (when it authenticates) and keeps it.
+/// tenantwall's path: parse, decide and rewrite for the tenant, encode what is forwarded (as the backend
+/// connection does, `OpMsg::encode_parts`: a large insert's stamped documents are written after the encoded head
+/// where they are, not copied into it). The tenant is found once, outside the measured path, as a connection
+/// finds it once (when it authenticates) and keeps it.
 fn raw_path(policy: &Policy, tenant: &tenantwall::Tenant, frame: &Bytes) -> usize {
     let Message::Msg(msg) = decode(frame.clone()).unwrap().message else { unreachable!() };
     let command = Command::from_name(msg.command_name().unwrap());
     match prepare_forward(&msg, command, Some(tenant), policy) {
-        Decision::Forward(plan) => plan.forward.unwrap_or(msg).encode(2, 0).unwrap().len(),
+        Decision::Forward(plan) => {
+            let (head, documents) = plan.forward.unwrap_or(msg).encode_parts(2, 0).unwrap();
+            head.len() + documents.map_or(0, |d| d.len())
+        }
         other => panic!("{other:?}"),
     }
 }

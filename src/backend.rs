@@ -9,12 +9,14 @@
 //! before any byte left says so, so the caller may retry it on a fresh connection.
 //! Error text sent to clients never names a backend host; service passwords never leave this module.
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::spec::BinarySubtype;
 use bson::{rawdoc, Binary, RawBsonRef, RawDocument, RawDocumentBuf};
+use bytes::Buf;
 use tenantwall_protocol::{decode, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -403,16 +405,26 @@ impl BackendConn {
     pub async fn send(&mut self, msg: &OpMsg) -> Result<i32, SendFailure> {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        let frame = msg.encode(request_id, 0).map_err(|e| SendFailure { error: e.into(), nothing_sent: true })?;
+        // A large insert's documents stay where they are and go out after the head in the same writes.
+        let (head, documents) =
+            msg.encode_parts(request_id, 0).map_err(|e| SendFailure { error: e.into(), nothing_sent: true })?;
         let failed = |e: std::io::Error| unavailable(format!("write to backend: {e}"));
         // The first write is separate so that its failure proves the backend received none of the message.
-        let first =
-            self.writer.write(&frame).await.map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
+        let first = match &documents {
+            None => self.writer.write(&head).await,
+            Some(documents) => self.writer.write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await,
+        }
+        .map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
         if first == 0 {
             return Err(SendFailure { error: unavailable("backend stopped accepting".into()), nothing_sent: true });
         }
-        if let Some(rest) = frame.get(first..) {
-            self.writer.write_all(rest).await.map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
+        let mut rest = head.freeze().chain(documents.unwrap_or_default());
+        rest.advance(first.min(rest.remaining()));
+        if rest.has_remaining() {
+            self.writer
+                .write_all_buf(&mut rest)
+                .await
+                .map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
         }
         Ok(request_id)
     }
@@ -479,5 +491,30 @@ mod tests {
         assert!(!conn.is_usable().await);
         let failure = conn.send(&OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1 })).await.unwrap_err();
         assert!(failure.nothing_sent);
+    }
+
+    #[tokio::test]
+    async fn a_large_insert_arrives_whole_however_the_writes_are_cut() {
+        // The documents go out after the encoded head, from where they are held; a pipe that takes a few
+        // hundred bytes at a time cuts the writes anywhere, the first one included.
+        let docs: Vec<RawDocumentBuf> = (0..400).map(|i| rawdoc! { "_id": i, "pad": "x".repeat(100) }).collect();
+        let msg = OpMsg::with_sequences(
+            MsgFlags::default(),
+            rawdoc! { "insert": "c", "$db": "d" },
+            vec![tenantwall_protocol::Sequence::new("documents", docs)],
+        );
+        assert!(msg.encode_parts(1, 0).unwrap().1.is_some(), "large enough to be sent in two parts");
+        for capacity in [7, 300, 1 << 20] {
+            let (ours, mut theirs) = tokio::io::duplex(capacity);
+            let mut conn = BackendConn::new(Box::new(ours));
+            let expected = msg.encode(1, 0).unwrap().to_vec();
+            let reader = tokio::spawn(async move {
+                let mut got = vec![0u8; expected.len()];
+                tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got).await.unwrap();
+                assert_eq!(got, expected);
+            });
+            assert_eq!(conn.send(&msg).await.unwrap(), 1);
+            reader.await.unwrap();
+        }
     }
 }

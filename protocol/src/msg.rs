@@ -460,32 +460,67 @@ impl OpMsg {
 
     /// Encodes a whole frame. The CRC-32C trailer is recomputed when `flags` has checksumPresent.
     pub fn encode(&self, request_id: i32, response_to: i32) -> Result<BytesMut, ProtocolError> {
-        let payload: usize = self.body.len()
-            + self.sequences.iter().map(|s| 1 + 4 + s.identifier.len() + 1 + s.data.len()).sum::<usize>();
-        let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + payload + 4);
-        MsgHeader { message_length: 0, request_id, response_to, op_code: OpCode::MSG }.write(&mut out);
-        out.put_u32_le(self.flags.0);
-        out.put_u8(0);
-        out.put_slice(&self.body);
-        for sequence in &self.sequences {
-            out.put_u8(1);
-            let size_at = out.len();
-            out.put_i32_le(0);
-            out.put_slice(sequence.identifier.as_bytes());
-            out.put_u8(0);
-            out.put_slice(&sequence.data);
-            let size = out.len() - size_at;
-            backfill_len(&mut out, size_at, size)?;
-        }
-        let total = out.len() + if self.flags.checksum_present() { 4 } else { 0 };
-        backfill_len(&mut out, 0, total)?;
+        let mut out = self.encode_head(request_id, response_to, false)?;
         if self.flags.checksum_present() {
             let crc = crc32c::crc32c(&out);
             out.put_u32_le(crc);
         }
         Ok(out)
     }
+
+    /// [`OpMsg::encode`] as two parts, when the last sequence's documents are large: the frame is the head and
+    /// then those documents' bytes as they are held (shared, not copied), for one vectored write. An insert's
+    /// documents are then copied once on their way through (when stamped), not twice. Otherwise (small
+    /// documents, or a checksum to compute over the whole frame) the whole frame, as [`OpMsg::encode`] makes it.
+    pub fn encode_parts(&self, request_id: i32, response_to: i32) -> Result<(BytesMut, Option<Bytes>), ProtocolError> {
+        match self.sequences.last() {
+            Some(last) if last.data.len() >= SHARED_DOCUMENTS_MIN && !self.flags.checksum_present() => {
+                Ok((self.encode_head(request_id, response_to, true)?, Some(last.data.clone())))
+            }
+            _ => Ok((self.encode(request_id, response_to)?, None)),
+        }
+    }
+
+    /// The frame up to its checksum (which the caller appends), or with `leave_last` up to the last sequence's
+    /// documents (which the caller sends after it): the lengths written count them either way.
+    fn encode_head(&self, request_id: i32, response_to: i32, leave_last: bool) -> Result<BytesMut, ProtocolError> {
+        let left = match (leave_last, self.sequences.last()) {
+            (true, Some(last)) => last.data.len(),
+            _ => 0,
+        };
+        let payload: usize = self.body.len()
+            + self.sequences.iter().map(|s| 1 + 4 + s.identifier.len() + 1 + s.data.len()).sum::<usize>()
+            - left;
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + payload + 4);
+        MsgHeader { message_length: 0, request_id, response_to, op_code: OpCode::MSG }.write(&mut out);
+        out.put_u32_le(self.flags.0);
+        out.put_u8(0);
+        out.put_slice(&self.body);
+        for (i, sequence) in self.sequences.iter().enumerate() {
+            let last = i + 1 == self.sequences.len();
+            out.put_u8(1);
+            let size_at = out.len();
+            out.put_i32_le(0);
+            out.put_slice(sequence.identifier.as_bytes());
+            out.put_u8(0);
+            let size = if last && left > 0 {
+                out.len() - size_at + left
+            } else {
+                out.put_slice(&sequence.data);
+                out.len() - size_at
+            };
+            backfill_len(&mut out, size_at, size)?;
+        }
+        let total = out.len() + left + if self.flags.checksum_present() { 4 } else { 0 };
+        backfill_len(&mut out, 0, total)?;
+        Ok(out)
+    }
 }
+
+/// Documents of at least this many bytes, last in a message, are sent from where they are held rather than
+/// copied into the encoded frame ([`OpMsg::encode_parts`]); below it a copy costs less than a second buffer to
+/// write.
+const SHARED_DOCUMENTS_MIN: usize = 16 * 1024;
 
 /// Parses one kind-1 section starting at `pos` (just after the kind byte). Returns it and the offset after it.
 fn parse_sequence(frame: &Bytes, sections: &[u8], pos: usize) -> Result<(Sequence, usize), ProtocolError> {
@@ -622,6 +657,48 @@ mod tests {
         assert_eq!(parsed.sequences()[0].documents_len(), want.iter().map(|d| d.len()).sum::<usize>());
         let shared: Vec<Bytes> = parsed.sequences()[0].shared_documents().collect();
         assert_eq!(shared, want);
+    }
+
+    #[test]
+    fn a_frame_in_two_parts_is_the_frame() {
+        let docs = |n: usize| -> Vec<RawDocumentBuf> {
+            (0..n).map(|i| rawdoc! { "i": i as i64, "pad": "x".repeat(90) }).collect()
+        };
+        let body = || rawdoc! { "insert": "c", "$db": "d" };
+        let cases = [
+            // Small: one part.
+            (OpMsg::with_sequences(MsgFlags::default(), body(), vec![Sequence::new("documents", docs(3))]), false),
+            // Large and last: the documents are the second part.
+            (OpMsg::with_sequences(MsgFlags::default(), body(), vec![Sequence::new("documents", docs(300))]), true),
+            (
+                OpMsg::with_sequences(
+                    MsgFlags::default(),
+                    body(),
+                    vec![Sequence::new("ops", docs(300)), Sequence::new("nsInfo", docs(200))],
+                ),
+                true,
+            ),
+            // A checksum covers the whole frame: one part.
+            (
+                OpMsg::with_sequences(
+                    MsgFlags(MsgFlags::CHECKSUM_PRESENT),
+                    body(),
+                    vec![Sequence::new("documents", docs(300))],
+                ),
+                false,
+            ),
+            (OpMsg::new(MsgFlags::default(), body()), false),
+        ];
+        for (msg, split) in cases {
+            let whole = msg.encode(7, 3).unwrap();
+            let (head, tail) = msg.encode_parts(7, 3).unwrap();
+            assert_eq!(tail.is_some(), split);
+            let mut joined = head.to_vec();
+            joined.extend_from_slice(&tail.unwrap_or_default());
+            assert_eq!(joined, whole.to_vec());
+            let (header, frame) = (MsgHeader::read(&whole).unwrap(), whole.freeze());
+            assert!(OpMsg::parse(&header, &frame).is_ok());
+        }
     }
 
     fn frame_of(msg: &OpMsg) -> (MsgHeader, Bytes) {

@@ -189,7 +189,7 @@ pub(crate) fn add_findings_after(
     walk::<false, true, false>(bytes, 1, findings, None, Some(last))
 }
 
-/// The top-level keys of the last document of a sequence, when each was ASCII of at most seven bytes, none
+/// The top-level keys of the last document of a sequence, when each was at most seven bytes long, none
 /// started with `$` or held a dot, none repeated, and there were at most [`PAIRWISE_MAX`]: what the documents
 /// of one insert nearly always share. A document whose keys are the same, in the same order, from the first,
 /// would have the same findings for them; the walk then compares each key with the last document's as one
@@ -466,9 +466,18 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
     // The element's place in the document, and how many of the last document's keys this one has repeated so
     // far, from the first, while it still does (none once a key differs, or when nothing is known).
     let mut place = 0;
-    let mut following = match &last {
-        Some(last) if TOP && !findings.duplicate_keys => last.len,
-        _ => 0,
+    let mut following = match last.as_deref_mut() {
+        // Nothing is known for the next document unless this walk ends well (below): a document refused
+        // halfway must not leave the next one comparing with a mixture of two documents' keys.
+        Some(last) => {
+            let known = std::mem::take(&mut last.len);
+            if TOP && !findings.duplicate_keys {
+                known
+            } else {
+                0
+            }
+        }
+        None => 0,
     };
     // Whether this document's keys can be the next one's [`LastKeys`].
     let mut plain = TOP && last.is_some() && !findings.duplicate_keys;
@@ -1309,6 +1318,21 @@ mod tests {
         let mut last = LastKeys::NONE;
         add_findings_after(rawdoc! { "a": 1, "bb": 2, "ccc": "y" }.as_bytes(), &mut findings, &mut last).unwrap();
         assert!(add_findings_after(&bad, &mut findings, &mut last).is_err());
+        // A document refused halfway leaves nothing to compare with: its first keys replaced the last
+        // document's, the rest did not.
+        let mut last = LastKeys::NONE;
+        let mut findings = Findings::NOTHING_YET;
+        add_findings_after(rawdoc! { "x": 1, "y": 1 }.as_bytes(), &mut findings, &mut last).unwrap();
+        let mut cut = rawdoc! { "y": "abc" }.into_bytes();
+        let at = cut.len() - 2;
+        cut[at] = b'!';
+        assert!(add_findings_after(&cut, &mut findings, &mut last).is_err());
+        let mut repeated = bson::RawDocumentBuf::new();
+        repeated.append(bson::cstr!("y"), 1);
+        repeated.append(bson::cstr!("y"), 1.5);
+        let mut alone = Findings::NOTHING_YET;
+        add_findings_after(repeated.as_bytes(), &mut alone, &mut last).unwrap();
+        assert!(alone.duplicate_keys());
     }
 
     #[test]
