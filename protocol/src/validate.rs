@@ -611,6 +611,11 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
 /// than the array's container, which the caller checks against the depth cap.
 #[inline(always)]
 fn plain_short_array(array: &[u8]) -> bool {
+    // Ten such elements take at most 230 bytes (a string's: type, digit, NUL, length, sixteen bytes): a longer
+    // array is left to the walk at once, not after ten elements read twice.
+    if array.len() > PLAIN_SHORT_ARRAY_MAX {
+        return false;
+    }
     let Some(elements) = array.get(..array.len().saturating_sub(1)) else { return false };
     let mut pos = 4;
     let mut position = b'0';
@@ -643,6 +648,9 @@ fn plain_short_array(array: &[u8]) -> bool {
     }
     true
 }
+
+/// The longest array [`plain_short_array`] can take: its prefix, ten elements of at most 23 bytes, its NUL.
+const PLAIN_SHORT_ARRAY_MAX: usize = 4 + 10 * 23 + 1;
 
 /// The embedded document or array starting at `at` within `bytes`, with its prefix and final NUL checked (its
 /// elements are the caller's to walk).
