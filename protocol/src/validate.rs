@@ -1343,6 +1343,17 @@ mod tests {
         assert!(alone.duplicate_keys());
     }
 
+    /// A document of `element` and an int32 element `n`, with `element` last (where fewer than eight bytes
+    /// follow its value) or first.
+    fn placed(element: &[u8], last: bool) -> Vec<u8> {
+        let int: &[u8] = b"\x10n\0\x01\0\0\0";
+        let body = if last { [int, element].concat() } else { [element, int].concat() };
+        let mut doc = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+        doc.extend_from_slice(&body);
+        doc.push(0);
+        doc
+    }
+
     #[test]
     fn short_strings_are_checked_wherever_they_end() {
         // Strings of every short length, last in their document (where fewer than eight bytes follow their
@@ -1355,17 +1366,7 @@ mod tests {
                     element.extend_from_slice(&(len + 1).to_le_bytes());
                     element.extend_from_slice(&text);
                     element.push(0);
-                    let mut body = Vec::new();
-                    if !last {
-                        body.extend_from_slice(&element);
-                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
-                    } else {
-                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
-                        body.extend_from_slice(&element);
-                    }
-                    let mut doc = ((body.len() + 5) as i32).to_le_bytes().to_vec();
-                    doc.extend_from_slice(&body);
-                    doc.push(0);
+                    let doc = placed(&element, last);
                     assert_eq!(validate_document(&doc).is_ok(), bad.is_none(), "{len} {last} {bad:?}");
                     assert_eq!(
                         validate_document(&doc).is_ok(),
@@ -1387,17 +1388,7 @@ mod tests {
                     element.extend_from_slice(&(len + 1).to_le_bytes());
                     element.extend(std::iter::repeat_n(b'a', len as usize));
                     element.push(terminator);
-                    let mut body = Vec::new();
-                    if last {
-                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
-                        body.extend_from_slice(&element);
-                    } else {
-                        body.extend_from_slice(&element);
-                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
-                    }
-                    let mut doc = ((body.len() + 5) as i32).to_le_bytes().to_vec();
-                    doc.extend_from_slice(&body);
-                    doc.push(0);
+                    let doc = placed(&element, last);
                     assert!(validate_document(&doc).is_err(), "{len} {last} {terminator}");
                     assert!(RawDocument::from_bytes(&doc).unwrap().iter().any(|e| e.is_err()), "{len} {last}");
                 }
@@ -1447,17 +1438,7 @@ mod tests {
                     let mut element = vec![0x10];
                     element.extend_from_slice(&key);
                     element.extend_from_slice(b"\0\x07\0\0\0");
-                    let mut body = Vec::new();
-                    if last {
-                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
-                        body.extend_from_slice(&element);
-                    } else {
-                        body.extend_from_slice(&element);
-                        body.extend_from_slice(b"\x10n\0\x01\0\0\0");
-                    }
-                    let mut doc = ((body.len() + 5) as i32).to_le_bytes().to_vec();
-                    doc.extend_from_slice(&body);
-                    doc.push(0);
+                    let doc = placed(&element, last);
                     let by_bson = RawDocument::from_bytes(&doc).unwrap().iter().all(|e| e.is_ok());
                     let walked = validate_with_findings(&doc);
                     assert_eq!(walked.is_ok(), by_bson, "{len} {last} {odd:?}");
