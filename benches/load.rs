@@ -227,6 +227,21 @@
 //!   `handle_msg`'s). Boxing `handle_msg`'s future (serve future 23 → 4 KiB; +1.3% instructions; −29 MiB idle
 //!   RSS with 10,000 clients) gave 12–15% less CPU per command at 1 client in two 9-round runs, nothing in a
 //!   third, and 3% less in a 15-round run (76.7 → 74.6 µs; p50 239 → 232 µs): not kept on that evidence.
+//! - **Fifth round (2026-11-28, 09:25–10:50): the validation walk and large inserts** (`benches/rewrite.rs`,
+//!   fifth round: the insert's instructions −37%, the find's −5%). The load's commands are small `find_one`s, so
+//!   its numbers barely move. Paired quick run, 5 rounds of 1.5 s (10:30, slow mode):
+//!
+//!   | path | p50 / HAProxy's, 1 | added / HAProxy's, 1 | throughput / HAProxy's, 64 | CPU per command, 1 / 64 |
+//!   |---|---|---|---|---|
+//!   | start of the round (be23316) | 1.35× | 1.80× | 1.08× | 74.6 / 21.6 µs |
+//!   | end of the round | 1.25× | 1.50× | 1.09× | 75.5 / 21.8 µs |
+//!
+//!   Tried and not kept: the release build with fat LTO and one codegen unit (`CARGO_PROFILE_RELEASE_LTO=fat
+//!   CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1`). Against the same code without it (10:45, 5 rounds): CPU per command
+//!   at 1 client 58.9 against 75.8 µs (lower in four rounds of five), p50 1.18× against 1.26× HAProxy's; but at 64
+//!   clients 0.91× against 1.09× HAProxy's throughput, lower in all five rounds (CPU per command 21.5 against
+//!   20.4 µs on average). It does not reach the 1-client goal either, and it costs the goal that is met; building
+//!   it also takes several minutes more on this machine.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
