@@ -426,6 +426,9 @@ impl BackendConn {
                 .await
                 .map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
         }
+        // A TLS stream counts bytes as written once they are encrypted; what its socket could not take yet
+        // goes out only when the stream is flushed (for plain TCP this does nothing).
+        self.writer.flush().await.map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
         Ok(request_id)
     }
 
@@ -491,6 +494,20 @@ mod tests {
         assert!(!conn.is_usable().await);
         let failure = conn.send(&OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1 })).await.unwrap_err();
         assert!(failure.nothing_sent);
+    }
+
+    #[tokio::test]
+    async fn a_command_leaves_a_stream_that_holds_written_bytes_until_flushed() {
+        // As a TLS stream does with what its socket could not take yet.
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut conn = BackendConn::new(Box::new(tokio::io::BufWriter::new(ours)));
+        let msg = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "$db": "admin" });
+        conn.send(&msg).await.unwrap();
+        let expected = msg.encode(1, 0).unwrap().to_vec();
+        let mut got = vec![0u8; expected.len()];
+        let read = tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got);
+        tokio::time::timeout(Duration::from_secs(5), read).await.expect("the command never left").unwrap();
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]

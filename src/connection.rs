@@ -986,7 +986,13 @@ impl ClientConnection {
         if self.write_failed {
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "an earlier write failed"));
         }
-        let mut write = std::pin::pin!(self.writer.write_all(frame));
+        let writer = &mut self.writer;
+        // Flushed too: a TLS stream counts bytes as written once they are encrypted, and sends what its socket
+        // could not take yet only when flushed (for plain TCP the flush does nothing).
+        let mut write = std::pin::pin!(async move {
+            writer.write_all(frame).await?;
+            writer.flush().await
+        });
         // A reply nearly always fits the socket's buffer at once: only a write that has to wait reads the clock
         // and arms the timeout.
         let outcome = match std::future::poll_fn(|cx| Poll::Ready(Future::poll(write.as_mut(), cx))).await {

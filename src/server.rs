@@ -587,3 +587,46 @@ impl Drop for ServerHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[[backends]]
+name = "b"
+uri = "mongodb://127.0.0.1:1/"
+[[tenants]]
+id = "acme"
+backend = "b"
+sni = ["acme"]
+"#;
+
+    #[tokio::test]
+    async fn a_reply_leaves_a_stream_that_holds_written_bytes_until_flushed() {
+        // As a TLS stream does with what its socket could not take yet: the reply must be flushed out of it.
+        let policy = crate::Policy::from_toml(POLICY, std::path::Path::new("flush.toml")).unwrap();
+        let server = Server::bind(policy, None).await.unwrap();
+        let shared = server.shared.clone();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let admitted = shared.admission.admit(ip, &shared.current().policy.limits, true).unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let stream = Box::new(tokio::io::BufWriter::new(ours));
+        let connection = ClientConnection::new(1, shared, stream, Some("acme".into()), ip, admitted);
+        let served = tokio::spawn(connection.serve());
+        let hello = tenantwall_protocol::OpMsg::new(
+            tenantwall_protocol::MsgFlags::default(),
+            bson::rawdoc! { "hello": 1, "$db": "admin" },
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut theirs, &hello.encode(1, 0).unwrap()).await.unwrap();
+        let mut header = [0u8; 16];
+        let read = tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut header);
+        tokio::time::timeout(Duration::from_secs(5), read).await.expect("the reply never left").unwrap();
+        let header = tenantwall_protocol::MsgHeader::read(&header).unwrap();
+        assert_eq!(header.response_to, 1);
+        drop(theirs);
+        served.await.unwrap();
+    }
+}
