@@ -253,8 +253,10 @@ impl BackendTarget {
 #[derive(Debug)]
 pub struct SendFailure {
     pub error: ProxyError,
-    /// Not one byte of the message reached the connection: the command certainly never ran, so it may be sent
-    /// again on another connection.
+    /// The first write of the message failed or took nothing: the command certainly never ran, so it may be sent
+    /// again on another connection. Over plain TCP not one byte left; over TLS the first write may have sent
+    /// some records before failing, but never the whole message, and the server runs no message it did not
+    /// receive whole (this connection is dropped).
     pub nothing_sent: bool,
 }
 
@@ -409,7 +411,7 @@ impl BackendConn {
         let (head, documents) =
             msg.encode_parts(request_id, 0).map_err(|e| SendFailure { error: e.into(), nothing_sent: true })?;
         let failed = |e: std::io::Error| unavailable(format!("write to backend: {e}"));
-        // The first write is separate so that its failure proves the backend received none of the message.
+        // The first write is separate so that its failure proves the backend did not receive the whole message.
         let first = match &documents {
             None => self.writer.write(&head).await,
             Some(documents) => self.writer.write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await,
