@@ -533,8 +533,7 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
         };
         let at = key_at + key_len + 1;
         let size = match kind {
-            // Double, datetime, timestamp, int64.
-            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            _ if let Some(size) = fixed_size(kind) => size,
             0x02 | 0x0E => match short_string(elements, at) {
                 Some(size) => size,
                 None => string_len(elements, at)?,
@@ -556,9 +555,6 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
                 inner.len()
             }
             0x05 => binary_len(elements, at)?,
-            // Undefined, null, min key, max key.
-            0x06 | 0x0A | 0xFF | 0x7F => 0,
-            0x07 => 12,
             0x08 => match elements.get(at) {
                 Some(0 | 1) => 1,
                 Some(_) => return Err(invalid("boolean must be 0 or 1")),
@@ -574,8 +570,6 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
                 findings.javascript = true;
                 code_with_scope_len(elements, at, depth, findings)?
             }
-            0x10 => 4,
-            0x13 => 16,
             other => return Err(ProtocolError::InvalidBson(format!("invalid element type {other:#04x}"))),
         };
         let end = at.checked_add(size).ok_or_else(|| invalid("element length overflows"))?;
@@ -625,11 +619,7 @@ fn plain_short_array(array: &[u8]) -> bool {
         }
         let at = pos + 3;
         let size = match kind {
-            0x01 | 0x09 | 0x11 | 0x12 => 8,
-            0x10 => 4,
-            0x07 => 12,
-            0x13 => 16,
-            0x06 | 0x0A | 0xFF | 0x7F => 0,
+            _ if let Some(size) = fixed_size(kind) => size,
             0x08 => match elements.get(at) {
                 Some(0 | 1) => 1,
                 _ => return false,
@@ -647,6 +637,21 @@ fn plain_short_array(array: &[u8]) -> bool {
         position += 1;
     }
     true
+}
+
+/// The size of a value whose type alone fixes it: double, datetime, timestamp and int64 (8), int32 (4),
+/// ObjectId (12), decimal128 (16), and undefined, null, min key and max key (0). `None` for every other type
+/// (booleans, which are one byte but checked, included). The one list every reading of elements sizes them by.
+#[inline(always)]
+const fn fixed_size(kind: u8) -> Option<usize> {
+    match kind {
+        0x01 | 0x09 | 0x11 | 0x12 => Some(8),
+        0x10 => Some(4),
+        0x07 => Some(12),
+        0x13 => Some(16),
+        0x06 | 0x0A | 0xFF | 0x7F => Some(0),
+        _ => None,
+    }
 }
 
 /// The longest array [`plain_short_array`] can take: its prefix, ten elements of at most 23 bytes, its NUL.
@@ -959,12 +964,10 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
         len.checked_add(extra)
     };
     let size = match kind {
-        0x01 | 0x09 | 0x11 | 0x12 => 8,
+        _ if let Some(size) = fixed_size(kind) => size,
         0x02 | 0x0D | 0x0E => prefixed(4)?,
         0x03 | 0x04 | 0x0F => prefixed(0)?,
         0x05 => prefixed(5)?,
-        0x06 | 0x0A | 0xFF | 0x7F => 0,
-        0x07 => 12,
         0x08 => 1,
         0x0B => {
             let pattern = nul_at(elements, at)?;
@@ -972,8 +975,6 @@ fn read_element(elements: &[u8], start: usize) -> Option<Element<'_>> {
             pattern + 1 + options + 1
         }
         0x0C => prefixed(4 + 12)?,
-        0x10 => 4,
-        0x13 => 16,
         _ => return None,
     };
     let bytes = elements.get(start..at.checked_add(size)?)?;
@@ -1045,14 +1046,10 @@ fn scan<'a>(elements: &'a [u8], mut visit: impl FnMut(usize, usize, &'a [u8]) ->
         let prefixed =
             |extra: usize| -> Option<usize> { usize::try_from(read_i32(elements, at)?).ok()?.checked_add(extra) };
         let size = match kind {
-            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            _ if let Some(size) = fixed_size(kind) => size,
             0x02 | 0x0D | 0x0E => prefixed(4)?,
             0x03 | 0x04 | 0x0F => prefixed(0)?,
-            0x10 => 4,
             0x08 => 1,
-            0x06 | 0x0A | 0xFF | 0x7F => 0,
-            0x07 => 12,
-            0x13 => 16,
             _ => read_element(elements, pos)?.value.len(),
         };
         let end = at.checked_add(size).filter(|end| *end <= elements.len())?;
@@ -1497,6 +1494,34 @@ mod tests {
             bytes = outer;
         }
         assert!(matches!(validate_document(&bytes), Err(ProtocolError::InvalidBson(m)) if m.contains("nesting")));
+    }
+
+    #[test]
+    fn fixed_sizes_are_bson_s() {
+        use bson::RawBson;
+        let values = [
+            RawBson::Double(1.5),
+            RawBson::DateTime(bson::DateTime::from_millis(7)),
+            RawBson::Timestamp(bson::Timestamp { time: 1, increment: 2 }),
+            RawBson::Int64(7),
+            RawBson::Int32(7),
+            RawBson::ObjectId(bson::oid::ObjectId::new()),
+            RawBson::Decimal128(bson::Decimal128::from_bytes([1; 16])),
+            RawBson::Undefined,
+            RawBson::Null,
+            RawBson::MinKey,
+            RawBson::MaxKey,
+        ];
+        for value in values {
+            let mut doc = bson::RawDocumentBuf::new();
+            doc.append(bson::cstr!("k"), value.clone());
+            let bytes = doc.as_bytes();
+            // Prefix, type, "k", NUL, the value, the final NUL.
+            assert_eq!(fixed_size(bytes[4]), Some(bytes.len() - 8), "{value:?}");
+        }
+        for kind in [0x02, 0x03, 0x04, 0x05, 0x08, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x00, 0x14] {
+            assert_eq!(fixed_size(kind), None, "{kind:#04x}");
+        }
     }
 
     #[test]
