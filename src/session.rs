@@ -149,35 +149,37 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
     Some(replace_fields(lsid, &[("id", Some(RawBson::Binary(new_id)))]))
 }
 
-/// Whether `body` has an `lsid` and an `endSessions` field, in one pass over its keys (both "maybe" when its
-/// keys cannot be read that way), so that only those present are looked up.
-fn session_fields(body: Fields<'_>) -> (bool, bool) {
-    let (mut lsid, mut end_sessions) = (false, false);
+/// How many `lsid` fields `body` has (counted up to 255) and whether it has an `endSessions` field, in one pass
+/// over its keys (255 and "yes" when its keys cannot be read that way), so that only those present are looked
+/// up. Most commands carry one session or none, and this one pass settles both.
+fn session_fields(body: Fields<'_>) -> (u8, bool) {
+    let (mut lsids, mut end_sessions) = (0u8, false);
     let read = body.all_keys(|key| {
-        lsid |= key == b"lsid";
+        lsids = lsids.saturating_add(u8::from(key == b"lsid"));
         end_sessions |= key == b"endSessions";
         true
     });
     if read.is_none() {
-        return (true, true);
+        return (u8::MAX, true);
     }
-    (lsid, end_sessions)
+    (lsids, end_sessions)
 }
 
 /// `msg` with every lsid (the generic `lsid` argument, and the list of `endSessions`) replaced by the tenant's
 /// own. `None` when the command carries no session; a denial when a session is not shaped as mongod requires
 /// ([`check_lsid`]).
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
-    // The shape every driver sends on every command: patched in place.
-    if let Some(bound) = in_place(msg, tenant) {
-        return Ok(Some(bound));
-    }
     let body = msg.body_fields();
-    let (lsid, end_sessions) = session_fields(body);
-    if !lsid && !end_sessions {
+    let found = session_fields(body);
+    let (lsids, end_sessions) = found;
+    if lsids == 0 && !end_sessions {
         return Ok(None);
     }
-    let lsid = lsid.then(|| crate::engine::raw::get(body, "lsid").ok().flatten()).flatten();
+    // The shape every driver sends on every command: patched in place.
+    if let Some(bound) = in_place(msg, tenant, found) {
+        return Ok(Some(bound));
+    }
+    let lsid = (lsids > 0).then(|| crate::engine::raw::get(body, "lsid").ok().flatten()).flatten();
     if let Some(value) = lsid {
         check_lsid(value, "lsid")?;
     }
@@ -193,15 +195,16 @@ pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
 const LSID_HEAD: [u8; 13] = [30, 0, 0, 0, 0x05, b'i', b'd', 0, 16, 0, 0, 0, 0x04];
 
 /// [`virtualize`] for the shape every driver sends on every command (one `lsid` that is `{id: UUID}`, and no
-/// `endSessions`): the same bytes [`rebuilt`] produces, made by copying the body and overwriting the id's 16
-/// bytes where they sit, read through the body's index of top-level fields, instead of re-serialising the
-/// session document and the body around it. A session that `check_lsid` accepts has exactly these bytes, so
-/// only those are compared; `None` for any other shape, which the general path then checks and rebuilds.
-fn in_place(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
-    let body = msg.body_fields();
-    if !matches!(body.field(b"endSessions"), Some(None)) {
+/// `endSessions`, as [`session_fields`] found them: `found`): the same bytes [`rebuilt`] produces, made by copying the
+/// body and overwriting the id's 16 bytes where they sit, read through the body's index of top-level fields,
+/// instead of re-serialising the session document and the body around it. A session that `check_lsid` accepts
+/// has exactly these bytes, so only those are compared; `None` for any other shape, which the general path then
+/// checks and rebuilds.
+fn in_place(msg: &OpMsg, tenant: &str, found: (u8, bool)) -> Option<OpMsg> {
+    if found != (1, false) {
         return None;
     }
+    let body = msg.body_fields();
     let span = body.unique_field_span(b"lsid")??;
     // The element: its type byte, `lsid` and its NUL, then the value.
     let element = body.bytes().get(span)?;
@@ -217,9 +220,9 @@ fn in_place(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
 fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
     let body = msg.body_fields();
-    let (lsid, end_sessions) = session_fields(body);
+    let (lsids, end_sessions) = session_fields(body);
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
-    if let Some(Ok(Some(RawBsonRef::Document(lsid)))) = lsid.then(|| crate::engine::raw::get(body, "lsid")) {
+    if let Some(Ok(Some(RawBsonRef::Document(lsid)))) = (lsids > 0).then(|| crate::engine::raw::get(body, "lsid")) {
         edits.push(("lsid", virtual_lsid_doc(tenant, lsid).map(RawBson::Document)));
     }
     if let Some(Ok(Some(RawBsonRef::Array(list)))) = end_sessions.then(|| crate::engine::raw::get(body, "endSessions"))
@@ -660,7 +663,7 @@ mod tests {
             // Parsed as from the wire too, so that the index of top-level fields is what the patch reads.
             let parsed = parse(&msg);
             for msg in [&msg, &parsed] {
-                let patched = in_place(msg, "acme");
+                let patched = in_place(msg, "acme", session_fields(msg.body_fields()));
                 assert_eq!(patched.is_some(), patches, "{body:?}");
                 if let Some(patched) = patched {
                     assert_eq!(Some(&patched), rebuilt(msg, "acme").as_ref(), "{body:?}");

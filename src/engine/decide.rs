@@ -123,7 +123,7 @@ pub fn decide(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, policy: &P
         Database::Admin | Database::Tenant | Database::Any => {}
     }
     match engine::plan(msg, command, spec, db, tenant, policy) {
-        Ok(plan) => Decision::Forward(Box::new(plan)),
+        Ok(plan) => Decision::Forward(plan),
         Err(denial) => Decision::Deny(denial),
     }
 }

@@ -309,7 +309,7 @@ impl<'a> Scope<'a> {
             Target::Mapped { .. } => return,
         };
         if let (Target::Field(rule), None) = (target, &withhold.tenant_field) {
-            withhold.tenant_field = Some(rule.field.as_str().to_owned());
+            withhold.tenant_field = Some(rule.field.shared());
         }
     }
 
@@ -376,19 +376,21 @@ pub fn plan(
     db: &str,
     tenant: &Tenant,
     policy: &Policy,
-) -> Result<Plan> {
+) -> Result<Box<Plan>> {
     let mut scope = Scope::new(tenant, policy, db)?;
-    let (forward, reply) = match command {
+    let (mut forward, reply) = match command {
         Command::Explain => explain(msg, &mut scope)?,
         _ => dispatch(msg, command, &mut scope)?,
     };
-    let forward = with_real_db(forward, msg, scope.names.as_ref());
+    // Edited in place: the message is moved no more than it must be on the way out (each move is a copy of it).
+    set_real_db(&mut forward, msg, scope.names.as_ref());
     let limits = Limits { time: spec.limited || command == Command::Explain, disk: spec.limited };
-    let forward = with_resource_limits(forward, msg, limits, command, tenant);
+    apply_resource_limits(&mut forward, msg, limits, command, tenant);
     // Listings are filtered against the visible database even when nothing was renamed.
     let names = (scope.renamed() || reply.kind == ReplyKind::ListCollections).then(|| scope.names());
     let reply = ReplyPlan { withhold: scope.shared.take(), names, ..reply };
-    Ok(Plan { forward, reply, audit: scope.audit })
+    // Boxed where it is made: a plan is large, and boxing it later would copy it once more.
+    Ok(Box::new(Plan { forward, reply, audit: scope.audit }))
 }
 
 /// Which of the tenant's resource limits to apply to a command.
@@ -400,25 +402,28 @@ struct Limits {
     disk: bool,
 }
 
-/// The forwarded command with the tenant's resource limits applied: `maxTimeMS` capped (absent or 0 means no
-/// limit to the server, so both become the cap), and `allowDiskUse` forced off where the policy says so.
-fn with_resource_limits(
-    forward: Option<OpMsg>,
+/// The tenant's resource limits applied to the forwarded command (`forward`, or `original` when that is
+/// `None`): `maxTimeMS` capped (absent or 0 means no limit to the server, so both become the cap), and
+/// `allowDiskUse` forced off where the policy says so.
+fn apply_resource_limits(
+    forward: &mut Option<OpMsg>,
     original: &OpMsg,
     limits: Limits,
     command: Command,
     tenant: &Tenant,
-) -> Option<OpMsg> {
+) {
     // Nothing to apply for a tenant without limits (most of them): the body is not read.
     if tenant.max_time_ms.is_none() && tenant.allow_disk_use != Some(false) {
-        return forward;
+        return;
     }
     let base = forward.as_ref().unwrap_or(original);
     let edits = limit_edits(base.body(), limits, command, tenant);
     if edits.is_empty() {
-        return forward;
+        return;
     }
-    Some(OpMsg::with_sequences(base.flags, raw::replace_fields(base.body(), &edits), base.sequences().to_vec()))
+    let limited =
+        OpMsg::with_sequences(base.flags, raw::replace_fields(base.body(), &edits), base.sequences().to_vec());
+    *forward = Some(limited);
 }
 
 fn limit_edits(
@@ -486,14 +491,15 @@ fn dispatch(msg: &OpMsg, command: Command, scope: &mut Scope<'_>) -> Result<(Opt
     }
 }
 
-/// The forwarded command with `$db` set to the real database, when it differs.
-fn with_real_db(forward: Option<OpMsg>, original: &OpMsg, names: Option<&Names>) -> Option<OpMsg> {
+/// `$db` of the forwarded command (`forward`, or `original` when that is `None`) set to the real database,
+/// when it differs.
+fn set_real_db(forward: &mut Option<OpMsg>, original: &OpMsg, names: Option<&Names>) {
     let Some(names) = names.filter(|n| n.real_db != n.visible_db) else {
-        return forward;
+        return;
     };
-    let base = forward.unwrap_or_else(|| original.clone());
+    let base = forward.as_ref().unwrap_or(original);
     let body = raw::replace_fields(base.body(), &[("$db", Some(RawBson::String(names.real_db.clone())))]);
-    Some(OpMsg::with_sequences(base.flags, body, base.sequences().to_vec()))
+    *forward = Some(OpMsg::with_sequences(base.flags, body, base.sequences().to_vec()));
 }
 
 /// `getMore` and `killCursors`: the collection resolved (and renamed); ownership is checked by the session layer.
@@ -577,10 +583,10 @@ fn explain(msg: &OpMsg, scope: &mut Scope<'_>) -> Result<(Option<OpMsg>, ReplyPl
         _ => return Err(Denial::new(ErrorCode::INVALID_NAMESPACE, "explain's inner $db must equal its own")),
     }
     let inner_msg = OpMsg::new(msg.flags, inner.to_owned());
-    let (rewritten, inner_reply) = dispatch(&inner_msg, inner_command, scope)?;
+    let (mut rewritten, inner_reply) = dispatch(&inner_msg, inner_command, scope)?;
     // The inner command carries its own allowDiskUse; maxTimeMS is the outer command's.
     let disk_only = Limits { time: false, disk: inner_spec.limited };
-    let rewritten = with_resource_limits(rewritten, &inner_msg, disk_only, inner_command, scope.tenant);
+    apply_resource_limits(&mut rewritten, &inner_msg, disk_only, inner_command, scope.tenant);
     let reply = ReplyPlan { kind: ReplyKind::Explain, ..inner_reply };
     let renamed_db = scope.real_db() != scope.db;
     let rewritten = match rewritten {

@@ -53,7 +53,7 @@ const DUPLICATE_KEY: i32 = 11000;
 pub struct Withhold {
     /// The tenant field of the field-mode namespace the command wrote, if any: a duplicate key on a unique index
     /// that starts with it is the tenant's own conflict.
-    pub tenant_field: Option<String>,
+    pub tenant_field: Option<std::sync::Arc<str>>,
     /// The cursor batches hold per-operation results (bulkWrite), not documents: items with a `code` are errors.
     /// Never set for reads, whose batches are the tenant's documents and may have a field named `code`.
     pub results_in_cursor: bool,

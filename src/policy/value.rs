@@ -15,23 +15,35 @@ use bson::{Bson, RawBson, RawBsonRef};
 
 /// The tenant field of a field-mode rule: a plain top-level field name, valid by construction (non-empty, no
 /// `$` prefix, no `.`, no NUL), so every condition and stamp built with it is the one intended.
+///
+/// The name is also held shared (`Arc<str>`): every command on a field-mode namespace hands it to its reply's
+/// plan ([`crate::engine::Withhold`]), which then takes a reference instead of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldName(CString);
+pub struct FieldName {
+    name: CString,
+    shared: std::sync::Arc<str>,
+}
 
 impl FieldName {
     pub fn new(name: &str) -> Result<Self, String> {
         if name.is_empty() || name.starts_with('$') || name.contains('.') {
             return Err(format!("{name:?} is not a plain top-level field name"));
         }
-        CString::try_from(name).map(Self).map_err(|_| format!("{name:?} contains NUL"))
+        let cstring = CString::try_from(name).map_err(|_| format!("{name:?} contains NUL"))?;
+        Ok(Self { name: cstring, shared: name.into() })
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.name.as_str()
     }
 
     pub fn as_cstr(&self) -> &CStr {
-        self.0.as_ref()
+        self.name.as_ref()
+    }
+
+    /// The name, shared.
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.shared.clone()
     }
 }
 
