@@ -169,16 +169,32 @@ fn session_fields(body: Fields<'_>) -> (u8, bool) {
 /// own. `None` when the command carries no session; a denial when a session is not shaped as mongod requires
 /// ([`check_lsid`]).
 pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
-    let body = msg.body_fields();
-    let found = session_fields(body);
+    let mut forward = None;
+    bind(&mut forward, msg, tenant)?;
+    Ok(forward)
+}
+
+/// [`virtualize`] for the command about to be forwarded: `forward` when a rewrite made it, else `msg`, whose
+/// bound copy is then put in `forward` (left `None` when there is no session to bind). A message in `forward`
+/// is the caller's own, so the shape every driver sends on every command is patched in it where it is,
+/// without copying its body once more.
+pub fn bind(forward: &mut Option<OpMsg>, msg: &OpMsg, tenant: &str) -> Result<(), Denial> {
+    let base = forward.as_ref().unwrap_or(msg);
+    let found = session_fields(base.body_fields());
     let (lsids, end_sessions) = found;
     if lsids == 0 && !end_sessions {
-        return Ok(None);
+        return Ok(());
     }
-    // The shape every driver sends on every command: patched in place.
-    if let Some(bound) = in_place(msg, tenant, found) {
-        return Ok(Some(bound));
+    if let Some(id) = patchable(base, found) {
+        let id = virtual_uuid(tenant, &id);
+        // Cannot fail: `patchable` read exactly the shape `overwrite_binary` requires. Were it ever to, the
+        // message would be as it was and the general path below would rebuild it.
+        if forward.get_or_insert_with(|| msg.clone()).overwrite_binary("lsid", "id", &id) {
+            return Ok(());
+        }
     }
+    let base = forward.as_ref().unwrap_or(msg);
+    let body = base.body_fields();
     let lsid = (lsids > 0).then(|| crate::engine::raw::get(body, "lsid").ok().flatten()).flatten();
     if let Some(value) = lsid {
         check_lsid(value, "lsid")?;
@@ -187,20 +203,22 @@ pub fn virtualize(msg: &OpMsg, tenant: &str) -> Result<Option<OpMsg>, Denial> {
     if let Some(value) = end_sessions {
         check_end_sessions(value)?;
     }
-    Ok(rebuilt(msg, tenant))
+    if let Some(bound) = rebuilt(base, tenant) {
+        *forward = Some(bound);
+    }
+    Ok(())
 }
 
 /// The bytes of an `lsid` value that [`check_lsid`] accepts, up to its id's 16 bytes: the document's length
 /// (30), one element `id` that is a binary of 16 bytes of subtype 4 (UUID). After the id, the document's NUL.
 const LSID_HEAD: [u8; 13] = [30, 0, 0, 0, 0x05, b'i', b'd', 0, 16, 0, 0, 0, 0x04];
 
-/// [`virtualize`] for the shape every driver sends on every command (one `lsid` that is `{id: UUID}`, and no
-/// `endSessions`, as [`session_fields`] found them: `found`): the same bytes [`rebuilt`] produces, made by copying the
-/// body and overwriting the id's 16 bytes where they sit, read through the body's index of top-level fields,
-/// instead of re-serialising the session document and the body around it. A session that `check_lsid` accepts
-/// has exactly these bytes, so only those are compared; `None` for any other shape, which the general path then
-/// checks and rebuilds.
-fn in_place(msg: &OpMsg, tenant: &str, found: (u8, bool)) -> Option<OpMsg> {
+/// The id of the session when `msg` has the shape every driver sends on every command (one `lsid` that is
+/// `{id: UUID}`, and no `endSessions`, as [`session_fields`] found them: `found`). Overwriting those 16 bytes
+/// where they sit gives the same bytes [`rebuilt`] produces, instead of re-serialising the session document
+/// and the body around it: a session that `check_lsid` accepts has exactly these bytes, so only those are
+/// compared. `None` for any other shape, which the general path then checks and rebuilds.
+fn patchable(msg: &OpMsg, found: (u8, bool)) -> Option<[u8; 16]> {
     if found != (1, false) {
         return None;
     }
@@ -214,7 +232,7 @@ fn in_place(msg: &OpMsg, tenant: &str, found: (u8, bool)) -> Option<OpMsg> {
     if element.first() != Some(&0x03) || *head != LSID_HEAD || end != [0] {
         return None;
     }
-    msg.with_binary_overwritten("lsid", "id", &virtual_uuid(tenant, uuid))
+    Some(*uuid)
 }
 
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
@@ -663,16 +681,23 @@ mod tests {
             // Parsed as from the wire too, so that the index of top-level fields is what the patch reads.
             let parsed = parse(&msg);
             for msg in [&msg, &parsed] {
-                let patched = in_place(msg, "acme", session_fields(msg.body_fields()));
-                assert_eq!(patched.is_some(), patches, "{body:?}");
-                if let Some(patched) = patched {
-                    assert_eq!(Some(&patched), rebuilt(msg, "acme").as_ref(), "{body:?}");
+                assert_eq!(patchable(msg, session_fields(msg.body_fields())).is_some(), patches, "{body:?}");
+                let Ok(expected) = virtualize(msg, "acme") else { continue };
+                let before = msg.body().as_bytes().to_vec();
+                // The command as a rewrite hands it over: held by nothing else (a fresh parse), or sharing its
+                // bytes with another holder, which must not see them change.
+                let shared = msg.clone();
+                for mut forward in [Some(parse(msg)), Some(shared)] {
+                    bind(&mut forward, msg, "acme").unwrap();
+                    let bound = forward.unwrap();
+                    assert_eq!(Some(&bound), expected.as_ref().or(Some(msg)), "{body:?}");
                     // The index carried over answers as a fresh scan of the new bytes does.
                     for key in ["find", "filter", "lsid", "endSessions", "$db", "absent"] {
-                        let scanned = Fields::from(patched.body()).field(key.as_bytes()).map(|e| e.map(|e| e.bytes));
-                        assert_eq!(patched.body_fields().field(key.as_bytes()).map(|e| e.map(|e| e.bytes)), scanned);
+                        let scanned = Fields::from(bound.body()).field(key.as_bytes()).map(|e| e.map(|e| e.bytes));
+                        assert_eq!(bound.body_fields().field(key.as_bytes()).map(|e| e.map(|e| e.bytes)), scanned);
                     }
                 }
+                assert_eq!(msg.body().as_bytes(), before, "{body:?}");
             }
         }
     }

@@ -327,6 +327,30 @@ impl OpMsg {
     /// is `inner`, a binary of that length whose subtype is not the old binary subtype (2, whose data
     /// begins with a second length that the data would overwrite).
     pub fn with_binary_overwritten(&self, outer: &str, inner: &str, data: &[u8]) -> Option<OpMsg> {
+        let mut out = self.clone();
+        out.overwrite_binary(outer, inner, data).then_some(out)
+    }
+
+    /// [`Self::with_binary_overwritten`] on this message itself: `false`, and nothing changed, where that one
+    /// answers `None`. The body's bytes are written where they are when nothing else holds them (a body the
+    /// proxy has just made), and copied first when something does (a body that is a slice of a received
+    /// frame): no one else ever sees them change.
+    pub fn overwrite_binary(&mut self, outer: &str, inner: &str, data: &[u8]) -> bool {
+        let Some(at) = self.binary_data(outer, inner, data.len()) else { return false };
+        let body = std::mem::take(&mut self.body);
+        let mut bytes = body.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        // `at` lies within these bytes: `binary_data` found it in them.
+        if let Some(slot) = bytes.get_mut(at) {
+            slot.copy_from_slice(data);
+        }
+        self.body = bytes.freeze();
+        self.body_findings = Findings::UNKNOWN;
+        true
+    }
+
+    /// Where the data of the binary value at `outer.inner` lies in the body, when it is as
+    /// [`Self::with_binary_overwritten`] requires and `len` bytes long.
+    fn binary_data(&self, outer: &str, inner: &str, len: usize) -> Option<std::ops::Range<usize>> {
         let fields = self.body_fields();
         let bytes = fields.bytes();
         let outer_span = fields.unique_field_span(outer.as_bytes())??;
@@ -342,24 +366,18 @@ impl OpMsg {
         let data_at = length_at + 5;
         let length = document.get(length_at..length_at + 4)?;
         if document.get(inner_span.start) != Some(&0x05)
-            || usize::try_from(i32::from_le_bytes(length.try_into().ok()?)).ok()? != data.len()
+            || usize::try_from(i32::from_le_bytes(length.try_into().ok()?)).ok()? != len
             || document.get(length_at + 4) == Some(&2)
-            || data_at + data.len() != inner_span.end
+            || data_at + len != inner_span.end
             // `inner` is the document's one element: it starts after the length and ends at the final NUL.
             || inner_span.start != 4
             || inner_span.end + 1 != document.len()
         {
             return None;
         }
-        let mut out = bytes.to_vec();
-        out.get_mut(value_at + data_at..value_at + inner_span.end)?.copy_from_slice(data);
-        Some(OpMsg {
-            flags: self.flags,
-            body: Bytes::from(out),
-            sequences: self.sequences.clone(),
-            body_findings: Findings::UNKNOWN,
-            body_index: self.body_index,
-        })
+        let at = value_at + data_at..value_at + inner_span.end;
+        bytes.get(at.clone())?;
+        Some(at)
     }
 
     /// What validation found in the body when it was parsed ([`Findings::UNKNOWN`] when built).
@@ -745,6 +763,11 @@ mod tests {
         assert_eq!(out.body_index, msg.body_index);
         assert!(out.body_index.is_known());
         crate::validate::validate_document(out.body().as_bytes()).unwrap();
+        // Written where it is when nothing else holds the body, copied when something does; the same bytes.
+        let (mut alone, mut sharing) = (parsed(msg.body().to_owned()), msg.clone());
+        assert!(alone.overwrite_binary("lsid", "id", &data) && sharing.overwrite_binary("lsid", "id", &data));
+        assert_eq!((&alone, &sharing), (&out, &out));
+        assert_ne!(msg, out, "the holder it shared its bytes with saw them change");
         let refused = [
             rawdoc! { "find": "c", "lsid": { "x": 1, "id": binary(4, 16) }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": binary(4, 16), "x": 1 }, "$db": "app" },
@@ -760,6 +783,9 @@ mod tests {
         ];
         for body in refused {
             assert_eq!(parsed(body.clone()).with_binary_overwritten("lsid", "id", &data), None, "{body:?}");
+            let mut refused = parsed(body.clone());
+            assert!(!refused.overwrite_binary("lsid", "id", &data), "{body:?}");
+            assert_eq!(refused.body(), body.as_ref(), "{body:?}");
         }
     }
 

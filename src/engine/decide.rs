@@ -59,11 +59,8 @@ pub fn prepare_forward(msg: &OpMsg, command: Command, tenant: Option<&Tenant>, p
     match decide(msg, command, tenant, policy) {
         Decision::Forward(mut plan) => {
             if let Some(tenant) = tenant {
-                let base = plan.forward.as_ref().unwrap_or(msg);
-                match crate::session::virtualize(base, &tenant.session_key) {
-                    Ok(Some(bound)) => plan.forward = Some(bound),
-                    Ok(None) => {}
-                    Err(denial) => return Decision::Deny(denial),
+                if let Err(denial) = crate::session::bind(&mut plan.forward, msg, &tenant.session_key) {
+                    return Decision::Deny(denial);
                 }
             }
             Decision::Forward(plan)
