@@ -292,7 +292,7 @@ fn document_bytes(frame: &Bytes) -> u64 {
 /// finds it once (when it authenticates) and keeps it.
 fn raw_path(policy: &Policy, tenant: &tenantwall::Tenant, frame: &Bytes) -> usize {
     let Message::Msg(msg) = decode(frame.clone()).unwrap().message else { unreachable!() };
-    let command = Command::from_name(msg.command_name().unwrap());
+    let command = Command::of(&msg);
     match prepare_forward(&msg, command, Some(tenant), policy) {
         Decision::Forward(plan) => {
             let (head, documents) = plan.forward.unwrap_or(msg).encode_parts(2, 0).unwrap();
@@ -380,7 +380,7 @@ fn wide_frame(name: &str, keys: usize) -> Bytes {
 /// Decode and decide, as the connection does, for a connection with or without a tenant.
 fn decide_path(policy: &Policy, tenant: Option<&tenantwall::Tenant>, frame: &Bytes) -> bool {
     let Message::Msg(msg) = decode(frame.clone()).unwrap().message else { unreachable!() };
-    let command = Command::from_name(msg.command_name().unwrap());
+    let command = Command::of(&msg);
     !matches!(decide(&msg, command, tenant, policy), Decision::Forward(_))
 }
 

@@ -447,7 +447,7 @@ impl ClientConnection {
         }
         match decoded.message {
             Message::Msg(msg) => {
-                let command = Command::from_name(msg.command_name().unwrap_or_default());
+                let command = Command::of(&msg);
                 let flow = self.handle_msg(&generation, decoded.header, msg, command, decoded.compressor).await;
                 self.done(command, started);
                 flow
@@ -502,9 +502,10 @@ impl ClientConnection {
         compressor: Option<Compressor>,
     ) -> std::io::Result<Flow> {
         Stats::incr(&self.shared.stats.commands);
-        // For the logs only (`command` is what was made of it): borrowed, the message outlives every use.
-        let name = msg.command_name().unwrap_or_default();
-        debug!(command = %name, compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
+        // For the logs only (`command` is what was made of it): read where a log line is written, which most
+        // commands never reach.
+        let name = || msg.command_name().unwrap_or_default();
+        debug!(command = %name(), compressor = compressor.map(Compressor::name), more_to_come = msg.flags.more_to_come(), "command");
         let respond = !msg.flags.more_to_come();
         // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
         // with the policy the move switched to.
@@ -559,7 +560,7 @@ impl ClientConnection {
                 Stats::incr(&self.shared.stats.denied);
                 let error = ProxyError::from(denial);
                 let tenant = self.tenant.as_ref().map_or("-", |t| t.id.as_str());
-                info!(target: "tenantwall::audit", tenant, command = %name, reason = %error, "denied");
+                info!(target: "tenantwall::audit", tenant, command = %name(), reason = %error, "denied");
                 if respond {
                     self.write_doc(error.reply_document(), header.request_id, compressor).await?;
                 }
@@ -568,7 +569,7 @@ impl ClientConnection {
             Decision::Forward(plan) => {
                 let Some(tenant) = self.tenant.clone() else { return Ok(Flow::Close) };
                 for note in &plan.audit {
-                    info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name, note = %note, "audit");
+                    info!(target: "tenantwall::audit", tenant = %tenant.id, command = %name(), note = %note, "audit");
                 }
                 let bound = match self.bind_cursors(command, &tenant, plan.forward.unwrap_or(msg), plan.reply) {
                     Ok(bound) => bound,

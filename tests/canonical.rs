@@ -85,7 +85,7 @@ fn fields(pairs: &[(&str, RawBson)]) -> RawDocumentBuf {
 fn decide_as(id: &str, msg: &OpMsg) -> Decision {
     let policy = policy();
     let tenant = tenant(&policy, id);
-    let command = Command::from_name(msg.command_name().unwrap_or_default());
+    let command = Command::of(msg);
     let built = decide(msg, command, Some(&tenant), &policy);
     let frame = msg.encode(1, 0).unwrap().freeze();
     if let Ok(Message::Msg(received)) = decode(frame).map(|d| d.message) {

@@ -429,7 +429,7 @@ proptest! {
             })
             .collect();
         let msg = OpMsg::with_sequences(MsgFlags::default(), body, sequences);
-        let command = Command::from_name(msg.command_name().unwrap_or_default());
+        let command = Command::of(&msg);
         if let Decision::Forward(plan) = decide(&msg, command, Some(&tenant), &policy) {
             let forwarded = plan.forward.unwrap_or(msg);
             if let Err(problem) = check_forwarded(&forwarded) {

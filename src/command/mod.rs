@@ -4,6 +4,8 @@
 //! [`Command::Unknown`], which every later stage denies. [`spec`] is the command surface: every argument each
 //! known command accepts.
 
+use tenantwall_protocol::OpMsg;
+
 pub mod spec;
 
 pub use spec::CommandSpec;
@@ -135,45 +137,57 @@ impl Command {
     /// Classifies a command by its name (the body's first key). Names are case-sensitive, as on the server;
     /// only the historical `ismaster` spelling is folded.
     pub fn from_name(name: &str) -> Self {
+        Self::from_key(name.as_bytes())
+    }
+
+    /// Classifies a received command by the first key of its body, read as bytes: no name the server knows is
+    /// anything but ASCII, so a key that is not valid UTF-8 is simply unknown, as [`Self::from_name`] of the
+    /// empty name that such a key reads as elsewhere.
+    pub fn of(msg: &OpMsg) -> Self {
+        msg.body_fields().first().map_or(Self::Unknown, |first| Self::from_key(first.key))
+    }
+
+    /// [`Self::from_name`] of a name's bytes.
+    fn from_key(name: &[u8]) -> Self {
         match name {
-            "hello" => Self::Hello,
-            "isMaster" | "ismaster" => Self::LegacyHello,
-            "ping" => Self::Ping,
-            "buildInfo" | "buildinfo" => Self::BuildInfo,
-            "saslStart" => Self::SaslStart,
-            "saslContinue" => Self::SaslContinue,
-            "logout" => Self::Logout,
-            "find" => Self::Find,
-            "insert" => Self::Insert,
-            "update" => Self::Update,
-            "delete" => Self::Delete,
-            "findAndModify" | "findandmodify" => Self::FindAndModify,
-            "aggregate" => Self::Aggregate,
-            "count" => Self::Count,
-            "distinct" => Self::Distinct,
-            "getMore" => Self::GetMore,
-            "killCursors" => Self::KillCursors,
-            "bulkWrite" => Self::BulkWrite,
-            "explain" => Self::Explain,
-            "endSessions" => Self::EndSessions,
-            "commitTransaction" => Self::CommitTransaction,
-            "abortTransaction" => Self::AbortTransaction,
-            "create" => Self::Create,
-            "drop" => Self::Drop,
-            "dropDatabase" => Self::DropDatabase,
-            "createIndexes" => Self::CreateIndexes,
-            "dropIndexes" | "deleteIndexes" => Self::DropIndexes,
-            "listIndexes" => Self::ListIndexes,
-            "listCollections" => Self::ListCollections,
-            "listDatabases" => Self::ListDatabases,
-            "collMod" => Self::CollMod,
-            "renameCollection" => Self::RenameCollection,
-            "dbStats" | "dbstats" => Self::DbStats,
-            "collStats" | "collstats" => Self::CollStats,
-            "connectionStatus" => Self::ConnectionStatus,
-            "whatsmyuri" => Self::WhatsMyUri,
-            "listCommands" => Self::ListCommands,
-            other => match FORBIDDEN.iter().find(|f| **f == other) {
+            b"hello" => Self::Hello,
+            b"isMaster" | b"ismaster" => Self::LegacyHello,
+            b"ping" => Self::Ping,
+            b"buildInfo" | b"buildinfo" => Self::BuildInfo,
+            b"saslStart" => Self::SaslStart,
+            b"saslContinue" => Self::SaslContinue,
+            b"logout" => Self::Logout,
+            b"find" => Self::Find,
+            b"insert" => Self::Insert,
+            b"update" => Self::Update,
+            b"delete" => Self::Delete,
+            b"findAndModify" | b"findandmodify" => Self::FindAndModify,
+            b"aggregate" => Self::Aggregate,
+            b"count" => Self::Count,
+            b"distinct" => Self::Distinct,
+            b"getMore" => Self::GetMore,
+            b"killCursors" => Self::KillCursors,
+            b"bulkWrite" => Self::BulkWrite,
+            b"explain" => Self::Explain,
+            b"endSessions" => Self::EndSessions,
+            b"commitTransaction" => Self::CommitTransaction,
+            b"abortTransaction" => Self::AbortTransaction,
+            b"create" => Self::Create,
+            b"drop" => Self::Drop,
+            b"dropDatabase" => Self::DropDatabase,
+            b"createIndexes" => Self::CreateIndexes,
+            b"dropIndexes" | b"deleteIndexes" => Self::DropIndexes,
+            b"listIndexes" => Self::ListIndexes,
+            b"listCollections" => Self::ListCollections,
+            b"listDatabases" => Self::ListDatabases,
+            b"collMod" => Self::CollMod,
+            b"renameCollection" => Self::RenameCollection,
+            b"dbStats" | b"dbstats" => Self::DbStats,
+            b"collStats" | b"collstats" => Self::CollStats,
+            b"connectionStatus" => Self::ConnectionStatus,
+            b"whatsmyuri" => Self::WhatsMyUri,
+            b"listCommands" => Self::ListCommands,
+            other => match FORBIDDEN.iter().find(|f| f.as_bytes() == other) {
                 Some(name) => Self::Forbidden(name),
                 None => Self::Unknown,
             },
@@ -198,5 +212,78 @@ mod tests {
         assert_eq!(Command::from_name("Find"), Command::Unknown);
         assert_eq!(Command::from_name("frobnicate"), Command::Unknown);
         assert_eq!(Command::from_name(""), Command::Unknown);
+    }
+
+    /// A received command is classified by its first key's bytes as by its name: every name, near misses,
+    /// a key that is not UTF-8, and an empty body.
+    #[test]
+    fn a_message_is_classified_as_its_name_is() {
+        use bson::raw::{CString, RawDocumentBuf};
+        use tenantwall_protocol::{MsgFlags, OpMsg};
+        let names = super::FORBIDDEN.iter().copied().chain([
+            "hello",
+            "isMaster",
+            "ismaster",
+            "ping",
+            "buildInfo",
+            "buildinfo",
+            "saslStart",
+            "saslContinue",
+            "logout",
+            "find",
+            "insert",
+            "update",
+            "delete",
+            "findAndModify",
+            "findandmodify",
+            "aggregate",
+            "count",
+            "distinct",
+            "getMore",
+            "killCursors",
+            "bulkWrite",
+            "explain",
+            "endSessions",
+            "commitTransaction",
+            "abortTransaction",
+            "create",
+            "drop",
+            "dropDatabase",
+            "createIndexes",
+            "dropIndexes",
+            "deleteIndexes",
+            "listIndexes",
+            "listCollections",
+            "listDatabases",
+            "collMod",
+            "renameCollection",
+            "dbStats",
+            "dbstats",
+            "collStats",
+            "collstats",
+            "connectionStatus",
+            "whatsmyuri",
+            "listCommands",
+            "Find",
+            "finds",
+            "fin",
+            "",
+            "é",
+        ]);
+        for name in names {
+            let mut body = RawDocumentBuf::new();
+            body.append(CString::try_from(name).unwrap(), 1);
+            body.append(bson::cstr!("$db"), "app");
+            let msg = OpMsg::new(MsgFlags::default(), body);
+            assert_eq!(Command::of(&msg), Command::from_name(name), "{name}");
+        }
+        // Not UTF-8: no name matches.
+        let mut bytes = vec![0u8; 4];
+        bytes.extend_from_slice(&[0x10, b'f', 0xff, b'n', b'd', 0, 1, 0, 0, 0, 0]);
+        let len = bytes.len() as i32;
+        bytes[..4].copy_from_slice(&len.to_le_bytes());
+        let body = RawDocumentBuf::from_bytes(bytes).unwrap();
+        assert_eq!(Command::of(&OpMsg::new(MsgFlags::default(), body)), Command::Unknown);
+        assert_eq!(Command::of(&OpMsg::new(MsgFlags::default(), RawDocumentBuf::new())), Command::Unknown);
     }
 }
