@@ -248,6 +248,29 @@
 //!   clients 0.91× against 1.09× HAProxy's throughput, lower in all five rounds (CPU per command 21.5 against
 //!   20.4 µs on average). It does not reach the 1-client goal either, and it costs the goal that is met; building
 //!   it also takes several minutes more on this machine.
+//! - **Sixth round (2026-11-28, 11:40–12:45): the decision's steps around the walk** (`benches/rewrite.rs`, sixth
+//!   round: the find's instructions −7%, the driver's find −6%). Connection task, callgrind, 1 client, each step
+//!   on top of the last:
+//!
+//!   | step | instructions per command |
+//!   |---|---|
+//!   | start of the round (b1f5a50) | 20,628 |
+//!   | sessions found in one pass; the reply's tenant field shared; the plan edited in place and boxed where it is made | 20,334 |
+//!   | a rewritten command's driver-shaped `lsid` overwritten in the body the rewrite made, not copied once more | 20,082 |
+//!   | the command classified by its first key's bytes; its name read as text only where a log line is written | 19,883 |
+//!
+//!   −3.6% in all. Paired quick run, 5 rounds of 1.5 s (12:08, slow mode: HAProxy 192 µs at 1 client): start
+//!   1.35× / 1.72× / 0.99× with 70.9 / 21.7 µs of CPU per command, end 1.24× / 1.58× / 0.96× with 78.8 / 21.1 µs.
+//!   Two more runs of the end (below) gave 1.36× / 1.60× / 1.05× and 1.45× / 2.01× / 0.90×: at 64 clients the
+//!   ratio to HAProxy's throughput moved between 0.89× and 1.05× from round to round within one run, so today's
+//!   runs put the throughput goal (≥ 0.95×) at the edge rather than clearly met, with the proxy's CPU per command
+//!   (20–22 µs) about 4 µs above HAProxy's (17–21 µs) in every round. The 1-client goal is not met.
+//!
+//!   Tried and not kept: one codegen unit without LTO (`CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1`). Two paired runs
+//!   against the same code (12:24 and 12:35, 5 rounds each): 1.18× against 1.36× and 1.39× against 1.45× at 1
+//!   client, 1.05× against 1.05× and 0.91× against 0.90× at 64; its CPU per command at 1 client was lower in
+//!   seven rounds of ten, but its instructions per command only 1.2% fewer (19,647 against 19,885). Not enough
+//!   to tell from this machine's spread, for a release build of the whole tree that takes longer.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
