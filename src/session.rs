@@ -187,10 +187,14 @@ pub fn bind(forward: &mut Option<OpMsg>, msg: &OpMsg, tenant: &str) -> Result<()
     }
     if let Some(id) = patchable(base, found) {
         let id = virtual_uuid(tenant, &id);
+        let rewritten = forward.is_some();
         // Cannot fail: `patchable` read exactly the shape `overwrite_binary` requires. Were it ever to, the
         // message would be as it was and the general path below would rebuild it.
         if forward.get_or_insert_with(|| msg.clone()).overwrite_binary("lsid", "id", &id) {
             return Ok(());
+        }
+        if !rewritten {
+            *forward = None;
         }
     }
     let base = forward.as_ref().unwrap_or(msg);
@@ -667,12 +671,16 @@ mod tests {
             (rawdoc! { "find": "c", "lsid": "not a document", "$db": "app" }, false, false),
             (rawdoc! { "find": "c", "lsid": { "id": uuid.clone(), "id": uuid.clone() }, "$db": "app" }, false, false),
         ];
-        for (body, takes, patches) in bodies {
-            let msg = OpMsg::with_sequences(
-                MsgFlags(MsgFlags::EXHAUST_ALLOWED),
-                body.clone(),
-                vec![tenantwall_protocol::Sequence::new("documents", vec![rawdoc! { "_id": 1 }])],
-            );
+        // With a document sequence, and without one (a parsed body is then all its frame holds, so a message
+        // parsed afresh is patched in place).
+        let messages = bodies.iter().flat_map(|(body, takes, patches)| {
+            let sequences = [vec![tenantwall_protocol::Sequence::new("documents", vec![rawdoc! { "_id": 1 }])], vec![]];
+            sequences.map(|sequences| {
+                let msg = OpMsg::with_sequences(MsgFlags(MsgFlags::EXHAUST_ALLOWED), body.clone(), sequences);
+                (body.clone(), *takes, *patches, msg)
+            })
+        });
+        for (body, takes, patches, msg) in messages {
             let virtualized = virtualize(&msg, "acme");
             assert_eq!(virtualized.is_ok(), takes, "{body:?}");
             if let Ok(virtualized) = virtualized {
@@ -687,10 +695,15 @@ mod tests {
                 // The command as a rewrite hands it over: held by nothing else (a fresh parse), or sharing its
                 // bytes with another holder, which must not see them change.
                 let shared = msg.clone();
-                for mut forward in [Some(parse(msg)), Some(shared)] {
+                for (mut forward, alone) in [(Some(parse(msg)), msg.sequences().is_empty()), (Some(shared), false)] {
+                    let at = forward.as_ref().map(|f| f.body_bytes().as_ptr());
                     bind(&mut forward, msg, "acme").unwrap();
                     let bound = forward.unwrap();
                     assert_eq!(Some(&bound), expected.as_ref().or(Some(msg)), "{body:?}");
+                    // Patched where it was when nothing else held its bytes, not copied.
+                    if patches && alone {
+                        assert_eq!(Some(bound.body_bytes().as_ptr()), at, "{body:?}");
+                    }
                     // The index carried over answers as a fresh scan of the new bytes does.
                     for key in ["find", "filter", "lsid", "endSessions", "$db", "absent"] {
                         let scanned = Fields::from(bound.body()).field(key.as_bytes()).map(|e| e.map(|e| e.bytes));
@@ -698,6 +711,16 @@ mod tests {
                     }
                 }
                 assert_eq!(msg.body().as_bytes(), before, "{body:?}");
+                // A rewrite's message differs from the original: its sessions, and its other fields, are the
+                // ones bound and kept.
+                let mut edited = msg.body().to_owned();
+                edited.append(bson::cstr!("rewritten"), true);
+                let rewrite = parse(&OpMsg::with_sequences(msg.flags, edited, msg.sequences().to_vec()));
+                let mut forward = Some(rewrite.clone());
+                bind(&mut forward, msg, "acme").unwrap();
+                let expected = virtualize(&rewrite, "acme").unwrap().unwrap_or(rewrite);
+                assert_eq!(forward.as_ref(), Some(&expected), "{body:?}");
+                assert!(expected.body().get_bool("rewritten").unwrap());
             }
         }
     }
