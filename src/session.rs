@@ -149,18 +149,24 @@ fn virtual_lsid_doc(tenant: &str, lsid: &RawDocument) -> Option<RawDocumentBuf> 
     Some(replace_fields(lsid, &[("id", Some(RawBson::Binary(new_id)))]))
 }
 
-/// How many `lsid` fields `body` has (counted up to 255) and whether it has an `endSessions` field, in one pass
-/// over its keys (255 and "yes" when its keys cannot be read that way), so that only those present are looked
-/// up. Most commands carry one session or none, and this one pass settles both.
+/// How many `lsid` fields `body` has (0, 1, or 2 for more than one) and whether it has an `endSessions` field
+/// (2 and "yes" when its keys cannot be read), so that only those present are looked up. A parsed body answers
+/// both from the places its validation noted ([`Fields::occurrences`]); a built one in one pass over its keys.
 fn session_fields(body: Fields<'_>) -> (u8, bool) {
+    if body.is_indexed() {
+        return match (body.occurrences(b"lsid"), body.occurrences(b"endSessions")) {
+            (Some(lsids), Some(end_sessions)) => (lsids, end_sessions > 0),
+            _ => (2, true),
+        };
+    }
     let (mut lsids, mut end_sessions) = (0u8, false);
     let read = body.all_keys(|key| {
-        lsids = lsids.saturating_add(u8::from(key == b"lsid"));
+        lsids = (lsids + u8::from(key == b"lsid")).min(2);
         end_sessions |= key == b"endSessions";
         true
     });
     if read.is_none() {
-        return (u8::MAX, true);
+        return (2, true);
     }
     (lsids, end_sessions)
 }
@@ -641,6 +647,32 @@ mod tests {
         }
     }
 
+    /// Sessions are counted alike from a parsed body's index and from its keys, repeats included.
+    #[test]
+    fn sessions_are_counted_alike_with_and_without_an_index() {
+        let lsid = rawdoc! { "id": 1 };
+        let mut bodies = Vec::new();
+        for lsids in 0..4 {
+            for end_sessions in 0..3 {
+                let mut body = rawdoc! { "find": "c" };
+                for _ in 0..lsids {
+                    body.append(bson::cstr!("lsid"), lsid.clone());
+                }
+                for _ in 0..end_sessions {
+                    body.append(bson::cstr!("endSessions"), bson::rawdoc! {});
+                }
+                body.append(bson::cstr!("$db"), "app");
+                bodies.push((body, (lsids.min(2), end_sessions > 0)));
+            }
+        }
+        for (body, expected) in bodies {
+            let parsed = parse(&OpMsg::new(MsgFlags::default(), body.clone()));
+            assert!(parsed.body_fields().is_indexed());
+            assert_eq!(session_fields(parsed.body_fields()), expected, "{body:?}");
+            assert_eq!(session_fields(Fields::from(&body)), expected, "{body:?}");
+        }
+    }
+
     /// The in-place patch makes exactly the bytes the rebuild makes, for every shape that reaches it; shapes
     /// mongod refuses are refused before either path runs.
     #[test]
@@ -689,6 +721,8 @@ mod tests {
             // Parsed as from the wire too, so that the index of top-level fields is what the patch reads.
             let parsed = parse(&msg);
             for msg in [&msg, &parsed] {
+                // Counted from the index (parsed) as by a pass over the keys (built).
+                assert_eq!(session_fields(msg.body_fields()), session_fields(Fields::from(msg.body())), "{body:?}");
                 assert_eq!(patchable(msg, session_fields(msg.body_fields())).is_some(), patches, "{body:?}");
                 let Ok(expected) = virtualize(msg, "acme") else { continue };
                 let before = msg.body().as_bytes().to_vec();

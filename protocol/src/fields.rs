@@ -3,7 +3,9 @@
 //! A command's body is read by key several times on the way through the proxy (`$db`, the argument check, the
 //! filter, the collation, the sessions, the rewrite). The validation walk reads every top-level element anyway;
 //! it notes where each one starts and where its key ends ([`TopLevel`]), and [`Fields`] answers the lookups from
-//! that small array instead of reading the bytes again. It owns only that bookkeeping: every answer is exactly
+//! that small array instead of reading the bytes again. The keys read from nearly every command ([`KNOWN`]) are
+//! noted by name too, so that reading one of them is a look at its slot, not a search. It owns only that
+//! bookkeeping: every answer is exactly
 //! what a fresh scan of the same bytes gives ([`validate::field`], [`validate::unique_field_span`],
 //! [`validate::all_keys`]), repeated keys included, and a document without an index (built, not parsed, or with
 //! more top-level elements than the index holds) is scanned as before. It must never be handed positions that
@@ -20,6 +22,73 @@ use crate::validate::{self, Element};
 /// Top-level elements an index holds; bodies with more are scanned. Drivers send a dozen at most.
 pub const TOP_LEVEL_MAX: usize = 16;
 
+/// The top-level keys read from nearly every command on its way through: its database, its sessions, the
+/// filter of a read (`filter`, or `query` for a count or a distinct), its collation and time limit, and a
+/// reply's cursor. The walk notes where each of them is as it passes it ([`TopLevel::push`]).
+pub const KNOWN: [&[u8]; 8] =
+    [b"$db", b"lsid", b"endSessions", b"filter", b"query", b"collation", b"maxTimeMS", b"cursor"];
+
+/// The slot of `key` among [`KNOWN`], if it is one of them. Decided by length first, then compared with a
+/// key of that length, written out so that each comparison is of a fixed size (a few loads, not a call).
+#[inline(always)]
+fn known_slot(key: &[u8]) -> Option<usize> {
+    match key.len() {
+        3 if key == b"$db" => Some(0),
+        4 if key == b"lsid" => Some(1),
+        11 if key == b"endSessions" => Some(2),
+        6 if key == b"filter" => Some(3),
+        6 if key == b"cursor" => Some(7),
+        5 if key == b"query" => Some(4),
+        9 if key == b"collation" => Some(5),
+        9 if key == b"maxTimeMS" => Some(6),
+        _ => None,
+    }
+}
+
+/// A key's first eight bytes as a little-endian word, zero-padded: what the validation walk reads each key as.
+const fn word_of(key: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < key.len() && i < 8 {
+        word |= (key[i] as u64) << (8 * i);
+        i += 1;
+    }
+    word
+}
+
+/// [`known_slot`] for the validation walk, from what it has read of each key anyway: its length and its first
+/// eight bytes as a word ([`word_of`]); `key` gives the whole key, read only past the word for the longer ones.
+#[inline(always)]
+pub(crate) fn known_slot_of_word<'a>(len: usize, word: u64, key: impl Fn() -> &'a [u8]) -> Option<usize> {
+    const DB: u64 = word_of(b"$db");
+    const LSID: u64 = word_of(b"lsid");
+    const QUERY: u64 = word_of(b"query");
+    const FILTER: u64 = word_of(b"filter");
+    const CURSOR: u64 = word_of(b"cursor");
+    const COLLATION: u64 = word_of(b"collation");
+    const MAX_TIME_MS: u64 = word_of(b"maxTimeMS");
+    const END_SESSIONS: u64 = word_of(b"endSessions");
+    match (len, word) {
+        (3, DB) => Some(0),
+        (4, LSID) => Some(1),
+        (5, QUERY) => Some(4),
+        (6, FILTER) => Some(3),
+        (6, CURSOR) => Some(7),
+        (9, COLLATION) if key().get(8..) == Some(b"n") => Some(5),
+        (9, MAX_TIME_MS) if key().get(8..) == Some(b"S") => Some(6),
+        (11, END_SESSIONS) if key().get(8..) == Some(b"ons") => Some(2),
+        _ => None,
+    }
+}
+
+/// A slot of [`TopLevel::known`] whose key was not found.
+const ABSENT: u8 = u8::MAX;
+/// Set in a slot whose key was found more than once (the rest of the slot is the first one's place).
+const REPEATED: u8 = 0x80;
+/// The place of the first element with the slot's key, in a slot that is not [`ABSENT`].
+const PLACE: u8 = 0x0F;
+const _: () = assert!(TOP_LEVEL_MAX <= PLACE as usize + 1);
+
 /// Where each top-level element of one document starts and where its key ends (offsets into the document's
 /// bytes), in order, as the validation walk found them. Element `i` ends where element `i + 1` starts, and the
 /// last one at the document's final NUL.
@@ -32,12 +101,15 @@ pub struct TopLevel {
     spans: [(u16, u16); TOP_LEVEL_MAX],
     /// How many of `spans` are set; [`TopLevel::UNKNOWN`] when the index is not known.
     len: u8,
+    /// For each key of [`KNOWN`], where in `spans` its first element is ([`PLACE`]), with [`REPEATED`] set when
+    /// there is more than one; [`ABSENT`] when there is none. Meaningful only while the index is known.
+    known: [u8; KNOWN.len()],
 }
 
 impl Default for TopLevel {
     /// Not known: lookups read the bytes.
     fn default() -> Self {
-        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: Self::UNKNOWN }
+        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: Self::UNKNOWN, known: [ABSENT; KNOWN.len()] }
     }
 }
 
@@ -47,20 +119,31 @@ impl TopLevel {
 
     /// Where a walk starts: no element yet. Only the walk fills one, so only this crate makes one.
     pub(crate) fn empty() -> Self {
-        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: 0 }
+        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: 0, known: [ABSENT; KNOWN.len()] }
     }
 
-    /// Notes the next element (`start` its type byte, `key_end` its key's NUL); once more elements came than
-    /// the index holds, or one lies beyond what its offsets reach, it is no longer known.
+    /// Notes the next element (`start` its type byte, `key_end` its key's NUL, `slot` its key's among
+    /// [`KNOWN`]); once more elements came than the index holds, or one lies beyond what its offsets reach, it
+    /// is no longer known.
     #[inline(always)]
-    pub(crate) fn push(&mut self, start: usize, key_end: usize) {
-        match (self.spans.get_mut(usize::from(self.len)), u16::try_from(start), u16::try_from(key_end)) {
+    pub(crate) fn push(&mut self, start: usize, key_end: usize, slot: Option<usize>) {
+        let place = self.len;
+        match (self.spans.get_mut(usize::from(place)), u16::try_from(start), u16::try_from(key_end)) {
             (Some(span), Ok(start), Ok(key_end)) => {
                 *span = (start, key_end);
                 self.len += 1;
+                if let Some(slot) = slot.and_then(|slot| self.known.get_mut(slot)) {
+                    // `place` is below TOP_LEVEL_MAX, so within PLACE.
+                    *slot = if *slot == ABSENT { place } else { *slot | REPEATED };
+                }
             }
             _ => self.len = Self::UNKNOWN,
         }
+    }
+
+    /// Makes the index not known, for a walk that could not note an element (lookups then read the bytes).
+    pub(crate) fn forget(&mut self) {
+        self.len = Self::UNKNOWN;
     }
 
     /// Whether the index is known.
@@ -74,18 +157,18 @@ impl TopLevel {
     }
 
     /// The index of the document made from this one's by replacing its element at `span` with an element of the
-    /// same key (or, for an empty `span` at the document's final NUL, appending an element whose key is
-    /// `key_len` bytes long) that ends at `new_end`: the elements before it are where they were (the replaced one
+    /// same key (or, for an empty `span` at the document's final NUL, appending an element whose key is `key`)
+    /// that ends at `new_end`: the elements before it are where they were (the replaced one
     /// too: it starts where it did, and its key ends where it did), those after it are where they were moved by
     /// the difference in length. Not known when this one is not, or when an offset does not fit.
-    pub(crate) fn replaced(&self, span: Range<usize>, key_len: usize, new_end: usize) -> TopLevel {
+    pub(crate) fn replaced(&self, span: Range<usize>, key: &[u8], new_end: usize) -> TopLevel {
         let (true, Ok(old_end), Ok(new_end)) = (self.is_known(), u16::try_from(span.end), u16::try_from(new_end))
         else {
             return Self::default();
         };
         let mut index = *self;
         if span.is_empty() {
-            index.push(span.start, span.start.saturating_add(1 + key_len));
+            index.push(span.start, span.start.saturating_add(1 + key.len()), known_slot(key));
             return index;
         }
         for (at, key_end) in index.spans.iter_mut().take(usize::from(self.len)).filter(|(at, _)| *at >= old_end) {
@@ -120,19 +203,24 @@ pub struct Fields<'a> {
     bytes: &'a [u8],
     /// The spans of the document's elements, when known.
     spans: Option<&'a [(u16, u16)]>,
+    /// Where the [`KNOWN`] keys are among `spans` ([`TopLevel::known`]), read only when `spans` is known.
+    known: &'a [u8; KNOWN.len()],
 }
+
+/// The slots of a document without an index, never read (its `spans` are not known).
+static NOT_INDEXED: [u8; KNOWN.len()] = [ABSENT; KNOWN.len()];
 
 impl<'a> From<&'a RawDocument> for Fields<'a> {
     /// A document without an index: every lookup reads its bytes.
     fn from(doc: &'a RawDocument) -> Self {
-        Self { bytes: doc.as_bytes(), spans: None }
+        Self { bytes: doc.as_bytes(), spans: None, known: &NOT_INDEXED }
     }
 }
 
 impl<'a> From<&'a bson::RawDocumentBuf> for Fields<'a> {
     /// A document without an index: every lookup reads its bytes.
     fn from(doc: &'a bson::RawDocumentBuf) -> Self {
-        Self { bytes: doc.as_bytes(), spans: None }
+        Self { bytes: doc.as_bytes(), spans: None, known: &NOT_INDEXED }
     }
 }
 
@@ -141,7 +229,7 @@ impl<'a> Fields<'a> {
     /// against them as it is used, never trusted to index within them). Only this crate pairs the two (a parsed
     /// message's body with its own index, [`crate::OpMsg::body_fields`]).
     pub(crate) fn indexed(doc: &'a [u8], index: &'a TopLevel) -> Self {
-        Self { bytes: doc, spans: index.spans() }
+        Self { bytes: doc, spans: index.spans(), known: &index.known }
     }
 
     /// The document.
@@ -187,6 +275,13 @@ impl<'a> Fields<'a> {
     #[inline]
     pub fn field(&self, key: &[u8]) -> Option<Option<Element<'a>>> {
         let Some(spans) = self.spans else { return validate::field_of_bytes(self.bytes, key) };
+        if let Some(slot) = known_slot(key) {
+            return match self.known.get(slot) {
+                Some(&ABSENT) => Some(None),
+                Some(at) => self.element(spans, usize::from(at & PLACE)).map(Some),
+                None => None,
+            };
+        }
         for (i, span) in spans.iter().enumerate() {
             // Compare lengths first: most keys differ in length.
             if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key {
@@ -201,19 +296,56 @@ impl<'a> Fields<'a> {
     #[inline]
     pub fn unique_field_span(&self, key: &[u8]) -> Option<Option<Range<usize>>> {
         let Some(spans) = self.spans else { return validate::unique_field_span_of_bytes(self.bytes, key) };
-        let mut found = None;
-        for (i, span) in spans.iter().enumerate() {
-            if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key {
-                if found.is_some() {
-                    return None;
+        let found = match known_slot(key) {
+            Some(slot) => match *self.known.get(slot)? {
+                ABSENT => None,
+                at if at & REPEATED != 0 => return None,
+                at => Some(usize::from(at)),
+            },
+            None => {
+                let mut found = None;
+                for (i, span) in spans.iter().enumerate() {
+                    if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key
+                    {
+                        if found.is_some() {
+                            return None;
+                        }
+                        found = Some(i);
+                    }
                 }
-                found = Some(i);
+                found
             }
-        }
+        };
         let Some(i) = found else { return Some(None) };
         let element = self.element(spans, i)?;
         let start = usize::from(spans.get(i)?.0);
         Some(Some(start..start + element.bytes.len()))
+    }
+
+    /// Whether lookups are answered from an index (they read the bytes otherwise): a caller asking about several
+    /// keys of a document without one may rather read its keys once itself.
+    #[inline]
+    pub fn is_indexed(&self) -> bool {
+        self.spans.is_some()
+    }
+
+    /// How many top-level elements are named `key`: 0, 1, or 2 for two or more; `None` when the bytes could
+    /// not be read.
+    #[inline]
+    pub fn occurrences(&self, key: &[u8]) -> Option<u8> {
+        if let (Some(_), Some(slot)) = (self.spans, known_slot(key)) {
+            return match *self.known.get(slot)? {
+                ABSENT => Some(0),
+                at if at & REPEATED != 0 => Some(2),
+                _ => Some(1),
+            };
+        }
+        let mut count = 0u8;
+        self.all_keys(|k| {
+            count += u8::from(k == key);
+            count < 2
+        })?;
+        Some(count)
     }
 
     /// [`validate::all_keys`]: whether `keep` holds for every top-level key, stopping at the first that fails;
@@ -252,7 +384,10 @@ mod tests {
         let indexed = Fields::indexed(doc.as_bytes(), &index);
         let scanned = Fields::from(doc);
         let mut keys: Vec<Vec<u8>> = validate::Elements::new(doc).map(|e| e.key.to_vec()).collect();
-        keys.extend([b"".to_vec(), b"absent".to_vec(), b"$db".to_vec(), b"a\xc3\xa9".to_vec()]);
+        keys.extend([b"".to_vec(), b"absent".to_vec(), b"a\xc3\xa9".to_vec()]);
+        // Every noted key, and keys of the same lengths that are not one.
+        keys.extend(KNOWN.iter().map(|k| k.to_vec()));
+        keys.extend([b"$dc".to_vec(), b"lsie".to_vec(), b"filtes".to_vec(), b"cursos".to_vec(), b"collatioN".to_vec()]);
         for key in &keys {
             let (a, b) = (indexed.field(key), scanned.field(key));
             assert_eq!(a.map(|e| e.map(|e| e.bytes)), b.map(|e| e.map(|e| e.bytes)), "{key:?}");
@@ -262,6 +397,9 @@ mod tests {
                 field(doc, key).flatten().map(|e| (e.kind, e.key, e.value))
             );
             assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key), "{key:?}");
+            let count = validate::Elements::new(doc).filter(|e| e.key == &key[..]).count().min(2) as u8;
+            assert_eq!(indexed.occurrences(key), Some(count), "{key:?}");
+            assert_eq!(scanned.occurrences(key), Some(count), "{key:?}");
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
         assert_eq!(
@@ -309,6 +447,23 @@ mod tests {
         let fields = Fields::indexed(repeated.as_bytes(), &index);
         assert_eq!(fields.unique_field_span(b"limit"), None);
         assert_eq!(fields.field(b"limit").unwrap().unwrap().value, 1i32.to_le_bytes());
+        // Every noted key, alone, repeated once and twice, first or after others, beside keys that are not one.
+        for (i, key) in KNOWN.iter().enumerate() {
+            let key = bson::raw::CString::try_from(std::str::from_utf8(key).unwrap()).unwrap();
+            for repeats in 1..=3 {
+                for before in 0..2 {
+                    let mut doc = RawDocumentBuf::new();
+                    for b in 0..before {
+                        doc.append(bson::raw::CString::try_from(format!("before{b}")).unwrap(), 1);
+                    }
+                    for r in 0..repeats {
+                        doc.append(key.clone(), r);
+                        doc.append(bson::raw::CString::try_from(format!("k{i}{r}")).unwrap(), "x");
+                    }
+                    agree(&doc);
+                }
+            }
+        }
         // Elements beyond what 16-bit offsets reach: not known, and the scan answers.
         let mut large = rawdoc! { "find": "c", "big": "x".repeat(70_000) };
         large.append(cstr!("after"), 1);
@@ -324,6 +479,27 @@ mod tests {
             let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
             assert_eq!(index.is_known(), n <= TOP_LEVEL_MAX, "{n}");
             agree(&doc);
+        }
+    }
+
+    #[test]
+    fn each_noted_key_has_its_own_slot() {
+        for (i, key) in KNOWN.iter().enumerate() {
+            // Both ways of telling, the walk's from the key's word and the lookups' from its bytes.
+            let slot = |key: &[u8]| {
+                let by_word = known_slot_of_word(key.len(), word_of(key), || key);
+                assert_eq!(by_word, known_slot(key), "{key:?}");
+                by_word
+            };
+            assert_eq!(slot(key), Some(i), "{key:?}");
+            // Not a prefix, an extension or a near miss at either end.
+            assert_eq!(slot(&key[..key.len() - 1]), None);
+            assert_eq!(slot(&[*key, &b"x"[..]].concat()), None);
+            for at in [0, key.len() - 1] {
+                let mut near = key.to_vec();
+                near[at] ^= 0x20;
+                assert_eq!(slot(&near), None);
+            }
         }
     }
 

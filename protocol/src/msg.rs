@@ -311,7 +311,7 @@ impl OpMsg {
         }
         Some(OpMsg {
             flags: self.flags,
-            body_index: self.body_index.replaced(span, key.len(), new_end),
+            body_index: self.body_index.replaced(span, key.as_bytes(), new_end),
             body: Bytes::from(out),
             sequences: self.sequences.clone(),
             body_findings: Findings::UNKNOWN,

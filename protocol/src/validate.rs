@@ -487,6 +487,9 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
             Some(last) if TOP && place < following => last.same_key(place, elements, key_at),
             _ => None,
         };
+        // For an indexed walk, the key's slot among the keys the index notes by name; `None` means "read": a
+        // key not read in the branch that reads keys leaves the index not known ([`TopLevel::forget`]).
+        let mut known_slot = None;
         // An array's key that is its next one-digit position is all the checks below would pass: ASCII, not
         // `$`, no dot, no repeat. Nearly every array element is one of those.
         let key_len = if ARRAY && index.next_is_digit(elements, key_at) {
@@ -495,6 +498,7 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
             // The same key as the last document's at this place, after the same keys before it: the checks
             // below found nothing for it there, and would find nothing here.
             keys.follow(filter);
+            known_slot = Some(None);
             key_len
         } else {
             following = 0;
@@ -520,6 +524,9 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
                 if TOP {
                     findings.odd_top_key = true;
                 }
+            }
+            if INDEX {
+                known_slot = Some(crate::fields::known_slot_of_word(key_len, word, key));
             }
             let dot = TOP && has_dot(key_len, word, key);
             if dot {
@@ -578,7 +585,10 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
         }
         if INDEX {
             if let Some(top) = top.as_deref_mut() {
-                top.push(pos, key_at + key_len);
+                match known_slot {
+                    Some(slot) => top.push(pos, key_at + key_len, slot),
+                    None => top.forget(),
+                }
             }
         }
         pos = end;

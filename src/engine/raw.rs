@@ -357,10 +357,12 @@ mod tests {
             keys.push(k);
             true
         });
-        for key in keys.iter().copied().chain([&b"absent"[..], b"filte"]) {
+        let known = tenantwall_protocol::fields::KNOWN;
+        for key in keys.iter().copied().chain([&b"absent"[..], b"filte"]).chain(known) {
             let (a, b) = (indexed.field(key), scanned.field(key));
             assert_eq!(a.map(|e| e.map(|e| e.bytes)), b.map(|e| e.map(|e| e.bytes)), "{key:?}");
             assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key), "{key:?}");
+            assert_eq!(indexed.occurrences(key), scanned.occurrences(key), "{key:?}");
         }
         let mut listed = Vec::new();
         indexed.all_keys(|k| {
@@ -380,7 +382,8 @@ mod tests {
         };
         let built = OpMsg::new(tenantwall_protocol::MsgFlags::default(), doc.clone());
         for msg in [built, parsed(doc.clone())] {
-            for key in ["filter", "find", "$db", "absent"] {
+            // Replaced and appended, keys the index notes by name among them.
+            for key in ["filter", "find", "$db", "absent", "lsid", "collation", "maxTimeMS"] {
                 let edits = [(key, Some(RawBson::Document(value.clone())))];
                 let written = msg.with_body_field(key, 0x03, value.as_bytes().len(), write).unwrap();
                 assert_eq!(written.body(), replace_fields(&doc, &edits).as_ref(), "{key}");
