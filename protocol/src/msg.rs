@@ -360,22 +360,23 @@ impl OpMsg {
             return None;
         }
         let document = bytes.get(value_at..outer_span.end)?;
-        let inner_span = crate::validate::unique_field_span_of_bytes(document, inner.as_bytes())??;
-        // In the inner element: type byte, key, NUL, the binary's length, its subtype, then its data.
-        let length_at = inner_span.start + 1 + inner.len() + 1;
+        // `inner` must be the document's one element, so it is read where that one would be, not searched
+        // for: after the document's length, its type byte, `inner` and its NUL, the binary's length and its
+        // subtype, then the data, which ends at the document's final NUL.
+        let key_at = 5;
+        let length_at = key_at + inner.len() + 1;
         let data_at = length_at + 5;
         let length = document.get(length_at..length_at + 4)?;
-        if document.get(inner_span.start) != Some(&0x05)
+        if document.get(4) != Some(&0x05)
+            || document.get(key_at..length_at - 1)? != inner.as_bytes()
+            || document.get(length_at - 1) != Some(&0)
             || usize::try_from(i32::from_le_bytes(length.try_into().ok()?)).ok()? != len
             || document.get(length_at + 4) == Some(&2)
-            || data_at + len != inner_span.end
-            // `inner` is the document's one element: it starts after the length and ends at the final NUL.
-            || inner_span.start != 4
-            || inner_span.end + 1 != document.len()
+            || data_at + len + 1 != document.len()
         {
             return None;
         }
-        let at = value_at + data_at..value_at + inner_span.end;
+        let at = value_at + data_at..value_at + data_at + len;
         bytes.get(at.clone())?;
         Some(at)
     }
@@ -776,6 +777,9 @@ mod tests {
             rawdoc! { "find": "c", "lsid": { "id": binary(2, 16) }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": "sixteen bytes..." }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "di": binary(4, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "i": binary(4, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": { "idx": binary(4, 16) }, "$db": "app" },
+            rawdoc! { "find": "c", "lsid": {}, "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": binary(4, 16), "id": binary(4, 16) }, "$db": "app" },
             rawdoc! { "find": "c", "lsid": [binary(4, 16)], "$db": "app" },
             rawdoc! { "find": "c", "id": binary(4, 16), "$db": "app" },
