@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
-use tenantwall_protocol::fields::Fields;
 use tenantwall_protocol::{
     decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
@@ -28,7 +27,6 @@ use crate::admission::{Admitted, Verdict};
 use crate::backend::{BackendConn, BoxStream};
 use crate::codec::{FrameReader, ReadError};
 use crate::command::Command;
-use crate::config::Limits;
 use crate::engine::decide::{prepare_forward, Decision, Local};
 use crate::engine::reply;
 use crate::engine::ReplyPlan;
@@ -41,8 +39,11 @@ use crate::server::{Generation, Shared};
 use crate::session;
 use crate::stats::Stats;
 
+mod deadline;
 mod observe;
 mod woken;
+
+use deadline::{BackendDeadline, BackendTimer};
 
 /// A forwarded command after cursor ownership was checked.
 struct BoundCursors {
@@ -68,44 +69,11 @@ struct ReplyPost {
 /// Messages (as received or once inflated) at least this large are decoded off the async workers.
 const HEAVY_MESSAGE: usize = 256 * 1024;
 
-/// Extra time a command with `maxTimeMS` gets before the proxy gives up on the backend: the server counts only
-/// its own execution, and its MaxTimeMSExpired should win whenever it comes.
-const MAX_TIME_GRACE: Duration = Duration::from_secs(1);
-
-/// When the backend must have answered a forwarded command.
-struct BackendDeadline {
-    at: Instant,
-    /// Whether the deadline comes from the command's `maxTimeMS`.
-    max_time: bool,
-    allowed: Duration,
-}
-
-impl BackendDeadline {
-    /// `limits.backend_timeout_ms`, or the command's own `maxTimeMS` (as forwarded, so after the tenant's cap)
-    /// plus a grace period.
-    fn for_command(limits: &Limits, body: Fields<'_>) -> Self {
-        let (allowed, max_time) = match max_time_ms(body) {
-            Some(ms) => (Duration::from_millis(ms).saturating_add(MAX_TIME_GRACE), true),
-            None => (limits.backend_timeout(), false),
-        };
-        Self { at: Instant::now() + allowed, max_time, allowed }
-    }
-
-    /// The error of an operation still unfinished at the deadline.
-    fn expired(&self) -> ProxyError {
-        ProxyError::BackendTimeout {
-            max_time: self.max_time,
-            detail: format!("no reply from the backend within {} ms", self.allowed.as_millis()),
-        }
-    }
-}
-
-/// Runs one backend operation (an expression yielding `Result<_, E>` with `E: From<ProxyError>`) until
-/// `$timer`, a pinned `Sleep` at the [`BackendDeadline`] `$deadline`, fires. The operation is polled first, so
-/// one that is ready at once never touches the timer; one timer serves all of a command's operations, and it
-/// is registered with the timer wheel once, at the first operation that has to wait. A macro rather than a
-/// function taking the operation: the operation's future (a checkout's is most of a kilobyte) is built where
-/// it is polled instead of being moved into a wrapper future and again into a `Timeout`.
+/// Runs one backend operation (an expression yielding `Result<_, E>` with `E: From<ProxyError>`) until the
+/// [`BackendDeadline`] `$deadline` passes, as the connection's [`BackendTimer`] `$timer` tells. The operation is
+/// polled first, so one that is ready at once never touches the timer. A macro rather than a function taking
+/// the operation: the operation's future (a checkout's is most of a kilobyte) is built where it is polled
+/// instead of being moved into a wrapper future and again into a `Timeout`.
 macro_rules! within {
     ($timer:expr, $deadline:expr, $op:expr) => {
         tokio::select! {
@@ -113,7 +81,9 @@ macro_rules! within {
             result = $op => result,
             // Outside the task's cooperative budget, as `Timeout` polls its own timer: an operation that used
             // the budget up (many ready reads of a large reply) must not keep an elapsed timer from firing.
-            () = tokio::task::unconstrained(&mut $timer) => Err($deadline.expired().into()),
+            expired = tokio::task::unconstrained(std::future::poll_fn(|cx| $timer.poll_expired(cx, &$deadline))) => {
+                Err(expired.into())
+            }
         }
     };
 }
@@ -141,18 +111,6 @@ async fn next_control(
         _ = drain.wait_for(|d| *d), if !draining => Control::Draining,
     };
     (event, generations, drain)
-}
-
-/// A positive `maxTimeMS`, whichever numeric type carries it (0 means no limit, as on the server).
-fn max_time_ms(body: Fields<'_>) -> Option<u64> {
-    let ms = match crate::engine::raw::get(body, "maxTimeMS").ok().flatten()? {
-        RawBsonRef::Int32(v) => u64::try_from(v).ok()?,
-        RawBsonRef::Int64(v) => u64::try_from(v).ok()?,
-        // Saturating float-to-int conversion; NaN becomes 0 and is ignored.
-        RawBsonRef::Double(v) if v >= 0.0 => v as u64,
-        _ => return None,
-    };
-    (ms > 0).then_some(ms)
 }
 
 /// A connection to the tenant's backend from its pool. A backend that restarted closed its idle connections;
@@ -215,6 +173,8 @@ pub struct ClientConnection {
     usage: crate::admin::metrics::TenantMetrics,
     /// What was seen of the command in flight, for metrics.
     observed: observe::Observed,
+    /// The timer for backend deadlines, kept from one forwarded command to the next (made at the first).
+    backend_timer: Option<BackendTimer>,
 }
 
 impl ClientConnection {
@@ -255,6 +215,7 @@ impl ClientConnection {
             skip_speculative: false,
             usage,
             observed: observe::Observed::default(),
+            backend_timer: None,
         }
     }
 
@@ -804,8 +765,15 @@ impl ClientConnection {
         // The deadline covers the wait for a pooled connection and opening one too: like mongos, a command's
         // maxTimeMS is the whole operation as the client sees it.
         let deadline = BackendDeadline::for_command(&generation.policy.limits, forward.body_fields());
-        let timer = tokio::time::sleep_until(deadline.at);
-        tokio::pin!(timer);
+        // Taken for the command and put back after it, so that it is not borrowed from `self` meanwhile; a
+        // command that ends early (an error) leaves the next one to make a new timer.
+        let mut timer = match self.backend_timer.take() {
+            Some(mut timer) => {
+                timer.arm(&deadline);
+                timer
+            }
+            None => BackendTimer::new(deadline.at),
+        };
         let mut pooled = within!(timer, deadline, checkout(&self.shared, generation, &tenant))?;
         self.sending();
         let backend_request_id = match within!(timer, deadline, connection(&mut pooled)?.send(&forward)) {
@@ -827,6 +795,7 @@ impl ClientConnection {
             if let Ok(errmsg) = reply.body().get_str("errmsg") {
                 info!(errmsg, "unacknowledged command failed on the backend");
             }
+            self.backend_timer = Some(timer);
             return Ok(());
         }
         let mut pooled = Some(pooled);
@@ -851,6 +820,7 @@ impl ClientConnection {
                 .await
                 .map_err(|e| ProxyError::Internal { detail: format!("write to client: {e}") })?;
             if !more {
+                self.backend_timer = Some(timer);
                 return Ok(());
             }
             expect = reply_header.request_id;

@@ -162,6 +162,40 @@ async fn a_stalled_backend_costs_a_timeout_error_not_a_hang() {
     .unwrap();
 }
 
+/// One connection keeps one timer for its commands' deadlines: a command due sooner than the one before it
+/// still times out at its own deadline, and one due later is not cut short at the earlier one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_command_on_a_connection_gets_its_own_deadline() {
+    let backend = Backend::start();
+    let proxy = start_proxy_with(&backend.uri(), "[limits]\nbackend_timeout_ms = 500\n").await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut client = RawClient::connect(addr);
+        assert_eq!(ok(&command(&mut client, &padded_insert(10))), 1.0);
+        // Answered, with a deadline 6 s out; then, with the backend stalled, a command due in 0.5 s.
+        assert_eq!(ok(&command(&mut client, &find(Some(5_000)))), 1.0);
+        backend.pause();
+        let started = Instant::now();
+        let reply = command(&mut client, &find(None));
+        assert_eq!((code(&reply), reply.get_str("codeName").unwrap()), (89, "NetworkTimeout"), "{reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        backend.resume();
+        assert_eq!(ok(&command(&mut client, &find(None))), 1.0);
+        // Due in 0.5 s, answered; then a command due in 2.5 s, which the stalled backend never answers: it is
+        // refused at its own deadline, not at the 0.5 s the connection's timer was last armed for.
+        assert_eq!(ok(&command(&mut client, &find(None))), 1.0);
+        backend.pause();
+        let started = Instant::now();
+        let reply = command(&mut client, &find(Some(1_500)));
+        assert_eq!((code(&reply), reply.get_str("codeName").unwrap()), (50, "MaxTimeMSExpired"), "{reply:?}");
+        assert!(started.elapsed() >= Duration::from_millis(2_400), "{:?}", started.elapsed());
+        backend.resume();
+        assert_eq!(ok(&command(&mut client, &find(None))), 1.0);
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backend_connections_survive_a_backend_restart() {
     let mut backend = Backend::start();
