@@ -278,7 +278,9 @@ impl<'a> Fields<'a> {
         if let Some(slot) = known_slot(key) {
             return match self.known.get(slot) {
                 Some(&ABSENT) => Some(None),
-                Some(at) => self.element(spans, usize::from(at & PLACE)).map(Some),
+                // The element's key is compared all the same: an index of other bytes answers "could not
+                // read", never another element.
+                Some(at) => self.element(spans, usize::from(at & PLACE)).filter(|e| e.key == key).map(Some),
                 None => None,
             };
         }
@@ -317,7 +319,7 @@ impl<'a> Fields<'a> {
             }
         };
         let Some(i) = found else { return Some(None) };
-        let element = self.element(spans, i)?;
+        let element = self.element(spans, i).filter(|e| e.key == key)?;
         let start = usize::from(spans.get(i)?.0);
         Some(Some(start..start + element.bytes.len()))
     }

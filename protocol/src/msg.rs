@@ -360,6 +360,10 @@ impl OpMsg {
             return None;
         }
         let document = bytes.get(value_at..outer_span.end)?;
+        // A key holding a NUL is no key: it could only match bytes that end one key and start something else.
+        if inner.as_bytes().contains(&0) {
+            return None;
+        }
         // `inner` must be the document's one element, so it is read where that one would be, not searched
         // for: after the document's length, its type byte, `inner` and its NUL, the binary's length and its
         // subtype, then the data, which ends at the document's final NUL.
@@ -785,6 +789,16 @@ mod tests {
             rawdoc! { "find": "c", "id": binary(4, 16), "$db": "app" },
             rawdoc! { "find": "c", "lsid": { "id": binary(4, 16) }, "lsid": { "id": binary(4, 16) }, "$db": "app" },
         ];
+        // A key holding a NUL names nothing, even where the bytes after the document's one key would match it.
+        let mut lsid = vec![0u8; 4];
+        lsid.extend_from_slice(b"\x05i\0d\0");
+        lsid.extend_from_slice(&4i32.to_le_bytes());
+        lsid.extend_from_slice(&[4, 1, 2, 3, 4, 0]);
+        let len = lsid.len() as i32;
+        lsid[..4].copy_from_slice(&len.to_le_bytes());
+        let mut lsid_body = rawdoc! {};
+        lsid_body.append(bson::cstr!("lsid"), RawDocumentBuf::from_bytes(lsid).unwrap());
+        assert_eq!(OpMsg::new(MsgFlags::default(), lsid_body).with_binary_overwritten("lsid", "i\0d", &[9; 4]), None);
         for body in refused {
             assert_eq!(parsed(body.clone()).with_binary_overwritten("lsid", "id", &data), None, "{body:?}");
             let mut refused = parsed(body.clone());

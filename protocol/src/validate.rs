@@ -487,8 +487,9 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
             Some(last) if TOP && place < following => last.same_key(place, elements, key_at),
             _ => None,
         };
-        // For an indexed walk, the key's slot among the keys the index notes by name; `None` means "read": a
-        // key not read in the branch that reads keys leaves the index not known ([`TopLevel::forget`]).
+        // For an indexed walk, the key's slot among the keys the index notes by name (`Some(None)`: none), set
+        // only where the key is read; an element whose key was not read leaves it `None`, and the index not
+        // known ([`TopLevel::forget`]) rather than noting a key as absent that may be there.
         let mut known_slot = None;
         // An array's key that is its next one-digit position is all the checks below would pass: ASCII, not
         // `$`, no dot, no repeat. Nearly every array element is one of those.
@@ -498,7 +499,6 @@ fn walk<const ARRAY: bool, const TOP: bool, const INDEX: bool>(
             // The same key as the last document's at this place, after the same keys before it: the checks
             // below found nothing for it there, and would find nothing here.
             keys.follow(filter);
-            known_slot = Some(None);
             key_len
         } else {
             following = 0;
@@ -1464,6 +1464,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An indexed walk notes the keys it reads; one whose keys are taken from the last document's instead
+    /// (never the case for a message's body, which is walked alone) leaves its index not known, never wrong.
+    #[test]
+    fn an_indexed_walk_that_does_not_read_its_keys_is_not_known() {
+        let doc = rawdoc! { "lsid": 1, "filter": 2 };
+        let mut last = LastKeys::NONE;
+        let mut findings = Findings::NOTHING_YET;
+        walk::<false, true, false>(doc.as_bytes(), 1, &mut findings, None, Some(&mut last)).unwrap();
+        let (mut index, mut findings) = (TopLevel::empty(), Findings::NOTHING_YET);
+        walk::<false, true, true>(doc.as_bytes(), 1, &mut findings, Some(&mut index), Some(&mut last)).unwrap();
+        assert!(!index.is_known());
+        let fields = crate::fields::Fields::indexed(doc.as_bytes(), &index);
+        assert_eq!(fields.occurrences(b"lsid"), Some(1));
+        assert!(fields.field(b"filter").unwrap().is_some());
     }
 
     #[test]

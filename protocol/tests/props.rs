@@ -1,9 +1,11 @@
-//! Property tests: no input makes the parsers panic, and encode(parse(x)) reproduces x.
+//! Property tests: no input makes the parsers panic, encode(parse(x)) reproduces x, and a parsed body's index of
+//! top-level fields answers every lookup as a scan of its bytes does.
 
 use bson::{RawBson, RawDocumentBuf};
 use bytes::Bytes;
 use proptest::prelude::*;
 use tenantwall_protocol::compression::compress_frame;
+use tenantwall_protocol::fields::{Fields, KNOWN};
 use tenantwall_protocol::{check_frame, decode, Compressor, Message, MsgFlags, OpMsg, Sequence, MAX_MESSAGE_SIZE};
 
 fn value() -> impl Strategy<Value = RawBson> {
@@ -111,5 +113,111 @@ proptest! {
             let _ = decode(Bytes::copy_from_slice(&bytes[..len]));
         }
         let _ = decode(Bytes::from(bytes));
+    }
+}
+
+/// Keys a body's index is asked about: those it notes by name, near misses of them (a byte changed, one short,
+/// one long, the first eight bytes of the long ones), and others.
+const KEYS: &[&str] = &[
+    "$db",
+    "lsid",
+    "endSessions",
+    "filter",
+    "query",
+    "collation",
+    "maxTimeMS",
+    "cursor",
+    "$dB",
+    "$d",
+    "$dbx",
+    "lsiD",
+    "lsi",
+    "lsidd",
+    "endSessionS",
+    "endSessi",
+    "endSessionsx",
+    "filteR",
+    "filte",
+    "cursoR",
+    "quer",
+    "queryy",
+    "collatioN",
+    "collatio",
+    "maxTimeMs",
+    "maxTimeM",
+    "find",
+    "k",
+    "é",
+    "filter.x",
+    "$where",
+    "a_rather_long_key",
+];
+
+/// A body of up to 19 elements (more than the index holds) with keys drawn from [`KEYS`], repeats included,
+/// and sometimes an element past what the index's 16-bit offsets reach.
+fn indexed_body() -> impl Strategy<Value = RawDocumentBuf> {
+    (prop::collection::vec((0..KEYS.len(), any::<i32>()), 0..20), prop::option::of(0usize..20)).prop_map(
+        |(fields, large_at)| {
+            let mut doc = RawDocumentBuf::new();
+            for (i, (key, value)) in fields.into_iter().enumerate() {
+                if large_at == Some(i) {
+                    doc.append(bson::cstr!("padding"), "x".repeat(70_000));
+                }
+                doc.append(bson::raw::CString::try_from(KEYS[key]).unwrap(), value);
+            }
+            doc
+        },
+    )
+}
+
+type Viewed<'a> = Option<Option<(u8, &'a [u8], &'a [u8], &'a [u8])>>;
+
+/// An answer of `Fields::field`, as its parts.
+fn view(found: Option<Option<tenantwall_protocol::validate::Element<'_>>>) -> Viewed<'_> {
+    found.map(|e| e.map(|e| (e.kind, e.key, e.value, e.bytes)))
+}
+
+/// Every lookup through `msg`'s index answers as a scan of its body's bytes does.
+fn index_agrees_with_a_scan(msg: &OpMsg) -> Result<(), TestCaseError> {
+    let (indexed, scanned) = (msg.body_fields(), Fields::from(msg.body()));
+    for key in KEYS.iter().map(|k| k.as_bytes()).chain(KNOWN) {
+        prop_assert_eq!(view(indexed.field(key)), view(scanned.field(key)), "{:?}", key);
+        prop_assert_eq!(indexed.unique_field_span(key), scanned.unique_field_span(key), "{:?}", key);
+        prop_assert_eq!(indexed.occurrences(key), scanned.occurrences(key), "{:?}", key);
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    indexed.all_keys(|k| {
+        a.push(k);
+        true
+    });
+    scanned.all_keys(|k| {
+        b.push(k);
+        true
+    });
+    prop_assert_eq!(a, b);
+    prop_assert_eq!(indexed.first().map(|e| e.bytes), scanned.first().map(|e| e.bytes));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// Parsed, and then with fields written into it (replaced, or appended when absent), one after another.
+    #[test]
+    fn a_body_s_index_answers_as_a_scan_does(body in indexed_body(), edits in prop::collection::vec(0..KEYS.len(), 0..4)) {
+        let frame = OpMsg::new(MsgFlags::default(), body).encode(1, 0).unwrap().freeze();
+        let Message::Msg(mut msg) = decode(frame).unwrap().message else { panic!("not an OP_MSG") };
+        index_agrees_with_a_scan(&msg)?;
+        for key in edits {
+            let write = |out: &mut Vec<u8>| {
+                out.extend_from_slice(bson::rawdoc! { "v": 1 }.as_bytes());
+                Some(())
+            };
+            // Refused for a key that repeats: the body is then left as it was.
+            if let Some(edited) = msg.with_body_field(KEYS[key], 0x03, 0, write) {
+                msg = edited;
+                index_agrees_with_a_scan(&msg)?;
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! This module owns the deadline of each forwarded command ([`BackendDeadline`]) and the connection's timer
 //! ([`BackendTimer`]). It must never let an operation run past its command's deadline, nor report a deadline as
-//! passed before it is: the timer may fire early (it is armed for an earlier command), never late.
+//! passed before it is: the timer may fire early (it is armed for an earlier command), never late (beyond the
+//! millisecond to which tokio rounds every timer).
 //!
 //! Why one timer kept across commands rather than one per command: registering a timer with tokio's wheel and
 //! removing it again costs a lock and a wheel update each, on every command that waits for its reply (nearly
@@ -143,6 +144,13 @@ mod tests {
         assert_eq!(expiry(&mut timer, &soon).await, soon.at);
         // A timer that fired (the connection was idle past it) is armed again for the next command.
         tokio::time::advance(Duration::from_secs(120)).await;
+        let next = deadline(2_000);
+        timer.arm(&next);
+        assert_eq!(expiry(&mut timer, &next).await, next.at);
+        // A timer never polled is not registered, so past its instant it has not "fired": the first poll
+        // fires it and it is armed again, at the command's deadline.
+        let mut timer = BackendTimer::new(deadline(10).at);
+        tokio::time::advance(Duration::from_secs(1)).await;
         let next = deadline(2_000);
         timer.arm(&next);
         assert_eq!(expiry(&mut timer, &next).await, next.at);
