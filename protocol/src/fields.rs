@@ -278,9 +278,12 @@ impl<'a> Fields<'a> {
         if let Some(slot) = known_slot(key) {
             return match self.known.get(slot) {
                 Some(&ABSENT) => Some(None),
-                // The element's key is compared all the same: an index of other bytes answers "could not
-                // read", never another element.
-                Some(at) => self.element(spans, usize::from(at & PLACE)).filter(|e| e.key == key).map(Some),
+                // The element's key is compared all the same (as the slot's key, which `key` is: fixed-size
+                // comparisons, not a call): an index of other bytes answers "could not read", never another
+                // element.
+                Some(at) => {
+                    self.element(spans, usize::from(at & PLACE)).filter(|e| known_slot(e.key) == Some(slot)).map(Some)
+                }
                 None => None,
             };
         }
@@ -298,7 +301,8 @@ impl<'a> Fields<'a> {
     #[inline]
     pub fn unique_field_span(&self, key: &[u8]) -> Option<Option<Range<usize>>> {
         let Some(spans) = self.spans else { return validate::unique_field_span_of_bytes(self.bytes, key) };
-        let found = match known_slot(key) {
+        let slot = known_slot(key);
+        let found = match slot {
             Some(slot) => match *self.known.get(slot)? {
                 ABSENT => None,
                 at if at & REPEATED != 0 => return None,
@@ -319,7 +323,8 @@ impl<'a> Fields<'a> {
             }
         };
         let Some(i) = found else { return Some(None) };
-        let element = self.element(spans, i).filter(|e| e.key == key)?;
+        // Compared as in `field` when the slot answered (the loop compared it already).
+        let element = self.element(spans, i).filter(|e| slot.is_none() || known_slot(e.key) == slot)?;
         let start = usize::from(spans.get(i)?.0);
         Some(Some(start..start + element.bytes.len()))
     }
