@@ -271,6 +271,28 @@
 //!   client, 1.05× against 1.05× and 0.91× against 0.90× at 64; its CPU per command at 1 client was lower in
 //!   seven rounds of ten, but its instructions per command only 1.2% fewer (19,647 against 19,885). Not enough
 //!   to tell from this machine's spread, for a release build of the whole tree that takes longer.
+//! - **Seventh round (2026-11-28, 13:15–14:40): fields found once, by name, and one timer per connection.**
+//!   Connection task, callgrind, 1 client, each step on top of the last:
+//!
+//!   | step | instructions per command |
+//!   |---|---|
+//!   | start of the round (02708eb) | 19,877–19,890 |
+//!   | the walk notes where `$db`, the sessions, the filter, the collation, `maxTimeMS` and a reply's `cursor` are; lookups of them read their slot (`benches/rewrite.rs`, seventh round) | 19,141 |
+//!   | the lsid's `id` read where its one-element document holds it, not searched for | 18,932 |
+//!   | one backend-deadline timer per connection (`src/connection/deadline.rs`), left armed at an earlier command's deadline and armed again when it fires early, instead of a tokio timer registered and removed per command | 18,758–18,809 |
+//!   | after review: a slot's element checked against its key, an index that could not note a key forgotten | 19,009 |
+//!
+//!   −4.4% in all (the runs move by about 50 with how many commands the window caught). The timer step took
+//!   about 440 instructions of timer registration out of each command (the wheel's insert and remove, the
+//!   `Sleep`'s creation and first poll) and gave back about 200 to moves of the larger futures around it; the
+//!   driver's per-park work (`process_at_time`, `next_expiration`, about 800) is unchanged, as any timer keeps
+//!   it. Paired quick run, 7 rounds of 1.5 s (14:23, load average 0.9–1.7, slow mode throughout: HAProxy 138–234
+//!   µs at 1 client): start 1.30× / 1.56× / 1.07× with 76.2 / 18.9 µs of CPU per command, end 1.20× / 1.41× /
+//!   1.02× with 70.9 / 19.1 µs (HAProxy 40.7 / 15.9 µs). At 64 clients the two builds traded places from round
+//!   to round (end ahead in three of seven): no change there beyond the noise; at 1 client the end used less CPU
+//!   per command in five rounds of seven. `-- many` on the end build: 64 backend connections, RSS 129 MiB idle
+//!   and 135 MiB at peak (unchanged by the timer each connection now keeps), 9,082 commands/s at one find per
+//!   client per second (p50 0.53 ms).
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the

@@ -195,6 +195,32 @@
 //! the sessions, the filter) reading them from one pass. That is a change of the engine's shape, which every
 //! command family shares, and it was not begun here.
 //!
+//! **Seventh round (2026-11-28, 13:15–14:25): fields found once, by name.** The walk that validates a body
+//! already read every top-level key; it now notes, besides where each element is, which element holds each of
+//! the keys read from nearly every command (`$db`, `lsid`, `endSessions`, `filter`, `query`, `collation`,
+//! `maxTimeMS`, and a reply's `cursor`: `fields::KNOWN`), classified by length and the key's first word as the
+//! walk has them. Looking one of those up is then a look at its slot (the element's key still compared, by
+//! fixed-size comparisons) instead of a search over the spans, and the sessions are counted from two slots
+//! instead of a pass over the keys. The lsid's `id` is read where a one-element document holds it instead of
+//! being searched for. Instructions per iteration, the round's start (02708eb) and its end, counted alike:
+//!
+//! | case             | 02708eb | now     |        |
+//! |------------------|---------|---------|--------|
+//! | find_5_clauses   | 7,577   | 7,568   | —      |
+//! | find_driver      | 7,732   | 7,372   | −4.7%  |
+//! | aggregate_lookup | 47,735  | 47,835  | —      |
+//! | insert_1000      | 734,042 | 734,219 | —      |
+//! | find_in_1000     | 142,805 | 144,109 | +0.9%  |
+//!
+//! The find's lookups got cheaper by about 250 instructions (`$db`, the filter twice, the collation), but the
+//! walk pays about 25 per top-level key to note them, and checking a slot's element against the key asked for
+//! (so that an index of other bytes could only answer "could not read") gives back most of the rest; before that
+//! check the find was at 7,459. The command the load harness's driver sends gains more: its session is counted
+//! and found from slots, and its id patched without a search. Criterion medians, both builds in alternation
+//! (14:21, fast mode, load average 0.4–1.0): the find at 730–877 ns against the start's 712–775 ns, the
+//! aggregate at 4.3–4.6 µs (4.3–4.6 µs), the insert at 46–47 µs (46.5–47.5 µs), 1.67–1.82 GiB/s of
+//! documents: no change beyond the noise. The 500 ns goal stays unmet, for the reasons of the sixth round.
+//!
 //! Hostile shapes (same run; af8cfc4's in brackets):
 //!
 //! | case                                                        | time     |
