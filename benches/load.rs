@@ -290,7 +290,10 @@
 //!   µs at 1 client): start 1.30× / 1.56× / 1.07× with 76.2 / 18.9 µs of CPU per command, end 1.20× / 1.41× /
 //!   1.02× with 70.9 / 19.1 µs (HAProxy 40.7 / 15.9 µs). At 64 clients the two builds traded places from round
 //!   to round (end ahead in three of seven): no change there beyond the noise; at 1 client the end used less CPU
-//!   per command in five rounds of seven. `-- many` on the end build: 64 backend connections, RSS 129 MiB idle
+//!   per command in five rounds of seven. A second paired run right after (7 rounds, HAProxy 191 µs at 1 client,
+//!   45.3 / 20.3 µs of CPU per command): start 1.27× / 1.71× / 1.05× with 76.3 / 22.4 µs, end 1.24× / 1.62× /
+//!   1.02× with 78.8 / 22.2 µs. In wall time the two builds are within the machine's noise of each other; the
+//!   instruction counts are the firm result. `-- many` on the end build: 64 backend connections, RSS 129 MiB idle
 //!   and 135 MiB at peak (unchanged by the timer each connection now keeps), 9,082 commands/s at one find per
 //!   client per second (p50 0.53 ms).
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
