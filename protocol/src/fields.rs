@@ -19,8 +19,9 @@ use bson::RawDocument;
 
 use crate::validate::{self, Element};
 
-/// Top-level elements an index holds; bodies with more are scanned. Drivers send a dozen at most.
-pub const TOP_LEVEL_MAX: usize = 16;
+/// Top-level elements an index holds; bodies with more are scanned. Drivers send a dozen at most (the
+/// command, its arguments, `lsid`, `txnNumber`, `$clusterTime`, `$readPreference`, `$db`).
+pub const TOP_LEVEL_MAX: usize = 14;
 
 /// The top-level keys read from nearly every command on its way through: its database, its sessions, the
 /// filter of a read (`filter`, or `query` for a count or a distinct), its collation and time limit, and a
@@ -89,16 +90,51 @@ const REPEATED: u8 = 0x80;
 const PLACE: u8 = 0x0F;
 const _: () = assert!(TOP_LEVEL_MAX <= PLACE as usize + 1);
 
-/// Where each top-level element of one document starts and where its key ends (offsets into the document's
-/// bytes), in order, as the validation walk found them. Element `i` ends where element `i + 1` starts, and the
-/// last one at the document's final NUL.
+/// Where one top-level element starts (an offset of 16 bits into the document's bytes) and how long its key
+/// is (8 bits), packed into three bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+struct Span([u8; 3]);
+
+impl Span {
+    /// `None` when either does not fit.
+    fn new(start: usize, key_len: usize) -> Option<Self> {
+        let [a, b] = u16::try_from(start).ok()?.to_le_bytes();
+        Some(Self([a, b, u8::try_from(key_len).ok()?]))
+    }
+
+    /// Where the element starts: its type byte.
+    fn start(self) -> usize {
+        usize::from(u16::from_le_bytes([self.0[0], self.0[1]]))
+    }
+
+    /// How long its key is.
+    fn key_len(self) -> usize {
+        usize::from(self.0[2])
+    }
+
+    /// Where its key's NUL is.
+    fn key_end(self) -> usize {
+        self.start() + 1 + self.key_len()
+    }
+}
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {})", self.start(), self.key_end())
+    }
+}
+
+/// Where each top-level element of one document starts and how long its key is, in order, as the validation
+/// walk found them. Element `i` ends where element `i + 1` starts, and the last one at the document's final NUL.
 ///
-/// Held inline and small (offsets of 16 bits: bodies of 64 KiB or more, rare, are not indexed), so that a
-/// message carries it without an allocation of its own and moves of a message stay cheap.
+/// Held inline and small (offsets of 16 bits and key lengths of 8: bodies of 64 KiB or more and keys longer than
+/// 255 bytes, both rare, are not indexed), so that a message carries it without an allocation of its own, and
+/// so that a message stays within 128 bytes: a move of one is then a few register moves, not a `memcpy` call
+/// (a message moves through several layers on its way through the proxy; `msg.rs` tests the bound).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TopLevel {
-    /// `(element start, key end)` in `spans[..len]`; the key is `bytes[start + 1..key_end]`.
-    spans: [(u16, u16); TOP_LEVEL_MAX],
+    /// The elements' spans, in `spans[..len]`; a key is `bytes[start + 1..key_end]`.
+    spans: [Span; TOP_LEVEL_MAX],
     /// How many of `spans` are set; [`TopLevel::UNKNOWN`] when the index is not known.
     len: u8,
     /// For each key of [`KNOWN`], where in `spans` its first element is ([`PLACE`]), with [`REPEATED`] set when
@@ -109,7 +145,7 @@ pub struct TopLevel {
 impl Default for TopLevel {
     /// Not known: lookups read the bytes.
     fn default() -> Self {
-        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: Self::UNKNOWN, known: [ABSENT; KNOWN.len()] }
+        Self { spans: [Span::default(); TOP_LEVEL_MAX], len: Self::UNKNOWN, known: [ABSENT; KNOWN.len()] }
     }
 }
 
@@ -119,7 +155,7 @@ impl TopLevel {
 
     /// Where a walk starts: no element yet. Only the walk fills one, so only this crate makes one.
     pub(crate) fn empty() -> Self {
-        Self { spans: [(0, 0); TOP_LEVEL_MAX], len: 0, known: [ABSENT; KNOWN.len()] }
+        Self { spans: [Span::default(); TOP_LEVEL_MAX], len: 0, known: [ABSENT; KNOWN.len()] }
     }
 
     /// Notes the next element (`start` its type byte, `key_end` its key's NUL, `slot` its key's among
@@ -128,9 +164,10 @@ impl TopLevel {
     #[inline(always)]
     pub(crate) fn push(&mut self, start: usize, key_end: usize, slot: Option<usize>) {
         let place = self.len;
-        match (self.spans.get_mut(usize::from(place)), u16::try_from(start), u16::try_from(key_end)) {
-            (Some(span), Ok(start), Ok(key_end)) => {
-                *span = (start, key_end);
+        match (self.spans.get_mut(usize::from(place)), key_end.checked_sub(start + 1).and_then(|n| Span::new(start, n)))
+        {
+            (Some(span), Some(new)) => {
+                *span = new;
                 self.len += 1;
                 if let Some(slot) = slot.and_then(|slot| self.known.get_mut(slot)) {
                     // `place` is below TOP_LEVEL_MAX, so within PLACE.
@@ -152,7 +189,7 @@ impl TopLevel {
     }
 
     /// The spans, when known.
-    fn spans(&self) -> Option<&[(u16, u16)]> {
+    fn spans(&self) -> Option<&[Span]> {
         self.spans.get(..usize::from(self.len))
     }
 
@@ -171,13 +208,11 @@ impl TopLevel {
             index.push(span.start, span.start.saturating_add(1 + key.len()), known_slot(key));
             return index;
         }
-        for (at, key_end) in index.spans.iter_mut().take(usize::from(self.len)).filter(|(at, _)| *at >= old_end) {
-            match (
-                at.checked_sub(old_end).and_then(|after| after.checked_add(new_end)),
-                key_end.checked_sub(old_end).and_then(|after| after.checked_add(new_end)),
-            ) {
-                (Some(moved_at), Some(moved_key_end)) => (*at, *key_end) = (moved_at, moved_key_end),
-                _ => return Self::default(),
+        let (old_end, new_end) = (usize::from(old_end), usize::from(new_end));
+        for span in index.spans.iter_mut().take(usize::from(self.len)).filter(|span| span.start() >= old_end) {
+            match Span::new(span.start() - old_end + new_end, span.key_len()) {
+                Some(moved) => *span = moved,
+                None => return Self::default(),
             }
         }
         index
@@ -202,7 +237,7 @@ pub struct Fields<'a> {
     /// The bytes of a document: made from a `&RawDocument` or from a parsed body, so they have its shape.
     bytes: &'a [u8],
     /// The spans of the document's elements, when known.
-    spans: Option<&'a [(u16, u16)]>,
+    spans: Option<&'a [Span]>,
     /// Where the [`KNOWN`] keys are among `spans` ([`TopLevel::known`]), read only when `spans` is known.
     known: &'a [u8; KNOWN.len()],
 }
@@ -247,15 +282,15 @@ impl<'a> Fields<'a> {
 
     /// The element at index position `i`, or `None` when its span does not fit the bytes.
     #[inline]
-    fn element(&self, spans: &[(u16, u16)], i: usize) -> Option<Element<'a>> {
+    fn element(&self, spans: &[Span], i: usize) -> Option<Element<'a>> {
         let bytes = self.bytes;
-        let &(start, key_end) = spans.get(i)?;
+        let span = *spans.get(i)?;
         let end = match spans.get(i + 1) {
-            Some(&(next, _)) => usize::from(next),
+            Some(next) => next.start(),
             None => bytes.len().checked_sub(1)?,
         };
-        let element = bytes.get(usize::from(start)..end)?;
-        let key_len = usize::from(key_end).checked_sub(usize::from(start) + 1)?;
+        let element = bytes.get(span.start()..end)?;
+        let key_len = span.key_len();
         Some(Element {
             kind: *element.first()?,
             key: element.get(1..1 + key_len)?,
@@ -266,8 +301,8 @@ impl<'a> Fields<'a> {
 
     /// The key of the element at index position `i`.
     #[inline]
-    fn key(&self, span: (u16, u16)) -> Option<&'a [u8]> {
-        self.bytes.get(usize::from(span.0) + 1..usize::from(span.1))
+    fn key(&self, span: Span) -> Option<&'a [u8]> {
+        self.bytes.get(span.start() + 1..span.key_end())
     }
 
     /// [`validate::field`]: the first top-level element named `key`; `Some(None)` when none is, `None` when the
@@ -289,7 +324,7 @@ impl<'a> Fields<'a> {
         }
         for (i, span) in spans.iter().enumerate() {
             // Compare lengths first: most keys differ in length.
-            if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key {
+            if span.key_len() == key.len() && self.key(*span)? == key {
                 return self.element(spans, i).map(Some);
             }
         }
@@ -311,8 +346,7 @@ impl<'a> Fields<'a> {
             None => {
                 let mut found = None;
                 for (i, span) in spans.iter().enumerate() {
-                    if usize::from(span.1).wrapping_sub(usize::from(span.0) + 1) == key.len() && self.key(*span)? == key
-                    {
+                    if span.key_len() == key.len() && self.key(*span)? == key {
                         if found.is_some() {
                             return None;
                         }
@@ -325,7 +359,7 @@ impl<'a> Fields<'a> {
         let Some(i) = found else { return Some(None) };
         // Compared as in `field` when the slot answered (the loop compared it already).
         let element = self.element(spans, i).filter(|e| slot.is_none() || known_slot(e.key) == slot)?;
-        let start = usize::from(spans.get(i)?.0);
+        let start = spans.get(i)?.start();
         Some(Some(start..start + element.bytes.len()))
     }
 
@@ -477,6 +511,18 @@ mod tests {
         let (_, _, index) = validate_with_index(large.as_bytes()).unwrap();
         assert!(!index.is_known());
         agree(&large);
+        // A key longer than the index's 8-bit key lengths reach: not known, and the scan answers.
+        let mut long_key = rawdoc! { "find": "c" };
+        long_key.append(bson::raw::CString::try_from("k".repeat(300)).unwrap(), 1);
+        long_key.append(cstr!("$db"), "app");
+        let (_, _, index) = validate_with_index(long_key.as_bytes()).unwrap();
+        assert!(!index.is_known());
+        agree(&long_key);
+        let mut longest = rawdoc! { "find": "c" };
+        longest.append(bson::raw::CString::try_from("k".repeat(255)).unwrap(), 1);
+        let (_, _, index) = validate_with_index(longest.as_bytes()).unwrap();
+        assert!(index.is_known());
+        agree(&longest);
         // At the index's capacity it is known; one more element and it is not, and the scan answers.
         for n in [TOP_LEVEL_MAX - 1, TOP_LEVEL_MAX, TOP_LEVEL_MAX + 1, 100] {
             let mut doc = RawDocumentBuf::new();

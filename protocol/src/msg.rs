@@ -807,6 +807,14 @@ mod tests {
         }
     }
 
+    /// A message moves through several layers on its way through the proxy; within 128 bytes each move is a
+    /// few register moves, beyond them a `memcpy` call (`fields::TopLevel` is sized for this).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_message_stays_within_128_bytes() {
+        assert!(std::mem::size_of::<OpMsg>() <= 128, "{}", std::mem::size_of::<OpMsg>());
+    }
+
     #[test]
     fn sequences_hold_their_documents_back_to_back() {
         let docs = vec![rawdoc! { "_id": 1 }, rawdoc! {}, rawdoc! { "_id": 2, "x": "y" }];
