@@ -293,7 +293,12 @@
 //!   to round (end ahead in three of seven): no change there beyond the noise; at 1 client the end used less CPU
 //!   per command in five rounds of seven. A second paired run right after (7 rounds, HAProxy 191 µs at 1 client,
 //!   45.3 / 20.3 µs of CPU per command): start 1.27× / 1.71× / 1.05× with 76.3 / 22.4 µs, end 1.24× / 1.62× /
-//!   1.02× with 78.8 / 22.2 µs. In wall time the two builds are within the machine's noise of each other; the
+//!   1.02× with 78.8 / 22.2 µs. With the packed index too (the round's last step), two more paired runs (15:00
+//!   and 15:02, 7 rounds each, load average 1.1–1.8; HAProxy 43.7 / 16.2 and 40.4 / 16.7 µs): start 1.24× /
+//!   1.47× / 1.05× with 69.7 / 18.1 µs and end 1.04× / 1.08× / 1.06× with 64.7 / 16.9 µs, then start 1.24× /
+//!   1.86× / 1.08× with 67.2 / 18.8 µs and end 1.45× / 2.32× / 1.00× with 71.2 / 21.4 µs. The first of them is the
+//!   first run in which tenantwall's median 1-client ratio came within the goal (≤ 1.10×); the second, minutes
+//!   later, put the same build at 1.45×. In wall time the builds are within the machine's noise of each other; the
 //!   instruction counts are the firm result. `-- many` on the end build: 64 backend connections, RSS 129 MiB idle
 //!   and 135 MiB at peak (unchanged by the timer each connection now keeps), 9,082 commands/s at one find per
 //!   client per second (p50 0.53 ms).
