@@ -220,9 +220,10 @@
 //! three bytes each (a 16-bit start, an 8-bit key length) and held to 14 elements, so that a message is 128
 //! bytes instead of 152: each of the moves a message makes on its way is then a few register moves instead of a
 //! `memcpy` call (→ 7,419 / 7,246). Criterion medians, both builds in alternation
-//! (14:21, fast mode, load average 0.4–1.0): the find at 730–877 ns against the start's 712–775 ns, the
+//! (14:21, fast mode, load average 0.4–1.0), before the index was packed: the find at 730–877 ns against the start's 712–775 ns, the
 //! aggregate at 4.3–4.6 µs (4.3–4.6 µs), the insert at 46–47 µs (46.5–47.5 µs), 1.67–1.82 GiB/s of
-//! documents: no change beyond the noise. The 500 ns goal stays unmet, for the reasons of the sixth round.
+//! documents: no change beyond the noise; with the packed index (15:04, load average 1.4) the find at 715–759 ns
+//! against the start's 711–798 ns. The 500 ns goal stays unmet, for the reasons of the sixth round.
 //!
 //! Hostile shapes (same run; af8cfc4's in brackets):
 //!
