@@ -2,13 +2,14 @@
 //!
 //! A command's body is read by key several times on the way through the proxy (`$db`, the argument check, the
 //! filter, the collation, the sessions, the rewrite). The validation walk reads every top-level element anyway;
-//! it notes where each one starts and where its key ends ([`TopLevel`]), and [`Fields`] answers the lookups from
+//! it notes where each one starts and how long its key is ([`TopLevel`]), and [`Fields`] answers the lookups from
 //! that small array instead of reading the bytes again. The keys read from nearly every command ([`KNOWN`]) are
 //! noted by name too, so that reading one of them is a look at its slot, not a search. It owns only that
 //! bookkeeping: every answer is exactly
 //! what a fresh scan of the same bytes gives ([`validate::field`], [`validate::unique_field_span`],
 //! [`validate::all_keys`]), repeated keys included, and a document without an index (built, not parsed, or with
-//! more top-level elements than the index holds) is scanned as before. It must never be handed positions that
+//! what the index cannot hold: more top-level elements, an element starting past 64 KiB, a key longer than 255
+//! bytes) is scanned as before. It must never be handed positions that
 //! were not found in the very bytes it is asked about: the index is kept next to the body it was made from, and
 //! every position is checked against the bytes before use, so a wrong one would answer "could not read", not
 //! panic.
@@ -19,8 +20,9 @@ use bson::RawDocument;
 
 use crate::validate::{self, Element};
 
-/// Top-level elements an index holds; bodies with more are scanned. Drivers send a dozen at most (the
-/// command, its arguments, `lsid`, `txnNumber`, `$clusterTime`, `$readPreference`, `$db`).
+/// Top-level elements an index holds; bodies with more are scanned (correct, only slower). The commands drivers
+/// send nearly always fit: the command, a few arguments, `lsid`, `$clusterTime`, `$db`, perhaps `txnNumber` and
+/// `$readPreference`. A transactional find with every option and the Stable API fields reaches about fifteen.
 pub const TOP_LEVEL_MAX: usize = 14;
 
 /// The top-level keys read from nearly every command on its way through: its database, its sessions, the
@@ -127,8 +129,8 @@ impl std::fmt::Debug for Span {
 /// Where each top-level element of one document starts and how long its key is, in order, as the validation
 /// walk found them. Element `i` ends where element `i + 1` starts, and the last one at the document's final NUL.
 ///
-/// Held inline and small (offsets of 16 bits and key lengths of 8: bodies of 64 KiB or more and keys longer than
-/// 255 bytes, both rare, are not indexed), so that a message carries it without an allocation of its own, and
+/// Held inline and small (offsets of 16 bits and key lengths of 8: a body with an element starting past 64 KiB,
+/// or with a key longer than 255 bytes, both rare, is not indexed), so that a message carries it without an allocation of its own, and
 /// so that a message stays within 128 bytes: a move of one is then a few register moves, not a `memcpy` call
 /// (a message moves through several layers on its way through the proxy; `msg.rs` tests the bound).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -159,8 +161,8 @@ impl TopLevel {
     }
 
     /// Notes the next element (`start` its type byte, `key_end` its key's NUL, `slot` its key's among
-    /// [`KNOWN`]); once more elements came than the index holds, or one lies beyond what its offsets reach, it
-    /// is no longer known.
+    /// [`KNOWN`]); once more elements came than the index holds, or one starts beyond what its offsets reach, or
+    /// has a key longer than its key lengths reach, it is no longer known.
     #[inline(always)]
     pub(crate) fn push(&mut self, start: usize, key_end: usize, slot: Option<usize>) {
         let place = self.len;
@@ -511,6 +513,17 @@ mod tests {
         let (_, _, index) = validate_with_index(large.as_bytes()).unwrap();
         assert!(!index.is_known());
         agree(&large);
+        // Elements starting at the last offset the index reaches and one past it, with the longest key it holds.
+        for (at, known) in [(65_535, true), (65_536, false)] {
+            let mut doc = RawDocumentBuf::new();
+            // The padding element: type, "pad" and its NUL, the string's length, its text and NUL.
+            doc.append(cstr!("pad"), "x".repeat(at - 4 - 10));
+            doc.append(bson::raw::CString::try_from("k".repeat(255)).unwrap(), 1);
+            let (_, _, index) = validate_with_index(doc.as_bytes()).unwrap();
+            assert_eq!(index.is_known(), known, "{at}");
+            assert_eq!(index.spans().map(|s| s[1].start()), known.then_some(at));
+            agree(&doc);
+        }
         // A key longer than the index's 8-bit key lengths reach: not known, and the scan answers.
         let mut long_key = rawdoc! { "find": "c" };
         long_key.append(bson::raw::CString::try_from("k".repeat(300)).unwrap(), 1);
@@ -518,6 +531,12 @@ mod tests {
         let (_, _, index) = validate_with_index(long_key.as_bytes()).unwrap();
         assert!(!index.is_known());
         agree(&long_key);
+        for len in [256, 300] {
+            let mut long_key = rawdoc! { "find": "c" };
+            long_key.append(bson::raw::CString::try_from("k".repeat(len)).unwrap(), 1);
+            let (_, _, index) = validate_with_index(long_key.as_bytes()).unwrap();
+            assert!(!index.is_known(), "{len}");
+        }
         let mut longest = rawdoc! { "find": "c" };
         longest.append(bson::raw::CString::try_from("k".repeat(255)).unwrap(), 1);
         let (_, _, index) = validate_with_index(longest.as_bytes()).unwrap();

@@ -405,6 +405,33 @@ mod tests {
         let full = parsed(full);
         index_agrees(&full.with_body_field("k3", 0x03, 0, write).unwrap());
         index_agrees(&full.with_body_field("k99", 0x03, 0, write).unwrap());
+        // One short of capacity: the appended element is the last the index holds.
+        let mut almost = RawDocumentBuf::new();
+        for i in 0..tenantwall_protocol::fields::TOP_LEVEL_MAX - 1 {
+            almost.append(bson::raw::CString::try_from(format!("k{i}")).unwrap(), i as i32);
+        }
+        index_agrees(&parsed(almost).with_body_field("filter", 0x03, 0, write).unwrap());
+        // Appended keys of the longest length the index holds, and one longer.
+        for len in [255, 256] {
+            index_agrees(&parsed(doc.clone()).with_body_field(&"k".repeat(len), 0x03, 0, write).unwrap());
+        }
+        // A replacement that moves a later element past the offsets the index reaches, and back.
+        let mut near_the_end = rawdoc! { "find": "c", "filter": { "a": 1 } };
+        // `$db` starts at 65,496, within the offsets the index reaches, and past them once `filter` grows.
+        near_the_end.append(bson::cstr!("pad"), "x".repeat(65_450));
+        near_the_end.append(bson::cstr!("$db"), "app");
+        let near_the_end = parsed(near_the_end);
+        assert!(near_the_end.body_fields().is_indexed());
+        let larger = rawdoc! { "a": "y".repeat(100) };
+        let grown = near_the_end
+            .with_body_field("filter", 0x03, larger.as_bytes().len(), |out| {
+                out.extend_from_slice(larger.as_bytes());
+                Some(())
+            })
+            .unwrap();
+        assert!(!grown.body_fields().is_indexed());
+        index_agrees(&grown);
+        index_agrees(&grown.with_body_field("filter", 0x03, 0, write).unwrap());
     }
 
     #[test]
