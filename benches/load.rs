@@ -159,7 +159,7 @@
 //!   | step | instructions per command |
 //!   |---|---|
 //!   | start of the round (the per-core runtimes above) | 28,558 |
-//!   | reply lookups (cursor id, batch size, error fields) and the request's `maxTimeMS` read through the parsed bodies' index of top-level fields; the tenant looked up in the policy again only after a reload; the driver's `lsid` overwritten in place by its exact bytes, keeping the body's index (`OpMsg::with_binary_overwritten`) | 25,899 |
+//!   | reply lookups (cursor id, batch size, error fields) and the request's `maxTimeMS` read through the parsed bodies' index of top-level fields; the tenant looked up in the policy again only after a reload; the driver's `lsid` overwritten in place by its exact bytes, keeping the body's index (then `OpMsg::with_binary_overwritten`, since `OpMsg::overwrite_binary`) | 25,899 |
 //!   | the reload, drain and authentication waits kept across commands instead of registering with their channels and deregistering for every command | 24,932 |
 //!   | the tenant gate passed without registering for a wake-up or reading the clock when there is no hold and room under the cap | 24,564 |
 //!   | one timer per forwarded command, polled after each backend operation (`within!`), instead of a `Timeout` around each operation's future (each moved twice: a checkout's is most of a kilobyte) | 23,429 |

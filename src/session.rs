@@ -213,7 +213,7 @@ pub fn bind(forward: &mut Option<OpMsg>, msg: &OpMsg, tenant: &str) -> Result<()
     if let Some(value) = end_sessions {
         check_end_sessions(value)?;
     }
-    if let Some(bound) = rebuilt(base, tenant) {
+    if let Some(bound) = rebuilt(base, found, tenant) {
         *forward = Some(bound);
     }
     Ok(())
@@ -246,9 +246,10 @@ fn patchable(msg: &OpMsg, found: (u8, bool)) -> Option<[u8; 16]> {
 }
 
 /// [`virtualize`] by rebuilding: each lsid document made anew with the tenant's id, and the body around them.
-fn rebuilt(msg: &OpMsg, tenant: &str) -> Option<OpMsg> {
+/// `found` is what [`session_fields`] found in `msg`.
+fn rebuilt(msg: &OpMsg, found: (u8, bool), tenant: &str) -> Option<OpMsg> {
     let body = msg.body_fields();
-    let (lsids, end_sessions) = session_fields(body);
+    let (lsids, end_sessions) = found;
     let mut edits: Vec<(&str, Option<RawBson>)> = Vec::new();
     if let Some(Ok(Some(RawBsonRef::Document(lsid)))) = (lsids > 0).then(|| crate::engine::raw::get(body, "lsid")) {
         edits.push(("lsid", virtual_lsid_doc(tenant, lsid).map(RawBson::Document)));
@@ -716,7 +717,7 @@ mod tests {
             let virtualized = virtualize(&msg, "acme");
             assert_eq!(virtualized.is_ok(), takes, "{body:?}");
             if let Ok(virtualized) = virtualized {
-                assert_eq!(virtualized, rebuilt(&msg, "acme"), "{body:?}");
+                assert_eq!(virtualized, rebuilt(&msg, session_fields(msg.body_fields()), "acme"), "{body:?}");
             }
             // Parsed as from the wire too, so that the index of top-level fields is what the patch reads.
             let parsed = parse(&msg);

@@ -318,23 +318,16 @@ impl OpMsg {
         })
     }
 
-    /// This message with the data of the binary value at `outer.inner` (a top-level document `outer` holding
-    /// one element `inner`, a binary of exactly `data.len()` bytes) replaced by `data`; flags, sequences and
-    /// everything else as they are. No length, key or type changes, so the new body has the old one's shape
-    /// and its index of top-level elements is the old one's ([`Self::body_fields`] stays a lookup).
+    /// Writes `data` over the data of the binary value at `outer.inner` (a top-level document `outer` holding
+    /// one element `inner`, a binary of exactly `data.len()` bytes); flags, sequences and everything else stay as
+    /// they are. No length, key or type changes, so the body keeps its shape and its index of top-level
+    /// elements ([`Self::body_fields`] stays a lookup).
     ///
-    /// `None` (nothing written) unless the body has `outer` exactly once and as a document, whose one element
-    /// is `inner`, a binary of that length whose subtype is not the old binary subtype (2, whose data
-    /// begins with a second length that the data would overwrite).
-    pub fn with_binary_overwritten(&self, outer: &str, inner: &str, data: &[u8]) -> Option<OpMsg> {
-        let mut out = self.clone();
-        out.overwrite_binary(outer, inner, data).then_some(out)
-    }
-
-    /// [`Self::with_binary_overwritten`] on this message itself: `false`, and nothing changed, where that one
-    /// answers `None`. The body's bytes are written where they are when nothing else holds them (a body the
-    /// proxy has just made), and copied first when something does (a body that is a slice of a received
-    /// frame): no one else ever sees them change.
+    /// `false`, and nothing changed, unless the body has `outer` exactly once and as a document, whose one
+    /// element is `inner`, a binary of that length whose subtype is not the old binary subtype (2, whose data
+    /// begins with a second length that the data would overwrite). The body's bytes are written where they are
+    /// when nothing else holds them (a body the proxy has just made), and copied first when something does (a
+    /// body that is a slice of a received frame): no one else ever sees them change.
     pub fn overwrite_binary(&mut self, outer: &str, inner: &str, data: &[u8]) -> bool {
         let Some(at) = self.binary_data(outer, inner, data.len()) else { return false };
         let body = std::mem::take(&mut self.body);
@@ -349,7 +342,7 @@ impl OpMsg {
     }
 
     /// Where the data of the binary value at `outer.inner` lies in the body, when it is as
-    /// [`Self::with_binary_overwritten`] requires and `len` bytes long.
+    /// [`Self::overwrite_binary`] requires and `len` bytes long.
     fn binary_data(&self, outer: &str, inner: &str, len: usize) -> Option<std::ops::Range<usize>> {
         let fields = self.body_fields();
         let bytes = fields.bytes();
@@ -758,9 +751,14 @@ mod tests {
             let (header, bytes) = frame_of(&OpMsg::new(MsgFlags::default(), body));
             OpMsg::parse(&header, &bytes).unwrap()
         };
+        // The message with the binary overwritten in a copy of it, `None` where it is refused.
+        let overwritten = |msg: &OpMsg, inner: &str, data: &[u8]| {
+            let mut out = msg.clone();
+            out.overwrite_binary("lsid", inner, data).then_some(out)
+        };
         let data = [0xAB; 16];
         let msg = parsed(rawdoc! { "find": "c", "lsid": { "id": binary(4, 16) }, "filter": { "x": 1 }, "$db": "app" });
-        let out = msg.with_binary_overwritten("lsid", "id", &data).unwrap();
+        let out = overwritten(&msg, "id", &data).unwrap();
         let id = out.body().get_document("lsid").unwrap().get_binary("id").unwrap();
         assert_eq!((id.subtype, id.bytes), (4.into(), &data[..]));
         assert_eq!(out.body().get_document("filter").unwrap().get_i32("x").unwrap(), 1);
@@ -798,9 +796,9 @@ mod tests {
         lsid[..4].copy_from_slice(&len.to_le_bytes());
         let mut lsid_body = rawdoc! {};
         lsid_body.append(bson::cstr!("lsid"), RawDocumentBuf::from_bytes(lsid).unwrap());
-        assert_eq!(OpMsg::new(MsgFlags::default(), lsid_body).with_binary_overwritten("lsid", "i\0d", &[9; 4]), None);
+        assert_eq!(overwritten(&OpMsg::new(MsgFlags::default(), lsid_body), "i\0d", &[9; 4]), None);
         for body in refused {
-            assert_eq!(parsed(body.clone()).with_binary_overwritten("lsid", "id", &data), None, "{body:?}");
+            assert_eq!(overwritten(&parsed(body.clone()), "id", &data), None, "{body:?}");
             let mut refused = parsed(body.clone());
             assert!(!refused.overwrite_binary("lsid", "id", &data), "{body:?}");
             assert_eq!(refused.body(), body.as_ref(), "{body:?}");
