@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bson::rawdoc;
@@ -165,40 +165,54 @@ async fn a_busy_pool_answers_exceeded_time_limit_and_recovers() {
 /// One backend connection; acme has it busy and four more commands waiting when globex's one arrives. Served
 /// first come first served, globex would be answered last of the waiting commands; round-robin across tenants
 /// answers it second (after acme's first waiter).
+///
+/// The order is read from the backend, not from when the replies reach the clients: with one backend connection
+/// the backend runs the commands one after the other in the order the pool hands the connection out, and its
+/// `_id`s grow in that order. The replies follow each other within milliseconds, so threads recording them could
+/// be scheduled in any order on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_commands_are_served_round_robin_across_tenants() {
     let backend = Backend::start();
     let proxy = start_proxy_text(&pool_policy(&backend, "max_connections = 1", "pool_wait_timeout_ms = 20000")).await;
     let (acme, globex) = (proxy.addrs()[0], proxy.addrs()[1]);
-    let order = Arc::new(Mutex::new(Vec::new()));
     tokio::task::spawn_blocking(move || {
-        let find = || msg(rawdoc! { "find": "orders", "filter": {}, "$db": "app" });
+        let insert = |name: &str| msg(rawdoc! { "insert": "orders", "documents": [{ "name": name }], "$db": "app" });
         let mut warm = RawClient::connect(acme);
-        assert_eq!(ok(&command(&mut warm, &find())), 1.0);
+        assert_eq!(ok(&command(&mut warm, &msg(rawdoc! { "find": "orders", "filter": {}, "$db": "app" }))), 1.0);
         backend.pause();
         let mut waiters = Vec::new();
         for (name, addr) in [("a1", acme), ("a2", acme), ("a3", acme), ("a4", acme), ("a5", acme), ("g1", globex)] {
             let mut client = RawClient::connect(addr);
-            client.send(&find());
-            let order = order.clone();
-            waiters.push(std::thread::spawn(move || {
-                let reply = client.recv().expect("answered");
-                assert!(matches!(reply.message, tenantwall_protocol::Message::Msg(_)));
-                order.lock().unwrap().push(name);
-            }));
+            client.send(&insert(name));
+            waiters.push(client);
             // Each command is queued before the next is sent, so the arrival order is the order above.
             std::thread::sleep(Duration::from_millis(150));
         }
         backend.resume();
-        for waiter in waiters {
-            waiter.join().unwrap();
+        for mut client in waiters {
+            let reply = client.recv().expect("answered");
+            match reply.message {
+                tenantwall_protocol::Message::Msg(m) => assert_eq!(ok(&m.body().to_owned()), 1.0),
+                other => panic!("{other:?}"),
+            }
         }
-        // a1 was in flight when the backend paused, not waiting: only the waiting commands' order tells the
-        // pool's fairness (and a1's reply thread may record itself late). First come, first served would put g1
-        // last of the five (position 4); round-robin puts it second (1); 2 leaves room for one late recording.
-        let order: Vec<_> = order.lock().unwrap().iter().copied().filter(|n| *n != "a1").collect();
-        let position = order.iter().position(|n| *n == "g1").unwrap();
-        assert!(position <= 2, "globex waited behind acme's queue: {order:?}");
+        // Straight from the backend: every tenant's documents, in the order they were written.
+        let mut direct = RawClient::connect(SocketAddr::from(([127, 0, 0, 1], backend.port)));
+        let reply = command(&mut direct, &msg(rawdoc! { "find": "orders", "sort": { "_id": 1 }, "$db": "app" }));
+        let order: Vec<String> = reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .into_iter()
+            .map(|d| d.unwrap().as_document().unwrap().get_str("name").unwrap().to_owned())
+            .collect();
+        // a1 was in flight when the backend paused; of the five that waited, first come first served would
+        // put g1 last, round-robin second: acme's turn came first, and acme goes to the back of the line.
+        assert_eq!(order.len(), 6, "{order:?}");
+        assert_eq!(order[0], "a1", "{order:?}");
+        let position = order[1..].iter().position(|n| n == "g1").unwrap();
+        assert_eq!(position, 1, "globex waited behind acme's queue: {order:?}");
         drop(backend);
     })
     .await
