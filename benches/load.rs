@@ -302,6 +302,34 @@
 //!   instruction counts are the firm result. `-- many` on the end build: 64 backend connections, RSS 129 MiB idle
 //!   and 135 MiB at peak (unchanged by the timer each connection now keeps), 9,082 commands/s at one find per
 //!   client per second (p50 0.53 ms).
+//! - **Eighth round (2026-11-28, 15:50–17:20): the release build optimised as one unit.** The 1-client gap is
+//!   in user time, as the fourth round found. Read per thread from `/proc` in a 1-client run (15:58, per-crate
+//!   build): the connection's worker spent about 21 µs of user and 49 µs of system time per command, HAProxy about
+//!   5 and 40-45; the only thread with work was the one worker; no page faults. Both make the same system
+//!   calls per hop (`epoll_wait`, `recvfrom`, `sendto`; HAProxy adds `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`
+//!   twice and a `recvfrom` that returns `EAGAIN`), so the difference is user-space work done with cold caches
+//!   (the ~23,000 instructions of a command, runtime included, at about one per nanosecond after each wake-up,
+//!   where the warm criterion loop runs ten). Less code to bring back in is what helps: `[profile.release]` now
+//!   sets `lto = "fat"` and `codegen-units = 1`, and the binary shrank from 12.1 to 8.9 MB. Connection task,
+//!   callgrind, 1 client, one commit built four ways:
+//!
+//!   | release profile | instructions per command |
+//!   |---|---|
+//!   | per crate (the former default) | 18,838 |
+//!   | `lto = "thin"` | 18,233 (−3.2%) |
+//!   | `codegen-units = 1` | 18,553 (−1.5%) |
+//!   | `lto = "fat"`, `codegen-units = 1` (now) | 17,296 (−8.2%) |
+//!
+//!   Two paired quick runs, 7 rounds of 1.5 s each (16:13 and 16:17, load average 1.2–1.6): per crate 1.36× /
+//!   2.04× / 1.06× with 80.0 / 21.9 µs of CPU per command, one unit 1.28× / 1.78× / 1.04× with 68.5 / 21.4 µs
+//!   (HAProxy 46.6 / 19.8 µs); then per crate 1.19× / 1.36× / 1.02× with 83.4 / 22.6 µs, one unit 1.04× /
+//!   1.09× / 1.05× with 61.7 / 20.5 µs (HAProxy 51.0 / 17.8 µs): the second run within the 1-client goal. Both runs
+//!   have the machine in its slow mode (HAProxy at 196-200 µs at 1 client). Noticed and left: the
+//!   connection loop's futures are large (in a debug build, 3.6 KB for a frame's handling, 3.0 KB for a
+//!   message's, 1.8 KB for the relay, 0.9 KB for a checkout), and moving them into place costs about five
+//!   `memcpy` calls and 450 instructions per command; boxing or shrinking them is the next step there.
+//!   `-- many` on the one-unit build (17:20): 64 backend connections, RSS 128 MiB idle and 134 MiB at peak, 9,082
+//!   commands/s at one find per client per second (p50 0.55 ms), 26,653 closed loop.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
