@@ -309,7 +309,7 @@
 //!   calls per hop (`epoll_wait`, `recvfrom`, `sendto`; HAProxy adds `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`
 //!   twice and a `recvfrom` that returns `EAGAIN`), so the difference is user-space work done with cold caches
 //!   (the ~23,000 instructions of a command, runtime included, at about one per nanosecond after each wake-up,
-//!   where the warm criterion loop runs ten). Less code to bring back in is what helps: `[profile.release]` now
+//!   where the warm criterion loop runs ten). Less code to bring back in should then help: `[profile.release]` now
 //!   sets `lto = "fat"` and `codegen-units = 1`, and the binary shrank from 12.1 to 8.9 MB. Connection task,
 //!   callgrind, 1 client, one commit built four ways:
 //!

@@ -207,12 +207,13 @@ async fn waiting_commands_are_served_round_robin_across_tenants() {
             .into_iter()
             .map(|d| d.unwrap().as_document().unwrap().get_str("name").unwrap().to_owned())
             .collect();
-        // a1 was in flight when the backend paused; of the five that waited, first come first served would
-        // put g1 last, round-robin second: acme's turn came first, and acme goes to the back of the line.
+        // One acme command took the connection and stuck on the paused backend (a1, unless the proxy was slow
+        // enough for a2 to get there first: which of acme's is not the point). Of the five that waited, first
+        // come first served would put g1 last; round-robin puts it second: acme queued first, so its turn came
+        // first, and acme then goes to the back of the line.
         assert_eq!(order.len(), 6, "{order:?}");
-        assert_eq!(order[0], "a1", "{order:?}");
-        let position = order[1..].iter().position(|n| n == "g1").unwrap();
-        assert_eq!(position, 1, "globex waited behind acme's queue: {order:?}");
+        let position = order.iter().position(|n| n == "g1").unwrap();
+        assert_eq!(position, 2, "globex waited behind acme's queue: {order:?}");
         drop(backend);
     })
     .await
