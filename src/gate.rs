@@ -8,16 +8,23 @@
 //! switched it. A hold is bounded: at its deadline it ends by itself, whether or not anyone releases it, so a mover
 //! that dies never leaves a tenant held.
 //!
-//! What it owns: per-tenant gate state only (deadline, in-flight count, wake-ups). What it must never do: hold one
-//! tenant's commands for another tenant's move, wait without a bound, or hold commands the proxy answers itself
-//! (the caller only sends forwarded commands through it).
+//! Commands that cannot enter (the tenant held, or at its in-flight cap) queue in arrival order, and each slot
+//! there is room for is handed to the first of them: when a command leaves, when the command that brings a
+//! reload's higher cap arrives, when a hold ends (released, given up, or at its deadline). A command that arrives
+//! while others wait queues behind them instead of taking the slot they were woken for, so none of them is
+//! refused at the end of its wait while later commands go through.
+//!
+//! What it owns: per-tenant gate state only (deadline, in-flight count, the queue of waiting commands). What it
+//! must never do: hold one tenant's commands for another tenant's move, wait without a bound, or hold commands the
+//! proxy answers itself (the caller only sends forwarded commands through it).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bson::{rawdoc, RawDocumentBuf};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::names::NameMap;
@@ -39,6 +46,72 @@ struct State {
     /// waiting at the cap measures against the same one, so a slot freed is never left to a waiter whose
     /// older, tighter cap keeps it out while another could enter.
     cap: Option<usize>,
+    /// Commands waiting to enter (at a hold or at the cap), in arrival order. A slot is handed to the first one
+    /// when it frees, its `in_flight` counted for it, so that nobody arriving meanwhile can take it.
+    queue: VecDeque<oneshot::Sender<Admitted>>,
+    /// Commands that left the queue without a slot (refused, or their connection closed) since it was last swept:
+    /// their senders stay in it, closed, until a slot passes them over or a sweep removes them.
+    left_queue: usize,
+}
+
+/// Capacity a queue keeps once it is empty again: a burst's queue is not held for the life of the tenant.
+const QUEUE_KEPT: usize = 64;
+
+/// What a queued command is told when a slot is handed to it: the holds begun by then, to say whether it waited
+/// across one.
+struct Admitted {
+    holds_begun: u64,
+}
+
+/// A command's place in the queue. Dropped before the command entered (refused at the end of its wait, or its
+/// connection closed while it waited) it leaves the queue, and a slot already handed to it goes to the next.
+struct Place {
+    gate: Arc<TenantGate>,
+    told: Option<oneshot::Receiver<Admitted>>,
+}
+
+impl Place {
+    /// What the queue told this command, if anything yet: a slot (the command has entered), or `Err` if the
+    /// queue let go of it without one (it never does, but the command would then be refused, not let in). Either
+    /// way the place is given up.
+    fn entered(&mut self) -> Option<Result<Admitted, ()>> {
+        let told = match self.told.as_mut()?.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Ok(told) => Ok(told),
+            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+        };
+        self.told = None;
+        Some(told)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Some(mut told) = self.told.take() else { return };
+        let mut state = self.gate.lock();
+        let handed = told.try_recv().is_ok();
+        drop(told);
+        if handed {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.admit_queued();
+        } else {
+            // Its sender stays in the queue, closed. Swept out once those who left are half the queue, so that a
+            // queue held up (by a long hold, or a slow command at the head) does not grow with every connection
+            // that closes behind it; each sweep is paid for by as many departures as it reads.
+            state.left_queue += 1;
+            if state.left_queue * 2 > state.queue.len() {
+                state.queue.retain(|waiter| !waiter.is_closed());
+                state.left_queue = 0;
+                state.keep_queue_small();
+            }
+        }
+        let held = state.hold.is_some();
+        drop(state);
+        // A mover may be waiting for the slot just given back.
+        if handed && held {
+            self.gate.left.notify_waiters();
+        }
+    }
 }
 
 impl State {
@@ -51,10 +124,42 @@ impl State {
                 tracing::warn!("tenant hold reached its deadline and ended by itself");
                 self.hold = None;
                 self.held_since = None;
+                self.admit_queued();
                 changed.notify_waiters();
                 None
             }
             other => other,
+        }
+    }
+
+    /// Whether a command may enter now: no hold, and below the cap.
+    fn has_room(&self) -> bool {
+        self.hold.is_none() && self.cap.is_none_or(|cap| self.in_flight < cap)
+    }
+
+    /// Hands the slots there is room for to the queued commands, first come first: called whenever room may have
+    /// appeared (a command left, the cap was raised, a hold ended). A command that went away while queued (its
+    /// connection closed) is passed over, and its slot goes to the next.
+    fn admit_queued(&mut self) {
+        while self.has_room() {
+            let Some(waiter) = self.queue.pop_front() else {
+                self.keep_queue_small();
+                return;
+            };
+            self.in_flight += 1;
+            if waiter.send(Admitted { holds_begun: self.holds_begun }).is_err() {
+                self.in_flight -= 1;
+            }
+        }
+    }
+
+    /// Gives back the memory of an empty queue beyond [`QUEUE_KEPT`].
+    fn keep_queue_small(&mut self) {
+        if self.queue.is_empty() {
+            self.left_queue = 0;
+            if self.queue.capacity() > QUEUE_KEPT {
+                self.queue.shrink_to(QUEUE_KEPT);
+            }
         }
     }
 }
@@ -62,14 +167,13 @@ impl State {
 #[derive(Default)]
 struct TenantGate {
     state: Mutex<State>,
-    /// Woken (all waiters) whenever a hold ends, and when a command leaves while a hold is in force (the mover
-    /// waits for the tenant's commands to finish). Commands waiting at the cap listen here too, so that the end of
-    /// a hold lets every one of them look again.
+    /// Woken (all waiters) whenever a hold begins or ends: queued commands then look at how long to wait (until
+    /// the hold's deadline, or their own), and a mover whose hold was released or replaced stops waiting. A slot
+    /// itself is told through the queued command's own channel.
     changed: Notify,
-    /// Woken (one waiter, the longest waiting) whenever a command leaves: a command waiting at the in-flight cap
-    /// takes the freed slot. One, not all: with hundreds waiting, waking every one for each slot would have all
-    /// but one of them run only to wait again, for every command that finishes.
-    slot_freed: Notify,
+    /// Woken (all waiters) when a command leaves while a hold is in force: the mover waits here for the tenant's
+    /// commands to finish. Not `changed`: the commands queued at the hold have nothing to do with it.
+    left: Notify,
 }
 
 impl TenantGate {
@@ -97,12 +201,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
+        // The freed slot goes to the first queued command, if any.
+        state.admit_queued();
         let held = state.hold.is_some();
         drop(state);
-        // With nobody waiting this stores one wake-up for the next waiter, who then looks at the state again.
-        self.gate.slot_freed.notify_one();
         if held {
-            self.gate.changed.notify_waiters();
+            self.gate.left.notify_waiters();
         }
     }
 }
@@ -124,14 +228,6 @@ pub enum HoldError {
     NotDrained { in_flight: usize },
     #[error("the hold was released or replaced before the tenant's commands in flight finished")]
     Ended,
-}
-
-/// What a command at the gate waits for.
-enum Wait {
-    /// The end of the hold in force (released, or at this deadline).
-    Hold(Instant),
-    /// A slot under the cap, or a hold's beginning or end.
-    Cap,
 }
 
 impl Gate {
@@ -159,65 +255,77 @@ impl Gate {
         cap_wait: Duration,
     ) -> Result<InFlight, RawDocumentBuf> {
         let gate = self.tenant(tenant);
-        // Nearly every command: no hold, below the cap. It passes without registering for a wake-up or reading
-        // the clock.
-        let holds_before = {
+        let (holds_before, mut waited, told) = {
             let mut state = gate.lock();
             state.cap = cap;
-            if state.hold.is_none() && cap.is_none_or(|cap| state.in_flight < cap) {
+            // Room that a raised cap made goes to the commands already queued, first.
+            state.admit_queued();
+            // Nearly every command: no hold, below the cap, nobody queued (there is no room while anyone is). It
+            // passes without registering for a wake-up or reading the clock.
+            if state.has_room() {
                 state.in_flight += 1;
                 drop(state);
                 return Ok(InFlight { gate, waited: false });
             }
-            state.holds_begun
+            let (queued, told) = oneshot::channel();
+            state.queue.push_back(queued);
+            (state.holds_begun, state.hold.is_some(), told)
         };
+        let mut place = Place { gate: gate.clone(), told: Some(told) };
         let cap_deadline = Instant::now() + cap_wait;
-        let mut waited = false;
         loop {
-            // Both registered before the state is read, so a change between the read and the wait is not missed.
-            // Boxed (this is the slow path) so that dropping one really ends its registration: a freed slot
-            // handed to a wait that is dropped unused goes on to the next waiter (what `Notified` does when
-            // dropped after `notify_one` chose it).
-            let mut changed = Box::pin(gate.changed.notified());
-            let mut slot_freed = Box::pin(gate.slot_freed.notified());
+            // Registered before the state is read, so that a hold beginning or ending between the read and the
+            // wait is not missed.
+            let changed = gate.changed.notified();
+            tokio::pin!(changed);
             changed.as_mut().enable();
-            slot_freed.as_mut().enable();
-            let now = Instant::now();
-            let wait = {
+            let deadline = {
                 let mut state = gate.lock();
-                match state.live_hold(now, &gate.changed) {
+                let now = Instant::now();
+                let hold = state.live_hold(now, &gate.changed);
+                match place.entered() {
+                    Some(Ok(told)) => {
+                        return Ok(InFlight { gate: gate.clone(), waited: waited || told.holds_begun != holds_before })
+                    }
+                    Some(Err(())) => return Err(cap_refusal(tenant)),
+                    None => {}
+                }
+                match hold {
+                    // Until the hold ends (released, or at this deadline); then the queue moves on.
                     Some((_, deadline)) => {
                         waited = true;
-                        Wait::Hold(deadline)
+                        deadline
                     }
-                    None if state.cap.is_some_and(|cap| state.in_flight >= cap) => {
-                        if now >= cap_deadline {
-                            return Err(cap_refusal(tenant));
-                        }
-                        Wait::Cap
+                    None if now >= cap_deadline => {
+                        drop(state);
+                        // Dropping its place takes the command out of the queue.
+                        drop(place);
+                        return Err(cap_refusal(tenant));
                     }
-                    None => {
-                        state.in_flight += 1;
-                        // A hold that began and ended while this command slept at the cap counts as waited.
-                        waited |= state.holds_begun != holds_before;
-                        return Ok(InFlight { gate: gate.clone(), waited });
-                    }
+                    None => cap_deadline,
                 }
             };
-            match wait {
-                Wait::Hold(deadline) => {
-                    drop(slot_freed);
-                    let _ = tokio::time::timeout_at(deadline, changed).await;
+            let Some(told) = place.told.as_mut() else { return Err(cap_refusal(tenant)) };
+            let woken = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    told = told => Some(told),
+                    () = &mut changed => None,
                 }
-                Wait::Cap => {
-                    let either = async {
-                        tokio::select! {
-                            () = &mut slot_freed => {}
-                            () = &mut changed => {}
-                        }
-                    };
-                    let _ = tokio::time::timeout_at(cap_deadline, either).await;
+            })
+            .await;
+            match woken {
+                Ok(Some(Ok(told))) => {
+                    place.told = None;
+                    return Ok(InFlight { gate: gate.clone(), waited: waited || told.holds_begun != holds_before });
                 }
+                // The queue let go of this command without a slot: it never does, but the command would be
+                // refused, not let in (and its receiver, complete, is not read again).
+                Ok(Some(Err(_))) => {
+                    place.told = None;
+                    return Err(cap_refusal(tenant));
+                }
+                // A hold began or ended, or a deadline passed: the state is looked at again above.
+                Ok(None) | Err(_) => {}
             }
         }
     }
@@ -237,10 +345,15 @@ impl Gate {
             state.held_since = Some(started);
             state.holds_begun += 1;
         }
+        // Commands queued at the cap now wait for the hold too, until its deadline; a hold this one replaced
+        // stops waiting for the tenant to drain.
+        gate.changed.notify_waiters();
         loop {
             let changed = gate.changed.notified();
-            tokio::pin!(changed);
+            let left = gate.left.notified();
+            tokio::pin!(changed, left);
             changed.as_mut().enable();
+            left.as_mut().enable();
             let in_flight = {
                 let mut state = gate.lock();
                 if state.hold.is_none_or(|(held, _)| held != id) {
@@ -251,18 +364,26 @@ impl Gate {
                     return Ok(Hold { id, drained_in: started.elapsed(), max });
                 }
                 if Instant::now() >= deadline {
+                    let in_flight = state.in_flight;
                     if state.hold.is_some_and(|(held, _)| held == id) {
                         state.hold = None;
                         state.held_since = None;
+                        state.admit_queued();
                     }
                     drop(state);
                     gate.changed.notify_waiters();
-                    return Err(HoldError::NotDrained { in_flight: gate.lock().in_flight });
+                    return Err(HoldError::NotDrained { in_flight });
                 }
                 state.in_flight
             };
             tracing::debug!(tenant, in_flight, "hold waiting for commands in flight");
-            let _ = tokio::time::timeout_at(deadline, changed).await;
+            let either = async {
+                tokio::select! {
+                    () = &mut changed => {}
+                    () = &mut left => {}
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, either).await;
         }
     }
 
@@ -286,6 +407,7 @@ impl Gate {
         }
         let since = state.held_since.take();
         state.hold = None;
+        state.admit_queued();
         drop(state);
         gate.changed.notify_waiters();
         Some(since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s)))
@@ -459,6 +581,199 @@ mod tests {
             assert!(task.await.unwrap());
         }
         assert_eq!(gate.in_flight("acme"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_arriving_as_a_slot_frees_does_not_pass_the_commands_waiting() {
+        let (gate, entered, first) = at_a_cap_of_one().await;
+        let (waiting, leave) = waiter(&gate, &entered, 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The slot frees, and before the waiting command runs again another command of the tenant arrives (on a
+        // busy proxy, a connection whose frame is already read runs first): it queues behind the one waiting.
+        drop(first);
+        let newcomer = gate.enter("acme", Some(1), Duration::from_millis(100)).await;
+        assert!(newcomer.is_err(), "a command arriving after one waiting at the cap took its slot");
+        assert_eq!(*entered.lock().unwrap(), vec![1]);
+        assert_eq!(gate.in_flight("acme"), 1);
+        let _ = leave.send(());
+        assert!(waiting.await.unwrap());
+        // Nobody waits now: the next command enters at once.
+        assert!(gate.enter("acme", Some(1), Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_commands_pass_before_a_command_that_comes_when_the_cap_is_raised() {
+        let (gate, entered, first) = at_a_cap_of_one().await;
+        let (waiting, leave) = waiter(&gate, &entered, 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // A reload raised the cap to 2: the slot it adds goes to the command already waiting, so the command that
+        // brought the new cap waits for the next one.
+        let raised = gate.enter("acme", Some(2), Duration::from_millis(100)).await;
+        assert!(raised.is_err(), "the command that came with the raised cap passed the one waiting");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*entered.lock().unwrap(), vec![1]);
+        assert_eq!(gate.in_flight("acme"), 2);
+        drop(first);
+        let _ = leave.send(());
+        assert!(waiting.await.unwrap());
+        assert_eq!(gate.in_flight("acme"), 0);
+    }
+
+    /// Many commands at a cap of three, some refused at the end of a short wait, some dropped while they wait (a
+    /// closed connection), a reload changing the cap and a hold in the middle: never more than the cap inside,
+    /// and at the end no slot lost and nobody left queued.
+    #[tokio::test(start_paused = true)]
+    async fn no_slot_is_lost_or_doubled_whatever_the_waiting_commands_do() {
+        let gate = Arc::new(Gate::default());
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut seed = 7_u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            seed >> 33
+        };
+        let mut tasks = Vec::new();
+        for n in 0..200_u64 {
+            let (command_gate, inside, most) = (gate.clone(), inside.clone(), most.clone());
+            let cap = if (80..120).contains(&n) { 2 } else { 3 };
+            let wait = Duration::from_millis(if next() % 4 == 0 { 5 } else { 10_000 });
+            let busy = Duration::from_millis(next() % 20);
+            let task = tokio::spawn(async move {
+                let Ok(_slot) = command_gate.enter("acme", Some(cap), wait).await else { return };
+                // Counted out when the task ends, however it ends (an aborted task never reaches its last line).
+                struct Inside(Arc<std::sync::atomic::AtomicUsize>);
+                impl Drop for Inside {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                let _inside = Inside(inside);
+                most.fetch_max(now.max(command_gate.in_flight("acme")), Ordering::SeqCst);
+                tokio::time::sleep(busy).await;
+            });
+            tasks.push((task, next() % 5 == 0));
+            tokio::time::sleep(Duration::from_millis(next() % 3)).await;
+            if n == 100 {
+                let hold = gate.hold("acme", Duration::from_secs(5)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                gate.release("acme", Some(hold.id)).unwrap();
+            }
+            // Some commands' connections close while they wait (or after they entered).
+            for (task, abort) in &tasks {
+                if *abort && next() % 3 == 0 {
+                    task.abort();
+                }
+            }
+        }
+        for (task, _) in tasks {
+            let _ = task.await;
+        }
+        assert!(most.load(Ordering::SeqCst) <= 3, "{} commands inside at once", most.load(Ordering::SeqCst));
+        assert_eq!(gate.in_flight("acme"), 0, "a slot was lost");
+        assert!(gate.existing("acme").unwrap().lock().queue.is_empty(), "a command was left queued");
+        // And the gate still works.
+        assert!(gate.enter("acme", Some(3), Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_at_the_cap_enters_when_a_hold_ends_by_itself() {
+        let (gate, entered, first) = at_a_cap_of_one().await;
+        let (waiting, leave) = waiter(&gate, &entered, 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // A mover holds the tenant (it drains once the first command leaves), then dies: nobody releases the hold,
+        // and no other command arrives to notice that it ended.
+        let holding = spawn_hold(&gate, Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(first);
+        holding.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(4_990)).await;
+        assert!(entered.lock().unwrap().is_empty(), "entered a held tenant");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*entered.lock().unwrap(), vec![1], "the command slept past the end of the hold");
+        let _ = leave.send(());
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_queued_at_a_hold_that_gives_up_enter_at_once() {
+        let gate = Arc::new(Gate::default());
+        let _stuck = gate.enter("acme", Some(2), NO_CAP).await.unwrap();
+        let started = Instant::now();
+        let holding = spawn_hold(&gate, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let entered = Arc::new(Mutex::new(Vec::new()));
+        let waiting = tokio::spawn({
+            let (gate, entered) = (gate.clone(), entered.clone());
+            async move {
+                let slot = gate.enter("acme", Some(2), Duration::from_secs(60)).await;
+                entered.lock().unwrap().push(Instant::now());
+                slot.map(|s| s.waited)
+            }
+        });
+        // The stuck command keeps the tenant from draining: at its bound (2 s) the mover gives up, the hold ends,
+        // and the command waiting enters under the cap of two.
+        assert_eq!(holding.await.unwrap(), Err(HoldError::NotDrained { in_flight: 1 }));
+        assert_eq!(waiting.await.unwrap(), Ok(true));
+        let at = entered.lock().unwrap()[0] - started;
+        assert!(at < Duration::from_millis(2_010), "entered {at:?} after the hold began, which lasted 2 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_held_then_left_at_the_cap_is_refused_at_its_own_deadline() {
+        let gate = Arc::new(Gate::default());
+        let hold = gate.hold("acme", Duration::from_secs(600)).await.unwrap();
+        let (entered, started) = (Arc::new(Mutex::new(Vec::new())), Instant::now());
+        let (first, _keep) = waiter(&gate, &entered, 1);
+        let second = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter("acme", Some(1), Duration::from_secs(10)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The release lets the first in; the second is then at the cap, which it may wait for 10 s from its
+        // arrival, not until the 600 s hold's deadline.
+        gate.release("acme", Some(hold.id)).unwrap();
+        assert!(!second.await.unwrap(), "entered beside the first under a cap of one");
+        let waited = Instant::now() - started;
+        assert!(waited <= Duration::from_secs(11), "refused after {waited:?}");
+        assert_eq!(*entered.lock().unwrap(), vec![1]);
+        first.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_given_back_by_a_command_that_went_away_lets_a_hold_drain() {
+        let (gate, _, first) = at_a_cap_of_one().await;
+        let mut queued = Box::pin(gate.enter("acme", Some(1), Duration::from_secs(60)));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut queued).await.is_err(), "queued behind the first");
+        // The slot the first frees is handed to the queued command, which has not run yet...
+        drop(first);
+        assert_eq!(gate.in_flight("acme"), 1);
+        let holding = spawn_hold(&gate, Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!holding.is_finished());
+        // ...when its connection closes: the slot comes back, and the mover waiting for it goes on.
+        drop(queued);
+        let hold = holding.await.unwrap().unwrap();
+        assert_eq!(hold.drained_in, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_closing_behind_a_waiting_command_do_not_grow_the_queue() {
+        let (gate, _, first) = at_a_cap_of_one().await;
+        let mut head = Box::pin(gate.enter("acme", Some(1), Duration::from_secs(600)));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut head).await.is_err());
+        let queue = || gate.existing("acme").unwrap().lock().queue.len();
+        for _ in 0..10_000 {
+            let mut gone = Box::pin(gate.enter("acme", Some(1), Duration::from_secs(600)));
+            assert!(tokio::time::timeout(Duration::ZERO, &mut gone).await.is_err());
+        }
+        assert!(queue() <= 8, "{} places kept for 10,000 commands that went away", queue());
+        drop(first);
+        let slot = head.await.unwrap();
+        drop(slot);
+        assert_eq!(queue(), 0);
+        let capacity = gate.existing("acme").unwrap().lock().queue.capacity();
+        assert!(capacity <= QUEUE_KEPT, "an empty queue keeps room for {capacity}");
     }
 
     #[tokio::test(start_paused = true)]
