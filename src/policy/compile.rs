@@ -182,6 +182,7 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
         users: tenants.users,
         subjects: tenants.subjects,
         sni: tenants.sni,
+        index: super::RuleIndex::of(&rules),
         rules,
         limits: file.limits.clone(),
         admin,

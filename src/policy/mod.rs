@@ -18,6 +18,7 @@ use bson::Bson;
 
 use crate::auth::ScramVerifier;
 use crate::config::{self, ConfigError, Limits, Mode, PolicyFile, Problem, Style};
+use crate::names::NameMap;
 use compile::Secrets;
 use rules::{Pattern, Template};
 pub use value::{FieldName, TenantValue};
@@ -235,7 +236,10 @@ pub struct Policy {
     users: HashMap<String, (String, ScramVerifier)>,
     subjects: HashMap<String, String>,
     sni: HashMap<String, String>,
-    pub rules: Vec<Rule>,
+    rules: Vec<Rule>,
+    /// Which rules apply to which tenant ([`RuleIndex`]), so that a command reads its own tenant's rules and the
+    /// general ones, not every tenant's.
+    index: RuleIndex,
     pub limits: Limits,
     /// The admin listener, when configured. Read at start.
     pub admin: Option<AdminSettings>,
@@ -327,16 +331,17 @@ impl Policy {
     }
 
     /// Whether `db` is the real database a rule's template gives some tenant other than `except` (all tenants with
-    /// `None`).
+    /// `None`). Each distinct template splits `db` once; only the tenant it names has its rules read.
     pub fn real_database_owner(&self, db: &str, except: Option<&str>) -> bool {
-        self.rules.iter().any(|rule| {
-            matches!(rule.placement, Placement::Database(_))
-                && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(db)).is_some_and(|(tenant, name)| {
-                    except != Some(tenant)
-                        && self.tenants.contains_key(tenant)
-                        && rule.applies_to(tenant)
-                        && rule.database.matches(name)
-                })
+        self.index.database_templates.iter().any(|template| {
+            template.split(db).is_some_and(|(tenant, name)| {
+                except != Some(tenant)
+                    && self.tenants.contains_key(tenant)
+                    && self.rules_of(tenant).any(|rule| {
+                        matches!(&rule.placement, Placement::Database(t) if t == template)
+                            && rule.database.matches(name)
+                    })
+            })
         })
     }
 
@@ -348,38 +353,236 @@ impl Policy {
 
     /// Whether `collection` of `db` is the real collection a rule's template gives some tenant other than `except`.
     pub fn real_collection_owner(&self, db: &str, collection: &str, except: Option<&str>) -> bool {
-        self.rules.iter().any(|rule| {
-            matches!(rule.placement, Placement::Collection(_))
-                && rule.database.matches(db)
-                && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(collection)).is_some_and(
-                    |(tenant, name)| {
-                        except != Some(tenant)
-                            && self.tenants.contains_key(tenant)
-                            && rule.applies_to(tenant)
+        self.index.collection_templates.iter().any(|template| {
+            template.split(collection).is_some_and(|(tenant, name)| {
+                except != Some(tenant)
+                    && self.tenants.contains_key(tenant)
+                    && self.rules_of(tenant).any(|rule| {
+                        matches!(&rule.placement, Placement::Collection(t) if t == template)
+                            && rule.database.matches(db)
                             && rule.collection.matches(name)
-                    },
-                )
+                    })
+            })
         })
     }
 
-    /// The rules that apply to `tenant`, in file order.
+    /// Every rule, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rules that apply to `tenant`, in file order: the general ones and the tenant's own, read through the
+    /// index (each still checked to apply: the index only spares reading the others').
     pub fn rules_of<'p>(&'p self, tenant: &'p str) -> impl Iterator<Item = &'p Rule> + 'p {
-        self.rules.iter().filter(move |r| r.applies_to(tenant))
+        self.candidates(tenant).filter(move |r| r.applies_to(tenant))
+    }
+
+    /// The rules [`RuleIndex`] lists for `tenant`, in file order: a superset of those that apply to it.
+    fn candidates(&self, tenant: &str) -> impl Iterator<Item = &Rule> + '_ {
+        let positions = match self.index.own.is_empty() {
+            // Most policies: no rule names its tenants, so every tenant's rules are the general ones.
+            true => &self.index.general,
+            false => self.index.own.get(tenant).unwrap_or(&self.index.general),
+        };
+        positions.iter().filter_map(|&at| self.rules.get(at as usize))
     }
 
     /// The first of `tenant`'s rules whose patterns match `db` and `collection` (names as the tenant sees them).
     pub fn rule_for(&self, tenant: &str, db: &str, collection: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.matches(collection))
+        self.candidates(tenant)
+            .find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.matches(collection))
     }
 
     /// The first of `tenant`'s rules whose database pattern matches `db`, whatever its collection pattern.
     pub fn any_rule_for_db(&self, tenant: &str, db: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db))
+        self.candidates(tenant).find(|r| r.applies_to(tenant) && r.database.matches(db))
     }
 
     /// The first of `tenant`'s rules covering a whole database (collection pattern `*`), for database-level
     /// commands.
     pub fn database_rule(&self, tenant: &str, db: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.as_str() == "*")
+        self.candidates(tenant).find(|r| r.applies_to(tenant) && r.database.matches(db) && r.collection.as_str() == "*")
+    }
+}
+
+/// Which rules apply to which tenant, computed once per policy. A policy grows a rule or two per tenant that was
+/// moved (`tenants = [id]`, written by the mover): read on every command, a scan of every rule would cost each
+/// command in proportion to the tenants moved, whoever sends it.
+#[derive(Debug, Default)]
+struct RuleIndex {
+    /// Positions of the rules without a tenant list (they apply to every tenant), in file order.
+    general: Vec<u32>,
+    /// For each tenant some rule names, the positions of every rule that applies to it (the general ones and
+    /// its own), in file order. Empty in most policies.
+    own: NameMap<String, Vec<u32>>,
+    /// The distinct templates with `{tenant}` of database-mode rules, and of collection-mode rules: to find whose
+    /// real name a name is, each splits the name once.
+    database_templates: Vec<Template>,
+    collection_templates: Vec<Template>,
+}
+
+impl RuleIndex {
+    fn of(rules: &[Rule]) -> Self {
+        let mut index = Self::default();
+        let position = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
+        for (at, rule) in rules.iter().enumerate() {
+            if rule.tenants.is_none() {
+                index.general.push(position(at));
+            }
+        }
+        for (at, rule) in rules.iter().enumerate() {
+            for tenant in rule.tenants.iter().flatten() {
+                let own = index.own.entry(tenant.clone()).or_insert_with(Vec::new);
+                // A tenant named twice in one rule's list reads it once.
+                if own.last() != Some(&position(at)) {
+                    own.push(position(at));
+                }
+            }
+        }
+        for own in index.own.values_mut() {
+            own.extend_from_slice(&index.general);
+            own.sort_unstable();
+        }
+        for rule in rules {
+            let (templates, template) = match &rule.placement {
+                Placement::Database(t) => (&mut index.database_templates, t),
+                Placement::Collection(t) => (&mut index.collection_templates, t),
+                Placement::Field { .. } | Placement::Shared => continue,
+            };
+            if template.has_tenant() && !templates.contains(template) {
+                templates.push(template.clone());
+            }
+        }
+        index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// General rules and rules of one or two tenants, interleaved, in every mode, with templates of both kinds.
+    const POLICY: &str = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[[backends]]
+name = "main"
+uri = "mongodb://127.0.0.1:1"
+[[tenants]]
+id = "acme"
+backend = "main"
+[[tenants]]
+id = "globex"
+backend = "main"
+[[tenants]]
+id = "initech"
+backend = "main"
+[[tenants]]
+id = "umbrella"
+backend = "main"
+[[rules]]
+tenants = ["acme"]
+database = "app"
+mode = "database"
+[[rules]]
+database = "app"
+collection = "orders"
+mode = "field"
+[[rules]]
+tenants = ["globex", "initech"]
+database = "app"
+collection = "invoices"
+mode = "collection"
+[[rules]]
+database = "app"
+collection = "*"
+mode = "collection"
+[[rules]]
+tenants = ["umbrella"]
+database = "logs"
+mode = "shared"
+[[rules]]
+tenants = ["initech"]
+database = "crm"
+mode = "database"
+[[rules]]
+database = "reports"
+mode = "database"
+"#;
+
+    /// The answers of the index equal a scan of every rule, for every tenant (and a stranger), name and owner.
+    #[test]
+    fn the_rule_index_answers_as_a_scan_of_every_rule() {
+        let policy = Policy::from_toml(POLICY, Path::new("p.toml")).expect("compiles");
+        assert!(!policy.index.own.is_empty(), "the policy has rules of its own for some tenants");
+        let tenants = ["acme", "globex", "initech", "umbrella", "nobody"];
+        let databases = ["app", "logs", "crm", "reports", "other", "acme_app", "initech_crm", "globex_reports", "x_y"];
+        let collections = ["orders", "invoices", "globex__invoices", "acme__orders", "initech__x", "x"];
+        let position = |rule: Option<&Rule>| rule.map(|r| r.index);
+        let mut found = 0;
+        for tenant in tenants {
+            let scanned: Vec<usize> = policy.rules().iter().filter(|r| r.applies_to(tenant)).map(|r| r.index).collect();
+            assert_eq!(policy.rules_of(tenant).map(|r| r.index).collect::<Vec<_>>(), scanned, "{tenant}");
+            for db in databases {
+                let scan =
+                    |f: &dyn Fn(&Rule) -> bool| position(policy.rules().iter().find(|r| r.applies_to(tenant) && f(r)));
+                assert_eq!(position(policy.any_rule_for_db(tenant, db)), scan(&|r| r.database.matches(db)));
+                assert_eq!(
+                    position(policy.database_rule(tenant, db)),
+                    scan(&|r| r.database.matches(db) && r.collection.as_str() == "*")
+                );
+                for coll in collections {
+                    let rule = policy.rule_for(tenant, db, coll);
+                    found += usize::from(rule.is_some());
+                    assert_eq!(
+                        position(rule),
+                        scan(&|r| r.database.matches(db) && r.collection.matches(coll)),
+                        "{tenant} {db}.{coll}"
+                    );
+                }
+            }
+        }
+        assert!(found > 20, "the cases reach rules ({found})");
+        // Owners of real names, against the scan they replace.
+        let database_owner = |db: &str, except: Option<&str>| {
+            policy.rules().iter().any(|rule| {
+                matches!(rule.placement, Placement::Database(_))
+                    && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(db)).is_some_and(|(t, name)| {
+                        except != Some(t)
+                            && policy.tenant(t).is_some()
+                            && rule.applies_to(t)
+                            && rule.database.matches(name)
+                    })
+            })
+        };
+        let collection_owner = |db: &str, coll: &str, except: Option<&str>| {
+            policy.rules().iter().any(|rule| {
+                matches!(rule.placement, Placement::Collection(_))
+                    && rule.database.matches(db)
+                    && rule.template().filter(|t| t.has_tenant()).and_then(|t| t.split(coll)).is_some_and(
+                        |(t, name)| {
+                            except != Some(t)
+                                && policy.tenant(t).is_some()
+                                && rule.applies_to(t)
+                                && rule.collection.matches(name)
+                        },
+                    )
+            })
+        };
+        let mut owned = 0;
+        for except in [None, Some("acme"), Some("globex"), Some("initech")] {
+            for db in databases {
+                owned += usize::from(policy.real_database_owner(db, except));
+                assert_eq!(policy.real_database_owner(db, except), database_owner(db, except), "{db} {except:?}");
+                for coll in collections {
+                    assert_eq!(
+                        policy.real_collection_owner(db, coll, except),
+                        collection_owner(db, coll, except),
+                        "{db}.{coll} {except:?}"
+                    );
+                }
+            }
+        }
+        assert!(owned > 3, "the cases reach real names ({owned})");
     }
 }

@@ -104,12 +104,12 @@ impl<'p> BackendView<'p> {
     /// tenant in the real name, so reading it backwards gives the one candidate, whatever the number of tenants.
     fn candidates(&self, db: &str, collection: &str) -> Vec<(&'p str, String, String)> {
         let mut out = Vec::new();
-        let own_rules = |tenant: &str| self.policy.rules.iter().any(|r| r.tenants.is_some() && r.applies_to(tenant));
+        let own_rules = |tenant: &str| self.policy.rules().iter().any(|r| r.tenants.is_some() && r.applies_to(tenant));
         let (special, general): (Vec<&'p str>, Vec<&'p str>) = self.tenants.iter().partition(|t| own_rules(t));
         for tenant in general.first().into_iter().chain(&special) {
             out.push((*tenant, db.to_owned(), collection.to_owned()));
         }
-        for rule in &self.policy.rules {
+        for rule in self.policy.rules() {
             let split = match &rule.placement {
                 Placement::Collection(t) if t.has_tenant() => {
                     t.split(collection).map(|(tenant, c)| (tenant, db.to_owned(), c.to_owned()))
@@ -138,7 +138,7 @@ impl<'p> BackendView<'p> {
 
 /// A namespace no tenant of the backend reaches: an orphan if it has a per-tenant name's shape, else uncovered.
 fn unreached<'p>(policy: &'p Policy, backend: &str, db: &str, collection: &str) -> Coverage<'p> {
-    for rule in &policy.rules {
+    for rule in policy.rules() {
         let shaped = match &rule.placement {
             Placement::Collection(t) if t.has_tenant() && rule.database.matches(db) => t
                 .split(collection)
