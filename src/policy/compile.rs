@@ -24,7 +24,7 @@ use super::{
     RateLimit, Rule, Secret, Tenant, DEFAULT_COLLECTION_TEMPLATE, DEFAULT_DATABASE_TEMPLATE, DEFAULT_TENANT_FIELD,
 };
 use crate::auth::ScramVerifier;
-use crate::config::{line_of, BackendUri, Mode, PolicyFile, Problem, RateLimitConfig, Style};
+use crate::config::{BackendUri, Mode, PolicyFile, Problem, RateLimitConfig, Style};
 use crate::tls;
 
 /// Databases no rule may open: the handshake, auth and session commands that need them are served by the proxy.
@@ -54,6 +54,9 @@ pub struct Compilation {
 
 struct Collector<'a> {
     text: &'a str,
+    /// Where each line after the first begins in `text`, found once: a policy of thousands of tenants can have a
+    /// problem per tenant, and counting lines from the top for each would cost the file's length every time.
+    line_starts: Vec<usize>,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -61,7 +64,11 @@ struct Collector<'a> {
 impl Collector<'_> {
     fn line<T>(&self, spanned: &Spanned<T>) -> Option<usize> {
         let span = spanned.span();
-        (span.end > 0).then(|| line_of(self.text, span.start))
+        (span.end > 0).then(|| {
+            // What `line_of` counts, by a binary search of the line starts: lines beginning at or before `start`.
+            let start = span.start.min(self.text.len());
+            self.line_starts.partition_point(|&line| line <= start) + 1
+        })
     }
     fn error<T>(&mut self, at: Option<&Spanned<T>>, key: String, message: impl Into<String>) {
         let line = at.and_then(|s| self.line(s));
@@ -160,13 +167,15 @@ const NONE: Option<&Spanned<String>> = None;
 /// Checks and builds `file` (whose source is `text`, read from `path`) in one pass.
 pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> Compilation {
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut c = Collector { text, errors: Vec::new(), warnings: Vec::new() };
+    let line_starts = text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(at, _)| at + 1).collect();
+    let mut c = Collector { text, line_starts, errors: Vec::new(), warnings: Vec::new() };
     let listeners = listeners(&mut c, file, base);
     let backends = backends(&mut c, file, base, secrets);
     let mut tenants = tenants(&mut c, file);
     let rules = rules(&mut c, file);
+    let index = super::RuleIndex::of(&rules);
     for tenant in tenants.tenants.values_mut() {
-        let key = session_key(&tenant.id, &rules);
+        let key = session_key(&tenant.id, &rules, &index);
         Arc::make_mut(tenant).session_key = key;
     }
     name_collisions(&mut c, file, &rules);
@@ -182,7 +191,7 @@ pub fn compile(file: &PolicyFile, text: &str, path: &Path, secrets: Secrets) -> 
         users: tenants.users,
         subjects: tenants.subjects,
         sni: tenants.sni,
-        index: super::RuleIndex::of(&rules),
+        index,
         rules,
         limits: file.limits.clone(),
         admin,
@@ -498,7 +507,13 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
     if !file.tenants.is_empty() && file.rules.is_empty() {
         c.warn(NONE, "rules".into(), "no rules: every data command will be denied");
     }
+    // Read once: a policy can name thousands of tenants, each with rules of its own (the mover writes them), so
+    // nothing below may cost a scan of every tenant or every rule per rule.
+    let directory = Directory::of(file);
     let mut out: Vec<Rule> = Vec::new();
+    // Positions in `out` of the rules without a tenant list, and of each tenant's own rules.
+    let mut general: Vec<usize> = Vec::new();
+    let mut own: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, rule) in file.rules.iter().enumerate() {
         let mode = *rule.mode.get_ref();
         let db = c.ok(Pattern::parse(rule.database.get_ref(), false), Some(&rule.database), || {
@@ -523,8 +538,8 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
             let msg = "template applies only to modes \"collection\" and \"database\"";
             c.error(Some(t), format!("rules[{i}].template"), msg);
         }
-        let tenants = rule_tenants(c, file, rule, i);
-        let placement = placement(c, file, rule, i, tenants.as_ref().map(Option::as_deref));
+        let tenants = rule_tenants(c, &directory, rule, i);
+        let placement = placement(c, &directory, rule, i, tenants.as_ref().map(Option::as_deref));
         let renames_database = matches!(&placement, Some(Placement::Database(t)) if !t.is_identity());
         if renames_database && rule.collection.get_ref() != "*" {
             let msg = "database rules that rename the database cover every collection: use \"*\"";
@@ -540,7 +555,21 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
         // placement overrides the general rule.
         let renames = |r: &Rule| matches!(&r.placement, Placement::Database(t) if !t.is_identity());
         let overrides = |earlier: &Rule| earlier.tenants.is_some() && earlier.collection.as_str() == "*";
-        if let Some(other) = out.iter().find(|other| {
+        // The earlier rules that can share a tenant with this one, in file order: all of them for a general rule,
+        // else the general ones and those naming one of its tenants.
+        let earlier: Vec<&Rule> = match &built.tenants {
+            None => out.iter().collect(),
+            Some(list) => {
+                let mut at: Vec<usize> = general.clone();
+                for tenant in list {
+                    at.extend(own.get(tenant).into_iter().flatten());
+                }
+                at.sort_unstable();
+                at.dedup();
+                at.iter().filter_map(|&at| out.get(at)).collect()
+            }
+        };
+        if let Some(other) = earlier.iter().find(|other| {
             (renames_database || renames(other))
                 && other.database.overlaps(&built.database)
                 && other.shares_tenants(&built)
@@ -551,7 +580,7 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
         }
         // A rule for some tenants before the general one is meant to win; anything else that overlaps is worth a
         // look.
-        if let Some(first) = out.iter().find(|o| {
+        if let Some(first) = earlier.iter().find(|o| {
             o.database.overlaps(&built.database)
                 && o.collection.overlaps(&built.collection)
                 && o.shares_tenants(&built)
@@ -566,15 +595,73 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
                        or use collection mode where ids are meaningful (see the threat model)";
             c.warn(Some(&rule.collection), format!("rules[{i}]"), msg);
         }
+        match &built.tenants {
+            None => general.push(out.len()),
+            Some(list) => {
+                for tenant in list {
+                    own.entry(tenant.clone()).or_default().push(out.len());
+                }
+            }
+        }
         out.push(built);
     }
     out
 }
 
+/// The policy file's tenants, read once for the rules' checks: each one's position and backend, and how many
+/// tenants each backend serves.
+struct Directory<'f> {
+    /// Tenant ids in file order (the first of any repeated id), with their backends.
+    tenants: Vec<(&'f str, &'f str)>,
+    /// Each tenant's position in `tenants` and backend.
+    backend_of: HashMap<&'f str, (usize, &'f str)>,
+    per_backend: HashMap<&'f str, usize>,
+}
+
+impl<'f> Directory<'f> {
+    fn of(file: &'f PolicyFile) -> Self {
+        let mut directory = Directory { tenants: Vec::new(), backend_of: HashMap::new(), per_backend: HashMap::new() };
+        for tenant in &file.tenants {
+            let (id, backend) = (tenant.id.get_ref().as_str(), tenant.backend.get_ref().as_str());
+            *directory.per_backend.entry(backend).or_default() += 1;
+            if !directory.backend_of.contains_key(id) {
+                directory.backend_of.insert(id, (directory.tenants.len(), backend));
+                directory.tenants.push((id, backend));
+            }
+        }
+        directory
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.backend_of.contains_key(id)
+    }
+
+    /// Whether tenant `id` shares its backend with another tenant.
+    fn shares_backend(&self, id: &str) -> bool {
+        self.backend_of.get(id).is_some_and(|(_, backend)| self.per_backend.get(backend).copied().unwrap_or(0) > 1)
+    }
+
+    /// The tenants `rule` governs, in file order.
+    fn governed_by(&self, rule: &Rule) -> Vec<&'f str> {
+        match &rule.tenants {
+            None => self.tenants.iter().map(|(id, _)| *id).collect(),
+            Some(list) => {
+                let mut known: Vec<(usize, &'f str)> = list
+                    .iter()
+                    .filter_map(|id| self.backend_of.get_key_value(id.as_str()))
+                    .map(|(id, (at, _))| (*at, *id))
+                    .collect();
+                known.sort_unstable();
+                known.into_iter().map(|(_, id)| id).collect()
+            }
+        }
+    }
+}
+
 /// [`Tenant::session_key`]: the id alone for a tenant without rules of its own (the ids every earlier version
 /// derived), else the id, a NUL (which no tenant id contains) and a digest of its own rules.
-fn session_key(tenant: &str, rules: &[Rule]) -> String {
-    let own: Vec<&Rule> = rules.iter().filter(|r| r.tenants.is_some() && r.applies_to(tenant)).collect();
+fn session_key(tenant: &str, rules: &[Rule], index: &super::RuleIndex) -> String {
+    let own: Vec<&Rule> = index.own(tenant, rules).filter(|r| r.tenants.is_some() && r.applies_to(tenant)).collect();
     if own.is_empty() {
         return tenant.to_owned();
     }
@@ -598,7 +685,7 @@ fn session_key(tenant: &str, rules: &[Rule]) -> String {
 /// A rule's `tenants`: `Ok(None)` for every tenant, `Err` after recording what was wrong.
 fn rule_tenants(
     c: &mut Collector<'_>,
-    file: &PolicyFile,
+    directory: &Directory<'_>,
     rule: &crate::config::RuleConfig,
     i: usize,
 ) -> Result<Option<Vec<String>>, ()> {
@@ -608,13 +695,14 @@ fn rule_tenants(
         return Err(());
     }
     let mut out: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut ok = true;
     for (j, id) in list.get_ref().iter().enumerate() {
         let id_text = id.get_ref();
-        if !file.tenants.iter().any(|t| t.id.get_ref() == id_text) {
+        if !directory.has(id_text) {
             c.error(Some(id), format!("rules[{i}].tenants[{j}]"), format!("no tenant {id_text:?}"));
             ok = false;
-        } else if out.contains(id_text) {
+        } else if !seen.insert(id_text) {
             c.error(Some(id), format!("rules[{i}].tenants[{j}]"), format!("tenant {id_text:?} is listed twice"));
             ok = false;
         } else {
@@ -631,7 +719,7 @@ fn rule_tenants(
 /// A rule's placement, each mode's data checked; `None` after recording what was wrong.
 fn placement(
     c: &mut Collector<'_>,
-    file: &PolicyFile,
+    directory: &Directory<'_>,
     rule: &crate::config::RuleConfig,
     i: usize,
     only: Result<Option<&[String]>, &()>,
@@ -654,18 +742,11 @@ fn placement(
             if !t.has_tenant() {
                 // Same database names are only isolated if no tenant the rule applies to shares its backend with
                 // any other tenant.
-                let mut per_backend: HashMap<&str, usize> = HashMap::new();
-                for tenant in &file.tenants {
-                    *per_backend.entry(tenant.backend.get_ref()).or_default() += 1;
-                }
                 // A list that failed its own check counts as every tenant: the stricter reading.
-                let governed = |id: &str| match only {
-                    Ok(Some(only)) => only.iter().any(|t| t == id),
-                    Ok(None) | Err(()) => true,
+                let shared_backend = match only {
+                    Ok(Some(only)) => only.iter().any(|id| directory.shares_backend(id)),
+                    Ok(None) | Err(()) => directory.tenants.iter().any(|(id, _)| directory.shares_backend(id)),
                 };
-                let shared_backend = file.tenants.iter().any(|tenant| {
-                    governed(tenant.id.get_ref()) && per_backend.get(tenant.backend.get_ref().as_str()) > Some(&1)
-                });
                 if shared_backend {
                     let msg = "a template without {tenant} needs every tenant it applies to on a backend of its own";
                     c.error(rule.template.as_ref(), format!("rules[{i}].template"), msg);
@@ -682,26 +763,26 @@ fn placement(
 /// (`app.*` in field mode would reach `globex__invoices`). The proxy refuses such names at run time whatever the
 /// policy; a policy that relies on that is ambiguous and refused here.
 fn name_collisions(c: &mut Collector<'_>, file: &PolicyFile, rules: &[Rule]) {
-    let tenants: Vec<&str> = file.tenants.iter().map(|t| t.id.get_ref().as_str()).collect();
+    let directory = Directory::of(file);
+    // Which tenants each rule gives names to, in file order: read per pair of rules below, so listed once.
+    let governed: Vec<Vec<&str>> = rules.iter().map(|rule| directory.governed_by(rule)).collect();
     let sample = |p: &Pattern| p.as_str().replace('*', "x");
     for rule in rules {
         if rule.template().is_some_and(Template::has_tenant) {
             continue;
         }
-        for other in rules.iter().filter(|o| o.index != rule.index) {
+        for (other, tenants) in rules.iter().zip(&governed).filter(|(o, _)| o.index != rule.index) {
             let example = match &other.placement {
                 Placement::Collection(t) if t.has_tenant() && rule.database.overlaps(&other.database) => {
-                    tenants.iter().filter(|tenant| other.applies_to(tenant)).find_map(|tenant| {
+                    tenants.iter().find_map(|tenant| {
                         let real = t.render(tenant, &sample(&other.collection));
                         rule.collection.matches(&real).then(|| format!("{}.{real}", sample(&rule.database)))
                     })
                 }
-                Placement::Database(t) if t.has_tenant() => {
-                    tenants.iter().filter(|tenant| other.applies_to(tenant)).find_map(|tenant| {
-                        let real = t.render(tenant, &sample(&other.database));
-                        rule.database.matches(&real).then_some(real)
-                    })
-                }
+                Placement::Database(t) if t.has_tenant() => tenants.iter().find_map(|tenant| {
+                    let real = t.render(tenant, &sample(&other.database));
+                    rule.database.matches(&real).then_some(real)
+                }),
                 _ => None,
             };
             if let Some(example) = example {
@@ -855,6 +936,18 @@ mod tests {
         [[backends]]\nname = \"own\"\nuri = \"mongodb://127.0.0.1:2\"\n\n\
         [[tenants]]\nid = \"acme\"\nbackend = \"main\"\n\n\
         [[tenants]]\nid = \"globex\"\nbackend = \"main\"\n\n";
+
+    /// Problems name the line `line_of` counts, however many there are.
+    #[test]
+    fn problems_are_given_the_line_counted_from_the_top() {
+        let text = format!("{HEAD}[[rules]]\ndatabase = \"app\"\nmode = \"field\"\n\n\n# end\n");
+        let line_starts = text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(at, _)| at + 1).collect();
+        let c = Collector { text: &text, line_starts, errors: Vec::new(), warnings: Vec::new() };
+        for at in 0..=text.len() {
+            let spanned = toml::Spanned::new(at..at + 1, ());
+            assert_eq!(c.line(&spanned), Some(crate::config::line_of(&text, at)), "offset {at}");
+        }
+    }
 
     fn compiled(rules: &str) -> Compilation {
         let text = format!("{HEAD}{rules}");

@@ -379,12 +379,7 @@ impl Policy {
 
     /// The rules [`RuleIndex`] lists for `tenant`, in file order: a superset of those that apply to it.
     fn candidates(&self, tenant: &str) -> impl Iterator<Item = &Rule> + '_ {
-        let positions = match self.index.own.is_empty() {
-            // Most policies: no rule names its tenants, so every tenant's rules are the general ones.
-            true => &self.index.general,
-            false => self.index.own.get(tenant).unwrap_or(&self.index.general),
-        };
-        positions.iter().filter_map(|&at| self.rules.get(at as usize))
+        self.index.candidates(tenant, &self.rules)
     }
 
     /// The first of `tenant`'s rules whose patterns match `db` and `collection` (names as the tenant sees them).
@@ -409,7 +404,7 @@ impl Policy {
 /// moved (`tenants = [id]`, written by the mover): read on every command, a scan of every rule would cost each
 /// command in proportion to the tenants moved, whoever sends it.
 #[derive(Debug, Default)]
-struct RuleIndex {
+pub(super) struct RuleIndex {
     /// Positions of the rules without a tenant list (they apply to every tenant), in file order.
     general: Vec<u32>,
     /// For each tenant some rule names, the positions of every rule that applies to it (the general ones and
@@ -422,7 +417,22 @@ struct RuleIndex {
 }
 
 impl RuleIndex {
-    fn of(rules: &[Rule]) -> Self {
+    /// The rules listed for `tenant` (of `rules`, the ones the index was made of), in file order.
+    fn candidates<'r>(&self, tenant: &str, rules: &'r [Rule]) -> impl Iterator<Item = &'r Rule> + use<'_, 'r> {
+        let positions = match self.own.is_empty() {
+            // Most policies: no rule names its tenants, so every tenant's rules are the general ones.
+            true => &self.general,
+            false => self.own.get(tenant).unwrap_or(&self.general),
+        };
+        positions.iter().filter_map(|&at| rules.get(at as usize))
+    }
+
+    /// The rules naming `tenant` among others' (and the general ones): what its session key digests.
+    pub(super) fn own<'r>(&self, tenant: &str, rules: &'r [Rule]) -> impl Iterator<Item = &'r Rule> + use<'_, 'r> {
+        self.own.get(tenant).into_iter().flatten().filter_map(|&at| rules.get(at as usize))
+    }
+
+    pub(super) fn of(rules: &[Rule]) -> Self {
         let mut index = Self::default();
         let position = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
         for (at, rule) in rules.iter().enumerate() {
