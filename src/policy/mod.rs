@@ -331,17 +331,10 @@ impl Policy {
     }
 
     /// Whether `db` is the real database a rule's template gives some tenant other than `except` (all tenants with
-    /// `None`). Each distinct template splits `db` once; only the tenant it names has its rules read.
+    /// `None`).
     pub fn real_database_owner(&self, db: &str, except: Option<&str>) -> bool {
-        self.index.database_templates.iter().any(|template| {
-            template.split(db).is_some_and(|(tenant, name)| {
-                except != Some(tenant)
-                    && self.tenants.contains_key(tenant)
-                    && self.rules_of(tenant).any(|rule| {
-                        matches!(&rule.placement, Placement::Database(t) if t == template)
-                            && rule.database.matches(name)
-                    })
-            })
+        self.real_name_owner(&self.index.database_templates, db, except, |rule, template, name| {
+            matches!(&rule.placement, Placement::Database(t) if t == template) && rule.database.matches(name)
         })
     }
 
@@ -353,15 +346,28 @@ impl Policy {
 
     /// Whether `collection` of `db` is the real collection a rule's template gives some tenant other than `except`.
     pub fn real_collection_owner(&self, db: &str, collection: &str, except: Option<&str>) -> bool {
-        self.index.collection_templates.iter().any(|template| {
-            template.split(collection).is_some_and(|(tenant, name)| {
+        self.real_name_owner(&self.index.collection_templates, collection, except, |rule, template, name| {
+            matches!(&rule.placement, Placement::Collection(t) if t == template)
+                && rule.database.matches(db)
+                && rule.collection.matches(name)
+        })
+    }
+
+    /// Whether `real` is the name one of `templates` gives some tenant other than `except` under one of its rules
+    /// (`gives(rule, template, visible name)`). Each distinct template splits `real` once; only the tenant it
+    /// names has its rules read.
+    fn real_name_owner(
+        &self,
+        templates: &[Template],
+        real: &str,
+        except: Option<&str>,
+        gives: impl Fn(&Rule, &Template, &str) -> bool,
+    ) -> bool {
+        templates.iter().any(|template| {
+            template.split(real).is_some_and(|(tenant, name)| {
                 except != Some(tenant)
                     && self.tenants.contains_key(tenant)
-                    && self.rules_of(tenant).any(|rule| {
-                        matches!(&rule.placement, Placement::Collection(t) if t == template)
-                            && rule.database.matches(db)
-                            && rule.collection.matches(name)
-                    })
+                    && self.rules_of(tenant).any(|rule| gives(rule, template, name))
             })
         })
     }
