@@ -507,9 +507,10 @@ async fn a_source_breaking_the_protocol_before_authenticating_has_its_next_conne
         assert!(raw.reader.next_frame().await.ok().flatten().is_none(), "a bomb was answered");
     }
     assert!(bombing.elapsed() >= Duration::from_millis(3_000), "bombs held only {:?}", bombing.elapsed());
-    // The source's next connection is held unread: a ping gets no answer for a while (3.2 s now)...
-    let mut held = Raw::connect_from("127.0.0.1", addr).await;
+    // The source's next connection is held unread: a ping gets no answer for a while (3.2 s now)... The hold
+    // starts when the proxy accepts, which can be before `connect` returns here: the clock starts before it.
     let started = Instant::now();
+    let mut held = Raw::connect_from("127.0.0.1", addr).await;
     let ping = tokio::spawn(async move { held.call(rawdoc! { "ping": 1, "$db": "admin" }).await });
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(!ping.is_finished(), "a connection from the flooding source was served at once");
