@@ -412,10 +412,10 @@ impl Policy {
 #[derive(Debug, Default)]
 pub(super) struct RuleIndex {
     /// Positions of the rules without a tenant list (they apply to every tenant), in file order.
-    general: Vec<u32>,
+    general: Vec<usize>,
     /// For each tenant some rule names, the positions of every rule that applies to it (the general ones and
     /// its own), in file order. Empty in most policies.
-    own: NameMap<String, Vec<u32>>,
+    own: NameMap<String, Vec<usize>>,
     /// The distinct templates with `{tenant}` of database-mode rules, and of collection-mode rules: to find whose
     /// real name a name is, each splits the name once.
     database_templates: Vec<Template>,
@@ -430,28 +430,27 @@ impl RuleIndex {
             true => &self.general,
             false => self.own.get(tenant).unwrap_or(&self.general),
         };
-        positions.iter().filter_map(|&at| rules.get(at as usize))
+        positions.iter().filter_map(|&at| rules.get(at))
     }
 
     /// The rules naming `tenant` among others' (and the general ones): what its session key digests.
     pub(super) fn own<'r>(&self, tenant: &str, rules: &'r [Rule]) -> impl Iterator<Item = &'r Rule> + use<'_, 'r> {
-        self.own.get(tenant).into_iter().flatten().filter_map(|&at| rules.get(at as usize))
+        self.own.get(tenant).into_iter().flatten().filter_map(|&at| rules.get(at))
     }
 
     pub(super) fn of(rules: &[Rule]) -> Self {
         let mut index = Self::default();
-        let position = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
         for (at, rule) in rules.iter().enumerate() {
             if rule.tenants.is_none() {
-                index.general.push(position(at));
+                index.general.push(at);
             }
         }
         for (at, rule) in rules.iter().enumerate() {
             for tenant in rule.tenants.iter().flatten() {
                 let own = index.own.entry(tenant.clone()).or_insert_with(Vec::new);
                 // A tenant named twice in one rule's list reads it once.
-                if own.last() != Some(&position(at)) {
-                    own.push(position(at));
+                if own.last() != Some(&at) {
+                    own.push(at);
                 }
             }
         }
