@@ -9,7 +9,7 @@
 //! What it must never do: echo a secret (URIs with credentials are refused without being shown), or read a
 //! secret when compiling for analysis (`check`, `explain`, `test`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
@@ -616,17 +616,30 @@ struct Directory<'f> {
     /// Each tenant's position in `tenants` and backend.
     backend_of: HashMap<&'f str, (usize, &'f str)>,
     per_backend: HashMap<&'f str, usize>,
+    /// Tenants on a backend that serves another tenant too.
+    sharing: HashSet<&'f str>,
 }
 
 impl<'f> Directory<'f> {
     fn of(file: &'f PolicyFile) -> Self {
-        let mut directory = Directory { tenants: Vec::new(), backend_of: HashMap::new(), per_backend: HashMap::new() };
+        let mut directory = Directory {
+            tenants: Vec::new(),
+            backend_of: HashMap::new(),
+            per_backend: HashMap::new(),
+            sharing: HashSet::new(),
+        };
         for tenant in &file.tenants {
             let (id, backend) = (tenant.id.get_ref().as_str(), tenant.backend.get_ref().as_str());
             *directory.per_backend.entry(backend).or_default() += 1;
             if !directory.backend_of.contains_key(id) {
                 directory.backend_of.insert(id, (directory.tenants.len(), backend));
                 directory.tenants.push((id, backend));
+            }
+        }
+        // Every entry counts, a repeated id's too (the policy is refused for it anyway, with every other problem).
+        for tenant in &file.tenants {
+            if directory.per_backend.get(tenant.backend.get_ref().as_str()).copied().unwrap_or(0) > 1 {
+                directory.sharing.insert(tenant.id.get_ref().as_str());
             }
         }
         directory
@@ -638,7 +651,7 @@ impl<'f> Directory<'f> {
 
     /// Whether tenant `id` shares its backend with another tenant.
     fn shares_backend(&self, id: &str) -> bool {
-        self.backend_of.get(id).is_some_and(|(_, backend)| self.per_backend.get(backend).copied().unwrap_or(0) > 1)
+        self.sharing.contains(id)
     }
 
     /// The tenants `rule` governs, in file order.
@@ -695,7 +708,7 @@ fn rule_tenants(
         return Err(());
     }
     let mut out: Vec<String> = Vec::new();
-    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut ok = true;
     for (j, id) in list.get_ref().iter().enumerate() {
         let id_text = id.get_ref();
@@ -767,34 +780,44 @@ fn name_collisions(c: &mut Collector<'_>, file: &PolicyFile, rules: &[Rule]) {
     // Which tenants each rule gives names to, in file order: read per pair of rules below, so listed once.
     let governed: Vec<Vec<&str>> = rules.iter().map(|rule| directory.governed_by(rule)).collect();
     let sample = |p: &Pattern| p.as_str().replace('*', "x");
+    // The first rule whose per-tenant names a kept-names rule matches, and the name, depend on that rule's patterns
+    // alone (a rule that keeps names gives none itself, so it never finds itself): the rules each tenant moved
+    // to field mode has of its own repeat the general ones' patterns, so the search is made once per pair of
+    // patterns, not once per rule.
+    let mut found: HashMap<(&str, &str), Option<(usize, String)>> = HashMap::new();
     for rule in rules {
         if rule.template().is_some_and(Template::has_tenant) {
             continue;
         }
-        for (other, tenants) in rules.iter().zip(&governed).filter(|(o, _)| o.index != rule.index) {
-            let example = match &other.placement {
-                Placement::Collection(t) if t.has_tenant() && rule.database.overlaps(&other.database) => {
-                    tenants.iter().find_map(|tenant| {
-                        let real = t.render(tenant, &sample(&other.collection));
-                        rule.collection.matches(&real).then(|| format!("{}.{real}", sample(&rule.database)))
-                    })
-                }
-                Placement::Database(t) if t.has_tenant() => tenants.iter().find_map(|tenant| {
-                    let real = t.render(tenant, &sample(&other.database));
-                    rule.database.matches(&real).then_some(real)
-                }),
-                _ => None,
-            };
-            if let Some(example) = example {
-                let at = file.rules.get(rule.index).map(|r| &r.database);
-                let msg = format!(
-                    "matches names rules[{}] gives each tenant (e.g. {example}): through it a tenant could reach \
-                     another tenant's data; use names that cannot match, or another database",
-                    other.index
-                );
-                c.error(at, format!("rules[{}]", rule.index), msg);
-                break;
-            }
+        let first = found.entry((rule.database.as_str(), rule.collection.as_str())).or_insert_with(|| {
+            rules.iter().zip(&governed).filter(|(o, _)| o.index != rule.index).find_map(|(other, tenants)| {
+                let example = match &other.placement {
+                    Placement::Collection(t) if t.has_tenant() && rule.database.overlaps(&other.database) => {
+                        let collection = sample(&other.collection);
+                        tenants.iter().find_map(|tenant| {
+                            let real = t.render(tenant, &collection);
+                            rule.collection.matches(&real).then(|| format!("{}.{real}", sample(&rule.database)))
+                        })
+                    }
+                    Placement::Database(t) if t.has_tenant() => {
+                        let database = sample(&other.database);
+                        tenants.iter().find_map(|tenant| {
+                            let real = t.render(tenant, &database);
+                            rule.database.matches(&real).then_some(real)
+                        })
+                    }
+                    _ => None,
+                };
+                example.map(|example| (other.index, example))
+            })
+        });
+        if let Some((other, example)) = first.clone() {
+            let at = file.rules.get(rule.index).map(|r| &r.database);
+            let msg = format!(
+                "matches names rules[{other}] gives each tenant (e.g. {example}): through it a tenant could reach \
+                 another tenant's data; use names that cannot match, or another database"
+            );
+            c.error(at, format!("rules[{}]", rule.index), msg);
         }
     }
 }
@@ -936,6 +959,21 @@ mod tests {
         [[backends]]\nname = \"own\"\nuri = \"mongodb://127.0.0.1:2\"\n\n\
         [[tenants]]\nid = \"acme\"\nbackend = \"main\"\n\n\
         [[tenants]]\nid = \"globex\"\nbackend = \"main\"\n\n";
+
+    /// A tenant id listed twice is an error, and a per-tenant database template without `{tenant}` is still
+    /// refused when any of its entries shares a backend: the list of problems stays whole.
+    #[test]
+    fn a_repeated_tenant_counts_every_backend_it_is_listed_on() {
+        let rules =
+            "[[tenants]]\nid = \"solo\"\nbackend = \"own\"\n\n[[tenants]]\nid = \"solo\"\nbackend = \"main\"\n\n\
+                     [[rules]]\ntenants = [\"solo\"]\ndatabase = \"app\"\nmode = \"database\"\ntemplate = \"{db}\"\n";
+        let errors = errors(rules);
+        assert!(errors.iter().any(|e| e.contains("duplicate tenant id")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("needs every tenant it applies to on a backend of its own")),
+            "{errors:?}"
+        );
+    }
 
     /// Problems name the line `line_of` counts, however many there are.
     #[test]

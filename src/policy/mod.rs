@@ -433,7 +433,8 @@ impl RuleIndex {
         positions.iter().filter_map(|&at| rules.get(at))
     }
 
-    /// The rules naming `tenant` among others' (and the general ones): what its session key digests.
+    /// The rules listed for a tenant some rule names: its own and the general ones, in file order (nothing for any
+    /// other tenant). Its session key digests the ones among them that name it.
     pub(super) fn own<'r>(&self, tenant: &str, rules: &'r [Rule]) -> impl Iterator<Item = &'r Rule> + use<'_, 'r> {
         self.own.get(tenant).into_iter().flatten().filter_map(|&at| rules.get(at))
     }
