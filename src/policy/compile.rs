@@ -608,37 +608,30 @@ fn rules(c: &mut Collector<'_>, file: &PolicyFile) -> Vec<Rule> {
     out
 }
 
-/// The policy file's tenants, read once for the rules' checks: each one's position and backend, and how many
-/// tenants each backend serves.
+/// The policy file's tenants, read once for the rules' checks: their order, and which share a backend.
 struct Directory<'f> {
-    /// Tenant ids in file order (the first of any repeated id), with their backends.
-    tenants: Vec<(&'f str, &'f str)>,
-    /// Each tenant's position in `tenants` and backend.
-    backend_of: HashMap<&'f str, (usize, &'f str)>,
-    per_backend: HashMap<&'f str, usize>,
-    /// Tenants on a backend that serves another tenant too.
+    /// Tenant ids in file order (the first of any repeated id), and each one's position there.
+    tenants: Vec<&'f str>,
+    position: HashMap<&'f str, usize>,
+    /// Tenants on a backend that serves another tenant too (every entry of a repeated id counts: the policy is
+    /// refused for it anyway, with every other problem).
     sharing: HashSet<&'f str>,
 }
 
 impl<'f> Directory<'f> {
     fn of(file: &'f PolicyFile) -> Self {
-        let mut directory = Directory {
-            tenants: Vec::new(),
-            backend_of: HashMap::new(),
-            per_backend: HashMap::new(),
-            sharing: HashSet::new(),
-        };
+        let mut per_backend: HashMap<&str, usize> = HashMap::new();
+        let mut directory = Directory { tenants: Vec::new(), position: HashMap::new(), sharing: HashSet::new() };
         for tenant in &file.tenants {
-            let (id, backend) = (tenant.id.get_ref().as_str(), tenant.backend.get_ref().as_str());
-            *directory.per_backend.entry(backend).or_default() += 1;
-            if !directory.backend_of.contains_key(id) {
-                directory.backend_of.insert(id, (directory.tenants.len(), backend));
-                directory.tenants.push((id, backend));
+            *per_backend.entry(tenant.backend.get_ref().as_str()).or_default() += 1;
+            let id = tenant.id.get_ref().as_str();
+            if !directory.position.contains_key(id) {
+                directory.position.insert(id, directory.tenants.len());
+                directory.tenants.push(id);
             }
         }
-        // Every entry counts, a repeated id's too (the policy is refused for it anyway, with every other problem).
         for tenant in &file.tenants {
-            if directory.per_backend.get(tenant.backend.get_ref().as_str()).copied().unwrap_or(0) > 1 {
+            if per_backend.get(tenant.backend.get_ref().as_str()).copied().unwrap_or(0) > 1 {
                 directory.sharing.insert(tenant.id.get_ref().as_str());
             }
         }
@@ -646,7 +639,7 @@ impl<'f> Directory<'f> {
     }
 
     fn has(&self, id: &str) -> bool {
-        self.backend_of.contains_key(id)
+        self.position.contains_key(id)
     }
 
     /// Whether tenant `id` shares its backend with another tenant.
@@ -657,12 +650,12 @@ impl<'f> Directory<'f> {
     /// The tenants `rule` governs, in file order.
     fn governed_by(&self, rule: &Rule) -> Vec<&'f str> {
         match &rule.tenants {
-            None => self.tenants.iter().map(|(id, _)| *id).collect(),
+            None => self.tenants.clone(),
             Some(list) => {
                 let mut known: Vec<(usize, &'f str)> = list
                     .iter()
-                    .filter_map(|id| self.backend_of.get_key_value(id.as_str()))
-                    .map(|(id, (at, _))| (*at, *id))
+                    .filter_map(|id| self.position.get_key_value(id.as_str()))
+                    .map(|(id, at)| (*at, *id))
                     .collect();
                 known.sort_unstable();
                 known.into_iter().map(|(_, id)| id).collect()
@@ -758,7 +751,7 @@ fn placement(
                 // A list that failed its own check counts as every tenant: the stricter reading.
                 let shared_backend = match only {
                     Ok(Some(only)) => only.iter().any(|id| directory.shares_backend(id)),
-                    Ok(None) | Err(()) => directory.tenants.iter().any(|(id, _)| directory.shares_backend(id)),
+                    Ok(None) | Err(()) => !directory.sharing.is_empty(),
                 };
                 if shared_backend {
                     let msg = "a template without {tenant} needs every tenant it applies to on a backend of its own";
