@@ -18,7 +18,7 @@ use bson::spec::BinarySubtype;
 use bson::{rawdoc, Binary, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Buf;
 use tenantwall_protocol::{decode, Message, MsgFlags, MsgHeader, OpMsg, MAX_MESSAGE_SIZE};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{ClientKeys, ScramClient};
@@ -283,8 +283,9 @@ struct BackendHello {
 
 /// One connection to a backend.
 pub struct BackendConn {
-    reader: FrameReader<ReadHalf<BoxStream>>,
-    writer: WriteHalf<BoxStream>,
+    /// Requests are written to the stream (`get_mut`) and replies read from it in turn, by one owner: no split
+    /// (and no split's lock) is needed.
+    stream: FrameReader<BoxStream>,
     next_request_id: i32,
 }
 
@@ -299,8 +300,7 @@ fn ok_of(body: &RawDocument) -> bool {
 
 impl BackendConn {
     fn new(stream: BoxStream) -> Self {
-        let (read, write) = tokio::io::split(stream);
-        Self { reader: FrameReader::new(read, MAX_MESSAGE_SIZE, None), writer: write, next_request_id: 1 }
+        Self { stream: FrameReader::new(stream, MAX_MESSAGE_SIZE, None), next_request_id: 1 }
     }
 
     /// Sends one command and returns its reply body.
@@ -400,7 +400,7 @@ impl BackendConn {
     /// Whether this idle connection can carry a request: the backend has not closed it (e.g. by restarting)
     /// and has sent nothing unasked. Costs one non-blocking read.
     pub async fn is_usable(&mut self) -> bool {
-        self.reader.idle_and_open().await
+        self.stream.idle_and_open().await
     }
 
     /// Sends `msg` with a fresh request id and returns that id.
@@ -413,8 +413,8 @@ impl BackendConn {
         let failed = |e: std::io::Error| unavailable(format!("write to backend: {e}"));
         // The first write is separate so that its failure proves the backend did not receive the whole message.
         let first = match &documents {
-            None => self.writer.write(&head).await,
-            Some(documents) => self.writer.write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await,
+            None => self.stream.get_mut().write(&head).await,
+            Some(documents) => self.stream.get_mut().write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await,
         }
         .map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
         if first == 0 {
@@ -423,20 +423,21 @@ impl BackendConn {
         let mut rest = head.freeze().chain(documents.unwrap_or_default());
         rest.advance(first.min(rest.remaining()));
         if rest.has_remaining() {
-            self.writer
+            self.stream
+                .get_mut()
                 .write_all_buf(&mut rest)
                 .await
                 .map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
         }
         // A TLS stream counts bytes as written once they are encrypted; what its socket could not take yet
         // goes out only when the stream is flushed (for plain TCP this does nothing).
-        self.writer.flush().await.map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
+        self.stream.get_mut().flush().await.map_err(|e| SendFailure { error: failed(e), nothing_sent: false })?;
         Ok(request_id)
     }
 
     /// Reads one reply, which must answer `response_to`.
     pub async fn read_reply(&mut self, response_to: i32) -> Result<(MsgHeader, OpMsg), ProxyError> {
-        let frame = match self.reader.next_frame().await {
+        let frame = match self.stream.next_frame().await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Err(unavailable("backend closed the connection".into())),
             Err(e) => return Err(unavailable(format!("read from backend: {e}"))),

@@ -18,7 +18,7 @@ use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
 use tenantwall_protocol::{
     decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -148,8 +148,9 @@ enum Flow {
 pub struct ClientConnection {
     id: u64,
     shared: Arc<Shared>,
-    reader: FrameReader<ReadHalf<BoxStream>>,
-    writer: WriteHalf<BoxStream>,
+    /// The client's stream: frames are read through it and replies written to it (`get_mut`). Reads and
+    /// writes take turns within this one task, so the stream needs no split (and no split's lock).
+    stream: FrameReader<BoxStream>,
     /// Tenant named by the listener, SNI or certificate; SCRAM must agree with it.
     claimed: Option<String>,
     /// The tenant, once identified (by claim or SCRAM).
@@ -157,6 +158,9 @@ pub struct ClientConnection {
     /// The generation whose policy `tenant` was last read from: a command in the same generation finds the
     /// same tenant there, so it is looked up again only after a reload.
     tenant_read_in: Option<u64>,
+    /// The policy generation this connection last read, brought up to date ([`Shared::refresh`]) where a command
+    /// needs the current one.
+    generation: Arc<Generation>,
     sasl: SaslState,
     authenticated_user: Option<String>,
     next_reply_id: i32,
@@ -175,6 +179,8 @@ pub struct ClientConnection {
     observed: observe::Observed,
     /// The timer for backend deadlines, kept from one forwarded command to the next (made at the first).
     backend_timer: Option<BackendTimer>,
+    /// The tenant's gate, kept from its first forwarded command on.
+    gate: Option<crate::gate::TenantEntry>,
 }
 
 impl ClientConnection {
@@ -188,9 +194,8 @@ impl ClientConnection {
     ) -> Self {
         let generation = shared.current();
         let limits = &generation.policy.limits;
-        let (read, write) = tokio::io::split(stream);
         let tenant = claimed.as_deref().and_then(|t| generation.policy.tenant(t)).cloned();
-        let reader = FrameReader::new(read, limits.message_limit(tenant.is_some()), Some(limits.frame_timeout()))
+        let stream = FrameReader::new(stream, limits.message_limit(tenant.is_some()), Some(limits.frame_timeout()))
             .with_budget(shared.budget.clone());
         if let Some(t) = &tenant {
             tracing::Span::current().record("tenant", t.id.as_str());
@@ -200,11 +205,11 @@ impl ClientConnection {
         Self {
             id,
             shared,
-            reader,
-            writer: write,
+            stream,
             claimed,
             tenant_read_in: tenant.as_ref().map(|_| generation.number),
             tenant,
+            generation: generation.clone(),
             sasl: SaslState::default(),
             authenticated_user: None,
             next_reply_id: 1,
@@ -216,6 +221,7 @@ impl ClientConnection {
             usage,
             observed: observe::Observed::default(),
             backend_timer: None,
+            gate: None,
         }
     }
 
@@ -251,10 +257,10 @@ impl ClientConnection {
         loop {
             {
                 // Limits follow reloads, and the pre-authentication cap lifts once the tenant is known.
-                let generation = self.shared.current();
-                let limits = &generation.policy.limits;
-                self.reader.set_max_len(limits.message_limit(self.tenant.is_some()));
-                self.reader.set_frame_timeout(Some(limits.frame_timeout()));
+                self.shared.refresh(&mut self.generation);
+                let limits = &self.generation.policy.limits;
+                self.stream.set_max_len(limits.message_limit(self.tenant.is_some()));
+                self.stream.set_frame_timeout(Some(limits.frame_timeout()));
             }
             // Polled in this order, the reader last: a client that always has a frame queued must not keep
             // the authentication deadline or the server's events from being seen (that would let a client that
@@ -277,7 +283,7 @@ impl ClientConnection {
                             // Idle: close now. A message already arriving is read, answered, and then the
                             // connection ends.
                             draining = true;
-                            if !self.reader.in_message() {
+                            if !self.stream.in_message() {
                                 debug!("server draining; closing idle connection");
                                 break;
                             }
@@ -286,7 +292,7 @@ impl ClientConnection {
                     control.set(next_control(generations, drain, draining));
                     continue;
                 }
-                next = self.reader.next_frame() => next,
+                next = self.stream.next_frame() => next,
             };
             let frame = match next {
                 Ok(Some(frame)) => frame,
@@ -326,7 +332,7 @@ impl ClientConnection {
         if !self.write_failed {
             // A TLS close_notify is a write too: bounded like every other.
             let limit = self.shared.current().policy.limits.client_write_timeout();
-            let _ = tokio::time::timeout(limit, self.writer.shutdown()).await;
+            let _ = tokio::time::timeout(limit, self.stream.get_mut().shutdown()).await;
         }
         debug!("connection closed");
     }
@@ -357,7 +363,9 @@ impl ClientConnection {
         let Ok(raw_header) = MsgHeader::read(&frame) else { return Ok(Flow::Close) };
         let started = Instant::now();
         self.usage.bytes_received.inc_by(frame.len() as u64);
-        let limits = &self.shared.current().policy.limits;
+        self.shared.refresh(&mut self.generation);
+        let mut generation = self.generation.clone();
+        let limits = &generation.policy.limits;
         let limit = limits.message_limit(self.tenant.is_some());
         // The inflated message is paid for out of the buffer budget before it exists, like a received frame.
         let mut work = frame.len();
@@ -402,7 +410,11 @@ impl ClientConnection {
         if let Some(compressor) = decoded.compressor {
             self.shared.stats.count_compressed(compressor);
         }
-        let generation = self.shared.current();
+        // Decoding a heavy message waits: what it is decided with is read again.
+        self.shared.refresh(&mut self.generation);
+        if self.generation.number != generation.number {
+            generation = self.generation.clone();
+        }
         if !self.refresh_tenant(&generation) {
             return Ok(Flow::Close);
         }
@@ -471,7 +483,7 @@ impl ClientConnection {
         // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
         // with the policy the move switched to.
         let cap_wait = generation.policy.limits.pool_wait_timeout();
-        let in_flight = match pass_gate(&self.shared, self.tenant.clone(), command, cap_wait).await {
+        let in_flight = match pass_gate(&self.shared, &mut self.gate, self.tenant.as_deref(), command, cap_wait).await {
             Ok(in_flight) => in_flight,
             Err(refusal) => {
                 if respond {
@@ -480,14 +492,22 @@ impl ClientConnection {
                 return Ok(Flow::Continue);
             }
         };
-        // Whatever held it up (a hold, the in-flight cap), the command is decided with the policy in force now.
-        let fresh = in_flight.as_ref().map(|_| self.shared.current());
+        // Whatever held it up (a hold, the in-flight cap), the command is decided with the policy in force now:
+        // even one that did not wait, as a whole move (hold, drain, switch, release) may have happened since the
+        // generation was read. `fresh` is the newer generation when there is one.
+        let fresh = match in_flight {
+            Some(_) => {
+                self.shared.refresh(&mut self.generation);
+                (self.generation.number != generation.number).then(|| self.generation.clone())
+            }
+            None => None,
+        };
         if fresh.as_ref().is_some_and(|fresh| !self.refresh_tenant(fresh)) {
             return Ok(Flow::Close);
         }
         // A transaction statement held across a switch of the tenant's placement must not go on there.
         let waited = in_flight.as_ref().is_some_and(|guard| guard.waited);
-        if waited && fresh.as_ref().is_some_and(|fresh| fresh.number != generation.number) {
+        if waited && fresh.is_some() {
             if let Some(refusal) = crate::gate::interrupted_transaction(msg.body()) {
                 if respond {
                     self.write_doc(refusal, header.request_id, compressor).await?;
@@ -957,7 +977,7 @@ impl ClientConnection {
         if self.write_failed {
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "an earlier write failed"));
         }
-        let writer = &mut self.writer;
+        let writer = self.stream.get_mut();
         // Flushed too: a TLS stream counts bytes as written once they are encrypted, and sends what its socket
         // could not take yet only when flushed (for plain TCP the flush does nothing).
         let mut write = std::pin::pin!(async move {
@@ -998,7 +1018,8 @@ impl ClientConnection {
 /// never wait.
 async fn pass_gate(
     shared: &Shared,
-    tenant: Option<Arc<Tenant>>,
+    kept: &mut Option<crate::gate::TenantEntry>,
+    tenant: Option<&Tenant>,
     command: Command,
     cap_wait: Duration,
 ) -> Result<Option<crate::gate::InFlight>, RawDocumentBuf> {
@@ -1012,5 +1033,9 @@ async fn pass_gate(
     }
     // A tenant at its cap waits as long as a command may wait for a pooled connection (`cap_wait`): the cap is
     // the tenant's share of the pools, so that is what it stands for.
-    shared.gate.enter(&tenant.id, Some(tenant.max_in_flight), cap_wait).await.map(Some)
+    let entry = match kept {
+        Some(entry) if entry.is_for(&tenant.id) => entry,
+        _ => kept.insert(shared.gate.entry(&tenant.id)),
+    };
+    entry.enter(Some(tenant.max_in_flight), cap_wait).await.map(Some)
 }

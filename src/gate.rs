@@ -190,71 +190,25 @@ pub struct Gate {
     next_hold: AtomicU64,
 }
 
-/// A command of a tenant in flight; dropping it lets the gate know the command is done.
-pub struct InFlight {
+/// One tenant's gate, as a connection keeps it from one command to the next: entering through it skips the lookup
+/// in the server's map of gates (its lock and a hash of the tenant id). A tenant's gate is never replaced or
+/// removed from that map, so a kept one is the one every other connection of the tenant enters.
+pub struct TenantEntry {
+    tenant: String,
     gate: Arc<TenantGate>,
-    /// Whether the command waited at a hold on its way in (it must then be decided with the current policy).
-    pub waited: bool,
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut state = self.gate.lock();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        // The freed slot goes to the first queued command, if any.
-        state.admit_queued();
-        let held = state.hold.is_some();
-        drop(state);
-        if held {
-            self.gate.left.notify_waiters();
-        }
-    }
-}
-
-/// A hold in force, as [`Gate::hold`] grants it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hold {
-    pub id: u64,
-    /// Time the hold waited for commands already in flight.
-    pub drained_in: Duration,
-    /// The hold ends by itself this long after it was granted.
-    pub max: Duration,
-}
-
-/// Why a hold was not granted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HoldError {
-    #[error("{in_flight} command(s) of the tenant were still in flight when the hold's bound was reached")]
-    NotDrained { in_flight: usize },
-    #[error("the hold was released or replaced before the tenant's commands in flight finished")]
-    Ended,
-}
-
-impl Gate {
-    fn tenant(&self, tenant: &str) -> Arc<TenantGate> {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        // Every forwarded command passes here: no allocation once the tenant has its gate.
-        if let Some(gate) = tenants.get(tenant) {
-            return gate.clone();
-        }
-        tenants.entry(tenant.to_owned()).or_default().clone()
+impl TenantEntry {
+    /// Whether this is `tenant`'s gate.
+    pub fn is_for(&self, tenant: &str) -> bool {
+        self.tenant == tenant
     }
 
-    /// The tenant's gate if it has one: queries never add entries (an admin request names any id).
-    fn existing(&self, tenant: &str) -> Option<Arc<TenantGate>> {
-        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned()
-    }
-
-    /// Lets a command of `tenant` in: at once unless the tenant is held or at its cap. A held tenant's command
-    /// waits until the hold ends (released, or at its deadline). A command beyond `cap` waits up to `cap_wait` for
-    /// one of the tenant's commands to finish, and is otherwise refused with the returned reply.
-    pub async fn enter(
-        &self,
-        tenant: &str,
-        cap: Option<usize>,
-        cap_wait: Duration,
-    ) -> Result<InFlight, RawDocumentBuf> {
-        let gate = self.tenant(tenant);
+    /// Lets a command of this entry's tenant in: at once unless the tenant is held or at its cap. A held tenant's
+    /// command waits until the hold ends (released, or at its deadline). A command beyond `cap` waits up to
+    /// `cap_wait` for one of the tenant's commands to finish, and is otherwise refused with the returned reply.
+    pub async fn enter(&self, cap: Option<usize>, cap_wait: Duration) -> Result<InFlight, RawDocumentBuf> {
+        let (gate, tenant) = (&self.gate, self.tenant.as_str());
         let (holds_before, mut waited, told) = {
             let mut state = gate.lock();
             state.cap = cap;
@@ -265,7 +219,7 @@ impl Gate {
             if state.has_room() {
                 state.in_flight += 1;
                 drop(state);
-                return Ok(InFlight { gate, waited: false });
+                return Ok(InFlight { gate: gate.clone(), waited: false });
             }
             let (queued, told) = oneshot::channel();
             state.queue.push_back(queued);
@@ -328,6 +282,78 @@ impl Gate {
                 Ok(None) | Err(_) => {}
             }
         }
+    }
+}
+
+/// A command of a tenant in flight; dropping it lets the gate know the command is done.
+pub struct InFlight {
+    gate: Arc<TenantGate>,
+    /// Whether the command waited at a hold on its way in (it must then be decided with the current policy).
+    pub waited: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.gate.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        // The freed slot goes to the first queued command, if any.
+        state.admit_queued();
+        let held = state.hold.is_some();
+        drop(state);
+        if held {
+            self.gate.left.notify_waiters();
+        }
+    }
+}
+
+/// A hold in force, as [`Gate::hold`] grants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub id: u64,
+    /// Time the hold waited for commands already in flight.
+    pub drained_in: Duration,
+    /// The hold ends by itself this long after it was granted.
+    pub max: Duration,
+}
+
+/// Why a hold was not granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    #[error("{in_flight} command(s) of the tenant were still in flight when the hold's bound was reached")]
+    NotDrained { in_flight: usize },
+    #[error("the hold was released or replaced before the tenant's commands in flight finished")]
+    Ended,
+}
+
+impl Gate {
+    fn tenant(&self, tenant: &str) -> Arc<TenantGate> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        // Every forwarded command passes here: no allocation once the tenant has its gate.
+        if let Some(gate) = tenants.get(tenant) {
+            return gate.clone();
+        }
+        tenants.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// The tenant's gate if it has one: queries never add entries (an admin request names any id).
+    fn existing(&self, tenant: &str) -> Option<Arc<TenantGate>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned()
+    }
+
+    /// [`TenantEntry::enter`] through the map, as a connection's first command does.
+    #[cfg(test)]
+    pub async fn enter(
+        &self,
+        tenant: &str,
+        cap: Option<usize>,
+        cap_wait: Duration,
+    ) -> Result<InFlight, RawDocumentBuf> {
+        self.entry(tenant).enter(cap, cap_wait).await
+    }
+
+    /// `tenant`'s gate, to keep ([`TenantEntry`]).
+    pub fn entry(&self, tenant: &str) -> TenantEntry {
+        TenantEntry { tenant: tenant.to_owned(), gate: self.tenant(tenant) }
     }
 
     /// Holds `tenant`: its new commands wait at the gate from now on, for at most `max` (capped at

@@ -79,6 +79,10 @@ impl Generation {
 /// State shared by all connections of a server.
 pub(crate) struct Shared {
     current: RwLock<Arc<Generation>>,
+    /// The number of the generation in `current`, stored after it is swapped in: a connection holding a
+    /// generation finds out whether it is still current with one load, without the lock and the `Arc` count
+    /// that every worker's connections would otherwise touch for each command ([`Shared::refresh`]).
+    number: AtomicU64,
     pub stats: Arc<Stats>,
     /// Which tenant owns each open cursor.
     pub cursors: Cursors,
@@ -111,6 +115,17 @@ impl Shared {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Replaces `held` with the generation in force when a newer one has been swapped in.
+    ///
+    /// What `held` then holds is as current as [`Shared::current`] would have been: the number is stored (under
+    /// the swap's lock) before anything that follows a swap, such as a mover releasing its hold, can happen, so
+    /// whoever learns of that event through a lock or a channel also sees the new number here.
+    pub fn refresh(&self, held: &mut Arc<Generation>) {
+        if self.number.load(Ordering::Acquire) != held.number {
+            *held = self.current();
+        }
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generations.subscribe()
     }
@@ -125,6 +140,7 @@ impl Shared {
         let next = Generation::new(slot.number + 1, policy, Some(&slot), &self.metrics);
         let number = next.number;
         *slot = Arc::new(next);
+        self.number.store(number, Ordering::Release);
         drop(slot);
         self.generations.send_replace(number);
     }
@@ -264,6 +280,7 @@ impl Server {
         let admission = Admission::new(limits);
         let cursors = Cursors::new(limits.max_cursors, limits.max_cursors_per_tenant);
         let shared = Arc::new(Shared {
+            number: AtomicU64::new(generation.number),
             current: RwLock::new(Arc::new(generation)),
             stats: Arc::new(Stats::default()),
             cursors,
