@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
 use tenantwall_protocol::{
     decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
@@ -959,29 +959,38 @@ impl ClientConnection {
         compressor: Option<Compressor>,
     ) -> std::io::Result<i32> {
         let id = self.reply_id();
+        // A reply that is only a body (nearly all) is written from where the body is held, after its head, in one
+        // vectored write: no frame is built, so nothing is allocated and a large batch is not copied.
+        if compressor.is_none() && self.stream.get_ref().is_write_vectored() {
+            if let Some(head) = msg.head_before_body(id, response_to) {
+                self.write_frame(head.as_slice().chain(msg.body_bytes().as_ref())).await?;
+                return Ok(id);
+            }
+        }
         let frame = msg.encode(id, response_to).map_err(std::io::Error::other)?;
         match compressor {
             Some(c) => {
                 let wrapped = compress_frame(&frame, c).map_err(std::io::Error::other)?;
                 drop(frame);
-                self.write_frame(&wrapped).await?;
+                self.write_frame(&wrapped[..]).await?;
             }
-            None => self.write_frame(&frame).await?,
+            None => self.write_frame(&frame[..]).await?,
         }
         Ok(id)
     }
 
     /// Writes one whole frame within `limits.client_write_timeout_secs`. A client that does not read its replies
     /// in time, or whose connection failed, gets nothing more: the connection is closing.
-    async fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+    async fn write_frame(&mut self, mut frame: impl Buf + Send) -> std::io::Result<()> {
         if self.write_failed {
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "an earlier write failed"));
         }
+        let len = frame.remaining();
         let writer = self.stream.get_mut();
         // Flushed too: a TLS stream counts bytes as written once they are encrypted, and sends what its socket
         // could not take yet only when flushed (for plain TCP the flush does nothing).
         let mut write = std::pin::pin!(async move {
-            writer.write_all(frame).await?;
+            writer.write_all_buf(&mut frame).await?;
             writer.flush().await
         });
         // A reply nearly always fits the socket's buffer at once: only a write that has to wait reads the clock
@@ -1001,7 +1010,7 @@ impl ClientConnection {
         };
         self.write_failed = outcome.is_err();
         if outcome.is_ok() {
-            self.usage.bytes_sent.inc_by(frame.len() as u64);
+            self.usage.bytes_sent.inc_by(len as u64);
         }
         outcome
     }
@@ -1009,7 +1018,7 @@ impl ClientConnection {
     async fn write_reply(&mut self, response_to: i32, reply: OpReply) -> std::io::Result<()> {
         let id = self.reply_id();
         let frame = reply.encode(id, response_to).map_err(std::io::Error::other)?;
-        self.write_frame(&frame).await
+        self.write_frame(&frame[..]).await
     }
 }
 

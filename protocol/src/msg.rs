@@ -484,6 +484,23 @@ impl OpMsg {
         Ok(out)
     }
 
+    /// The frame's bytes before its body, when the body is all that follows them (no sequences, no checksum):
+    /// the header, the flags and the body's section kind, so that the body can be written after them from
+    /// where it is held instead of being copied into a frame. `None` otherwise, or when the frame would not fit
+    /// its length field (where [`OpMsg::encode`] says why).
+    pub fn head_before_body(&self, request_id: i32, response_to: i32) -> Option<[u8; HEADER_LEN + 5]> {
+        if !self.sequences.is_empty() || self.flags.checksum_present() {
+            return None;
+        }
+        let message_length = i32::try_from(HEADER_LEN + 5 + self.body.len()).ok()?;
+        let mut head = [0u8; HEADER_LEN + 5];
+        let mut out = &mut head[..];
+        MsgHeader { message_length, request_id, response_to, op_code: OpCode::MSG }.write(&mut out);
+        out.put_u32_le(self.flags.0);
+        out.put_u8(0);
+        Some(head)
+    }
+
     /// [`OpMsg::encode`] as two parts, when the last sequence's documents are large: the frame is the head and
     /// then those documents' bytes as they are held (shared, not copied), for one vectored write. An insert's
     /// documents are then copied once on their way through (when stamped), not twice. Otherwise (small
@@ -838,6 +855,30 @@ mod tests {
         let empty = Sequence::from_concatenated("documents", Bytes::new(), Vec::new()).unwrap();
         assert!(empty.is_empty());
         assert_eq!(empty.document_bytes().count(), 0);
+    }
+
+    #[test]
+    fn a_head_and_its_body_are_the_frame() {
+        let body = rawdoc! { "cursor": { "firstBatch": [{ "k": 1 }], "id": 0_i64, "ns": "d.c" }, "ok": 1.0 };
+        for flags in [MsgFlags::default(), MsgFlags(MsgFlags::MORE_TO_COME | MsgFlags::EXHAUST_ALLOWED)] {
+            let msg = OpMsg::new(flags, body.clone());
+            let head = msg.head_before_body(7, 3).unwrap();
+            let mut joined = head.to_vec();
+            joined.extend_from_slice(msg.body_bytes());
+            assert_eq!(joined, msg.encode(7, 3).unwrap().to_vec());
+            // And it parses back to the same message.
+            let (header, bytes) = (MsgHeader::read(&joined).unwrap(), Bytes::from(joined));
+            let parsed = OpMsg::parse(&header, &bytes).unwrap();
+            assert_eq!((parsed.flags, parsed.body()), (flags, msg.body()));
+        }
+        // Anything after the body (a sequence, a checksum) is the whole frame's to write.
+        let with_sequence = OpMsg::with_sequences(
+            MsgFlags::default(),
+            rawdoc! { "insert": "c", "$db": "d" },
+            vec![Sequence::new("documents", vec![rawdoc! { "k": 1 }])],
+        );
+        assert!(with_sequence.head_before_body(7, 3).is_none());
+        assert!(OpMsg::new(MsgFlags(MsgFlags::CHECKSUM_PRESENT), body).head_before_body(7, 3).is_none());
     }
 
     #[test]
