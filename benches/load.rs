@@ -330,6 +330,29 @@
 //!   `memcpy` calls and 450 instructions per command; boxing or shrinking them is the next step there.
 //!   `-- many` on the one-unit build (17:20): 64 backend connections, RSS 128 MiB idle and 134 MiB at peak, 9,082
 //!   commands/s at one find per client per second (p50 0.55 ms), 26,653 closed loop.
+//! - **Ninth round (2026-11-28, 21:10–22:00): what every command paid around its decision.** Connection task,
+//!   callgrind, 1 client, each step on top of the last:
+//!
+//!   | step | instructions per command |
+//!   |---|---|
+//!   | start of the round (f462f6d) | 17,022 |
+//!   | each stream (the client's, each backend's) owned by one reader that writes through it too, not split with `tokio::io::split`, whose halves lock a mutex on every read and write: a connection's reads and writes take turns in one task | 16,715 (−1.8%) |
+//!   | the policy generation kept per connection and checked with one atomic load (`Shared::refresh`) where each command read it up to four times through the lock (a read lock and an `Arc` count each, on lines every worker shares); the tenant's gate kept per connection, not looked up in the server's map (its lock, a hash of the id) per command | 16,465 (−1.5%) |
+//!   | a reply that is only a body (nearly every reply) written after its 21-byte head from where the body is held, one vectored write, instead of encoded into a new frame (one allocation and one copy of the reply fewer per command, the whole batch's copy fewer for a large one) | 16,339 (−0.8%) |
+//!
+//!   −4.0% in all. Paired quick runs, base the round's start (21:44 and 21:53, 7 and 9 rounds of 1.5 s, the
+//!   machine in its slow mode: HAProxy at 109 and 119 µs at 1 client): 1.23× / 1.38× / 1.08× with 54.2 / 18.7
+//!   µs of CPU per command at the start against 1.38× / 1.71× / 1.15× with 51.3 / 17.8 µs at the end; then
+//!   1.36× / 1.68× / 0.89× with 49.9 / 18.0 µs against 1.35× / 1.66× / 0.86× with 52.2 / 18.7 µs. The two builds
+//!   trade places from run to run: within the machine's noise, as each round's few percent of instructions has
+//!   been. The second run is also the first in which both builds stayed below 0.95× HAProxy's throughput at 64
+//!   clients (HAProxy at 35,053 commands/s there, against 28,943 in the first). What remains is spread thin: no
+//!   function of the connection's own takes more than 5% of its instructions. The largest single item is
+//!   `memcpy`, about 750 instructions per command, which moves about 9 KiB: each awaited future is built and then
+//!   copied into its caller's state (sizes from `-Zprint-type-sizes`, release build: `handle_frame` 3,632 bytes,
+//!   `handle_msg` 2,976, `relay` 1,824, the checkout 912). Boxing one of them moves the copy rather than
+//!   removing it (the fourth round measured it); flattening them into one function would remove the copies at the
+//!   price of the connection's structure. Left as it is.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the

@@ -414,7 +414,9 @@ impl BackendConn {
         // The first write is separate so that its failure proves the backend did not receive the whole message.
         let first = match &documents {
             None => self.stream.get_mut().write(&head).await,
-            Some(documents) => self.stream.get_mut().write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await,
+            Some(documents) => {
+                self.stream.get_mut().write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await
+            }
         }
         .map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
         if first == 0 {
