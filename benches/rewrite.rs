@@ -275,6 +275,12 @@
 //! rendered a name per tenant for each such rule: N tenants moved to field mode under a general database-mode
 //! rule, N = 4,000: 3.73 s → 0.07 s; 10,000: → 0.19 s.
 //!
+//! The same code measured again on a quiet machine (2026-11-28 22:15, load average under 1.5, three criterion
+//! runs of `rewrite_find_5_clauses/raw`): 584, 628 and 592 ns, the machine in its fast mode, where the evening's
+//! runs in the slow mode gave 701–849 ns; `rewrite_insert_1000/raw` 37.6 µs, 2.25 GiB/s of document bytes. The
+//! find is then about 1.2 times the 500 ns goal: about 1,000 of its 7,038 instructions (callgrind, as above) would
+//! have to go, where no step outside the validation walk (1,968) and the decision (3,137) is above 350.
+//!
 //! Hostile shapes (the first rounds' run; af8cfc4's in brackets):
 //!
 //! | case                                                        | time     |
