@@ -337,7 +337,7 @@
 //!   |---|---|
 //!   | start of the round (f462f6d) | 17,022 |
 //!   | each stream (the client's, each backend's) owned by one reader that writes through it too, not split with `tokio::io::split`, whose halves lock a mutex on every read and write: a connection's reads and writes take turns in one task | 16,715 (−1.8%) |
-//!   | the policy generation kept per connection and checked with one atomic load (`Shared::refresh`) where each command read it up to four times through the lock (a read lock and an `Arc` count each, on lines every worker shares); the tenant's gate kept per connection, not looked up in the server's map (its lock, a hash of the id) per command | 16,465 (−1.5%) |
+//!   | the policy generation kept per connection and checked with one atomic load (`Shared::refresh`) where each command read it up to four times through the lock (a read lock and an `Arc` count each, on lines every worker shares; one count per command remains, for the command's own copy); the tenant's gate kept per connection, not looked up in the server's map (its lock, a hash of the id) per command | 16,465 (−1.5%) |
 //!   | a reply that is only a body (nearly every reply) written after its 21-byte head from where the body is held, one vectored write, instead of encoded into a new frame (one allocation and one copy of the reply fewer per command, the whole batch's copy fewer for a large one) | 16,339 (−0.8%) |
 //!
 //!   −4.0% in all. Paired quick runs, base the round's start (21:44 and 21:53, 7 and 9 rounds of 1.5 s, the

@@ -960,7 +960,8 @@ impl ClientConnection {
     ) -> std::io::Result<i32> {
         let id = self.reply_id();
         // A reply that is only a body (nearly all) is written from where the body is held, after its head, in one
-        // vectored write: no frame is built, so nothing is allocated and a large batch is not copied.
+        // vectored write: no frame is built. Over plain TCP nothing is then allocated and a large batch is not
+        // copied; a TLS stream copies both into its records, as it copied the frame.
         if compressor.is_none() && self.stream.get_ref().is_write_vectored() {
             if let Some(head) = msg.head_before_body(id, response_to) {
                 self.write_frame(head.as_slice().chain(msg.body_bytes().as_ref())).await?;

@@ -80,8 +80,8 @@ impl Generation {
 pub(crate) struct Shared {
     current: RwLock<Arc<Generation>>,
     /// The number of the generation in `current`, stored after it is swapped in: a connection holding a
-    /// generation finds out whether it is still current with one load, without the lock and the `Arc` count
-    /// that every worker's connections would otherwise touch for each command ([`Shared::refresh`]).
+    /// generation finds out whether it is still current with one load, without taking the lock that every
+    /// worker's connections would otherwise take, and count the `Arc` for, at each read ([`Shared::refresh`]).
     number: AtomicU64,
     pub stats: Arc<Stats>,
     /// Which tenant owns each open cursor.
@@ -117,9 +117,11 @@ impl Shared {
 
     /// Replaces `held` with the generation in force when a newer one has been swapped in.
     ///
-    /// What `held` then holds is as current as [`Shared::current`] would have been: the number is stored (under
-    /// the swap's lock) before anything that follows a swap, such as a mover releasing its hold, can happen, so
-    /// whoever learns of that event through a lock or a channel also sees the new number here.
+    /// What `held` then holds is as current as anything the caller has synchronised with: the number is stored
+    /// (under the swap's lock) before anything that follows a swap, such as a mover releasing its hold, can
+    /// happen, so whoever learns of that event through a lock or a channel (the gate's, for a command let in
+    /// after a move) also sees the new number here. A load racing a swap nobody has told the caller of may see
+    /// either number, as a read of the lock just before or just after the swap would.
     pub fn refresh(&self, held: &mut Arc<Generation>) {
         if self.number.load(Ordering::Acquire) != held.number {
             *held = self.current();
@@ -637,5 +639,110 @@ mod tests {
         assert_eq!(header.response_to, 1);
         drop(theirs);
         served.await.unwrap();
+    }
+
+    /// A stream that takes vectored writes, a few bytes at a time: a reply's head and body (written as two
+    /// slices, `ClientConnection::write_msg`) arrive in pieces that split the head itself.
+    struct Trickle {
+        inner: tokio::io::DuplexStream,
+        vectored_writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let few = buf.len().min(3);
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..few])
+        }
+
+        fn poll_write_vectored(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.vectored_writes.fetch_add(1, Ordering::Relaxed);
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            self.poll_write(cx, first)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_written_in_pieces_arrive_whole_and_are_counted_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let policy = crate::Policy::from_toml(POLICY, std::path::Path::new("trickle.toml")).unwrap();
+        let server = Server::bind(policy, None).await.unwrap();
+        let shared = server.shared.clone();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let admitted = shared.admission.admit(ip, &shared.current().policy.limits, true).unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let vectored_writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stream = Box::new(Trickle { inner: ours, vectored_writes: vectored_writes.clone() });
+        let connection = ClientConnection::new(1, shared.clone(), stream, Some("acme".into()), ip, admitted);
+        let served = tokio::spawn(connection.serve());
+        let requests = [
+            bson::rawdoc! { "hello": 1, "$db": "admin" },
+            bson::rawdoc! { "ping": 1, "$db": "admin" },
+            bson::rawdoc! { "buildInfo": 1, "$db": "admin" },
+        ];
+        let mut received = 0;
+        for (id, body) in (1..).zip(requests) {
+            let request = tenantwall_protocol::OpMsg::new(tenantwall_protocol::MsgFlags::default(), body);
+            theirs.write_all(&request.encode(id, 0).unwrap()).await.unwrap();
+            let mut frame = vec![0u8; 16];
+            let read = theirs.read_exact(&mut frame);
+            tokio::time::timeout(Duration::from_secs(5), read).await.expect("no reply").unwrap();
+            let header = tenantwall_protocol::MsgHeader::read(&frame).unwrap();
+            frame.resize(usize::try_from(header.message_length).unwrap(), 0);
+            theirs.read_exact(&mut frame[16..]).await.unwrap();
+            received += frame.len();
+            // The frame as a whole: its length, its answer, and a body that parses and says ok.
+            let decoded = tenantwall_protocol::decode(bytes::Bytes::from(frame)).unwrap();
+            assert_eq!(decoded.header.response_to, id);
+            let tenantwall_protocol::Message::Msg(reply) = decoded.message else { panic!("not an OP_MSG") };
+            assert_eq!(reply.body().get_f64("ok").ok().or(reply.body().get_i32("ok").ok().map(f64::from)), Some(1.0));
+            assert!(reply.sequences().is_empty());
+        }
+        // Each reply went out as head and body through vectored writes, three bytes at a time.
+        assert!(vectored_writes.load(Ordering::Relaxed) > received / 3);
+        drop(theirs);
+        served.await.unwrap();
+        let metrics = shared.metrics.encode();
+        let sent = metrics
+            .lines()
+            .find(|l| l.starts_with("tenantwall_bytes_sent_total{") && l.contains("\"acme\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        assert_eq!(sent, Some(received), "{metrics}");
     }
 }
