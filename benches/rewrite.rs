@@ -410,17 +410,25 @@ fn document_bytes(frame: &Bytes) -> u64 {
     msg.sequences().iter().flat_map(|s| s.document_bytes()).map(|d| d.len() as u64).sum()
 }
 
-/// tenantwall's path: parse, decide and rewrite for the tenant, encode what is forwarded (as the backend
-/// connection does, `OpMsg::encode_parts`: a large insert's stamped documents are written after the encoded head
-/// where they are, not copied into it). The tenant is found once, outside the measured path, as a connection
-/// finds it once (when it authenticates) and keeps it.
+/// tenantwall's path: parse, decide and rewrite for the tenant, encode what is forwarded as the backend
+/// connection does (`BackendConn::send`): a message that is only a body gets its 21-byte head
+/// (`OpMsg::head_before_body`) and the body is written after it where it is; otherwise `OpMsg::encode_parts`, and
+/// a large insert's stamped documents are written after the encoded head where they are, not copied into it.
+/// The tenant is found once, outside the measured path, as a connection finds it once (when it authenticates)
+/// and keeps it.
 fn raw_path(policy: &Policy, tenant: &tenantwall::Tenant, frame: &Bytes) -> usize {
     let Message::Msg(msg) = decode(frame.clone()).unwrap().message else { unreachable!() };
     let command = Command::of(&msg);
     match prepare_forward(&msg, command, Some(tenant), policy) {
         Decision::Forward(plan) => {
-            let (head, documents) = plan.forward.unwrap_or(msg).encode_parts(2, 0).unwrap();
-            head.len() + documents.map_or(0, |d| d.len())
+            let forward = plan.forward.unwrap_or(msg);
+            match forward.head_before_body(2, 0) {
+                Some(head) => head.len() + forward.body_bytes().len(),
+                None => {
+                    let (head, documents) = forward.encode_parts(2, 0).unwrap();
+                    head.len() + documents.map_or(0, |d| d.len())
+                }
+            }
         }
         other => panic!("{other:?}"),
     }

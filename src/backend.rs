@@ -407,22 +407,32 @@ impl BackendConn {
     pub async fn send(&mut self, msg: &OpMsg) -> Result<i32, SendFailure> {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        // A large insert's documents stay where they are and go out after the head in the same writes.
-        let (head, documents) =
-            msg.encode_parts(request_id, 0).map_err(|e| SendFailure { error: e.into(), nothing_sent: true })?;
+        // What is sent stays where it is held and goes out after a head in the same writes: a body that is all
+        // of the message (nearly every command), or a large insert's documents. Only other messages are
+        // encoded whole.
+        let (inline, built);
+        let (head, tail): (&[u8], &[u8]) = match msg.head_before_body(request_id, 0) {
+            Some(head) => {
+                inline = head;
+                (&inline, msg.body_bytes())
+            }
+            None => {
+                built =
+                    msg.encode_parts(request_id, 0).map_err(|e| SendFailure { error: e.into(), nothing_sent: true })?;
+                (&built.0, built.1.as_deref().unwrap_or_default())
+            }
+        };
         let failed = |e: std::io::Error| unavailable(format!("write to backend: {e}"));
         // The first write is separate so that its failure proves the backend did not receive the whole message.
-        let first = match &documents {
-            None => self.stream.get_mut().write(&head).await,
-            Some(documents) => {
-                self.stream.get_mut().write_vectored(&[IoSlice::new(&head), IoSlice::new(documents)]).await
-            }
+        let first = match tail {
+            [] => self.stream.get_mut().write(head).await,
+            tail => self.stream.get_mut().write_vectored(&[IoSlice::new(head), IoSlice::new(tail)]).await,
         }
         .map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
         if first == 0 {
             return Err(SendFailure { error: unavailable("backend stopped accepting".into()), nothing_sent: true });
         }
-        let mut rest = head.freeze().chain(documents.unwrap_or_default());
+        let mut rest = head.chain(tail);
         rest.advance(first.min(rest.remaining()));
         if rest.has_remaining() {
             self.stream
@@ -527,6 +537,31 @@ mod tests {
         );
         assert!(msg.encode_parts(1, 0).unwrap().1.is_some(), "large enough to be sent in two parts");
         for capacity in [7, 300, 1 << 20] {
+            let (ours, mut theirs) = tokio::io::duplex(capacity);
+            let mut conn = BackendConn::new(Box::new(ours));
+            let expected = msg.encode(1, 0).unwrap().to_vec();
+            let reader = tokio::spawn(async move {
+                let mut got = vec![0u8; expected.len()];
+                tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got).await.unwrap();
+                assert_eq!(got, expected);
+            });
+            assert_eq!(conn.send(&msg).await.unwrap(), 1);
+            reader.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_after_its_head_arrives_whole_however_the_writes_are_cut() {
+        // A message that is only a body goes out as its head and then the body from where it is held
+        // (`OpMsg::head_before_body`); a pipe taking three bytes at a time cuts the head itself.
+        let mut ids = bson::RawArrayBuf::new();
+        for id in 0..200_i64 {
+            ids.push(id);
+        }
+        let msg =
+            OpMsg::new(MsgFlags::default(), rawdoc! { "find": "c", "filter": { "_id": { "$in": ids } }, "$db": "d" });
+        assert!(msg.head_before_body(1, 0).is_some());
+        for capacity in [3, 7, 300, 1 << 20] {
             let (ours, mut theirs) = tokio::io::duplex(capacity);
             let mut conn = BackendConn::new(Box::new(ours));
             let expected = msg.encode(1, 0).unwrap().to_vec();
