@@ -615,18 +615,23 @@ mod tests {
     const POLICY: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[backends]]\nname = \"b\"\n\
                           uri = \"mongodb://127.0.0.1:1/\"\n[[tenants]]\nid = \"acme\"\nbackend = \"b\"\n";
 
-    #[tokio::test]
-    async fn a_reply_leaves_a_stream_that_holds_written_bytes_until_flushed() {
-        // As a TLS stream does with what its socket could not take yet: the reply must be flushed out of it.
-        let policy = crate::Policy::from_toml(POLICY, std::path::Path::new("flush.toml")).unwrap();
+    /// A server for [`POLICY`] (not running) and one connection of tenant acme over `stream`, being served.
+    async fn serving(stream: BoxStream) -> (Server, tokio::task::JoinHandle<()>) {
+        let policy = crate::Policy::from_toml(POLICY, std::path::Path::new("test.toml")).unwrap();
         let server = Server::bind(policy, None).await.unwrap();
         let shared = server.shared.clone();
         let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let admitted = shared.admission.admit(ip, &shared.current().policy.limits, true).unwrap();
-        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let stream = Box::new(tokio::io::BufWriter::new(ours));
         let connection = ClientConnection::new(1, shared, stream, Some("acme".into()), ip, admitted);
         let served = tokio::spawn(connection.serve());
+        (server, served)
+    }
+
+    #[tokio::test]
+    async fn a_reply_leaves_a_stream_that_holds_written_bytes_until_flushed() {
+        // As a TLS stream does with what its socket could not take yet: the reply must be flushed out of it.
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (_server, served) = serving(Box::new(tokio::io::BufWriter::new(ours))).await;
         let hello = tenantwall_protocol::OpMsg::new(
             tenantwall_protocol::MsgFlags::default(),
             bson::rawdoc! { "hello": 1, "$db": "admin" },
@@ -700,16 +705,10 @@ mod tests {
     #[tokio::test]
     async fn replies_written_in_pieces_arrive_whole_and_are_counted_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let policy = crate::Policy::from_toml(POLICY, std::path::Path::new("trickle.toml")).unwrap();
-        let server = Server::bind(policy, None).await.unwrap();
-        let shared = server.shared.clone();
-        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let admitted = shared.admission.admit(ip, &shared.current().policy.limits, true).unwrap();
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let vectored_writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let stream = Box::new(Trickle { inner: ours, vectored_writes: vectored_writes.clone() });
-        let connection = ClientConnection::new(1, shared.clone(), stream, Some("acme".into()), ip, admitted);
-        let served = tokio::spawn(connection.serve());
+        let (server, served) =
+            serving(Box::new(Trickle { inner: ours, vectored_writes: vectored_writes.clone() })).await;
         let requests = [
             bson::rawdoc! { "hello": 1, "$db": "admin" },
             bson::rawdoc! { "ping": 1, "$db": "admin" },
@@ -737,7 +736,7 @@ mod tests {
         assert!(vectored_writes.load(Ordering::Relaxed) > received / 3);
         drop(theirs);
         served.await.unwrap();
-        let metrics = shared.metrics.encode();
+        let metrics = server.shared.metrics.encode();
         let sent = metrics
             .lines()
             .find(|l| l.starts_with("tenantwall_bytes_sent_total{") && l.contains("\"acme\""))
