@@ -1,6 +1,7 @@
 //! The request path without sockets, for one fixed policy and tenant: decode → classify → decide (and
 //! rewrite) → virtualise sessions → encode. Whatever is forwarded must encode, decode again and carry no
-//! duplicate key at any depth.
+//! duplicate key at any depth; when it is only a body, its head and body as the backend connection sends them
+//! must be the encoded frame.
 //!
 //! An input that does not start with a whole OP_MSG or OP_COMPRESSED frame is taken as an OP_MSG's sections
 //! (the body document first, then any document sequences) and framed, so most inputs reach the engine.
@@ -97,6 +98,10 @@ fuzz_target!(|data: &[u8]| {
     let Decision::Forward(plan) = prepare_forward(&msg, command, Some(tenant), policy) else { return };
     let forwarded = plan.forward.unwrap_or(msg);
     let encoded = forwarded.encode(1, 0).expect("forwarded command encodes");
+    // What the backend connection sends for a message that is only a body: its head, then the body where it is.
+    if let Some(head) = forwarded.head_before_body(1, 0) {
+        assert_eq!([&head[..], &forwarded.body_bytes()[..]].concat(), encoded[..], "head and body are the frame");
+    }
     let again = decode(encoded.freeze()).expect("forwarded command decodes");
     assert!(matches!(again.message, Message::Msg(_)));
     assert_eq!(first_duplicate_key_deep(forwarded.body()), None, "forwarded body has a duplicate key");
