@@ -308,22 +308,23 @@ impl<'a> Fields<'a> {
     }
 
     /// [`validate::field`]: the first top-level element named `key`; `Some(None)` when none is, `None` when the
-    /// bytes could not be read.
-    #[inline]
+    /// bytes could not be read. Inlined for a key of [`KNOWN`], so that a literal key's slot is found when
+    /// compiled; any other key is searched for out of line.
+    #[inline(always)]
     pub fn field(&self, key: &[u8]) -> Option<Option<Element<'a>>> {
-        let Some(spans) = self.spans else { return validate::field_of_bytes(self.bytes, key) };
-        if let Some(slot) = known_slot(key) {
-            return match self.known.get(slot) {
-                Some(&ABSENT) => Some(None),
-                // The element's key is compared all the same (as the slot's key, which `key` is: fixed-size
-                // comparisons, not a call): an index of other bytes answers "could not read", never another
-                // element.
-                Some(at) => {
-                    self.element(spans, usize::from(at & PLACE)).filter(|e| known_slot(e.key) == Some(slot)).map(Some)
-                }
-                None => None,
-            };
+        let (Some(spans), Some(slot)) = (self.spans, known_slot(key)) else { return self.field_searched(key) };
+        match self.known.get(slot) {
+            Some(&ABSENT) => Some(None),
+            // The element's key is compared all the same (with `key`, the slot's key: a literal, compared in
+            // place): an index of other bytes answers "could not read", never another element.
+            Some(at) => self.element(spans, usize::from(at & PLACE)).filter(|e| e.key == key).map(Some),
+            None => None,
         }
+    }
+
+    /// [`Fields::field`] for a key that is not one of [`KNOWN`], or a document without an index.
+    fn field_searched(&self, key: &[u8]) -> Option<Option<Element<'a>>> {
+        let Some(spans) = self.spans else { return validate::field_of_bytes(self.bytes, key) };
         for (i, span) in spans.iter().enumerate() {
             // Compare lengths first: most keys differ in length.
             if span.key_len() == key.len() && self.key(*span)? == key {

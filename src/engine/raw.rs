@@ -17,7 +17,9 @@ fn malformed(what: impl Into<String>) -> Denial {
 /// `doc.get(key)` for documents that passed validation (or were built with `bson`), without re-reading every
 /// key as UTF-8: the keys are compared as bytes, and a document, string or number value is viewed directly.
 /// Anything else, and any bytes the scan cannot read, is left to `bson`'s own lookup. A parsed body
-/// ([`OpMsg::body_fields`]) is read through its index of top-level elements.
+/// ([`OpMsg::body_fields`]) is read through its index of top-level elements. Inlined, so that a literal `key`
+/// finds its slot in the index when compiled, not on every call.
+#[inline(always)]
 pub fn get<'a>(
     doc: impl Into<Fields<'a>>,
     key: &str,
