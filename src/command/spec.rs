@@ -12,42 +12,24 @@
 
 use super::Command;
 
-/// Defines [`GENERIC_ARGUMENTS`] and [`is_generic_argument`] from one list, so the two cannot disagree.
-macro_rules! generic_arguments {
-    ($($name:literal),* $(,)?) => {
-        /// Generic arguments a client may send with any forwarded command (generic_argument.idl, the ones
-        /// drivers send). Internal ones (`$audit`, `$client`, `shardVersion`, `$tenant`, `rawData`, ...) are
-        /// absent, so refused.
-        pub const GENERIC_ARGUMENTS: &[&str] = &[$(
-            match std::str::from_utf8($name) {
-                Ok(name) => name,
-                Err(_) => panic!("generic argument names are UTF-8"),
-            }
-        ),*];
-
-        /// Whether `key` is one of [`GENERIC_ARGUMENTS`]: a `match`, decided by the key's length and bytes at
-        /// once, for the argument check every command passes (most carry several: `$db`, `lsid`, `$clusterTime`).
-        pub fn is_generic_argument(key: &[u8]) -> bool {
-            matches!(key, $($name)|*)
-        }
-    };
-}
-
-generic_arguments![
-    b"$db",
-    b"apiVersion",
-    b"apiStrict",
-    b"apiDeprecationErrors",
-    b"maxTimeMS",
-    b"readConcern",
-    b"writeConcern",
-    b"lsid",
-    b"txnNumber",
-    b"autocommit",
-    b"startTransaction",
-    b"comment",
-    b"$readPreference",
-    b"$clusterTime",
+/// Generic arguments a client may send with any forwarded command (generic_argument.idl, the ones drivers send).
+/// Internal ones (`$audit`, `$client`, `shardVersion`, `$tenant`, `rawData`, ...) are absent, so refused. Every
+/// command's [`Accepted`] table holds them.
+pub const GENERIC_ARGUMENTS: &[&str] = &[
+    "$db",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "maxTimeMS",
+    "readConcern",
+    "writeConcern",
+    "lsid",
+    "txnNumber",
+    "autocommit",
+    "startTransaction",
+    "comment",
+    "$readPreference",
+    "$clusterTime",
 ];
 
 /// How the proxy handles a command.
@@ -123,6 +105,125 @@ pub struct CommandSpec {
     pub sequences: &'static [&'static str],
     /// Array arguments whose elements are statements with fields of their own.
     pub statements: &'static [(&'static str, Statement)],
+    /// `arguments` and [`GENERIC_ARGUMENTS`], hashed for the argument check.
+    pub accepted: Accepted,
+}
+
+/// Names one table holds at most: a command's own arguments and the generic ones (a command with more is a
+/// compile error, see [`Accepted::new`]).
+const ACCEPTED_MAX: usize = 40;
+/// Slots of a table's hash: a power of two, over three times [`ACCEPTED_MAX`], so that probes stay short and
+/// always reach an empty slot.
+const ACCEPTED_SLOTS: usize = 128;
+
+/// The top-level names a command accepts besides its first field (its own arguments and the generic ones),
+/// hashed into a table when the proxy is compiled, so that the argument check every command passes looks each
+/// key up once instead of comparing it with each name in turn.
+///
+/// A key is hashed by its length and first eight bytes, and found only when a name has the same length and the
+/// same bytes, all of them: the table answers exactly whether the key is one of the names, never "close".
+#[derive(Clone, Copy)]
+pub struct Accepted {
+    /// The names, each with its first eight bytes as a little-endian word (zero-padded): most names are
+    /// compared by that word and their length alone, the longer ones by their remaining bytes too.
+    names: [(u64, &'static str); ACCEPTED_MAX],
+    /// For each slot, 1 + the place in `names` of a name hashed there or probed on to it, 0 for none.
+    slots: [u8; ACCEPTED_SLOTS],
+}
+
+/// A name's length and first eight bytes as a little-endian word, zero-padded.
+const fn name_word(name: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < name.len() && i < 8 {
+        word |= (name[i] as u64) << (8 * i);
+        i += 1;
+    }
+    word
+}
+
+/// [`name_word`] for a key read at run time, in at most two loads for keys of four bytes or more (the two
+/// words of a key of four to seven overlap, with the same bytes where they do).
+#[inline(always)]
+fn key_word(key: &[u8]) -> u64 {
+    if let Some(first) = key.first_chunk::<8>() {
+        return u64::from_le_bytes(*first);
+    }
+    match (key.first_chunk::<4>(), key.last_chunk::<4>()) {
+        (Some(low), Some(high)) => {
+            u64::from(u32::from_le_bytes(*low)) | u64::from(u32::from_le_bytes(*high)) << (8 * (key.len() - 4))
+        }
+        _ => name_word(key),
+    }
+}
+
+/// The slot a name of `len` bytes starting with `word` is hashed to.
+const fn accepted_slot(word: u64, len: usize) -> usize {
+    ((word ^ (len as u64).rotate_right(8)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize
+}
+
+const _: () = assert!(ACCEPTED_SLOTS == 1 << 7 && ACCEPTED_SLOTS > 3 * ACCEPTED_MAX && ACCEPTED_MAX < u8::MAX as usize);
+
+impl Accepted {
+    /// `arguments` and the generic arguments. Evaluated when compiled: a repeated name, or more than
+    /// [`ACCEPTED_MAX`], stops the build.
+    const fn new(arguments: &[&'static str]) -> Self {
+        let mut table = Self { names: [(0, ""); ACCEPTED_MAX], slots: [0; ACCEPTED_SLOTS] };
+        let mut n = 0;
+        while n < arguments.len() + GENERIC_ARGUMENTS.len() {
+            let name = if n < arguments.len() { arguments[n] } else { GENERIC_ARGUMENTS[n - arguments.len()] };
+            assert!(n < ACCEPTED_MAX, "a command accepts more names than Accepted holds");
+            let word = name_word(name.as_bytes());
+            let mut slot = accepted_slot(word, name.len());
+            while table.slots[slot] != 0 {
+                let (other_word, other) = table.names[table.slots[slot] as usize - 1];
+                assert!(
+                    !(other_word == word && other.len() == name.len() && tail_eq(other.as_bytes(), name.as_bytes())),
+                    "a name is listed twice"
+                );
+                slot = (slot + 1) % ACCEPTED_SLOTS;
+            }
+            table.names[n] = (word, name);
+            table.slots[slot] = (n + 1) as u8;
+            n += 1;
+        }
+        table
+    }
+
+    /// Whether `key` is one of the names.
+    #[inline]
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let word = key_word(key);
+        let mut slot = accepted_slot(word, key.len());
+        // Ends: at most ACCEPTED_MAX slots are taken, so an empty one is always ahead.
+        loop {
+            let Some((name_word, name)) = self.names.get(usize::from(self.slots[slot]).wrapping_sub(1)) else {
+                return false;
+            };
+            if *name_word == word && name.len() == key.len() && (key.len() <= 8 || name.as_bytes()[8..] == key[8..]) {
+                return true;
+            }
+            slot = (slot + 1) % ACCEPTED_SLOTS;
+        }
+    }
+}
+
+/// Whether two names of the same length and the same first eight bytes are the same (when compiled).
+const fn tail_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut i = 8;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.names.iter().map(|(_, name)| name).filter(|name| !name.is_empty())).finish()
+    }
 }
 
 /// Fields of one `update.updates[]` statement.
@@ -175,6 +276,7 @@ const fn local(name: &'static str, family: Family) -> CommandSpec {
         arguments: &[],
         sequences: &[],
         statements: &[],
+        accepted: Accepted::new(&[]),
     }
 }
 
@@ -189,6 +291,7 @@ const fn forwarded(name: &'static str, family: Family, arguments: &'static [&'st
         arguments,
         sequences: &[],
         statements: &[],
+        accepted: Accepted::new(arguments),
     }
 }
 
