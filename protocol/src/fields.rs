@@ -374,22 +374,33 @@ impl<'a> Fields<'a> {
     }
 
     /// How many top-level elements are named `key`: 0, 1, or 2 for two or more; `None` when the bytes could
-    /// not be read.
-    #[inline]
+    /// not be read. Inlined for a key of [`KNOWN`] (a look at its slot), as [`Fields::field`].
+    #[inline(always)]
     pub fn occurrences(&self, key: &[u8]) -> Option<u8> {
-        if let (Some(_), Some(slot)) = (self.spans, known_slot(key)) {
-            return match *self.known.get(slot)? {
-                ABSENT => Some(0),
-                at if at & REPEATED != 0 => Some(2),
-                _ => Some(1),
-            };
+        let (Some(_), Some(slot)) = (self.spans, known_slot(key)) else { return self.occurrences_counted(key) };
+        match *self.known.get(slot)? {
+            ABSENT => Some(0),
+            at if at & REPEATED != 0 => Some(2),
+            _ => Some(1),
         }
+    }
+
+    /// [`Fields::occurrences`] for a key that is not one of [`KNOWN`], or a document without an index.
+    fn occurrences_counted(&self, key: &[u8]) -> Option<u8> {
         let mut count = 0u8;
         self.all_keys(|k| {
             count += u8::from(k == key);
             count < 2
         })?;
         Some(count)
+    }
+
+    /// The top-level keys in order, read from the index; `None` for a document without one (whose keys
+    /// [`Fields::all_keys`] reads). An item is `None` when its key could not be read.
+    #[inline]
+    pub fn indexed_keys(&self) -> Option<impl Iterator<Item = Option<&'a [u8]>> + use<'a>> {
+        let bytes = self.bytes;
+        Some(self.spans?.iter().map(move |span| bytes.get(span.start() + 1..span.key_end())))
     }
 
     /// [`validate::all_keys`]: whether `keep` holds for every top-level key, stopping at the first that fails;

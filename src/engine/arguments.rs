@@ -24,17 +24,40 @@ pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) 
     // The command name, for messages only.
     let name = || first_key(fields.doc());
     // The arguments' names compared as bytes; a document whose elements cannot all be read that way (never one
-    // that passed validation) is read again through bson below, which says what is wrong with it.
-    let mut first = true;
+    // that passed validation) is read again through bson below, which says what is wrong with it. Each key after
+    // the first (the command's name) is looked up once in the spec's table of its arguments and the generic ones.
     let mut unknown_key = None;
-    let read = fields.all_keys(|key| {
-        // One lookup in the spec's table of its arguments and the generic ones.
-        if std::mem::take(&mut first) || spec.accepted.contains(key) {
-            return true;
+    let read = match fields.indexed_keys() {
+        // The body of a parsed message: its keys from its index, in a loop the lookup is compiled into.
+        Some(mut keys) => match keys.next() {
+            Some(None) => None,
+            _ => {
+                let mut read = Some(true);
+                for key in keys {
+                    let Some(key) = key else {
+                        read = None;
+                        break;
+                    };
+                    if !spec.accepted.contains(key) {
+                        unknown_key = Some(key);
+                        read = Some(false);
+                        break;
+                    }
+                }
+                read
+            }
+        },
+        None => {
+            let mut first = true;
+            fields.all_keys(|key| {
+                if std::mem::take(&mut first) || spec.accepted.contains(key) {
+                    return true;
+                }
+                unknown_key = Some(key);
+                false
+            })
         }
-        unknown_key = Some(key);
-        false
-    });
+    };
     if let Some(key) = unknown_key {
         return Err(unknown(name(), &String::from_utf8_lossy(key)));
     }
@@ -126,6 +149,41 @@ pub fn only(doc: &RawDocument, allowed: &[&str], place: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parsed_body_and_a_built_one_are_checked_alike() {
+        // Read through a parsed message's index (its own loop) and through the bytes (a built document): the
+        // same answer, the first key (the command's name) never looked up, the first unknown key named.
+        use tenantwall_protocol::{decode, Message, MsgFlags};
+        let spec = crate::command::Command::Find.spec().unwrap();
+        let cases = [
+            (bson::rawdoc! { "find": "o", "filter": {}, "limit": 1, "$db": "d" }, None),
+            (
+                bson::rawdoc! { "find": "o", "filter": {}, "frobnicate": 1, "rawData": 1, "$db": "d" },
+                Some("frobnicate"),
+            ),
+            (bson::rawdoc! { "find": "o", "$db": "d", "rawData": true }, Some("rawData")),
+            (bson::rawdoc! { "frobnicate": "o", "$db": "d" }, None),
+            (bson::rawdoc! { "find": "o" }, None),
+        ];
+        for (body, refused) in cases {
+            let frame = OpMsg::new(MsgFlags::default(), body.clone()).encode(1, 0).unwrap().freeze();
+            let Message::Msg(parsed) = decode(frame).unwrap().message else { panic!("not an OP_MSG") };
+            assert!(parsed.body_fields().is_indexed());
+            let built = Fields::from(&body);
+            assert!(!built.is_indexed());
+            for fields in [parsed.body_fields(), built] {
+                match (check(fields, None, spec), refused) {
+                    (Ok(()), None) => {}
+                    (Err(denial), Some(key)) => {
+                        assert_eq!(denial.code, ErrorCode::UNKNOWN_FIELD);
+                        assert!(denial.reason.contains(&format!("'find.{key}'")), "{body:?}: {}", denial.reason);
+                    }
+                    (other, _) => panic!("{body:?}: {:?}", other.map_err(|d| d.reason)),
+                }
+            }
+        }
+    }
 
     #[test]
     fn each_command_accepts_exactly_its_arguments_and_the_generic_ones() {
