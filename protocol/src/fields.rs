@@ -309,7 +309,8 @@ impl<'a> Fields<'a> {
 
     /// [`validate::field`]: the first top-level element named `key`; `Some(None)` when none is, `None` when the
     /// bytes could not be read. Inlined for a key of [`KNOWN`], so that a literal key's slot is found when
-    /// compiled; any other key is searched for out of line.
+    /// compiled; any other key is searched for by [`Fields::field_searched`], which the compiler may keep out of
+    /// line.
     #[inline(always)]
     pub fn field(&self, key: &[u8]) -> Option<Option<Element<'a>>> {
         let (Some(spans), Some(slot)) = (self.spans, known_slot(key)) else { return self.field_searched(key) };
@@ -360,7 +361,8 @@ impl<'a> Fields<'a> {
             }
         };
         let Some(i) = found else { return Some(None) };
-        // Compared as in `field` when the slot answered (the loop compared it already).
+        // When the slot answered, the element's key is compared with the slot's (as `field` compares it with
+        // `key`, which is the slot's key); the loop compared it already otherwise.
         let element = self.element(spans, i).filter(|e| slot.is_none() || known_slot(e.key) == slot)?;
         let start = spans.get(i)?.start();
         Some(Some(start..start + element.bytes.len()))

@@ -131,7 +131,7 @@ pub struct Accepted {
     slots: [u8; ACCEPTED_SLOTS],
 }
 
-/// A name's length and first eight bytes as a little-endian word, zero-padded.
+/// A name's first eight bytes as a little-endian word, zero-padded (its length is hashed beside it).
 const fn name_word(name: &[u8]) -> u64 {
     let mut word = 0u64;
     let mut i = 0;
@@ -142,8 +142,8 @@ const fn name_word(name: &[u8]) -> u64 {
     word
 }
 
-/// [`name_word`] for a key read at run time, in at most two loads for keys of four bytes or more (the two
-/// words of a key of four to seven overlap, with the same bytes where they do).
+/// [`name_word`] for a key read at run time: one 8-byte load for a key of eight bytes or more, two 4-byte loads
+/// for one of four to seven (they overlap, with the same bytes where they do), byte by byte below four.
 #[inline(always)]
 fn key_word(key: &[u8]) -> u64 {
     if let Some(first) = key.first_chunk::<8>() {
@@ -632,6 +632,34 @@ mod tests {
         }
         assert!(Command::Unknown.spec().is_none());
         assert!(Command::from_name("mapReduce").spec().is_none());
+    }
+
+    #[test]
+    fn each_table_holds_exactly_its_arguments_and_the_generic_ones() {
+        // The table's own list, compared as sets with what the spec declares: nothing slipped in, nothing lost.
+        let specs = ALL.iter().filter_map(|c| c.spec()).chain([&HELLO, &PING]);
+        for spec in specs {
+            let mut held: Vec<&str> = spec.accepted.names.iter().map(|(_, n)| *n).filter(|n| !n.is_empty()).collect();
+            let mut declared: Vec<&str> = spec.arguments.iter().chain(GENERIC_ARGUMENTS).copied().collect();
+            held.sort_unstable();
+            declared.sort_unstable();
+            assert_eq!(held, declared, "{}", spec.name);
+            for (word, name) in spec.accepted.names.iter().filter(|(_, n)| !n.is_empty()) {
+                assert_eq!(*word, name_word(name.as_bytes()), "{}: {name}", spec.name);
+            }
+            // Internal arguments mongod takes from other servers, never from a client: refused by every table.
+            for internal in ["rawData", "$tenant", "securityToken", "shardVersion", "$audit", "txnRetryCounter"] {
+                assert!(!spec.accepted.contains(internal.as_bytes()), "{}: {internal}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_read_at_run_time_is_worded_as_a_name_is() {
+        let bytes: Vec<u8> = (0u8..24).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
+        for len in 0..=bytes.len() {
+            assert_eq!(key_word(&bytes[..len]), name_word(&bytes[..len]), "{len}");
+        }
     }
 
     #[test]
