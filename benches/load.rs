@@ -364,6 +364,25 @@
 //!   `handle_msg` 2,976, `relay` 1,824, the checkout 912). Boxing one of them moves the copy rather than
 //!   removing it (the fourth round measured it); flattening them into one function would remove the copies at the
 //!   price of the connection's structure. Left as it is.
+//! - **Tenth round (2026-11-28, 22:55–23:40): the decision's lookups** (`benches/rewrite.rs`, tenth round: the
+//!   find −6.9% in instructions, −13% in time, at the 500 ns goal). Connection task, callgrind, 1 client: 15,914
+//!   → 15,543 (keys of eight to fifteen bytes read inline by the walk, `raw::get` inlined, the names' check in
+//!   one pass) → 15,285 (the argument check's table and loop, the sessions' count inlined): −4.0%. Paired quick
+//!   run (23:33, 9 rounds of 1.5 s, load average 1.2–2.0; HAProxy 107 µs at 1 client, 38.9 / 14.4 µs of CPU per
+//!   command): start of the round 1.15× / 1.25× / 0.90× with 50.4 / 18.3 µs, end 1.12× / 1.22× / 0.93× with
+//!   47.6 / 18.5 µs. Both load goals stay unmet.
+//!
+//!   Where the 64-client gap is, split by user and system time (`/proc/<pid>/stat` sampled every 0.25 s over 3
+//!   rounds of 3 s at 64 clients, 22:59, about 315,000 commands per relay): HAProxy 1.5 µs of user and 15.3 µs
+//!   of system time per command, tenantwall 4.7 and 13.7 µs. tenantwall's kernel time is the lower one:
+//!   `perf stat` on the syscall tracepoints (64 clients, 3 s) counts per command 2 `recvfrom`, 2 `writev`, 0.36
+//!   `epoll_wait` and 0.12 `write` (a wake of the other worker's event loop) for tenantwall against 3 `recvfrom`
+//!   (one returning `EAGAIN`), 2 `sendto` and 0.34 `epoll_wait` for HAProxy. The whole gap is user time: about
+//!   15,000–18,000 instructions per command (the parse and validation of request and reply, the decision and
+//!   rewrite, the session and cursor bookkeeping, tokio's I/O) at about one instruction per cycle, where the same
+//!   code runs at three to four per cycle in the criterion loop: with driver, stub and relay sharing two cores,
+//!   the relay's code and data are cold at every command. The same sampling put the process's total at 18.4 µs
+//!   against HAProxy's 16.9 µs per command in that run.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
