@@ -48,8 +48,9 @@ fn known_slot(key: &[u8]) -> Option<usize> {
     }
 }
 
-/// A key's first eight bytes as a little-endian word, zero-padded: what the validation walk reads each key as.
-const fn word_of(key: &[u8]) -> u64 {
+/// A key's first eight bytes as a little-endian word, zero-padded: what the validation walk reads each key as
+/// (and what the proxy's tables of names are keyed by, when compiled).
+pub const fn word_of(key: &[u8]) -> u64 {
     let mut word = 0u64;
     let mut i = 0;
     while i < key.len() && i < 8 {

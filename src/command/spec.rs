@@ -10,6 +10,8 @@
 //! What it must never do: accept "anything else" for a forwarded command. Commands the proxy answers itself
 //! ([`Handling::Local`]) never reach a backend, so their arguments are read only by the proxy's own handlers.
 
+use tenantwall_protocol::fields::word_of;
+
 use super::Command;
 
 /// Generic arguments a client may send with any forwarded command (generic_argument.idl, the ones drivers send).
@@ -131,18 +133,7 @@ pub struct Accepted {
     slots: [u8; ACCEPTED_SLOTS],
 }
 
-/// A name's first eight bytes as a little-endian word, zero-padded (its length is hashed beside it).
-const fn name_word(name: &[u8]) -> u64 {
-    let mut word = 0u64;
-    let mut i = 0;
-    while i < name.len() && i < 8 {
-        word |= (name[i] as u64) << (8 * i);
-        i += 1;
-    }
-    word
-}
-
-/// [`name_word`] for a key read at run time: one 8-byte load for a key of eight bytes or more, two 4-byte loads
+/// [`word_of`] for a key read at run time: one 8-byte load for a key of eight bytes or more, two 4-byte loads
 /// for one of four to seven (they overlap, with the same bytes where they do), byte by byte below four.
 #[inline(always)]
 fn key_word(key: &[u8]) -> u64 {
@@ -153,7 +144,7 @@ fn key_word(key: &[u8]) -> u64 {
         (Some(low), Some(high)) => {
             u64::from(u32::from_le_bytes(*low)) | u64::from(u32::from_le_bytes(*high)) << (8 * (key.len() - 4))
         }
-        _ => name_word(key),
+        _ => word_of(key),
     }
 }
 
@@ -173,7 +164,7 @@ impl Accepted {
         while n < arguments.len() + GENERIC_ARGUMENTS.len() {
             let name = if n < arguments.len() { arguments[n] } else { GENERIC_ARGUMENTS[n - arguments.len()] };
             assert!(n < ACCEPTED_MAX, "a command accepts more names than Accepted holds");
-            let word = name_word(name.as_bytes());
+            let word = word_of(name.as_bytes());
             let mut slot = accepted_slot(word, name.len());
             while table.slots[slot] != 0 {
                 let (other_word, other) = table.names[table.slots[slot] as usize - 1];
@@ -197,10 +188,10 @@ impl Accepted {
         let mut slot = accepted_slot(word, key.len());
         // Ends: at most ACCEPTED_MAX slots are taken, so an empty one is always ahead.
         loop {
-            let Some((name_word, name)) = self.names.get(usize::from(self.slots[slot]).wrapping_sub(1)) else {
+            let Some((held_word, name)) = self.names.get(usize::from(self.slots[slot]).wrapping_sub(1)) else {
                 return false;
             };
-            if *name_word == word && name.len() == key.len() && (key.len() <= 8 || name.as_bytes()[8..] == key[8..]) {
+            if *held_word == word && name.len() == key.len() && (key.len() <= 8 || name.as_bytes()[8..] == key[8..]) {
                 return true;
             }
             slot = (slot + 1) % ACCEPTED_SLOTS;
@@ -645,7 +636,7 @@ mod tests {
             declared.sort_unstable();
             assert_eq!(held, declared, "{}", spec.name);
             for (word, name) in spec.accepted.names.iter().filter(|(_, n)| !n.is_empty()) {
-                assert_eq!(*word, name_word(name.as_bytes()), "{}: {name}", spec.name);
+                assert_eq!(*word, word_of(name.as_bytes()), "{}: {name}", spec.name);
             }
             // Internal arguments mongod takes from other servers, never from a client: refused by every table.
             for internal in ["rawData", "$tenant", "securityToken", "shardVersion", "$audit", "txnRetryCounter"] {
@@ -658,7 +649,7 @@ mod tests {
     fn a_key_read_at_run_time_is_worded_as_a_name_is() {
         let bytes: Vec<u8> = (0u8..24).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
         for len in 0..=bytes.len() {
-            assert_eq!(key_word(&bytes[..len]), name_word(&bytes[..len]), "{len}");
+            assert_eq!(key_word(&bytes[..len]), word_of(&bytes[..len]), "{len}");
         }
     }
 
