@@ -370,7 +370,11 @@
 //!   one pass) → 15,285 (the argument check's table and loop, the sessions' count inlined): −4.0%. Paired quick
 //!   run (23:33, 9 rounds of 1.5 s, load average 1.2–2.0; HAProxy 107 µs at 1 client, 38.9 / 14.4 µs of CPU per
 //!   command): start of the round 1.15× / 1.25× / 0.90× with 50.4 / 18.3 µs, end 1.12× / 1.22× / 0.93× with
-//!   47.6 / 18.5 µs. Both load goals stay unmet.
+//!   47.6 / 18.5 µs. A second (23:46, 9 rounds; HAProxy 114 µs at 1 client, 40.7 / 14.5 µs): start 1.29× /
+//!   1.62× / 0.89× with 49.5 / 18.1 µs, end 1.16× / 1.30× / 0.89× with 48.8 / 18.9 µs. Both load goals stay
+//!   unmet. The quick mode now also reports the user-mode part of each relay's CPU time (`utime`): in the second
+//!   run 4.8 µs per command at 64 clients at the start, 4.4 at the end, HAProxy's 1.8 (at 1 client 12.8, 14.6
+//!   and 6.8 µs).
 //!
 //!   Where the 64-client gap is, split by user and system time (`/proc/<pid>/stat` sampled every 0.25 s over 3
 //!   rounds of 3 s at 64 clients, 22:59, about 315,000 commands per relay): HAProxy 1.5 µs of user and 15.3 µs
@@ -402,8 +406,9 @@
 //! ## Quick A/B (`cargo bench --bench load -- quick`)
 //!
 //! The fast stub only, direct, HAProxy and one or more tenantwall builds side by side, at 1 and 64 clients, in
-//! rounds whose path order rotates; per cell the relay's CPU time and context switches per command, and at the
-//! end, per path, the median over rounds of each round's ratios to that round's HAProxy cell. Environment:
+//! rounds whose path order rotates; per cell the relay's CPU time (and its user-mode part) and context switches
+//! per command, and at the end, per path, the median over rounds of each round's ratios to that round's HAProxy
+//! cell. Environment:
 //! `TW_LOAD_ROUNDS` (default 3), `TW_QUICK_SECS` (window per cell, default 3), `TW_QUICK_CLIENTS` (e.g. `1`),
 //! `TW_QUICK_MAX_IN_FLIGHT` (the tenant's cap), `TW_PROXY_VARIANTS="label=path[@workers];..."` (an empty path is
 //! this build). Copy a build aside (`cp target/release/tenantwall target/ab/x`) before changing the code, then
@@ -524,6 +529,8 @@ struct Cell {
     latencies: Latencies,
     /// CPU time the watched process spent in the measured window, all its threads, user and system.
     cpu: Option<Duration>,
+    /// The part of `cpu` spent in user mode (the relay's own code; the rest is the kernel's, its syscalls).
+    user: Option<Duration>,
     /// Context switches of the watched process in the window: (voluntary, involuntary).
     switches: (u64, u64),
     /// The measured window.
@@ -535,6 +542,12 @@ impl Cell {
     fn cpu_per_command_us(&self) -> Option<f64> {
         let commands = self.throughput * self.window.as_secs_f64();
         self.cpu.filter(|_| commands > 0.0).map(|cpu| cpu.as_secs_f64() * 1e6 / commands)
+    }
+
+    /// The user-mode part of [`Cell::cpu_per_command_us`], in µs.
+    fn user_per_command_us(&self) -> Option<f64> {
+        let commands = self.throughput * self.window.as_secs_f64();
+        self.user.filter(|_| commands > 0.0).map(|user| user.as_secs_f64() * 1e6 / commands)
     }
 
     /// The watched process's context switches per command of the window: (voluntary, involuntary).
@@ -574,10 +587,11 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool, watch: Option<
     let cpu = watch.map(|pid| {
         tokio::spawn(async move {
             tokio::time::sleep_until(start.into()).await;
-            let before = (harness::cpu_time(pid), harness::context_switches(pid));
+            let before = (harness::cpu_time(pid), harness::context_switches(pid), harness::user_time(pid));
             tokio::time::sleep_until(stop.into()).await;
-            let after = (harness::cpu_time(pid), harness::context_switches(pid));
-            (after.0.saturating_sub(before.0), (after.1 .0 - before.1 .0, after.1 .1 - before.1 .1))
+            let after = (harness::cpu_time(pid), harness::context_switches(pid), harness::user_time(pid));
+            let switches = (after.1 .0 - before.1 .0, after.1 .1 - before.1 .1);
+            (after.0.saturating_sub(before.0), switches, after.2.saturating_sub(before.2))
         })
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -605,11 +619,14 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool, watch: Option<
     while let Some(latencies) = tasks.join_next().await {
         all.extend(latencies.expect("client task"));
     }
-    let (cpu, switches) = match cpu {
-        Some(task) => task.await.map_or((None, (0, 0)), |(cpu, switches)| (Some(cpu), switches)),
-        None => (None, (0, 0)),
+    let (cpu, switches, user) = match cpu {
+        Some(task) => {
+            task.await.map_or((None, (0, 0), None), |(cpu, switches, user)| (Some(cpu), switches, Some(user)))
+        }
+        None => (None, (0, 0), None),
     };
-    Cell { throughput: all.len() as f64 / window.as_secs_f64(), latencies: Latencies::new(all), cpu, switches, window }
+    let throughput = all.len() as f64 / window.as_secs_f64();
+    Cell { throughput, latencies: Latencies::new(all), cpu, user, switches, window }
 }
 
 /// A tenantwall process in front of `backend` with one SCRAM user for tenant `acme` and a field-mode rule on
@@ -818,10 +835,10 @@ async fn quick() {
         proxies.push(proxy);
     }
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-    println!("| round | path | clients | throughput | p50 | p99 | relay CPU per command | relay context switches per command (voluntary / involuntary) |");
+    println!("| round | path | clients | throughput | p50 | p99 | relay CPU per command (of which user) | relay context switches per command (voluntary / involuntary) |");
     println!("|---|---|---|---|---|---|---|---|");
-    // cells[round][clients index][path index] = (throughput, p50 µs, relay CPU µs per command)
-    let mut cells = vec![vec![vec![(0.0, 0.0, f64::NAN); paths.len()]; counts.len()]; rounds];
+    // cells[round][clients index][path index] = (throughput, p50 µs, relay CPU µs per command, of which user)
+    let mut cells = vec![vec![vec![(0.0, 0.0, f64::NAN, f64::NAN); paths.len()]; counts.len()]; rounds];
     for (round, round_cells) in cells.iter_mut().enumerate() {
         for (c, &clients) in counts.iter().enumerate() {
             for k in 0..paths.len() {
@@ -829,14 +846,15 @@ async fn quick() {
                 let (path, uri, pid) = &paths[p];
                 let cell = driver_load(uri, clients, p < 2, *pid, window).await;
                 let cpu = cell.cpu_per_command_us().unwrap_or(f64::NAN);
+                let user = cell.user_per_command_us().unwrap_or(f64::NAN);
                 let (voluntary, involuntary) = cell.switches_per_command();
                 println!(
-                    "| {round} | {path} | {clients} | {:.0} cmd/s | {:.0} µs | {:.0} µs | {cpu:.1} µs | {voluntary:.2} / {involuntary:.2} |",
+                    "| {round} | {path} | {clients} | {:.0} cmd/s | {:.0} µs | {:.0} µs | {cpu:.1} ({user:.1}) µs | {voluntary:.2} / {involuntary:.2} |",
                     cell.throughput,
                     cell.latencies.p50_us(),
                     cell.latencies.p99_us()
                 );
-                round_cells[c][p] = (cell.throughput, cell.latencies.p50_us(), cpu);
+                round_cells[c][p] = (cell.throughput, cell.latencies.p50_us(), cpu, user);
             }
         }
     }
@@ -844,8 +862,8 @@ async fn quick() {
     println!();
     let (first, last) = (counts[0], counts.len() - 1);
     let most = counts[last];
-    println!("| path | p50, {first} client(s) (median) | throughput, {most} clients (median) | p50 / HAProxy's, {first} | added p50 / HAProxy's, {first} | throughput / HAProxy's, {most} | relay CPU per command, {first} / {most} |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| path | p50, {first} client(s) (median) | throughput, {most} clients (median) | p50 / HAProxy's, {first} | added p50 / HAProxy's, {first} | throughput / HAProxy's, {most} | relay CPU per command, {first} / {most} | of which user, {first} / {most} |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (p, (path, _, _)) in paths.iter().enumerate() {
         let p50 = median(cells.iter().map(|r| r[0][p].1).collect());
         let tput = median(cells.iter().map(|r| r[last][p].0).collect());
@@ -854,8 +872,10 @@ async fn quick() {
         let tratio = median(cells.iter().map(|r| r[last][p].0 / r[last][1].0).collect());
         let cpu_first = median(cells.iter().map(|r| r[0][p].2).collect());
         let cpu_most = median(cells.iter().map(|r| r[last][p].2).collect());
+        let user_first = median(cells.iter().map(|r| r[0][p].3).collect());
+        let user_most = median(cells.iter().map(|r| r[last][p].3).collect());
         println!(
-            "| {path} | {p50:.0} µs | {tput:.0} cmd/s | {ratio:.2}× | {added:.2}× | {tratio:.2}× | {cpu_first:.1} / {cpu_most:.1} µs |"
+            "| {path} | {p50:.0} µs | {tput:.0} cmd/s | {ratio:.2}× | {added:.2}× | {tratio:.2}× | {cpu_first:.1} / {cpu_most:.1} µs | {user_first:.1} / {user_most:.1} µs |"
         );
     }
     drop(proxies);
