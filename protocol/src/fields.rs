@@ -211,11 +211,13 @@ impl TopLevel {
             index.push(span.start, span.start.saturating_add(1 + key.len()), known_slot(key));
             return index;
         }
-        let (old_end, new_end) = (usize::from(old_end), usize::from(new_end));
-        for span in index.spans.iter_mut().take(usize::from(self.len)).filter(|span| span.start() >= old_end) {
-            match Span::new(span.start() - old_end + new_end, span.key_len()) {
-                Some(moved) => *span = moved,
-                None => return Self::default(),
+        // Only the start of each element after the replaced one moves, in the 16 bits it is held in; its key's
+        // length stays as it is.
+        for span in index.spans.iter_mut().take(usize::from(self.len)) {
+            let start = u16::from_le_bytes([span.0[0], span.0[1]]);
+            if start >= old_end {
+                let Some(moved) = (start - old_end).checked_add(new_end) else { return Self::default() };
+                [span.0[0], span.0[1]] = moved.to_le_bytes();
             }
         }
         index

@@ -313,7 +313,8 @@ impl OpMsg {
             flags: self.flags,
             body_index: self.body_index.replaced(span, key.as_bytes(), new_end),
             body: Bytes::from(out),
-            sequences: self.sequences.clone(),
+            // Most messages have no sequences: nothing to clone (a call, even for an empty `Vec`).
+            sequences: if self.sequences.is_empty() { Vec::new() } else { self.sequences.clone() },
             body_findings: Findings::UNKNOWN,
         })
     }
