@@ -333,9 +333,9 @@ fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(chunk))
 }
 
-/// [`key_at`] for the common case, inlined into the walk: an ASCII key of at most fifteen bytes with sixteen
-/// bytes to read (eight for a key of at most seven). `None` for anything else, which [`key_at`] then reads and
-/// refuses or accepts.
+/// [`key_at`] for the common case, inlined into the walk: an ASCII key of at most fifteen bytes (with eight
+/// bytes to read from its start for one of at most seven). `None` for anything else, which [`key_at`] then
+/// reads and refuses or accepts.
 #[inline(always)]
 fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
     let word = word_at(bytes, at)?;
@@ -343,11 +343,20 @@ fn short_key(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
     if zero == 0 {
         // No NUL in the first eight bytes: a key of eight to fifteen (`createdAt`, `singleBatch`) has its NUL in
         // the next eight, read the same way. The first word is all key, so it must be ASCII as a whole.
-        let next = word_at(bytes, at + 8)?;
+        let after = at + 8;
+        let avail = bytes.len() - after;
+        let next = match avail {
+            8.. => word_at(bytes, after)?,
+            // Fewer than eight bytes left (a key near its document's end, as in `sort: {createdAt: -1}`): the
+            // word that ends where the bytes do, shifted down to start at `after`. Its top bytes are then zeros
+            // that are not in the bytes: a NUL found there is not one, and the key is left to `key_at`.
+            1.. => word_at(bytes, bytes.len() - 8)? >> (8 * (8 - avail)),
+            0 => return None,
+        };
         let zero = zero_bytes(next);
+        let len = (zero.trailing_zeros() / 8) as usize;
         let rest = next & (zero ^ zero.wrapping_sub(1)) >> 8;
-        return (zero != 0 && (word | rest) & HIGH_BITS == 0)
-            .then_some((8 + (zero.trailing_zeros() / 8) as usize, word));
+        return (zero != 0 && len < avail && (word | rest) & HIGH_BITS == 0).then_some((8 + len, word));
     }
     // The bits below the first NUL's flag, less its byte: the key's bytes.
     let key = word & ((zero ^ (zero - 1)) >> 8);
@@ -1452,9 +1461,15 @@ mod tests {
                     if let Some(short) = short {
                         assert_eq!(Ok(short), key_at(&bytes, 0), "{len} {odd:?} {after}");
                     }
-                    let common = odd.is_none() && len <= 15 && bytes.len() >= if len < 8 { 8 } else { 16 };
+                    // A key of eight or more always has its first word; a shorter one needs eight bytes to read.
+                    let common = odd.is_none() && len <= 15 && (len >= 8 || bytes.len() >= 8);
                     assert_eq!(short.is_some(), common, "{len} {odd:?} {after}");
                 }
+            }
+            // No NUL before the bytes end: never read as a key, wherever the bytes stop.
+            let unterminated: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
+            for end in 0..=len {
+                assert_eq!(short_key(&unterminated[..end], 0), None, "{len} {end}");
             }
         }
     }
