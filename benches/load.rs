@@ -364,17 +364,22 @@
 //!   `handle_msg` 2,976, `relay` 1,824, the checkout 912). Boxing one of them moves the copy rather than
 //!   removing it (the fourth round measured it); flattening them into one function would remove the copies at the
 //!   price of the connection's structure. Left as it is.
-//! - **Tenth round (2026-11-28, 22:55–23:40): the decision's lookups** (`benches/rewrite.rs`, tenth round: the
-//!   find −6.9% in instructions, −13% in time, at the 500 ns goal). Connection task, callgrind, 1 client: 15,914
-//!   → 15,543 (keys of eight to fifteen bytes read inline by the walk, `raw::get` inlined, the names' check in
-//!   one pass) → 15,285 (the argument check's table and loop, the sessions' count inlined): −4.0%. Paired quick
+//! - **Tenth round (2026-11-28, 22:55 – 2026-11-29, 00:10): the decision's lookups** (`benches/rewrite.rs`,
+//!   tenth round: the find −8.9% in instructions, −11% to −13% in time, under the 500 ns goal). Connection task,
+//!   callgrind, 1 client: 15,914 → 15,543 (keys of eight to fifteen bytes read inline by the walk, `raw::get`
+//!   inlined, the names' check in one pass) → 15,285 (the argument check's table and loop, the sessions' count
+//!   inlined) → 15,253 (the index moved in place, keys near a document's end read inline): −4.2%. Paired quick
 //!   run (23:33, 9 rounds of 1.5 s, load average 1.2–2.0; HAProxy 107 µs at 1 client, 38.9 / 14.4 µs of CPU per
 //!   command): start of the round 1.15× / 1.25× / 0.90× with 50.4 / 18.3 µs, end 1.12× / 1.22× / 0.93× with
 //!   47.6 / 18.5 µs. A second (23:46, 9 rounds; HAProxy 114 µs at 1 client, 40.7 / 14.5 µs): start 1.29× /
 //!   1.62× / 0.89× with 49.5 / 18.1 µs, end 1.16× / 1.30× / 0.89× with 48.8 / 18.9 µs. Both load goals stay
 //!   unmet. The quick mode now also reports the user-mode part of each relay's CPU time (`utime`): in the second
 //!   run 4.8 µs per command at 64 clients at the start, 4.4 at the end, HAProxy's 1.8 (at 1 client 12.8, 14.6
-//!   and 6.8 µs).
+//!   and 6.8 µs). A third, with the round's last steps (00:04, 9 rounds, load average about 1; HAProxy 113 µs at
+//!   1 client, 37.8 / 15.1 µs, of which user 5.1 / 1.6): start 1.10× / 1.19× / 0.87× with 49.3 / 17.4 µs (user
+//!   11.5 / 3.7), end 1.18× / 1.33× / 0.91× with 49.6 / 17.3 µs (user 13.9 / 4.0). At 64 clients the end was
+//!   ahead of the start in all three runs (0.93×, 0.89×, 0.91× against 0.90×, 0.89×, 0.87×); at 1 client the
+//!   two traded places.
 //!
 //!   Where the 64-client gap is, split by user and system time (`/proc/<pid>/stat` sampled every 0.25 s over 3
 //!   rounds of 3 s at 64 clients, 22:59, about 315,000 commands per relay): HAProxy 1.5 µs of user and 15.3 µs
