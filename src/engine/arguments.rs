@@ -31,21 +31,15 @@ pub fn check(fields: Fields<'_>, sequences: Option<&OpMsg>, spec: &CommandSpec) 
         // The body of a parsed message: its keys from its index, in a loop the lookup is compiled into.
         Some(mut keys) => match keys.next() {
             Some(None) => None,
-            _ => {
-                let mut read = Some(true);
-                for key in keys {
-                    let Some(key) = key else {
-                        read = None;
-                        break;
-                    };
-                    if !spec.accepted.contains(key) {
-                        unknown_key = Some(key);
-                        read = Some(false);
-                        break;
-                    }
+            // The first key that cannot be read or is not accepted, if any.
+            _ => match keys.find(|key| key.is_none_or(|key| !spec.accepted.contains(key))) {
+                None => Some(true),
+                Some(None) => None,
+                Some(Some(key)) => {
+                    unknown_key = Some(key);
+                    Some(false)
                 }
-                read
-            }
+            },
         },
         None => {
             let mut first = true;
