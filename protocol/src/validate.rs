@@ -1445,9 +1445,10 @@ mod tests {
 
     #[test]
     fn the_inlined_key_read_agrees_with_the_full_one() {
-        // Keys of every length up to twenty, all ASCII or with a lone lead byte at each place, with a few to
+        // Keys of every length up to twenty, all ASCII or with a lone lead byte at each place, with none to
         // sixteen bytes after their NUL: the inlined read answers the common case (ASCII, at most fifteen bytes,
-        // sixteen to read) exactly as `key_at` does, and leaves everything else to it.
+        // eight bytes to read from the start of a key shorter than eight) exactly as `key_at` does, and leaves
+        // everything else to it.
         for len in 0..20usize {
             for odd in std::iter::once(None).chain((0..len).map(Some)) {
                 for after in 0..17usize {
