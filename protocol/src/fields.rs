@@ -364,9 +364,9 @@ impl<'a> Fields<'a> {
             }
         };
         let Some(i) = found else { return Some(None) };
-        // When the slot answered, the element's key is compared with the slot's (as `field` compares it with
-        // `key`, which is the slot's key); the loop compared it already otherwise.
-        let element = self.element(spans, i).filter(|e| slot.is_none() || known_slot(e.key) == slot)?;
+        // When the slot answered, the element's key is compared with `key` (the slot's key), as in `field`; the
+        // loop compared it already otherwise.
+        let element = self.element(spans, i).filter(|e| slot.is_none() || e.key == key)?;
         let start = spans.get(i)?.start();
         Some(Some(start..start + element.bytes.len()))
     }
@@ -412,9 +412,9 @@ impl<'a> Fields<'a> {
     /// `None` when the bytes could not be read.
     #[inline]
     pub fn all_keys(&self, mut keep: impl FnMut(&'a [u8]) -> bool) -> Option<bool> {
-        let Some(spans) = self.spans else { return validate::all_keys(self.bytes, keep) };
-        for span in spans {
-            if !keep(self.key(*span)?) {
+        let Some(keys) = self.indexed_keys() else { return validate::all_keys(self.bytes, keep) };
+        for key in keys {
+            if !keep(key?) {
                 return Some(false);
             }
         }
