@@ -145,27 +145,38 @@ impl BackendTarget {
             // Boxed: opening a connection (TCP, TLS, handshake, SCRAM) is a large future that nearly every checkout
             // never runs, and unboxed it would be part of, and copied with, every command's checkout.
             let checked_out = self.pool.checkout(tenant, wait, || Box::pin(self.connect(connect_timeout))).await;
-            let mut pooled = match checked_out {
+            let pooled = match checked_out {
                 Ok(pooled) => pooled,
                 Err(CheckoutError::Connect(e)) => return Err(e),
                 Err(CheckoutError::Timeout { waited, max }) => {
                     return Err(ProxyError::PoolTimeout { waited_ms: waited.as_millis(), max })
                 }
             };
-            if pooled.is_fresh() {
+            if let Some(pooled) = self.usable(pooled) {
                 return Ok(pooled);
             }
-            let usable = match pooled.get() {
-                Some(conn) => conn.is_usable().await,
-                None => false,
-            };
-            if usable {
-                return Ok(pooled);
-            }
-            // Dropping it closes it and frees its place; every dead idle connection is found this way, so the loop
-            // ends with a live one or a fresh one.
-            tracing::info!(backend = %self.spec.name, "backend connection closed while idle; discarding");
         }
+    }
+
+    /// [`Self::checkout`] when an idle connection opened on this worker is there and usable (nearly every
+    /// command), taken without waiting and without building `checkout`'s future; `None` otherwise.
+    pub fn try_checkout(&self) -> Option<Pooled<BackendConn>> {
+        loop {
+            if let Some(pooled) = self.usable(self.pool.try_idle()?) {
+                return Some(pooled);
+            }
+        }
+    }
+
+    /// `pooled`, unless it is an idle connection the backend closed (by restarting, say): such a one is dropped,
+    /// which closes it and frees its place. Every dead idle connection is found this way, so a checkout that
+    /// tries again ends with a live one or a fresh one.
+    fn usable(&self, mut pooled: Pooled<BackendConn>) -> Option<Pooled<BackendConn>> {
+        if pooled.is_fresh() || pooled.get().is_some_and(BackendConn::is_usable) {
+            return Some(pooled);
+        }
+        tracing::info!(backend = %self.spec.name, "backend connection closed while idle; discarding");
+        None
     }
 
     /// The wire version to advertise: what the backend reported (or a conservative fallback before it has been
@@ -399,8 +410,8 @@ impl BackendConn {
 
     /// Whether this idle connection can carry a request: the backend has not closed it (e.g. by restarting)
     /// and has sent nothing unasked. Costs one non-blocking read.
-    pub async fn is_usable(&mut self) -> bool {
-        self.stream.idle_and_open().await
+    pub fn is_usable(&mut self) -> bool {
+        self.stream.idle_and_open()
     }
 
     /// Sends `msg` with a fresh request id and returns that id.
@@ -506,7 +517,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(1024);
         let mut conn = BackendConn::new(Box::new(ours));
         drop(theirs);
-        assert!(!conn.is_usable().await);
+        assert!(!conn.is_usable());
         let failure = conn.send(&OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1 })).await.unwrap_err();
         assert!(failure.nothing_sent);
     }

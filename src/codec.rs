@@ -12,7 +12,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -206,18 +205,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Whether a stream with no request outstanding is still usable, found without waiting: one read attempt
     /// that must find nothing to read yet. An end of stream, an error, or bytes nobody asked for all mean the
-    /// peer closed or is out of step, so the stream must not carry another request.
-    pub async fn idle_and_open(&mut self) -> bool {
+    /// peer closed or is out of step, so the stream must not carry another request. The attempt is made with a
+    /// waker that does nothing: the read that follows a request registers the task's own.
+    pub fn idle_and_open(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
-        let inner = &mut self.inner;
-        std::future::poll_fn(|cx| {
-            let mut byte = [0u8; 1];
-            let mut probe = ReadBuf::new(&mut byte);
-            Poll::Ready(Pin::new(&mut *inner).poll_read(cx, &mut probe).is_pending())
-        })
-        .await
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.inner).poll_read(&mut cx, &mut probe).is_pending()
     }
 
     /// The underlying stream.
@@ -321,13 +318,13 @@ mod tests {
     async fn idle_probe_sees_a_closed_or_chatty_peer() {
         let (mut tx, rx) = tokio::io::duplex(64);
         let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
-        assert!(reader.idle_and_open().await);
+        assert!(reader.idle_and_open());
         tx.write_all(b"x").await.unwrap();
-        assert!(!reader.idle_and_open().await, "unsolicited bytes");
+        assert!(!reader.idle_and_open(), "unsolicited bytes");
         let (tx, rx) = tokio::io::duplex(64);
         let mut reader = FrameReader::new(rx, MAX_MESSAGE_SIZE, None);
         drop(tx);
-        assert!(!reader.idle_and_open().await, "closed peer");
+        assert!(!reader.idle_and_open(), "closed peer");
     }
 
     #[tokio::test(start_paused = true)]

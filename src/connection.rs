@@ -9,17 +9,16 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
 
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use bytes::{Buf, Bytes};
 use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
 use tenantwall_protocol::{
-    decode_limited, Compressor, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
+    decode_limited, Compressor, Decoded, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -64,6 +63,40 @@ struct ReplyPost {
     not_found: Vec<i64>,
     tenant: Arc<Tenant>,
     policy: Arc<Policy>,
+}
+
+/// How [`ClientConnection::write_now`] left a reply.
+enum Written {
+    /// Written whole (or failed): the id it was sent with.
+    Done(std::io::Result<i32>),
+    /// What the client's socket did not take at once, for [`ClientConnection::write_frame`].
+    Rest { id: i32, rest: bytes::buf::Chain<Bytes, Bytes> },
+}
+
+/// A frame as [`ClientConnection::arrive`] left it.
+enum Arrival {
+    /// A command to handle.
+    Msg(Incoming),
+    /// A compressed or heavy message, for [`ClientConnection::settle`] to inflate or decode.
+    Wait { header: MsgHeader, frame: Bytes, started: Instant },
+    /// A legacy query to serve.
+    Query(Arc<Generation>, MsgHeader, OpQuery),
+    /// A frame that did not parse, to answer or close on.
+    Refused(MsgHeader, ProtocolError),
+    /// Nothing more to do with the frame.
+    Done(Flow),
+}
+
+/// A command as it arrived, with the generation it is decided with.
+struct Incoming {
+    generation: Arc<Generation>,
+    header: MsgHeader,
+    msg: OpMsg,
+    command: Command,
+    compressor: Option<Compressor>,
+    started: Instant,
+    /// The buffer budget an inflated message holds until its command is done.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Messages (as received or once inflated) at least this large are decoded off the async workers.
@@ -120,16 +153,22 @@ async fn checkout(
     generation: &Generation,
     tenant: &Tenant,
 ) -> Result<Pooled<BackendConn>, ProxyError> {
-    let target = generation
-        .backends
-        .get(&tenant.backend)
-        .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })?;
+    let target = target(generation, tenant)?;
     let limits = &generation.policy.limits;
     let checked_out = target.checkout(&tenant.id, limits.pool_wait_timeout(), limits.backend_connect_timeout()).await;
     if let Err(ProxyError::PoolTimeout { .. }) = &checked_out {
         shared.metrics.pool_timeout(&tenant.backend);
     }
     checked_out
+}
+
+/// The tenant's backend in `generation`.
+fn target<'a>(generation: &'a Generation, tenant: &Tenant) -> Result<&'a crate::backend::BackendTarget, ProxyError> {
+    generation
+        .backends
+        .get(&tenant.backend)
+        .map(|target| &**target)
+        .ok_or_else(|| ProxyError::Internal { detail: format!("tenant {} has no backend", tenant.id) })
 }
 
 /// The connection inside a checkout (always there until it is released or dropped).
@@ -312,7 +351,19 @@ impl ClientConnection {
                     break;
                 }
             };
-            let handled = self.handle_frame(frame).await;
+            let incoming = match self.arrive(frame) {
+                Arrival::Msg(incoming) => Ok(incoming),
+                other => self.settle(other).await,
+            };
+            let handled = match incoming {
+                // Awaited here rather than inside a frame-handling future: see `arrive`.
+                Ok(Incoming { generation, header, msg, command, compressor, started, _budget }) => {
+                    let flow = self.handle_msg(&generation, header, msg, command, compressor).await;
+                    self.done(command, started);
+                    flow
+                }
+                Err(handled) => handled,
+            };
             if self.tenant.is_some() {
                 self.admitted.unauthenticated = None;
             }
@@ -358,18 +409,72 @@ impl ClientConnection {
         }
     }
 
-    async fn handle_frame(&mut self, frame: Bytes) -> std::io::Result<Flow> {
+    /// A frame's first steps, taken without waiting: counted, and an uncompressed message of ordinary size (nearly
+    /// every one) decoded and read as a command. What has to wait (inflating a compressed message, decoding a heavy
+    /// one off the workers, answering a frame that did not parse) is left to [`Self::settle`]. Kept apart from it
+    /// so that the common command awaits no frame-handling future: an awaited future is built and then moved into
+    /// its caller's state, kilobytes for each level of the command's path.
+    fn arrive(&mut self, frame: Bytes) -> Arrival {
         // check_frame guaranteed at least a whole header.
-        let Ok(raw_header) = MsgHeader::read(&frame) else { return Ok(Flow::Close) };
+        let Ok(header) = MsgHeader::read(&frame) else { return Arrival::Done(Flow::Close) };
         let started = Instant::now();
         self.usage.bytes_received.inc_by(frame.len() as u64);
         self.shared.refresh(&mut self.generation);
-        let mut generation = self.generation.clone();
+        if header.op_code == OpCode::COMPRESSED || frame.len() >= HEAVY_MESSAGE {
+            return Arrival::Wait { header, frame, started };
+        }
+        let limit = self.generation.policy.limits.message_limit(self.tenant.is_some());
+        match decode_limited(frame, limit) {
+            Ok(decoded) => self.decoded(decoded, started, None),
+            Err(e) => Arrival::Refused(header, e),
+        }
+    }
+
+    /// A decoded message, with the generation it is decided with and the tenant read again from it. `budget` is
+    /// what the inflated message holds of the buffer budget, until its command is done.
+    fn decoded(&mut self, decoded: Decoded, started: Instant, budget: Option<OwnedSemaphorePermit>) -> Arrival {
+        if let Some(compressor) = decoded.compressor {
+            self.shared.stats.count_compressed(compressor);
+        }
+        // Decoding a heavy message waits: what it is decided with is read again.
+        self.shared.refresh(&mut self.generation);
+        let generation = self.generation.clone();
+        if !self.refresh_tenant(&generation) {
+            return Arrival::Done(Flow::Close);
+        }
+        let header = decoded.header;
+        match decoded.message {
+            Message::Msg(msg) => {
+                let command = Command::of(&msg);
+                let compressor = decoded.compressor;
+                Arrival::Msg(Incoming { generation, header, msg, command, compressor, started, _budget: budget })
+            }
+            Message::Query(query) => Arrival::Query(generation, header, query),
+            Message::Reply(_) => {
+                warn!("client sent OP_REPLY");
+                Arrival::Done(Flow::Close)
+            }
+        }
+    }
+
+    /// What [`Self::arrive`] left: inflates or decodes a message where that waits, answers a frame that did not
+    /// parse, serves a legacy query. The command a message carries is returned, to be handled as any other.
+    async fn settle(&mut self, arrival: Arrival) -> Result<Incoming, std::io::Result<Flow>> {
+        let (header, frame, started) = match arrival {
+            Arrival::Msg(incoming) => return Ok(incoming),
+            Arrival::Wait { header, frame, started } => (header, frame, started),
+            Arrival::Query(generation, header, query) => {
+                return Err(self.handle_query(&generation, header, query).await)
+            }
+            Arrival::Refused(header, e) => return Err(self.refuse_frame(header, e).await),
+            Arrival::Done(flow) => return Err(Ok(flow)),
+        };
+        let generation = self.generation.clone();
         let limits = &generation.policy.limits;
         let limit = limits.message_limit(self.tenant.is_some());
         // The inflated message is paid for out of the buffer budget before it exists, like a received frame.
         let mut work = frame.len();
-        let _inflated = match raw_header.op_code {
+        let inflated = match header.op_code {
             OpCode::COMPRESSED => match compressed_prefix(&frame, limit) {
                 Ok(prefix) => {
                     work = work.max(prefix.message_len);
@@ -382,11 +487,11 @@ impl ClientConnection {
                                 len = prefix.message_len,
                                 "no buffer budget to decompress the message in time; closing"
                             );
-                            return Ok(Flow::Close);
+                            return Err(Ok(Flow::Close));
                         }
                     }
                 }
-                Err(e) => return self.refuse_frame(raw_header, e).await,
+                Err(e) => return Err(self.refuse_frame(header, e).await),
             },
             _ => None,
         };
@@ -395,7 +500,7 @@ impl ClientConnection {
         } else {
             // Inflating and validating megabytes takes milliseconds of CPU: do it on the blocking pool, a few at
             // a time, so the async workers keep serving every other connection meanwhile.
-            let Ok(permit) = self.shared.heavy.clone().acquire_owned().await else { return Ok(Flow::Close) };
+            let Ok(permit) = self.shared.heavy.clone().acquire_owned().await else { return Err(Ok(Flow::Close)) };
             let job = tokio::task::spawn_blocking(move || {
                 let decoded = decode_limited(frame, limit);
                 drop(permit);
@@ -403,33 +508,13 @@ impl ClientConnection {
             });
             job.await.unwrap_or(Err(ProtocolError::Malformed("message could not be decoded")))
         };
-        let decoded = match decoded {
-            Ok(decoded) => decoded,
-            Err(e) => return self.refuse_frame(raw_header, e).await,
-        };
-        if let Some(compressor) = decoded.compressor {
-            self.shared.stats.count_compressed(compressor);
-        }
-        // Decoding a heavy message waits: what it is decided with is read again.
-        self.shared.refresh(&mut self.generation);
-        if self.generation.number != generation.number {
-            generation = self.generation.clone();
-        }
-        if !self.refresh_tenant(&generation) {
-            return Ok(Flow::Close);
-        }
-        match decoded.message {
-            Message::Msg(msg) => {
-                let command = Command::of(&msg);
-                let flow = self.handle_msg(&generation, decoded.header, msg, command, decoded.compressor).await;
-                self.done(command, started);
-                flow
-            }
-            Message::Query(query) => self.handle_query(&generation, decoded.header, query).await,
-            Message::Reply(_) => {
-                warn!("client sent OP_REPLY");
-                Ok(Flow::Close)
-            }
+        match decoded {
+            Ok(decoded) => match self.decoded(decoded, started, inflated) {
+                Arrival::Msg(incoming) => Ok(incoming),
+                Arrival::Query(generation, header, query) => Err(self.handle_query(&generation, header, query).await),
+                _ => Err(Ok(Flow::Close)),
+            },
+            Err(e) => Err(self.refuse_frame(header, e).await),
         }
     }
 
@@ -483,7 +568,16 @@ impl ClientConnection {
         // Waits here while the tenant is held for a move, before the command is decided, so that it is decided
         // with the policy the move switched to.
         let cap_wait = generation.policy.limits.pool_wait_timeout();
-        let in_flight = match pass_gate(&self.shared, &mut self.gate, self.tenant.as_deref(), command, cap_wait).await {
+        let entry = gate_entry(&self.shared, &mut self.gate, self.tenant.as_deref(), command);
+        let passed = match entry {
+            None => Ok(None),
+            // Passed at once (nearly every command) without building the gate's future.
+            Some((entry, cap)) => match entry.try_enter(cap) {
+                Some(in_flight) => Ok(Some(in_flight)),
+                None => entry.enter(cap, cap_wait).await.map(Some),
+            },
+        };
+        let in_flight = match passed {
             Ok(in_flight) => in_flight,
             Err(refusal) => {
                 if respond {
@@ -794,7 +888,12 @@ impl ClientConnection {
             }
             None => BackendTimer::new(deadline.at),
         };
-        let mut pooled = within!(timer, deadline, checkout(&self.shared, generation, &tenant))?;
+        // An idle connection of this worker is taken at once (nearly always), without building the checkout's
+        // future; otherwise the checkout waits, within the deadline.
+        let mut pooled = match target(generation, &tenant)?.try_checkout() {
+            Some(pooled) => pooled,
+            None => within!(timer, deadline, checkout(&self.shared, generation, &tenant))?,
+        };
         self.sending();
         let backend_request_id = match within!(timer, deadline, connection(&mut pooled)?.send(&forward)) {
             Ok(id) => id,
@@ -835,10 +934,13 @@ impl ClientConnection {
                 }
             }
             let reply = self.post_process(reply, post, &cursor);
-            let sent_id = self
-                .write_msg(&reply, answer_to, compressor)
-                .await
-                .map_err(|e| ProxyError::Internal { detail: format!("write to client: {e}") })?;
+            // Written at once where the client's socket takes it (see `write_now`), not through `write_msg`'s
+            // future.
+            let sent = match self.write_now(&reply, answer_to, compressor) {
+                Written::Done(written) => written,
+                Written::Rest { id, rest } => self.write_frame(rest).await.map(|()| id),
+            };
+            let sent_id = sent.map_err(|e| ProxyError::Internal { detail: format!("write to client: {e}") })?;
             if !more {
                 self.backend_timer = Some(timer);
                 return Ok(());
@@ -958,26 +1060,60 @@ impl ClientConnection {
         response_to: i32,
         compressor: Option<Compressor>,
     ) -> std::io::Result<i32> {
+        match self.write_now(msg, response_to, compressor) {
+            Written::Done(written) => written,
+            Written::Rest { id, rest } => self.write_frame(rest).await.map(|()| id),
+        }
+    }
+
+    /// Starts writing an OP_MSG answering `response_to` without waiting. A reply that is only a body (nearly all)
+    /// is written from where the body is held, after its head, in one vectored write: no frame is built. Over plain
+    /// TCP nothing is then allocated and a large batch is not copied; a TLS stream copies both into its records, as
+    /// it copied the frame. The client's socket nearly always takes the whole reply at once: the write is then done
+    /// here, where no future is built and moved into the caller's state; what it did not take is returned for
+    /// [`Self::write_frame`], as is every other reply (compressed, with sequences).
+    fn write_now(&mut self, msg: &OpMsg, response_to: i32, compressor: Option<Compressor>) -> Written {
         let id = self.reply_id();
-        // A reply that is only a body (nearly all) is written from where the body is held, after its head, in one
-        // vectored write: no frame is built. Over plain TCP nothing is then allocated and a large batch is not
-        // copied; a TLS stream copies both into its records, as it copied the frame.
-        if compressor.is_none() && self.stream.get_ref().is_write_vectored() {
+        if compressor.is_none() && !self.write_failed && self.stream.get_ref().is_write_vectored() {
             if let Some(head) = msg.head_before_body(id, response_to) {
-                self.write_frame(head.as_slice().chain(msg.body_bytes().as_ref())).await?;
-                return Ok(id);
+                let body = msg.body_bytes();
+                let mut frame = head.as_slice().chain(body.as_ref());
+                let len = frame.remaining();
+                let writer = self.stream.get_mut();
+                // Polled once with a waker that does nothing: when the socket cannot take it all, the rest is
+                // polled again by `write_frame` with the task's own waker, which registers it then.
+                let polled = {
+                    let mut write = std::pin::pin!(async {
+                        writer.write_all_buf(&mut frame).await?;
+                        writer.flush().await
+                    });
+                    write.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+                };
+                return match polled {
+                    Poll::Ready(outcome) => Written::Done(self.written(len, outcome).map(|()| id)),
+                    Poll::Pending => {
+                        let (head_left, body_left) = (frame.first_ref().len(), frame.last_ref().len());
+                        // Counted as written: `write_frame` counts the rest once it is.
+                        self.usage.bytes_sent.inc_by((len - head_left - body_left) as u64);
+                        let head = Bytes::copy_from_slice(&head[head.len() - head_left..]);
+                        let rest = head.chain(body.slice(body.len() - body_left..));
+                        Written::Rest { id, rest }
+                    }
+                };
             }
         }
-        let frame = msg.encode(id, response_to).map_err(std::io::Error::other)?;
-        match compressor {
-            Some(c) => {
-                let wrapped = compress_frame(&frame, c).map_err(std::io::Error::other)?;
-                drop(frame);
-                self.write_frame(&wrapped[..]).await?;
-            }
-            None => self.write_frame(&frame[..]).await?,
-        }
-        Ok(id)
+        let frame = match msg.encode(id, response_to) {
+            Ok(frame) => frame,
+            Err(e) => return Written::Done(Err(std::io::Error::other(e))),
+        };
+        let frame = match compressor {
+            Some(c) => match compress_frame(&frame, c) {
+                Ok(wrapped) => wrapped,
+                Err(e) => return Written::Done(Err(std::io::Error::other(e))),
+            },
+            None => frame,
+        };
+        Written::Rest { id, rest: Bytes::from(frame).chain(Bytes::new()) }
     }
 
     /// Writes one whole frame within `limits.client_write_timeout_secs`. A client that does not read its replies
@@ -1009,6 +1145,11 @@ impl ClientConnection {
                 }
             }
         };
+        self.written(len, outcome)
+    }
+
+    /// Notes how a write of `len` bytes ended: a failed one leaves the stream unusable.
+    fn written(&mut self, len: usize, outcome: std::io::Result<()>) -> std::io::Result<()> {
         self.write_failed = outcome.is_err();
         if outcome.is_ok() {
             self.usage.bytes_sent.inc_by(len as u64);
@@ -1023,29 +1164,27 @@ impl ClientConnection {
     }
 }
 
-/// Lets a forwarded command through its tenant's gate ([`crate::gate`]); the guard is held until the reply is
-/// written. Commands the proxy answers itself (handshake, `ping`, SASL) and commands before authentication
-/// never wait.
-async fn pass_gate(
+/// The tenant's gate ([`crate::gate`]) a command passes, with the tenant's cap on commands in flight; the
+/// guard it gives is held until the reply is written. Commands the proxy answers itself (handshake, `ping`,
+/// SASL) and commands before authentication pass no gate.
+fn gate_entry<'a>(
     shared: &Shared,
-    kept: &mut Option<crate::gate::TenantEntry>,
+    kept: &'a mut Option<crate::gate::TenantEntry>,
     tenant: Option<&Tenant>,
     command: Command,
-    cap_wait: Duration,
-) -> Result<Option<crate::gate::InFlight>, RawDocumentBuf> {
+) -> Option<(&'a crate::gate::TenantEntry, Option<usize>)> {
     use crate::command::spec::Handling;
-    let Some(tenant) = tenant else { return Ok(None) };
+    let tenant = tenant?;
     let forwarded = command
         .spec()
         .is_some_and(|spec| matches!(spec.handling, Handling::Forwarded | Handling::LocalUntilAuthenticated));
     if !forwarded {
-        return Ok(None);
+        return None;
     }
     // A tenant at its cap waits as long as a command may wait for a pooled connection (`cap_wait`): the cap is
     // the tenant's share of the pools, so that is what it stands for.
-    let entry = match kept {
-        Some(entry) if entry.is_for(&tenant.id) => entry,
-        _ => kept.insert(shared.gate.entry(&tenant.id)),
-    };
-    entry.enter(Some(tenant.max_in_flight), cap_wait).await.map(Some)
+    if !kept.as_ref().is_some_and(|entry| entry.is_for(&tenant.id)) {
+        *kept = Some(shared.gate.entry(&tenant.id));
+    }
+    Some((kept.as_ref()?, Some(tenant.max_in_flight)))
 }

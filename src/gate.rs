@@ -204,6 +204,27 @@ impl TenantEntry {
         self.tenant == tenant
     }
 
+    /// [`Self::enter`] when that passes at once (nearly every command: no hold, below the cap), without building
+    /// its future; `None` when the command has to wait, which `enter` then does.
+    pub fn try_enter(&self, cap: Option<usize>) -> Option<InFlight> {
+        let mut state = self.gate.lock();
+        Self::room(&mut state, cap).then(|| InFlight { gate: self.gate.clone(), waited: false })
+    }
+
+    /// Takes a place in flight under `cap` when there is one now.
+    fn room(state: &mut State, cap: Option<usize>) -> bool {
+        state.cap = cap;
+        // Room that a raised cap made goes to the commands already queued, first.
+        state.admit_queued();
+        // No hold, below the cap, nobody queued (there is no room while anyone is): the command passes without
+        // registering for a wake-up or reading the clock.
+        if !state.has_room() {
+            return false;
+        }
+        state.in_flight += 1;
+        true
+    }
+
     /// Lets a command of this entry's tenant in: at once unless the tenant is held or at its cap. A held tenant's
     /// command waits until the hold ends (released, or at its deadline). A command beyond `cap` waits up to
     /// `cap_wait` for one of the tenant's commands to finish, and is otherwise refused with the returned reply.
@@ -211,13 +232,7 @@ impl TenantEntry {
         let (gate, tenant) = (&self.gate, self.tenant.as_str());
         let (holds_before, mut waited, told) = {
             let mut state = gate.lock();
-            state.cap = cap;
-            // Room that a raised cap made goes to the commands already queued, first.
-            state.admit_queued();
-            // Nearly every command: no hold, below the cap, nobody queued (there is no room while anyone is). It
-            // passes without registering for a wake-up or reading the clock.
-            if state.has_room() {
-                state.in_flight += 1;
+            if Self::room(&mut state, cap) {
                 drop(state);
                 return Ok(InFlight { gate: gate.clone(), waited: false });
             }
@@ -895,6 +910,46 @@ mod tests {
         assert!(tight.is_finished(), "the freed slot was left unused under the cap now in force");
         assert!(tight.await.unwrap());
         assert_eq!(gate.in_flight("acme"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entering_at_once_passes_exactly_where_entering_would_not_wait() {
+        let gate = Arc::new(Gate::default());
+        let entry = gate.entry("acme");
+        let first = entry.try_enter(Some(2)).expect("room under the cap");
+        assert!(!first.waited);
+        let second = entry.try_enter(Some(2)).expect("room for a second");
+        assert_eq!(gate.in_flight("acme"), 2);
+        assert!(entry.try_enter(Some(2)).is_none(), "at the cap");
+        assert_eq!(gate.in_flight("acme"), 2, "a command refused at once takes no place");
+        // A command queued at the cap keeps its turn: one trying at once does not pass it when a slot frees.
+        let queued = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter("acme", Some(2), Duration::from_secs(10)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(first);
+        assert!(entry.try_enter(Some(2)).is_none(), "the freed slot is the queued command's");
+        assert!(queued.await.unwrap());
+        drop(second);
+        // A raised cap lets it in; a held tenant's command never passes at once.
+        let _third = entry.try_enter(Some(3)).expect("below the raised cap");
+        let hold = gate.hold("acme", Duration::from_secs(30));
+        tokio::pin!(hold);
+        assert!(futures_poll_once(hold.as_mut()).await.is_none(), "the hold drains the command in flight");
+        assert!(entry.try_enter(None).is_none(), "held");
+        assert_eq!(gate.in_flight("acme"), 1);
+    }
+
+    /// Polls `future` once: its output if it is ready.
+    async fn futures_poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match future.as_mut().poll(cx) {
+                std::task::Poll::Ready(output) => Some(output),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     #[tokio::test(start_paused = true)]

@@ -109,6 +109,12 @@ impl<C: Send + 'static> State<C> {
         None
     }
 
+    /// The idle connection of worker `here` returned last.
+    fn own_idle(&mut self, here: usize) -> Option<(usize, C)> {
+        let at = self.idle.iter().rposition(|(shard, _)| *shard == here)?;
+        Some(self.idle.remove(at))
+    }
+
     fn enqueue(&mut self, tenant: &str, waiter: oneshot::Sender<Grant<C>>) {
         let waiter = (crate::workers::shard(), waiter);
         match self.waiting.get_mut(tenant) {
@@ -207,8 +213,8 @@ impl<C: Send + 'static> Pool<C> {
         let here = crate::workers::shard();
         let first = {
             let mut state = self.lock();
-            if let Some(at) = state.idle.iter().rposition(|(shard, _)| *shard == here) {
-                First::Idle(state.idle.remove(at))
+            if let Some(own) = state.own_idle(here) {
+                First::Idle(own)
             } else if state.open < self.max() {
                 state.open += 1;
                 (self.on_open)(state.open);
@@ -246,6 +252,13 @@ impl<C: Send + 'static> Pool<C> {
             Grant::Conn(conn) => Ok(conn),
             Grant::Slot(slot) => slot.open(connect).await,
         }
+    }
+
+    /// An idle connection opened on this worker, when there is one: what [`Self::checkout`] takes first, taken
+    /// without building its future. The caller checks it is still alive, as for `checkout`.
+    pub fn try_idle(self: &Arc<Self>) -> Option<Pooled<C>> {
+        let (shard, conn) = self.lock().own_idle(crate::workers::shard())?;
+        Some(Pooled { conn: Some(conn), shard, pool: self.clone(), fresh: false })
     }
 
     /// Hands `grant` to `waiter`, or, when the waiter gave up meanwhile, to the next one; with nobody left
@@ -545,6 +558,51 @@ mod tests {
         // The borrowed connection still belongs to worker 0: given back, it is worker 0's again, while worker 1
         // would borrow it again.
         assert_eq!(on_worker(&workers, 0, &pool, 22), (20, false));
+    }
+
+    /// What [`Pool::try_idle`] takes on worker `index`, given back at once.
+    fn try_on_worker(workers: &crate::workers::Workers, index: usize, pool: &Arc<Pool<u32>>) -> Option<u32> {
+        let pool = pool.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.worker(index).unwrap().handle().spawn(async move {
+            let taken = pool.try_idle().map(|mut conn| {
+                assert!(!conn.is_fresh());
+                let number = *conn.get().unwrap();
+                conn.release();
+                number
+            });
+            tx.send(taken).unwrap();
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn taking_at_once_takes_only_an_idle_connection_of_the_worker_itself() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let pool: Arc<Pool<u32>> = Pool::new(2, |_| {});
+        assert_eq!(try_on_worker(&workers, 0, &pool), None, "nothing idle: it opens nothing");
+        assert_eq!(pool.open(), 0);
+        assert_eq!(on_worker(&workers, 0, &pool, 10), (10, true));
+        // Worker 1 neither borrows worker 0's idle connection nor opens one: that is the checkout's to decide.
+        assert_eq!(try_on_worker(&workers, 1, &pool), None);
+        assert_eq!(pool.open(), 1);
+        assert_eq!(try_on_worker(&workers, 0, &pool), Some(10));
+        assert_eq!(try_on_worker(&workers, 0, &pool), Some(10), "given back, it is idle again");
+        // A connection taken and dropped mid-exchange is closed, not kept.
+        let dropped = {
+            let pool = pool.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            workers.worker(0).unwrap().handle().spawn(async move {
+                let taken = pool.try_idle();
+                let some = taken.is_some();
+                drop(taken);
+                tx.send(some).unwrap();
+            });
+            rx.recv().unwrap()
+        };
+        assert!(dropped);
+        assert_eq!(pool.open(), 0);
+        assert_eq!(try_on_worker(&workers, 0, &pool), None);
     }
 
     #[test]

@@ -704,8 +704,22 @@ mod tests {
 
     #[tokio::test]
     async fn replies_written_in_pieces_arrive_whole_and_are_counted_once() {
+        replies_in_pieces(1 << 20).await;
+    }
+
+    #[tokio::test]
+    async fn replies_the_client_takes_only_in_part_arrive_whole_and_are_counted_once() {
+        // Room for 20 bytes at a time: a reply's first write stops inside its 21-byte head, and the rest is
+        // written once the client reads, by the path that waits. With room for 40, it stops inside the body.
+        replies_in_pieces(20).await;
+        replies_in_pieces(40).await;
+    }
+
+    /// Sends three commands through a [`Trickle`] whose peer takes `capacity` bytes at a time, and checks each
+    /// reply arrives whole and every byte is counted once.
+    async fn replies_in_pieces(capacity: usize) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (ours, mut theirs) = tokio::io::duplex(capacity);
         let vectored_writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (server, served) =
             serving(Box::new(Trickle { inner: ours, vectored_writes: vectored_writes.clone() })).await;
