@@ -647,7 +647,7 @@ mod tests {
     }
 
     /// A stream that takes vectored writes, a few bytes at a time: a reply's head and body (written as two
-    /// slices, `ClientConnection::write_msg`) arrive in pieces that split the head itself.
+    /// slices, `ClientConnection::write_now`) arrive in pieces that split the head itself.
     struct Trickle {
         inner: tokio::io::DuplexStream,
         vectored_writes: Arc<std::sync::atomic::AtomicUsize>,
