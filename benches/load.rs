@@ -392,7 +392,7 @@
 //!   code runs at three to four per cycle in the criterion loop: with driver, stub and relay sharing two cores,
 //!   the relay's code and data are cold at every command. The same sampling put the process's total at 18.4 µs
 //!   against HAProxy's 16.9 µs per command in that run.
-//! - **Eleventh round (2026-11-29, 01:45–03:00): where the user time goes under load, and the futures each
+//! - **Eleventh round (2026-11-29, 01:45–02:40): where the user time goes under load, and the futures each
 //!   command built.** The VM has no hardware counters, so `perf record -e cpu-clock` (4 kHz, 3 s at 64 clients)
 //!   sampled where the time goes: tenantwall 72% in the kernel and 28% in user space, HAProxy 88% and 12%. No
 //!   user-space function of the proxy's takes more than 3% of its samples; `memmove` takes 1.4% (5% of the
@@ -402,7 +402,7 @@
 //!   the hottest of them the tenant's byte counter (`bytes_received`), `documents_returned`, the reload wait's
 //!   mutex and the generation's `Arc` count, which both workers write for every command of the one tenant. A
 //!   build without the per-command metric updates (both byte counters, the documents, the command counter, both
-//!   duration histograms, the backend time, `Stats::commands`) against the same code, 7 paired rounds at 64
+//!   duration histograms, the backend time, `Stats::commands`) against the same code (02:07), 7 paired rounds at 64
 //!   clients: 18.5 against 18.6 µs of CPU per command, 4.4 against 4.3 µs of it in user mode. Shared cache lines
 //!   are not where the gap is; per-worker metrics were not built. The worker wakes of the tenth round (0.12
 //!   `write`s per command) are tokio's time driver waking itself: each command queued at the tenant's cap
@@ -422,15 +422,15 @@
 //!
 //!   | run | HAProxy | start | end |
 //!   |---|---|---|---|
-//!   | 02:30, 7 rounds | 44.9 / 17.6 µs (6.4 / 1.9) | 1.12× / 1.19× / 0.92×, 56.3 / 21.0 µs (17.1 / 5.9) | 1.05× / 1.11× / 0.88×, 49.8 / 20.6 µs (15.8 / 5.2) |
-//!   | 02:42, 9 rounds | 39.5 / 14.9 µs (4.9 / 1.3) | 1.23× / 1.41× / 0.89×, 53.7 / 17.5 µs (13.8 / 4.6) | 1.29× / 1.53× / 0.90×, 53.1 / 18.0 µs (13.5 / 4.2) |
-//!   | 02:47, 9 rounds | 45.9 / 16.5 µs (6.8 / 1.9) | 1.23× / 1.46× / 0.89×, 61.8 / 20.1 µs (17.6 / 4.9) | 1.03× / 1.04× / 0.90×, 51.7 / 19.4 µs (14.6 / 5.6) |
+//!   | 02:18, 7 rounds, load average 0.9–1.7 | 44.9 / 17.6 µs (6.4 / 1.9) | 1.12× / 1.19× / 0.92×, 56.3 / 21.0 µs (17.1 / 5.9) | 1.05× / 1.11× / 0.88×, 49.8 / 20.6 µs (15.8 / 5.2) |
+//!   | 02:29, 9 rounds, 1.3–2.0 | 39.5 / 14.9 µs (4.9 / 1.3) | 1.23× / 1.41× / 0.89×, 53.7 / 17.5 µs (13.8 / 4.6) | 1.29× / 1.53× / 0.90×, 53.1 / 18.0 µs (13.5 / 4.2) |
+//!   | 02:32, 9 rounds, 1.4–2.0 | 45.9 / 16.5 µs (6.8 / 1.9) | 1.23× / 1.46× / 0.89×, 61.8 / 20.1 µs (17.6 / 4.9) | 1.03× / 1.04× / 0.90×, 51.7 / 19.4 µs (14.6 / 5.6) |
 //!
 //!   The end used less user time per command at 1 client in all three runs, and was within the 1-client goal in
 //!   one; at 64 clients the two are level (0.88–0.92×) and the goal (≥ 0.95×) is not met. The load generator and
 //!   the stub got cheaper since the first rounds (direct 52,000–63,000 commands/s at 64 clients, where the
 //!   2026-11-28 runs measured 20,000–25,000; HAProxy 30,000–35,000 against 14,000–15,000), so the relay's own
-//!   CPU is a larger share of the two cores than when the goal was first met. One worker instead of two (01:50,
+//!   CPU is a larger share of the two cores than when the goal was first met. One worker instead of two (01:48,
 //!   7 rounds): 0.74× against 0.86× at 64 clients, the other way round from the night before.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
