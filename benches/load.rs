@@ -431,7 +431,10 @@
 //!   the stub got cheaper since the first rounds (direct 52,000–63,000 commands/s at 64 clients, where the
 //!   2026-11-28 runs measured 20,000–25,000; HAProxy 30,000–35,000 against 14,000–15,000), so the relay's own
 //!   CPU is a larger share of the two cores than when the goal was first met. One worker instead of two (01:48,
-//!   7 rounds): 0.74× against 0.86× at 64 clients, the other way round from the night before.
+//!   7 rounds): 0.74× against 0.86× at 64 clients, the other way round from the night before. `-- many` on the
+//!   end build (02:45): 64 backend connections, RSS 118 MiB idle and 123 MiB at peak with 10,000 clients (128 and
+//!   134 before: the connection's own future no longer holds the frame-handling level), 9,086 commands/s at one
+//!   find per client per second (p50 0.44 ms), 24,717 closed loop.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
