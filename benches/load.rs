@@ -433,7 +433,7 @@
 //!   CPU is a larger share of the two cores than when the goal was first met. One worker instead of two (01:48,
 //!   7 rounds): 0.74× against 0.86× at 64 clients, the other way round from the night before. `-- many` on the
 //!   end build (02:45): 64 backend connections, RSS 118 MiB idle and 123 MiB at peak with 10,000 clients (128 and
-//!   134 before: the connection's own future no longer holds the frame-handling level), 9,086 commands/s at one
+//!   134 in the eighth round; not measured here whether the connection's smaller future is the cause), 9,086 commands/s at one
 //!   find per client per second (p50 0.44 ms), 24,717 closed loop.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
