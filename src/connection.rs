@@ -69,8 +69,9 @@ struct ReplyPost {
 enum Written {
     /// Written whole (or failed): the id it was sent with.
     Done(std::io::Result<i32>),
-    /// What the client's socket did not take at once, for [`ClientConnection::write_frame`].
-    Rest { id: i32, rest: bytes::buf::Chain<Bytes, Bytes> },
+    /// What the client's socket did not take at once (`rest`, after the `sent` bytes it took), for
+    /// [`ClientConnection::write_rest`].
+    Rest { id: i32, rest: bytes::buf::Chain<Bytes, Bytes>, sent: usize },
 }
 
 /// A frame as [`ClientConnection::arrive`] left it.
@@ -79,8 +80,8 @@ enum Arrival {
     Msg(Incoming),
     /// A compressed or heavy message, for [`ClientConnection::settle`] to inflate or decode.
     Wait { header: MsgHeader, frame: Bytes, started: Instant },
-    /// A legacy query to serve.
-    Query(Arc<Generation>, MsgHeader, OpQuery),
+    /// A legacy query to serve, with the buffer budget it holds when it arrived compressed.
+    Query(Arc<Generation>, MsgHeader, OpQuery, Option<OwnedSemaphorePermit>),
     /// A frame that did not parse, to answer or close on.
     Refused(MsgHeader, ProtocolError),
     /// Nothing more to do with the frame.
@@ -449,7 +450,7 @@ impl ClientConnection {
                 let compressor = decoded.compressor;
                 Arrival::Msg(Incoming { generation, header, msg, command, compressor, started, _budget: budget })
             }
-            Message::Query(query) => Arrival::Query(generation, header, query),
+            Message::Query(query) => Arrival::Query(generation, header, query, budget),
             Message::Reply(_) => {
                 warn!("client sent OP_REPLY");
                 Arrival::Done(Flow::Close)
@@ -463,7 +464,7 @@ impl ClientConnection {
         let (header, frame, started) = match arrival {
             Arrival::Msg(incoming) => return Ok(incoming),
             Arrival::Wait { header, frame, started } => (header, frame, started),
-            Arrival::Query(generation, header, query) => {
+            Arrival::Query(generation, header, query, _budget) => {
                 return Err(self.handle_query(&generation, header, query).await)
             }
             Arrival::Refused(header, e) => return Err(self.refuse_frame(header, e).await),
@@ -511,7 +512,9 @@ impl ClientConnection {
         match decoded {
             Ok(decoded) => match self.decoded(decoded, started, inflated) {
                 Arrival::Msg(incoming) => Ok(incoming),
-                Arrival::Query(generation, header, query) => Err(self.handle_query(&generation, header, query).await),
+                Arrival::Query(generation, header, query, _budget) => {
+                    Err(self.handle_query(&generation, header, query).await)
+                }
                 _ => Err(Ok(Flow::Close)),
             },
             Err(e) => Err(self.refuse_frame(header, e).await),
@@ -938,7 +941,7 @@ impl ClientConnection {
             // future.
             let sent = match self.write_now(&reply, answer_to, compressor) {
                 Written::Done(written) => written,
-                Written::Rest { id, rest } => self.write_frame(rest).await.map(|()| id),
+                Written::Rest { id, rest, sent } => self.write_rest(id, rest, sent).await,
             };
             let sent_id = sent.map_err(|e| ProxyError::Internal { detail: format!("write to client: {e}") })?;
             if !more {
@@ -1062,7 +1065,7 @@ impl ClientConnection {
     ) -> std::io::Result<i32> {
         match self.write_now(msg, response_to, compressor) {
             Written::Done(written) => written,
-            Written::Rest { id, rest } => self.write_frame(rest).await.map(|()| id),
+            Written::Rest { id, rest, sent } => self.write_rest(id, rest, sent).await,
         }
     }
 
@@ -1071,7 +1074,7 @@ impl ClientConnection {
     /// TCP nothing is then allocated and a large batch is not copied; a TLS stream copies both into its records, as
     /// it copied the frame. The client's socket nearly always takes the whole reply at once: the write is then done
     /// here, where no future is built and moved into the caller's state; what it did not take is returned for
-    /// [`Self::write_frame`], as is every other reply (compressed, with sequences).
+    /// [`Self::write_rest`], as is every other reply (compressed, with sequences).
     fn write_now(&mut self, msg: &OpMsg, response_to: i32, compressor: Option<Compressor>) -> Written {
         let id = self.reply_id();
         if compressor.is_none() && !self.write_failed && self.stream.get_ref().is_write_vectored() {
@@ -1093,11 +1096,9 @@ impl ClientConnection {
                     Poll::Ready(outcome) => Written::Done(self.written(len, outcome).map(|()| id)),
                     Poll::Pending => {
                         let (head_left, body_left) = (frame.first_ref().len(), frame.last_ref().len());
-                        // Counted as written: `write_frame` counts the rest once it is.
-                        self.usage.bytes_sent.inc_by((len - head_left - body_left) as u64);
                         let head = Bytes::copy_from_slice(&head[head.len() - head_left..]);
                         let rest = head.chain(body.slice(body.len() - body_left..));
-                        Written::Rest { id, rest }
+                        Written::Rest { id, rest, sent: len - head_left - body_left }
                     }
                 };
             }
@@ -1113,7 +1114,20 @@ impl ClientConnection {
             },
             None => frame,
         };
-        Written::Rest { id, rest: Bytes::from(frame).chain(Bytes::new()) }
+        Written::Rest { id, rest: Bytes::from(frame).chain(Bytes::new()), sent: 0 }
+    }
+
+    /// Writes what [`Self::write_now`] left, `rest`, after the `sent` bytes of the reply already written: a reply
+    /// is counted in the metrics once all of it is.
+    async fn write_rest(
+        &mut self,
+        id: i32,
+        rest: bytes::buf::Chain<Bytes, Bytes>,
+        sent: usize,
+    ) -> std::io::Result<i32> {
+        self.write_frame(rest).await?;
+        self.usage.bytes_sent.inc_by(sent as u64);
+        Ok(id)
     }
 
     /// Writes one whole frame within `limits.client_write_timeout_secs`. A client that does not read its replies

@@ -941,6 +941,22 @@ mod tests {
         assert_eq!(gate.in_flight("acme"), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn entering_at_once_does_not_pass_a_queued_command_when_the_cap_is_raised() {
+        let gate = Arc::new(Gate::default());
+        let entry = gate.entry("acme");
+        let _a = entry.try_enter(Some(2)).unwrap();
+        let _b = entry.try_enter(Some(2)).unwrap();
+        let queued = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter("acme", Some(2), Duration::from_secs(10)).await.map(std::mem::forget).is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(entry.try_enter(Some(3)).is_none(), "the raised cap's slot is the queued command's");
+        assert!(queued.await.unwrap());
+        assert_eq!(gate.in_flight("acme"), 3);
+    }
+
     /// Polls `future` once: its output if it is ready.
     async fn futures_poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
         std::future::poll_fn(|cx| {

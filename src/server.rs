@@ -704,25 +704,37 @@ mod tests {
 
     #[tokio::test]
     async fn replies_written_in_pieces_arrive_whole_and_are_counted_once() {
-        replies_in_pieces(1 << 20).await;
+        let vectored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let received =
+            replies_in_pieces(1 << 20, |inner| Box::new(Trickle { inner, vectored_writes: vectored.clone() })).await;
+        // Each reply went out as head and body through vectored writes, three bytes at a time.
+        assert!(vectored.load(Ordering::Relaxed) > received / 3);
     }
 
     #[tokio::test]
     async fn replies_the_client_takes_only_in_part_arrive_whole_and_are_counted_once() {
         // Room for 20 bytes at a time: a reply's first write stops inside its 21-byte head, and the rest is
         // written once the client reads, by the path that waits. With room for 40, it stops inside the body.
-        replies_in_pieces(20).await;
-        replies_in_pieces(40).await;
+        for capacity in [20, 40] {
+            let vectored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            replies_in_pieces(capacity, |inner| Box::new(Trickle { inner, vectored_writes: vectored.clone() })).await;
+        }
     }
 
-    /// Sends three commands through a [`Trickle`] whose peer takes `capacity` bytes at a time, and checks each
-    /// reply arrives whole and every byte is counted once.
-    async fn replies_in_pieces(capacity: usize) {
+    #[tokio::test]
+    async fn a_reply_taken_whole_whose_flush_has_to_wait_arrives_whole_and_is_counted_once() {
+        // As a TLS stream does: every byte is taken into its buffer at once, and the flush has to wait for the
+        // client to read.
+        replies_in_pieces(20, |inner| Box::new(tokio::io::BufWriter::new(inner))).await;
+    }
+
+    /// Sends three commands through the stream `wrap` makes of a duplex whose peer takes `capacity` bytes at a
+    /// time, checks each reply arrives whole and every byte is counted once, and returns the bytes received.
+    async fn replies_in_pieces(capacity: usize, wrap: impl FnOnce(tokio::io::DuplexStream) -> BoxStream) -> usize {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let within = Duration::from_secs(5);
         let (ours, mut theirs) = tokio::io::duplex(capacity);
-        let vectored_writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (server, served) =
-            serving(Box::new(Trickle { inner: ours, vectored_writes: vectored_writes.clone() })).await;
+        let (server, served) = serving(wrap(ours)).await;
         let requests = [
             bson::rawdoc! { "hello": 1, "$db": "admin" },
             bson::rawdoc! { "ping": 1, "$db": "admin" },
@@ -733,11 +745,11 @@ mod tests {
             let request = tenantwall_protocol::OpMsg::new(tenantwall_protocol::MsgFlags::default(), body);
             theirs.write_all(&request.encode(id, 0).unwrap()).await.unwrap();
             let mut frame = vec![0u8; 16];
-            let read = theirs.read_exact(&mut frame);
-            tokio::time::timeout(Duration::from_secs(5), read).await.expect("no reply").unwrap();
+            tokio::time::timeout(within, theirs.read_exact(&mut frame)).await.expect("no reply").unwrap();
             let header = tenantwall_protocol::MsgHeader::read(&frame).unwrap();
             frame.resize(usize::try_from(header.message_length).unwrap(), 0);
-            theirs.read_exact(&mut frame[16..]).await.unwrap();
+            let rest = theirs.read_exact(&mut frame[16..]);
+            tokio::time::timeout(within, rest).await.expect("the reply stopped short").unwrap();
             received += frame.len();
             // The frame as a whole: its length, its answer, and a body that parses and says ok.
             let decoded = tenantwall_protocol::decode(bytes::Bytes::from(frame)).unwrap();
@@ -746,10 +758,8 @@ mod tests {
             assert_eq!(reply.body().get_f64("ok").ok().or(reply.body().get_i32("ok").ok().map(f64::from)), Some(1.0));
             assert!(reply.sequences().is_empty());
         }
-        // Each reply went out as head and body through vectored writes, three bytes at a time.
-        assert!(vectored_writes.load(Ordering::Relaxed) > received / 3);
         drop(theirs);
-        served.await.unwrap();
+        tokio::time::timeout(within, served).await.expect("the connection did not end").unwrap();
         let metrics = server.shared.metrics.encode();
         let sent = metrics
             .lines()
@@ -757,5 +767,6 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse::<usize>().ok());
         assert_eq!(sent, Some(received), "{metrics}");
+        received
     }
 }
