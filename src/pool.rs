@@ -523,19 +523,28 @@ mod tests {
         assert_eq!(pool.open(), 1, "the surplus idle connection is closed");
     }
 
+    /// Runs `job` on worker `index`, and returns its output once the job and everything it held are dropped.
+    fn run_on<T: Send + 'static>(
+        workers: &crate::workers::Workers,
+        index: usize,
+        job: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.worker(index).unwrap().handle().spawn(async move { tx.send(job.await).unwrap() });
+        rx.recv().unwrap()
+    }
+
     /// Checks a connection out on worker `index` and gives it back at once: (its number, whether it was opened
     /// for this checkout).
     fn on_worker(workers: &crate::workers::Workers, index: usize, pool: &Arc<Pool<u32>>, next: u32) -> (u32, bool) {
         let pool = pool.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        workers.worker(index).unwrap().handle().spawn(async move {
+        run_on(workers, index, async move {
             let mut conn =
                 pool.checkout("acme", Duration::from_secs(1), || async move { Ok::<_, ()>(next) }).await.unwrap();
             let seen = (*conn.get().unwrap(), conn.is_fresh());
             conn.release();
-            tx.send(seen).unwrap();
-        });
-        rx.recv().unwrap()
+            seen
+        })
     }
 
     #[test]
@@ -563,17 +572,14 @@ mod tests {
     /// What [`Pool::try_idle`] takes on worker `index`, given back at once.
     fn try_on_worker(workers: &crate::workers::Workers, index: usize, pool: &Arc<Pool<u32>>) -> Option<u32> {
         let pool = pool.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        workers.worker(index).unwrap().handle().spawn(async move {
-            let taken = pool.try_idle().map(|mut conn| {
+        run_on(workers, index, async move {
+            pool.try_idle().map(|mut conn| {
                 assert!(!conn.is_fresh());
                 let number = *conn.get().unwrap();
                 conn.release();
                 number
-            });
-            tx.send(taken).unwrap();
-        });
-        rx.recv().unwrap()
+            })
+        })
     }
 
     #[test]
@@ -589,18 +595,8 @@ mod tests {
         assert_eq!(try_on_worker(&workers, 0, &pool), Some(10));
         assert_eq!(try_on_worker(&workers, 0, &pool), Some(10), "given back, it is idle again");
         // A connection taken and dropped mid-exchange is closed, not kept.
-        let dropped = {
-            let pool = pool.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            workers.worker(0).unwrap().handle().spawn(async move {
-                let taken = pool.try_idle();
-                let some = taken.is_some();
-                drop(taken);
-                tx.send(some).unwrap();
-            });
-            rx.recv().unwrap()
-        };
-        assert!(dropped);
+        let taken = pool.clone();
+        assert!(run_on(&workers, 0, async move { taken.try_idle().is_some() }));
         assert_eq!(pool.open(), 0);
         assert_eq!(try_on_worker(&workers, 0, &pool), None);
     }
