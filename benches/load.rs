@@ -434,7 +434,9 @@
 //!   7 rounds): 0.74× against 0.86× at 64 clients, the other way round from the night before. `-- many` on the
 //!   end build (02:45): 64 backend connections, RSS 118 MiB idle and 123 MiB at peak with 10,000 clients (128 and
 //!   134 in the eighth round; not measured here whether the connection's smaller future is the cause), 9,086 commands/s at one
-//!   find per client per second (p50 0.44 ms), 24,717 closed loop.
+//!   find per client per second (p50 0.44 ms), 24,717 closed loop. The full comparison on the end build (`cargo
+//!   bench --bench load`, 03:05, one run): against the stub 1.28× / 1.52× / 0.96× (HAProxy 118 µs at 1 client,
+//!   25,434 commands/s at 64; tenantwall 151 µs and 24,402), against nx-27017 1.01× at 1 client and 1.06× at 64.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
