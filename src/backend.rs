@@ -12,6 +12,7 @@
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bson::spec::BinarySubtype;
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{ClientKeys, ScramClient};
-use crate::codec::FrameReader;
+use crate::codec::{self, FrameReader};
 use crate::error::ProxyError;
 use crate::handshake::FALLBACK_MAX_WIRE_VERSION;
 use crate::policy::{BackendSpec, Credentials};
@@ -435,9 +436,14 @@ impl BackendConn {
         };
         let failed = |e: std::io::Error| unavailable(format!("write to backend: {e}"));
         // The first write is separate so that its failure proves the backend did not receive the whole message.
-        let first = match tail {
-            [] => self.stream.get_mut().write(head).await,
-            tail => self.stream.get_mut().write_vectored(&[IoSlice::new(head), IoSlice::new(tail)]).await,
+        // A small message is offered at once as one copy (one `send`, cheaper than a vectored write); a larger
+        // one, or one the socket has no room for yet, is written by a write that waits.
+        let first = match codec::write_small_once(self.stream.get_mut(), head, tail) {
+            Some(Poll::Ready(first)) => first,
+            _ => match tail {
+                [] => self.stream.get_mut().write(head).await,
+                tail => self.stream.get_mut().write_vectored(&[IoSlice::new(head), IoSlice::new(tail)]).await,
+            },
         }
         .map_err(|e| SendFailure { error: failed(e), nothing_sent: true })?;
         if first == 0 {

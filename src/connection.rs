@@ -17,14 +17,14 @@ use tenantwall_protocol::compression::{compress_frame, compressed_prefix};
 use tenantwall_protocol::{
     decode_limited, Compressor, Decoded, Message, MsgFlags, MsgHeader, OpCode, OpMsg, OpQuery, OpReply, ProtocolError,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admitted, Verdict};
 use crate::backend::{BackendConn, BoxStream};
-use crate::codec::{FrameReader, ReadError};
+use crate::codec::{self, FrameReader, ReadError};
 use crate::command::Command;
 use crate::engine::decide::{prepare_forward, Decision, Local};
 use crate::engine::reply;
@@ -1070,39 +1070,58 @@ impl ClientConnection {
     }
 
     /// Starts writing an OP_MSG answering `response_to` without waiting. A reply that is only a body (nearly all)
-    /// is written from where the body is held, after its head, in one vectored write: no frame is built. Over plain
-    /// TCP nothing is then allocated and a large batch is not copied; a TLS stream copies both into its records, as
-    /// it copied the frame. The client's socket nearly always takes the whole reply at once: the write is then done
-    /// here, where no future is built and moved into the caller's state; what it did not take is returned for
-    /// [`Self::write_rest`], as is every other reply (compressed, with sequences).
+    /// is written after its head without building a frame: a small one as one copy of both in one write
+    /// ([`codec::write_small_once`], a `send` on a socket, cheaper than a vectored write), a larger one from where
+    /// its body is held, in one vectored write (over plain TCP nothing is then allocated and a large batch is not
+    /// copied; a TLS stream copies both into its records, as it copied the frame). The client's socket nearly
+    /// always takes the whole reply at once: the write is then done here, where no future is built and moved into
+    /// the caller's state; what it did not take is returned for [`Self::write_rest`], as is every other reply
+    /// (compressed, with sequences).
     fn write_now(&mut self, msg: &OpMsg, response_to: i32, compressor: Option<Compressor>) -> Written {
         let id = self.reply_id();
-        if compressor.is_none() && !self.write_failed && self.stream.get_ref().is_write_vectored() {
+        if compressor.is_none() && !self.write_failed {
             if let Some(head) = msg.head_before_body(id, response_to) {
                 let body = msg.body_bytes();
-                let mut frame = head.as_slice().chain(body.as_ref());
-                let len = frame.remaining();
+                let len = head.len() + body.len();
                 let writer = self.stream.get_mut();
                 // Polled once with a waker that does nothing: when the socket cannot take it all, the rest is
                 // polled again by `write_frame` with the task's own waker, which registers it then.
-                let polled = {
-                    let mut write = std::pin::pin!(async {
-                        writer.write_all_buf(&mut frame).await?;
-                        writer.flush().await
-                    });
-                    write.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                };
-                return match polled {
-                    Poll::Ready(outcome) => Written::Done(self.written(len, outcome).map(|()| id)),
-                    Poll::Pending => {
-                        let (head_left, body_left) = (frame.first_ref().len(), frame.last_ref().len());
-                        let head = Bytes::copy_from_slice(&head[head.len() - head_left..]);
-                        let rest = head.chain(body.slice(body.len() - body_left..));
-                        Written::Rest { id, rest, sent: len - head_left - body_left }
+                let mut cx = Context::from_waker(Waker::noop());
+                let sent = match codec::write_small_once(writer, &head, body) {
+                    Some(Poll::Ready(Ok(taken))) if taken < len => taken,
+                    Some(Poll::Ready(Ok(_))) => match std::pin::Pin::new(writer).poll_flush(&mut cx) {
+                        Poll::Ready(flushed) => return Written::Done(self.written(len, flushed).map(|()| id)),
+                        Poll::Pending => len,
+                    },
+                    Some(Poll::Ready(Err(e))) => return Written::Done(self.written(len, Err(e)).map(|()| id)),
+                    Some(Poll::Pending) => 0,
+                    None if writer.is_write_vectored() => {
+                        let mut frame = head.as_slice().chain(body.as_ref());
+                        let polled = {
+                            let mut write = std::pin::pin!(async {
+                                writer.write_all_buf(&mut frame).await?;
+                                writer.flush().await
+                            });
+                            write.as_mut().poll(&mut cx)
+                        };
+                        match polled {
+                            Poll::Ready(outcome) => return Written::Done(self.written(len, outcome).map(|()| id)),
+                            Poll::Pending => len - frame.remaining(),
+                        }
                     }
+                    None => return Self::encode_reply(msg, id, response_to, None),
                 };
+                // What the socket did not take: the rest of the head, copied, and the rest of the body, a slice.
+                let head_rest = Bytes::copy_from_slice(&head[sent.min(head.len())..]);
+                let rest = head_rest.chain(body.slice(sent.saturating_sub(head.len())..));
+                return Written::Rest { id, rest, sent };
             }
         }
+        Self::encode_reply(msg, id, response_to, compressor)
+    }
+
+    /// A reply encoded as a whole frame (compressed when `compressor` says so), for [`Self::write_rest`].
+    fn encode_reply(msg: &OpMsg, id: i32, response_to: i32, compressor: Option<Compressor>) -> Written {
         let frame = match msg.encode(id, response_to) {
             Ok(frame) => frame,
             Err(e) => return Written::Done(Err(std::io::Error::other(e))),
