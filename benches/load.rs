@@ -437,6 +437,48 @@
 //!   find per client per second (p50 0.44 ms), 24,717 closed loop. The full comparison on the end build (`cargo
 //!   bench --bench load`, 03:05, one run): against the stub 1.28× / 1.52× / 0.96× (HAProxy 118 µs at 1 client,
 //!   25,434 commands/s at 64; tenantwall 151 µs and 24,402), against nx-27017 1.01× at 1 client and 1.06× at 64.
+//! - **Twelfth round (2026-11-29, 03:15–04:30): the kernel's side of each write.** `perf stat` on the relay
+//!   (64 clients, 3 s, system-call tracepoints and `task-clock`) found both relays making the same calls per
+//!   command (2 reads, 2 writes, one packet per write, no pure ACKs), but tenantwall's writes were `writev` (a
+//!   reply or a command is its 21-byte head and its body, written as two slices since the ninth round) where
+//!   HAProxy's are `send`. `perf record -e cpu-clock` at 64 clients, per command: tenantwall's `writev` path
+//!   (`vfs_writev`, `fdget_pos`, `sock_write_iter`, `rw_verify_area`, the `iovec` import, libc's wrapper) about
+//!   1.0 µs, HAProxy's `send` path about 0.2 µs. On loopback (a standalone loop of 100,000 writes of a 271-byte
+//!   message and the reads of them, 15 rounds, medians of two runs): `writev` of two slices 7.02–7.14 µs per round
+//!   trip, one copy and `send` 6.73–6.82 µs, `sendmsg` of the two slices 6.93–7.00 µs. Kept: a message of head and
+//!   body of up to 4 KiB is copied into one buffer per thread and offered in one write (`codec::write_small_once`,
+//!   for the client's replies and the backend's commands); a longer one is still two slices in one vectored
+//!   write, not copied. Instructions barely move (callgrind, 1 client: connection task 14,630 → 14,562, whole
+//!   process 17,803 → 17,757; `memcpy` 798 → 860, the copies), the kernel time does. Paired quick runs, `before`
+//!   the eleventh round's end, `after` this step (9 rounds of 1.5 s each; ratios and CPU as in the eleventh round):
+//!
+//!   | run | HAProxy | before | after |
+//!   |---|---|---|---|
+//!   | 03:35 | 45.6 / 14.6 µs (5.8 / 1.5) | 1.23× / 1.46× / 0.83×, 52.0 / 19.6 µs (15.0 / 5.3) | 1.24× / 1.41× / 0.92×, 48.8 / 17.1 µs (15.4 / 4.5) |
+//!   | 03:42, load average 1.3–1.6 | 38.6 / 14.4 µs (5.3 / 1.4) | 1.14× / 1.24× / 0.90×, 49.9 / 17.7 µs (13.1 / 4.2) | 1.18× / 1.53× / 0.93×, 48.7 / 16.4 µs (13.9 / 3.9) |
+//!   | 03:49, 1.3–1.4 | 36.1 / 14.0 µs (5.1 / 1.4) | 1.30× / 1.55× / 0.85×, 48.4 / 17.1 µs (13.9 / 3.8) | 1.10× / 1.19× / 0.88×, 45.3 / 16.3 µs (13.3 / 3.6) |
+//!
+//!   Less CPU per command at 64 clients in all three runs (1.3–2.5 µs, nearly all of it kernel time), and a
+//!   higher throughput ratio in all three; at 1 client the two trade places. With `perf stat` (3 s at 64
+//!   clients, before and after in separate runs) the relay's `task-clock` per command went from 23.1 to 20.5 µs.
+//!   A fourth run (04:01, against the build below) gave the step 1.08× / 1.15× / 0.90× with 43.0 / 16.2 µs
+//!   (HAProxy 34.9 / 13.4 µs, of which user 4.3 / 1.5): tenantwall's kernel time per command at 64 clients is
+//!   now about HAProxy's (12.4 against 11.9 µs), its user time 3.8 against 1.5 µs. The 64-client goal (≥ 0.95×)
+//!   is still not met in these runs (0.88–0.93×); the 1-client goal was met in two of four (1.08×, 1.10×).
+//!
+//!   Tried and not kept, each paired against the step above: reading every frame into the front of the
+//!   connection's buffer once the last frame is dropped (`BytesMut::try_reclaim`), so that each command reuses
+//!   the same cache lines instead of walking through the 8 KiB buffer (11 rounds at 64 clients: 0.90× and 16.5
+//!   µs against 0.90× and 16.7 µs; in a three-way run 16.8 against 16.3 µs): no difference. The release build
+//!   optimised for size (`opt-level = "s"`: 5.7 MB of code against 7.8 MB), for fewer cold instruction-cache
+//!   lines at each command: 1.09× / 0.87× with 44.9 / 17.1 µs against 1.08× / 0.90× with 43.0 / 16.2 µs. The
+//!   in-flight cap raised so that no command queues (and no gate timer wakes the runtime's driver: 0.12–0.16
+//!   `write`s per command at the default cap, none at 64): 19.2 and 21.2 µs per command against 20.6 and 19.4 µs
+//!   at the default (`perf stat`, two runs each), no difference, as in the ninth round.
+//!
+//!   The full comparison on the step's build (`cargo bench --bench load`, 04:10, one run): against the stub
+//!   0.86× / 0.74× / 0.90× (HAProxy 134 µs at 1 client, in the machine's slow mode, and 37,554 commands/s at 64;
+//!   tenantwall 115 µs and 33,955), against nx-27017 1.04× at 1 client and 0.96× at 64.
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
