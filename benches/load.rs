@@ -479,6 +479,9 @@
 //!   The full comparison on the step's build (`cargo bench --bench load`, 04:10, one run): against the stub
 //!   0.86× / 0.74× / 0.90× (HAProxy 134 µs at 1 client, in the machine's slow mode, and 37,554 commands/s at 64;
 //!   tenantwall 115 µs and 33,955), against nx-27017 1.04× at 1 client and 0.96× at 64.
+//!   `-- many` on the step's build (04:25): 64 backend connections, RSS 118 MiB idle and 123 MiB at peak with
+//!   10,000 clients (unchanged: the copies share one 4 KiB buffer per thread), 9,083 commands/s at one find per
+//!   client per second (p50 0.35 ms), 30,334 closed loop (24,717 on the eleventh round's build).
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
