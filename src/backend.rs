@@ -519,6 +519,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_small_command_whose_first_offer_is_refused_is_sent_whole() {
+        // The write offered at once is refused (as tokio's cooperative budget may): the write that waits sends it.
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut conn = BackendConn::new(Box::new(crate::codec::testing::Wire::new(ours).balky()));
+        let msg = OpMsg::new(MsgFlags::default(), rawdoc! { "ping": 1, "$db": "admin" });
+        assert_eq!(conn.send(&msg).await.unwrap(), 1);
+        let expected = msg.encode(1, 0).unwrap().to_vec();
+        let mut got = vec![0u8; expected.len()];
+        let read = tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got);
+        tokio::time::timeout(Duration::from_secs(5), read).await.expect("the command never left").unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
     async fn a_send_on_a_connection_the_peer_closed_is_known_not_to_have_left() {
         let (ours, theirs) = tokio::io::duplex(1024);
         let mut conn = BackendConn::new(Box::new(ours));

@@ -43,10 +43,10 @@ thread_local! {
 }
 
 /// Offers `head` followed by `body` to `writer` in one write, polled once with a waker that does nothing, when
-/// together they are at most [`SMALL_WRITE`] bytes. `None` when they are longer: nothing was tried. Otherwise what
-/// the write returned: `Pending` when the stream could take nothing now (nothing was written; polling again with
-/// the task's own waker registers it), else how many bytes it took or why it failed. A stream that buffers (TLS)
-/// may still hold what it took: the caller flushes.
+/// together they are at most [`SMALL_WRITE`] bytes. `None` when they are longer (or the thread's buffer is in
+/// use): nothing was tried. Otherwise what the write returned: `Pending` when the stream could take nothing now
+/// (nothing was written; polling again with the task's own waker registers it), else how many bytes it took or
+/// why it failed. A stream that buffers (TLS) may still hold what it took: the caller flushes.
 pub fn write_small_once<W: AsyncWrite + Unpin + ?Sized>(
     writer: &mut W,
     head: &[u8],
@@ -55,12 +55,18 @@ pub fn write_small_once<W: AsyncWrite + Unpin + ?Sized>(
     if head.len() + body.len() > SMALL_WRITE {
         return None;
     }
-    Some(SMALL.with_borrow_mut(|small| {
-        small.clear();
-        small.extend_from_slice(head);
-        small.extend_from_slice(body);
-        Pin::new(writer).poll_write(&mut Context::from_waker(Waker::noop()), small)
-    }))
+    // The buffer is lent for the one write; should a stream ever write through this again from inside its own
+    // write (or the thread be ending), the message takes the caller's other path instead.
+    SMALL
+        .try_with(|small| {
+            let mut small = small.try_borrow_mut().ok()?;
+            small.clear();
+            small.extend_from_slice(head);
+            small.extend_from_slice(body);
+            Some(Pin::new(writer).poll_write(&mut Context::from_waker(Waker::noop()), &small))
+        })
+        .ok()
+        .flatten()
 }
 
 /// A global allowance of buffered message bytes, shared by every reader of a server.
@@ -269,6 +275,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use bson::rawdoc;
@@ -436,6 +445,33 @@ mod tests {
         // The same buffer serves the next message, whatever the last one left in it.
         assert!(matches!(write_small_once(&mut stream, b"ab", b"c"), Some(Poll::Ready(Ok(3)))));
         assert_eq!(stream.writes[1], b"abc");
+    }
+
+    /// A stream whose write offers a message of its own through [`write_small_once`], as a wrapper might.
+    struct Nesting {
+        inner_was_tried: Option<bool>,
+    }
+
+    impl AsyncWrite for Nesting {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.inner_was_tried = Some(write_small_once(&mut Recorder::default(), b"in", b"ner").is_some());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_write_from_inside_a_small_write_takes_the_other_path_instead_of_panicking() {
+        let mut stream = Nesting { inner_was_tried: None };
+        assert!(matches!(write_small_once(&mut stream, b"out", b"er"), Some(Poll::Ready(Ok(5)))));
+        assert_eq!(stream.inner_was_tried, Some(false), "the thread's buffer was in use");
     }
 
     #[test]

@@ -611,6 +611,8 @@ impl Drop for ServerHandle {
 mod tests {
     use super::*;
 
+    use crate::codec::testing::{Wire, WireCounts};
+
     /// One tenant on a backend nothing listens on (the start-up probe fails at once; nothing here reaches it).
     const POLICY: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[backends]]\nname = \"b\"\n\
                           uri = \"mongodb://127.0.0.1:1/\"\n[[tenants]]\nid = \"acme\"\nbackend = \"b\"\n";
@@ -646,69 +648,29 @@ mod tests {
         served.await.unwrap();
     }
 
-    /// A stream that takes vectored writes, a few bytes at a time: a reply's head and body (written as one copy
-    /// or as two slices, `ClientConnection::write_now`) arrive in pieces that split the head itself.
-    struct Trickle {
-        inner: tokio::io::DuplexStream,
-        /// Writes of any kind (a vectored one is made of one ordinary write).
-        writes: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl tokio::io::AsyncRead for Trickle {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl tokio::io::AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            let few = buf.len().min(3);
-            std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..few])
-        }
-
-        fn poll_write_vectored(
-            self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-            self.poll_write(cx, first)
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
+    #[tokio::test]
+    async fn replies_written_in_pieces_arrive_whole_and_are_counted_once() {
+        // Every write takes three bytes at most: each reply's head and body arrive in pieces that split the head.
+        replies_in_pieces(1 << 20, |inner| Box::new(Wire::new(inner).most(3))).await;
     }
 
     #[tokio::test]
-    async fn replies_written_in_pieces_arrive_whole_and_are_counted_once() {
-        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let received = replies_in_pieces(1 << 20, |inner| Box::new(Trickle { inner, writes: writes.clone() })).await;
-        // Each reply went out three bytes at a time.
-        assert!(writes.load(Ordering::Relaxed) * 3 >= received);
+    async fn replies_whose_first_write_takes_nothing_arrive_whole_and_are_counted_once() {
+        // The write offered at once with a waker that does nothing is refused: every reply goes out by the path
+        // that waits, from its first byte.
+        let counts = Arc::default();
+        replies_in_pieces(1 << 20, |inner| Box::new(Wire::new(inner).balky().counted(&counts))).await;
+        assert_eq!(WireCounts::get(&counts.plain), 0, "a first offer was taken");
+    }
+
+    #[tokio::test]
+    async fn small_replies_go_out_in_one_plain_write_and_a_long_one_in_one_vectored_write_of_two_slices() {
+        // A vectored write on a socket is a `writev`, dearer than the `send` of a plain write.
+        let counts = Arc::default();
+        replies_in_pieces(1 << 20, |inner| Box::new(Wire::new(inner).counted(&counts))).await;
+        assert_eq!(WireCounts::get(&counts.plain), 3, "three small replies");
+        assert_eq!(WireCounts::get(&counts.vectored), 1, "one long reply");
+        assert_eq!(WireCounts::get(&counts.slices), 2, "its head and its body");
     }
 
     #[tokio::test]
