@@ -397,15 +397,22 @@ mod tests {
         let _ = trickle.await;
     }
 
-    /// A stream that records each write it is offered and takes all of it.
+    /// A stream that records each write it is offered and takes all of it. With `nests`, each plain write first
+    /// offers a message of its own through [`write_small_once`], as a wrapper might, and records whether it was
+    /// tried.
     #[derive(Default)]
     struct Recorder {
         writes: Vec<Vec<u8>>,
         vectored: usize,
+        nests: bool,
+        nested_was_tried: Option<bool>,
     }
 
     impl AsyncWrite for Recorder {
         fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            if self.nests {
+                self.nested_was_tried = Some(write_small_once(&mut Recorder::default(), b"in", b"ner").is_some());
+            }
             self.writes.push(buf.to_vec());
             Poll::Ready(Ok(buf.len()))
         }
@@ -447,31 +454,11 @@ mod tests {
         assert_eq!(stream.writes[1], b"abc");
     }
 
-    /// A stream whose write offers a message of its own through [`write_small_once`], as a wrapper might.
-    struct Nesting {
-        inner_was_tried: Option<bool>,
-    }
-
-    impl AsyncWrite for Nesting {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            self.inner_was_tried = Some(write_small_once(&mut Recorder::default(), b"in", b"ner").is_some());
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     #[test]
     fn a_write_from_inside_a_small_write_takes_the_other_path_instead_of_panicking() {
-        let mut stream = Nesting { inner_was_tried: None };
+        let mut stream = Recorder { nests: true, ..Recorder::default() };
         assert!(matches!(write_small_once(&mut stream, b"out", b"er"), Some(Poll::Ready(Ok(5)))));
-        assert_eq!(stream.inner_was_tried, Some(false), "the thread's buffer was in use");
+        assert_eq!(stream.nested_was_tried, Some(false), "the thread's buffer was in use");
     }
 
     #[test]
