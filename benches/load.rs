@@ -6,7 +6,9 @@
 //! **HAProxy** in TCP mode (a byte relay: the harness finds `haproxy` on PATH or in /usr/sbin, or runs
 //! `apt-get install -y haproxy` when it is root; when it cannot, it says why and skips that column), and
 //! **tenantwall** as its own process (the release binary) with SCRAM-SHA-256 authentication and a field-mode rule,
-//! so every find is parsed, checked, given the tenant filter and relayed, and every reply mapped back. The load
+//! so every find is parsed, checked, given the tenant filter and relayed, and every reply mapped back; beside it,
+//! when `scripts/build-pgo` has left one in `<target>/pgo/tenantwall` (or `TW_PGO_EXE` names one), the
+//! profile-guided build of the same source, as a fourth path with its own ratios line (thirteenth round). The load
 //! generator is the official Rust driver: each client is its own `mongodb::Client` with one connection, sending
 //! `find_one` by key back to back for 3 s after a 0.5 s warm-up; every find must return its document. Clients on
 //! the direct and HAProxy paths scope the filter themselves, in exactly the shape tenantwall forwards
@@ -586,6 +588,7 @@
 //! p99 during the flood is 1.6× its p99 alone (goal: ≤ 2×); A's backoff keeps it a little under its limit.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -725,9 +728,16 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool, watch: Option<
     Cell { throughput, latencies: Latencies::new(all), cpu, user, switches, window }
 }
 
-/// A tenantwall process in front of `backend` with one SCRAM user for tenant `acme` and a field-mode rule on
-/// `app.items`: authentication, the canonical parse, the tenant filter and the reply path all on.
-fn field_mode_proxy(scratch: &Scratch, name: &str, backend: SocketAddr, verifier: &ScramVerifier) -> ProxyProcess {
+/// A tenantwall process (`exe`, or the build in use when `None`) in front of `backend` with one SCRAM user for
+/// tenant `acme` and a field-mode rule on `app.items`: authentication, the canonical parse, the tenant filter
+/// and the reply path all on.
+fn field_mode_proxy(
+    scratch: &Scratch,
+    name: &str,
+    backend: SocketAddr,
+    verifier: &ScramVerifier,
+    exe: Option<&Path>,
+) -> ProxyProcess {
     let policy = scratch.write(
         &format!("{name}.toml"),
         &format!(
@@ -736,29 +746,55 @@ fn field_mode_proxy(scratch: &Scratch, name: &str, backend: SocketAddr, verifier
              [[rules]]\ndatabase = \"app\"\ncollection = \"items\"\nmode = \"field\"\n"
         ),
     );
-    ProxyProcess::start(&policy)
+    match exe {
+        Some(exe) => ProxyProcess::start_with(&policy, exe, std::env::var("TW_PROXY_WORKERS").ok()),
+        None => ProxyProcess::start(&policy),
+    }
+}
+
+/// The profile-guided build `scripts/build-pgo` leaves beside this one (`<target>/pgo/tenantwall`), or
+/// `TW_PGO_EXE`; `None` (and a line saying so) when there is none. The full comparison measures it beside the
+/// plain release build. A PGO build older than this one was probably built from older source: said, not refused.
+fn pgo_build() -> Option<PathBuf> {
+    let this = PathBuf::from(env!("CARGO_BIN_EXE_tenantwall"));
+    let exe = std::env::var_os("TW_PGO_EXE")
+        .map(PathBuf::from)
+        .or_else(|| this.parent()?.parent().map(|target| target.join("pgo/tenantwall")))
+        .filter(|exe| exe.exists());
+    let Some(exe) = exe else {
+        println!("No profile-guided build (scripts/build-pgo makes one): measuring the plain release build only.");
+        return None;
+    };
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(pgo), Some(plain)) = (modified(&exe), modified(&this)) {
+        if pgo < plain {
+            println!("Note: {} is older than this build; run scripts/build-pgo again after a change.", exe.display());
+        }
+    }
+    println!("Profile-guided build: {}", exe.display());
+    Some(exe)
 }
 
 /// One backend's rows: each path at each client count, paths interleaved so that noise from the rest of the
-/// machine falls on all of them alike. Returns the ratios line.
+/// machine falls on all of them alike. `proxies` are the tenantwall builds (label, process). Returns one ratios
+/// line per build.
 async fn compare_backend(
     backend_name: &str,
     backend: SocketAddr,
     haproxy: Option<&Haproxy>,
-    proxy: &ProxyProcess,
-) -> String {
+    proxies: &[(&str, ProxyProcess)],
+) -> Vec<String> {
     let direct = format!("mongodb://{backend}/?directConnection=true");
     let relay = haproxy.map(|h| format!("mongodb://{}/?directConnection=true", h.addr));
-    let tenantwall = format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0]);
-    let mut paths = vec![
-        ("direct", Some(direct)),
-        ("HAProxy (TCP mode)", relay),
-        ("tenantwall (SCRAM, field mode)", Some(tenantwall)),
-    ];
+    let mut paths = vec![("direct".to_owned(), Some(direct)), ("HAProxy (TCP mode)".to_owned(), relay)];
+    for (label, proxy) in proxies {
+        let uri = format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0]);
+        paths.push((format!("tenantwall{label} (SCRAM, field mode)"), Some(uri)));
+    }
     let mut results: Vec<Vec<Option<Cell>>> = Vec::new();
     for clients in COMPARE_CLIENTS {
         let mut row = Vec::new();
-        for (path, uri) in &mut paths {
+        for (path, uri) in &paths {
             let Some(uri) = uri.as_deref() else {
                 println!("| {backend_name} | {path} | {clients} | skipped | | |");
                 row.push(None);
@@ -777,15 +813,37 @@ async fn compare_backend(
     }
     let first = &results[0];
     let last = &results[COMPARE_CLIENTS.len() - 1];
-    match (&first[0], &first[1], &first[2], &last[1], &last[2]) {
-        (Some(direct), Some(relay), Some(tw), Some(relay64), Some(tw64)) => {
-            let (d, h, t) = (direct.latencies.p50_us(), relay.latencies.p50_us(), tw.latencies.p50_us());
-            // Against a slow backend the relay's own cost drowns in the noise and can come out negative.
-            let added = if h - d >= 1.0 { format!("{:.2}×", (t - d) / (h - d)) } else { "n/a".into() };
-            format!("| {backend_name} | {:.2}× | {added} | {:.2}× |", t / h, tw64.throughput / relay64.throughput)
-        }
-        _ => format!("| {backend_name} | n/a | n/a | n/a |"),
+    (2..paths.len())
+        .map(|i| {
+            let build = format!("tenantwall{}", proxies[i - 2].0);
+            match (&first[0], &first[1], &first[i], &last[1], &last[i]) {
+                (Some(direct), Some(relay), Some(tw), Some(relay64), Some(tw64)) => {
+                    let (d, h, t) = (direct.latencies.p50_us(), relay.latencies.p50_us(), tw.latencies.p50_us());
+                    // Against a slow backend the relay's own cost drowns in the noise and can come out negative.
+                    let added = if h - d >= 1.0 { format!("{:.2}×", (t - d) / (h - d)) } else { "n/a".into() };
+                    let throughput = tw64.throughput / relay64.throughput;
+                    format!("| {backend_name} | {build} | {:.2}× | {added} | {throughput:.2}× |", t / h)
+                }
+                _ => format!("| {backend_name} | {build} | n/a | n/a | n/a |"),
+            }
+        })
+        .collect()
+}
+
+/// The tenantwall builds of the full comparison in front of `backend`: the plain release build, and the
+/// profile-guided one when there is one.
+fn compare_proxies(
+    scratch: &Scratch,
+    name: &str,
+    backend: SocketAddr,
+    verifier: &ScramVerifier,
+    pgo: Option<&Path>,
+) -> Vec<(&'static str, ProxyProcess)> {
+    let mut proxies = vec![("", field_mode_proxy(scratch, name, backend, verifier, None))];
+    if let Some(exe) = pgo {
+        proxies.push((" PGO", field_mode_proxy(scratch, &format!("{name}-pgo"), backend, verifier, Some(exe))));
     }
+    proxies
 }
 
 /// The comparison table (see the module docs).
@@ -794,6 +852,7 @@ async fn compare() {
     if let Err(why) = &haproxy_exe {
         println!("HAProxy column skipped: {why}");
     }
+    let pgo = pgo_build();
     let scratch = Scratch::new("load-compare");
     let verifier = ScramVerifier::generate(BENCH_PASSWORD, DEFAULT_ITERATIONS).expect("verifier");
     let mut ratios = Vec::new();
@@ -805,9 +864,9 @@ async fn compare() {
     if let Some(Err(why)) = &relay {
         println!("HAProxy column skipped: {why}");
     }
-    let proxy = field_mode_proxy(&scratch, "stub", stub, &verifier);
-    ratios.push(compare_backend("stub", stub, relay.as_ref().and_then(|r| r.as_ref().ok()), &proxy).await);
-    drop((proxy, relay));
+    let proxies = compare_proxies(&scratch, "stub", stub, &verifier, pgo.as_deref());
+    ratios.extend(compare_backend("stub", stub, relay.as_ref().and_then(|r| r.as_ref().ok()), &proxies).await);
+    drop((proxies, relay));
 
     if common::repo_root().join(".venv/bin/nx-27017").exists() {
         let nx = common::Backend::start();
@@ -816,15 +875,16 @@ async fn compare() {
         let docs: Vec<Document> = (0..KEYS).map(|k| doc! { "k": k, "tenantId": "acme", "v": "x" }).collect();
         seed.database("app").collection::<Document>("items").insert_many(docs).await.expect("seed nx-27017");
         let relay = haproxy_exe.as_ref().ok().map(|exe| Haproxy::start(exe, nx_addr));
-        let proxy = field_mode_proxy(&scratch, "nx", nx_addr, &verifier);
-        ratios.push(compare_backend("nx-27017", nx_addr, relay.as_ref().and_then(|r| r.as_ref().ok()), &proxy).await);
+        let proxies = compare_proxies(&scratch, "nx", nx_addr, &verifier, pgo.as_deref());
+        let haproxy = relay.as_ref().and_then(|r| r.as_ref().ok());
+        ratios.extend(compare_backend("nx-27017", nx_addr, haproxy, &proxies).await);
     } else {
         println!("nx-27017 rows skipped: no .venv/bin/nx-27017 (run scripts/backend setup)");
     }
 
     println!();
-    println!("| backend | tenantwall p50 / HAProxy p50, 1 client | added p50 vs HAProxy's, 1 client | tenantwall / HAProxy throughput, 64 clients |");
-    println!("|---|---|---|---|");
+    println!("| backend | build | tenantwall p50 / HAProxy p50, 1 client | added p50 vs HAProxy's, 1 client | tenantwall / HAProxy throughput, 64 clients |");
+    println!("|---|---|---|---|---|");
     for line in ratios {
         println!("{line}");
     }
@@ -843,14 +903,14 @@ const QUICK_ROUNDS: usize = 3;
 /// A tenantwall build the quick mode measures: a label, its executable and its async worker threads.
 struct Variant {
     label: String,
-    exe: std::path::PathBuf,
+    exe: PathBuf,
     workers: Option<String>,
 }
 
 /// The builds to compare: `TW_PROXY_VARIANTS="label=path[@workers];..."`, where an empty path is this build;
 /// by default this build alone, with `TW_PROXY_WORKERS` threads.
 fn quick_variants() -> Vec<Variant> {
-    let this = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tenantwall"));
+    let this = PathBuf::from(env!("CARGO_BIN_EXE_tenantwall"));
     let Ok(spec) = std::env::var("TW_PROXY_VARIANTS") else {
         return vec![Variant {
             label: "tenantwall".into(),
@@ -866,7 +926,7 @@ fn quick_variants() -> Vec<Variant> {
                 Some((exe, workers)) => (exe, Some(workers.to_owned())),
                 None => (rest, None),
             };
-            let exe = if exe.is_empty() { this.clone() } else { std::path::PathBuf::from(exe) };
+            let exe = if exe.is_empty() { this.clone() } else { PathBuf::from(exe) };
             Variant { label: label.trim().to_owned(), exe, workers }
         })
         .collect()
@@ -1312,7 +1372,7 @@ async fn proxy(backend: SocketAddr, mode: &str) -> SocketAddr {
         "[[listeners]]\naddress = \"127.0.0.1:0\"\ntenant = \"acme\"\n[[backends]]\nname = \"stub\"\nuri = \"mongodb://{backend}/\"\n\
          [[tenants]]\nid = \"acme\"\nbackend = \"stub\"\n{rule}"
     );
-    let policy = Policy::from_toml(&text, std::path::Path::new("load.toml")).unwrap();
+    let policy = Policy::from_toml(&text, Path::new("load.toml")).unwrap();
     let handle = Server::bind(policy, None).await.unwrap().spawn();
     let addr = handle.addr();
     std::mem::forget(handle);
@@ -1436,7 +1496,7 @@ async fn two_tenant_proxy(backend: SocketAddr, a_limit: Option<(u32, u32)>) -> (
          [[tenants]]\nid = \"a\"\nbackend = \"stub\"\n{limit}[[tenants]]\nid = \"b\"\nbackend = \"stub\"\n\
          [[rules]]\ndatabase = \"*\"\nmode = \"database\"\ntemplate = \"{{tenant}}_{{db}}\"\n"
     );
-    let policy = Policy::from_toml(&text, std::path::Path::new("noisy.toml")).unwrap();
+    let policy = Policy::from_toml(&text, Path::new("noisy.toml")).unwrap();
     let handle = Server::bind(policy, None).await.unwrap().spawn();
     let addrs = (handle.addrs()[0], handle.addrs()[1]);
     std::mem::forget(handle);

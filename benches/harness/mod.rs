@@ -106,8 +106,26 @@ impl ProxyProcess {
     }
 }
 
+/// How long a dropped proxy may take to drain and exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for ProxyProcess {
+    /// Stops the proxy as an operator does (SIGTERM: drain, then exit 0), so that it runs its exit path: a
+    /// profile-instrumented build (`scripts/build-pgo`) writes its profile there. Killed when it has not exited
+    /// within [`STOP_GRACE`] or the signal cannot be sent.
     fn drop(&mut self) {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + STOP_GRACE;
+        while signalled && Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
