@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A tenantwall process started from a policy file; killed when dropped.
+/// A tenantwall process started from a policy file; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct ProxyProcess {
     child: Child,
     /// Client listeners, in policy order.
@@ -106,13 +106,17 @@ impl ProxyProcess {
     }
 }
 
-/// How long a dropped proxy may take to drain and exit after SIGTERM before it is killed.
+/// How long a dropped proxy may take to drain and exit after SIGTERM before it is killed. Shorter than the
+/// proxy's own grace for commands in flight (`limits.shutdown_grace_secs`, 30 s by default): the harnesses drop
+/// a proxy once their clients are done, when it has nothing to drain; one still busy is killed and writes no
+/// profile.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for ProxyProcess {
     /// Stops the proxy as an operator does (SIGTERM: drain, then exit 0), so that it runs its exit path: a
     /// profile-instrumented build (`scripts/build-pgo`) writes its profile there. Killed when it has not exited
-    /// within [`STOP_GRACE`] or the signal cannot be sent.
+    /// within [`STOP_GRACE`] or the signal cannot be sent (the `kill` program, from procps, is missing). The
+    /// child is not reaped before, so its pid cannot have been reused.
     fn drop(&mut self) {
         let signalled = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
