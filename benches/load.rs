@@ -524,7 +524,7 @@
 //!   build 1.01× at 1 client and 0.94× at 64, the PGO build 0.88× and 1.14× (that backend's own variance rules
 //!   there). A second (06:36, the script's final build, load average 1.0–1.4): against the stub the plain build
 //!   1.25× / 1.46× / 0.94×, the PGO build 1.05× / 1.10× / 1.02× (HAProxy 105 µs at 1 client, 34,705 commands/s at
-//!   64; the PGO build 111 µs and 35,365); against nx-27017 1.07× and 1.05×, and 1.39× and 1.05×. `-- many` with the PGO build (06:09): 64 backend connections, RSS 117 MiB idle and 122 MiB at peak
+//!   64; the PGO build 111 µs and 35,365); against nx-27017 the plain build 1.07× and 1.05×, the PGO build 1.39× and 1.05×. `-- many` with the PGO build (06:09): 64 backend connections, RSS 117 MiB idle and 122 MiB at peak
 //!   with 10,000 clients, 9,085 commands/s at one find per client per second (p50 0.31 ms), 37,347 closed loop
 //!   (the plain build 30,334 in the twelfth round).
 //!
