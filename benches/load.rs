@@ -531,7 +531,9 @@
 //!   build 1.01× at 1 client and 0.94× at 64, the PGO build 0.88× and 1.14× (that backend's own variance rules
 //!   there). A second (06:36, the script's final build, load average 1.0–1.4): against the stub the plain build
 //!   1.25× / 1.46× / 0.94×, the PGO build 1.05× / 1.10× / 1.02× (HAProxy 105 µs at 1 client, 34,705 commands/s at
-//!   64; the PGO build 111 µs and 35,365); against nx-27017 the plain build 1.07× and 1.05×, the PGO build 1.39× and 1.05×. `-- many` with the PGO build (06:09): 64 backend connections, RSS 117 MiB idle and 122 MiB at peak
+//!   64; the PGO build 111 µs and 35,365); against nx-27017 the plain build 1.07× and 1.05×, the PGO build 1.39× and 1.05×. A third, with the script's
+//!   PGO + BOLT build (07:17, load average 2.8 at its start, every path slow: HAProxy 156 µs at 1 client with a p99
+//!   of 897 µs): the plain build 1.48× / 1.98× / 0.77×, the PGO + BOLT build 1.25× / 1.52× / 0.94×. `-- many` with the PGO build (06:09): 64 backend connections, RSS 117 MiB idle and 122 MiB at peak
 //!   with 10,000 clients, 9,085 commands/s at one find per client per second (p50 0.31 ms), 37,347 closed loop
 //!   (the plain build 30,334 in the twelfth round).
 //!
