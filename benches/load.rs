@@ -10,16 +10,22 @@
 //! when `scripts/build-pgo` has left one in `<target>/pgo/tenantwall` (or `TW_PGO_EXE` names one), the
 //! profile-guided build of the same source, as a fourth path with its own ratios line (thirteenth round). The load
 //! generator is the official Rust driver: each client is its own `mongodb::Client` with one connection, sending
-//! `find_one` by key back to back for 3 s after a 0.5 s warm-up; every find must return its document. Clients on
+//! `find_one` by key back to back for a window of 1.5 s after a 0.5 s warm-up; every find must return its
+//! document. Every path and client count is measured in 5 rounds (`TW_LOAD_ROUNDS`, `TW_LOAD_SECS` for the
+//! window), the paths' order changing from round to round in a balanced design (every path in every position,
+//! and right after every other path, equally often: [`round_order`]); each row gives the medians over rounds,
+//! with the relay's CPU time per command, and each ratio is the median of the rounds' own ratios, with the
+//! middle half of them in brackets (fourteenth round; before it, one 3 s window per cell in a fixed order). Clients on
 //! the direct and HAProxy paths scope the filter themselves, in exactly the shape tenantwall forwards
 //! (`{$and: [{k}, {tenantId: {$eq}}]}`), so the backend does the same work on every path. Two backends: the *fast
 //! stub* (`stub/mod.rs`, a hand-written stand-in for measuring proxy overhead only, answering at once) and
 //! nx-27017 (the real MongoDB-compatible test server, from the project virtualenv, 100 documents). The ratios line
 //! gives, per backend: tenantwall's p50 over HAProxy's at 1 client, *total* latency against total latency (driver,
 //! loopback hops and backend included: `t / h`); the latency tenantwall *adds* over the latency HAProxy adds, both
-//! over direct, at 1 client (`(t - d) / (h - d)`, "n/a" when HAProxy adds under 1 µs); and tenantwall's
+//! over direct, at 1 client (`(t - d) / (h - d)`, "n/a" when HAProxy adds under 1 µs or a tenth of `d`, as
+//! against nx-27017); and tenantwall's
 //! throughput over HAProxy's at 64 clients. Issue 10's latency goal is stated on the first, the total: with the
-//! stub at d = 22 µs and h = 73 µs, 1.10× total allows tenantwall to add 1.14× what HAProxy adds. About 70 s.
+//! stub at d = 22 µs and h = 73 µs, 1.10× total allows tenantwall to add 1.14× what HAProxy adds. About 4 min.
 //!
 //! tenantwall runs with its defaults, so the one tenant's 64 clients meet the per-tenant cap of 32 commands in
 //! flight (`limits.max_in_flight`): at 64 clients half of them queue in the proxy, as they would in production.
@@ -572,15 +578,18 @@
 //! ## Quick A/B (`cargo bench --bench load -- quick`)
 //!
 //! The fast stub only, direct, HAProxy and one or more tenantwall builds side by side, at 1 and 64 clients, in
-//! rounds whose path order rotates; per cell the relay's CPU time (and its user-mode part) and context switches
-//! per command, and at the end, per path, the median over rounds of each round's ratios to that round's HAProxy
-//! cell. Environment:
-//! `TW_LOAD_ROUNDS` (default 3), `TW_QUICK_SECS` (window per cell, default 3), `TW_QUICK_CLIENTS` (e.g. `1`),
+//! rounds in the comparison's balanced order; per cell the relay's CPU time (and its user-mode part) and context
+//! switches per command, the load generator's own CPU time per command (the driver clients and the in-process
+//! stub), and the share of the machine's CPU left idle or stolen by the hypervisor; at the end, per path, the
+//! median over rounds of each round's ratios to that round's HAProxy cell, with the middle half in brackets.
+//! Environment:
+//! `TW_LOAD_ROUNDS` (default 3), `TW_LOAD_SECS` (window per cell, default 3), `TW_QUICK_CLIENTS` (e.g. `1`),
 //! `TW_QUICK_MAX_IN_FLIGHT` (the tenant's cap), `TW_PROXY_VARIANTS="label=path[@workers];..."` (an empty path is
 //! this build). Copy a build aside (`cp target/release/tenantwall target/ab/x`) before changing the code, then
 //! compare both in one run: the machine's state changes within minutes, so only paired rounds compare. E.g.
-//! `TW_LOAD_ROUNDS=9 TW_QUICK_SECS=1.5 TW_PROXY_VARIANTS="old=target/ab/x;new=" cargo bench --bench load -- quick`
-//! (about 3 min).
+//! `TW_LOAD_ROUNDS=8 TW_LOAD_SECS=1.5 TW_PROXY_VARIANTS="old=target/ab/x;new=" cargo bench --bench load -- quick`
+//! (about 3 min). With two builds (four paths) the balanced order repeats every 4 rounds, with one or three
+//! every 6 or 10: a multiple of that keeps the rounds balanced.
 //!
 //! ## Raw clients (`cargo bench --bench load -- raw`)
 //!
@@ -702,6 +711,11 @@ struct Cell {
     switches: (u64, u64),
     /// The measured window.
     window: Duration,
+    /// CPU time of this process (the load generator's clients, and the in-process fast stub) in the window.
+    own_cpu: Duration,
+    /// The share of the machine's CPU time in the window that was idle, and that the hypervisor stole.
+    idle: f64,
+    steal: f64,
 }
 
 impl Cell {
@@ -715,6 +729,12 @@ impl Cell {
     fn user_per_command_us(&self) -> Option<f64> {
         let commands = self.throughput * self.window.as_secs_f64();
         self.user.filter(|_| commands > 0.0).map(|user| user.as_secs_f64() * 1e6 / commands)
+    }
+
+    /// This process's CPU time per command of the window, in µs (the load generator's own share).
+    fn own_cpu_per_command_us(&self) -> f64 {
+        let commands = (self.throughput * self.window.as_secs_f64()).max(1.0);
+        self.own_cpu.as_secs_f64() * 1e6 / commands
     }
 
     /// The watched process's context switches per command of the window: (voluntary, involuntary).
@@ -761,6 +781,18 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool, watch: Option<
             (after.0.saturating_sub(before.0), switches, after.2.saturating_sub(before.2))
         })
     });
+    // The machine around the relay: what the load generator itself used, and what was left idle or stolen.
+    let machine = tokio::spawn(async move {
+        let own = std::process::id();
+        tokio::time::sleep_until(start.into()).await;
+        let before = (harness::cpu_time(own), harness::machine_ticks());
+        tokio::time::sleep_until(stop.into()).await;
+        let after = (harness::cpu_time(own), harness::machine_ticks());
+        let total = after.1 .2.saturating_sub(before.1 .2).max(1) as f64;
+        let idle = after.1 .0.saturating_sub(before.1 .0) as f64 / total;
+        let steal = after.1 .1.saturating_sub(before.1 .1) as f64 / total;
+        (after.0.saturating_sub(before.0), idle, steal)
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for (c, (client, items)) in handles.into_iter().enumerate() {
         tasks.spawn(async move {
@@ -792,8 +824,9 @@ async fn driver_load(uri: &str, clients: usize, own_filter: bool, watch: Option<
         }
         None => (None, (0, 0), None),
     };
+    let (own_cpu, idle, steal) = machine.await.unwrap_or((Duration::ZERO, f64::NAN, f64::NAN));
     let throughput = all.len() as f64 / window.as_secs_f64();
-    Cell { throughput, latencies: Latencies::new(all), cpu, user, switches, window }
+    Cell { throughput, latencies: Latencies::new(all), cpu, user, switches, window, own_cpu, idle, steal }
 }
 
 /// A tenantwall process (`exe`, or the build in use when `None`) in front of `backend` with one SCRAM user for
@@ -857,57 +890,204 @@ fn pgo_build() -> Option<PathBuf> {
     Some(exe)
 }
 
-/// One backend's rows: each path at each client count, paths interleaved so that noise from the rest of the
-/// machine falls on all of them alike. `proxies` are the tenantwall builds (label, process). Returns one ratios
+/// One way to the backend that the rounds measure.
+struct LoadPath {
+    label: String,
+    /// The connection string; `None` when the path could not be set up (no HAProxy), its cells skipped.
+    uri: Option<String>,
+    /// The clients scope the filter themselves: the direct and HAProxy paths (see [`driver_load`]).
+    own_filter: bool,
+    /// The relay process in the path, whose CPU time the cells report.
+    watch: Option<u32>,
+}
+
+/// The cells of one run: `cells[round][client count][path]`, `None` for a skipped path.
+type Cells = Vec<Vec<Vec<Option<Cell>>>>;
+/// One round of [`Cells`]: `round[client count][path]`.
+type Round = [Vec<Option<Cell>>];
+
+/// The window of one cell: `TW_LOAD_SECS` seconds, else `default`.
+fn load_window(default: Duration) -> Duration {
+    std::env::var("TW_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(default, Duration::from_secs_f64)
+}
+
+/// `TW_LOAD_ROUNDS` rounds, else `default`.
+fn load_rounds(default: usize) -> usize {
+    std::env::var("TW_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|&r| r > 0).unwrap_or(default)
+}
+
+/// The order of `n` paths in round `round`: a Williams design, so that over `n` rounds (`2n` when `n` is odd)
+/// every path runs in every position equally often and right after every other path equally often. The
+/// machine's state drifts within minutes and one cell's teardown can reach into the next, so a fixed order, or
+/// a rotation (where each path always follows the same neighbour), would hand one path the same bias every
+/// round: the same build measured twice in one rotating run came out 1.00× and 0.92× of HAProxy's throughput.
+fn round_order(n: usize, round: usize) -> Vec<usize> {
+    // First row 0, 1, n-1, 2, n-2, ...; the others add the row number; for odd n, then the same rows reversed.
+    let first = (0..n).map(|j| if j % 2 == 1 { j.div_ceil(2) } else { (n - j / 2) % n });
+    let cycle = if n.is_multiple_of(2) { n } else { 2 * n };
+    let k = round % cycle.max(1);
+    let mut order: Vec<usize> = first.map(|v| (v + k % n) % n).collect();
+    if k >= n {
+        order.reverse();
+    }
+    order
+}
+
+/// `rounds` rounds of every path at every client count, in the order [`round_order`] gives. `each` sees every
+/// cell as it is done (round, client count index, path index), for printing.
+async fn measure_rounds(
+    paths: &[LoadPath],
+    counts: &[usize],
+    rounds: usize,
+    window: Duration,
+    mut each: impl FnMut(usize, usize, usize, &Cell),
+) -> Cells {
+    let mut cells: Cells =
+        (0..rounds).map(|_| counts.iter().map(|_| paths.iter().map(|_| None).collect()).collect()).collect();
+    for (round, round_cells) in cells.iter_mut().enumerate() {
+        for (c, &clients) in counts.iter().enumerate() {
+            for p in round_order(paths.len(), round + c) {
+                let path = &paths[p];
+                let Some(uri) = path.uri.as_deref() else { continue };
+                let cell = driver_load(uri, clients, path.own_filter, path.watch, window).await;
+                each(round, c, p, &cell);
+                round_cells[c][p] = Some(cell);
+            }
+        }
+    }
+    cells
+}
+
+/// The median over rounds of `stat` of path `p` at client count index `c` (`None` when no round has it).
+fn median_cell(cells: &Cells, c: usize, p: usize, stat: impl Fn(&Cell) -> Option<f64>) -> Option<f64> {
+    median_rounds(cells, |round| round[c][p].as_ref().and_then(&stat))
+}
+
+/// The median over rounds of what `per_round` gives for each round (`None` when it gives nothing for any).
+fn median_rounds(cells: &Cells, per_round: impl Fn(&Round) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = cells.iter().filter_map(|round| per_round(round)).collect();
+    (!values.is_empty()).then(|| median(values))
+}
+
+/// Path `p` against HAProxy (path 1) and direct (path 0), one value per round, each against the same round's
+/// cells: (p50 over HAProxy's at the first client count; the p50 it adds over direct against what HAProxy adds,
+/// only in rounds where HAProxy adds at least 1 µs and a tenth of direct's p50: against a slow backend what a
+/// relay adds drowns in the backend's own variance, and the ratio of two such differences is noise that can come
+/// out negative or in the tens; throughput over HAProxy's at the last count).
+fn ratios(cells: &Cells, p: usize) -> [Vec<f64>; 3] {
+    let p50 = |round: &Round, q: usize| round[0][q].as_ref().map(|c| c.latencies.p50_us());
+    let per_round = |f: &dyn Fn(&Round) -> Option<f64>| cells.iter().filter_map(|r| f(r)).collect();
+    let total = per_round(&|r| Some(p50(r, p)? / p50(r, 1)?));
+    let added = per_round(&|r| {
+        let (d, h, t) = (p50(r, 0)?, p50(r, 1)?, p50(r, p)?);
+        (h - d >= 1.0_f64.max(d / 10.0)).then(|| (t - d) / (h - d))
+    });
+    let throughput = per_round(&|r| {
+        let last = r.last()?;
+        Some(last[p].as_ref()?.throughput / last[1].as_ref()?.throughput)
+    });
+    [total, added, throughput]
+}
+
+/// Per-round ratios as their median, with the middle half of the rounds in brackets once there are four or
+/// more ("0.97× (0.91–1.02)"): how far one round's ratio strays on this machine is part of the result.
+fn ratio_text(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // Linear interpolation between the two nearest rounds.
+    let quantile = |q: f64| {
+        let at = q * (sorted.len() - 1) as f64;
+        let (low, high) = (sorted[at.floor() as usize], sorted[at.ceil() as usize]);
+        low + (high - low) * at.fract()
+    };
+    match sorted.len() {
+        0 => "n/a".into(),
+        1..=3 => format!("{:.2}×", quantile(0.5)),
+        _ => format!("{:.2}× ({:.2}–{:.2})", quantile(0.5), quantile(0.25), quantile(0.75)),
+    }
+}
+
+/// `value` with `format`, or "n/a".
+fn or_na(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
+    value.map_or_else(|| "n/a".to_owned(), format)
+}
+
+/// One backend's rows of the full comparison: direct, HAProxy and each tenantwall build (label, process) at each
+/// client count over the rounds, one row per path and count with the medians over rounds; returns one ratios
 /// line per build.
 async fn compare_backend(
     backend_name: &str,
     backend: SocketAddr,
     haproxy: Option<&Haproxy>,
     proxies: &[(&str, ProxyProcess)],
+    rounds: usize,
+    window: Duration,
 ) -> Vec<String> {
-    let direct = format!("mongodb://{backend}/?directConnection=true");
-    let relay = haproxy.map(|h| format!("mongodb://{}/?directConnection=true", h.addr));
-    let mut paths = vec![("direct".to_owned(), Some(direct)), ("HAProxy (TCP mode)".to_owned(), relay)];
+    let mut paths = vec![
+        LoadPath {
+            label: "direct".into(),
+            uri: Some(format!("mongodb://{backend}/?directConnection=true")),
+            own_filter: true,
+            watch: None,
+        },
+        LoadPath {
+            label: "HAProxy (TCP mode)".into(),
+            uri: haproxy.map(|h| format!("mongodb://{}/?directConnection=true", h.addr)),
+            own_filter: true,
+            watch: haproxy.map(Haproxy::pid),
+        },
+    ];
     for (label, proxy) in proxies {
-        let uri = format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0]);
-        paths.push((format!("tenantwall{label} (SCRAM, field mode)"), Some(uri)));
+        paths.push(LoadPath {
+            label: format!("tenantwall{label} (SCRAM, field mode)"),
+            uri: Some(format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0])),
+            own_filter: false,
+            watch: Some(proxy.pid()),
+        });
     }
-    let mut results: Vec<Vec<Option<Cell>>> = Vec::new();
-    for clients in COMPARE_CLIENTS {
-        let mut row = Vec::new();
-        for (path, uri) in &paths {
-            let Some(uri) = uri.as_deref() else {
-                println!("| {backend_name} | {path} | {clients} | skipped | | |");
-                row.push(None);
+    let cells = measure_rounds(&paths, &COMPARE_CLIENTS, rounds, window, |round, c, p, cell| {
+        eprintln!(
+            "load: {backend_name}, round {round}, {}, {} clients: {:.0} cmd/s, p50 {:.0} µs",
+            paths[p].label,
+            COMPARE_CLIENTS[c],
+            cell.throughput,
+            cell.latencies.p50_us()
+        );
+    })
+    .await;
+    for (c, clients) in COMPARE_CLIENTS.iter().enumerate() {
+        for (p, path) in paths.iter().enumerate() {
+            if path.uri.is_none() {
+                println!("| {backend_name} | {} | {clients} | skipped | | | |", path.label);
                 continue;
-            };
-            let cell = driver_load(uri, clients, !path.starts_with("tenantwall"), None, MEASURE).await;
-            println!(
-                "| {backend_name} | {path} | {clients} | {:.0} cmd/s | {:.0} µs | {:.0} µs |",
-                cell.throughput,
-                cell.latencies.p50_us(),
-                cell.latencies.p99_us()
-            );
-            row.push(Some(cell));
-        }
-        results.push(row);
-    }
-    let first = &results[0];
-    let last = &results[COMPARE_CLIENTS.len() - 1];
-    (2..paths.len())
-        .map(|i| {
-            let build = format!("tenantwall{}", proxies[i - 2].0);
-            match (&first[0], &first[1], &first[i], &last[1], &last[i]) {
-                (Some(direct), Some(relay), Some(tw), Some(relay64), Some(tw64)) => {
-                    let (d, h, t) = (direct.latencies.p50_us(), relay.latencies.p50_us(), tw.latencies.p50_us());
-                    // Against a slow backend the relay's own cost drowns in the noise and can come out negative.
-                    let added = if h - d >= 1.0 { format!("{:.2}×", (t - d) / (h - d)) } else { "n/a".into() };
-                    let throughput = tw64.throughput / relay64.throughput;
-                    format!("| {backend_name} | {build} | {:.2}× | {added} | {throughput:.2}× |", t / h)
-                }
-                _ => format!("| {backend_name} | {build} | n/a | n/a | n/a |"),
             }
+            let throughput = median_cell(&cells, c, p, |cell| Some(cell.throughput));
+            let p50 = median_cell(&cells, c, p, |cell| Some(cell.latencies.p50_us()));
+            let p99 = median_cell(&cells, c, p, |cell| Some(cell.latencies.p99_us()));
+            let cpu = median_cell(&cells, c, p, Cell::cpu_per_command_us);
+            println!(
+                "| {backend_name} | {} | {clients} | {} | {} | {} | {} |",
+                path.label,
+                or_na(throughput, |t| format!("{t:.0} cmd/s")),
+                or_na(p50, |v| format!("{v:.0} µs")),
+                or_na(p99, |v| format!("{v:.0} µs")),
+                or_na(cpu, |v| format!("{v:.1} µs")),
+            );
+        }
+    }
+    (2..paths.len())
+        .map(|p| {
+            let [total, added, throughput] = ratios(&cells, p);
+            format!(
+                "| {backend_name} | tenantwall{} | {} | {} | {} |",
+                proxies[p - 2].0,
+                ratio_text(&total),
+                ratio_text(&added),
+                ratio_text(&throughput),
+            )
         })
         .collect()
 }
@@ -928,6 +1108,12 @@ fn compare_proxies(
     proxies
 }
 
+/// Rounds of the full comparison unless `TW_LOAD_ROUNDS` says otherwise.
+const COMPARE_ROUNDS: usize = 5;
+/// The window of one cell of the full comparison unless `TW_LOAD_SECS` says otherwise: shorter windows and
+/// more rounds spread bursts of noise from the rest of the machine over more samples.
+const COMPARE_WINDOW: Duration = Duration::from_millis(1500);
+
 /// The comparison table (see the module docs).
 async fn compare() {
     let haproxy_exe = harness::find_or_install_haproxy();
@@ -935,11 +1121,17 @@ async fn compare() {
         println!("HAProxy column skipped: {why}");
     }
     let pgo = pgo_build();
+    let (rounds, window) = (load_rounds(COMPARE_ROUNDS), load_window(COMPARE_WINDOW));
     let scratch = Scratch::new("load-compare");
     let verifier = ScramVerifier::generate(BENCH_PASSWORD, DEFAULT_ITERATIONS).expect("verifier");
     let mut ratios = Vec::new();
-    println!("| backend | path | clients | throughput | p50 | p99 |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "{rounds} rounds of {:.1} s per cell; medians over rounds. Load average: {}",
+        window.as_secs_f64(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    println!("| backend | path | clients | throughput | p50 | p99 | relay CPU per command |");
+    println!("|---|---|---|---|---|---|---|");
 
     let stub = stub::fast_stub_backend().await;
     let relay = haproxy_exe.as_ref().ok().map(|exe| Haproxy::start(exe, stub));
@@ -947,7 +1139,8 @@ async fn compare() {
         println!("HAProxy column skipped: {why}");
     }
     let proxies = compare_proxies(&scratch, "stub", stub, &verifier, pgo.as_deref());
-    ratios.extend(compare_backend("stub", stub, relay.as_ref().and_then(|r| r.as_ref().ok()), &proxies).await);
+    let haproxy = relay.as_ref().and_then(|r| r.as_ref().ok());
+    ratios.extend(compare_backend("stub", stub, haproxy, &proxies, rounds, window).await);
     drop((proxies, relay));
 
     if common::repo_root().join(".venv/bin/nx-27017").exists() {
@@ -959,12 +1152,13 @@ async fn compare() {
         let relay = haproxy_exe.as_ref().ok().map(|exe| Haproxy::start(exe, nx_addr));
         let proxies = compare_proxies(&scratch, "nx", nx_addr, &verifier, pgo.as_deref());
         let haproxy = relay.as_ref().and_then(|r| r.as_ref().ok());
-        ratios.extend(compare_backend("nx-27017", nx_addr, haproxy, &proxies).await);
+        ratios.extend(compare_backend("nx-27017", nx_addr, haproxy, &proxies, rounds, window).await);
     } else {
         println!("nx-27017 rows skipped: no .venv/bin/nx-27017 (run scripts/backend setup)");
     }
 
     println!();
+    println!("Load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     println!("| backend | build | tenantwall p50 / HAProxy p50, 1 client | added p50 vs HAProxy's, 1 client | tenantwall / HAProxy throughput, 64 clients |");
     println!("|---|---|---|---|---|");
     for line in ratios {
@@ -1025,16 +1219,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// `cargo bench --bench load -- quick`: direct, HAProxy and each tenantwall variant against the fast stub at 1
-/// and 64 clients, for `TW_LOAD_ROUNDS` rounds of `TW_QUICK_SECS` windows (default 3 s); the order of the paths rotates from round to round so that no
-/// path always runs first or last. Prints every cell, then per variant the median over rounds of each round's
-/// ratios (each round's tenantwall cell against the same round's HAProxy cell).
+/// and 64 clients, for `TW_LOAD_ROUNDS` rounds of `TW_LOAD_SECS` windows (default 3 s), in rotating order (see
+/// [`measure_rounds`]). Prints every cell, then per variant the median over rounds of each round's ratios (each
+/// round's tenantwall cell against the same round's HAProxy cell).
 async fn quick() {
-    let rounds = std::env::var("TW_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(QUICK_ROUNDS);
-    // Shorter windows and more rounds spread bursts of noise from the rest of the machine over more samples.
-    let window = std::env::var("TW_QUICK_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .map_or(MEASURE, Duration::from_secs_f64);
+    let (rounds, window) = (load_rounds(QUICK_ROUNDS), load_window(MEASURE));
     let haproxy_exe = harness::find_or_install_haproxy().expect("the quick mode compares against HAProxy");
     let scratch = Scratch::new("load-quick");
     let verifier = ScramVerifier::generate(BENCH_PASSWORD, DEFAULT_ITERATIONS).expect("verifier");
@@ -1045,10 +1234,19 @@ async fn quick() {
         Ok(list) => list.split(',').map(|n| n.trim().parse().expect("TW_QUICK_CLIENTS: client counts")).collect(),
         Err(_) => QUICK_CLIENTS.to_vec(),
     };
-    // (label, URI, the relay's pid)
     let mut paths = vec![
-        ("direct".to_owned(), format!("mongodb://{stub}/?directConnection=true"), None),
-        ("HAProxy".to_owned(), format!("mongodb://{}/?directConnection=true", relay.addr), Some(relay.pid())),
+        LoadPath {
+            label: "direct".into(),
+            uri: Some(format!("mongodb://{stub}/?directConnection=true")),
+            own_filter: true,
+            watch: None,
+        },
+        LoadPath {
+            label: "HAProxy".into(),
+            uri: Some(format!("mongodb://{}/?directConnection=true", relay.addr)),
+            own_filter: true,
+            watch: Some(relay.pid()),
+        },
     ];
     // TW_QUICK_MAX_IN_FLIGHT sets the tenant's in-flight cap (default: the policy default), e.g. low enough that
     // most clients queue at the gate.
@@ -1065,55 +1263,61 @@ async fn quick() {
         );
         let proxy = ProxyProcess::start_with(&policy, &variant.exe, variant.workers.clone());
         eprintln!("load: {} is pid {} ({})", variant.label, proxy.pid(), variant.exe.display());
-        paths.push((
-            variant.label.clone(),
-            format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0]),
-            Some(proxy.pid()),
-        ));
+        paths.push(LoadPath {
+            label: variant.label.clone(),
+            uri: Some(format!("mongodb://{BENCH_USER}:{BENCH_PASSWORD}@{}/?authSource=admin", proxy.addrs[0])),
+            own_filter: false,
+            watch: Some(proxy.pid()),
+        });
         proxies.push(proxy);
     }
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-    println!("| round | path | clients | throughput | p50 | p99 | relay CPU per command (of which user) | relay context switches per command (voluntary / involuntary) |");
-    println!("|---|---|---|---|---|---|---|---|");
-    // cells[round][clients index][path index] = (throughput, p50 µs, relay CPU µs per command, of which user)
-    let mut cells = vec![vec![vec![(0.0, 0.0, f64::NAN, f64::NAN); paths.len()]; counts.len()]; rounds];
-    for (round, round_cells) in cells.iter_mut().enumerate() {
-        for (c, &clients) in counts.iter().enumerate() {
-            for k in 0..paths.len() {
-                let p = (k + round) % paths.len();
-                let (path, uri, pid) = &paths[p];
-                let cell = driver_load(uri, clients, p < 2, *pid, window).await;
-                let cpu = cell.cpu_per_command_us().unwrap_or(f64::NAN);
-                let user = cell.user_per_command_us().unwrap_or(f64::NAN);
-                let (voluntary, involuntary) = cell.switches_per_command();
-                println!(
-                    "| {round} | {path} | {clients} | {:.0} cmd/s | {:.0} µs | {:.0} µs | {cpu:.1} ({user:.1}) µs | {voluntary:.2} / {involuntary:.2} |",
-                    cell.throughput,
-                    cell.latencies.p50_us(),
-                    cell.latencies.p99_us()
-                );
-                round_cells[c][p] = (cell.throughput, cell.latencies.p50_us(), cpu, user);
-            }
-        }
-    }
+    println!("| round | path | clients | throughput | p50 | p99 | relay CPU per command (of which user) | relay context switches per command (voluntary / involuntary) | load generator CPU per command | machine idle / stolen |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let cells = measure_rounds(&paths, &counts, rounds, window, |round, c, p, cell| {
+        let cpu = cell.cpu_per_command_us().unwrap_or(f64::NAN);
+        let user = cell.user_per_command_us().unwrap_or(f64::NAN);
+        let (voluntary, involuntary) = cell.switches_per_command();
+        println!(
+            "| {round} | {} | {} | {:.0} cmd/s | {:.0} µs | {:.0} µs | {cpu:.1} ({user:.1}) µs | {voluntary:.2} / {involuntary:.2} | {:.1} µs | {:.0}% / {:.0}% |",
+            paths[p].label,
+            counts[c],
+            cell.throughput,
+            cell.latencies.p50_us(),
+            cell.latencies.p99_us(),
+            cell.own_cpu_per_command_us(),
+            cell.idle * 100.0,
+            cell.steal * 100.0,
+        );
+    })
+    .await;
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     println!();
     let (first, last) = (counts[0], counts.len() - 1);
     let most = counts[last];
     println!("| path | p50, {first} client(s) (median) | throughput, {most} clients (median) | p50 / HAProxy's, {first} | added p50 / HAProxy's, {first} | throughput / HAProxy's, {most} | relay CPU per command, {first} / {most} | of which user, {first} / {most} |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (p, (path, _, _)) in paths.iter().enumerate() {
-        let p50 = median(cells.iter().map(|r| r[0][p].1).collect());
-        let tput = median(cells.iter().map(|r| r[last][p].0).collect());
-        let ratio = median(cells.iter().map(|r| r[0][p].1 / r[0][1].1).collect());
-        let added = median(cells.iter().map(|r| (r[0][p].1 - r[0][0].1) / (r[0][1].1 - r[0][0].1)).collect());
-        let tratio = median(cells.iter().map(|r| r[last][p].0 / r[last][1].0).collect());
-        let cpu_first = median(cells.iter().map(|r| r[0][p].2).collect());
-        let cpu_most = median(cells.iter().map(|r| r[last][p].2).collect());
-        let user_first = median(cells.iter().map(|r| r[0][p].3).collect());
-        let user_most = median(cells.iter().map(|r| r[last][p].3).collect());
+    let us = |v: Option<f64>| or_na(v, |v| format!("{v:.1}"));
+    for (p, path) in paths.iter().enumerate() {
+        let p50 = median_cell(&cells, 0, p, |cell| Some(cell.latencies.p50_us()));
+        let tput = median_cell(&cells, last, p, |cell| Some(cell.throughput));
+        let [ratio, added, tratio] = ratios(&cells, p);
+        let cpu_first = median_cell(&cells, 0, p, Cell::cpu_per_command_us);
+        let cpu_most = median_cell(&cells, last, p, Cell::cpu_per_command_us);
+        let user_first = median_cell(&cells, 0, p, Cell::user_per_command_us);
+        let user_most = median_cell(&cells, last, p, Cell::user_per_command_us);
         println!(
-            "| {path} | {p50:.0} µs | {tput:.0} cmd/s | {ratio:.2}× | {added:.2}× | {tratio:.2}× | {cpu_first:.1} / {cpu_most:.1} µs | {user_first:.1} / {user_most:.1} µs |"
+            "| {} | {} µs | {} cmd/s | {} | {} | {} | {} / {} µs | {} / {} µs |",
+            path.label,
+            or_na(p50, |v| format!("{v:.0}")),
+            or_na(tput, |v| format!("{v:.0}")),
+            ratio_text(&ratio),
+            ratio_text(&added),
+            ratio_text(&tratio),
+            us(cpu_first),
+            us(cpu_most),
+            us(user_first),
+            us(user_most),
         );
     }
     drop(proxies);

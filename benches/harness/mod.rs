@@ -160,6 +160,20 @@ pub fn user_time(pid: u32) -> Duration {
     ticks.map_or(Duration::ZERO, |t| TICK * t)
 }
 
+/// The whole machine's CPU time so far, in the kernel's 10 ms ticks summed over its cores, from the first line
+/// of `/proc/stat`: (idle, including waiting for I/O; stolen by the hypervisor from this VM; all of it). Zeros
+/// when it cannot be read.
+pub fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return (0, 0, 0) };
+    // user nice system idle iowait irq softirq steal (guest time is already counted in user).
+    let fields: Vec<u64> = cpu.split_whitespace().take(8).filter_map(|f| f.parse().ok()).collect();
+    if fields.len() < 8 {
+        return (0, 0, 0);
+    }
+    (fields[3] + fields[4], fields[7], fields.iter().sum())
+}
+
 /// Context switches of process `pid` so far, all its threads: (voluntary, involuntary), from
 /// `/proc/<pid>/task/*/status`. A voluntary one is a thread going to sleep (waiting for I/O or a lock), an
 /// involuntary one a thread preempted while it could still run.
