@@ -908,10 +908,7 @@ type Round = [Vec<Option<Cell>>];
 
 /// The window of one cell: `TW_LOAD_SECS` seconds, else `default`.
 fn load_window(default: Duration) -> Duration {
-    std::env::var("TW_LOAD_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .map_or(default, Duration::from_secs_f64)
+    std::env::var("TW_LOAD_SECS").ok().and_then(|s| s.parse::<f64>().ok()).map_or(default, Duration::from_secs_f64)
 }
 
 /// `TW_LOAD_ROUNDS` rounds, else `default`.
