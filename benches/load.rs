@@ -1057,12 +1057,11 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
 }
 
-/// The order of `n` paths in round `round`: a Williams design, so that over each cycle of `n` rounds (`2n` when
-/// `n` is odd; [`balanced_cycle`]) every path runs in every position equally often and right after every other
-/// path equally often. The
-/// machine's state drifts within minutes and one cell's teardown can reach into the next, so a fixed order, or
-/// a rotation (where each path always follows the same neighbour), would hand one path the same bias every
-/// round: the same build measured twice in one rotating run came out 1.00× and 0.92× of HAProxy's throughput.
+/// The order of `n` paths in round `round`: a Williams design, so that over each cycle of `n` rounds (`2n` when `n`
+/// is odd; [`balanced_cycle`]) every path runs in every position equally often and right after every other path
+/// equally often. The machine's state drifts within minutes and one cell's teardown can reach into the next, so a
+/// fixed order, or a rotation (where each path always follows the same neighbour), would hand one path the same bias
+/// every round: the same build measured twice in one rotating run came out 1.00× and 0.92× of HAProxy's throughput.
 fn round_order(n: usize, round: usize) -> Vec<usize> {
     // First row 0, 1, n-1, 2, n-2, ...; the others add the row number; for odd n, then the same rows reversed.
     let first = (0..n).map(|j| if j % 2 == 1 { j.div_ceil(2) } else { (n - j / 2) % n });
@@ -1124,10 +1123,11 @@ fn median_rounds(cells: &Cells, f: impl Fn(&Round) -> Option<f64>) -> Option<f64
     (!values.is_empty()).then(|| median(values))
 }
 
-/// Path `p` against HAProxy (path 1) and direct (path 0), one value per round, each against the same round's
-/// cells: (p50 over HAProxy's at the first client count; the p50 it adds over direct against what HAProxy adds,
-/// only where HAProxy adds at least 1 µs and a tenth of direct's p50, in every round: against a slow backend what a relay adds drowns in the backend's own variance, and the ratio of two such
-/// differences is noise that can come out negative or in the tens; throughput over HAProxy's at the last count).
+/// Path `p` against HAProxy (path 1) and direct (path 0), one value per round, each against the same round's cells:
+/// (p50 over HAProxy's at the first client count; the p50 it adds over direct against what HAProxy adds, only where
+/// HAProxy adds at least 1 µs and a tenth of direct's p50, in every round: against a slow backend what a relay adds
+/// drowns in the backend's own variance, and the ratio of two such differences is noise that can come out negative or
+/// in the tens; throughput over HAProxy's at the last count).
 fn ratios(cells: &Cells, p: usize) -> [Vec<f64>; 3] {
     let p50 = |round: &Round, q: usize| round[0][q].as_ref().map(|c| c.latencies.p50_us());
     let total = per_round(cells, |r| Some(p50(r, p)? / p50(r, 1)?));
@@ -1354,9 +1354,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     quantile(&values, 0.5)
 }
 
-/// `cargo bench --bench load -- quick`: direct, HAProxy and each tenantwall variant against the fast stub at 1
-/// and 64 clients, for `TW_LOAD_ROUNDS` rounds (whole cycles of the balanced order, [`load_rounds`]) of
-/// `TW_LOAD_SECS` windows (default 3 s). Prints every cell, then per variant the median over rounds of each round's ratios (each
+/// `cargo bench --bench load -- quick`: direct, HAProxy and each tenantwall variant against the fast stub at 1 and 64
+/// clients, for `TW_LOAD_ROUNDS` rounds (whole cycles of the balanced order, [`load_rounds`]) of `TW_LOAD_SECS`
+/// windows (default 3 s). Prints every cell, then per variant the median over rounds of each round's ratios (each
 /// round's tenantwall cell against the same round's HAProxy cell).
 async fn quick() {
     let window = load_window(MEASURE);
