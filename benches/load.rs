@@ -593,7 +593,10 @@
 //!
 //!   - The load generator's CPU per command moves with the machine, 30–52 µs for the same path within one run,
 //!     and the relay's with it. Rounds where everything is slow are where the ratios stray.
-//!   - The hypervisor stole nothing measurable (0%).
+//!   - The hypervisor steals in bursts, and mostly when the machine is half idle: at 1 client in the 08:55 run
+//!     below, up to 25% of a cell's CPU, and the three rounds where tenantwall's cell lost 13–25% gave its
+//!     three worst 1-client ratios of that run (1.20–1.38×). At 64 clients, with both vCPUs busy, it stole at
+//!     most 4%, and the rounds' throughput ratios still ranged 0.72–1.37×.
 //!   - The machine is idle 2% of the time on the direct path, 7–12% through HAProxy and 11–14% through
 //!     tenantwall at 64 clients: the relays' extra hops leave moments when every command is in flight between
 //!     processes.
