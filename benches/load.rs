@@ -1150,15 +1150,81 @@ fn ratios(cells: &Cells, p: usize) -> [Vec<f64>; 3] {
 }
 
 /// Per-round ratios as their median, with the middle half of the rounds in brackets once there are four or
-/// more ("0.97× (0.91–1.02)"): how far one round's ratio strays on this machine is part of the result.
+/// more ("0.97× (0.91–1.02)"): how far one round's ratio strays on this machine is part of the result. From six
+/// rounds on, the brackets also give the 95% confidence interval of the median ([`median_interval`]): "0.97×
+/// (0.91–1.02; CI 0.93–1.00)". The middle half says how far one round strays, the interval how far the median
+/// itself could be from the one a longer run would find.
 fn ratio_text(values: &[f64]) -> String {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let at = |q| quantile(&sorted, q);
-    match sorted.len() {
-        0 => "n/a".into(),
-        1..=3 => format!("{:.2}×", at(0.5)),
-        _ => format!("{:.2}× ({:.2}–{:.2})", at(0.5), at(0.25), at(0.75)),
+    match (sorted.len(), median_interval(&sorted)) {
+        (0, _) => "n/a".into(),
+        (1..=3, _) => format!("{:.2}×", at(0.5)),
+        (_, None) => format!("{:.2}× ({:.2}–{:.2})", at(0.5), at(0.25), at(0.75)),
+        (_, Some((low, high))) => {
+            format!("{:.2}× ({:.2}–{:.2}; CI {low:.2}–{high:.2})", at(0.5), at(0.25), at(0.75))
+        }
+    }
+}
+
+/// The distribution-free 95% confidence interval of the median of `sorted` (ascending): the `k`-th smallest and
+/// the `k`-th largest value, for the largest `k` with at most 2.5% chance that fewer than `k` of the values fall
+/// below the true median (the binomial distribution with p = ½), so that the interval holds it with at least
+/// 95% chance whatever the shape of the distribution. It takes six values at least (`None` below). It assumes
+/// the rounds are independent: each ratio is taken within its own round, which cancels the machine's drift over
+/// minutes, but not its bursts within one round, so the interval is a floor on the uncertainty, not a ceiling.
+fn median_interval(sorted: &[f64]) -> Option<(f64, f64)> {
+    let n = sorted.len();
+    // P(X <= j) for X ~ Binomial(n, ½), summed term by term: C(n, j + 1) = C(n, j) (n - j) / (j + 1).
+    let mut term = 0.5_f64.powi(i32::try_from(n).ok()?);
+    let mut below = 0.0;
+    let mut k = 0;
+    for j in 0..n / 2 {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        k = j + 1;
+        term *= (n - j) as f64 / (j + 1) as f64;
+    }
+    (k > 0).then(|| (sorted[k - 1], sorted[n - k]))
+}
+
+/// Issue 10's two speed goals for one build, from its per-round [`ratios`] at client counts `first` and `last`:
+/// each verdict from [`goal_verdict`], on the total p50 at 1 client (the goal's measure here), on the added p50
+/// (the goal's words read the other way), and on throughput at 64 clients; "n/a" where the run had not that
+/// count first or last.
+fn goal_text(label: &str, [total, added, throughput]: &[Vec<f64>; 3], first: usize, last: usize) -> String {
+    let verdict = |values: &Vec<f64>, line, at_most, applies: bool| {
+        if values.is_empty() || !applies {
+            "n/a".to_owned()
+        } else {
+            format!("{} over {} rounds", goal_verdict(values, line, at_most), values.len())
+        }
+    };
+    let (one, many) = (first == 1, last == 64);
+    format!(
+        "{label}: p50 at 1 client ≤ 1.10× HAProxy's {}; added p50 ≤ 1.10× HAProxy's {}; throughput at 64 ≥ 0.95× HAProxy's {}",
+        verdict(total, 1.10, true, one),
+        verdict(added, 1.10, true, one),
+        verdict(throughput, 0.95, false, many),
+    )
+}
+
+/// Whether the rounds' `ratios` show a goal met: "met" when the median's 95% confidence interval
+/// ([`median_interval`]) lies wholly on the goal's side of `line` (at most `line` when `at_most`, else at least),
+/// "missed" when it lies wholly on the other side, "undecided" when it straddles the line, and "too few rounds"
+/// below six.
+fn goal_verdict(ratios: &[f64], line: f64, at_most: bool) -> &'static str {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let Some((low, high)) = median_interval(&sorted) else { return "too few rounds" };
+    let (good, bad) = if at_most { (high <= line, low > line) } else { (low >= line, high < line) };
+    match (good, bad) {
+        (true, _) => "met",
+        (_, true) => "missed",
+        _ => "undecided",
     }
 }
 
@@ -1177,15 +1243,15 @@ fn or_na(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
 }
 
 /// One backend's rows of the full comparison: direct, HAProxy and each tenantwall build (label, process) at each
-/// client count over the rounds, one row per path and count with the medians over rounds; returns one ratios
-/// line per build.
+/// client count over the rounds, one row per path and count with the medians over rounds; returns, per build,
+/// its ratios line and its goals line ([`goal_text`]).
 async fn compare_backend(
     backend_name: &str,
     backend: SocketAddr,
     haproxy: Option<&Haproxy>,
     proxies: &[(&str, ProxyProcess)],
     window: Duration,
-) -> Vec<String> {
+) -> Vec<(String, String)> {
     let mut paths = LoadPath::baselines(backend, haproxy, "HAProxy (TCP mode)");
     for (label, proxy) in proxies {
         paths.push(LoadPath::tenantwall(format!("tenantwall{label} (SCRAM, field mode)"), proxy));
@@ -1226,14 +1292,18 @@ async fn compare_backend(
     }
     (2..paths.len())
         .map(|p| {
-            let [total, added, throughput] = ratios(&cells, p);
-            format!(
+            let per_round = ratios(&cells, p);
+            let [total, added, throughput] = &per_round;
+            let row = format!(
                 "| {backend_name} | tenantwall{} | {} | {} | {} |",
                 proxies[p - 2].0,
-                ratio_text(&total),
-                ratio_text(&added),
-                ratio_text(&throughput),
-            )
+                ratio_text(total),
+                ratio_text(added),
+                ratio_text(throughput),
+            );
+            let label = format!("{backend_name}, tenantwall{}", proxies[p - 2].0);
+            let (first, last) = (COMPARE_CLIENTS[0], COMPARE_CLIENTS[COMPARE_CLIENTS.len() - 1]);
+            (row, goal_text(&label, &per_round, first, last))
         })
         .collect()
 }
@@ -1270,7 +1340,7 @@ async fn compare() {
     let verifier = ScramVerifier::generate(BENCH_PASSWORD, DEFAULT_ITERATIONS).expect("verifier");
     let mut ratios = Vec::new();
 
-    let stub = stub::fast_stub_backend().await;
+    let (stub_guard, stub) = stub_process();
     let relay = haproxy_exe.as_ref().ok().map(|exe| Haproxy::start(exe, stub));
     if let Some(Err(why)) = &relay {
         println!("HAProxy column skipped: {why}");
@@ -1278,7 +1348,7 @@ async fn compare() {
     let proxies = compare_proxies(&scratch, "stub", stub, &verifier, pgo.as_deref());
     let haproxy = relay.as_ref().and_then(|r| r.as_ref().ok());
     ratios.extend(compare_backend("stub", stub, haproxy, &proxies, window).await);
-    drop((proxies, relay));
+    drop((proxies, relay, stub_guard));
 
     if common::repo_root().join(".venv/bin/nx-27017").exists() {
         let nx = common::Backend::start();
@@ -1298,8 +1368,15 @@ async fn compare() {
     println!("Load average: {}", loadavg());
     println!("| backend | build | tenantwall p50 / HAProxy p50, 1 client | added p50 vs HAProxy's, 1 client | tenantwall / HAProxy throughput, 64 clients |");
     println!("|---|---|---|---|---|");
-    for line in ratios {
-        println!("{line}");
+    for (row, _) in &ratios {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "Issue 10's goals, by the 95% confidence interval of each median ratio (the stub's decide; see the docs):"
+    );
+    for (_, goal) in &ratios {
+        println!("- {goal}");
     }
 }
 
@@ -1366,7 +1443,7 @@ async fn quick() {
     let haproxy_exe = harness::find_or_install_haproxy().expect("the quick mode compares against HAProxy");
     let scratch = Scratch::new("load-quick");
     let verifier = ScramVerifier::generate(BENCH_PASSWORD, DEFAULT_ITERATIONS).expect("verifier");
-    let stub = stub::fast_stub_backend().await;
+    let (_stub, stub) = stub_process();
     let relay = Haproxy::start(&haproxy_exe, stub).expect("HAProxy");
     let variants = quick_variants();
     let counts: Vec<usize> = match std::env::var("TW_QUICK_CLIENTS") {
@@ -1424,10 +1501,15 @@ async fn quick() {
     println!("| path | p50, {first} client(s) (median) | throughput, {most} clients (median) | p50 / HAProxy's, {first} | added p50 / HAProxy's, {first} | throughput / HAProxy's, {most} | relay CPU per command, {first} / {most} | of which user, {first} / {most} |");
     println!("|---|---|---|---|---|---|---|---|");
     let us = |v: Option<f64>| or_na(v, |v| format!("{v:.1}"));
+    let mut goals = Vec::new();
     for (p, path) in paths.iter().enumerate() {
         let p50 = median_cell(&cells, 0, p, |cell| Some(cell.latencies.p50_us()));
         let tput = median_cell(&cells, last, p, |cell| Some(cell.throughput));
-        let [ratio, added, tratio] = ratios(&cells, p);
+        let per_round = ratios(&cells, p);
+        if p >= 2 {
+            goals.push(goal_text(&path.label, &per_round, first, most));
+        }
+        let [ratio, added, tratio] = per_round;
         let cpu_first = median_cell(&cells, 0, p, Cell::cpu_per_command_us);
         let cpu_most = median_cell(&cells, last, p, Cell::cpu_per_command_us);
         let user_first = median_cell(&cells, 0, p, Cell::user_per_command_us);
@@ -1445,6 +1527,11 @@ async fn quick() {
             us(user_first),
             us(user_most),
         );
+    }
+    println!();
+    println!("Issue 10's goals, by the 95% confidence interval of each median ratio:");
+    for line in goals {
+        println!("- {line}");
     }
     drop(proxies);
 }
@@ -1633,10 +1720,12 @@ async fn many_phase(conns: Vec<RawConn>, stop: Instant, pace: Pace) -> (Vec<RawC
     (conns, rate, Latencies::new(all))
 }
 
-/// Runs the fast stub in its own process (this bench binary again, in `stub-server` mode), so that its sockets
-/// count against that process's open-file limit, not this one's; it exits when its stdin closes, i.e. when this
-/// process ends, however it ends.
-fn stub_process() -> (std::process::Child, SocketAddr) {
+/// The fast stub in its own process (this bench binary again, in `stub-server` mode), as a backend is: its sockets
+/// count against that process's open-file limit, not this one's, and its work runs on its own threads, not on the
+/// load generator's runtime, where it made the direct path's throughput swing by a factor of two from round to
+/// round. It exits when its stdin closes, i.e. when this process ends, however it ends, and is stopped when the
+/// returned guard drops.
+fn stub_process() -> (StubProcess, SocketAddr) {
     let mut child = std::process::Command::new(std::env::current_exe().expect("own executable"))
         .args(["--bench", "stub-server"])
         .stdin(std::process::Stdio::piped())
@@ -1647,7 +1736,17 @@ fn stub_process() -> (std::process::Child, SocketAddr) {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
         .expect("stub address");
     let addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok()).expect("stub prints its address");
-    (child, addr)
+    (StubProcess(child), addr)
+}
+
+/// The stub's process, stopped when dropped.
+struct StubProcess(std::process::Child);
+
+impl Drop for StubProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The `stub-server` mode: serves the fast stub until stdin closes.
@@ -1666,7 +1765,7 @@ async fn many() {
     if clients < MANY_CLIENTS {
         println!("open-file limit {limit}: running {clients} clients instead of {MANY_CLIENTS} (raise `ulimit -Hn`)");
     }
-    let (mut stub_child, stub) = stub_process();
+    let (stub_guard, stub) = stub_process();
     let scratch = Scratch::new("load-many");
     // One verifier for every user keeps set-up fast; the user name decides the tenant. MIN_ITERATIONS, the lowest
     // count the policy accepts, because this process runs the client side of 10,000 conversations.
@@ -1763,9 +1862,7 @@ async fn many() {
             peak.rss_mib
         );
     }
-    drop(conns);
-    let _ = stub_child.kill();
-    let _ = stub_child.wait();
+    drop((conns, stub_guard));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
