@@ -12,15 +12,13 @@
 //! there is room for is handed to the first of them: when a command leaves, when the command that brings a
 //! reload's higher cap arrives, when a hold ends (released, given up, or at its deadline). A command that arrives
 //! while others wait queues behind them instead of taking the slot they were woken for, so none of them is
-//! refused at the end of its wait while later commands go through. One exception, bounded: a slot freed on a
-//! worker thread goes to an early command queued on that same worker when there is one, the first passed over at
-//! most twice in a row ([`crate::workers::WorkerQueue`]), so that under load a worker goes on with its own queued
-//! commands instead of waking the other worker and then sleeping itself.
+//! refused at the end of its wait while later commands go through.
 //!
 //! What it owns: per-tenant gate state only (deadline, in-flight count, the queue of waiting commands). What it
 //! must never do: hold one tenant's commands for another tenant's move, wait without a bound, or hold commands the
 //! proxy answers itself (the caller only sends forwarded commands through it).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,7 +28,6 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::names::NameMap;
-use crate::workers::WorkerQueue;
 
 /// Longest a hold may last, whatever a caller asks for.
 pub const MAX_HOLD: Duration = Duration::from_secs(600);
@@ -49,10 +46,9 @@ struct State {
     /// waiting at the cap measures against the same one, so a slot freed is never left to a waiter whose
     /// older, tighter cap keeps it out while another could enter.
     cap: Option<usize>,
-    /// Commands waiting to enter (at a hold or at the cap), in arrival order, each with its worker. A slot is
-    /// handed to the first one when it frees, or to an early one on the worker it freed on ([`State::admit_queued`]),
-    /// its `in_flight` counted for it, so that nobody arriving meanwhile can take it.
-    queue: WorkerQueue<oneshot::Sender<Admitted>>,
+    /// Commands waiting to enter (at a hold or at the cap), in arrival order. A slot is handed to the first one
+    /// when it frees, its `in_flight` counted for it, so that nobody arriving meanwhile can take it.
+    queue: VecDeque<oneshot::Sender<Admitted>>,
     /// Commands that left the queue without a slot (refused, or their connection closed) since it was last swept:
     /// their senders stay in it, closed, until a slot passes them over or a sweep removes them.
     left_queue: usize,
@@ -141,16 +137,12 @@ impl State {
         self.hold.is_none() && self.cap.is_none_or(|cap| self.in_flight < cap)
     }
 
-    /// Hands the slots there is room for to the queued commands: called whenever room may have appeared (a command
-    /// left, the cap was raised, a hold ended). Each goes to the first command queued, or to an early one queued
-    /// on the worker the slot freed on ([`WorkerQueue::pop`]: the first passed over at most twice in a row), so
-    /// that the worker goes on with its own queued command instead of waking the other worker for it and then
-    /// sleeping itself. A command that went away while queued (its connection closed) is passed over, and its
-    /// slot goes to the next.
+    /// Hands the slots there is room for to the queued commands, first come first: called whenever room may have
+    /// appeared (a command left, the cap was raised, a hold ended). A command that went away while queued (its
+    /// connection closed) is passed over, and its slot goes to the next.
     fn admit_queued(&mut self) {
-        let here = Some(crate::workers::shard()).filter(|&shard| shard != crate::workers::NOT_A_WORKER);
         while self.has_room() {
-            let Some(waiter) = self.queue.pop(here) else {
+            let Some(waiter) = self.queue.pop_front() else {
                 self.keep_queue_small();
                 return;
             };
@@ -165,7 +157,9 @@ impl State {
     fn keep_queue_small(&mut self) {
         if self.queue.is_empty() {
             self.left_queue = 0;
-            self.queue.shrink_when_empty(QUEUE_KEPT);
+            if self.queue.capacity() > QUEUE_KEPT {
+                self.queue.shrink_to(QUEUE_KEPT);
+            }
         }
     }
 }
@@ -243,7 +237,7 @@ impl TenantEntry {
                 return Ok(InFlight { gate: gate.clone(), waited: false });
             }
             let (queued, told) = oneshot::channel();
-            state.queue.push(queued);
+            state.queue.push_back(queued);
             (state.holds_begun, state.hold.is_some(), told)
         };
         let mut place = Place { gate: gate.clone(), told: Some(told) };
@@ -989,42 +983,5 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(first);
         assert!(second.await.unwrap(), "a slot freed within the wait admits the command");
-    }
-
-    #[test]
-    fn a_freed_slot_goes_to_an_early_command_on_its_own_worker_without_starving_the_first() {
-        let workers = crate::workers::Workers::start(2).unwrap();
-        let gate = Arc::new(Gate::default());
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let queued = || gate.existing("acme").map_or(0, |g| g.lock().queue.len());
-        // A command on worker 0 holds the one slot.
-        let (leave, left) = tokio::sync::oneshot::channel::<()>();
-        let (inside_tx, inside) = std::sync::mpsc::channel();
-        let holder = gate.clone();
-        workers.worker(0).unwrap().handle().spawn(async move {
-            let _slot = holder.enter("acme", Some(1), NO_CAP).await.unwrap();
-            inside_tx.send(()).unwrap();
-            let _ = left.await;
-        });
-        inside.recv().unwrap();
-        // Six commands queue, in this order, on these workers; each leaves as soon as it is in.
-        for (label, worker) in [("a", 1), ("b", 0), ("c", 1), ("d", 0), ("e", 0), ("f", 0)] {
-            let (gate, order) = (gate.clone(), order.clone());
-            let before = queued();
-            workers.worker(worker).unwrap().handle().spawn(async move {
-                let _slot = gate.enter("acme", Some(1), NO_CAP).await.unwrap();
-                order.lock().unwrap().push(label);
-            });
-            while queued() == before {
-                std::thread::yield_now();
-            }
-        }
-        leave.send(()).unwrap();
-        while order.lock().unwrap().len() < 6 {
-            std::thread::yield_now();
-        }
-        // Freed on worker 0: b and d, queued there, go before a, which is passed over twice and no more. a leaves
-        // on worker 1, where c is next in line anyway; then e and f.
-        assert_eq!(*order.lock().unwrap(), ["b", "d", "a", "c", "e", "f"]);
     }
 }

@@ -11,7 +11,7 @@
 //! worker being woken for each reply). Below the bound, a proxy with several workers may so hold more
 //! connections than one with a single worker would; never more than the bound. A connection given back to
 //! waiting commands goes to the tenant whose turn it is, as below, and within that tenant's queue to an early
-//! command on the connection's own worker when there is one ([`WorkerQueue::pop`]), the first passed over at most
+//! command on the connection's own worker when there is one ([`Queue::pop`]), the first passed over at most
 //! twice in a row.
 //!
 //! When every connection is busy, waiting commands queue per tenant and are served round-robin across tenants,
@@ -30,8 +30,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-
-use crate::workers::WorkerQueue;
 
 /// Why no connection could be checked out.
 #[derive(Debug)]
@@ -63,17 +61,43 @@ struct State<C: Send + 'static> {
 }
 
 /// One tenant's waiting commands, each with the worker it waits on.
-type Queue<C> = WorkerQueue<oneshot::Sender<Grant<C>>>;
+struct Queue<C: Send + 'static> {
+    waiters: VecDeque<(usize, oneshot::Sender<Grant<C>>)>,
+    /// How often the first waiter has been passed over for one on the worker of the connection handed out.
+    head_passed: usize,
+}
+
+/// How far into a tenant's queue a waiter on the connection's own worker is looked for.
+const SAME_WORKER_WINDOW: usize = 4;
+/// How often the first waiter of a tenant may be passed over for one on the connection's own worker.
+const MAX_PASSED: usize = 2;
+
+impl<C: Send + 'static> Queue<C> {
+    /// The next waiter of this tenant: the first, or, for a connection of worker `shard`, an early one waiting
+    /// on that worker, so that its replies need not wake another thread; the first is passed over at most
+    /// [`MAX_PASSED`] times in a row, so nobody waits on for it.
+    fn pop(&mut self, shard: Option<usize>) -> Option<oneshot::Sender<Grant<C>>> {
+        let (first, _) = self.waiters.front()?;
+        let at = match shard {
+            Some(shard) if *first != shard && self.head_passed < MAX_PASSED => {
+                self.waiters.iter().take(SAME_WORKER_WINDOW).position(|(s, _)| *s == shard).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        self.head_passed = if at == 0 { 0 } else { self.head_passed + 1 };
+        self.waiters.remove(at).map(|(_, tx)| tx)
+    }
+}
 
 impl<C: Send + 'static> State<C> {
     /// The next waiter, round-robin across tenants: a waiter of the tenant whose turn it is (its first, or for a
-    /// connection of worker `shard` an early one on that worker, [`WorkerQueue::pop`]), and that tenant goes to the
+    /// connection of worker `shard` an early one on that worker, [`Queue::pop`]), and that tenant goes to the
     /// back of the line if it has more.
     fn next_waiter(&mut self, shard: Option<usize>) -> Option<oneshot::Sender<Grant<C>>> {
         while let Some(tenant) = self.turn.pop_front() {
             let Some(queue) = self.waiting.get_mut(&tenant) else { continue };
             let next = queue.pop(shard);
-            if queue.is_empty() {
+            if queue.waiters.is_empty() {
                 self.waiting.remove(&tenant);
             } else {
                 self.turn.push_back(tenant);
@@ -92,13 +116,12 @@ impl<C: Send + 'static> State<C> {
     }
 
     fn enqueue(&mut self, tenant: &str, waiter: oneshot::Sender<Grant<C>>) {
+        let waiter = (crate::workers::shard(), waiter);
         match self.waiting.get_mut(tenant) {
-            Some(queue) => queue.push(waiter),
+            Some(queue) => queue.waiters.push_back(waiter),
             None => {
                 let tenant: Arc<str> = Arc::from(tenant);
-                let mut queue = Queue::default();
-                queue.push(waiter);
-                self.waiting.insert(tenant.clone(), queue);
+                self.waiting.insert(tenant.clone(), Queue { waiters: VecDeque::from([waiter]), head_passed: 0 });
                 self.turn.push_back(tenant);
             }
         }
@@ -139,7 +162,7 @@ impl<C: Send + 'static> Pool<C> {
     /// Commands waiting now, for tests.
     #[cfg(test)]
     fn waiting(&self) -> usize {
-        self.lock().waiting.values().map(Queue::len).sum()
+        self.lock().waiting.values().map(|q| q.waiters.len()).sum()
     }
 
     /// Changes the bound (a policy reload). Raising it lets waiters open connections at once; lowering it

@@ -16,7 +16,6 @@
 //! listener and health checks stay on the control runtime, so that a busy worker cannot delay them.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -108,80 +107,6 @@ impl Drop for Serving {
     }
 }
 
-/// A queue of waiters in arrival order, each with the worker it waits on, from which something freed on one worker
-/// (a pooled connection, a tenant's in-flight slot) is handed to the next waiter ([`WorkerQueue::pop`]).
-pub struct WorkerQueue<T> {
-    waiters: VecDeque<(usize, T)>,
-    /// How often in a row the first waiter has been passed over for one on the freeing worker.
-    head_passed: usize,
-}
-
-/// How far into a [`WorkerQueue`] a waiter on the freeing worker is looked for.
-const SAME_WORKER_WINDOW: usize = 4;
-/// How often in a row the first waiter of a [`WorkerQueue`] may be passed over.
-const MAX_PASSED: usize = 2;
-
-impl<T> Default for WorkerQueue<T> {
-    fn default() -> Self {
-        Self { waiters: VecDeque::new(), head_passed: 0 }
-    }
-}
-
-impl<T> WorkerQueue<T> {
-    /// Queues `waiter`, waiting on the calling thread's worker ([`shard`]).
-    pub fn push(&mut self, waiter: T) {
-        self.push_on(shard(), waiter);
-    }
-
-    fn push_on(&mut self, worker: usize, waiter: T) {
-        self.waiters.push_back((worker, waiter));
-    }
-
-    /// The next waiter, for something freed on worker `freed_on` (`None`: anywhere): the first, or an early one
-    /// (among the first [`SAME_WORKER_WINDOW`]) waiting on that worker, so that it runs on without the freeing
-    /// thread waking another one; the first is passed over at most [`MAX_PASSED`] times in a row, so nobody
-    /// waits long for that preference: any waiter is served within three times the hand-outs it would wait for
-    /// in strict arrival order. Off the workers (the tests' runtimes, the control runtime) every waiter and every
-    /// hand-out is [`NOT_A_WORKER`]'s, and the order is strictly the arrival order.
-    pub fn pop(&mut self, freed_on: Option<usize>) -> Option<T> {
-        let (first, _) = self.waiters.front()?;
-        let at = match freed_on {
-            Some(here) if *first != here && self.head_passed < MAX_PASSED => {
-                self.waiters.iter().take(SAME_WORKER_WINDOW).position(|(s, _)| *s == here).unwrap_or(0)
-            }
-            _ => 0,
-        };
-        self.head_passed = if at == 0 { 0 } else { self.head_passed + 1 };
-        self.waiters.remove(at).map(|(_, waiter)| waiter)
-    }
-
-    pub fn len(&self) -> usize {
-        self.waiters.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiters.is_empty()
-    }
-
-    /// Room held for waiters, for tests of the memory a queue keeps.
-    #[cfg(test)]
-    pub fn capacity(&self) -> usize {
-        self.waiters.capacity()
-    }
-
-    /// Keeps the waiters `keep` says yes to, in their order.
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.waiters.retain(|(_, waiter)| keep(waiter));
-    }
-
-    /// Gives back the memory of an empty queue beyond `kept` waiters.
-    pub fn shrink_when_empty(&mut self, kept: usize) {
-        if self.waiters.is_empty() && self.waiters.capacity() > kept {
-            self.waiters.shrink_to(kept);
-        }
-    }
-}
-
 /// The number of workers for `run`: `TOKIO_WORKER_THREADS` when set to a positive number (the knob this proxy
 /// always had), else one per core.
 pub fn default_count() -> usize {
@@ -225,30 +150,5 @@ mod tests {
         }
         assert_eq!(super::shard(), NOT_A_WORKER);
         drop((first, third));
-    }
-
-    #[test]
-    fn a_queue_prefers_early_waiters_on_the_freeing_worker_and_passes_the_first_over_at_most_twice() {
-        let queued = |workers: &[usize]| {
-            let mut queue = WorkerQueue::default();
-            for (n, &worker) in workers.iter().enumerate() {
-                queue.push_on(worker, n);
-            }
-            queue
-        };
-        let mut queue = queued(&[1, 0, 0, 1, 0]);
-        let order: Vec<_> = std::iter::from_fn(|| queue.pop(Some(0))).collect();
-        // 1 and 2 wait on worker 0 and go before 0, which is then served; 4 goes before 3 the same way.
-        assert_eq!(order, [1, 2, 0, 4, 3]);
-        // Beyond the first four, a waiter on the freeing worker is not looked for.
-        let mut queue = queued(&[1, 1, 1, 1, 0]);
-        assert_eq!(queue.pop(Some(0)), Some(0));
-        // Without a freeing worker, or off the workers, the order is the arrival order.
-        let mut queue = queued(&[1, 0, 0, 1, 0]);
-        let order: Vec<_> = std::iter::from_fn(|| queue.pop(None)).collect();
-        assert_eq!(order, [0, 1, 2, 3, 4]);
-        let mut queue = queued(&[NOT_A_WORKER; 3]);
-        assert_eq!(queue.pop(Some(NOT_A_WORKER)), Some(0));
-        assert!(!queue.is_empty() && queue.len() == 2);
     }
 }
