@@ -1247,7 +1247,8 @@ fn ratio_text(values: &[f64]) -> String {
 /// below the true median (the binomial distribution with p = ½), so that the interval holds it with at least
 /// 95% chance whatever the shape of the distribution. It takes six values at least (`None` below). It assumes
 /// the rounds are independent: each ratio is taken within its own round, which cancels the machine's drift over
-/// minutes, but not its bursts within one round, so the interval is a floor on the uncertainty, not a ceiling.
+/// minutes, but the interval speaks for this run's machine state only (an hour apart, two 64-client runs gave
+/// intervals that did not overlap: fifteenth round), so it is a floor on the uncertainty, not a ceiling.
 fn median_interval(sorted: &[f64]) -> Option<(f64, f64)> {
     let n = sorted.len();
     // P(X <= j) for X ~ Binomial(n, ½), summed term by term: C(n, j + 1) = C(n, j) (n - j) / (j + 1).
@@ -1271,8 +1272,7 @@ fn median_interval(sorted: &[f64]) -> Option<(f64, f64)> {
 /// count first or last.
 fn goal_text(label: &str, [total, added, throughput]: &[Vec<f64>; 3], first: usize, last: usize) -> String {
     let verdict = |values: &Vec<f64>, line, at_most, applies: bool| match values.len() {
-        _ if !applies => "n/a".to_owned(),
-        0 => "n/a".to_owned(),
+        n if n == 0 || !applies => "n/a".to_owned(),
         n @ 1..=5 => format!("not judged ({n} rounds; an interval takes 6)"),
         n => format!("{} over {n} rounds", goal_verdict(values, line, at_most)),
     };
@@ -1445,9 +1445,7 @@ async fn compare() {
         println!("{row}");
     }
     println!();
-    println!(
-        "Issue 10's goals, by the 95% confidence interval of each median ratio (the stub's decide; see the docs):"
-    );
+    println!("Issue 10's goals, by the 95% confidence interval of each median ratio (the stub's rows decide):");
     for (_, goal) in &ratios {
         println!("- {goal}");
     }
