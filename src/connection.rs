@@ -42,7 +42,8 @@ mod deadline;
 mod observe;
 mod woken;
 
-use deadline::{BackendDeadline, BackendTimer};
+use crate::timer::LazyTimer;
+use deadline::BackendDeadline;
 
 /// A forwarded command after cursor ownership was checked.
 struct BoundCursors {
@@ -104,7 +105,7 @@ struct Incoming {
 const HEAVY_MESSAGE: usize = 256 * 1024;
 
 /// Runs one backend operation (an expression yielding `Result<_, E>` with `E: From<ProxyError>`) until the
-/// [`BackendDeadline`] `$deadline` passes, as the connection's [`BackendTimer`] `$timer` tells. The operation is
+/// [`BackendDeadline`] `$deadline` passes, as the connection's kept [`LazyTimer`] `$timer` tells. The operation is
 /// polled first, so one that is ready at once never touches the timer. A macro rather than a function taking
 /// the operation: the operation's future (a checkout's is most of a kilobyte) is built where it is polled
 /// instead of being moved into a wrapper future and again into a `Timeout`.
@@ -115,7 +116,7 @@ macro_rules! within {
             result = $op => result,
             // Outside the task's cooperative budget, as `Timeout` polls its own timer: an operation that used
             // the budget up (many ready reads of a large reply) must not keep an elapsed timer from firing.
-            expired = tokio::task::unconstrained(std::future::poll_fn(|cx| $timer.poll_expired(cx, &$deadline))) => {
+            expired = tokio::task::unconstrained(std::future::poll_fn(|cx| deadline::poll_expired(&mut $timer, cx, &$deadline))) => {
                 Err(expired.into())
             }
         }
@@ -218,9 +219,13 @@ pub struct ClientConnection {
     /// What was seen of the command in flight, for metrics.
     observed: observe::Observed,
     /// The timer for backend deadlines, kept from one forwarded command to the next (made at the first).
-    backend_timer: Option<BackendTimer>,
+    backend_timer: Option<LazyTimer>,
     /// The tenant's gate, kept from its first forwarded command on.
     gate: Option<crate::gate::TenantEntry>,
+    /// The timer for waits at the tenant's in-flight cap, kept from one wait to the next (made at the first).
+    /// Not `backend_timer`: a cap wait is due sooner than a backend reply, so sharing one timer would arm it
+    /// anew for every wait.
+    gate_timer: Option<LazyTimer>,
 }
 
 impl ClientConnection {
@@ -262,6 +267,7 @@ impl ClientConnection {
             observed: observe::Observed::default(),
             backend_timer: None,
             gate: None,
+            gate_timer: None,
         }
     }
 
@@ -577,7 +583,7 @@ impl ClientConnection {
             // Passed at once (nearly every command) without building the gate's future.
             Some((entry, cap)) => match entry.try_enter(cap) {
                 Some(in_flight) => Ok(Some(in_flight)),
-                None => entry.enter(cap, cap_wait).await.map(Some),
+                None => entry.enter(cap, cap_wait, &mut self.gate_timer).await.map(Some),
             },
         };
         let in_flight = match passed {
@@ -886,10 +892,10 @@ impl ClientConnection {
         // command that ends early (an error) leaves the next one to make a new timer.
         let mut timer = match self.backend_timer.take() {
             Some(mut timer) => {
-                timer.arm(&deadline);
+                timer.arm(deadline.at);
                 timer
             }
-            None => BackendTimer::new(deadline.at),
+            None => LazyTimer::new(deadline.at),
         };
         // An idle connection of this worker is taken at once (nearly always), without building the checkout's
         // future; otherwise the checkout waits, within the deadline.

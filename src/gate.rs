@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::names::NameMap;
+use crate::timer::LazyTimer;
 
 /// Longest a hold may last, whatever a caller asks for.
 pub const MAX_HOLD: Duration = Duration::from_secs(600);
@@ -167,9 +168,9 @@ impl State {
 #[derive(Default)]
 struct TenantGate {
     state: Mutex<State>,
-    /// Woken (all waiters) whenever a hold begins or ends: queued commands then look at how long to wait (until
-    /// the hold's deadline, or their own), and a mover whose hold was released or replaced stops waiting. A slot
-    /// itself is told through the queued command's own channel.
+    /// Woken (all waiters) whenever a hold begins or ends: queued commands that have seen a hold then look at how
+    /// long to wait (until the hold's deadline, or their own), and a mover whose hold was released or replaced
+    /// stops waiting. A slot itself is told through the queued command's own channel.
     changed: Notify,
     /// Woken (all waiters) when a command leaves while a hold is in force: the mover waits here for the tenant's
     /// commands to finish. Not `changed`: the commands queued at the hold have nothing to do with it.
@@ -228,7 +229,14 @@ impl TenantEntry {
     /// Lets a command of this entry's tenant in: at once unless the tenant is held or at its cap. A held tenant's
     /// command waits until the hold ends (released, or at its deadline). A command beyond `cap` waits up to
     /// `cap_wait` for one of the tenant's commands to finish, and is otherwise refused with the returned reply.
-    pub async fn enter(&self, cap: Option<usize>, cap_wait: Duration) -> Result<InFlight, RawDocumentBuf> {
+    /// The waits are timed on `timer`, the connection's own, kept from one wait to the next (made here at the
+    /// first): see [`crate::timer`].
+    pub async fn enter(
+        &self,
+        cap: Option<usize>,
+        cap_wait: Duration,
+        timer: &mut Option<LazyTimer>,
+    ) -> Result<InFlight, RawDocumentBuf> {
         let (gate, tenant) = (&self.gate, self.tenant.as_str());
         let (holds_before, mut waited, told) = {
             let mut state = gate.lock();
@@ -241,16 +249,25 @@ impl TenantEntry {
             (state.holds_begun, state.hold.is_some(), told)
         };
         let mut place = Place { gate: gate.clone(), told: Some(told) };
-        let cap_deadline = Instant::now() + cap_wait;
+        // One clock read serves the cap's deadline and the first look at the state; each wake reads it again.
+        let mut now = Instant::now();
+        let cap_deadline = now + cap_wait;
+        // Whether this command listens for holds beginning and ending (`changed`): only once it has seen the
+        // tenant held. A command queued at the cap alone needs no word of a hold: the slot it waits for is handed
+        // to it when the hold ends (released, or at its deadline by the hold's own timer, see `Gate::hold`), and
+        // should its own deadline come first it looks again, finds the hold, and waits for that. Not listening
+        // spares the common wait (at the cap) two passes through the `Notify`'s lock.
+        let mut watch_holds = false;
         loop {
-            // Registered before the state is read, so that a hold beginning or ending between the read and the
-            // wait is not missed.
+            // Registered before the state is read, so that a hold ending between the read and the wait is not
+            // missed.
             let changed = gate.changed.notified();
             tokio::pin!(changed);
-            changed.as_mut().enable();
+            if watch_holds {
+                changed.as_mut().enable();
+            }
             let deadline = {
                 let mut state = gate.lock();
-                let now = Instant::now();
                 let hold = state.live_hold(now, &gate.changed);
                 match place.entered() {
                     Some(Ok(told)) => {
@@ -263,6 +280,11 @@ impl TenantEntry {
                     // Until the hold ends (released, or at this deadline); then the queue moves on.
                     Some((_, deadline)) => {
                         waited = true;
+                        if !watch_holds {
+                            // Registered first, then the state is read again.
+                            watch_holds = true;
+                            continue;
+                        }
                         deadline
                     }
                     None if now >= cap_deadline => {
@@ -275,13 +297,20 @@ impl TenantEntry {
                 }
             };
             let Some(told) = place.told.as_mut() else { return Err(cap_refusal(tenant)) };
-            let woken = tokio::time::timeout_at(deadline, async {
-                tokio::select! {
-                    told = told => Some(told),
-                    () = &mut changed => None,
+            let kept = match timer.as_mut() {
+                Some(kept) => {
+                    kept.arm(deadline);
+                    kept
                 }
-            })
-            .await;
+                None => timer.insert(LazyTimer::new(deadline)),
+            };
+            let woken = tokio::select! {
+                biased;
+                told = told => Ok(Some(told)),
+                () = &mut changed, if watch_holds => Ok(None),
+                // Outside the task's cooperative budget, as `Timeout` polls its own timer.
+                () = tokio::task::unconstrained(std::future::poll_fn(|cx| kept.poll_until(cx, deadline))) => Err(()),
+            };
             match woken {
                 Ok(Some(Ok(told))) => {
                     place.told = None;
@@ -294,7 +323,7 @@ impl TenantEntry {
                     return Err(cap_refusal(tenant));
                 }
                 // A hold began or ended, or a deadline passed: the state is looked at again above.
-                Ok(None) | Err(_) => {}
+                Ok(None) | Err(()) => now = Instant::now(),
             }
         }
     }
@@ -363,7 +392,7 @@ impl Gate {
         cap: Option<usize>,
         cap_wait: Duration,
     ) -> Result<InFlight, RawDocumentBuf> {
-        self.entry(tenant).enter(cap, cap_wait).await
+        self.entry(tenant).enter(cap, cap_wait, &mut None).await
     }
 
     /// `tenant`'s gate, to keep ([`TenantEntry`]).
@@ -386,8 +415,19 @@ impl Gate {
             state.held_since = Some(started);
             state.holds_begun += 1;
         }
-        // Commands queued at the cap now wait for the hold too, until its deadline; a hold this one replaced
-        // stops waiting for the tenant to drain.
+        // A hold ends by itself at its deadline, and someone must be awake then to end it: the commands queued
+        // at the cap do not listen for holds (see `TenantEntry::enter`), and the mover may be gone. So the hold
+        // keeps its own timer, which ends it then unless it was released or replaced before.
+        let expiring = gate.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            let mut state = expiring.lock();
+            if state.hold.is_some_and(|(held, _)| held == id) {
+                state.live_hold(Instant::now(), &expiring.changed);
+            }
+        });
+        // Commands that listen for holds (those that saw one) look again; a hold this one replaced stops waiting
+        // for the tenant to drain.
         gate.changed.notify_waiters();
         loop {
             let changed = gate.changed.notified();
@@ -715,6 +755,35 @@ mod tests {
         assert!(gate.existing("acme").unwrap().lock().queue.is_empty(), "a command was left queued");
         // And the gate still works.
         assert!(gate.enter("acme", Some(3), Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_on_a_connection_s_kept_timer_each_end_at_their_own_deadline() {
+        let (gate, _entered, first) = at_a_cap_of_one().await;
+        let entry = gate.entry("acme");
+        let mut timer = None;
+        // Each wait at the full cap is refused at its own deadline, whether the kept timer was armed later (a
+        // shorter wait), earlier (a longer one, after it fired), or not yet at all.
+        for wait_ms in [100, 1_000, 50, 50, 2_000] {
+            let started = Instant::now();
+            assert!(entry.enter(Some(1), Duration::from_millis(wait_ms), &mut timer).await.is_err());
+            assert_eq!(started.elapsed(), Duration::from_millis(wait_ms), "a wait of {wait_ms} ms");
+        }
+        // A wait that is handed its slot leaves the timer armed at its deadline. The next wait, due later, sees it
+        // fire early and waits on to its own deadline; one due earlier is armed for at once.
+        let freeing = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(first);
+        });
+        let slot = entry.enter(Some(1), Duration::from_millis(100), &mut timer).await.unwrap();
+        freeing.await.unwrap();
+        for wait_ms in [100, 30] {
+            let started = Instant::now();
+            assert!(entry.enter(Some(1), Duration::from_millis(wait_ms), &mut timer).await.is_err());
+            assert_eq!(started.elapsed(), Duration::from_millis(wait_ms), "a wait of {wait_ms} ms");
+        }
+        drop(slot);
+        assert_eq!(gate.in_flight("acme"), 0);
     }
 
     #[tokio::test(start_paused = true)]

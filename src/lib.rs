@@ -35,6 +35,7 @@ pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod timer;
 pub mod tls;
 pub mod workers;
 

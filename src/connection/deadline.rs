@@ -1,28 +1,19 @@
-//! How long the backend has to answer a forwarded command, and the one timer a connection keeps for it.
+//! How long the backend has to answer a forwarded command.
 //!
-//! This module owns the deadline of each forwarded command ([`BackendDeadline`]) and the connection's timer
-//! ([`BackendTimer`]). It must never let an operation run past its command's deadline, nor report a deadline as
-//! passed before it is: the timer may fire early (it is armed for an earlier command), never late (beyond the
-//! millisecond to which tokio rounds every timer).
-//!
-//! Why one timer kept across commands rather than one per command: registering a timer with tokio's wheel and
-//! removing it again costs a lock and a wheel update each, on every command that waits for its reply (nearly
-//! all). Commands on one connection follow each other closely, and with the same time allowed each deadline
-//! is later than the last; so the timer is left armed at an earlier command's deadline, and when it fires
-//! before the command in flight is due it is armed again at that command's deadline. It is armed anew at once
-//! only for a command due earlier than it would fire (a shorter `maxTimeMS`). A connection that goes idle is
-//! woken once when the timer fires, and finds nothing to do.
+//! This module owns the deadline of each forwarded command ([`BackendDeadline`]). It must never let an operation
+//! run past its command's deadline. The connection waits for it on a timer kept across commands
+//! ([`crate::timer::LazyTimer`]), armed anew at once only for a command due earlier than the timer would fire (a
+//! shorter `maxTimeMS`).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tenantwall_protocol::fields::Fields;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::error::ProxyError;
+use crate::timer::LazyTimer;
 
 /// Extra time a command with `maxTimeMS` gets before the proxy gives up on the backend: the server counts only
 /// its own execution, and its MaxTimeMSExpired should win whenever it comes.
@@ -69,90 +60,13 @@ fn max_time_ms(body: Fields<'_>) -> Option<u64> {
     (ms > 0).then_some(ms)
 }
 
-/// The connection's timer for backend deadlines: armed at or before the deadline of the command in flight.
-pub(super) struct BackendTimer {
-    /// Boxed so that it stays where it is (a timer's registration is pinned) while the connection moves.
-    sleep: Pin<Box<Sleep>>,
-    /// When `sleep` fires.
-    at: Instant,
-}
-
-impl BackendTimer {
-    /// A timer for a first command due at `at`.
-    pub(super) fn new(at: Instant) -> Self {
-        Self { sleep: Box::pin(tokio::time::sleep_until(at)), at }
-    }
-
-    /// Makes the timer fire at or before `deadline`: armed again only when it would fire after it, or has
-    /// fired already.
-    pub(super) fn arm(&mut self, deadline: &BackendDeadline) {
-        if self.at > deadline.at || self.sleep.is_elapsed() {
-            self.reset(deadline.at);
-        }
-    }
-
-    fn reset(&mut self, at: Instant) {
-        self.sleep.as_mut().reset(at);
-        self.at = at;
-    }
-
-    /// Ready with the deadline's error once it has passed, to poll beside an operation (the connection's
-    /// `within!`). When the timer fires before the deadline (it was armed for an earlier command), it is armed
-    /// again at the deadline and the wait goes on: the operation beside it is never dropped for that.
-    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>, deadline: &BackendDeadline) -> Poll<ProxyError> {
-        loop {
-            std::task::ready!(self.sleep.as_mut().poll(cx));
-            if Instant::now() >= deadline.at {
-                return Poll::Ready(deadline.expired());
-            }
-            self.reset(deadline.at);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn deadline(in_ms: u64) -> BackendDeadline {
-        let allowed = Duration::from_millis(in_ms);
-        BackendDeadline { at: Instant::now() + allowed, max_time: false, allowed }
-    }
-
-    /// Polls `timer` beside nothing until it tells the deadline passed; when that was.
-    async fn expiry(timer: &mut BackendTimer, deadline: &BackendDeadline) -> Instant {
-        std::future::poll_fn(|cx| timer.poll_expired(cx, deadline)).await;
-        Instant::now()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_timer_fires_for_each_command_at_its_own_deadline_never_later_and_never_before() {
-        let first = deadline(1_000);
-        let mut timer = BackendTimer::new(first.at);
-        // A later command is due later: the timer is left where it is, fires early, and waits on.
-        tokio::time::advance(Duration::from_millis(10)).await;
-        let later = deadline(5_000);
-        timer.arm(&later);
-        assert_eq!(timer.at, first.at);
-        assert_eq!(expiry(&mut timer, &later).await, later.at);
-        // A command due sooner than the timer would fire is armed for at once.
-        let far = deadline(60_000);
-        timer.arm(&far);
-        let soon = deadline(100);
-        timer.arm(&soon);
-        assert_eq!(timer.at, soon.at);
-        assert_eq!(expiry(&mut timer, &soon).await, soon.at);
-        // A timer that fired (the connection was idle past it) is armed again for the next command.
-        tokio::time::advance(Duration::from_secs(120)).await;
-        let next = deadline(2_000);
-        timer.arm(&next);
-        assert_eq!(expiry(&mut timer, &next).await, next.at);
-        // A timer never polled is not registered, so past its instant it has not "fired": the first poll
-        // fires it and it is armed again, at the command's deadline.
-        let mut timer = BackendTimer::new(deadline(10).at);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let next = deadline(2_000);
-        timer.arm(&next);
-        assert_eq!(expiry(&mut timer, &next).await, next.at);
-    }
+/// Ready with `deadline`'s error once it has passed, to poll beside an operation (the connection's `within!`) on
+/// the connection's kept timer. The operation beside it is never dropped for the timer firing early.
+pub(super) fn poll_expired(
+    timer: &mut LazyTimer,
+    cx: &mut Context<'_>,
+    deadline: &BackendDeadline,
+) -> Poll<ProxyError> {
+    std::task::ready!(timer.poll_until(cx, deadline.at));
+    Poll::Ready(deadline.expired())
 }
