@@ -297,13 +297,8 @@ impl TenantEntry {
                 }
             };
             let Some(told) = place.told.as_mut() else { return Err(cap_refusal(tenant)) };
-            let kept = match timer.as_mut() {
-                Some(kept) => {
-                    kept.arm(deadline);
-                    kept
-                }
-                None => timer.insert(LazyTimer::new(deadline)),
-            };
+            let kept = timer.get_or_insert_with(|| LazyTimer::new(deadline));
+            kept.arm(deadline);
             let woken = tokio::select! {
                 biased;
                 told = told => Ok(Some(told)),
