@@ -226,6 +226,9 @@ pub struct ClientConnection {
     /// Not `backend_timer`: a cap wait is due sooner than a backend reply, so sharing one timer would arm it
     /// anew for every wait.
     gate_timer: Option<LazyTimer>,
+    /// Counts this connection among its worker's working ones from its first forwarded command on, which steers
+    /// where new connections go ([`crate::workers`]).
+    working: Option<crate::workers::Working>,
 }
 
 impl ClientConnection {
@@ -268,6 +271,7 @@ impl ClientConnection {
             backend_timer: None,
             gate: None,
             gate_timer: None,
+            working: None,
         }
     }
 
@@ -578,6 +582,10 @@ impl ClientConnection {
         // with the policy the move switched to.
         let cap_wait = generation.policy.limits.pool_wait_timeout();
         let entry = gate_entry(&self.shared, &mut self.gate, self.tenant.as_deref(), command);
+        if entry.is_some() && self.working.is_none() {
+            // Its first forwarded command: from now on the connection counts as work on its worker.
+            self.working = crate::workers::working_here();
+        }
         let passed = match entry {
             None => Ok(None),
             // Passed at once (nearly every command) without building the gate's future.

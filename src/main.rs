@@ -4,12 +4,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use tenantwall::auth::ScramVerifier;
-use tenantwall::workers::Workers;
 use tenantwall::{config, explain};
 use tenantwall::{Policy, Reloader, Server};
 use tracing_subscriber::EnvFilter;
@@ -349,18 +347,18 @@ fn run(path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = match Workers::start(tenantwall::workers::default_count()) {
-        Ok(workers) => Arc::new(workers),
-        Err(e) => {
-            eprintln!("tenantwall: cannot start worker threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     runtime.block_on(async move {
         let server = match Server::bind(policy, listen).await {
-            Ok(server) => server.with_workers(workers),
+            Ok(server) => server,
             Err(e) => {
                 eprintln!("tenantwall: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let server = match server.start_workers(tenantwall::workers::default_count()) {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("tenantwall: cannot start worker threads: {e}");
                 return ExitCode::FAILURE;
             }
         };

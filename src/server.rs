@@ -301,12 +301,19 @@ impl Server {
         Ok(Server { listeners, admin, shared, workers: None })
     }
 
-    /// Serves each accepted connection on one of `workers` (the least busy), rather than on the runtime the
+    /// Serves each accepted connection on one of `workers` ([`Workers::pick`]), rather than on the runtime the
     /// server itself runs on, which then only accepts, answers the admin listener and handles signals.
     #[must_use]
     pub fn with_workers(mut self, workers: Arc<Workers>) -> Self {
         self.workers = Some(workers);
         self
+    }
+
+    /// Starts `count` workers whose working connections are reported in this server's metrics
+    /// (`tenantwall_worker_working_connections`), and serves connections on them ([`Self::with_workers`]).
+    pub fn start_workers(self, count: usize) -> std::io::Result<Self> {
+        let workers = Workers::start_counted(count, |index| self.shared.metrics.worker_connections(index))?;
+        Ok(self.with_workers(Arc::new(workers)))
     }
 
     /// The bound addresses (with the real port when the policy asked for port 0).
@@ -466,10 +473,8 @@ async fn accept_loop(listener: TcpListener, serve: Serve, limit: Arc<Semaphore>,
             }
         };
         let worker = workers.pick();
-        let serving = worker.serving();
         connections.spawn_on(
             async move {
-                let _serving = serving;
                 match TcpStream::from_std(stream) {
                     Ok(stream) => run(stream).await,
                     Err(e) => warn!(error = %e, "the worker cannot take the connection"),

@@ -1,7 +1,8 @@
 //! The backend pool, against a real nx-27017: many client connections share `backends[].max_connections`
 //! backend connections; cursors and transactions keep working when their commands land on different pooled
 //! connections; a busy pool answers `ExceededTimeLimit` and recovers; waiting commands are served round-robin
-//! across tenants, not first come first served.
+//! across tenants, not first come first served. And, before any of that, client connections are spread over the
+//! proxy's worker threads by the work they carry, not by how many are open.
 
 mod common;
 
@@ -124,6 +125,52 @@ async fn many_clients_share_two_backend_connections() {
     let most = most.load(Ordering::Relaxed);
     assert!((1..=2).contains(&most), "at most 2 backend connections, saw {most}");
     assert!(open_connections(admin) <= 2.0);
+    proxy.shutdown().await;
+}
+
+fn working_on(admin: SocketAddr) -> [f64; 2] {
+    let (status, text) = http_get(admin, "/metrics", None);
+    assert_eq!(status, 200);
+    [0, 1].map(|w| metric(&text, &format!("tenantwall_worker_working_connections{{worker=\"{w}\"}}")))
+}
+
+/// Sixteen driver clients, one after another, each with one application connection (as the load harness and an
+/// app with one client per tenant have): every client also opens monitoring connections that only send `hello`.
+/// Placed by open connections, the two kinds alternated between the two workers and every application connection
+/// landed on one of them; placed by working connections, each worker carries about half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_connections_are_spread_over_the_workers_whatever_the_monitoring_connections() {
+    let backend = Backend::start();
+    let server = tenantwall::server::Server::bind(common::policy(&pool_policy(&backend, "", "")), None)
+        .await
+        .expect("bind")
+        .start_workers(2)
+        .expect("workers");
+    let proxy = server.spawn();
+    let admin = proxy.admin_addr().unwrap();
+    let acme = proxy.addrs()[0];
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let mut options = mongodb::options::ClientOptions::parse(format!("mongodb://{acme}/")).await.unwrap();
+        options.server_selection_timeout = Some(Duration::from_secs(10));
+        options.max_pool_size = Some(1);
+        let client = mongodb::Client::with_options(options).unwrap();
+        let orders = client.database("app").collection::<mongodb::bson::Document>("orders");
+        orders.insert_one(doc! { "client": i }).await.unwrap();
+        clients.push(client);
+    }
+    let [first, second] = working_on(admin);
+    assert_eq!(first + second, 16.0, "each client's one application connection counts as working");
+    assert!((first - second).abs() <= 2.0, "working connections per worker: {first} and {second}");
+    // They stop counting when they close.
+    for client in clients {
+        client.shutdown().await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while working_on(admin) != [0.0, 0.0] {
+        assert!(std::time::Instant::now() < deadline, "still counted after closing: {:?}", working_on(admin));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.shutdown().await;
 }
 

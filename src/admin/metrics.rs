@@ -74,6 +74,11 @@ struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -101,6 +106,7 @@ pub struct Metrics {
     auth_failures: Counter,
     backend_errors: Family<BackendLabel, Counter>,
     backend_connections: Family<BackendLabel, Gauge>,
+    worker_connections: Family<WorkerLabel, Gauge>,
     pool_timeouts: Family<BackendLabel, Counter>,
     key_derivations: Family<BackendLabel, Counter>,
     policy_reloads: Family<ResultLabel, Counter>,
@@ -129,6 +135,7 @@ impl Metrics {
         let auth_failures = Counter::default();
         let backend_errors = Family::<BackendLabel, Counter>::default();
         let backend_connections = Family::<BackendLabel, Gauge>::default();
+        let worker_connections = Family::<WorkerLabel, Gauge>::default();
         let pool_timeouts = Family::<BackendLabel, Counter>::default();
         let key_derivations = Family::<BackendLabel, Counter>::default();
         let policy_reloads = Family::<ResultLabel, Counter>::default();
@@ -180,6 +187,11 @@ impl Metrics {
             backend_connections.clone(),
         );
         registry.register(
+            "tenantwall_worker_working_connections",
+            "Client connections that have carried a forwarded command, per worker thread: a new connection goes to a worker with the fewest",
+            worker_connections.clone(),
+        );
+        registry.register(
             "tenantwall_backend_pool_timeouts",
             "Commands refused because every backend connection stayed busy for limits.pool_wait_timeout_ms",
             pool_timeouts.clone(),
@@ -219,6 +231,7 @@ impl Metrics {
             auth_failures,
             backend_errors,
             backend_connections,
+            worker_connections,
             pool_timeouts,
             key_derivations,
             policy_reloads,
@@ -281,6 +294,11 @@ impl Metrics {
             open: self.backend_connections.get_or_create(&label).clone(),
             key_derivations: self.key_derivations.get_or_create(&label).clone(),
         }
+    }
+
+    /// Where worker `index` counts its working connections ([`crate::workers::Workers::start_counted`]).
+    pub fn worker_connections(&self, index: usize) -> Gauge {
+        self.worker_connections.get_or_create(&WorkerLabel { worker: index.to_string() }).clone()
     }
 
     pub fn pool_timeout(&self, backend: &str) {
