@@ -755,6 +755,69 @@
 //!   undecided. The fifteenth round's build missed in a fast state (0.91×, CI 0.90–0.94), but paired against it
 //!   this build gave 1.010× (above): most of the difference between those two runs is the machine's. Relay CPU
 //!   per command at 64: 15.4 (user 2.8) against HAProxy's 13.8 (1.3) µs.
+//! - **Seventeenth round (2026-11-29, 14:00–16:00): one of the two workers was doing all the work.** The
+//!   sixteenth round left a third of the throughput gap in idle time that no knob moved.
+//!
+//!   - *Tried and not kept: yielding before a worker sleeps* (tokio's `on_thread_park` calling `sched_yield`, so
+//!     that a worker with nothing to do lets the other threads of its core run before it blocks in `epoll_wait`).
+//!     Same plain binary with and without it, 32 paired rounds at 64 clients: 0.991× in throughput (higher in 15
+//!     of 32), relay CPU per command −0.1 µs.
+//!   - *Where the idle time was.* Counters per process over a 6-round run at 64 clients (voluntary context
+//!     switches per command): through tenantwall the generator 0.119, the stub 0.212, the relay 0.109; through
+//!     HAProxy 0.089, 0.254 and 0.061; the machine idle 9.2% against 5.4%. Then per thread, 3 s in the middle of
+//!     three runs: **one of tenantwall's two workers used 174–183 ticks of CPU and the other none at all, not one
+//!     context switch.** Every application connection was on one worker. (HAProxy, at its defaults, was lopsided
+//!     too: 164 ticks on one thread, 17 on the other.)
+//!   - *Why.* A new connection went to the worker serving the fewest connections. Each load-generator client,
+//!     like any driver client, opens a monitoring connection (which only ever sends `hello`, answered by the
+//!     proxy) and then its application connection; with two workers the two kinds alternated, so the monitoring
+//!     connections all went to one worker and the application connections all to the other. An app that keeps
+//!     one client per tenant does the same. So every comparison of one worker against two since the per-core
+//!     runtimes (the sixteenth round's 0.91× and 0.91×, its "cap with one worker") compared one busy worker with
+//!     one busy worker.
+//!   - *Random placement, measured first* (same plain binary, placement by an environment variable, 32 paired
+//!     rounds at 64 clients): throughput 1.072× (higher in 23 of 32 rounds); relay CPU per command +1.2 µs (two
+//!     cores now share the relay's data, and slots at the in-flight cap are handed between workers), the load
+//!     generator's −1.05 µs; idle 8.0% → 3.5% (HAProxy 5.0%, direct 3.0%).
+//!   - *Changed* (`src/workers.rs`): a new connection goes to a worker with the fewest *working* connections, those
+//!     that have carried a forwarded command, and among equals to one drawn at random. Monitoring connections never
+//!     count. Random, not a rotation, because any fixed rotation can fall into step with a client's own pattern
+//!     of connections as the old rule did; with nothing working yet (a burst at start-up) placement is random and
+//!     even on average, and each connection that starts working steers the next. `/metrics` shows
+//!     `tenantwall_worker_working_connections{worker}`. Tests: `workers::tests` (a monitoring-then-application
+//!     pattern of 64 clients ends within one connection of even; connections arriving before any works are
+//!     spread, every other one too) and `tests/pool.rs`'s
+//!     `application_connections_are_spread_over_the_workers_whatever_the_monitoring_connections` (16 official
+//!     Rust driver clients through a proxy with two workers: 8 and 8 within 2; with a fixed rotation in
+//!     `pick`, 0 and 16).
+//!
+//!   - *The production builds, paired* (PGO + BOLT of each; 19 rounds of a 48-round run stopped at 15:20, the
+//!     machine slower, HAProxy 15.1 µs of CPU per command at 64): after over before 0.998× in throughput (higher
+//!     in 9 of 19); relay CPU per command 16.8 → 20.3 µs (higher in 16 of 19); idle 8% → 3%; the relay's
+//!     voluntary context switches per command 0.11 → 0.18–0.38. Again at 64 clients only (16 rounds, 15:22):
+//!     after over before 1.009×, relay CPU +1.7 µs. Two half-busy workers each sleep and are woken more often
+//!     than one busy one did: spread over both cores, the relay turns the machine's idle time into its own CPU
+//!     time. On this machine, shared with the load generator and the stub, the relay at 64 clients needs about
+//!     0.6 of a core, which one worker gave as cheaply; where the proxy needs more than one core, the old
+//!     placement capped it at one. Kept for that.
+//!   - *The in-flight cap, now that the work is spread* (same 16 rounds): cap 32 against 64, 1.003× in
+//!     throughput, relay CPU −0.15 µs. Cap 32 hands half its slots to a command on the other worker (0.29 eventfd
+//!     `write`s per command, against none at cap 64), but it also sleeps less: 0.33 `epoll_wait`s and 0.27
+//!     context switches per command against 0.68 and 0.48 at cap 64 (`perf stat`, one round each). The
+//!     sixteenth round's "the cap costs 0.75 µs with two workers and nothing with one" was measured on the
+//!     lopsided placement.
+//!
+//!   The deciding run on the round's end build (PGO + BOLT, `TW_LOAD_ROUNDS=36 ... -- quick`, 15:28–15:42, the
+//!   machine fast: HAProxy 136 µs at 1 client, 41,117 commands/s and 13.7 µs per command at 64): p50 at 1 client
+//!   0.99× (0.95–1.03; CI 0.97–1.02): met; added 0.98× (CI 0.92–1.06): met; throughput at 64 0.98× (0.94–1.02;
+//!   CI 0.95–1.00): undecided, the interval's lower end on the line. Relay CPU per command at 64: 16.7 (user 3.2)
+//!   against HAProxy's 13.7 (1.4) µs; the machine idle 3% of the time (middle half 3–4%) against 5% (4–6%) through HAProxy and 3% direct.
+//!   At 64 clients alone, 144 rounds (15:46–16:13, HAProxy 40,000 commands/s and 14.0 µs per command): 0.96×
+//!   (0.90–1.02; CI 0.95–0.98): **met**, the interval's lower end at 0.952. Relay CPU per command 17.1 (user 3.6)
+//!   against 14.0 (1.4) µs. The sixteenth round's 72 rounds had the same median (CI 0.92–0.98): the verdict
+//!   comes from the rounds, not from this round's change, which paired against the build before it is level in
+//!   throughput. The margin is about one point, so a run in another state of the machine can read undecided (a
+//!   48-round run stopped after 19 rounds at 15:20, the machine slower, stood at 0.92×, CI 0.87–1.02).
 //! - Runtime shape, before the change (`TW_PROXY_WORKERS`, three 7–9-round quick runs): one worker used less CPU per command at 64
 //!   clients in all three (19.9 vs 23.5, 25.7 vs 28.5, 20.1 vs 23.9 µs) and gave a higher throughput ratio in all
 //!   three (1.19× vs 0.96×, 0.96× vs 0.85×, 1.03× vs 0.93×): no wake-ups between workers, on a machine where the
